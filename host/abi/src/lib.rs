@@ -1,0 +1,338 @@
+//! The host side of the plugin contract: bindings of the four worlds of `shoal:plugin` (from
+//! `wit/`), the [`PluginKind`] enum, and one typed call per export.
+//!
+//! This crate is the only place in the host that names WIT-generated types of the worlds; the
+//! master, the gateway and the agents call plugins through the functions here. It knows the
+//! *shape* of the contract (which export takes what, which answers are out of range) and nothing
+//! of how answers are used.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_runtime::{CallError, CallLimits, HostState, LoadError, Plugin, PluginScope, ProbeTarget, Runtime, World};
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+pub mod check;
+
+/// Bindings of the four worlds. The host imports are shared with `shoal_runtime::imports`.
+#[allow(missing_docs)]
+pub mod bindings {
+    pub mod allocator {
+        wasmtime::component::bindgen!({
+            world: "allocator",
+            path: "../../wit",
+            with: {
+                "shoal:plugin/types@0.1.0": shoal_runtime::imports::shoal::plugin::types,
+                "shoal:plugin/log@0.1.0": shoal_runtime::imports::shoal::plugin::log,
+                "shoal:plugin/clock@0.1.0": shoal_runtime::imports::shoal::plugin::clock,
+                "shoal:plugin/keyvalue@0.1.0": shoal_runtime::imports::shoal::plugin::keyvalue,
+            },
+            additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        });
+    }
+    pub mod router {
+        wasmtime::component::bindgen!({
+            world: "router",
+            path: "../../wit",
+            with: {
+                "shoal:plugin/types@0.1.0": shoal_runtime::imports::shoal::plugin::types,
+                "shoal:plugin/log@0.1.0": shoal_runtime::imports::shoal::plugin::log,
+                "shoal:plugin/clock@0.1.0": shoal_runtime::imports::shoal::plugin::clock,
+                "shoal:plugin/keyvalue@0.1.0": shoal_runtime::imports::shoal::plugin::keyvalue,
+            },
+            additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        });
+    }
+    pub mod health_check {
+        wasmtime::component::bindgen!({
+            world: "health-check",
+            path: "../../wit",
+            with: {
+                "shoal:plugin/log@0.1.0": shoal_runtime::imports::shoal::plugin::log,
+                "shoal:plugin/clock@0.1.0": shoal_runtime::imports::shoal::plugin::clock,
+                "shoal:plugin/keyvalue@0.1.0": shoal_runtime::imports::shoal::plugin::keyvalue,
+                "shoal:plugin/probe@0.1.0": shoal_runtime::imports::shoal::plugin::probe,
+            },
+            additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        });
+    }
+    pub mod framework {
+        wasmtime::component::bindgen!({
+            world: "framework",
+            path: "../../wit",
+            with: {
+                "shoal:plugin/types@0.1.0": shoal_runtime::imports::shoal::plugin::types,
+                "shoal:plugin/log@0.1.0": shoal_runtime::imports::shoal::plugin::log,
+                "shoal:plugin/clock@0.1.0": shoal_runtime::imports::shoal::plugin::clock,
+                "shoal:plugin/keyvalue@0.1.0": shoal_runtime::imports::shoal::plugin::keyvalue,
+            },
+            additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        });
+    }
+}
+
+pub use shoal_runtime::imports::shoal::plugin::types::{
+    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo,
+    HttpRequest, HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
+};
+/// Types of the health-check world.
+pub mod health {
+    pub use crate::bindings::health_check::exports::shoal::plugin::health::{CheckResult, CheckStatus, CheckTarget};
+}
+/// Types of the framework world.
+pub mod scheduling {
+    pub use crate::bindings::framework::exports::shoal::plugin::scheduling::{
+        Decline, Launch, OfferInfo, Operation, TaskCommand, TaskSpec,
+    };
+}
+
+/// The four kinds of plugin, one per world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// World `allocator`.
+    Allocator,
+    /// World `router`.
+    Router,
+    /// World `health-check`.
+    HealthCheck,
+    /// World `framework`.
+    Framework,
+}
+
+impl PluginKind {
+    /// Every kind.
+    pub const ALL: [PluginKind; 4] = [PluginKind::Allocator, PluginKind::Router, PluginKind::HealthCheck, PluginKind::Framework];
+
+    /// Name as used in URLs, subjects and the CLI (`health-check`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Allocator => "allocator",
+            PluginKind::Router => "router",
+            PluginKind::HealthCheck => "health-check",
+            PluginKind::Framework => "framework",
+        }
+    }
+
+    /// Default bounds of one call of this kind. Routers sit on every proxied request, so they get
+    /// the tightest deadline; allocators see the whole cluster, so they get the most memory.
+    pub fn default_limits(self) -> CallLimits {
+        match self {
+            PluginKind::Allocator => CallLimits { deadline: Duration::from_secs(2), memory: 256 << 20, max_idle: 2 },
+            PluginKind::Router => CallLimits { deadline: Duration::from_millis(50), memory: 32 << 20, max_idle: 64 },
+            PluginKind::HealthCheck => CallLimits { deadline: Duration::from_secs(10), memory: 32 << 20, max_idle: 16 },
+            PluginKind::Framework => CallLimits { deadline: Duration::from_secs(2), memory: 128 << 20, max_idle: 4 },
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown plugin kind.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown plugin kind `{0}`; expected one of: allocator, router, health-check, framework")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for PluginKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PluginKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownKind(s.to_owned()))
+    }
+}
+
+macro_rules! world {
+    ($ty:ident, $name:literal, $export:literal, $probe:literal, $pre:path, $bindings:path) => {
+        #[doc = concat!("The `", $name, "` world.")]
+        pub struct $ty;
+        impl World for $ty {
+            const NAME: &'static str = $name;
+            const EXPORT: &'static str = $export;
+            const IMPORTS: shoal_runtime::imports::Imports = shoal_runtime::imports::Imports { probe: $probe };
+            type Pre = $pre;
+            type Bindings = $bindings;
+            fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+                <$pre>::new(pre)
+            }
+            fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self::Bindings> {
+                pre.instantiate(store)
+            }
+        }
+    };
+}
+
+world!(AllocatorWorld, "allocator", "shoal:plugin/allocation@0.1.0", false,
+    bindings::allocator::AllocatorPre<HostState>, bindings::allocator::Allocator);
+world!(RouterWorld, "router", "shoal:plugin/routing@0.1.0", false,
+    bindings::router::RouterPre<HostState>, bindings::router::Router);
+world!(HealthCheckWorld, "health-check", "shoal:plugin/health@0.1.0", true,
+    bindings::health_check::HealthCheckPre<HostState>, bindings::health_check::HealthCheck);
+world!(FrameworkWorld, "framework", "shoal:plugin/scheduling@0.1.0", false,
+    bindings::framework::FrameworkPre<HostState>, bindings::framework::Framework);
+
+/// A loaded plugin of any kind.
+#[derive(Clone)]
+pub enum AnyPlugin {
+    /// An allocator.
+    Allocator(Arc<Plugin<AllocatorWorld>>),
+    /// A router.
+    Router(Arc<Plugin<RouterWorld>>),
+    /// A health check.
+    HealthCheck(Arc<Plugin<HealthCheckWorld>>),
+    /// A framework.
+    Framework(Arc<Plugin<FrameworkWorld>>),
+}
+
+impl AnyPlugin {
+    /// Type-check `bytes` against the world of `kind` and load them.
+    pub fn load(runtime: &Runtime, kind: PluginKind, bytes: &[u8], scope: PluginScope, limits: CallLimits) -> Result<Self, LoadError> {
+        let compiled = runtime.compile(bytes)?;
+        Ok(match kind {
+            PluginKind::Allocator => AnyPlugin::Allocator(Arc::new(runtime.load(&compiled, scope, limits)?)),
+            PluginKind::Router => AnyPlugin::Router(Arc::new(runtime.load(&compiled, scope, limits)?)),
+            PluginKind::HealthCheck => AnyPlugin::HealthCheck(Arc::new(runtime.load(&compiled, scope, limits)?)),
+            PluginKind::Framework => AnyPlugin::Framework(Arc::new(runtime.load(&compiled, scope, limits)?)),
+        })
+    }
+
+    /// The kind of the plugin.
+    pub fn kind(&self) -> PluginKind {
+        match self {
+            AnyPlugin::Allocator(_) => PluginKind::Allocator,
+            AnyPlugin::Router(_) => PluginKind::Router,
+            AnyPlugin::HealthCheck(_) => PluginKind::HealthCheck,
+            AnyPlugin::Framework(_) => PluginKind::Framework,
+        }
+    }
+
+    /// sha256 of the component.
+    pub fn digest(&self) -> &str {
+        match self {
+            AnyPlugin::Allocator(p) => p.digest(),
+            AnyPlugin::Router(p) => p.digest(),
+            AnyPlugin::HealthCheck(p) => p.digest(),
+            AnyPlugin::Framework(p) => p.digest(),
+        }
+    }
+}
+
+/// Most offers an allocator may answer in one cycle; more is a broken plugin, not a big cluster.
+pub const MAX_OFFERS: usize = 1_000_000;
+/// Most operations a framework may answer in one call.
+pub const MAX_OPERATIONS: usize = 100_000;
+/// Largest HTTP response body a framework may answer.
+pub const MAX_RESPONSE_BODY: usize = 8 << 20;
+
+/// `allocation.allocate`.
+pub fn allocate(plugin: &Plugin<AllocatorWorld>, snapshot: &ClusterSnapshot) -> Result<Vec<Offer>, CallError> {
+    plugin.call(|i| {
+        let offers = i.bindings.shoal_plugin_allocation().call_allocate(&mut i.store, snapshot)?;
+        if offers.len() > MAX_OFFERS {
+            return Err(CallError::InvalidOutput(format!("{} offers, over the limit of {MAX_OFFERS}", offers.len())).into());
+        }
+        Ok(offers)
+    })
+}
+
+/// The endpoint set of a route, with a generation that changes whenever the set does. Router
+/// instances are told the set (`routing.update`) once per generation.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    /// Changes whenever `endpoints` changes; never 0 for a real table.
+    pub generation: u64,
+    /// The endpoints, in the order `route` indexes them.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `routing.route`, after `routing.update` if this instance has not seen `table` yet. An answer
+/// out of range is an [`CallError::InvalidOutput`].
+pub fn route(
+    plugin: &Plugin<RouterWorld>,
+    table: &RouteTable,
+    request: &RequestInfo,
+    states: &[EndpointState],
+) -> Result<Option<u32>, CallError> {
+    plugin.call(|i| {
+        let routing = i.bindings.shoal_plugin_routing();
+        if i.generation != table.generation {
+            routing.call_update(&mut i.store, &table.endpoints)?;
+            i.generation = table.generation;
+        }
+        let pick = routing.call_route(&mut i.store, request, states)?;
+        if let Some(index) = pick {
+            if index as usize >= states.len() {
+                return Err(CallError::InvalidOutput(format!("endpoint index {index} out of range 0..{}", states.len())).into());
+            }
+        }
+        Ok(pick)
+    })
+}
+
+/// `routing.on-complete`.
+pub fn route_complete(plugin: &Plugin<RouterWorld>, table: &RouteTable, index: u32, status: u16, latency_us: u64) -> Result<(), CallError> {
+    plugin.call(|i| {
+        let routing = i.bindings.shoal_plugin_routing();
+        if i.generation != table.generation {
+            routing.call_update(&mut i.store, &table.endpoints)?;
+            i.generation = table.generation;
+        }
+        routing.call_on_complete(&mut i.store, index, status, latency_us)
+    })
+}
+
+/// `health.check` against `target`; the probe may reach only the target's address and ports.
+pub fn check_health(plugin: &Plugin<HealthCheckWorld>, target: &health::CheckTarget) -> Result<health::CheckResult, CallError> {
+    plugin.call(|i| {
+        i.store.data_mut().probe = Some(ProbeTarget { address: target.address.clone(), ports: target.ports.clone() });
+        let result = i.bindings.shoal_plugin_health().call_check(&mut i.store, target);
+        i.store.data_mut().probe = None;
+        result
+    })
+}
+
+fn check_operations(ops: Vec<scheduling::Operation>) -> wasmtime::Result<Vec<scheduling::Operation>> {
+    if ops.len() > MAX_OPERATIONS {
+        return Err(CallError::InvalidOutput(format!("{} operations, over the limit of {MAX_OPERATIONS}", ops.len())).into());
+    }
+    Ok(ops)
+}
+
+/// `scheduling.init`. A framework's own refusal (`err`) is a value, not a [`CallError`].
+pub fn framework_init(plugin: &Plugin<FrameworkWorld>, config: &str) -> Result<Result<(), String>, CallError> {
+    plugin.call(|i| i.bindings.shoal_plugin_scheduling().call_init(&mut i.store, config))
+}
+
+/// `scheduling.resource-offers`.
+pub fn resource_offers(plugin: &Plugin<FrameworkWorld>, offers: &[scheduling::OfferInfo]) -> Result<Vec<scheduling::Operation>, CallError> {
+    plugin.call(|i| check_operations(i.bindings.shoal_plugin_scheduling().call_resource_offers(&mut i.store, offers)?))
+}
+
+/// `scheduling.status-update`.
+pub fn status_update(plugin: &Plugin<FrameworkWorld>, status: &TaskStatus) -> Result<Vec<scheduling::Operation>, CallError> {
+    plugin.call(|i| check_operations(i.bindings.shoal_plugin_scheduling().call_status_update(&mut i.store, status)?))
+}
+
+/// `scheduling.handle-request`.
+pub fn handle_request(plugin: &Plugin<FrameworkWorld>, request: &HttpRequest) -> Result<HttpResponse, CallError> {
+    plugin.call(|i| {
+        let response = i.bindings.shoal_plugin_scheduling().call_handle_request(&mut i.store, request)?;
+        if response.body.len() > MAX_RESPONSE_BODY {
+            return Err(CallError::InvalidOutput(format!(
+                "response body of {} bytes, over the limit of {MAX_RESPONSE_BODY}",
+                response.body.len()
+            ))
+            .into());
+        }
+        Ok(response)
+    })
+}
+
+/// `scheduling.tick`.
+pub fn tick(plugin: &Plugin<FrameworkWorld>, now_ms: u64) -> Result<Vec<scheduling::Operation>, CallError> {
+    plugin.call(|i| check_operations(i.bindings.shoal_plugin_scheduling().call_tick(&mut i.store, now_ms)?))
+}

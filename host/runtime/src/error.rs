@@ -1,0 +1,88 @@
+//! Errors of loading and calling plugins.
+//!
+//! A plugin's *answer* is never an error here: these are the host-side failures (bad bytes, wrong
+//! world, traps, deadlines, memory). Guest-visible errors (a `result` a plugin returns) stay values
+//! in the typed bindings.
+
+use std::time::Duration;
+
+/// Why bytes could not become a loaded plugin. Every variant is the uploader's fault and maps to
+/// a 4xx at the HTTP edge.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly binary (missing the `\\0asm` header)")]
+    NotWasm,
+    /// A core module was given where a component is needed.
+    #[error(
+        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// The component failed to validate or compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// The component was built against another, incompatible version of the WIT package.
+    #[error(
+        "component was built against {found}, but this host implements shoal:plugin@{expected} (compatible: {compatible}); rebuild it with a matching SDK"
+    )]
+    IncompatibleVersion {
+        /// The `shoal:plugin@x.y.z` the component refers to.
+        found: String,
+        /// The version this host implements.
+        expected: String,
+        /// Human description of the compatible range.
+        compatible: String,
+    },
+    /// The component does not satisfy the world of its kind.
+    #[error("component does not satisfy the `{world}` world: {reason}")]
+    WrongWorld {
+        /// World name.
+        world: &'static str,
+        /// What is missing or mistyped.
+        reason: String,
+    },
+    /// Over the size limit.
+    #[error("component is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the upload.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Why one plugin call failed. The instance that failed is discarded; the plugin stays loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its deadline and was interrupted.
+    #[error("plugin call exceeded its deadline of {0:?}")]
+    Timeout(Duration),
+    /// The plugin tried to grow its memory past the cap.
+    #[error("plugin exceeded its memory limit of {limit} bytes")]
+    OutOfMemory {
+        /// The cap, in bytes.
+        limit: usize,
+    },
+    /// The plugin trapped (panic, unreachable, stack overflow, bad memory access…).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// No instance could be created (pool exhausted, start function trapped).
+    #[error("plugin could not be instantiated: {0}")]
+    Instantiate(String),
+    /// The plugin answered, but the answer breaks the contract (index out of range, too big…).
+    #[error("plugin answered invalid output: {0}")]
+    InvalidOutput(String),
+}
+
+impl CallError {
+    /// A short, stable label for metrics: `timeout`, `oom`, `trap`, `instantiate`, `invalid`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallError::Timeout(_) => "timeout",
+            CallError::OutOfMemory { .. } => "oom",
+            CallError::Trap(_) => "trap",
+            CallError::Instantiate(_) => "instantiate",
+            CallError::InvalidOutput(_) => "invalid",
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Loaded plugins and their instance pools: every call is bounded and a failed instance is never
+//! reused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+
+use crate::engine::{CallLimits, Runtime};
+use crate::error::CallError;
+use crate::imports::Imports;
+use crate::state::{HostState, PluginScope};
+
+/// A WIT world the runtime can load components against. Implemented in `shoal-abi` for each
+/// plugin kind over the types `wasmtime::component::bindgen!` generates.
+pub trait World: Send + Sync + 'static {
+    /// World name, e.g. `router`.
+    const NAME: &'static str;
+    /// The interface the world exports, e.g. `shoal:plugin/routing@0.1.0`, for error messages.
+    const EXPORT: &'static str;
+    /// Host interfaces the world links.
+    const IMPORTS: Imports;
+    /// Pre-instantiated, type-checked component (e.g. `RouterPre<HostState>`).
+    type Pre: Send + Sync + 'static;
+    /// Typed exports of one instance (e.g. `Router`).
+    type Bindings: Send + 'static;
+    /// Type-check the exports.
+    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
+    /// Make a new instance in `store`.
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self::Bindings>;
+}
+
+/// One live instance: its store and typed exports. `generation` is free for the typed layer to
+/// remember what the instance has been told (e.g. the router's endpoint-set generation).
+pub struct Instance<W: World> {
+    /// The instance's store.
+    pub store: Store<HostState>,
+    /// Typed exports.
+    pub bindings: W::Bindings,
+    /// Caller-defined generation; 0 for a new instance.
+    pub generation: u64,
+}
+
+/// Counters of a loaded plugin.
+#[derive(Default)]
+pub struct PluginStats {
+    /// Calls that returned.
+    pub ok: AtomicU64,
+    /// Calls that failed.
+    pub failed: AtomicU64,
+    /// Instances created.
+    pub instantiated: AtomicU64,
+}
+
+/// A loaded plugin: a type-checked component, its scope and limits, and a pool of idle
+/// instances. Share it behind an `Arc`; calls may run concurrently from many threads.
+pub struct Plugin<W: World> {
+    runtime: Runtime,
+    digest: String,
+    pre: W::Pre,
+    scope: Arc<PluginScope>,
+    limits: CallLimits,
+    ticks: u64,
+    idle: Mutex<Vec<Instance<W>>>,
+    stats: PluginStats,
+}
+
+impl<W: World> Plugin<W> {
+    pub(crate) fn new(runtime: Runtime, digest: String, pre: W::Pre, scope: Arc<PluginScope>, limits: CallLimits) -> Self {
+        Plugin {
+            runtime,
+            digest,
+            pre,
+            scope,
+            ticks: Runtime::ticks(limits.deadline),
+            limits,
+            idle: Mutex::new(Vec::new()),
+            stats: PluginStats::default(),
+        }
+    }
+
+    /// sha256 of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Who the plugin is.
+    pub fn scope(&self) -> &PluginScope {
+        &self.scope
+    }
+
+    /// The plugin's call limits.
+    pub fn limits(&self) -> CallLimits {
+        self.limits
+    }
+
+    /// Call counters.
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    /// Idle instances in the pool right now.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// Make a fresh instance (not from the pool).
+    pub fn instantiate(&self) -> Result<Instance<W>, CallError> {
+        let state = HostState::new(self.scope.clone(), self.limits.memory);
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        // Start functions run under the same deadline as calls.
+        store.set_epoch_deadline(self.ticks);
+        store.epoch_deadline_trap();
+        let bindings = W::instantiate(&self.pre, &mut store).map_err(|e| classify(&e, &store, self.limits.deadline, true))?;
+        self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
+        Ok(Instance { store, bindings, generation: 0 })
+    }
+
+    /// Run `f` on a pooled instance, bounded by the plugin's deadline and memory cap.
+    ///
+    /// On success the instance returns to the pool. On any failure — a trap, the deadline, the
+    /// memory cap, or `f` itself returning an error — the instance is dropped, so no later call
+    /// ever sees the state a failing call left behind.
+    pub fn call<R>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        let pooled = self.idle.lock().pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => match self.instantiate() {
+                Ok(instance) => instance,
+                Err(err) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(err);
+                }
+            },
+        };
+        instance.store.set_epoch_deadline(self.ticks);
+        match f(&mut instance) {
+            Ok(value) => {
+                self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                let mut idle = self.idle.lock();
+                if idle.len() < self.limits.max_idle {
+                    idle.push(instance);
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let err = classify(&err, &instance.store, self.limits.deadline, false);
+                tracing::debug!(
+                    kind = %self.scope.kind, name = %self.scope.name, version = %self.scope.version,
+                    cause = %err, "plugin call failed; instance discarded"
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// Drop every idle instance (e.g. after the plugin's store changed under it).
+    pub fn clear_pool(&self) {
+        self.idle.lock().clear();
+    }
+}
+
+fn classify(err: &wasmtime::Error, store: &Store<HostState>, deadline: Duration, instantiating: bool) -> CallError {
+    if let Some(call) = err.downcast_ref::<CallError>() {
+        return call.clone();
+    }
+    if store.data().limiter.exceeded {
+        return CallError::OutOfMemory { limit: store.data().limiter.limit };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout(deadline),
+        _ if instantiating => CallError::Instantiate(format!("{err:#}")),
+        Some(trap) => CallError::Trap(format!("{trap}: {}", root_message(err))),
+        None => CallError::Trap(format!("{err:#}")),
+    }
+}
+
+fn root_message(err: &wasmtime::Error) -> String {
+    // wasmtime puts the guest backtrace in the context chain; keep the first line of each link
+    // so messages stay one line in logs and JSON errors.
+    err.chain().map(|e| e.to_string().lines().next().unwrap_or_default().to_owned()).collect::<Vec<_>>().join(": ")
+}

@@ -1,0 +1,149 @@
+//! The per-instance host state: an empty WASI context, the memory limiter, and the plugin's scope
+//! (who it is, its key-value store, and for health checks the target it may probe).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The storage behind a plugin's `keyvalue` import. Keys arrive already scoped: the host hands
+/// each plugin a backend that sees only that plugin's keys.
+pub trait KvBackend: Send + Sync + 'static {
+    /// Value of `key`.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Store `value` under `key`.
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
+    /// Remove `key`.
+    fn delete(&self, key: &str) -> Result<(), String>;
+    /// Up to `limit` keys starting with `prefix` and greater than `start_after`, in byte order.
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String>;
+}
+
+/// An in-memory [`KvBackend`], for `shoal plugin check` and for hosts without a data directory.
+#[derive(Default)]
+pub struct MemoryKv {
+    map: RwLock<BTreeMap<String, Vec<u8>>>,
+}
+
+impl KvBackend for MemoryKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.map.read().get(key).cloned())
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.map.write().insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.map.write().remove(key);
+        Ok(())
+    }
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+        let map = self.map.read();
+        Ok(map
+            .range(prefix.to_owned()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .filter(|k| start_after.is_none_or(|s| k.as_str() > s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Who a plugin is, and what it may reach.
+pub struct PluginScope {
+    /// Kind of plugin (`router`, …), for logs and metrics.
+    pub kind: String,
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Its key-value store; `None` makes every store call answer `access-denied`.
+    pub kv: Option<Arc<dyn KvBackend>>,
+}
+
+impl PluginScope {
+    /// A scope without a store, for tests and one-off checks.
+    pub fn detached(kind: &str, name: &str, version: &str) -> Self {
+        PluginScope { kind: kind.into(), name: name.into(), version: version.into(), kv: None }
+    }
+}
+
+/// The one address a health-check plugin may probe during a call.
+#[derive(Clone, Debug)]
+pub struct ProbeTarget {
+    /// IP address or host name of the task.
+    pub address: String,
+    /// Ports the probe may connect to.
+    pub ports: Vec<u16>,
+}
+
+/// The store data of every plugin instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) scope: Arc<PluginScope>,
+    /// The target of the current health-check call; `None` outside such a call.
+    pub probe: Option<ProbeTarget>,
+}
+
+impl HostState {
+    pub(crate) fn new(scope: Arc<PluginScope>, memory_limit: usize) -> Self {
+        // An empty WASI context: no preopened directories, no environment, no arguments, stdin
+        // empty, stdout/stderr discarded, no sockets and no name lookups. Rust's standard library
+        // imports these interfaces, so they are linked, but they grant nothing.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            scope,
+            probe: None,
+        }
+    }
+
+    /// The plugin this state belongs to.
+    pub fn scope(&self) -> &PluginScope {
+        &self.scope
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps each instance's memories (and tables) and remembers whether the cap was hit, so that the
+/// trap that follows can be reported as out-of-memory rather than a generic trap.
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: usize,
+    pub(crate) exceeded: bool,
+}
+
+/// Table elements an instance may hold; generous for interpreters (CPython has large tables).
+const MAX_TABLE_ELEMENTS: usize = 200_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            // Refuse the growth: `memory.grow` returns -1 and the guest's allocator aborts with a
+            // trap, which `Plugin::call` reports as `CallError::OutOfMemory`.
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
