@@ -1,0 +1,134 @@
+//! Bearer tokens and scopes.
+//!
+//! | scope | may |
+//! | --- | --- |
+//! | `admin` | everything: plugins, cluster, tokens |
+//! | `operator` | read everything; manage apps (later issues) |
+//! | `app:<namespace>` | its own KV namespace (later issues) |
+//!
+//! Every `/v1` endpoint needs a valid token; reading needs any scope, changing plugins or issuing
+//! tokens needs `admin`. Tokens are kept as sha256 digests, never in clear.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::dto::{TokenRequest, TokenResponse};
+use crate::error::ApiError;
+
+/// What a token may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// Apps and reading.
+    Operator,
+    /// One KV namespace.
+    App(String),
+}
+
+impl Scope {
+    /// Parse `admin`, `operator` or `app:<namespace>`.
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "admin" => Some(Scope::Admin),
+            "operator" => Some(Scope::Operator),
+            _ => {
+                let ns = text.strip_prefix("app:")?;
+                let valid = !ns.is_empty() && ns.len() <= 63 && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                valid.then(|| Scope::App(ns.to_owned()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Admin => f.write_str("admin"),
+            Scope::Operator => f.write_str("operator"),
+            Scope::App(ns) => write!(f, "app:{ns}"),
+        }
+    }
+}
+
+/// The token table.
+pub struct Auth {
+    tokens: RwLock<HashMap<String, Scope>>,
+}
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token: `shoal_` and 32 hex digits (128 bits from the OS).
+pub fn generate_token() -> String {
+    format!("shoal_{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Auth {
+    /// A table with one admin token.
+    pub fn new(admin_token: &str) -> Self {
+        let auth = Auth { tokens: RwLock::new(HashMap::new()) };
+        auth.insert(admin_token, Scope::Admin);
+        auth
+    }
+
+    /// Add a token.
+    pub fn insert(&self, token: &str, scope: Scope) {
+        self.tokens.write().insert(digest(token), scope);
+    }
+
+    /// The scope of the bearer token in `headers`.
+    pub fn scope(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        let value = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>` header"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "authorization must be `Bearer <token>`"))?;
+        self.tokens
+            .read()
+            .get(&digest(token.trim()))
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+    }
+
+    /// Any valid token.
+    pub fn reader(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        self.scope(headers)
+    }
+
+    /// An admin token.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match self.scope(headers)? {
+            Scope::Admin => Ok(()),
+            other => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this needs the admin scope; the token has `{other}`"))),
+        }
+    }
+}
+
+/// `POST /v1/tokens`: issue a token with a scope (admin only).
+#[utoipa::path(post, path = "/v1/tokens", request_body = TokenRequest,
+    responses((status = 201, body = TokenResponse), (status = 400, body = crate::dto::ErrorBody), (status = 401, body = crate::dto::ErrorBody), (status = 403, body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn issue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    state.auth.admin(&headers)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let scope = Scope::parse(&request.scope)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid scope `{}`: use admin, operator or app:<namespace>", request.scope)))?;
+    let token = generate_token();
+    state.auth.insert(&token, scope.clone());
+    Ok((StatusCode::CREATED, Json(TokenResponse { token, scope: scope.to_string() })))
+}

@@ -1,0 +1,133 @@
+//! Every body the API reads or writes, and the OpenAPI document built from them.
+
+use serde::{Deserialize, Serialize};
+use shoal_registry::{PluginInfo, PluginVersion};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The error shape of every 4xx/5xx answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `wrong_world`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// One stored version of a plugin.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PluginVersionDto {
+    /// `allocator`, `router`, `health-check` or `framework`.
+    pub kind: String,
+    /// Plugin name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Upload time, RFC 3339.
+    pub uploaded_at: String,
+}
+
+impl From<PluginVersion> for PluginVersionDto {
+    fn from(v: PluginVersion) -> Self {
+        PluginVersionDto { kind: v.kind.as_str().into(), name: v.name, version: v.version, digest: v.digest, size: v.size, uploaded_at: v.uploaded_at }
+    }
+}
+
+/// A plugin with its versions.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PluginDto {
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Active version.
+    pub active: Option<String>,
+    /// Versions `rollback` would return to, most recent last.
+    pub history: Vec<String>,
+    /// Every stored version, oldest first.
+    pub versions: Vec<PluginVersionDto>,
+    /// Successful calls of the active version since it was loaded.
+    pub calls_ok: u64,
+    /// Failed calls of the active version since it was loaded.
+    pub calls_failed: u64,
+}
+
+impl From<PluginInfo> for PluginDto {
+    fn from(p: PluginInfo) -> Self {
+        PluginDto {
+            kind: p.kind.as_str().into(),
+            name: p.name,
+            active: p.active,
+            history: p.history,
+            versions: p.versions.into_iter().map(Into::into).collect(),
+            calls_ok: p.calls_ok,
+            calls_failed: p.calls_failed,
+        }
+    }
+}
+
+/// `GET /v1/plugins`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginList {
+    /// Every plugin, by kind then name.
+    pub plugins: Vec<PluginDto>,
+}
+
+/// `POST /v1/plugins/{kind}/{name}/activate`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// The version to make active.
+    pub version: String,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// `admin`, `operator` or `app:<namespace>`.
+    pub scope: String,
+}
+
+/// A new token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// The token; shown once.
+    pub token: String,
+    /// Its scope.
+    pub scope: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The OpenAPI document, served at `/v1/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Shoal API", description = "Control plane of a pool of machines; every policy is a WebAssembly component."),
+    paths(
+        crate::plugins::list, crate::plugins::show, crate::plugins::push, crate::plugins::delete,
+        crate::plugins::activate, crate::plugins::rollback, crate::plugins::download,
+        crate::events::stream, crate::auth::issue,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;

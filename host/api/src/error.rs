@@ -1,0 +1,73 @@
+//! The one error shape of the API: `{"error": {"code": "...", "message": "..."}}`, with the
+//! status code that fits. Codes are stable, lower snake case; messages are for humans.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use shoal_registry::RegistryError;
+use shoal_runtime::LoadError;
+
+use crate::dto::{ErrorBody, ErrorDetail};
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Build an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> Self {
+        let message = err.to_string();
+        let (status, code) = match &err {
+            RegistryError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            RegistryError::InvalidVersion(_) => (StatusCode::BAD_REQUEST, "invalid_version"),
+            RegistryError::Load(load) => match load {
+                LoadError::NotWasm => (StatusCode::BAD_REQUEST, "not_wasm"),
+                LoadError::CoreModule => (StatusCode::BAD_REQUEST, "not_a_component"),
+                LoadError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_component"),
+                LoadError::IncompatibleVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "incompatible_version"),
+                LoadError::WrongWorld { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_world"),
+                LoadError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            },
+            RegistryError::DuplicateVersion { .. } => (StatusCode::CONFLICT, "duplicate_version"),
+            RegistryError::NotFound { .. } | RegistryError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::VersionActive { .. } => (StatusCode::CONFLICT, "version_active"),
+            RegistryError::NothingToRollBack { .. } => (StatusCode::CONFLICT, "nothing_to_roll_back"),
+            RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+        };
+        ApiError::new(status, code, message)
+    }
+}

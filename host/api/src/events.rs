@@ -1,0 +1,53 @@
+//! `GET /v1/events`: the bus's CloudEvents as Server-Sent Events, filtered by subject.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use shoal_bus::subject;
+
+use crate::AppState;
+use crate::dto::ErrorBody;
+use crate::error::ApiError;
+
+/// Query of the event stream.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Subject filter with NATS wildcards (`*` one token, `>` the rest), under `shoal.evt`;
+    /// default `shoal.evt.>` (everything).
+    subject: Option<String>,
+}
+
+/// Stream events as SSE; each `data:` line is one CloudEvents 1.0 JSON event.
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    state.auth.reader(&headers)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = query.subject.unwrap_or_else(|| subject::EVENTS_ALL.to_owned());
+    subject::validate_filter(&filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !(filter == "shoal.evt.>" || filter.starts_with("shoal.evt.") || filter == ">" || filter == "shoal.>") {
+        return Err(ApiError::bad_request(format!("subject filter `{filter}` is outside the event tree `shoal.evt.>`")));
+    }
+    // Wider filters are narrowed to the event tree: control traffic is not for API clients.
+    let filter = if filter == ">" || filter == "shoal.>" { subject::EVENTS_ALL.to_owned() } else { filter };
+    let subscription = state
+        .bus
+        .subscribe(&filter)
+        .await
+        .map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string()))?;
+    let events = subscription.map(|message| {
+        let data = String::from_utf8_lossy(&message.payload).into_owned();
+        Ok(Event::default().event(message.subject).data(data))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,99 @@
+//! Shoal's HTTP API, under `/v1`, served by axum.
+//!
+//! - [`dto`] owns every request and response body (the wire format) and the OpenAPI document;
+//! - [`error`] owns the one error shape, `{"error": {"code", "message"}}`, and its status codes;
+//! - [`auth`] owns bearer tokens and scopes (admin for plugins and cluster, operator for apps,
+//!   app for one KV namespace);
+//! - handlers validate every input at the edge and change nothing when they answer 4xx.
+//!
+//! What this crate must never do: hold state of its own beyond tokens. Plugins live in the
+//! registry, events on the bus.
+//!
+//! Entry point: [`serve`] takes a bound listener and a shutdown future (so tests bind
+//! `127.0.0.1:0` and drive the real server).
+
+pub mod auth;
+pub mod dto;
+pub mod error;
+mod events;
+mod plugins;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use shoal_bus::SharedBus;
+use shoal_registry::Registry;
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+pub use auth::{Auth, Scope};
+pub use error::ApiError;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The plugin registry.
+    pub registry: Arc<Registry>,
+    /// The bus events are read from.
+    pub bus: SharedBus,
+    /// Tokens and scopes.
+    pub auth: Arc<Auth>,
+    /// Largest accepted plugin upload, in bytes.
+    pub max_upload: usize,
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3, 1e-2, 5e-2, 0.25, 1.0, 5.0])
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        handle
+    })
+}
+
+/// The API's router.
+pub fn router(state: AppState) -> Router {
+    prometheus();
+    let limit = state.max_upload + 1024;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/{kind}/{name}", get(plugins::show).post(plugins::push).delete(plugins::delete))
+        .route("/v1/plugins/{kind}/{name}/activate", post(plugins::activate))
+        .route("/v1/plugins/{kind}/{name}/rollback", post(plugins::rollback))
+        .route("/v1/plugins/{kind}/{name}/versions/{version}/component", get(plugins::download))
+        .route("/v1/events", get(events::stream))
+        .route("/v1/tokens", post(auth::issue))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn metrics_text(State(_): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus().render())
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(dto::ApiDoc::openapi())
+}
+
+/// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

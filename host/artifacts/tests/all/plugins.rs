@@ -1,0 +1,228 @@
+//! The default plugins answer right.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shoal_abi::{
+    AnyPlugin, Agent, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, FrameworkInfo, PluginKind, RequestInfo,
+    Resources, RouteTable, RouterWorld,
+};
+use shoal_runtime::Plugin;
+
+use crate::load;
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
+}
+shoal_artifacts::foreach_plugin!(assert_test_exists);
+
+fn router(bytes: &[u8]) -> Arc<Plugin<RouterWorld>> {
+    match load(PluginKind::Router, bytes) {
+        AnyPlugin::Router(p) => p,
+        _ => unreachable!(),
+    }
+}
+
+fn table(weights: &[u32]) -> RouteTable {
+    RouteTable {
+        generation: 1,
+        endpoints: weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Endpoint { id: format!("e{i}"), address: format!("10.0.0.{i}:80"), weight: w, labels: vec![] })
+            .collect(),
+    }
+}
+
+fn request(client_ip: &str) -> RequestInfo {
+    RequestInfo { method: "GET".into(), host: "app.test".into(), path: "/".into(), client_ip: client_ip.into(), headers: vec![] }
+}
+
+fn states(healthy: &[bool]) -> Vec<EndpointState> {
+    healthy.iter().map(|&h| EndpointState { healthy: h, active_requests: 0 }).collect()
+}
+
+fn picks(p: &Plugin<RouterWorld>, t: &RouteTable, s: &[EndpointState], n: usize) -> Vec<Option<u32>> {
+    (0..n).map(|_| shoal_abi::route(p, t, &request("192.0.2.1"), s).expect("route")).collect()
+}
+
+fn counts(picks: &[Option<u32>]) -> HashMap<Option<u32>, usize> {
+    let mut m = HashMap::new();
+    for p in picks {
+        *m.entry(*p).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn round_robin() {
+    let p = router(shoal_artifacts::ROUND_ROBIN);
+    let t = table(&[1, 1, 1]);
+    assert_eq!(picks(&p, &t, &states(&[true, true, true]), 6), [0, 1, 2, 0, 1, 2].map(Some));
+    assert_eq!(picks(&p, &t, &states(&[true, false, true]), 4), [0, 2, 0, 2].map(Some));
+    assert_eq!(picks(&p, &t, &states(&[false, false, false]), 2), [None, None]);
+}
+
+#[test]
+fn random() {
+    let p = router(shoal_artifacts::RANDOM);
+    let t = table(&[1, 1, 1, 1]);
+    let got = counts(&picks(&p, &t, &states(&[true, true, false, true]), 30_000));
+    assert_eq!(got.get(&Some(2)), None, "unhealthy endpoint picked: {got:?}");
+    for i in [0, 1, 3] {
+        let n = got[&Some(i)];
+        assert!((9_000..11_000).contains(&n), "endpoint {i} got {n} of 30000: {got:?}");
+    }
+}
+
+#[test]
+fn source_hash() {
+    let p = router(shoal_artifacts::SOURCE_HASH);
+    let t = table(&[1, 1, 1]);
+    let s = states(&[true, true, true]);
+    // The same client always lands on the same endpoint.
+    let first = shoal_abi::route(&p, &t, &request("198.51.100.7"), &s).expect("route");
+    for _ in 0..100 {
+        assert_eq!(shoal_abi::route(&p, &t, &request("198.51.100.7"), &s).expect("route"), first);
+    }
+    // Many clients spread over every endpoint.
+    let ips: Vec<String> = (0..3000).map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)).collect();
+    let spread = counts(&ips.iter().map(|ip| shoal_abi::route(&p, &t, &request(ip), &s).expect("route")).collect::<Vec<_>>());
+    for i in 0..3 {
+        assert!(spread[&Some(i)] > 800, "uneven spread {spread:?}");
+    }
+    // When the key's endpoint is down, the key moves, and moves to the same place every time.
+    let first = first.expect("a pick");
+    let mut down = s.clone();
+    down[first as usize].healthy = false;
+    let moved = shoal_abi::route(&p, &t, &request("198.51.100.7"), &down).expect("route");
+    assert!(moved.is_some() && moved != Some(first));
+    assert_eq!(shoal_abi::route(&p, &t, &request("198.51.100.7"), &down).expect("route"), moved);
+    // A fourth endpoint takes about a quarter of the keys and moves nobody else.
+    let t4 = RouteTable { generation: 2, ..table(&[1, 1, 1, 1]) };
+    let s4 = states(&[true, true, true, true]);
+    let mut changed = 0;
+    for ip in &ips {
+        let before = shoal_abi::route(&p, &t, &request(ip), &s).expect("route");
+        let after = shoal_abi::route(&p, &t4, &request(ip), &s4).expect("route");
+        if before != after {
+            assert_eq!(after, Some(3), "a key moved between old endpoints");
+            changed += 1;
+        }
+    }
+    assert!((600..900).contains(&changed), "{changed} of 3000 keys moved");
+}
+
+#[test]
+fn weighted_round_robin() {
+    let p = router(shoal_artifacts::WEIGHTED_ROUND_ROBIN);
+    let t = table(&[5, 1, 1]);
+    // nginx's smooth sequence for 5:1:1.
+    assert_eq!(picks(&p, &t, &states(&[true, true, true]), 7), [0, 0, 1, 0, 2, 0, 0].map(Some));
+    let got = counts(&picks(&p, &t, &states(&[true, true, true]), 700));
+    assert_eq!((got[&Some(0)], got[&Some(1)], got[&Some(2)]), (500, 100, 100));
+    // Weight 0 and unhealthy endpoints are never picked.
+    let t = RouteTable { generation: 2, ..table(&[0, 1, 3]) };
+    let got = counts(&picks(&p, &t, &states(&[true, false, true]), 50));
+    assert_eq!(got.get(&Some(2)), Some(&50));
+}
+
+#[test]
+fn weighted_random() {
+    let p = router(shoal_artifacts::WEIGHTED_RANDOM);
+    let t = table(&[3, 1, 0]);
+    let got = counts(&picks(&p, &t, &states(&[true, true, true]), 40_000));
+    assert_eq!(got.get(&Some(2)), None, "weight 0 picked: {got:?}");
+    let ratio = got[&Some(0)] as f64 / got[&Some(1)] as f64;
+    assert!((2.8..3.2).contains(&ratio), "ratio {ratio} for weights 3:1 ({got:?})");
+    assert_eq!(picks(&p, &t, &states(&[false, false, true]), 3), [None, None, None]);
+}
+
+#[test]
+fn least_connections() {
+    let p = router(shoal_artifacts::LEAST_CONNECTIONS);
+    let t = table(&[1, 1, 1]);
+    let busy = |active: [u32; 3]| active.map(|a| EndpointState { healthy: true, active_requests: a }).to_vec();
+    for _ in 0..10 {
+        assert_eq!(shoal_abi::route(&p, &t, &request("x"), &busy([5, 0, 3])).expect("route"), Some(1));
+    }
+    // Ties rotate, so idle endpoints share the load.
+    let got = counts(&picks(&p, &t, &busy([2, 2, 2]), 300));
+    assert_eq!(got.len(), 3, "ties did not rotate: {got:?}");
+    // Connections are weighed: 2 active on weight 4 beats 1 active on weight 1.
+    let t = RouteTable { generation: 2, ..table(&[1, 4, 1]) };
+    assert_eq!(shoal_abi::route(&p, &t, &request("x"), &busy([1, 2, 9])).expect("route"), Some(1));
+    // Unhealthy idle endpoints are skipped.
+    let mut s = busy([9, 0, 9]);
+    s[1].healthy = false;
+    assert!(shoal_abi::route(&p, &t, &request("x"), &s).expect("route") != Some(1));
+}
+
+fn agent(id: &str, cpus: f64, mem: f64) -> Agent {
+    let r = Resources { cpus, mem_mb: mem, disk_mb: 0.0, ports: vec![], scalars: vec![] };
+    Agent { id: id.into(), hostname: format!("{id}.local"), attributes: vec![], total: r.clone(), free: r }
+}
+
+fn framework(name: &str, weight: f64, cpus: f64) -> FrameworkInfo {
+    FrameworkInfo {
+        name: name.into(),
+        role: "*".into(),
+        weight,
+        quota: None,
+        allocated: Resources { cpus, mem_mb: 0.0, disk_mb: 0.0, ports: vec![], scalars: vec![] },
+        filters: vec![],
+        suppressed: false,
+    }
+}
+
+#[test]
+fn drf() {
+    let AnyPlugin::Allocator(p) = load(PluginKind::Allocator, shoal_artifacts::DRF) else { unreachable!() };
+    let agents = vec![agent("a1", 4.0, 4096.0), agent("a2", 4.0, 4096.0), agent("a3", 4.0, 4096.0), agent("a4", 4.0, 4096.0)];
+    let pairs = |snapshot: &ClusterSnapshot| -> Vec<(String, String)> {
+        shoal_abi::allocate(&p, snapshot).expect("allocate").into_iter().map(|o| (o.framework, o.agent_id)).collect()
+    };
+    let own = |v: &[(&str, &str)]| v.iter().map(|(f, a)| (f.to_string(), a.to_string())).collect::<Vec<_>>();
+
+    // "a" already holds half the cluster's cpus: "b" gets agents until it is as poor, then
+    // ties go by name.
+    let mut snap = ClusterSnapshot { now_ms: 1_000, agents: agents.clone(), frameworks: vec![framework("a", 1.0, 8.0), framework("b", 1.0, 0.0)] };
+    assert_eq!(pairs(&snap), own(&[("b", "a1"), ("b", "a2"), ("a", "a3"), ("b", "a4")]));
+
+    // Weight 0.5 doubles b's share: after one agent b is as "rich" as a.
+    snap.frameworks[1].weight = 0.5;
+    assert_eq!(pairs(&snap), own(&[("b", "a1"), ("a", "a2"), ("b", "a3"), ("a", "a4")]));
+    snap.frameworks[1].weight = 1.0;
+
+    // A decline filter on a1 sends a1 elsewhere; an expired one does not.
+    snap.frameworks[1].filters = vec![DeclineFilter { agent_id: "a1".into(), until_ms: 2_000 }];
+    assert_eq!(pairs(&snap)[0], ("a".to_string(), "a1".to_string()));
+    snap.frameworks[1].filters[0].until_ms = 500;
+    assert_eq!(pairs(&snap)[0], ("b".to_string(), "a1".to_string()));
+
+    // Suppressed frameworks get nothing.
+    snap.frameworks[1].suppressed = true;
+    assert!(pairs(&snap).iter().all(|(f, _)| f == "a"));
+    snap.frameworks[1].suppressed = false;
+
+    // Quota caps what is offered: "a" may hold 9 cpus and holds 8.
+    snap.frameworks[0].quota = Some(Resources { cpus: 9.0, mem_mb: 1e9, disk_mb: 1e9, ports: vec![], scalars: vec![] });
+    let offers = shoal_abi::allocate(&p, &snap).expect("allocate");
+    let to_a: Vec<_> = offers.iter().filter(|o| o.framework == "a").collect();
+    assert_eq!(to_a.len(), 1);
+    assert_eq!(to_a[0].resources.cpus, 1.0);
+
+    // Offers never exceed an agent's free resources, and every agent with free resources is offered once.
+    assert_eq!(offers.len(), 4);
+    for o in &offers {
+        let a = agents.iter().find(|a| a.id == o.agent_id).expect("known agent");
+        assert!(o.resources.cpus <= a.free.cpus && o.resources.mem_mb <= a.free.mem_mb);
+    }
+
+    // No frameworks or no agents: no offers.
+    assert!(shoal_abi::allocate(&p, &ClusterSnapshot { now_ms: 0, agents: agents.clone(), frameworks: vec![] }).expect("allocate").is_empty());
+    assert!(shoal_abi::allocate(&p, &ClusterSnapshot { now_ms: 0, agents: vec![], frameworks: snap.frameworks.clone() }).expect("allocate").is_empty());
+}

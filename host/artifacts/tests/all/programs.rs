@@ -1,0 +1,177 @@
+//! The test programs: hostile guests cannot take the host down, capabilities are denied, the
+//! store and the probe work, and incompatible versions are refused.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_abi::health::{CheckStatus, CheckTarget};
+use shoal_abi::{AnyPlugin, FrameworkWorld, HttpRequest, PluginKind, RequestInfo, RouteTable, RouterWorld};
+use shoal_runtime::{CallError, LoadError, MemoryKv, Plugin, PluginScope};
+
+use crate::{load, runtime};
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
+}
+shoal_artifacts::foreach_test_program!(assert_test_exists);
+
+fn hostile(scope: PluginScope) -> Arc<Plugin<RouterWorld>> {
+    match AnyPlugin::load(runtime(), PluginKind::Router, shoal_artifacts::HOSTILE_ROUTER, scope, PluginKind::Router.default_limits()) {
+        Ok(AnyPlugin::Router(p)) => p,
+        _ => panic!("hostile router did not load"),
+    }
+}
+
+fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
+    let table = RouteTable { generation: 1, endpoints: vec![] };
+    let req = RequestInfo { method: "GET".into(), host: "127.0.0.1:9".into(), path: path.into(), client_ip: "::1".into(), headers: vec![] };
+    let states = vec![shoal_abi::EndpointState { healthy: true, active_requests: 0 }];
+    shoal_abi::route(p, &table, &req, &states)
+}
+
+#[test]
+fn hostile_router() {
+    let p = hostile(PluginScope::detached("router", "hostile", "1"));
+    assert_eq!(call(&p, "/").expect("healthy call"), Some(0));
+
+    let started = Instant::now();
+    let err = call(&p, "/loop").expect_err("an endless loop must be interrupted");
+    assert!(matches!(err, CallError::Timeout(d) if d == Duration::from_millis(50)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "interrupted only after {:?}", started.elapsed());
+
+    let err = call(&p, "/oom").expect_err("a memory bomb must be stopped");
+    assert!(matches!(err, CallError::OutOfMemory { limit } if limit == 32 << 20), "{err:?}");
+
+    let err = call(&p, "/trap").expect_err("a panic is a trap");
+    assert!(matches!(err, CallError::Trap(_)), "{err:?}");
+
+    // Rust keeps its stack in linear memory, so overflowing it is an out-of-bounds trap.
+    let err = call(&p, "/stack").expect_err("unbounded recursion is a trap");
+    assert!(matches!(&err, CallError::Trap(_)), "{err:?}");
+
+    let err = call(&p, "/out-of-range").expect_err("index 9999 of 1 endpoint");
+    assert!(matches!(&err, CallError::InvalidOutput(m) if m.contains("9999")), "{err:?}");
+
+    // Giant output through the log import and stdout is cut or discarded, and the call succeeds.
+    assert_eq!(call(&p, "/log-flood").expect("log flood"), Some(0));
+    assert_eq!(call(&p, "/print").expect("print flood"), Some(0));
+
+    // No ambient capability: no filesystem, no environment, no sockets, and no store when the
+    // host gives none.
+    for path in ["/fs", "/env", "/net", "/kv"] {
+        assert_eq!(call(&p, path).expect(path), Some(0), "{path} was granted");
+    }
+
+    // After all that the plugin (and the host) still serve, on fresh instances.
+    for _ in 0..10 {
+        assert_eq!(call(&p, "/").expect("healthy call after failures"), Some(0));
+    }
+    let stats = p.stats();
+    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 6);
+
+    // With a store, the store works.
+    let with_kv = hostile(PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("router", "hostile", "1") });
+    assert_eq!(call(&with_kv, "/kv").expect("kv"), Some(1));
+}
+
+#[test]
+fn hostile_framework() {
+    let AnyPlugin::Framework(p) = load(PluginKind::Framework, shoal_artifacts::HOSTILE_FRAMEWORK) else { unreachable!() };
+    let req = HttpRequest { method: "GET".into(), path: "/".into(), query: String::new(), headers: vec![], body: vec![] };
+    let err = shoal_abi::handle_request(&p, &req).expect_err("a 32 MiB body is refused");
+    assert!(matches!(&err, CallError::InvalidOutput(m) if m.contains("body")), "{err:?}");
+    let err = shoal_abi::resource_offers(&p, &[]).expect_err("200k operations are refused");
+    assert!(matches!(&err, CallError::InvalidOutput(m) if m.contains("operations")), "{err:?}");
+    assert_eq!(shoal_abi::tick(&p, 0).expect("tick still works"), vec![]);
+}
+
+fn counter(kv: Arc<MemoryKv>, name: &str) -> Arc<Plugin<FrameworkWorld>> {
+    let scope = PluginScope { kv: Some(kv), ..PluginScope::detached("framework", name, "1") };
+    match AnyPlugin::load(runtime(), PluginKind::Framework, shoal_artifacts::KV_FRAMEWORK, scope, PluginKind::Framework.default_limits()) {
+        Ok(AnyPlugin::Framework(p)) => p,
+        _ => panic!("kv framework did not load"),
+    }
+}
+
+fn post(p: &Plugin<FrameworkWorld>, path: &str) -> String {
+    let req = HttpRequest { method: "POST".into(), path: path.into(), query: String::new(), headers: vec![], body: vec![] };
+    let resp = shoal_abi::handle_request(p, &req).expect("handle request");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    String::from_utf8(resp.body).expect("utf-8")
+}
+
+#[test]
+fn kv_framework() {
+    let kv = Arc::new(MemoryKv::default());
+    let p = counter(kv.clone(), "counter");
+    assert_eq!(post(&p, "/count"), "1");
+    assert_eq!(post(&p, "/count"), "2");
+    // Instances are disposable: state lives in the store, not in the instance.
+    p.clear_pool();
+    assert_eq!(post(&p, "/count"), "3");
+    // A new load of the plugin (a new version, say) sees the same store.
+    let again = counter(kv, "counter");
+    assert_eq!(post(&again, "/count"), "4");
+    // Another plugin with its own store starts from zero.
+    let other = counter(Arc::new(MemoryKv::default()), "other");
+    assert_eq!(post(&other, "/count"), "1");
+    // A framework's own refusal is a value, not a host error.
+    assert_eq!(shoal_abi::framework_init(&p, "refuse").expect("call"), Err("configured to refuse".to_string()));
+    assert_eq!(shoal_abi::framework_init(&p, "").expect("call"), Ok(()));
+    // Without a store the plugin is told access-denied.
+    let AnyPlugin::Framework(bare) = load(PluginKind::Framework, shoal_artifacts::KV_FRAMEWORK) else { unreachable!() };
+    let req = HttpRequest { method: "POST".into(), path: "/count".into(), query: String::new(), headers: vec![], body: vec![] };
+    let resp = shoal_abi::handle_request(&bare, &req).expect("call");
+    assert_eq!((resp.status, String::from_utf8_lossy(&resp.body).into_owned()), (500, "Error::AccessDenied".to_string()));
+}
+
+/// A one-thread HTTP server on loopback: `/ok` → 200, anything else → 500.
+fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let status = if head.starts_with("GET /ok ") { "200 OK" } else { "500 Internal Server Error" };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
+        }
+    });
+    port
+}
+
+#[test]
+fn http_check() {
+    let AnyPlugin::HealthCheck(p) = load(PluginKind::HealthCheck, shoal_artifacts::HTTP_CHECK) else { unreachable!() };
+    let port = http_server();
+    let target = |config: &str, ports: Vec<u16>| CheckTarget { task_id: "t1".into(), address: "127.0.0.1".into(), ports, config: config.into() };
+
+    let ok = shoal_abi::check_health(&p, &target("/ok", vec![port])).expect("check");
+    assert_eq!((ok.status, ok.message.as_str()), (CheckStatus::Healthy, "HTTP 200"));
+    let bad = shoal_abi::check_health(&p, &target("/broken", vec![port])).expect("check");
+    assert_eq!((bad.status, bad.message.as_str()), (CheckStatus::Unhealthy, "HTTP 500"));
+    let none = shoal_abi::check_health(&p, &target("/ok", vec![])).expect("check");
+    assert_eq!(none.status, CheckStatus::Unhealthy);
+    // A closed port is unhealthy, not an error of the host.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let down = shoal_abi::check_health(&p, &target("/ok", vec![closed])).expect("check");
+    assert_eq!(down.status, CheckStatus::Unhealthy);
+    assert!(down.message.contains("Connect"), "{}", down.message);
+}
+
+#[test]
+fn future_version() {
+    let err = AnyPlugin::load(runtime(), PluginKind::Router, shoal_artifacts::FUTURE_VERSION, PluginScope::detached("router", "f", "1"), PluginKind::Router.default_limits())
+        .err()
+        .expect("a component of shoal:plugin@0.2.0 must be refused");
+    assert!(matches!(err, LoadError::IncompatibleVersion { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("shoal:plugin@0.2.0") && message.contains("0.1.0"), "{message}");
+}

@@ -1,0 +1,591 @@
+//! The plugin registry: every uploaded plugin version, stored durably in RocksDB with its digest;
+//! which version of each plugin is active; atomic activation, rollback and deletion; and the
+//! automatic rollback of a newly activated version that keeps failing.
+//!
+//! Invariants:
+//! - nothing is stored unless the bytes loaded as a component of the plugin's world (validation
+//!   happens before the first write), and a failed operation changes nothing;
+//! - activation swaps an `Arc` atomically: calls that already hold the old version finish on it;
+//! - the registry never interprets what a plugin answers; callers report outcomes with
+//!   [`Registry::record`].
+//!
+//! The registry does not publish events itself: it emits [`RegistryEvent`]s on a channel, and the
+//! node forwards them to the bus (which owns subjects and the CloudEvents format).
+
+mod kv;
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_abi::{AnyPlugin, PluginKind};
+use shoal_runtime::{CallError, LoadError, PluginScope, Runtime};
+use tokio::sync::mpsc;
+
+pub use kv::RocksKv;
+use store::Store;
+
+/// Settings of the registry.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Consecutive failed calls after which a newly activated version is rolled back.
+    pub rollback_after: u32,
+    /// Successful calls after which a newly activated version is no longer "new".
+    pub probation_calls: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { rollback_after: 5, probation_calls: 100 }
+    }
+}
+
+/// One stored version of a plugin.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PluginVersion {
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// Plugin name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// Upload time, RFC 3339.
+    pub uploaded_at: String,
+    /// Upload order among the plugin's versions, from 1.
+    pub seq: u64,
+}
+
+/// Which version of a plugin is active, and what was active before (most recent last).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ActivationState {
+    /// The active version, if any.
+    pub active: Option<String>,
+    /// Previously active versions, oldest first; `rollback` pops the last.
+    pub history: Vec<String>,
+    /// Last `seq` handed out.
+    pub last_seq: u64,
+}
+
+/// A plugin and all its versions, as `list`/`show` report it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PluginInfo {
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// Plugin name.
+    pub name: String,
+    /// Active version, if any.
+    pub active: Option<String>,
+    /// Versions that `rollback` would return to, most recent last.
+    pub history: Vec<String>,
+    /// Every stored version, in upload order.
+    pub versions: Vec<PluginVersion>,
+    /// Calls of the active version that succeeded since it was loaded.
+    pub calls_ok: u64,
+    /// Calls of the active version that failed since it was loaded.
+    pub calls_failed: u64,
+}
+
+/// Something that happened in the registry, for the event stream.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RegistryEvent {
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// Plugin name.
+    pub name: String,
+    /// What happened: `uploaded`, `activated`, `rolled-back`, `deleted`, `failing`.
+    pub action: &'static str,
+    /// Details (version, digest, reason…).
+    pub data: serde_json::Value,
+}
+
+/// Why a registry operation was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A plugin name that is not a lower-case DNS label.
+    #[error("invalid plugin name `{0}`: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit")]
+    InvalidName(String),
+    /// A bad version label.
+    #[error("invalid version `{0}`: use 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")]
+    InvalidVersion(String),
+    /// The bytes are not a valid plugin of this kind.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The version exists already.
+    #[error("{kind} plugin `{name}` already has a version `{version}`; versions are immutable, push a new one")]
+    DuplicateVersion {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// No such plugin.
+    #[error("no {kind} plugin named `{name}`")]
+    NotFound {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+    },
+    /// No such version.
+    #[error("{kind} plugin `{name}` has no version `{version}`")]
+    VersionNotFound {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// Deleting the active version is refused.
+    #[error("version `{version}` of {kind} plugin `{name}` is active; activate another version first, or delete the whole plugin")]
+    VersionActive {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// Nothing to roll back to.
+    #[error("{kind} plugin `{name}` has no previous version to roll back to")]
+    NothingToRollBack {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+    },
+    /// The store failed.
+    #[error("plugin store: {0}")]
+    Storage(String),
+}
+
+impl From<rocksdb::Error> for RegistryError {
+    fn from(err: rocksdb::Error) -> Self {
+        RegistryError::Storage(err.to_string())
+    }
+}
+
+/// A loaded, callable version, with its call accounting.
+pub struct LoadedVersion {
+    /// What is stored about it.
+    pub meta: PluginVersion,
+    /// The loaded plugin.
+    pub plugin: AnyPlugin,
+    /// Whether it is newly activated with a previous version to return to.
+    probation: AtomicBool,
+    consecutive_failures: AtomicU32,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    metrics: CallMetrics,
+}
+
+struct CallMetrics {
+    ok: metrics::Counter,
+    failed: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl CallMetrics {
+    fn new(meta: &PluginVersion) -> Self {
+        let labels = [
+            ("kind", meta.kind.as_str().to_owned()),
+            ("name", meta.name.clone()),
+            ("version", meta.version.clone()),
+        ];
+        let with = |outcome: &'static str| {
+            let mut l = labels.to_vec();
+            l.push(("outcome", outcome.to_owned()));
+            metrics::counter!("shoal_plugin_calls_total", &l)
+        };
+        CallMetrics { ok: with("ok"), failed: with("error"), latency: metrics::histogram!("shoal_plugin_call_duration_seconds", &labels) }
+    }
+}
+
+impl LoadedVersion {
+    /// Successful calls since load.
+    pub fn calls_ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+    /// Failed calls since load.
+    pub fn calls_failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+type Key = (PluginKind, String);
+
+/// The active version of one plugin, swapped atomically.
+#[derive(Default)]
+struct Slot {
+    current: ArcSwapOption<LoadedVersion>,
+}
+
+/// The plugin registry. Share it behind an `Arc`.
+pub struct Registry {
+    store: Store,
+    runtime: Runtime,
+    config: RegistryConfig,
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    /// Serialises mutations so that validation-then-write is atomic per registry.
+    write: tokio::sync::Mutex<()>,
+    events: mpsc::UnboundedSender<RegistryEvent>,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Check a plugin name: a lower-case DNS label, so it is safe in URLs, subjects and keys.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok { Ok(()) } else { Err(RegistryError::InvalidName(name.to_owned())) }
+}
+
+/// Check a version label.
+pub fn validate_version(version: &str) -> Result<(), RegistryError> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && version.as_bytes()[0].is_ascii_alphanumeric();
+    if ok { Ok(()) } else { Err(RegistryError::InvalidVersion(version.to_owned())) }
+}
+
+impl Registry {
+    /// Open (or create) the registry under `dir` and load every active plugin. Returns the
+    /// registry and the receiving end of its event channel.
+    pub fn open(
+        dir: &Path,
+        runtime: Runtime,
+        config: RegistryConfig,
+    ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
+        let store = Store::open(dir)?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let registry = Arc::new(Registry {
+            store,
+            runtime,
+            config,
+            slots: Mutex::new(HashMap::new()),
+            write: tokio::sync::Mutex::new(()),
+            events,
+        });
+        for (kind, name, state) in registry.store.states()? {
+            let Some(version) = state.active else { continue };
+            let key = (kind, name.clone());
+            match registry.load_version(kind, &name, &version) {
+                Ok(loaded) => registry.slot(&key).current.store(Some(Arc::new(loaded))),
+                Err(err) => tracing::error!(cause = %err, %kind, %name, %version, "could not load the active version"),
+            }
+        }
+        Ok((registry, rx))
+    }
+
+    /// The plugins' key-value store (for plugin scopes and for the node's own use).
+    pub fn kv_for(&self, kind: PluginKind, name: &str) -> Arc<RocksKv> {
+        Arc::new(RocksKv::new(self.store.db(), kind, name))
+    }
+
+    fn slot(&self, key: &Key) -> Arc<Slot> {
+        self.slots.lock().entry(key.clone()).or_default().clone()
+    }
+
+    fn scope(&self, kind: PluginKind, name: &str, version: &str) -> PluginScope {
+        PluginScope { kind: kind.as_str().into(), name: name.into(), version: version.into(), kv: Some(self.kv_for(kind, name)) }
+    }
+
+    fn loaded(&self, meta: PluginVersion, plugin: AnyPlugin) -> LoadedVersion {
+        LoadedVersion {
+            metrics: CallMetrics::new(&meta),
+            meta,
+            plugin,
+            probation: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    fn load_version(&self, kind: PluginKind, name: &str, version: &str) -> Result<LoadedVersion, RegistryError> {
+        let meta = self.store.version(kind, name, version)?.ok_or_else(|| RegistryError::VersionNotFound {
+            kind,
+            name: name.into(),
+            version: version.into(),
+        })?;
+        let bytes = self.store.blob(&meta.digest)?.ok_or_else(|| RegistryError::Storage(format!("blob {} missing", meta.digest)))?;
+        let plugin = AnyPlugin::load(&self.runtime, kind, &bytes, self.scope(kind, name, version), kind.default_limits())?;
+        Ok(self.loaded(meta, plugin))
+    }
+
+    fn emit(&self, kind: PluginKind, name: &str, action: &'static str, data: serde_json::Value) {
+        // The receiver may be gone at shutdown; events are best effort by design.
+        let _ = self.events.send(RegistryEvent { kind, name: name.into(), action, data });
+    }
+
+    /// Validate and store a new version. It becomes active if `activate` is set or if the plugin
+    /// has no active version yet. `version` defaults to `v<seq>`.
+    pub async fn push(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        version: Option<&str>,
+        bytes: &[u8],
+        activate: bool,
+    ) -> Result<PluginVersion, RegistryError> {
+        validate_name(name)?;
+        if let Some(v) = version {
+            validate_version(v)?;
+        }
+        // Validate by type before anything is stored (compiling may take a while: off the
+        // async threads).
+        let runtime = self.runtime.clone();
+        let owned = bytes.to_vec();
+        let probe_scope = PluginScope::detached(kind.as_str(), name, version.unwrap_or("new"));
+        let compiled = tokio::task::spawn_blocking(move || {
+            AnyPlugin::load(&runtime, kind, &owned, probe_scope, kind.default_limits()).map(|p| p.digest().to_owned())
+        })
+        .await
+        .map_err(|e| RegistryError::Storage(format!("validation task failed: {e}")))??;
+
+        let _guard = self.write.lock().await;
+        let mut state = self.store.state(kind, name)?.unwrap_or_default();
+        let seq = state.last_seq + 1;
+        let version = version.map(str::to_owned).unwrap_or_else(|| format!("v{seq}"));
+        if self.store.version(kind, name, &version)?.is_some() {
+            return Err(RegistryError::DuplicateVersion { kind, name: name.into(), version });
+        }
+        let meta = PluginVersion {
+            kind,
+            name: name.into(),
+            version: version.clone(),
+            digest: compiled,
+            size: bytes.len() as u64,
+            uploaded_at: now_rfc3339(),
+            seq,
+        };
+        state.last_seq = seq;
+        let make_active = activate || state.active.is_none();
+        let loaded = if make_active {
+            let plugin = AnyPlugin::load(&self.runtime, kind, bytes, self.scope(kind, name, &version), kind.default_limits())?;
+            Some(self.loaded(meta.clone(), plugin))
+        } else {
+            None
+        };
+        if make_active {
+            if let Some(previous) = state.active.replace(version.clone()) {
+                state.history.push(previous);
+            }
+        }
+        self.store.put_version(&meta, bytes, &state)?;
+        self.emit(kind, name, "uploaded", serde_json::json!({ "version": meta.version, "digest": meta.digest, "size": meta.size }));
+        if let Some(loaded) = loaded {
+            let probation = !state.history.is_empty();
+            self.swap_in(kind, name, loaded, probation);
+            self.emit(kind, name, "activated", serde_json::json!({ "version": meta.version, "digest": meta.digest, "previous": state.history.last() }));
+        }
+        Ok(meta)
+    }
+
+    fn swap_in(&self, kind: PluginKind, name: &str, loaded: LoadedVersion, probation: bool) {
+        loaded.probation.store(probation, Ordering::Relaxed);
+        self.slot(&(kind, name.to_owned())).current.store(Some(Arc::new(loaded)));
+    }
+
+    /// Make `version` the active version.
+    pub async fn activate(&self, kind: PluginKind, name: &str, version: &str) -> Result<PluginVersion, RegistryError> {
+        let _guard = self.write.lock().await;
+        let mut state = self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
+        let loaded = self.load_version(kind, name, version)?;
+        let meta = loaded.meta.clone();
+        if state.active.as_deref() == Some(version) {
+            return Ok(meta);
+        }
+        if let Some(previous) = state.active.take() {
+            state.history.push(previous);
+        }
+        state.history.retain(|v| v != version);
+        state.active = Some(version.to_owned());
+        self.store.put_state(kind, name, &state)?;
+        let probation = !state.history.is_empty();
+        self.swap_in(kind, name, loaded, probation);
+        self.emit(kind, name, "activated", serde_json::json!({ "version": version, "digest": meta.digest, "previous": state.history.last() }));
+        Ok(meta)
+    }
+
+    /// Return to the previously active version.
+    pub async fn rollback(&self, kind: PluginKind, name: &str) -> Result<PluginVersion, RegistryError> {
+        let _guard = self.write.lock().await;
+        self.rollback_locked(kind, name, "requested")
+    }
+
+    fn rollback_locked(&self, kind: PluginKind, name: &str, reason: &str) -> Result<PluginVersion, RegistryError> {
+        let mut state = self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
+        let Some(target) = state.history.pop() else {
+            return Err(RegistryError::NothingToRollBack { kind, name: name.into() });
+        };
+        let loaded = self.load_version(kind, name, &target)?;
+        let meta = loaded.meta.clone();
+        let from = state.active.replace(target.clone());
+        self.store.put_state(kind, name, &state)?;
+        // The version we return to has proved itself before: no probation.
+        self.swap_in(kind, name, loaded, false);
+        self.emit(kind, name, "rolled-back", serde_json::json!({ "from": from, "to": target, "reason": reason }));
+        Ok(meta)
+    }
+
+    /// Delete one version (not the active one), or with `version == None` the whole plugin.
+    pub async fn delete(&self, kind: PluginKind, name: &str, version: Option<&str>) -> Result<(), RegistryError> {
+        let _guard = self.write.lock().await;
+        let mut state = self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
+        match version {
+            Some(version) => {
+                if self.store.version(kind, name, version)?.is_none() {
+                    return Err(RegistryError::VersionNotFound { kind, name: name.into(), version: version.into() });
+                }
+                if state.active.as_deref() == Some(version) {
+                    return Err(RegistryError::VersionActive { kind, name: name.into(), version: version.into() });
+                }
+                state.history.retain(|v| v != version);
+                self.store.delete_version(kind, name, version, &state)?;
+                self.emit(kind, name, "deleted", serde_json::json!({ "version": version }));
+            }
+            None => {
+                self.store.delete_plugin(kind, name)?;
+                if let Some(slot) = self.slots.lock().remove(&(kind, name.to_owned())) {
+                    slot.current.store(None);
+                }
+                self.emit(kind, name, "deleted", serde_json::json!({ "version": null }));
+            }
+        }
+        Ok(())
+    }
+
+    /// The active version of a plugin. Hold the `Arc` for the duration of a call: a concurrent
+    /// activation does not affect it.
+    pub fn active(&self, kind: PluginKind, name: &str) -> Option<Arc<LoadedVersion>> {
+        self.slots.lock().get(&(kind, name.to_owned())).and_then(|s| s.current.load_full())
+    }
+
+    /// Run `f` on the active version of a plugin and record the outcome.
+    pub fn call<R>(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        f: impl FnOnce(&AnyPlugin) -> Result<R, CallError>,
+    ) -> Option<Result<R, CallError>> {
+        let loaded = self.active(kind, name)?;
+        let started = Instant::now();
+        let result = f(&loaded.plugin);
+        loaded.metrics.latency.record(started.elapsed().as_secs_f64());
+        self.record(&loaded, result.as_ref().err());
+        Some(result)
+    }
+
+    /// Account one call of `loaded`: metrics, and the automatic rollback of a new version that
+    /// failed `rollback_after` calls in a row.
+    pub fn record(&self, loaded: &Arc<LoadedVersion>, error: Option<&CallError>) {
+        let Some(error) = error else {
+            loaded.metrics.ok.increment(1);
+            let ok = loaded.ok.fetch_add(1, Ordering::Relaxed) + 1;
+            loaded.consecutive_failures.store(0, Ordering::Relaxed);
+            if ok >= self.config.probation_calls {
+                loaded.probation.store(false, Ordering::Relaxed);
+            }
+            return;
+        };
+        loaded.metrics.failed.increment(1);
+        loaded.failed.fetch_add(1, Ordering::Relaxed);
+        let streak = loaded.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak != self.config.rollback_after {
+            return;
+        }
+        let (kind, name, version) = (loaded.meta.kind, loaded.meta.name.clone(), loaded.meta.version.clone());
+        self.emit(kind, &name, "failing", serde_json::json!({
+            "version": version, "consecutive_failures": streak, "last_error": error.to_string(),
+        }));
+        if !loaded.probation.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        // Only roll back if this version is still the active one (no one activated another
+        // meanwhile). Mutations are serialised by the write lock; take it without blocking the
+        // calling (possibly hot, possibly synchronous) path.
+        let Ok(_guard) = self.write.try_lock() else {
+            tracing::warn!(%kind, %name, %version, "automatic rollback skipped: a registry change is in progress");
+            return;
+        };
+        let still_active = self.active(kind, &name).is_some_and(|a| Arc::ptr_eq(&a, loaded));
+        if !still_active {
+            return;
+        }
+        let reason = format!("{streak} consecutive failures of a newly activated version; last: {error}");
+        match self.rollback_locked(kind, &name, &reason) {
+            Ok(to) => tracing::warn!(%kind, %name, from = %version, to = %to.version, "rolled back automatically"),
+            Err(err) => tracing::error!(cause = %err, %kind, %name, "automatic rollback failed"),
+        }
+    }
+
+    /// Every plugin, sorted by kind and name.
+    pub fn list(&self) -> Result<Vec<PluginInfo>, RegistryError> {
+        let mut by_key: BTreeMap<Key, Vec<PluginVersion>> = BTreeMap::new();
+        for v in self.store.versions()? {
+            by_key.entry((v.kind, v.name.clone())).or_default().push(v);
+        }
+        let states: HashMap<Key, ActivationState> =
+            self.store.states()?.into_iter().map(|(k, n, s)| ((k, n), s)).collect();
+        Ok(by_key
+            .into_iter()
+            .map(|((kind, name), mut versions)| {
+                versions.sort_by_key(|v| v.seq);
+                let state = states.get(&(kind, name.clone())).cloned().unwrap_or_default();
+                let active = self.active(kind, &name);
+                PluginInfo {
+                    kind,
+                    calls_ok: active.as_ref().map_or(0, |a| a.calls_ok()),
+                    calls_failed: active.as_ref().map_or(0, |a| a.calls_failed()),
+                    name,
+                    active: state.active,
+                    history: state.history,
+                    versions,
+                }
+            })
+            .collect())
+    }
+
+    /// One plugin.
+    pub fn show(&self, kind: PluginKind, name: &str) -> Result<PluginInfo, RegistryError> {
+        self.list()?
+            .into_iter()
+            .find(|p| p.kind == kind && p.name == name)
+            .ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })
+    }
+
+    /// The component bytes of a version.
+    pub fn bytes(&self, kind: PluginKind, name: &str, version: &str) -> Result<Vec<u8>, RegistryError> {
+        let meta = self.store.version(kind, name, version)?.ok_or_else(|| RegistryError::VersionNotFound {
+            kind,
+            name: name.into(),
+            version: version.into(),
+        })?;
+        self.store.blob(&meta.digest)?.ok_or_else(|| RegistryError::Storage(format!("blob {} missing", meta.digest)))
+    }
+
+    /// The runtime plugins are loaded into.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}

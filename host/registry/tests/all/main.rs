@@ -1,0 +1,200 @@
+//! The registry against a real RocksDB in a temporary directory and real components.
+
+use std::sync::Arc;
+
+use shoal_abi::{AnyPlugin, EndpointState, PluginKind, RequestInfo, RouteTable};
+use shoal_registry::{Registry, RegistryConfig, RegistryError, RegistryEvent};
+use shoal_runtime::{CallError, KvBackend, LoadError, Runtime, RuntimeConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig { max_instances: 50, ..RuntimeConfig::default() }).expect("runtime")
+}
+
+fn open(dir: &std::path::Path) -> (Arc<Registry>, UnboundedReceiver<RegistryEvent>) {
+    Registry::open(dir, runtime(), RegistryConfig::default()).expect("open registry")
+}
+
+fn drain(rx: &mut UnboundedReceiver<RegistryEvent>) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push((e.name, e.action));
+    }
+    out
+}
+
+fn route(registry: &Registry, name: &str, path: &str) -> Option<Result<Option<u32>, CallError>> {
+    let table = RouteTable { generation: 1, endpoints: vec![] };
+    let request = RequestInfo { method: "GET".into(), host: "h".into(), path: path.into(), client_ip: "c".into(), headers: vec![] };
+    let states = vec![EndpointState { healthy: true, active_requests: 0 }; 2];
+    registry.call(PluginKind::Router, name, |p| match p {
+        AnyPlugin::Router(r) => shoal_abi::route(r, &table, &request, &states),
+        _ => unreachable!("a router"),
+    })
+}
+
+#[tokio::test]
+async fn push_stores_durably_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, mut events) = open(dir.path());
+    let v = registry.push(PluginKind::Router, "rr", None, shoal_artifacts::ROUND_ROBIN, false).await.expect("push");
+    assert_eq!((v.version.as_str(), v.seq), ("v1", 1));
+    assert_eq!(v.digest, shoal_runtime::cache::digest(shoal_artifacts::ROUND_ROBIN));
+    // The first version becomes active by itself.
+    assert_eq!(registry.active(PluginKind::Router, "rr").expect("active").meta.version, "v1");
+    assert_eq!(route(&registry, "rr", "/").expect("active").expect("call"), Some(0));
+    assert_eq!(drain(&mut events), vec![("rr".into(), "uploaded"), ("rr".into(), "activated")]);
+    registry.push(PluginKind::Router, "rr", Some("2.0.0"), shoal_artifacts::RANDOM, false).await.expect("push 2");
+    assert_eq!(registry.active(PluginKind::Router, "rr").expect("active").meta.version, "v1", "push without activate keeps v1");
+    let before = registry.list().expect("list");
+    drop(registry);
+
+    let (reopened, _) = open(dir.path());
+    assert_eq!(reopened.list().expect("list"), before);
+    assert_eq!(reopened.active(PluginKind::Router, "rr").expect("active after restart").meta.version, "v1");
+    assert_eq!(route(&reopened, "rr", "/").expect("active").expect("call"), Some(0));
+    assert_eq!(reopened.bytes(PluginKind::Router, "rr", "2.0.0").expect("bytes"), shoal_artifacts::RANDOM);
+}
+
+#[tokio::test]
+async fn every_bad_upload_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = Runtime::new(RuntimeConfig { max_component_size: 1 << 20, max_instances: 20, ..RuntimeConfig::default() }).expect("runtime");
+    let (registry, mut events) = Registry::open(dir.path(), small, RegistryConfig::default()).expect("open");
+    registry.push(PluginKind::Router, "rr", Some("1"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push");
+    drain(&mut events);
+    let before = registry.list().expect("list");
+
+    let cases: Vec<(&str, Result<_, RegistryError>)> = vec![
+        ("not wasm", registry.push(PluginKind::Router, "x", None, b"hello", false).await),
+        ("core module", registry.push(PluginKind::Router, "x", None, b"\0asm\x01\0\0\0", false).await),
+        ("wrong world", registry.push(PluginKind::Allocator, "x", None, shoal_artifacts::ROUND_ROBIN, false).await),
+        ("incompatible", registry.push(PluginKind::Router, "x", None, shoal_artifacts::FUTURE_VERSION, false).await),
+        ("too big", registry.push(PluginKind::Allocator, "x", None, &vec![0u8; (1 << 20) + 1], false).await),
+        ("duplicate", registry.push(PluginKind::Router, "rr", Some("1"), shoal_artifacts::RANDOM, false).await),
+        ("bad name", registry.push(PluginKind::Router, "Bad Name!", None, shoal_artifacts::ROUND_ROBIN, false).await),
+        ("bad version", registry.push(PluginKind::Router, "rr", Some("../1"), shoal_artifacts::ROUND_ROBIN, false).await),
+    ];
+    for (what, result) in cases {
+        let err = result.err().unwrap_or_else(|| panic!("{what} was accepted"));
+        let expected = match what {
+            "not wasm" => matches!(err, RegistryError::Load(LoadError::NotWasm)),
+            "core module" => matches!(err, RegistryError::Load(LoadError::CoreModule)),
+            "wrong world" => matches!(err, RegistryError::Load(LoadError::WrongWorld { .. })),
+            "incompatible" => matches!(err, RegistryError::Load(LoadError::IncompatibleVersion { .. })),
+            "too big" => matches!(err, RegistryError::Load(LoadError::TooLarge { .. })),
+            "duplicate" => matches!(err, RegistryError::DuplicateVersion { .. }),
+            "bad name" => matches!(err, RegistryError::InvalidName(_)),
+            "bad version" => matches!(err, RegistryError::InvalidVersion(_)),
+            _ => false,
+        };
+        assert!(expected, "{what}: unexpected error {err:?}");
+        assert!(!err.to_string().is_empty());
+    }
+    assert_eq!(registry.list().expect("list"), before, "a refused upload changed the registry");
+    assert!(drain(&mut events).is_empty(), "a refused upload emitted events");
+    assert_eq!(route(&registry, "rr", "/").expect("still active").expect("call"), Some(0));
+}
+
+#[tokio::test]
+async fn activation_is_atomic_and_rollback_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, mut events) = open(dir.path());
+    registry.push(PluginKind::Router, "r", Some("a"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push a");
+    registry.push(PluginKind::Router, "r", Some("b"), shoal_artifacts::WEIGHTED_ROUND_ROBIN, false).await.expect("push b");
+    // A caller holding version a keeps it while b is activated.
+    let held = registry.active(PluginKind::Router, "r").expect("active");
+    registry.activate(PluginKind::Router, "r", "b").await.expect("activate b");
+    assert_eq!(held.meta.version, "a");
+    let AnyPlugin::Router(old) = &held.plugin else { unreachable!() };
+    let table = RouteTable { generation: 1, endpoints: vec![] };
+    let req = RequestInfo { method: "GET".into(), host: "h".into(), path: "/".into(), client_ip: "c".into(), headers: vec![] };
+    let states = vec![EndpointState { healthy: true, active_requests: 0 }; 3];
+    assert_eq!(shoal_abi::route(old, &table, &req, &states).expect("old version still serves"), Some(0));
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "b");
+    let info = registry.show(PluginKind::Router, "r").expect("show");
+    assert_eq!((info.active.as_deref(), info.history.clone()), (Some("b"), vec!["a".to_string()]));
+
+    let back = registry.rollback(PluginKind::Router, "r").await.expect("rollback");
+    assert_eq!(back.version, "a");
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "a");
+    let err = registry.rollback(PluginKind::Router, "r").await.err().expect("nothing left to roll back to");
+    assert!(matches!(err, RegistryError::NothingToRollBack { .. }), "{err}");
+    let err = registry.activate(PluginKind::Router, "r", "zzz").await.err().expect("unknown version");
+    assert!(matches!(err, RegistryError::VersionNotFound { .. }), "{err}");
+    let actions: Vec<_> = drain(&mut events).into_iter().map(|(_, a)| a).collect();
+    assert_eq!(actions, ["uploaded", "activated", "uploaded", "activated", "rolled-back"]);
+}
+
+#[tokio::test]
+async fn a_new_version_that_keeps_failing_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, mut events) = open(dir.path());
+    registry.push(PluginKind::Router, "r", Some("good"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push good");
+    registry.push(PluginKind::Router, "r", Some("bad"), shoal_artifacts::HOSTILE_ROUTER, true).await.expect("push bad");
+    drain(&mut events);
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "bad");
+    for i in 0..5 {
+        let result = route(&registry, "r", "/trap").expect("a plugin is active");
+        assert!(matches!(result, Err(CallError::Trap(_))), "call {i}: {result:?}");
+    }
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "good");
+    assert_eq!(route(&registry, "r", "/trap").expect("active").expect("the good version ignores the path"), Some(0));
+    let actions: Vec<_> = drain(&mut events).into_iter().map(|(_, a)| a).collect();
+    assert_eq!(actions, ["failing", "rolled-back"]);
+    let info = registry.show(PluginKind::Router, "r").expect("show");
+    assert_eq!(info.active.as_deref(), Some("good"));
+
+    // The rollback is durable.
+    drop(registry);
+    let (reopened, _) = open(dir.path());
+    assert_eq!(reopened.active(PluginKind::Router, "r").expect("active").meta.version, "good");
+}
+
+#[tokio::test]
+async fn delete_refuses_the_active_version_and_removes_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, _events) = open(dir.path());
+    registry.push(PluginKind::Framework, "f", Some("1"), shoal_artifacts::KV_FRAMEWORK, false).await.expect("push");
+    registry.push(PluginKind::Framework, "f", Some("2"), shoal_artifacts::HOSTILE_FRAMEWORK, false).await.expect("push");
+    let kv = registry.kv_for(PluginKind::Framework, "f");
+    kv.set("count", b"41").expect("kv set");
+    let err = registry.delete(PluginKind::Framework, "f", Some("1")).await.err().expect("active version");
+    assert!(matches!(err, RegistryError::VersionActive { .. }), "{err}");
+    registry.delete(PluginKind::Framework, "f", Some("2")).await.expect("delete inactive");
+    assert_eq!(registry.show(PluginKind::Framework, "f").expect("show").versions.len(), 1);
+    assert!(registry.bytes(PluginKind::Framework, "f", "2").is_err());
+    registry.delete(PluginKind::Framework, "f", None).await.expect("delete plugin");
+    assert!(matches!(registry.show(PluginKind::Framework, "f"), Err(RegistryError::NotFound { .. })));
+    assert!(registry.active(PluginKind::Framework, "f").is_none());
+    assert_eq!(kv.get("count").expect("kv get"), None, "the plugin's data goes with it");
+    let err = registry.delete(PluginKind::Framework, "f", None).await.err().expect("gone");
+    assert!(matches!(err, RegistryError::NotFound { .. }));
+}
+
+#[tokio::test]
+async fn plugin_state_lives_in_rocksdb_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let post = |registry: &Registry| {
+        let req = shoal_abi::HttpRequest { method: "POST".into(), path: "/count".into(), query: String::new(), headers: vec![], body: vec![] };
+        let resp = registry
+            .call(PluginKind::Framework, "counter", |p| match p {
+                AnyPlugin::Framework(f) => shoal_abi::handle_request(f, &req),
+                _ => unreachable!(),
+            })
+            .expect("active")
+            .expect("call");
+        String::from_utf8(resp.body).expect("utf-8")
+    };
+    {
+        let (registry, _) = open(dir.path());
+        registry.push(PluginKind::Framework, "counter", None, shoal_artifacts::KV_FRAMEWORK, false).await.expect("push");
+        assert_eq!(post(&registry), "1");
+        assert_eq!(post(&registry), "2");
+    }
+    let (registry, _) = open(dir.path());
+    assert_eq!(post(&registry), "3");
+    // Keys are scoped: another plugin's store does not see them.
+    assert_eq!(registry.kv_for(PluginKind::Framework, "other").get("count").expect("get"), None);
+    assert_eq!(registry.kv_for(PluginKind::Framework, "counter").list("", None, 10).expect("list"), vec!["count".to_string()]);
+}

@@ -1,0 +1,329 @@
+//! The `shoal` command line: roles (`dev`) and the operator CLI over the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::Value;
+use shoal_abi::{AnyPlugin, PluginKind};
+use shoal_runtime::{MemoryKv, PluginScope, Runtime, RuntimeConfig};
+
+use crate::node::{NodeConfig, NodeInfo};
+
+/// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run everything in one process with an in-process bus; data under ./.shoal.
+    Dev(DevArgs),
+    /// Manage plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Watch the event stream.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    /// Where data lives.
+    #[arg(long, default_value = ".shoal")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Use this NATS server (e.g. nats://127.0.0.1:4222) instead of the in-process bus.
+    #[arg(long)]
+    nats: Option<String>,
+}
+
+/// How the CLI reaches the API.
+#[derive(Args, Debug, Clone)]
+struct Remote {
+    /// URL of the Shoal API.
+    #[arg(long, env = "SHOAL_API", default_value = "http://127.0.0.1:7070", global = true)]
+    api: String,
+    /// Bearer token; defaults to the admin token `shoal dev` wrote in ./.shoal/admin.token.
+    #[arg(long, env = "SHOAL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Upload a component as a new version of a plugin.
+    Push {
+        /// Plugin kind: allocator, router, health-check, framework.
+        #[arg(long)]
+        kind: String,
+        /// Plugin name.
+        #[arg(long)]
+        name: String,
+        /// Version label (default v<n>).
+        #[arg(long)]
+        version: Option<String>,
+        /// Make it the active version now.
+        #[arg(long)]
+        activate: bool,
+        /// The component (.wasm).
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List plugins.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one plugin and its versions.
+    Show {
+        /// Plugin kind.
+        kind: String,
+        /// Plugin name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a version active.
+    Activate {
+        /// Plugin kind.
+        kind: String,
+        /// Plugin name.
+        name: String,
+        /// Version.
+        version: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Return to the previously active version.
+    Rollback {
+        /// Plugin kind.
+        kind: String,
+        /// Plugin name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a version, or the whole plugin.
+    Delete {
+        /// Plugin kind.
+        kind: String,
+        /// Plugin name.
+        name: String,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run a component locally against a JSON fixture and print its answer (no server needed).
+    Check {
+        /// Plugin kind.
+        #[arg(long)]
+        kind: String,
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The fixture (JSON); see the SDK docs for its shape per kind.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EventsCommand {
+    /// Print events as they happen, one CloudEvents JSON per line.
+    Tail {
+        /// Subject filter, e.g. `shoal.evt.plugin.>` (default: every event).
+        subject: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Run the command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev(args).await,
+        Command::Plugin(cmd) => plugin(cmd).await,
+        Command::Events(EventsCommand::Tail { subject, remote }) => tail(subject, remote).await,
+    }
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let config = NodeConfig { data_dir: args.data_dir, listen: args.listen, nats: args.nats, default_plugins: true };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    let data_dir = config.data_dir.clone();
+    crate::node::run(config, shutdown, |info: &NodeInfo| {
+        println!("Shoal dev is running (bus: {}, data: {})", info.bus, data_dir.display());
+        println!("  API:      http://{}/v1", info.api);
+        println!("  OpenAPI:  http://{}/v1/openapi.json", info.api);
+        println!("  metrics:  http://{}/metrics", info.api);
+        println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
+        println!("Try: shoal plugin list   ·   shoal events tail   ·   Ctrl-C to stop");
+    })
+    .await
+}
+
+struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Client {
+    fn new(remote: Remote) -> anyhow::Result<Self> {
+        let token = match remote.token {
+            Some(t) => t,
+            None => std::fs::read_to_string(".shoal/admin.token")
+                .map(|t| t.trim().to_owned())
+                .context("no token: pass --token or set SHOAL_TOKEN (shoal dev prints one and saves it in ./.shoal/admin.token)")?,
+        };
+        Ok(Client { http: reqwest::Client::new(), api: remote.api.trim_end_matches('/').to_owned(), token })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.bearer_auth(&self.token).send().await.with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{status}: {message}");
+        }
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+    }
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn kind_of(text: &str) -> anyhow::Result<PluginKind> {
+    Ok(text.parse::<PluginKind>()?)
+}
+
+async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Push { kind, name, version, activate, file, remote } => {
+            let kind = kind_of(&kind)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let client = Client::new(remote)?;
+            let mut query = vec![("activate", activate.to_string())];
+            if let Some(v) = version {
+                query.push(("version", v));
+            }
+            let request = client
+                .http
+                .post(client.url(&format!("/v1/plugins/{kind}/{name}")))
+                .query(&query)
+                .header("content-type", "application/wasm")
+                .body(bytes);
+            let v = client.send(request).await?;
+            println!("pushed {kind} {name} version {} (sha256 {})", v["version"].as_str().unwrap_or("?"), v["digest"].as_str().unwrap_or("?"));
+        }
+        PluginCommand::List { remote } => {
+            let client = Client::new(remote)?;
+            let v = client.send(client.http.get(client.url("/v1/plugins"))).await?;
+            println!("{:<14} {:<24} {:<16} VERSIONS", "KIND", "NAME", "ACTIVE");
+            for p in v["plugins"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<14} {:<24} {:<16} {}",
+                    p["kind"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    p["active"].as_str().unwrap_or("-"),
+                    p["versions"].as_array().map_or(0, Vec::len)
+                );
+            }
+        }
+        PluginCommand::Show { kind, name, remote } => {
+            let client = Client::new(remote)?;
+            let kind = kind_of(&kind)?;
+            print(&client.send(client.http.get(client.url(&format!("/v1/plugins/{kind}/{name}")))).await?);
+        }
+        PluginCommand::Activate { kind, name, version, remote } => {
+            let client = Client::new(remote)?;
+            let kind = kind_of(&kind)?;
+            let request = client.http.post(client.url(&format!("/v1/plugins/{kind}/{name}/activate"))).json(&serde_json::json!({ "version": version }));
+            let v = client.send(request).await?;
+            println!("activated {kind} {name} version {}", v["version"].as_str().unwrap_or("?"));
+        }
+        PluginCommand::Rollback { kind, name, remote } => {
+            let client = Client::new(remote)?;
+            let kind = kind_of(&kind)?;
+            let v = client.send(client.http.post(client.url(&format!("/v1/plugins/{kind}/{name}/rollback")))).await?;
+            println!("rolled back {kind} {name} to version {}", v["version"].as_str().unwrap_or("?"));
+        }
+        PluginCommand::Delete { kind, name, version, remote } => {
+            let client = Client::new(remote)?;
+            let kind = kind_of(&kind)?;
+            let mut request = client.http.delete(client.url(&format!("/v1/plugins/{kind}/{name}")));
+            if let Some(v) = &version {
+                request = request.query(&[("version", v)]);
+            }
+            client.send(request).await?;
+            match version {
+                Some(v) => println!("deleted version {v} of {kind} {name}"),
+                None => println!("deleted {kind} {name}"),
+            }
+        }
+        PluginCommand::Check { kind, file, input } => {
+            let kind = kind_of(&kind)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let fixture: Value = serde_json::from_slice(&std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?)
+                .with_context(|| format!("{} is not valid JSON", input.display()))?;
+            let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+                let runtime = Runtime::new(RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() })?;
+                let scope = PluginScope { kv: Some(std::sync::Arc::new(MemoryKv::default())), ..PluginScope::detached(kind.as_str(), "check", "local") };
+                let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())?;
+                Ok(shoal_abi::check::run(&plugin, &fixture)?)
+            })
+            .await??;
+            print(&answer);
+        }
+    }
+    Ok(())
+}
+
+async fn tail(subject: Option<String>, remote: Remote) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let mut request = client.http.get(client.url("/v1/events")).bearer_auth(&client.token);
+    if let Some(s) = &subject {
+        request = request.query(&[("subject", s)]);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach the Shoal API at {}", client.api))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
+    }
+    // Server-Sent Events: print the `data:` line of each event.
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buffer.extend_from_slice(&chunk?);
+        while let Some(pos) = buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                println!("{}", data.trim_start());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Weighted random: each request goes to a healthy endpoint with probability proportional to its
+//! weight.
+
+use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
+
+use shoal_sdk::{Endpoint, EndpointState, RequestInfo, Router};
+
+thread_local! {
+    static WEIGHTS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// xorshift64* state seeded from the host's randomness.
+    static STATE: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish() | 1);
+}
+
+fn next_u64() -> u64 {
+    let mut x = STATE.get();
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    STATE.set(x);
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+struct WeightedRandom;
+
+impl Router for WeightedRandom {
+    fn update(endpoints: Vec<Endpoint>) {
+        WEIGHTS.set(endpoints.iter().map(|e| u64::from(e.weight)).collect());
+    }
+
+    fn route(_request: RequestInfo, states: Vec<EndpointState>) -> Option<u32> {
+        WEIGHTS.with_borrow(|weights| {
+            let weight = |i: usize| if states[i].healthy { weights.get(i).copied().unwrap_or(0) } else { 0 };
+            let total: u64 = (0..states.len()).map(weight).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut r = next_u64() % total;
+            for i in 0..states.len() {
+                let w = weight(i);
+                if r < w {
+                    return Some(i as u32);
+                }
+                r -= w;
+            }
+            None
+        })
+    }
+
+    fn on_complete(_index: u32, _status: u16, _latency_us: u64) {}
+}
+
+shoal_sdk::export_router!(WeightedRandom);
