@@ -72,7 +72,7 @@ fn hostile_router() {
         assert_eq!(call(&p, "/").expect("healthy call after failures"), Some(0));
     }
     let stats = p.stats();
-    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 6);
+    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 5);
 
     // With a store, the store works.
     let with_kv = hostile(PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("router", "hostile", "1") });

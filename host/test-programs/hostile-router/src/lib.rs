@@ -30,10 +30,10 @@ impl Router for Hostile {
                 shoal_sdk::log::warn(&"x".repeat(16 << 20));
                 Some(0)
             }
-            // 16 MiB to stdout: discarded by the host.
+            // 4 MiB to stdout: discarded by the host.
             "/print" => {
                 let line = "y".repeat(1 << 20);
-                for _ in 0..16 {
+                for _ in 0..4 {
                     println!("{line}");
                 }
                 Some(0)
