@@ -30,7 +30,7 @@ fn hostile(scope: PluginScope) -> Arc<Plugin<RouterWorld>> {
 fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
     let table = RouteTable { generation: 1, endpoints: vec![] };
     let req = RequestInfo { method: "GET".into(), host: "127.0.0.1:9".into(), path: path.into(), client_ip: "::1".into(), headers: vec![] };
-    let states = vec![shoal_abi::EndpointState { healthy: true, active_requests: 0 }];
+    let states = vec![shoal_abi::EndpointState { healthy: true, active_requests: 0 }; 2];
     shoal_abi::route(p, &table, &req, &states)
 }
 
@@ -54,7 +54,7 @@ fn hostile_router() {
     let err = call(&p, "/stack").expect_err("unbounded recursion is a trap");
     assert!(matches!(&err, CallError::Trap(_)), "{err:?}");
 
-    let err = call(&p, "/out-of-range").expect_err("index 9999 of 1 endpoint");
+    let err = call(&p, "/out-of-range").expect_err("index 9999 of 2 endpoints");
     assert!(matches!(&err, CallError::InvalidOutput(m) if m.contains("9999")), "{err:?}");
 
     // Giant output through the log import and stdout is cut or discarded, and the call succeeds.
