@@ -488,6 +488,7 @@ impl Registry {
         name: &str,
         f: impl FnOnce(&AnyPlugin) -> Result<R, CallError>,
     ) -> Option<Result<R, CallError>> {
+        // See `Plugin::call` for how calls from async tasks are handled.
         let loaded = self.active(kind, name)?;
         let started = Instant::now();
         let result = f(&loaded.plugin);

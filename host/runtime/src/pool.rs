@@ -125,7 +125,29 @@ impl<W: World> Plugin<W> {
     /// On success the instance returns to the pool. On any failure — a trap, the deadline, the
     /// memory cap, or `f` itself returning an error — the instance is dropped, so no later call
     /// ever sees the state a failing call left behind.
-    pub fn call<R>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>) -> Result<R, CallError> {
+    ///
+    /// Calls are synchronous. Called from inside an async task, the call leaves the async
+    /// context first (`block_in_place` on a multi-thread runtime, a scoped thread on a
+    /// current-thread one): WASI's stream functions block on tokio, which must never happen on a
+    /// thread that drives async tasks. Hot paths should call from their own threads.
+    pub fn call<R: Send>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R> + Send) -> Result<R, CallError>
+    where
+        W::Bindings: Send,
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Err(_) => self.call_here(f),
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.call_here(f))
+            }
+            Ok(_) => std::thread::scope(|scope| match scope.spawn(|| self.call_here(f)).join() {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Trap("the host thread running the call panicked".into())),
+            }),
+        }
+    }
+
+    fn call_here<R>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>) -> Result<R, CallError> {
         let pooled = self.idle.lock().pop();
         let mut instance = match pooled {
             Some(instance) => instance,

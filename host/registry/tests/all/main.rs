@@ -50,7 +50,9 @@ async fn push_stores_durably_and_survives_a_restart() {
     drop(registry);
 
     let (reopened, _) = open(dir.path());
-    assert_eq!(reopened.list().expect("list"), before);
+    // Everything but the in-memory call counters survives.
+    let strip = |v: Vec<shoal_registry::PluginInfo>| v.into_iter().map(|p| (p.kind, p.name, p.active, p.history, p.versions)).collect::<Vec<_>>();
+    assert_eq!(strip(reopened.list().expect("list")), strip(before));
     assert_eq!(reopened.active(PluginKind::Router, "rr").expect("active after restart").meta.version, "v1");
     assert_eq!(route(&reopened, "rr", "/").expect("active").expect("call"), Some(0));
     assert_eq!(reopened.bytes(PluginKind::Router, "rr", "2.0.0").expect("bytes"), shoal_artifacts::RANDOM);

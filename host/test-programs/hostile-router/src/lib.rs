@@ -30,10 +30,12 @@ impl Router for Hostile {
                 shoal_sdk::log::warn(&"x".repeat(16 << 20));
                 Some(0)
             }
-            // 4 MiB to stdout: discarded by the host.
+            // 256 KiB to stdout and stderr: discarded by the host. (More only tests the speed of
+            // WASI streams against the router's 50 ms deadline.)
             "/print" => {
-                let line = "y".repeat(1 << 20);
-                for _ in 0..4 {
+                let line = "y".repeat(64 << 10);
+                eprintln!("{line}");
+                for _ in 0..3 {
                     println!("{line}");
                 }
                 Some(0)
