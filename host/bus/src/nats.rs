@@ -1,0 +1,197 @@
+//! The distributed bus: [`Bus`] over async-nats against a real NATS server.
+//!
+//! A thin translation layer and nothing more: NATS already is the distributed engine (clustering,
+//! JetStream), so this module must never re-implement routing, retries or buffering of its own. It
+//! validates subjects with the same rules as [`crate::LocalBus`], so both buses reject the same input
+//! with the same error, and maps async-nats errors onto [`BusError`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::subject::{validate_filter, validate_queue_group, validate_subject};
+use crate::{Bus, BusError, Message, Subscription, SubscriptionInner};
+
+/// How long [`Bus::flush`] waits for its round trip; async-nats' default request timeout, since a
+/// server that cannot echo one message in that time is as good as unreachable.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The [`Bus`] backed by a NATS connection. Clones share the connection.
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+impl NatsBus {
+    /// Connects to the NATS server(s) at `url` (e.g. `nats://127.0.0.1:4222`; a comma-separated
+    /// list is accepted by async-nats). Fails at once when no server answers.
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("shoal")
+            .connect(url)
+            .await
+            .map_err(|err| BusError::Nats(format!("cannot connect to {url}: {err}")))?;
+        Ok(NatsBus { client })
+    }
+
+    /// Wraps a client that was connected elsewhere (e.g. with credentials or TLS options).
+    pub fn from_client(client: async_nats::Client) -> Self {
+        NatsBus { client }
+    }
+
+    /// The underlying client, for what the [`Bus`] trait does not cover (JetStream, KV).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+/// Converts an async-nats message; headers and status are not part of Shoal's bus model.
+pub(crate) fn convert_message(message: async_nats::Message) -> Message {
+    Message {
+        subject: message.subject.to_string(),
+        reply: message.reply.map(|reply| reply.to_string()),
+        payload: message.payload,
+    }
+}
+
+fn publish_error(subject: &str, err: async_nats::PublishError) -> BusError {
+    use async_nats::PublishErrorKind;
+    match err.kind() {
+        // The command channel is gone: the client was closed or dropped.
+        PublishErrorKind::Send => BusError::Closed,
+        PublishErrorKind::InvalidSubject => BusError::InvalidSubject {
+            subject: subject.to_owned(),
+            reason: "rejected by the nats client",
+        },
+        PublishErrorKind::MaxPayloadExceeded => {
+            BusError::Nats(format!("publish on {subject}: {err}"))
+        }
+    }
+}
+
+fn subscribe_error(filter: &str, err: async_nats::SubscribeError) -> BusError {
+    use async_nats::SubscribeErrorKind;
+    match err.kind() {
+        SubscribeErrorKind::InvalidSubject | SubscribeErrorKind::InvalidQueueName => {
+            BusError::InvalidSubject {
+                subject: filter.to_owned(),
+                reason: "rejected by the nats client",
+            }
+        }
+        SubscribeErrorKind::Other => BusError::Nats(format!("subscribe to {filter}: {err}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        validate_subject(subject)?;
+        self.client
+            .publish(subject.to_owned(), payload)
+            .await
+            .map_err(|err| publish_error(subject, err))
+    }
+
+    async fn publish_with_reply(
+        &self,
+        subject: &str,
+        reply: &str,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        validate_subject(subject)?;
+        validate_subject(reply)?;
+        self.client
+            .publish_with_reply(subject.to_owned(), reply.to_owned(), payload)
+            .await
+            .map_err(|err| publish_error(subject, err))
+    }
+
+    async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError> {
+        validate_filter(filter)?;
+        let subscriber = self
+            .client
+            .subscribe(filter.to_owned())
+            .await
+            .map_err(|err| subscribe_error(filter, err))?;
+        Ok(Subscription {
+            filter: filter.to_owned(),
+            inner: SubscriptionInner::Nats(subscriber),
+        })
+    }
+
+    async fn queue_subscribe(&self, filter: &str, group: &str) -> Result<Subscription, BusError> {
+        validate_filter(filter)?;
+        validate_queue_group(group)?;
+        let subscriber = self
+            .client
+            .queue_subscribe(filter.to_owned(), group.to_owned())
+            .await
+            .map_err(|err| subscribe_error(filter, err))?;
+        Ok(Subscription {
+            filter: filter.to_owned(),
+            inner: SubscriptionInner::Nats(subscriber),
+        })
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, BusError> {
+        use async_nats::RequestErrorKind;
+        validate_subject(subject)?;
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.to_owned(), request).await {
+            Ok(reply) => Ok(convert_message(reply)),
+            Err(err) => Err(match err.kind() {
+                RequestErrorKind::NoResponders => BusError::NoResponders {
+                    subject: subject.to_owned(),
+                },
+                RequestErrorKind::TimedOut => BusError::Timeout {
+                    subject: subject.to_owned(),
+                },
+                RequestErrorKind::InvalidSubject => BusError::InvalidSubject {
+                    subject: subject.to_owned(),
+                    reason: "rejected by the nats client",
+                },
+                RequestErrorKind::MaxPayloadExceeded | RequestErrorKind::Other => {
+                    BusError::Nats(format!("request on {subject}: {err}"))
+                }
+            }),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        // async-nats' own flush only empties the socket buffer; the server may not have read it
+        // yet, so another connection's publish could still overtake our SUB. The server handles
+        // each connection's commands in order, so a message sent to ourselves coming back proves
+        // everything before it was processed: the round trip the Go client's Flush does with PING.
+        let flush_error = |err: &dyn std::fmt::Display| BusError::Nats(format!("flush: {err}"));
+        let inbox = self.client.new_inbox();
+        let mut echo = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|err| flush_error(&err))?;
+        self.client
+            .publish(inbox, Bytes::new())
+            .await
+            .map_err(|err| publish_error("flush", err))?;
+        self.client.flush().await.map_err(|err| flush_error(&err))?;
+        match tokio::time::timeout(FLUSH_PATIENCE, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(BusError::Closed),
+            Err(_) => Err(BusError::Nats(format!(
+                "flush: no round trip to the server within {FLUSH_PATIENCE:?}"
+            ))),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}

@@ -1,0 +1,417 @@
+//! The one module that owns Shoal's subject tree: validation, wildcard matching and typed builders.
+//!
+//! No other crate spells a `shoal.…` subject by hand; they call the builders below, so the tree can
+//! only change here. Names that come from users (plugin names, app ids, service names) always pass
+//! through [`token`] first, because a `.` in a name would silently add a level to the tree and a `*`
+//! or `>` would turn a published subject into a wildcard.
+//!
+//! # Syntax (NATS)
+//!
+//! A subject is one or more non-empty tokens separated by `.`, without whitespace. Subjects that are
+//! *published to* ([`validate_subject`]) contain no wildcard characters at all. *Filters* used to
+//! subscribe ([`validate_filter`]) may use `*` as a whole token (exactly one token) and `>` as the
+//! whole last token (one or more tokens).
+//!
+//! # The tree
+//!
+//! | subject | builder | published when |
+//! | --- | --- | --- |
+//! | `shoal.evt.>` | [`EVENTS_ALL`] | filter: every event below |
+//! | `shoal.evt.plugin.<kind>.<name>.<action>` | [`plugin_event`] | a plugin was `uploaded`, `activated`, `rolled-back`, `deleted`, or is `failing` ([`PluginAction`]) |
+//! | `shoal.evt.plugin.>` | [`PLUGIN_EVENTS_ALL`] | filter: every plugin event |
+//! | `shoal.evt.agent.<id>.<action>` | [`agent_event`] | an agent changed state (e.g. `registered`, `lost`) |
+//! | `shoal.evt.agent.>` | [`AGENT_EVENTS_ALL`] | filter: every agent event |
+//! | `shoal.evt.task.<app>.<state>` | [`task_event`] | a task of `<app>` entered `<state>` (e.g. `running`, `failed`) |
+//! | `shoal.evt.task.<app>.*` | [`task_events_of`] | filter: every task event of one app |
+//! | `shoal.evt.service.<name>.changed` | [`service_changed`] | a service's set of healthy instances changed |
+//! | `shoal.evt.store.shardmap` | [`STORE_SHARDMAP`] | the store's shard map changed |
+//! | `shoal.ctl.>` | [`CONTROL_ALL`] | filter: every control message (reserved for the roles) |
+//! | `shoal.ctl.agent.register` | [`AGENT_REGISTER`] | request: an agent registers with the master |
+//! | `shoal.ctl.agent.<id>.heartbeat` | [`agent_heartbeat`] | an agent's periodic heartbeat |
+//! | `_INBOX.<unique>` | — | reply subjects of requests (owned by the bus implementations) |
+//!
+//! Events (`shoal.evt.…`) carry a CloudEvents 1.0 JSON body (see [`crate::event`]); control subjects
+//! (`shoal.ctl.…`) carry whatever the role that owns them defines.
+
+use std::fmt;
+
+use crate::BusError;
+
+/// Root of every event subject.
+pub const EVENTS_PREFIX: &str = "shoal.evt";
+/// Root of every control subject.
+pub const CONTROL_PREFIX: &str = "shoal.ctl";
+/// Filter matching every event Shoal publishes.
+pub const EVENTS_ALL: &str = "shoal.evt.>";
+/// Filter matching every plugin event.
+pub const PLUGIN_EVENTS_ALL: &str = "shoal.evt.plugin.>";
+/// Filter matching every agent event.
+pub const AGENT_EVENTS_ALL: &str = "shoal.evt.agent.>";
+/// Filter matching every task event.
+pub const TASK_EVENTS_ALL: &str = "shoal.evt.task.>";
+/// Filter matching every service event.
+pub const SERVICE_EVENTS_ALL: &str = "shoal.evt.service.>";
+/// Published when the state store's shard map changes.
+pub const STORE_SHARDMAP: &str = "shoal.evt.store.shardmap";
+/// Filter matching every control message.
+pub const CONTROL_ALL: &str = "shoal.ctl.>";
+/// Request subject on which agents register with the master.
+pub const AGENT_REGISTER: &str = "shoal.ctl.agent.register";
+/// Filter matching every agent's heartbeat.
+pub const AGENT_HEARTBEATS_ALL: &str = "shoal.ctl.agent.*.heartbeat";
+
+/// Checks a subject that will be published to: non-empty tokens separated by `.`, no whitespace and
+/// no wildcard characters.
+pub fn validate_subject(subject: &str) -> Result<(), BusError> {
+    check_tokens(subject, |token| {
+        if token.contains(['*', '>']) {
+            Err("wildcards are not allowed in a published subject")
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Checks a subscription filter: like [`validate_subject`], but a token may be exactly `*` (one
+/// token), and the last token may be exactly `>` (one or more tokens).
+pub fn validate_filter(filter: &str) -> Result<(), BusError> {
+    let last = filter.split('.').count().saturating_sub(1);
+    let mut index = 0;
+    check_tokens(filter, |token| {
+        let result = match token {
+            "*" => Ok(()),
+            ">" if index == last => Ok(()),
+            ">" => Err("'>' is only allowed as the last token"),
+            _ if token.contains(['*', '>']) => Err("a wildcard must be a whole token"),
+            _ => Ok(()),
+        };
+        index += 1;
+        result
+    })
+}
+
+/// Checks a queue group name: non-empty, no whitespace (NATS rejects anything else).
+pub fn validate_queue_group(group: &str) -> Result<(), BusError> {
+    if group.is_empty() {
+        return Err(invalid(group, "queue group is empty"));
+    }
+    if group.chars().any(char::is_whitespace) {
+        return Err(invalid(group, "queue group contains whitespace"));
+    }
+    Ok(())
+}
+
+fn check_tokens(
+    subject: &str,
+    mut check: impl FnMut(&str) -> Result<(), &'static str>,
+) -> Result<(), BusError> {
+    if subject.is_empty() {
+        return Err(invalid(subject, "subject is empty"));
+    }
+    if subject.chars().any(char::is_whitespace) {
+        return Err(invalid(subject, "subject contains whitespace"));
+    }
+    for token in subject.split('.') {
+        if token.is_empty() {
+            return Err(invalid(subject, "subject has an empty token"));
+        }
+        check(token).map_err(|reason| invalid(subject, reason))?;
+    }
+    Ok(())
+}
+
+fn invalid(subject: &str, reason: &'static str) -> BusError {
+    BusError::InvalidSubject {
+        subject: subject.to_owned(),
+        reason,
+    }
+}
+
+/// Whether `subject` is matched by `filter` under NATS rules (`*` is one token, a trailing `>` is
+/// one or more tokens). Both are assumed valid; invalid input simply does not match sensibly.
+pub fn matches(filter: &str, subject: &str) -> bool {
+    let mut filter_tokens = filter.split('.');
+    let mut subject_tokens = subject.split('.');
+    loop {
+        match (filter_tokens.next(), subject_tokens.next()) {
+            (None, None) => return true,
+            // `>` needs at least one token, which the `Some` on the subject side guarantees.
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(f), Some(s)) if f == s => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Turns a user-supplied name into one safe subject token: `.`, `*`, `>` and whitespace become `_`,
+/// and an empty name becomes `_` (an empty token would make the subject invalid).
+pub fn token(s: &str) -> String {
+    if s.is_empty() {
+        return "_".to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// What happened to a plugin; the last token of a plugin event subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginAction {
+    /// A new version was uploaded (not yet serving).
+    Uploaded,
+    /// A version became the active one.
+    Activated,
+    /// The active version was rolled back to the previous one.
+    RolledBack,
+    /// The plugin was deleted.
+    Deleted,
+    /// The active version keeps failing (traps, timeouts, fuel exhaustion).
+    Failing,
+}
+
+impl PluginAction {
+    /// Every action, in lifecycle order.
+    pub const ALL: [PluginAction; 5] = [
+        PluginAction::Uploaded,
+        PluginAction::Activated,
+        PluginAction::RolledBack,
+        PluginAction::Deleted,
+        PluginAction::Failing,
+    ];
+
+    /// The subject token, e.g. `rolled-back`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginAction::Uploaded => "uploaded",
+            PluginAction::Activated => "activated",
+            PluginAction::RolledBack => "rolled-back",
+            PluginAction::Deleted => "deleted",
+            PluginAction::Failing => "failing",
+        }
+    }
+
+    /// The CloudEvents `type` of this action, e.g. `io.shoal.plugin.rolled-back`.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            PluginAction::Uploaded => "io.shoal.plugin.uploaded",
+            PluginAction::Activated => "io.shoal.plugin.activated",
+            PluginAction::RolledBack => "io.shoal.plugin.rolled-back",
+            PluginAction::Deleted => "io.shoal.plugin.deleted",
+            PluginAction::Failing => "io.shoal.plugin.failing",
+        }
+    }
+}
+
+impl fmt::Display for PluginAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `shoal.evt.plugin.<kind>.<name>.<action>`.
+pub fn plugin_event(kind: &str, name: &str, action: PluginAction) -> String {
+    format!(
+        "{EVENTS_PREFIX}.plugin.{}.{}.{}",
+        token(kind),
+        token(name),
+        action.as_str()
+    )
+}
+
+/// `shoal.evt.plugin.<kind>.<name>.*`: every event of one plugin.
+pub fn plugin_events_of(kind: &str, name: &str) -> String {
+    format!("{EVENTS_PREFIX}.plugin.{}.{}.*", token(kind), token(name))
+}
+
+/// `shoal.evt.agent.<id>.<action>`, e.g. `action` = `registered` or `lost`.
+pub fn agent_event(id: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.agent.{}.{}", token(id), token(action))
+}
+
+/// `shoal.evt.task.<app>.<state>`, e.g. `state` = `running` or `failed`.
+pub fn task_event(app: &str, state: &str) -> String {
+    format!("{EVENTS_PREFIX}.task.{}.{}", token(app), token(state))
+}
+
+/// `shoal.evt.task.<app>.*`: every task event of one app.
+pub fn task_events_of(app: &str) -> String {
+    format!("{EVENTS_PREFIX}.task.{}.*", token(app))
+}
+
+/// `shoal.evt.service.<name>.changed`.
+pub fn service_changed(name: &str) -> String {
+    format!("{EVENTS_PREFIX}.service.{}.changed", token(name))
+}
+
+/// `shoal.ctl.agent.<id>.heartbeat`.
+pub fn agent_heartbeat(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.agent.{}.heartbeat", token(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_follows_nats_rules() {
+        let cases = [
+            ("a.b.c", "a.b.c", true),
+            ("a.b.c", "a.b", false),
+            ("a.b", "a.b.c", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.b.d", false),
+            ("a.*", "a.b.c", false),
+            ("*", "a", true),
+            ("*", "a.b", false),
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c.d", true),
+            ("a.>", "a", false),
+            (">", "a", true),
+            (">", "a.b.c", true),
+            ("*.>", "a", false),
+            ("*.>", "a.b", true),
+            ("a.*.>", "a.b.c", true),
+            ("a.*.>", "a.b", false),
+            (
+                "shoal.evt.>",
+                "shoal.evt.plugin.allocator.drf.activated",
+                true,
+            ),
+            ("shoal.evt.>", "shoal.ctl.agent.register", false),
+            ("ab", "a", false),
+            ("a", "ab", false),
+        ];
+        for (filter, subject, expected) in cases {
+            assert_eq!(
+                matches(filter, subject),
+                expected,
+                "matches({filter:?}, {subject:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn published_subjects_are_validated() {
+        for ok in [
+            "a",
+            "a.b.c",
+            "_INBOX.abc123",
+            "shoal.evt.plugin.x.y.rolled-back",
+        ] {
+            assert!(validate_subject(ok).is_ok(), "{ok:?} should be valid");
+        }
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a b", "a\tb", "a\nb", "a.*", "a.>", "*", ">", "a.b*",
+        ] {
+            assert!(
+                matches!(validate_subject(bad), Err(BusError::InvalidSubject { .. })),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn filters_are_validated() {
+        for ok in ["a", "a.b", "*", ">", "a.*", "a.>", "*.*.>", "a.*.c"] {
+            assert!(validate_filter(ok).is_ok(), "{ok:?} should be valid");
+        }
+        for bad in ["", "a..b", "a.>.b", ">.a", "a.b*", "a.>b", "a b.>", "a."] {
+            assert!(
+                matches!(validate_filter(bad), Err(BusError::InvalidSubject { .. })),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_groups_are_validated() {
+        assert!(validate_queue_group("workers").is_ok());
+        assert!(validate_queue_group("").is_err());
+        assert!(validate_queue_group("a b").is_err());
+    }
+
+    #[test]
+    fn tokens_are_sanitised() {
+        assert_eq!(token("my.app"), "my_app");
+        assert_eq!(token("a*b>c d\te"), "a_b_c_d_e");
+        assert_eq!(token(""), "_");
+        assert_eq!(token("plain-name_1"), "plain-name_1");
+    }
+
+    #[test]
+    fn builders_produce_valid_subjects_inside_the_tree() {
+        let hostile = "evil.name *>";
+        let built = [
+            plugin_event("allocator", hostile, PluginAction::RolledBack),
+            agent_event(hostile, "lost"),
+            task_event(hostile, "running"),
+            service_changed(hostile),
+            agent_heartbeat(hostile),
+            STORE_SHARDMAP.to_owned(),
+            AGENT_REGISTER.to_owned(),
+        ];
+        for subject in &built {
+            validate_subject(subject).expect("builder output is a valid subject");
+        }
+        assert_eq!(
+            plugin_event("allocator", "drf", PluginAction::RolledBack),
+            "shoal.evt.plugin.allocator.drf.rolled-back"
+        );
+        assert_eq!(
+            plugin_event("allocator", hostile, PluginAction::Activated),
+            "shoal.evt.plugin.allocator.evil_name___.activated"
+        );
+        assert_eq!(agent_event("a1", "lost"), "shoal.evt.agent.a1.lost");
+        assert_eq!(task_event("web", "running"), "shoal.evt.task.web.running");
+        assert_eq!(service_changed("web"), "shoal.evt.service.web.changed");
+        assert_eq!(agent_heartbeat("a1"), "shoal.ctl.agent.a1.heartbeat");
+
+        for subject in &built[..5] {
+            let all = if subject.starts_with("shoal.evt.") {
+                EVENTS_ALL
+            } else {
+                CONTROL_ALL
+            };
+            assert!(matches(all, subject), "{all} should match {subject}");
+        }
+        assert!(matches(EVENTS_ALL, STORE_SHARDMAP));
+        assert!(matches(CONTROL_ALL, AGENT_REGISTER));
+        assert!(matches(AGENT_HEARTBEATS_ALL, &agent_heartbeat("a1")));
+        assert!(matches(
+            &task_events_of("web"),
+            &task_event("web", "failed")
+        ));
+        assert!(matches(
+            &plugin_events_of("allocator", "drf"),
+            &plugin_event("allocator", "drf", PluginAction::Failing)
+        ));
+        for filter in [
+            EVENTS_ALL,
+            PLUGIN_EVENTS_ALL,
+            AGENT_EVENTS_ALL,
+            TASK_EVENTS_ALL,
+            SERVICE_EVENTS_ALL,
+            CONTROL_ALL,
+            AGENT_HEARTBEATS_ALL,
+        ] {
+            validate_filter(filter).expect("filter constants are valid");
+        }
+    }
+
+    #[test]
+    fn plugin_actions_have_matching_event_types() {
+        for action in PluginAction::ALL {
+            assert_eq!(
+                action.event_type(),
+                format!("io.shoal.plugin.{}", action.as_str())
+            );
+        }
+    }
+}
