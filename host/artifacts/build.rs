@@ -120,8 +120,5 @@ fn dep_info(path: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
     let Some((_, deps)) = text.split_once(": ") else { return Vec::new() };
     // Paths are space-separated; spaces inside paths are escaped as "\ ".
-    deps.replace("\\ ", "\u{0}")
-        .split_whitespace()
-        .map(|p| PathBuf::from(p.replace('\u{0}', " ")))
-        .collect()
+    deps.replace("\\ ", "\u{0}").split_whitespace().map(|p| PathBuf::from(p.replace('\u{0}', " "))).collect()
 }

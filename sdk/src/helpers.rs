@@ -57,16 +57,14 @@ impl Resources {
     /// Resources absent from `total` are ignored.
     pub fn dominant_share(&self, total: &Resources) -> f64 {
         let share = |used: f64, all: f64| if all > 0.0 { used / all } else { 0.0 };
-        let mut max = share(self.cpus, total.cpus)
-            .max(share(self.mem_mb, total.mem_mb))
-            .max(share(self.disk_mb, total.disk_mb));
+        let mut max =
+            share(self.cpus, total.cpus).max(share(self.mem_mb, total.mem_mb)).max(share(self.disk_mb, total.disk_mb));
         for s in &self.scalars {
             max = max.max(share(s.value, total.scalar(&s.name)));
         }
         max
     }
 }
-
 
 /// Jump consistent hash (Lamping & Veach, 2014): maps `key` to a bucket in `0..buckets` so that
 /// growing the bucket count from n to n+1 moves only about 1/(n+1) of the keys. Returns 0 when

@@ -144,18 +144,18 @@ pub mod framework {
 }
 
 pub use host::shoal::plugin::types::{
-    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo,
-    HttpRequest, HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
+    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo, HttpRequest,
+    HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
 };
 
 /// Implement this for an allocation policy, then `export_allocator!(YourType);`.
 pub use allocator::exports::shoal::plugin::allocation::Guest as Allocator;
-/// Implement this for a routing rule, then `export_router!(YourType);`.
-pub use router::exports::shoal::plugin::routing::Guest as Router;
-/// Implement this for a health check, then `export_health_check!(YourType);`.
-pub use health_check::exports::shoal::plugin::health::Guest as HealthCheck;
 /// Implement this for a framework, then `export_framework!(YourType);`.
 pub use framework::exports::shoal::plugin::scheduling::Guest as Framework;
+/// Implement this for a health check, then `export_health_check!(YourType);`.
+pub use health_check::exports::shoal::plugin::health::Guest as HealthCheck;
+/// Implement this for a routing rule, then `export_router!(YourType);`.
+pub use router::exports::shoal::plugin::routing::Guest as Router;
 
 /// Types of the health-check world.
 pub mod health {

@@ -74,8 +74,8 @@ pub mod bindings {
 }
 
 pub use shoal_runtime::imports::shoal::plugin::types::{
-    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo,
-    HttpRequest, HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
+    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo, HttpRequest,
+    HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
 };
 /// Types of the health-check world.
 pub mod health {
@@ -104,7 +104,8 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// Every kind.
-    pub const ALL: [PluginKind; 4] = [PluginKind::Allocator, PluginKind::Router, PluginKind::HealthCheck, PluginKind::Framework];
+    pub const ALL: [PluginKind; 4] =
+        [PluginKind::Allocator, PluginKind::Router, PluginKind::HealthCheck, PluginKind::Framework];
 
     /// Name as used in URLs, subjects and the CLI (`health-check`).
     pub fn as_str(self) -> &'static str {
@@ -166,14 +167,38 @@ macro_rules! world {
     };
 }
 
-world!(AllocatorWorld, "allocator", "shoal:plugin/allocation@0.1.0", false,
-    bindings::allocator::AllocatorPre<HostState>, bindings::allocator::Allocator);
-world!(RouterWorld, "router", "shoal:plugin/routing@0.1.0", false,
-    bindings::router::RouterPre<HostState>, bindings::router::Router);
-world!(HealthCheckWorld, "health-check", "shoal:plugin/health@0.1.0", true,
-    bindings::health_check::HealthCheckPre<HostState>, bindings::health_check::HealthCheck);
-world!(FrameworkWorld, "framework", "shoal:plugin/scheduling@0.1.0", false,
-    bindings::framework::FrameworkPre<HostState>, bindings::framework::Framework);
+world!(
+    AllocatorWorld,
+    "allocator",
+    "shoal:plugin/allocation@0.1.0",
+    false,
+    bindings::allocator::AllocatorPre<HostState>,
+    bindings::allocator::Allocator
+);
+world!(
+    RouterWorld,
+    "router",
+    "shoal:plugin/routing@0.1.0",
+    false,
+    bindings::router::RouterPre<HostState>,
+    bindings::router::Router
+);
+world!(
+    HealthCheckWorld,
+    "health-check",
+    "shoal:plugin/health@0.1.0",
+    true,
+    bindings::health_check::HealthCheckPre<HostState>,
+    bindings::health_check::HealthCheck
+);
+world!(
+    FrameworkWorld,
+    "framework",
+    "shoal:plugin/scheduling@0.1.0",
+    false,
+    bindings::framework::FrameworkPre<HostState>,
+    bindings::framework::Framework
+);
 
 /// A loaded plugin of any kind.
 #[derive(Clone)]
@@ -190,7 +215,13 @@ pub enum AnyPlugin {
 
 impl AnyPlugin {
     /// Type-check `bytes` against the world of `kind` and load them.
-    pub fn load(runtime: &Runtime, kind: PluginKind, bytes: &[u8], scope: PluginScope, limits: CallLimits) -> Result<Self, LoadError> {
+    pub fn load(
+        runtime: &Runtime,
+        kind: PluginKind,
+        bytes: &[u8],
+        scope: PluginScope,
+        limits: CallLimits,
+    ) -> Result<Self, LoadError> {
         let compiled = runtime.compile(bytes)?;
         Ok(match kind {
             PluginKind::Allocator => AnyPlugin::Allocator(Arc::new(runtime.load(&compiled, scope, limits)?)),
@@ -233,7 +264,9 @@ pub fn allocate(plugin: &Plugin<AllocatorWorld>, snapshot: &ClusterSnapshot) -> 
     plugin.call(|i| {
         let offers = i.bindings.shoal_plugin_allocation().call_allocate(&mut i.store, snapshot)?;
         if offers.len() > MAX_OFFERS {
-            return Err(CallError::InvalidOutput(format!("{} offers, over the limit of {MAX_OFFERS}", offers.len())).into());
+            return Err(
+                CallError::InvalidOutput(format!("{} offers, over the limit of {MAX_OFFERS}", offers.len())).into()
+            );
         }
         Ok(offers)
     })
@@ -266,7 +299,11 @@ pub fn route(
         let pick = routing.call_route(&mut i.store, request, states)?;
         if let Some(index) = pick {
             if index as usize >= states.len() {
-                return Err(CallError::InvalidOutput(format!("endpoint index {index} out of range 0..{}", states.len())).into());
+                return Err(CallError::InvalidOutput(format!(
+                    "endpoint index {index} out of range 0..{}",
+                    states.len()
+                ))
+                .into());
             }
         }
         Ok(pick)
@@ -274,7 +311,13 @@ pub fn route(
 }
 
 /// `routing.on-complete`.
-pub fn route_complete(plugin: &Plugin<RouterWorld>, table: &RouteTable, index: u32, status: u16, latency_us: u64) -> Result<(), CallError> {
+pub fn route_complete(
+    plugin: &Plugin<RouterWorld>,
+    table: &RouteTable,
+    index: u32,
+    status: u16,
+    latency_us: u64,
+) -> Result<(), CallError> {
     plugin.call(|i| {
         let routing = i.bindings.shoal_plugin_routing();
         if i.generation != table.generation {
@@ -286,7 +329,10 @@ pub fn route_complete(plugin: &Plugin<RouterWorld>, table: &RouteTable, index: u
 }
 
 /// `health.check` against `target`; the probe may reach only the target's address and ports.
-pub fn check_health(plugin: &Plugin<HealthCheckWorld>, target: &health::CheckTarget) -> Result<health::CheckResult, CallError> {
+pub fn check_health(
+    plugin: &Plugin<HealthCheckWorld>,
+    target: &health::CheckTarget,
+) -> Result<health::CheckResult, CallError> {
     plugin.call(|i| {
         i.store.data_mut().probe = Some(ProbeTarget { address: target.address.clone(), ports: target.ports.clone() });
         let result = i.bindings.shoal_plugin_health().call_check(&mut i.store, target);
@@ -297,7 +343,9 @@ pub fn check_health(plugin: &Plugin<HealthCheckWorld>, target: &health::CheckTar
 
 fn check_operations(ops: Vec<scheduling::Operation>) -> wasmtime::Result<Vec<scheduling::Operation>> {
     if ops.len() > MAX_OPERATIONS {
-        return Err(CallError::InvalidOutput(format!("{} operations, over the limit of {MAX_OPERATIONS}", ops.len())).into());
+        return Err(
+            CallError::InvalidOutput(format!("{} operations, over the limit of {MAX_OPERATIONS}", ops.len())).into()
+        );
     }
     Ok(ops)
 }
@@ -308,12 +356,18 @@ pub fn framework_init(plugin: &Plugin<FrameworkWorld>, config: &str) -> Result<R
 }
 
 /// `scheduling.resource-offers`.
-pub fn resource_offers(plugin: &Plugin<FrameworkWorld>, offers: &[scheduling::OfferInfo]) -> Result<Vec<scheduling::Operation>, CallError> {
+pub fn resource_offers(
+    plugin: &Plugin<FrameworkWorld>,
+    offers: &[scheduling::OfferInfo],
+) -> Result<Vec<scheduling::Operation>, CallError> {
     plugin.call(|i| check_operations(i.bindings.shoal_plugin_scheduling().call_resource_offers(&mut i.store, offers)?))
 }
 
 /// `scheduling.status-update`.
-pub fn status_update(plugin: &Plugin<FrameworkWorld>, status: &TaskStatus) -> Result<Vec<scheduling::Operation>, CallError> {
+pub fn status_update(
+    plugin: &Plugin<FrameworkWorld>,
+    status: &TaskStatus,
+) -> Result<Vec<scheduling::Operation>, CallError> {
     plugin.call(|i| check_operations(i.bindings.shoal_plugin_scheduling().call_status_update(&mut i.store, status)?))
 }
 

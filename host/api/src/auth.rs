@@ -40,7 +40,9 @@ impl Scope {
             "operator" => Some(Scope::Operator),
             _ => {
                 let ns = text.strip_prefix("app:")?;
-                let valid = !ns.is_empty() && ns.len() <= 63 && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                let valid = !ns.is_empty()
+                    && ns.len() <= 63
+                    && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
                 valid.then(|| Scope::App(ns.to_owned()))
             }
         }
@@ -86,14 +88,12 @@ impl Auth {
 
     /// The scope of the bearer token in `headers`.
     pub fn scope(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
-        let value = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>` header"))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "authorization must be `Bearer <token>`"))?;
+        let value = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>` header")
+        })?;
+        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "authorization must be `Bearer <token>`")
+        })?;
         self.tokens
             .read()
             .get(&digest(token.trim()))
@@ -110,7 +110,11 @@ impl Auth {
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match self.scope(headers)? {
             Scope::Admin => Ok(()),
-            other => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this needs the admin scope; the token has `{other}`"))),
+            other => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this needs the admin scope; the token has `{other}`"),
+            )),
         }
     }
 }
@@ -122,12 +126,13 @@ impl Auth {
 pub async fn issue(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
     state.auth.admin(&headers)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let scope = Scope::parse(&request.scope)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid scope `{}`: use admin, operator or app:<namespace>", request.scope)))?;
+    let request: TokenRequest = crate::error::json_body(&body)?;
+    let scope = Scope::parse(&request.scope).ok_or_else(|| {
+        ApiError::bad_request(format!("invalid scope `{}`: use admin, operator or app:<namespace>", request.scope))
+    })?;
     let token = generate_token();
     state.auth.insert(&token, scope.clone());
     Ok((StatusCode::CREATED, Json(TokenResponse { token, scope: scope.to_string() })))

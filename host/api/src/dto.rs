@@ -40,7 +40,14 @@ pub struct PluginVersionDto {
 
 impl From<PluginVersion> for PluginVersionDto {
     fn from(v: PluginVersion) -> Self {
-        PluginVersionDto { kind: v.kind.as_str().into(), name: v.name, version: v.version, digest: v.digest, size: v.size, uploaded_at: v.uploaded_at }
+        PluginVersionDto {
+            kind: v.kind.as_str().into(),
+            name: v.name,
+            version: v.version,
+            digest: v.digest,
+            size: v.size,
+            uploaded_at: v.uploaded_at,
+        }
     }
 }
 
@@ -114,7 +121,10 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 

@@ -42,7 +42,9 @@ impl IntoResponse for ApiError {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -63,11 +65,22 @@ impl From<RegistryError> for ApiError {
                 LoadError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             },
             RegistryError::DuplicateVersion { .. } => (StatusCode::CONFLICT, "duplicate_version"),
-            RegistryError::NotFound { .. } | RegistryError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::NotFound { .. } | RegistryError::VersionNotFound { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             RegistryError::VersionActive { .. } => (StatusCode::CONFLICT, "version_active"),
             RegistryError::NothingToRollBack { .. } => (StatusCode::CONFLICT, "nothing_to_roll_back"),
             RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };
         ApiError::new(status, code, message)
     }
+}
+
+/// Parse a JSON body whatever its `Content-Type` says (clients such as `curl -d` send
+/// `application/x-www-form-urlencoded`); an empty or malformed body is a 400 that says why.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty body: send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }

@@ -36,15 +36,16 @@ pub async fn stream(
     let filter = query.subject.unwrap_or_else(|| subject::EVENTS_ALL.to_owned());
     subject::validate_filter(&filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !(filter == "shoal.evt.>" || filter.starts_with("shoal.evt.") || filter == ">" || filter == "shoal.>") {
-        return Err(ApiError::bad_request(format!("subject filter `{filter}` is outside the event tree `shoal.evt.>`")));
+        return Err(ApiError::bad_request(format!(
+            "subject filter `{filter}` is outside the event tree `shoal.evt.>`"
+        )));
     }
     // Wider filters are narrowed to the event tree: control traffic is not for API clients.
     let filter = if filter == ">" || filter == "shoal.>" { subject::EVENTS_ALL.to_owned() } else { filter };
-    let subscription = state
-        .bus
-        .subscribe(&filter)
-        .await
-        .map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string()))?;
+    let subscription =
+        state.bus.subscribe(&filter).await.map_err(|e| {
+            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())
+        })?;
     let events = subscription.map(|message| {
         let data = String::from_utf8_lossy(&message.payload).into_owned();
         Ok(Event::default().event(message.subject).data(data))

@@ -14,7 +14,8 @@ use crate::dto::{ActivateRequest, ErrorBody, PluginDto, PluginList, PluginVersio
 use crate::error::ApiError;
 
 fn kind(text: &str) -> Result<PluginKind, ApiError> {
-    text.parse().map_err(|e: shoal_abi::UnknownKind| ApiError::new(StatusCode::BAD_REQUEST, "unknown_kind", e.to_string()))
+    text.parse()
+        .map_err(|e: shoal_abi::UnknownKind| ApiError::new(StatusCode::BAD_REQUEST, "unknown_kind", e.to_string()))
 }
 
 /// Query of an upload.
@@ -47,7 +48,11 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 /// Show one plugin.
 #[utoipa::path(get, path = "/v1/plugins/{kind}/{name}", params(("kind" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = PluginDto), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path((k, name)): Path<(String, String)>) -> Result<Json<PluginDto>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((k, name)): Path<(String, String)>,
+) -> Result<Json<PluginDto>, ApiError> {
     state.auth.reader(&headers)?;
     Ok(Json(state.registry.show(kind(&k)?, &name)?.into()))
 }
@@ -70,7 +75,11 @@ pub async fn push(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("component is over the limit of {} bytes", state.max_upload))
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("component is over the limit of {} bytes", state.max_upload),
+            )
         } else {
             ApiError::bad_request(e.body_text())
         }
@@ -89,18 +98,22 @@ pub async fn activate(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((k, name)): Path<(String, String)>,
-    body: Result<Json<ActivateRequest>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<PluginVersionDto>, ApiError> {
     state.auth.admin(&headers)?;
     let kind = kind(&k)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let request: ActivateRequest = crate::error::json_body(&body)?;
     Ok(Json(state.registry.activate(kind, &name, &request.version).await?.into()))
 }
 
 /// Return to the previously active version.
 #[utoipa::path(post, path = "/v1/plugins/{kind}/{name}/rollback", params(("kind" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = PluginVersionDto), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn rollback(State(state): State<AppState>, headers: HeaderMap, Path((k, name)): Path<(String, String)>) -> Result<Json<PluginVersionDto>, ApiError> {
+pub async fn rollback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((k, name)): Path<(String, String)>,
+) -> Result<Json<PluginVersionDto>, ApiError> {
     state.auth.admin(&headers)?;
     Ok(Json(state.registry.rollback(kind(&k)?, &name).await?.into()))
 }

@@ -60,9 +60,7 @@ impl CloudEvent {
 
     /// The event as JSON bytes, the payload that goes on the bus.
     pub fn to_json(&self) -> Result<bytes::Bytes, BusError> {
-        serde_json::to_vec(self)
-            .map(bytes::Bytes::from)
-            .map_err(|err| BusError::Encode(err.to_string()))
+        serde_json::to_vec(self).map(bytes::Bytes::from).map_err(|err| BusError::Encode(err.to_string()))
     }
 }
 
@@ -70,16 +68,11 @@ fn now_rfc3339() -> String {
     let now = OffsetDateTime::now_utc();
     // Formatting only fails for years outside 0..=9999, which the system clock cannot produce; fall
     // back to the Unix timestamp in seconds rather than invent a date.
-    now.format(&Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+    now.format(&Rfc3339).unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 /// Publishes `event` as JSON on `subject` (a `shoal.evt.…` subject from [`crate::subject`]).
-pub async fn publish_event(
-    bus: &dyn Bus,
-    subject: &str,
-    event: &CloudEvent,
-) -> Result<(), BusError> {
+pub async fn publish_event(bus: &dyn Bus, subject: &str, event: &CloudEvent) -> Result<(), BusError> {
     bus.publish(subject, event.to_json()?).await
 }
 
@@ -93,10 +86,7 @@ pub struct EventPublisher {
 impl EventPublisher {
     /// A publisher that stamps every event with `source` (e.g. `/shoal/dev`).
     pub fn new(bus: SharedBus, source: impl Into<String>) -> Self {
-        EventPublisher {
-            bus,
-            source: source.into(),
-        }
+        EventPublisher { bus, source: source.into() }
     }
 
     /// The bus events go to.
@@ -113,13 +103,7 @@ impl EventPublisher {
     ///
     /// Never fails: the state change the event reports has already happened, so a bus hiccup must
     /// not turn it into an error for the caller. Failures are logged.
-    pub async fn emit(
-        &self,
-        subject: String,
-        ty: &str,
-        cloud_subject: &str,
-        data: serde_json::Value,
-    ) {
+    pub async fn emit(&self, subject: String, ty: &str, cloud_subject: &str, data: serde_json::Value) {
         let event = CloudEvent::new(self.source.as_str(), ty, cloud_subject, data);
         if let Err(err) = publish_event(self.bus.as_ref(), &subject, &event).await {
             tracing::warn!(cause = %err, %subject, r#type = ty, "event not published");
@@ -129,10 +113,7 @@ impl EventPublisher {
 
 impl std::fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPublisher")
-            .field("bus", &self.bus.kind())
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("EventPublisher").field("bus", &self.bus.kind()).field("source", &self.source).finish()
     }
 }
 
@@ -150,29 +131,13 @@ mod tests {
 
     #[test]
     fn json_shape_has_every_required_attribute() {
-        let event = CloudEvent::new(
-            "/shoal/dev",
-            PluginAction::Activated.event_type(),
-            "allocator/drf",
-            json!({"version": 3}),
-        );
+        let event =
+            CloudEvent::new("/shoal/dev", PluginAction::Activated.event_type(), "allocator/drf", json!({"version": 3}));
         let value = serde_json::to_value(&event).expect("serialise");
         let object = value.as_object().expect("an object");
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "data",
-                "datacontenttype",
-                "id",
-                "source",
-                "specversion",
-                "subject",
-                "time",
-                "type"
-            ]
-        );
+        assert_eq!(keys, ["data", "datacontenttype", "id", "source", "specversion", "subject", "time", "type"]);
         assert_eq!(value["specversion"], "1.0");
         assert_eq!(value["type"], "io.shoal.plugin.activated");
         assert_eq!(value["source"], "/shoal/dev");
@@ -219,18 +184,9 @@ mod tests {
         let publisher = EventPublisher::new(bus.clone(), "/shoal/dev");
 
         let on = subject::plugin_event("allocator", "drf", PluginAction::Activated);
-        publisher
-            .emit(
-                on.clone(),
-                PluginAction::Activated.event_type(),
-                "allocator/drf",
-                json!({"version": 2}),
-            )
-            .await;
-        let message = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .expect("in time")
-            .expect("an event");
+        publisher.emit(on.clone(), PluginAction::Activated.event_type(), "allocator/drf", json!({"version": 2})).await;
+        let message =
+            tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("in time").expect("an event");
         assert_eq!(message.subject, on);
         let event: CloudEvent = serde_json::from_slice(&message.payload).expect("decode");
         assert_eq!(event.source, "/shoal/dev");
@@ -238,12 +194,8 @@ mod tests {
         assert_eq!(event.data, json!({"version": 2}));
 
         // An invalid subject and a closed bus are logged, not returned.
-        publisher
-            .emit("not a subject".into(), "t", "x", json!({}))
-            .await;
+        publisher.emit("not a subject".into(), "t", "x", json!({})).await;
         local.close();
-        publisher
-            .emit(subject::STORE_SHARDMAP.into(), "t", "x", json!({}))
-            .await;
+        publisher.emit(subject::STORE_SHARDMAP.into(), "t", "x", json!({})).await;
     }
 }

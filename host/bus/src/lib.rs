@@ -42,9 +42,7 @@ impl Message {
     pub async fn respond(&self, bus: &dyn Bus, payload: Bytes) -> Result<(), BusError> {
         match &self.reply {
             Some(reply) => bus.publish(reply, payload).await,
-            None => Err(BusError::NoReplySubject {
-                subject: self.subject.clone(),
-            }),
+            None => Err(BusError::NoReplySubject { subject: self.subject.clone() }),
         }
     }
 }
@@ -98,12 +96,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` to `subject`; never blocks on slow subscribers.
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError>;
     /// Publishes with a reply subject, so the receivers can answer with [`Message::respond`].
-    async fn publish_with_reply(
-        &self,
-        subject: &str,
-        reply: &str,
-        payload: Bytes,
-    ) -> Result<(), BusError>;
+    async fn publish_with_reply(&self, subject: &str, reply: &str, payload: Bytes) -> Result<(), BusError>;
     /// Receives every message whose subject matches `filter`.
     async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError>;
     /// Joins queue group `group` on `filter`: each matching message goes to exactly one member of
@@ -112,12 +105,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` with a unique reply subject and waits for the first answer.
     /// Fails with [`BusError::NoResponders`] at once when nobody is subscribed to `subject`, and with
     /// [`BusError::Timeout`] when nobody answers within `timeout`.
-    async fn request(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<Message, BusError>;
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Message, BusError>;
     /// Waits until the server has processed everything this handle sent so far: publishes,
     /// subscriptions and unsubscriptions (a round trip, like the Go client's `Flush`). After it, a
     /// subscription made through this handle sees what any other connection publishes. A no-op on
@@ -170,10 +158,7 @@ impl std::fmt::Debug for Subscription {
             SubscriptionInner::Local { .. } => "local",
             SubscriptionInner::Nats(_) => "nats",
         };
-        f.debug_struct("Subscription")
-            .field("filter", &self.filter)
-            .field("kind", &kind)
-            .finish()
+        f.debug_struct("Subscription").field("filter", &self.filter).field("kind", &kind).finish()
     }
 }
 
@@ -183,9 +168,9 @@ impl Stream for Subscription {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         match &mut self.get_mut().inner {
             SubscriptionInner::Local { receiver, .. } => receiver.poll_recv(cx),
-            SubscriptionInner::Nats(subscriber) => Pin::new(subscriber)
-                .poll_next(cx)
-                .map(|message| message.map(nats::convert_message)),
+            SubscriptionInner::Nats(subscriber) => {
+                Pin::new(subscriber).poll_next(cx).map(|message| message.map(nats::convert_message))
+            }
         }
     }
 }

@@ -70,10 +70,7 @@ impl Drop for Registration {
             let mut registry = shared.registry.lock();
             if let Some(removed) = registry.subscribers.remove(&self.id)
                 && let Some(group) = removed.group
-                && !registry
-                    .subscribers
-                    .values()
-                    .any(|s| s.group.as_ref() == Some(&group))
+                && !registry.subscribers.values().any(|s| s.group.as_ref() == Some(&group))
             {
                 registry.turns.remove(&group);
             }
@@ -130,51 +127,32 @@ impl LocalBus {
         registry.next_id += 1;
         registry.subscribers.insert(
             id,
-            Subscriber {
-                filter: filter.to_owned(),
-                group: group.map(str::to_owned),
-                sender,
-                dropped: dropped.clone(),
-            },
+            Subscriber { filter: filter.to_owned(), group: group.map(str::to_owned), sender, dropped: dropped.clone() },
         );
         Ok(Subscription {
             filter: filter.to_owned(),
             inner: SubscriptionInner::Local {
                 receiver,
                 dropped,
-                _guard: Registration {
-                    shared: Arc::downgrade(&self.shared),
-                    id,
-                },
+                _guard: Registration { shared: Arc::downgrade(&self.shared), id },
             },
         })
     }
 
     /// Delivers a message and returns how many subscriptions were interested in it (the basis of
     /// no-responders detection).
-    fn deliver(
-        &self,
-        subject: &str,
-        reply: Option<&str>,
-        payload: Bytes,
-    ) -> Result<usize, BusError> {
+    fn deliver(&self, subject: &str, reply: Option<&str>, payload: Bytes) -> Result<usize, BusError> {
         validate_subject(subject)?;
         if let Some(reply) = reply {
             validate_subject(reply)?;
         }
-        let message = Message {
-            subject: subject.to_owned(),
-            reply: reply.map(str::to_owned),
-            payload,
-        };
+        let message = Message { subject: subject.to_owned(), reply: reply.map(str::to_owned), payload };
 
         let mut registry = self.shared.registry.lock();
         if registry.closed {
             return Err(BusError::Closed);
         }
-        let Registry {
-            subscribers, turns, ..
-        } = &mut *registry;
+        let Registry { subscribers, turns, .. } = &mut *registry;
 
         let mut interested = 0;
         // Matching members per queue group, in id order; usually empty or tiny.
@@ -263,12 +241,7 @@ impl Bus for LocalBus {
         self.deliver(subject, None, payload).map(drop)
     }
 
-    async fn publish_with_reply(
-        &self,
-        subject: &str,
-        reply: &str,
-        payload: Bytes,
-    ) -> Result<(), BusError> {
+    async fn publish_with_reply(&self, subject: &str, reply: &str, payload: Bytes) -> Result<(), BusError> {
         self.deliver(subject, Some(reply), payload).map(drop)
     }
 
@@ -283,27 +256,18 @@ impl Bus for LocalBus {
         self.register(filter, Some(group))
     }
 
-    async fn request(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<Message, BusError> {
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Message, BusError> {
         validate_subject(subject)?;
         let inbox = format!("_INBOX.{}", uuid::Uuid::new_v4().simple());
         // Subscribe before publishing, or a fast responder could answer into the void.
         let mut replies = self.register(&inbox, None)?;
         if self.deliver(subject, Some(&inbox), payload)? == 0 {
-            return Err(BusError::NoResponders {
-                subject: subject.to_owned(),
-            });
+            return Err(BusError::NoResponders { subject: subject.to_owned() });
         }
         match tokio::time::timeout(timeout, replies.next()).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => Err(BusError::Closed),
-            Err(_) => Err(BusError::Timeout {
-                subject: subject.to_owned(),
-            }),
+            Err(_) => Err(BusError::Timeout { subject: subject.to_owned() }),
         }
     }
 
@@ -328,9 +292,7 @@ mod tests {
         let bus = LocalBus::with_capacity(4);
         let mut slow = bus.subscribe("s").await.expect("subscribe");
         for i in 0..10u8 {
-            bus.publish("s", Bytes::from(vec![i]))
-                .await
-                .expect("publish");
+            bus.publish("s", Bytes::from(vec![i])).await.expect("publish");
         }
         assert_eq!(slow.dropped(), 6);
         assert_eq!(bus.dropped_messages(), 6);
@@ -339,9 +301,7 @@ mod tests {
             let message = slow.next().await.expect("message");
             assert_eq!(message.payload.as_ref(), [i]);
         }
-        bus.publish("s", Bytes::from_static(b"later"))
-            .await
-            .expect("publish");
+        bus.publish("s", Bytes::from_static(b"later")).await.expect("publish");
         let message = slow.next().await.expect("message");
         assert_eq!(message.payload.as_ref(), b"later");
     }
@@ -369,16 +329,10 @@ mod tests {
             let bus = bus.clone();
             tokio::spawn(async move {
                 let request = responder.next().await.expect("request");
-                request
-                    .respond(&bus, Bytes::from_static(b"pong"))
-                    .await
-                    .expect("respond");
+                request.respond(&bus, Bytes::from_static(b"pong")).await.expect("respond");
             })
         };
-        let reply = bus
-            .request("svc", Bytes::new(), Duration::from_secs(5))
-            .await
-            .expect("reply");
+        let reply = bus.request("svc", Bytes::new(), Duration::from_secs(5)).await.expect("reply");
         assert_eq!(reply.payload.as_ref(), b"pong");
         server.await.expect("server task");
         assert_eq!(bus.subscription_count(), 0);
@@ -406,16 +360,7 @@ mod tests {
     #[tokio::test]
     async fn responding_to_a_plain_message_is_an_error() {
         let bus = LocalBus::new();
-        let message = Message {
-            subject: "a".into(),
-            reply: None,
-            payload: Bytes::new(),
-        };
-        assert_eq!(
-            message.respond(&bus, Bytes::new()).await,
-            Err(BusError::NoReplySubject {
-                subject: "a".into()
-            })
-        );
+        let message = Message { subject: "a".into(), reply: None, payload: Bytes::new() };
+        assert_eq!(message.respond(&bus, Bytes::new()).await, Err(BusError::NoReplySubject { subject: "a".into() }));
     }
 }

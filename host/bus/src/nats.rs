@@ -60,13 +60,10 @@ fn publish_error(subject: &str, err: async_nats::PublishError) -> BusError {
     match err.kind() {
         // The command channel is gone: the client was closed or dropped.
         PublishErrorKind::Send => BusError::Closed,
-        PublishErrorKind::InvalidSubject => BusError::InvalidSubject {
-            subject: subject.to_owned(),
-            reason: "rejected by the nats client",
-        },
-        PublishErrorKind::MaxPayloadExceeded => {
-            BusError::Nats(format!("publish on {subject}: {err}"))
+        PublishErrorKind::InvalidSubject => {
+            BusError::InvalidSubject { subject: subject.to_owned(), reason: "rejected by the nats client" }
         }
+        PublishErrorKind::MaxPayloadExceeded => BusError::Nats(format!("publish on {subject}: {err}")),
     }
 }
 
@@ -74,10 +71,7 @@ fn subscribe_error(filter: &str, err: async_nats::SubscribeError) -> BusError {
     use async_nats::SubscribeErrorKind;
     match err.kind() {
         SubscribeErrorKind::InvalidSubject | SubscribeErrorKind::InvalidQueueName => {
-            BusError::InvalidSubject {
-                subject: filter.to_owned(),
-                reason: "rejected by the nats client",
-            }
+            BusError::InvalidSubject { subject: filter.to_owned(), reason: "rejected by the nats client" }
         }
         SubscribeErrorKind::Other => BusError::Nats(format!("subscribe to {filter}: {err}")),
     }
@@ -87,18 +81,10 @@ fn subscribe_error(filter: &str, err: async_nats::SubscribeError) -> BusError {
 impl Bus for NatsBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         validate_subject(subject)?;
-        self.client
-            .publish(subject.to_owned(), payload)
-            .await
-            .map_err(|err| publish_error(subject, err))
+        self.client.publish(subject.to_owned(), payload).await.map_err(|err| publish_error(subject, err))
     }
 
-    async fn publish_with_reply(
-        &self,
-        subject: &str,
-        reply: &str,
-        payload: Bytes,
-    ) -> Result<(), BusError> {
+    async fn publish_with_reply(&self, subject: &str, reply: &str, payload: Bytes) -> Result<(), BusError> {
         validate_subject(subject)?;
         validate_subject(reply)?;
         self.client
@@ -109,15 +95,8 @@ impl Bus for NatsBus {
 
     async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError> {
         validate_filter(filter)?;
-        let subscriber = self
-            .client
-            .subscribe(filter.to_owned())
-            .await
-            .map_err(|err| subscribe_error(filter, err))?;
-        Ok(Subscription {
-            filter: filter.to_owned(),
-            inner: SubscriptionInner::Nats(subscriber),
-        })
+        let subscriber = self.client.subscribe(filter.to_owned()).await.map_err(|err| subscribe_error(filter, err))?;
+        Ok(Subscription { filter: filter.to_owned(), inner: SubscriptionInner::Nats(subscriber) })
     }
 
     async fn queue_subscribe(&self, filter: &str, group: &str) -> Result<Subscription, BusError> {
@@ -128,36 +107,21 @@ impl Bus for NatsBus {
             .queue_subscribe(filter.to_owned(), group.to_owned())
             .await
             .map_err(|err| subscribe_error(filter, err))?;
-        Ok(Subscription {
-            filter: filter.to_owned(),
-            inner: SubscriptionInner::Nats(subscriber),
-        })
+        Ok(Subscription { filter: filter.to_owned(), inner: SubscriptionInner::Nats(subscriber) })
     }
 
-    async fn request(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<Message, BusError> {
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Message, BusError> {
         use async_nats::RequestErrorKind;
         validate_subject(subject)?;
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
+        let request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
         match self.client.send_request(subject.to_owned(), request).await {
             Ok(reply) => Ok(convert_message(reply)),
             Err(err) => Err(match err.kind() {
-                RequestErrorKind::NoResponders => BusError::NoResponders {
-                    subject: subject.to_owned(),
-                },
-                RequestErrorKind::TimedOut => BusError::Timeout {
-                    subject: subject.to_owned(),
-                },
-                RequestErrorKind::InvalidSubject => BusError::InvalidSubject {
-                    subject: subject.to_owned(),
-                    reason: "rejected by the nats client",
-                },
+                RequestErrorKind::NoResponders => BusError::NoResponders { subject: subject.to_owned() },
+                RequestErrorKind::TimedOut => BusError::Timeout { subject: subject.to_owned() },
+                RequestErrorKind::InvalidSubject => {
+                    BusError::InvalidSubject { subject: subject.to_owned(), reason: "rejected by the nats client" }
+                }
                 RequestErrorKind::MaxPayloadExceeded | RequestErrorKind::Other => {
                     BusError::Nats(format!("request on {subject}: {err}"))
                 }
@@ -172,22 +136,13 @@ impl Bus for NatsBus {
         // everything before it was processed: the round trip the Go client's Flush does with PING.
         let flush_error = |err: &dyn std::fmt::Display| BusError::Nats(format!("flush: {err}"));
         let inbox = self.client.new_inbox();
-        let mut echo = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|err| flush_error(&err))?;
-        self.client
-            .publish(inbox, Bytes::new())
-            .await
-            .map_err(|err| publish_error("flush", err))?;
+        let mut echo = self.client.subscribe(inbox.clone()).await.map_err(|err| flush_error(&err))?;
+        self.client.publish(inbox, Bytes::new()).await.map_err(|err| publish_error("flush", err))?;
         self.client.flush().await.map_err(|err| flush_error(&err))?;
         match tokio::time::timeout(FLUSH_PATIENCE, echo.next()).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(BusError::Closed),
-            Err(_) => Err(BusError::Nats(format!(
-                "flush: no round trip to the server within {FLUSH_PATIENCE:?}"
-            ))),
+            Err(_) => Err(BusError::Nats(format!("flush: no round trip to the server within {FLUSH_PATIENCE:?}"))),
         }
     }
 

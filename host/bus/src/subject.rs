@@ -64,11 +64,7 @@ pub const AGENT_HEARTBEATS_ALL: &str = "shoal.ctl.agent.*.heartbeat";
 /// no wildcard characters.
 pub fn validate_subject(subject: &str) -> Result<(), BusError> {
     check_tokens(subject, |token| {
-        if token.contains(['*', '>']) {
-            Err("wildcards are not allowed in a published subject")
-        } else {
-            Ok(())
-        }
+        if token.contains(['*', '>']) { Err("wildcards are not allowed in a published subject") } else { Ok(()) }
     })
 }
 
@@ -101,10 +97,7 @@ pub fn validate_queue_group(group: &str) -> Result<(), BusError> {
     Ok(())
 }
 
-fn check_tokens(
-    subject: &str,
-    mut check: impl FnMut(&str) -> Result<(), &'static str>,
-) -> Result<(), BusError> {
+fn check_tokens(subject: &str, mut check: impl FnMut(&str) -> Result<(), &'static str>) -> Result<(), BusError> {
     if subject.is_empty() {
         return Err(invalid(subject, "subject is empty"));
     }
@@ -121,10 +114,7 @@ fn check_tokens(
 }
 
 fn invalid(subject: &str, reason: &'static str) -> BusError {
-    BusError::InvalidSubject {
-        subject: subject.to_owned(),
-        reason,
-    }
+    BusError::InvalidSubject { subject: subject.to_owned(), reason }
 }
 
 /// Whether `subject` is matched by `filter` under NATS rules (`*` is one token, a trailing `>` is
@@ -150,15 +140,7 @@ pub fn token(s: &str) -> String {
     if s.is_empty() {
         return "_".to_owned();
     }
-    s.chars()
-        .map(|c| {
-            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    s.chars().map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() { '_' } else { c }).collect()
 }
 
 /// What happened to a plugin; the last token of a plugin event subject.
@@ -217,12 +199,7 @@ impl fmt::Display for PluginAction {
 
 /// `shoal.evt.plugin.<kind>.<name>.<action>`.
 pub fn plugin_event(kind: &str, name: &str, action: PluginAction) -> String {
-    format!(
-        "{EVENTS_PREFIX}.plugin.{}.{}.{}",
-        token(kind),
-        token(name),
-        action.as_str()
-    )
+    format!("{EVENTS_PREFIX}.plugin.{}.{}.{}", token(kind), token(name), action.as_str())
 }
 
 /// `shoal.evt.plugin.<kind>.<name>.*`: every event of one plugin.
@@ -279,37 +256,22 @@ mod tests {
             ("*.>", "a.b", true),
             ("a.*.>", "a.b.c", true),
             ("a.*.>", "a.b", false),
-            (
-                "shoal.evt.>",
-                "shoal.evt.plugin.allocator.drf.activated",
-                true,
-            ),
+            ("shoal.evt.>", "shoal.evt.plugin.allocator.drf.activated", true),
             ("shoal.evt.>", "shoal.ctl.agent.register", false),
             ("ab", "a", false),
             ("a", "ab", false),
         ];
         for (filter, subject, expected) in cases {
-            assert_eq!(
-                matches(filter, subject),
-                expected,
-                "matches({filter:?}, {subject:?})"
-            );
+            assert_eq!(matches(filter, subject), expected, "matches({filter:?}, {subject:?})");
         }
     }
 
     #[test]
     fn published_subjects_are_validated() {
-        for ok in [
-            "a",
-            "a.b.c",
-            "_INBOX.abc123",
-            "shoal.evt.plugin.x.y.rolled-back",
-        ] {
+        for ok in ["a", "a.b.c", "_INBOX.abc123", "shoal.evt.plugin.x.y.rolled-back"] {
             assert!(validate_subject(ok).is_ok(), "{ok:?} should be valid");
         }
-        for bad in [
-            "", ".", "a.", ".a", "a..b", "a b", "a\tb", "a\nb", "a.*", "a.>", "*", ">", "a.b*",
-        ] {
+        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a\tb", "a\nb", "a.*", "a.>", "*", ">", "a.b*"] {
             assert!(
                 matches!(validate_subject(bad), Err(BusError::InvalidSubject { .. })),
                 "{bad:?} should be rejected"
@@ -323,10 +285,7 @@ mod tests {
             assert!(validate_filter(ok).is_ok(), "{ok:?} should be valid");
         }
         for bad in ["", "a..b", "a.>.b", ">.a", "a.b*", "a.>b", "a b.>", "a."] {
-            assert!(
-                matches!(validate_filter(bad), Err(BusError::InvalidSubject { .. })),
-                "{bad:?} should be rejected"
-            );
+            assert!(matches!(validate_filter(bad), Err(BusError::InvalidSubject { .. })), "{bad:?} should be rejected");
         }
     }
 
@@ -374,20 +333,13 @@ mod tests {
         assert_eq!(agent_heartbeat("a1"), "shoal.ctl.agent.a1.heartbeat");
 
         for subject in &built[..5] {
-            let all = if subject.starts_with("shoal.evt.") {
-                EVENTS_ALL
-            } else {
-                CONTROL_ALL
-            };
+            let all = if subject.starts_with("shoal.evt.") { EVENTS_ALL } else { CONTROL_ALL };
             assert!(matches(all, subject), "{all} should match {subject}");
         }
         assert!(matches(EVENTS_ALL, STORE_SHARDMAP));
         assert!(matches(CONTROL_ALL, AGENT_REGISTER));
         assert!(matches(AGENT_HEARTBEATS_ALL, &agent_heartbeat("a1")));
-        assert!(matches(
-            &task_events_of("web"),
-            &task_event("web", "failed")
-        ));
+        assert!(matches(&task_events_of("web"), &task_event("web", "failed")));
         assert!(matches(
             &plugin_events_of("allocator", "drf"),
             &plugin_event("allocator", "drf", PluginAction::Failing)
@@ -408,10 +360,7 @@ mod tests {
     #[test]
     fn plugin_actions_have_matching_event_types() {
         for action in PluginAction::ALL {
-            assert_eq!(
-                action.event_type(),
-                format!("io.shoal.plugin.{}", action.as_str())
-            );
+            assert_eq!(action.event_type(), format!("io.shoal.plugin.{}", action.as_str()));
         }
     }
 }

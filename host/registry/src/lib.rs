@@ -115,7 +115,9 @@ pub enum RegistryError {
     #[error("invalid plugin name `{0}`: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit")]
     InvalidName(String),
     /// A bad version label.
-    #[error("invalid version `{0}`: use 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")]
+    #[error(
+        "invalid version `{0}`: use 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+    )]
     InvalidVersion(String),
     /// The bytes are not a valid plugin of this kind.
     #[error(transparent)]
@@ -149,7 +151,9 @@ pub enum RegistryError {
         version: String,
     },
     /// Deleting the active version is refused.
-    #[error("version `{version}` of {kind} plugin `{name}` is active; activate another version first, or delete the whole plugin")]
+    #[error(
+        "version `{version}` of {kind} plugin `{name}` is active; activate another version first, or delete the whole plugin"
+    )]
     VersionActive {
         /// Kind.
         kind: PluginKind,
@@ -199,17 +203,18 @@ struct CallMetrics {
 
 impl CallMetrics {
     fn new(meta: &PluginVersion) -> Self {
-        let labels = [
-            ("kind", meta.kind.as_str().to_owned()),
-            ("name", meta.name.clone()),
-            ("version", meta.version.clone()),
-        ];
+        let labels =
+            [("kind", meta.kind.as_str().to_owned()), ("name", meta.name.clone()), ("version", meta.version.clone())];
         let with = |outcome: &'static str| {
             let mut l = labels.to_vec();
             l.push(("outcome", outcome.to_owned()));
             metrics::counter!("shoal_plugin_calls_total", &l)
         };
-        CallMetrics { ok: with("ok"), failed: with("error"), latency: metrics::histogram!("shoal_plugin_call_duration_seconds", &labels) }
+        CallMetrics {
+            ok: with("ok"),
+            failed: with("error"),
+            latency: metrics::histogram!("shoal_plugin_call_duration_seconds", &labels),
+        }
     }
 }
 
@@ -244,9 +249,7 @@ pub struct Registry {
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Check a plugin name: a lower-case DNS label, so it is safe in URLs, subjects and keys.
@@ -306,7 +309,12 @@ impl Registry {
     }
 
     fn scope(&self, kind: PluginKind, name: &str, version: &str) -> PluginScope {
-        PluginScope { kind: kind.as_str().into(), name: name.into(), version: version.into(), kv: Some(self.kv_for(kind, name)) }
+        PluginScope {
+            kind: kind.as_str().into(),
+            name: name.into(),
+            version: version.into(),
+            kv: Some(self.kv_for(kind, name)),
+        }
     }
 
     fn loaded(&self, meta: PluginVersion, plugin: AnyPlugin) -> LoadedVersion {
@@ -327,8 +335,12 @@ impl Registry {
             name: name.into(),
             version: version.into(),
         })?;
-        let bytes = self.store.blob(&meta.digest)?.ok_or_else(|| RegistryError::Storage(format!("blob {} missing", meta.digest)))?;
-        let plugin = AnyPlugin::load(&self.runtime, kind, &bytes, self.scope(kind, name, version), kind.default_limits())?;
+        let bytes = self
+            .store
+            .blob(&meta.digest)?
+            .ok_or_else(|| RegistryError::Storage(format!("blob {} missing", meta.digest)))?;
+        let plugin =
+            AnyPlugin::load(&self.runtime, kind, &bytes, self.scope(kind, name, version), kind.default_limits())?;
         Ok(self.loaded(meta, plugin))
     }
 
@@ -339,6 +351,7 @@ impl Registry {
 
     /// Validate and store a new version. It becomes active if `activate` is set or if the plugin
     /// has no active version yet. `version` defaults to `v<seq>`.
+    #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
     pub async fn push(
         &self,
         kind: PluginKind,
@@ -381,7 +394,8 @@ impl Registry {
         state.last_seq = seq;
         let make_active = activate || state.active.is_none();
         let loaded = if make_active {
-            let plugin = AnyPlugin::load(&self.runtime, kind, bytes, self.scope(kind, name, &version), kind.default_limits())?;
+            let plugin =
+                AnyPlugin::load(&self.runtime, kind, bytes, self.scope(kind, name, &version), kind.default_limits())?;
             Some(self.loaded(meta.clone(), plugin))
         } else {
             None
@@ -392,11 +406,21 @@ impl Registry {
             }
         }
         self.store.put_version(&meta, bytes, &state)?;
-        self.emit(kind, name, "uploaded", serde_json::json!({ "version": meta.version, "digest": meta.digest, "size": meta.size }));
+        self.emit(
+            kind,
+            name,
+            "uploaded",
+            serde_json::json!({ "version": meta.version, "digest": meta.digest, "size": meta.size }),
+        );
         if let Some(loaded) = loaded {
             let probation = !state.history.is_empty();
             self.swap_in(kind, name, loaded, probation);
-            self.emit(kind, name, "activated", serde_json::json!({ "version": meta.version, "digest": meta.digest, "previous": state.history.last() }));
+            self.emit(
+                kind,
+                name,
+                "activated",
+                serde_json::json!({ "version": meta.version, "digest": meta.digest, "previous": state.history.last() }),
+            );
         }
         Ok(meta)
     }
@@ -407,9 +431,11 @@ impl Registry {
     }
 
     /// Make `version` the active version.
+    #[tracing::instrument(skip(self))]
     pub async fn activate(&self, kind: PluginKind, name: &str, version: &str) -> Result<PluginVersion, RegistryError> {
         let _guard = self.write.lock().await;
-        let mut state = self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
+        let mut state =
+            self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
         let loaded = self.load_version(kind, name, version)?;
         let meta = loaded.meta.clone();
         if state.active.as_deref() == Some(version) {
@@ -423,18 +449,25 @@ impl Registry {
         self.store.put_state(kind, name, &state)?;
         let probation = !state.history.is_empty();
         self.swap_in(kind, name, loaded, probation);
-        self.emit(kind, name, "activated", serde_json::json!({ "version": version, "digest": meta.digest, "previous": state.history.last() }));
+        self.emit(
+            kind,
+            name,
+            "activated",
+            serde_json::json!({ "version": version, "digest": meta.digest, "previous": state.history.last() }),
+        );
         Ok(meta)
     }
 
     /// Return to the previously active version.
+    #[tracing::instrument(skip(self))]
     pub async fn rollback(&self, kind: PluginKind, name: &str) -> Result<PluginVersion, RegistryError> {
         let _guard = self.write.lock().await;
         self.rollback_locked(kind, name, "requested")
     }
 
     fn rollback_locked(&self, kind: PluginKind, name: &str, reason: &str) -> Result<PluginVersion, RegistryError> {
-        let mut state = self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
+        let mut state =
+            self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
         let Some(target) = state.history.pop() else {
             return Err(RegistryError::NothingToRollBack { kind, name: name.into() });
         };
@@ -449,9 +482,11 @@ impl Registry {
     }
 
     /// Delete one version (not the active one), or with `version == None` the whole plugin.
+    #[tracing::instrument(skip(self))]
     pub async fn delete(&self, kind: PluginKind, name: &str, version: Option<&str>) -> Result<(), RegistryError> {
         let _guard = self.write.lock().await;
-        let mut state = self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
+        let mut state =
+            self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
         match version {
             Some(version) => {
                 if self.store.version(kind, name, version)?.is_none() {
@@ -516,9 +551,14 @@ impl Registry {
             return;
         }
         let (kind, name, version) = (loaded.meta.kind, loaded.meta.name.clone(), loaded.meta.version.clone());
-        self.emit(kind, &name, "failing", serde_json::json!({
-            "version": version, "consecutive_failures": streak, "last_error": error.to_string(),
-        }));
+        self.emit(
+            kind,
+            &name,
+            "failing",
+            serde_json::json!({
+                "version": version, "consecutive_failures": streak, "last_error": error.to_string(),
+            }),
+        );
         if !loaded.probation.swap(false, Ordering::Relaxed) {
             return;
         }

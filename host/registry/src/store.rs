@@ -80,7 +80,12 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn version(&self, kind: PluginKind, name: &str, version: &str) -> Result<Option<PluginVersion>, RegistryError> {
+    pub(crate) fn version(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<PluginVersion>, RegistryError> {
         let db = &self.db;
         db.get_cf(cf(db, CF_META)?, version_key(kind, name, version))?.map(|b| json(&b)).transpose()
     }
@@ -110,7 +115,12 @@ impl Store {
         Ok(db.get_cf(cf(db, CF_BLOBS)?, digest)?)
     }
 
-    pub(crate) fn put_version(&self, meta: &PluginVersion, bytes: &[u8], state: &ActivationState) -> Result<(), RegistryError> {
+    pub(crate) fn put_version(
+        &self,
+        meta: &PluginVersion,
+        bytes: &[u8],
+        state: &ActivationState,
+    ) -> Result<(), RegistryError> {
         let db = &self.db;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(db, CF_BLOBS)?, &meta.digest, bytes);
@@ -134,7 +144,13 @@ impl Store {
             .collect())
     }
 
-    pub(crate) fn delete_version(&self, kind: PluginKind, name: &str, version: &str, state: &ActivationState) -> Result<(), RegistryError> {
+    pub(crate) fn delete_version(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        version: &str,
+        state: &ActivationState,
+    ) -> Result<(), RegistryError> {
         let db = &self.db;
         let key = version_key(kind, name, version);
         let meta = self.version(kind, name, version)?;

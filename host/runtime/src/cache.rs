@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -44,11 +43,7 @@ impl ComponentCache {
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(ComponentCache {
-            dir,
-            engine_tag: format!("{:016x}", hasher.finish()),
-            memory: Mutex::new(HashMap::new()),
-        })
+        Ok(ComponentCache { dir, engine_tag: format!("{:016x}", hasher.finish()), memory: Mutex::new(HashMap::new()) })
     }
 
     fn path(&self, digest: &str) -> Option<PathBuf> {

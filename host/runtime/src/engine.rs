@@ -33,14 +33,14 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            cache_dir: None,
-            max_instances: 1000,
-            max_memory: 256 << 20,
-            max_component_size: 32 << 20,
-        }
+        RuntimeConfig { cache_dir: None, max_instances: 1000, max_memory: 256 << 20, max_component_size: 32 << 20 }
     }
 }
+
+/// The runtime could not be set up (engine configuration, cache directory, ticker thread).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the Wasm runtime: {0}")]
+pub struct SetupError(pub String);
 
 /// The bounds of every call of one plugin.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +75,11 @@ struct Inner {
 
 impl Runtime {
     /// A runtime with its own engine and epoch ticker thread.
-    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
+    pub fn new(config: RuntimeConfig) -> Result<Self, SetupError> {
+        Self::setup(config).map_err(|e| SetupError(format!("{e:#}")))
+    }
+
+    fn setup(config: RuntimeConfig) -> wasmtime::Result<Self> {
         let mut pooling = PoolingAllocationConfig::new();
         let max = config.max_instances;
         pooling
@@ -170,7 +174,12 @@ impl Runtime {
     }
 
     /// Compile and load in one step.
-    pub fn load_bytes<W: World>(&self, bytes: &[u8], scope: PluginScope, limits: CallLimits) -> Result<Plugin<W>, LoadError> {
+    pub fn load_bytes<W: World>(
+        &self,
+        bytes: &[u8],
+        scope: PluginScope,
+        limits: CallLimits,
+    ) -> Result<Plugin<W>, LoadError> {
         let compiled = self.compile(bytes)?;
         self.load(&compiled, scope, limits)
     }
@@ -221,7 +230,11 @@ fn check_package_version(engine: &Engine, component: &Component) -> Result<(), L
         let Some(rest) = name.strip_prefix(&prefix) else { continue };
         let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
         if !compatible(version, PACKAGE_VERSION) {
-            let found = if version.is_empty() { format!("{PACKAGE_NAME} (unversioned)") } else { format!("{PACKAGE_NAME}@{version}") };
+            let found = if version.is_empty() {
+                format!("{PACKAGE_NAME} (unversioned)")
+            } else {
+                format!("{PACKAGE_NAME}@{version}")
+            };
             return Err(LoadError::IncompatibleVersion {
                 found,
                 expected: PACKAGE_VERSION.into(),

@@ -23,7 +23,7 @@ pub mod imports;
 mod pool;
 mod state;
 
-pub use engine::{CallLimits, Runtime, RuntimeConfig};
+pub use engine::{CallLimits, Runtime, RuntimeConfig, SetupError};
 pub use error::{CallError, LoadError};
 pub use pool::{Instance, Plugin, PluginStats, World};
 pub use state::{HostState, KvBackend, MemoryKv, PluginScope, ProbeTarget};

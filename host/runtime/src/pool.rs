@@ -69,7 +69,13 @@ pub struct Plugin<W: World> {
 }
 
 impl<W: World> Plugin<W> {
-    pub(crate) fn new(runtime: Runtime, digest: String, pre: W::Pre, scope: Arc<PluginScope>, limits: CallLimits) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        digest: String,
+        pre: W::Pre,
+        scope: Arc<PluginScope>,
+        limits: CallLimits,
+    ) -> Self {
         Plugin {
             runtime,
             digest,
@@ -115,7 +121,8 @@ impl<W: World> Plugin<W> {
         // Start functions run under the same deadline as calls.
         store.set_epoch_deadline(self.ticks);
         store.epoch_deadline_trap();
-        let bindings = W::instantiate(&self.pre, &mut store).map_err(|e| classify(&e, &store, self.limits.deadline, true))?;
+        let bindings =
+            W::instantiate(&self.pre, &mut store).map_err(|e| classify(&e, &store, self.limits.deadline, true))?;
         self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
         Ok(Instance { store, bindings, generation: 0 })
     }

@@ -96,11 +96,7 @@ impl HostState {
         // An empty WASI context: no preopened directories, no environment, no arguments, stdin
         // empty, stdout/stderr discarded, no sockets and no name lookups. Rust's standard library
         // imports these interfaces, so they are linked, but they grant nothing.
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         HostState {
             wasi,
             table: ResourceTable::new(),

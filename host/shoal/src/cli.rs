@@ -184,9 +184,9 @@ impl Client {
     fn new(remote: Remote) -> anyhow::Result<Self> {
         let token = match remote.token {
             Some(t) => t,
-            None => std::fs::read_to_string(".shoal/admin.token")
-                .map(|t| t.trim().to_owned())
-                .context("no token: pass --token or set SHOAL_TOKEN (shoal dev prints one and saves it in ./.shoal/admin.token)")?,
+            None => std::fs::read_to_string(".shoal/admin.token").map(|t| t.trim().to_owned()).context(
+                "no token: pass --token or set SHOAL_TOKEN (shoal dev prints one and saves it in ./.shoal/admin.token)",
+            )?,
         };
         Ok(Client { http: reqwest::Client::new(), api: remote.api.trim_end_matches('/').to_owned(), token })
     }
@@ -196,7 +196,11 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request.bearer_auth(&self.token).send().await.with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
@@ -235,7 +239,11 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
                 .header("content-type", "application/wasm")
                 .body(bytes);
             let v = client.send(request).await?;
-            println!("pushed {kind} {name} version {} (sha256 {})", v["version"].as_str().unwrap_or("?"), v["digest"].as_str().unwrap_or("?"));
+            println!(
+                "pushed {kind} {name} version {} (sha256 {})",
+                v["version"].as_str().unwrap_or("?"),
+                v["digest"].as_str().unwrap_or("?")
+            );
         }
         PluginCommand::List { remote } => {
             let client = Client::new(remote)?;
@@ -259,7 +267,10 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Activate { kind, name, version, remote } => {
             let client = Client::new(remote)?;
             let kind = kind_of(&kind)?;
-            let request = client.http.post(client.url(&format!("/v1/plugins/{kind}/{name}/activate"))).json(&serde_json::json!({ "version": version }));
+            let request = client
+                .http
+                .post(client.url(&format!("/v1/plugins/{kind}/{name}/activate")))
+                .json(&serde_json::json!({ "version": version }));
             let v = client.send(request).await?;
             println!("activated {kind} {name} version {}", v["version"].as_str().unwrap_or("?"));
         }
@@ -285,11 +296,15 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Check { kind, file, input } => {
             let kind = kind_of(&kind)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let fixture: Value = serde_json::from_slice(&std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?)
-                .with_context(|| format!("{} is not valid JSON", input.display()))?;
+            let fixture: Value =
+                serde_json::from_slice(&std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?)
+                    .with_context(|| format!("{} is not valid JSON", input.display()))?;
             let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
                 let runtime = Runtime::new(RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() })?;
-                let scope = PluginScope { kv: Some(std::sync::Arc::new(MemoryKv::default())), ..PluginScope::detached(kind.as_str(), "check", "local") };
+                let scope = PluginScope {
+                    kv: Some(std::sync::Arc::new(MemoryKv::default())),
+                    ..PluginScope::detached(kind.as_str(), "check", "local")
+                };
                 let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())?;
                 Ok(shoal_abi::check::run(&plugin, &fixture)?)
             })

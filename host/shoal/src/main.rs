@@ -1,12 +1,21 @@
-//! The `shoal` binary: parse flags, run the command.
+//! The `shoal` binary: set up tracing, parse flags, run the command.
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
-    shoal_node::init_tracing();
+fn main() {
+    // Tracing first, outside any async runtime: the OTLP exporter's HTTP client must not be
+    // created on an async thread.
+    let telemetry = shoal_node::init_tracing();
     let cli = shoal_node::cli::Cli::parse();
-    if let Err(err) = shoal_node::cli::run(cli).await {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(shoal_node::cli::run(cli)));
+    if let Some(provider) = telemetry {
+        let _ = provider.shutdown();
+    }
+    if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -63,11 +63,15 @@ pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
 /// Publish registry events on the bus as CloudEvents, `shoal.evt.plugin.<kind>.<name>.<action>`.
 async fn forward_events(mut rx: mpsc::UnboundedReceiver<RegistryEvent>, bus: SharedBus, source: String) {
     while let Some(event) = rx.recv().await {
-        let subject = subject::plugin_event(event.kind.as_str(), &event.name, event.action);
+        let Some(action) = subject::PluginAction::ALL.into_iter().find(|a| a.as_str() == event.action) else {
+            tracing::error!(action = event.action, "registry event without a subject; not published");
+            continue;
+        };
+        let subject = subject::plugin_event(event.kind.as_str(), &event.name, action);
         let cloud = CloudEvent::new(
-            &source,
-            &format!("io.shoal.plugin.{}", event.action),
-            &format!("plugins/{}/{}", event.kind, event.name),
+            source.as_str(),
+            action.event_type(),
+            format!("plugins/{}/{}", event.kind, event.name),
             event.data,
         );
         if let Err(err) = shoal_bus::event::publish_event(bus.as_ref(), &subject, &cloud).await {
@@ -88,7 +92,8 @@ pub async fn run(
         Some(url) => Arc::new(NatsBus::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?),
         None => Arc::new(LocalBus::new()),
     };
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
+    let runtime =
+        Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
     let (registry, events) = Registry::open(&config.data_dir.join("registry"), runtime, RegistryConfig::default())
         .context("opening the plugin registry")?;
@@ -114,7 +119,10 @@ async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
         if registry.show(kind, name).is_ok() {
             continue;
         }
-        registry.push(kind, name, Some("builtin-0.1.0"), bytes, true).await.with_context(|| format!("registering {kind} {name}"))?;
+        registry
+            .push(kind, name, Some("builtin-0.1.0"), bytes, true)
+            .await
+            .with_context(|| format!("registering {kind} {name}"))?;
         tracing::info!(%kind, %name, "registered default plugin");
     }
     Ok(())

@@ -24,10 +24,7 @@ pub use nats::{NATS_SERVER_ENV, NatsServer};
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .expect("cannot bind a loopback port: is the loopback interface up?");
-    listener
-        .local_addr()
-        .expect("a bound listener has a local address")
-        .port()
+    listener.local_addr().expect("a bound listener has a local address").port()
 }
 
 /// How often [`eventually`] polls: short enough not to slow tests down, long enough not to spin.
@@ -62,10 +59,7 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Fails only when a global subscriber is already set, which is exactly the idempotence we want.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 #[cfg(test)]
@@ -98,14 +92,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn eventually_gives_up_after_its_patience() {
-        let outcome = tokio::spawn(eventually("never", Duration::from_secs(1), || async {
-            None::<()>
-        }))
-        .await;
+        let outcome = tokio::spawn(eventually("never", Duration::from_secs(1), || async { None::<()> })).await;
         let panic = outcome.expect_err("eventually should panic").into_panic();
-        let message = panic
-            .downcast_ref::<String>()
-            .expect("a formatted panic message");
+        let message = panic.downcast_ref::<String>().expect("a formatted panic message");
         assert!(message.contains("waiting for never"), "{message}");
     }
 

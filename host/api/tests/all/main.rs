@@ -26,15 +26,26 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = Runtime::new(RuntimeConfig { max_component_size: 4 << 20, max_instances: 50, ..RuntimeConfig::default() }).expect("runtime");
+        let runtime =
+            Runtime::new(RuntimeConfig { max_component_size: 4 << 20, max_instances: 50, ..RuntimeConfig::default() })
+                .expect("runtime");
         let (registry, mut events) = Registry::open(dir.path(), runtime, RegistryConfig::default()).expect("registry");
         let bus: SharedBus = Arc::new(LocalBus::new());
         // Forward registry events to the bus as the node does.
         let forward_bus = bus.clone();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
-                let subject = shoal_bus::subject::plugin_event(e.kind.as_str(), &e.name, e.action);
-                let event = shoal_bus::event::CloudEvent::new("/shoal/test", &format!("io.shoal.plugin.{}", e.action), &format!("plugins/{}/{}", e.kind, e.name), e.data);
+                let action = shoal_bus::subject::PluginAction::ALL
+                    .into_iter()
+                    .find(|a| a.as_str() == e.action)
+                    .expect("known action");
+                let subject = shoal_bus::subject::plugin_event(e.kind.as_str(), &e.name, action);
+                let event = shoal_bus::event::CloudEvent::new(
+                    "/shoal/test",
+                    action.event_type(),
+                    format!("plugins/{}/{}", e.kind, e.name),
+                    e.data,
+                );
                 let _ = shoal_bus::event::publish_event(forward_bus.as_ref(), &subject, &event).await;
             }
         });
@@ -49,7 +60,13 @@ impl Server {
         Server { url, http: reqwest::Client::new(), registry, auth, _dir: dir, _stop: stop }
     }
 
-    async fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             request = request.bearer_auth(t);
@@ -81,18 +98,46 @@ fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
 #[tokio::test]
 async fn tokens_and_scopes_guard_every_endpoint() {
     let s = Server::start().await;
-    assert_error(&s.req(reqwest::Method::GET, "/v1/plugins", None, None).await, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_error(&s.req(reqwest::Method::GET, "/v1/plugins", Some("nope"), None).await, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (status, body) = s.req(reqwest::Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"operator"}"#.to_vec())).await;
+    assert_error(
+        &s.req(reqwest::Method::GET, "/v1/plugins", None, None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_error(
+        &s.req(reqwest::Method::GET, "/v1/plugins", Some("nope"), None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let (status, body) =
+        s.req(reqwest::Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"operator"}"#.to_vec())).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let operator = body["token"].as_str().expect("token").to_owned();
     assert_eq!(s.req(reqwest::Method::GET, "/v1/plugins", Some(&operator), None).await.0, StatusCode::OK);
-    let push = s.req(reqwest::Method::POST, "/v1/plugins/router/rr", Some(&operator), Some(shoal_artifacts::ROUND_ROBIN.to_vec())).await;
+    let push = s
+        .req(
+            reqwest::Method::POST,
+            "/v1/plugins/router/rr",
+            Some(&operator),
+            Some(shoal_artifacts::ROUND_ROBIN.to_vec()),
+        )
+        .await;
     assert_error(&push, StatusCode::FORBIDDEN, "forbidden");
     assert!(s.registry.list().expect("list").is_empty(), "a forbidden push stored something");
-    assert_error(&s.req(reqwest::Method::POST, "/v1/tokens", Some(&operator), Some(br#"{"scope":"admin"}"#.to_vec())).await, StatusCode::FORBIDDEN, "forbidden");
-    assert_error(&s.req(reqwest::Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"root"}"#.to_vec())).await, StatusCode::BAD_REQUEST, "bad_request");
-    assert_error(&s.req(reqwest::Method::POST, "/v1/tokens", Some(ADMIN), Some(b"{".to_vec())).await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(
+        &s.req(reqwest::Method::POST, "/v1/tokens", Some(&operator), Some(br#"{"scope":"admin"}"#.to_vec())).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_error(
+        &s.req(reqwest::Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"root"}"#.to_vec())).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &s.req(reqwest::Method::POST, "/v1/tokens", Some(ADMIN), Some(b"{".to_vec())).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
     s.auth.insert("app-token", Scope::App("shop".into()));
     assert_eq!(s.req(reqwest::Method::GET, "/v1/plugins", Some("app-token"), None).await.0, StatusCode::OK);
     // Open endpoints.
@@ -123,15 +168,39 @@ async fn plugin_lifecycle_over_http() {
     let (status, body) = s.post("/v1/plugins/router/rr/rollback", b"").await;
     assert_eq!((status, &body["version"]), (StatusCode::OK, &Value::from("v1")), "{body}");
     assert_error(&s.post("/v1/plugins/router/rr/rollback", b"").await, StatusCode::CONFLICT, "nothing_to_roll_back");
-    assert_error(&s.post("/v1/plugins/router/rr/activate", br#"{"version":"9"}"#).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&s.post("/v1/plugins/router/rr/activate", br#"{"versio":"9"}"#).await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(
+        &s.post("/v1/plugins/router/rr/activate", br#"{"version":"9"}"#).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &s.post("/v1/plugins/router/rr/activate", br#"{"versio":"9"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
 
-    let bytes = s.http.get(format!("{}/v1/plugins/router/rr/versions/2.0.0/component", s.url)).bearer_auth(ADMIN).send().await.expect("get");
+    let bytes = s
+        .http
+        .get(format!("{}/v1/plugins/router/rr/versions/2.0.0/component", s.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(bytes.bytes().await.expect("bytes").as_ref(), shoal_artifacts::WEIGHTED_ROUND_ROBIN);
 
-    assert_error(&s.req(reqwest::Method::DELETE, "/v1/plugins/router/rr?version=v1", Some(ADMIN), None).await, StatusCode::CONFLICT, "version_active");
-    assert_eq!(s.req(reqwest::Method::DELETE, "/v1/plugins/router/rr?version=2.0.0", Some(ADMIN), None).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(s.req(reqwest::Method::DELETE, "/v1/plugins/router/rr", Some(ADMIN), None).await.0, StatusCode::NO_CONTENT);
+    assert_error(
+        &s.req(reqwest::Method::DELETE, "/v1/plugins/router/rr?version=v1", Some(ADMIN), None).await,
+        StatusCode::CONFLICT,
+        "version_active",
+    );
+    assert_eq!(
+        s.req(reqwest::Method::DELETE, "/v1/plugins/router/rr?version=2.0.0", Some(ADMIN), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.req(reqwest::Method::DELETE, "/v1/plugins/router/rr", Some(ADMIN), None).await.0,
+        StatusCode::NO_CONTENT
+    );
     assert_error(&s.get("/v1/plugins/router/rr").await, StatusCode::NOT_FOUND, "not_found");
 }
 
@@ -144,15 +213,45 @@ async fn bad_uploads_get_a_clear_4xx_and_change_nothing() {
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
         ("/v1/plugins/router/x", b"not wasm at all".to_vec(), StatusCode::BAD_REQUEST, "not_wasm"),
         ("/v1/plugins/router/x", b"\0asm\x01\0\0\0".to_vec(), StatusCode::BAD_REQUEST, "not_a_component"),
-        ("/v1/plugins/router/x", shoal_artifacts::ROUND_ROBIN[..1000].to_vec(), StatusCode::BAD_REQUEST, "invalid_component"),
-        ("/v1/plugins/allocator/x", shoal_artifacts::ROUND_ROBIN.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "wrong_world"),
-        ("/v1/plugins/router/x", shoal_artifacts::FUTURE_VERSION.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "incompatible_version"),
+        (
+            "/v1/plugins/router/x",
+            shoal_artifacts::ROUND_ROBIN[..1000].to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+        ),
+        (
+            "/v1/plugins/allocator/x",
+            shoal_artifacts::ROUND_ROBIN.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_world",
+        ),
+        (
+            "/v1/plugins/router/x",
+            shoal_artifacts::FUTURE_VERSION.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "incompatible_version",
+        ),
         ("/v1/plugins/scheduler/x", shoal_artifacts::ROUND_ROBIN.to_vec(), StatusCode::BAD_REQUEST, "unknown_kind"),
-        ("/v1/plugins/router/rr?version=1", shoal_artifacts::RANDOM.to_vec(), StatusCode::CONFLICT, "duplicate_version"),
+        (
+            "/v1/plugins/router/rr?version=1",
+            shoal_artifacts::RANDOM.to_vec(),
+            StatusCode::CONFLICT,
+            "duplicate_version",
+        ),
         ("/v1/plugins/router/x", big, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         ("/v1/plugins/router/x", Vec::new(), StatusCode::BAD_REQUEST, "bad_request"),
-        ("/v1/plugins/router/Not_A_Name", shoal_artifacts::ROUND_ROBIN.to_vec(), StatusCode::BAD_REQUEST, "invalid_name"),
-        ("/v1/plugins/router/x?activate=maybe", shoal_artifacts::ROUND_ROBIN.to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "/v1/plugins/router/Not_A_Name",
+            shoal_artifacts::ROUND_ROBIN.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "/v1/plugins/router/x?activate=maybe",
+            shoal_artifacts::ROUND_ROBIN.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
     ];
     for (path, body, status, code) in cases {
         let got = s.post(path, &body).await;
@@ -161,7 +260,10 @@ async fn bad_uploads_get_a_clear_4xx_and_change_nothing() {
     assert_eq!(s.get("/v1/plugins").await, before, "a refused upload changed the registry");
 }
 
-async fn next_event(stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin), buf: &mut String) -> Value {
+async fn next_event(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+) -> Value {
     loop {
         if let Some(pos) = buf.find("\n\n") {
             let frame: String = buf.drain(..pos + 2).collect();
@@ -170,7 +272,11 @@ async fn next_event(stream: &mut (impl futures::Stream<Item = reqwest::Result<by
             }
             continue;
         }
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("event in time").expect("stream open").expect("chunk");
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("event in time")
+            .expect("stream open")
+            .expect("chunk");
         buf.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
@@ -210,16 +316,26 @@ async fn openapi_and_metrics() {
     let (status, doc) = s.req(reqwest::Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
-    for path in ["/v1/plugins", "/v1/plugins/{kind}/{name}", "/v1/plugins/{kind}/{name}/activate", "/v1/events", "/v1/tokens"] {
+    for path in
+        ["/v1/plugins", "/v1/plugins/{kind}/{name}", "/v1/plugins/{kind}/{name}/activate", "/v1/events", "/v1/tokens"]
+    {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     assert_eq!(s.post("/v1/plugins/router/lc", shoal_artifacts::LEAST_CONNECTIONS).await.0, StatusCode::CREATED);
     let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo { method: "GET".into(), host: "h".into(), path: "/".into(), client_ip: "c".into(), headers: vec![] };
+    let req = RequestInfo {
+        method: "GET".into(),
+        host: "h".into(),
+        path: "/".into(),
+        client_ip: "c".into(),
+        headers: vec![],
+    };
     for _ in 0..3 {
         s.registry
             .call(PluginKind::Router, "lc", |p| match p {
-                AnyPlugin::Router(r) => shoal_abi::route(r, &table, &req, &[EndpointState { healthy: true, active_requests: 0 }]),
+                AnyPlugin::Router(r) => {
+                    shoal_abi::route(r, &table, &req, &[EndpointState { healthy: true, active_requests: 0 }])
+                }
                 _ => unreachable!(),
             })
             .expect("active")
@@ -228,7 +344,9 @@ async fn openapi_and_metrics() {
     let text = s.http.get(format!("{}/metrics", s.url)).send().await.expect("metrics").text().await.expect("text");
     let line = text
         .lines()
-        .find(|l| l.starts_with("shoal_plugin_calls_total") && l.contains("name=\"lc\"") && l.contains("outcome=\"ok\""))
+        .find(|l| {
+            l.starts_with("shoal_plugin_calls_total") && l.contains("name=\"lc\"") && l.contains("outcome=\"ok\"")
+        })
         .unwrap_or_else(|| panic!("no call counter for lc in:\n{text}"));
     assert!(line.ends_with(" 3"), "{line}");
     assert!(text.contains("shoal_plugin_call_duration_seconds"), "{text}");

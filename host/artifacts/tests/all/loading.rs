@@ -34,37 +34,61 @@ fn refuses_what_is_not_a_plugin_of_its_kind() {
     assert!(matches!(err, LoadError::WrongWorld { world: "router", .. }), "{err}");
     assert!(err.to_string().contains("probe"), "{err}");
 
-    let small = Runtime::new(RuntimeConfig { max_component_size: 1024, max_instances: 10, ..RuntimeConfig::default() }).expect("runtime");
-    let err = AnyPlugin::load(&small, PluginKind::Router, shoal_artifacts::ROUND_ROBIN, PluginScope::detached("router", "t", "1"), PluginKind::Router.default_limits())
-        .err()
-        .expect("too large");
+    let small = Runtime::new(RuntimeConfig { max_component_size: 1024, max_instances: 10, ..RuntimeConfig::default() })
+        .expect("runtime");
+    let err = AnyPlugin::load(
+        &small,
+        PluginKind::Router,
+        shoal_artifacts::ROUND_ROBIN,
+        PluginScope::detached("router", "t", "1"),
+        PluginKind::Router.default_limits(),
+    )
+    .err()
+    .expect("too large");
     assert!(matches!(err, LoadError::TooLarge { limit: 1024, .. }), "{err}");
 }
 
 #[test]
 fn compiles_once_per_digest_and_persists_artifacts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = RuntimeConfig { cache_dir: Some(dir.path().to_owned()), max_instances: 10, ..RuntimeConfig::default() };
+    let config =
+        RuntimeConfig { cache_dir: Some(dir.path().to_owned()), max_instances: 10, ..RuntimeConfig::default() };
     let first = Runtime::new(config.clone()).expect("runtime");
     let a = first.compile(shoal_artifacts::RANDOM).expect("compile");
     let b = first.compile(shoal_artifacts::RANDOM).expect("compile again");
     assert_eq!(a.digest, b.digest);
     assert_eq!(a.digest, shoal_runtime::cache::digest(shoal_artifacts::RANDOM));
     assert_eq!(first.cache().len(), 1);
-    let files: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").file_name()).collect();
+    let files: Vec<_> =
+        std::fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").file_name()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].to_string_lossy().starts_with(&a.digest));
 
     // A second runtime (a restarted host) loads the artifact instead of compiling, and it works.
     let second = Runtime::new(config).expect("runtime");
     let started = std::time::Instant::now();
-    let plugin = AnyPlugin::load(&second, PluginKind::Router, shoal_artifacts::RANDOM, PluginScope::detached("router", "r", "1"), PluginKind::Router.default_limits())
-        .expect("load from cache");
+    let plugin = AnyPlugin::load(
+        &second,
+        PluginKind::Router,
+        shoal_artifacts::RANDOM,
+        PluginScope::detached("router", "r", "1"),
+        PluginKind::Router.default_limits(),
+    )
+    .expect("load from cache");
     let loaded_in = started.elapsed();
     let AnyPlugin::Router(p) = plugin else { unreachable!() };
     let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo { method: "GET".into(), host: "h".into(), path: "/".into(), client_ip: "c".into(), headers: vec![] };
-    assert_eq!(shoal_abi::route(&p, &table, &req, &[EndpointState { healthy: true, active_requests: 0 }]).expect("route"), Some(0));
+    let req = RequestInfo {
+        method: "GET".into(),
+        host: "h".into(),
+        path: "/".into(),
+        client_ip: "c".into(),
+        headers: vec![],
+    };
+    assert_eq!(
+        shoal_abi::route(&p, &table, &req, &[EndpointState { healthy: true, active_requests: 0 }]).expect("route"),
+        Some(0)
+    );
     // A corrupt artifact is discarded and recompiled, not trusted. (Drop the users of the mapped
     // artifact first and replace the file rather than truncate it: truncating a file another
     // process has mapped is a SIGBUS, which is why the cache itself only ever renames.)
@@ -73,7 +97,12 @@ fn compiles_once_per_digest_and_persists_artifacts() {
     let path = dir.path().join(&files[0]);
     std::fs::remove_file(&path).expect("remove");
     std::fs::write(&path, b"garbage").expect("corrupt");
-    let third = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().to_owned()), max_instances: 10, ..RuntimeConfig::default() }).expect("runtime");
+    let third = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_owned()),
+        max_instances: 10,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
     third.compile(shoal_artifacts::RANDOM).expect("recompile over a corrupt artifact");
     assert!(std::fs::read(&path).expect("artifact").len() > 1000, "artifact rewritten");
     eprintln!("load from on-disk cache took {loaded_in:?}");
@@ -81,13 +110,21 @@ fn compiles_once_per_digest_and_persists_artifacts() {
 
 #[test]
 fn many_callers_in_parallel() {
-    let AnyPlugin::Router(p) = load(PluginKind::Router, shoal_artifacts::ROUND_ROBIN).expect("load") else { unreachable!() };
+    let AnyPlugin::Router(p) = load(PluginKind::Router, shoal_artifacts::ROUND_ROBIN).expect("load") else {
+        unreachable!()
+    };
     let table = Arc::new(RouteTable { generation: 1, endpoints: vec![] });
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let (p, table) = (p.clone(), table.clone());
             std::thread::spawn(move || {
-                let req = RequestInfo { method: "GET".into(), host: "h".into(), path: "/".into(), client_ip: "c".into(), headers: vec![] };
+                let req = RequestInfo {
+                    method: "GET".into(),
+                    host: "h".into(),
+                    path: "/".into(),
+                    client_ip: "c".into(),
+                    headers: vec![],
+                };
                 let states = vec![EndpointState { healthy: true, active_requests: 0 }; 4];
                 (0..2000).map(|_| shoal_abi::route(&p, &table, &req, &states).expect("route").expect("pick")).max()
             })

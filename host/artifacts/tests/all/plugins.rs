@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use shoal_abi::{
-    AnyPlugin, Agent, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, FrameworkInfo, PluginKind, RequestInfo,
+    Agent, AnyPlugin, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, FrameworkInfo, PluginKind, RequestInfo,
     Resources, RouteTable, RouterWorld,
 };
 use shoal_runtime::Plugin;
@@ -32,13 +32,24 @@ fn table(weights: &[u32]) -> RouteTable {
         endpoints: weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Endpoint { id: format!("e{i}"), address: format!("10.0.0.{i}:80"), weight: w, labels: vec![] })
+            .map(|(i, &w)| Endpoint {
+                id: format!("e{i}"),
+                address: format!("10.0.0.{i}:80"),
+                weight: w,
+                labels: vec![],
+            })
             .collect(),
     }
 }
 
 fn request(client_ip: &str) -> RequestInfo {
-    RequestInfo { method: "GET".into(), host: "app.test".into(), path: "/".into(), client_ip: client_ip.into(), headers: vec![] }
+    RequestInfo {
+        method: "GET".into(),
+        host: "app.test".into(),
+        path: "/".into(),
+        client_ip: client_ip.into(),
+        headers: vec![],
+    }
 }
 
 fn states(healthy: &[bool]) -> Vec<EndpointState> {
@@ -90,7 +101,8 @@ fn source_hash() {
     }
     // Many clients spread over every endpoint.
     let ips: Vec<String> = (0..3000).map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)).collect();
-    let spread = counts(&ips.iter().map(|ip| shoal_abi::route(&p, &t, &request(ip), &s).expect("route")).collect::<Vec<_>>());
+    let spread =
+        counts(&ips.iter().map(|ip| shoal_abi::route(&p, &t, &request(ip), &s).expect("route")).collect::<Vec<_>>());
     for i in 0..3 {
         assert!(spread[&Some(i)] > 800, "uneven spread {spread:?}");
     }
@@ -181,7 +193,8 @@ fn framework(name: &str, weight: f64, cpus: f64) -> FrameworkInfo {
 #[test]
 fn drf() {
     let AnyPlugin::Allocator(p) = load(PluginKind::Allocator, shoal_artifacts::DRF) else { unreachable!() };
-    let agents = vec![agent("a1", 4.0, 4096.0), agent("a2", 4.0, 4096.0), agent("a3", 4.0, 4096.0), agent("a4", 4.0, 4096.0)];
+    let agents =
+        vec![agent("a1", 4.0, 4096.0), agent("a2", 4.0, 4096.0), agent("a3", 4.0, 4096.0), agent("a4", 4.0, 4096.0)];
     let pairs = |snapshot: &ClusterSnapshot| -> Vec<(String, String)> {
         shoal_abi::allocate(&p, snapshot).expect("allocate").into_iter().map(|o| (o.framework, o.agent_id)).collect()
     };
@@ -189,7 +202,11 @@ fn drf() {
 
     // "a" already holds half the cluster's cpus: "b" gets agents until it is as poor, then
     // ties go by name.
-    let mut snap = ClusterSnapshot { now_ms: 1_000, agents: agents.clone(), frameworks: vec![framework("a", 1.0, 8.0), framework("b", 1.0, 0.0)] };
+    let mut snap = ClusterSnapshot {
+        now_ms: 1_000,
+        agents: agents.clone(),
+        frameworks: vec![framework("a", 1.0, 8.0), framework("b", 1.0, 0.0)],
+    };
     assert_eq!(pairs(&snap), own(&[("b", "a1"), ("b", "a2"), ("a", "a3"), ("b", "a4")]));
 
     // Weight 0.5 doubles b's share: after one agent b is as "rich" as a.
@@ -223,6 +240,14 @@ fn drf() {
     }
 
     // No frameworks or no agents: no offers.
-    assert!(shoal_abi::allocate(&p, &ClusterSnapshot { now_ms: 0, agents: agents.clone(), frameworks: vec![] }).expect("allocate").is_empty());
-    assert!(shoal_abi::allocate(&p, &ClusterSnapshot { now_ms: 0, agents: vec![], frameworks: snap.frameworks.clone() }).expect("allocate").is_empty());
+    assert!(
+        shoal_abi::allocate(&p, &ClusterSnapshot { now_ms: 0, agents: agents.clone(), frameworks: vec![] })
+            .expect("allocate")
+            .is_empty()
+    );
+    assert!(
+        shoal_abi::allocate(&p, &ClusterSnapshot { now_ms: 0, agents: vec![], frameworks: snap.frameworks.clone() })
+            .expect("allocate")
+            .is_empty()
+    );
 }

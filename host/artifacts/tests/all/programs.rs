@@ -21,7 +21,13 @@ macro_rules! assert_test_exists {
 shoal_artifacts::foreach_test_program!(assert_test_exists);
 
 fn hostile(scope: PluginScope) -> Arc<Plugin<RouterWorld>> {
-    match AnyPlugin::load(runtime(), PluginKind::Router, shoal_artifacts::HOSTILE_ROUTER, scope, PluginKind::Router.default_limits()) {
+    match AnyPlugin::load(
+        runtime(),
+        PluginKind::Router,
+        shoal_artifacts::HOSTILE_ROUTER,
+        scope,
+        PluginKind::Router.default_limits(),
+    ) {
         Ok(AnyPlugin::Router(p)) => p,
         _ => panic!("hostile router did not load"),
     }
@@ -29,7 +35,13 @@ fn hostile(scope: PluginScope) -> Arc<Plugin<RouterWorld>> {
 
 fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
     let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo { method: "GET".into(), host: "127.0.0.1:9".into(), path: path.into(), client_ip: "::1".into(), headers: vec![] };
+    let req = RequestInfo {
+        method: "GET".into(),
+        host: "127.0.0.1:9".into(),
+        path: path.into(),
+        client_ip: "::1".into(),
+        headers: vec![],
+    };
     let states = vec![shoal_abi::EndpointState { healthy: true, active_requests: 0 }; 2];
     shoal_abi::route(p, &table, &req, &states)
 }
@@ -75,14 +87,20 @@ fn hostile_router() {
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 5);
 
     // With a store, the store works.
-    let with_kv = hostile(PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("router", "hostile", "1") });
+    let with_kv = hostile(PluginScope {
+        kv: Some(Arc::new(MemoryKv::default())),
+        ..PluginScope::detached("router", "hostile", "1")
+    });
     assert_eq!(call(&with_kv, "/kv").expect("kv"), Some(1));
 }
 
 #[test]
 fn hostile_framework() {
-    let AnyPlugin::Framework(p) = load(PluginKind::Framework, shoal_artifacts::HOSTILE_FRAMEWORK) else { unreachable!() };
-    let req = HttpRequest { method: "GET".into(), path: "/".into(), query: String::new(), headers: vec![], body: vec![] };
+    let AnyPlugin::Framework(p) = load(PluginKind::Framework, shoal_artifacts::HOSTILE_FRAMEWORK) else {
+        unreachable!()
+    };
+    let req =
+        HttpRequest { method: "GET".into(), path: "/".into(), query: String::new(), headers: vec![], body: vec![] };
     let err = shoal_abi::handle_request(&p, &req).expect_err("a 32 MiB body is refused");
     assert!(matches!(&err, CallError::InvalidOutput(m) if m.contains("body")), "{err:?}");
     let err = shoal_abi::resource_offers(&p, &[]).expect_err("200k operations are refused");
@@ -92,14 +110,21 @@ fn hostile_framework() {
 
 fn counter(kv: Arc<MemoryKv>, name: &str) -> Arc<Plugin<FrameworkWorld>> {
     let scope = PluginScope { kv: Some(kv), ..PluginScope::detached("framework", name, "1") };
-    match AnyPlugin::load(runtime(), PluginKind::Framework, shoal_artifacts::KV_FRAMEWORK, scope, PluginKind::Framework.default_limits()) {
+    match AnyPlugin::load(
+        runtime(),
+        PluginKind::Framework,
+        shoal_artifacts::KV_FRAMEWORK,
+        scope,
+        PluginKind::Framework.default_limits(),
+    ) {
         Ok(AnyPlugin::Framework(p)) => p,
         _ => panic!("kv framework did not load"),
     }
 }
 
 fn post(p: &Plugin<FrameworkWorld>, path: &str) -> String {
-    let req = HttpRequest { method: "POST".into(), path: path.into(), query: String::new(), headers: vec![], body: vec![] };
+    let req =
+        HttpRequest { method: "POST".into(), path: path.into(), query: String::new(), headers: vec![], body: vec![] };
     let resp = shoal_abi::handle_request(p, &req).expect("handle request");
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
     String::from_utf8(resp.body).expect("utf-8")
@@ -125,9 +150,18 @@ fn kv_framework() {
     assert_eq!(shoal_abi::framework_init(&p, "").expect("call"), Ok(()));
     // Without a store the plugin is told access-denied.
     let AnyPlugin::Framework(bare) = load(PluginKind::Framework, shoal_artifacts::KV_FRAMEWORK) else { unreachable!() };
-    let req = HttpRequest { method: "POST".into(), path: "/count".into(), query: String::new(), headers: vec![], body: vec![] };
+    let req = HttpRequest {
+        method: "POST".into(),
+        path: "/count".into(),
+        query: String::new(),
+        headers: vec![],
+        body: vec![],
+    };
     let resp = shoal_abi::handle_request(&bare, &req).expect("call");
-    assert_eq!((resp.status, String::from_utf8_lossy(&resp.body).into_owned()), (500, "Error::AccessDenied".to_string()));
+    assert_eq!(
+        (resp.status, String::from_utf8_lossy(&resp.body).into_owned()),
+        (500, "Error::AccessDenied".to_string())
+    );
 }
 
 /// A one-thread HTTP server on loopback: `/ok` → 200, anything else → 500.
@@ -151,7 +185,12 @@ fn http_server() -> u16 {
 fn http_check() {
     let AnyPlugin::HealthCheck(p) = load(PluginKind::HealthCheck, shoal_artifacts::HTTP_CHECK) else { unreachable!() };
     let port = http_server();
-    let target = |config: &str, ports: Vec<u16>| CheckTarget { task_id: "t1".into(), address: "127.0.0.1".into(), ports, config: config.into() };
+    let target = |config: &str, ports: Vec<u16>| CheckTarget {
+        task_id: "t1".into(),
+        address: "127.0.0.1".into(),
+        ports,
+        config: config.into(),
+    };
 
     let ok = shoal_abi::check_health(&p, &target("/ok", vec![port])).expect("check");
     assert_eq!((ok.status, ok.message.as_str()), (CheckStatus::Healthy, "HTTP 200"));
@@ -168,9 +207,15 @@ fn http_check() {
 
 #[test]
 fn future_version() {
-    let err = AnyPlugin::load(runtime(), PluginKind::Router, shoal_artifacts::FUTURE_VERSION, PluginScope::detached("router", "f", "1"), PluginKind::Router.default_limits())
-        .err()
-        .expect("a component of shoal:plugin@0.2.0 must be refused");
+    let err = AnyPlugin::load(
+        runtime(),
+        PluginKind::Router,
+        shoal_artifacts::FUTURE_VERSION,
+        PluginScope::detached("router", "f", "1"),
+        PluginKind::Router.default_limits(),
+    )
+    .err()
+    .expect("a component of shoal:plugin@0.2.0 must be refused");
     assert!(matches!(err, LoadError::IncompatibleVersion { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("shoal:plugin@0.2.0") && message.contains("0.1.0"), "{message}");

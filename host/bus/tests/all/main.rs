@@ -36,11 +36,9 @@ impl Fixture {
     pub async fn bus(&self) -> SharedBus {
         match self {
             Fixture::Local(bus) => Arc::new(bus.clone()),
-            Fixture::Nats(server) => Arc::new(
-                NatsBus::connect(&server.url())
-                    .await
-                    .expect("connects to the test server"),
-            ),
+            Fixture::Nats(server) => {
+                Arc::new(NatsBus::connect(&server.url()).await.expect("connects to the test server"))
+            }
         }
     }
 

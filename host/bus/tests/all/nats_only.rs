@@ -26,14 +26,9 @@ async fn the_raw_client_shares_the_connection() {
     let bus = NatsBus::connect(&server.url()).await.expect("connect");
     let mut subscription = bus.subscribe("raw.client").await.expect("subscribe");
     bus.flush().await.expect("flush");
-    bus.client()
-        .publish("raw.client", Bytes::from_static(b"hi"))
-        .await
-        .expect("raw publish");
-    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("in time")
-        .expect("a message");
+    bus.client().publish("raw.client", Bytes::from_static(b"hi")).await.expect("raw publish");
+    let message =
+        tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("in time").expect("a message");
     assert_eq!(message.payload.as_ref(), b"hi");
     assert_eq!(subscription.dropped(), 0);
     // JetStream is on in the test server, so roles can build on it through the client.
@@ -55,9 +50,7 @@ async fn subscriptions_survive_a_server_restart() {
     let message = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let _ = bus.publish("survive.it", Bytes::from_static(b"back")).await;
-            if let Ok(Some(message)) =
-                tokio::time::timeout(Duration::from_millis(100), subscription.next()).await
-            {
+            if let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(100), subscription.next()).await {
                 return message;
             }
         }

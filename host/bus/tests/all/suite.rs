@@ -35,18 +35,13 @@ async fn subscribe(bus: &dyn Bus, filter: &str) -> Subscription {
 }
 
 async fn queue_subscribe(bus: &dyn Bus, filter: &str, group: &str) -> Subscription {
-    let subscription = bus
-        .queue_subscribe(filter, group)
-        .await
-        .expect("queue subscribe");
+    let subscription = bus.queue_subscribe(filter, group).await.expect("queue subscribe");
     bus.flush().await.expect("flush");
     subscription
 }
 
 async fn publish(bus: &dyn Bus, subject: &str, payload: &str) {
-    bus.publish(subject, Bytes::copy_from_slice(payload.as_bytes()))
-        .await
-        .expect("publish");
+    bus.publish(subject, Bytes::copy_from_slice(payload.as_bytes())).await.expect("publish");
 }
 
 /// Receives until `last` arrives and returns the subjects seen, `last` included.
@@ -78,12 +73,7 @@ pub async fn publish_subscribe_exact_subject(fixture: &Fixture) {
     assert_eq!(message.reply, None);
     assert_eq!(message.payload, Bytes::from_static(b"first"));
 
-    for other in [
-        "orders.deleted",
-        "orders",
-        "orders.created.late",
-        "x.orders.created",
-    ] {
+    for other in ["orders.deleted", "orders", "orders.created.late", "x.orders.created"] {
         publish(publisher.as_ref(), other, "wrong").await;
     }
     publish(publisher.as_ref(), "orders.created", "second").await;
@@ -95,15 +85,10 @@ pub async fn star_matches_exactly_one_token(fixture: &Fixture) {
     let publisher = fixture.bus().await;
     let subscriber = fixture.bus().await;
     let mut subscription = subscribe(subscriber.as_ref(), "a.*.c").await;
-    for subject in [
-        "a.x.c", "a.x.d", "a.c", "a.x.y.c", "b.x.c", "a.y.c", "a.end.c",
-    ] {
+    for subject in ["a.x.c", "a.x.d", "a.c", "a.x.y.c", "b.x.c", "a.y.c", "a.end.c"] {
         publish(publisher.as_ref(), subject, "").await;
     }
-    assert_eq!(
-        subjects_until(&mut subscription, "a.end.c").await,
-        ["a.x.c", "a.y.c", "a.end.c"]
-    );
+    assert_eq!(subjects_until(&mut subscription, "a.end.c").await, ["a.x.c", "a.y.c", "a.end.c"]);
 }
 
 pub async fn tail_wildcard_matches_one_or_more_tokens(fixture: &Fixture) {
@@ -113,10 +98,7 @@ pub async fn tail_wildcard_matches_one_or_more_tokens(fixture: &Fixture) {
     for subject in ["a", "a.b", "b.a", "a.b.c.d", "ab.c", "a.end"] {
         publish(publisher.as_ref(), subject, "").await;
     }
-    assert_eq!(
-        subjects_until(&mut subscription, "a.end").await,
-        ["a.b", "a.b.c.d", "a.end"]
-    );
+    assert_eq!(subjects_until(&mut subscription, "a.end").await, ["a.b", "a.b.c.d", "a.end"]);
 }
 
 pub async fn event_tree_filters_select_their_subtree(fixture: &Fixture) {
@@ -143,12 +125,7 @@ pub async fn event_tree_filters_select_their_subtree(fixture: &Fixture) {
 
     assert_eq!(
         subjects_until(&mut all_events, subject::STORE_SHARDMAP).await,
-        [
-            activated.as_str(),
-            api_running.as_str(),
-            web_running.as_str(),
-            subject::STORE_SHARDMAP
-        ]
+        [activated.as_str(), api_running.as_str(), web_running.as_str(), subject::STORE_SHARDMAP]
     );
     assert_eq!(next(&mut web_tasks).await.subject, web_running);
     assert_eq!(
@@ -238,34 +215,20 @@ pub async fn request_reply_round_trips(fixture: &Fixture) {
         while let Some(request) = requests.next().await {
             assert!(request.reply.is_some(), "a request carries a reply subject");
             let upper = request.payload.to_ascii_uppercase();
-            request
-                .respond(server_bus.as_ref(), Bytes::from(upper))
-                .await
-                .expect("respond");
+            request.respond(server_bus.as_ref(), Bytes::from(upper)).await.expect("respond");
         }
     });
 
     for word in ["shoal", "nats", "bus"] {
-        let reply = client
-            .request(
-                "svc.upper",
-                Bytes::copy_from_slice(word.as_bytes()),
-                PATIENCE,
-            )
-            .await
-            .expect("reply");
+        let reply =
+            client.request("svc.upper", Bytes::copy_from_slice(word.as_bytes()), PATIENCE).await.expect("reply");
         assert_eq!(reply.payload, Bytes::from(word.to_ascii_uppercase()));
     }
 
     // Concurrent requests each get their own answer.
     let answers = futures::future::join_all((0..10).map(|i| {
         let client = client.clone();
-        async move {
-            client
-                .request("svc.upper", Bytes::from(format!("r{i}")), PATIENCE)
-                .await
-                .expect("reply")
-        }
+        async move { client.request("svc.upper", Bytes::from(format!("r{i}")), PATIENCE).await.expect("reply") }
     }))
     .await;
     for (i, answer) in answers.iter().enumerate() {
@@ -277,15 +240,8 @@ pub async fn request_reply_round_trips(fixture: &Fixture) {
 pub async fn request_without_responders_fails_at_once(fixture: &Fixture) {
     let client = fixture.bus().await;
     let started = tokio::time::Instant::now();
-    let outcome = client
-        .request("nobody.home", Bytes::new(), Duration::from_secs(30))
-        .await;
-    assert_eq!(
-        outcome,
-        Err(BusError::NoResponders {
-            subject: "nobody.home".into()
-        })
-    );
+    let outcome = client.request("nobody.home", Bytes::new(), Duration::from_secs(30)).await;
+    assert_eq!(outcome, Err(BusError::NoResponders { subject: "nobody.home".into() }));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "no-responders must not wait for the timeout ({:?})",
@@ -299,15 +255,8 @@ pub async fn request_to_a_silent_responder_times_out(fixture: &Fixture) {
     // Subscribed, so there is a responder, but it never answers.
     let _silent = subscribe(server_bus.as_ref(), "svc.silent").await;
     let started = tokio::time::Instant::now();
-    let outcome = client
-        .request("svc.silent", Bytes::new(), Duration::from_millis(300))
-        .await;
-    assert_eq!(
-        outcome,
-        Err(BusError::Timeout {
-            subject: "svc.silent".into()
-        })
-    );
+    let outcome = client.request("svc.silent", Bytes::new(), Duration::from_millis(300)).await;
+    assert_eq!(outcome, Err(BusError::Timeout { subject: "svc.silent".into() }));
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
@@ -316,26 +265,18 @@ pub async fn dropping_a_subscription_unsubscribes(fixture: &Fixture) {
     let subscriber = fixture.bus().await;
     let mut subscription = subscribe(subscriber.as_ref(), "drop.me").await;
     publish(publisher.as_ref(), "drop.me", "while subscribed").await;
-    assert_eq!(
-        next(&mut subscription).await.payload.as_ref(),
-        b"while subscribed"
-    );
+    assert_eq!(next(&mut subscription).await.payload.as_ref(), b"while subscribed");
 
     // While subscribed, a request finds a (silent) responder and times out; once dropped, nobody
     // is left and the same request fails with no-responders.
     assert!(matches!(
-        publisher
-            .request("drop.me", Bytes::new(), Duration::from_millis(50))
-            .await,
+        publisher.request("drop.me", Bytes::new(), Duration::from_millis(50)).await,
         Err(BusError::Timeout { .. })
     ));
     drop(subscription);
     subscriber.flush().await.expect("flush");
     shoal_testkit::eventually("the subscription to be gone", PATIENCE, || async {
-        match publisher
-            .request("drop.me", Bytes::new(), Duration::from_millis(50))
-            .await
-        {
+        match publisher.request("drop.me", Bytes::new(), Duration::from_millis(50)).await {
             Err(BusError::NoResponders { .. }) => Some(()),
             _ => None,
         }
@@ -358,10 +299,7 @@ pub async fn invalid_subjects_are_rejected(fixture: &Fixture) {
     let bus = fixture.bus().await;
     let bus = bus.as_ref();
     for subject in ["", "a..b", "a b", "a.", ".a", "a.*", "a.>", ">", "a\tb"] {
-        invalid(
-            &format!("publish {subject:?}"),
-            bus.publish(subject, Bytes::new()).await,
-        );
+        invalid(&format!("publish {subject:?}"), bus.publish(subject, Bytes::new()).await);
         invalid(
             &format!("publish_with_reply subject {subject:?}"),
             bus.publish_with_reply(subject, "ok", Bytes::new()).await,
@@ -370,26 +308,14 @@ pub async fn invalid_subjects_are_rejected(fixture: &Fixture) {
             &format!("publish_with_reply reply {subject:?}"),
             bus.publish_with_reply("ok", subject, Bytes::new()).await,
         );
-        invalid(
-            &format!("request {subject:?}"),
-            bus.request(subject, Bytes::new(), PATIENCE).await,
-        );
+        invalid(&format!("request {subject:?}"), bus.request(subject, Bytes::new(), PATIENCE).await);
     }
     for filter in ["", "a..b", "a b", "a.>.b", ">.a", "a.b*", "a.>b"] {
-        invalid(
-            &format!("subscribe {filter:?}"),
-            bus.subscribe(filter).await,
-        );
-        invalid(
-            &format!("queue_subscribe {filter:?}"),
-            bus.queue_subscribe(filter, "group").await,
-        );
+        invalid(&format!("subscribe {filter:?}"), bus.subscribe(filter).await);
+        invalid(&format!("queue_subscribe {filter:?}"), bus.queue_subscribe(filter, "group").await);
     }
     for group in ["", "a group"] {
-        invalid(
-            &format!("queue group {group:?}"),
-            bus.queue_subscribe("ok", group).await,
-        );
+        invalid(&format!("queue group {group:?}"), bus.queue_subscribe("ok", group).await);
     }
     // The bus still works after all that.
     let mut subscription = subscribe(bus, "still.ok").await;
@@ -408,9 +334,7 @@ pub async fn order_per_publisher_is_preserved(fixture: &Fixture) {
         .map(|(p, bus)| {
             tokio::spawn(async move {
                 for i in 0..PER_PUBLISHER {
-                    bus.publish(&format!("seq.p{p}"), Bytes::from(i.to_string()))
-                        .await
-                        .expect("publish");
+                    bus.publish(&format!("seq.p{p}"), Bytes::from(i.to_string())).await.expect("publish");
                 }
                 bus.flush().await.expect("flush");
             })
@@ -420,10 +344,7 @@ pub async fn order_per_publisher_is_preserved(fixture: &Fixture) {
     let mut expected: HashMap<String, u32> = HashMap::new();
     for _ in 0..2 * PER_PUBLISHER {
         let message = next(&mut subscription).await;
-        let n: u32 = std::str::from_utf8(&message.payload)
-            .expect("utf-8")
-            .parse()
-            .expect("a number");
+        let n: u32 = std::str::from_utf8(&message.payload).expect("utf-8").parse().expect("a number");
         let want = expected.entry(message.subject.clone()).or_default();
         assert_eq!(n, *want, "out of order on {}", message.subject);
         *want += 1;
@@ -442,23 +363,15 @@ pub async fn responding_to_a_plain_message_fails(fixture: &Fixture) {
     let message = next(&mut subscription).await;
     assert_eq!(
         message.respond(subscriber.as_ref(), Bytes::new()).await,
-        Err(BusError::NoReplySubject {
-            subject: "plain".into()
-        })
+        Err(BusError::NoReplySubject { subject: "plain".into() })
     );
 
     // publish_with_reply is how a request looks to the receiver.
     let mut answers = subscribe(publisher.as_ref(), "answers.1").await;
-    publisher
-        .publish_with_reply("plain", "answers.1", Bytes::from_static(b"q"))
-        .await
-        .expect("publish with reply");
+    publisher.publish_with_reply("plain", "answers.1", Bytes::from_static(b"q")).await.expect("publish with reply");
     let question = next(&mut subscription).await;
     assert_eq!(question.reply.as_deref(), Some("answers.1"));
-    question
-        .respond(subscriber.as_ref(), Bytes::from_static(b"a"))
-        .await
-        .expect("respond");
+    question.respond(subscriber.as_ref(), Bytes::from_static(b"a")).await.expect("respond");
     assert_eq!(next(&mut answers).await.payload.as_ref(), b"a");
 }
 
@@ -470,23 +383,11 @@ pub async fn events_are_published_as_cloud_events(fixture: &Fixture) {
     let publisher = EventPublisher::new(publisher_bus.clone(), "/shoal/test");
     let on = subject::plugin_event("allocator", "drf", PluginAction::RolledBack);
     publisher
-        .emit(
-            on.clone(),
-            PluginAction::RolledBack.event_type(),
-            "allocator/drf",
-            json!({"from": 3, "to": 2}),
-        )
+        .emit(on.clone(), PluginAction::RolledBack.event_type(), "allocator/drf", json!({"from": 3, "to": 2}))
         .await;
-    let direct = CloudEvent::new(
-        "/shoal/test",
-        PluginAction::Deleted.event_type(),
-        "allocator/drf",
-        json!(null),
-    );
+    let direct = CloudEvent::new("/shoal/test", PluginAction::Deleted.event_type(), "allocator/drf", json!(null));
     let deleted = subject::plugin_event("allocator", "drf", PluginAction::Deleted);
-    shoal_bus::publish_event(publisher_bus.as_ref(), &deleted, &direct)
-        .await
-        .expect("publish event");
+    shoal_bus::publish_event(publisher_bus.as_ref(), &deleted, &direct).await.expect("publish event");
 
     let message = next(&mut events).await;
     assert_eq!(message.subject, on);

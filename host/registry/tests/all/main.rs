@@ -25,7 +25,13 @@ fn drain(rx: &mut UnboundedReceiver<RegistryEvent>) -> Vec<(String, &'static str
 
 fn route(registry: &Registry, name: &str, path: &str) -> Option<Result<Option<u32>, CallError>> {
     let table = RouteTable { generation: 1, endpoints: vec![] };
-    let request = RequestInfo { method: "GET".into(), host: "h".into(), path: path.into(), client_ip: "c".into(), headers: vec![] };
+    let request = RequestInfo {
+        method: "GET".into(),
+        host: "h".into(),
+        path: path.into(),
+        client_ip: "c".into(),
+        headers: vec![],
+    };
     let states = vec![EndpointState { healthy: true, active_requests: 0 }; 2];
     registry.call(PluginKind::Router, name, |p| match p {
         AnyPlugin::Router(r) => shoal_abi::route(r, &table, &request, &states),
@@ -45,13 +51,19 @@ async fn push_stores_durably_and_survives_a_restart() {
     assert_eq!(route(&registry, "rr", "/").expect("active").expect("call"), Some(0));
     assert_eq!(drain(&mut events), vec![("rr".into(), "uploaded"), ("rr".into(), "activated")]);
     registry.push(PluginKind::Router, "rr", Some("2.0.0"), shoal_artifacts::RANDOM, false).await.expect("push 2");
-    assert_eq!(registry.active(PluginKind::Router, "rr").expect("active").meta.version, "v1", "push without activate keeps v1");
+    assert_eq!(
+        registry.active(PluginKind::Router, "rr").expect("active").meta.version,
+        "v1",
+        "push without activate keeps v1"
+    );
     let before = registry.list().expect("list");
     drop(registry);
 
     let (reopened, _) = open(dir.path());
     // Everything but the in-memory call counters survives.
-    let strip = |v: Vec<shoal_registry::PluginInfo>| v.into_iter().map(|p| (p.kind, p.name, p.active, p.history, p.versions)).collect::<Vec<_>>();
+    let strip = |v: Vec<shoal_registry::PluginInfo>| {
+        v.into_iter().map(|p| (p.kind, p.name, p.active, p.history, p.versions)).collect::<Vec<_>>()
+    };
     assert_eq!(strip(reopened.list().expect("list")), strip(before));
     assert_eq!(reopened.active(PluginKind::Router, "rr").expect("active after restart").meta.version, "v1");
     assert_eq!(route(&reopened, "rr", "/").expect("active").expect("call"), Some(0));
@@ -61,7 +73,9 @@ async fn push_stores_durably_and_survives_a_restart() {
 #[tokio::test]
 async fn every_bad_upload_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let small = Runtime::new(RuntimeConfig { max_component_size: 1 << 20, max_instances: 20, ..RuntimeConfig::default() }).expect("runtime");
+    let small =
+        Runtime::new(RuntimeConfig { max_component_size: 1 << 20, max_instances: 20, ..RuntimeConfig::default() })
+            .expect("runtime");
     let (registry, mut events) = Registry::open(dir.path(), small, RegistryConfig::default()).expect("open");
     registry.push(PluginKind::Router, "rr", Some("1"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push");
     drain(&mut events);
@@ -75,7 +89,10 @@ async fn every_bad_upload_is_refused_and_changes_nothing() {
         ("too big", registry.push(PluginKind::Allocator, "x", None, &vec![0u8; (1 << 20) + 1], false).await),
         ("duplicate", registry.push(PluginKind::Router, "rr", Some("1"), shoal_artifacts::RANDOM, false).await),
         ("bad name", registry.push(PluginKind::Router, "Bad Name!", None, shoal_artifacts::ROUND_ROBIN, false).await),
-        ("bad version", registry.push(PluginKind::Router, "rr", Some("../1"), shoal_artifacts::ROUND_ROBIN, false).await),
+        (
+            "bad version",
+            registry.push(PluginKind::Router, "rr", Some("../1"), shoal_artifacts::ROUND_ROBIN, false).await,
+        ),
     ];
     for (what, result) in cases {
         let err = result.err().unwrap_or_else(|| panic!("{what} was accepted"));
@@ -103,14 +120,23 @@ async fn activation_is_atomic_and_rollback_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (registry, mut events) = open(dir.path());
     registry.push(PluginKind::Router, "r", Some("a"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push a");
-    registry.push(PluginKind::Router, "r", Some("b"), shoal_artifacts::WEIGHTED_ROUND_ROBIN, false).await.expect("push b");
+    registry
+        .push(PluginKind::Router, "r", Some("b"), shoal_artifacts::WEIGHTED_ROUND_ROBIN, false)
+        .await
+        .expect("push b");
     // A caller holding version a keeps it while b is activated.
     let held = registry.active(PluginKind::Router, "r").expect("active");
     registry.activate(PluginKind::Router, "r", "b").await.expect("activate b");
     assert_eq!(held.meta.version, "a");
     let AnyPlugin::Router(old) = &held.plugin else { unreachable!() };
     let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo { method: "GET".into(), host: "h".into(), path: "/".into(), client_ip: "c".into(), headers: vec![] };
+    let req = RequestInfo {
+        method: "GET".into(),
+        host: "h".into(),
+        path: "/".into(),
+        client_ip: "c".into(),
+        headers: vec![],
+    };
     let states = vec![EndpointState { healthy: true, active_requests: 0 }; 3];
     assert_eq!(shoal_abi::route(old, &table, &req, &states).expect("old version still serves"), Some(0));
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "b");
@@ -158,7 +184,10 @@ async fn delete_refuses_the_active_version_and_removes_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (registry, _events) = open(dir.path());
     registry.push(PluginKind::Framework, "f", Some("1"), shoal_artifacts::KV_FRAMEWORK, false).await.expect("push");
-    registry.push(PluginKind::Framework, "f", Some("2"), shoal_artifacts::HOSTILE_FRAMEWORK, false).await.expect("push");
+    registry
+        .push(PluginKind::Framework, "f", Some("2"), shoal_artifacts::HOSTILE_FRAMEWORK, false)
+        .await
+        .expect("push");
     let kv = registry.kv_for(PluginKind::Framework, "f");
     kv.set("count", b"41").expect("kv set");
     let err = registry.delete(PluginKind::Framework, "f", Some("1")).await.err().expect("active version");
@@ -178,7 +207,13 @@ async fn delete_refuses_the_active_version_and_removes_the_rest() {
 async fn plugin_state_lives_in_rocksdb_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let post = |registry: &Registry| {
-        let req = shoal_abi::HttpRequest { method: "POST".into(), path: "/count".into(), query: String::new(), headers: vec![], body: vec![] };
+        let req = shoal_abi::HttpRequest {
+            method: "POST".into(),
+            path: "/count".into(),
+            query: String::new(),
+            headers: vec![],
+            body: vec![],
+        };
         let resp = registry
             .call(PluginKind::Framework, "counter", |p| match p {
                 AnyPlugin::Framework(f) => shoal_abi::handle_request(f, &req),
@@ -190,7 +225,10 @@ async fn plugin_state_lives_in_rocksdb_across_restarts() {
     };
     {
         let (registry, _) = open(dir.path());
-        registry.push(PluginKind::Framework, "counter", None, shoal_artifacts::KV_FRAMEWORK, false).await.expect("push");
+        registry
+            .push(PluginKind::Framework, "counter", None, shoal_artifacts::KV_FRAMEWORK, false)
+            .await
+            .expect("push");
         assert_eq!(post(&registry), "1");
         assert_eq!(post(&registry), "2");
     }
@@ -198,5 +236,8 @@ async fn plugin_state_lives_in_rocksdb_across_restarts() {
     assert_eq!(post(&registry), "3");
     // Keys are scoped: another plugin's store does not see them.
     assert_eq!(registry.kv_for(PluginKind::Framework, "other").get("count").expect("get"), None);
-    assert_eq!(registry.kv_for(PluginKind::Framework, "counter").list("", None, 10).expect("list"), vec!["count".to_string()]);
+    assert_eq!(
+        registry.kv_for(PluginKind::Framework, "counter").list("", None, 10).expect("list"),
+        vec!["count".to_string()]
+    );
 }

