@@ -297,14 +297,12 @@ pub fn route(
             i.generation = table.generation;
         }
         let pick = routing.call_route(&mut i.store, request, states)?;
-        if let Some(index) = pick {
-            if index as usize >= states.len() {
-                return Err(CallError::InvalidOutput(format!(
-                    "endpoint index {index} out of range 0..{}",
-                    states.len()
-                ))
-                .into());
-            }
+        if let Some(index) = pick
+            && index as usize >= states.len()
+        {
+            return Err(
+                CallError::InvalidOutput(format!("endpoint index {index} out of range 0..{}", states.len())).into()
+            );
         }
         Ok(pick)
     })

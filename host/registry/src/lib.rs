@@ -400,10 +400,8 @@ impl Registry {
         } else {
             None
         };
-        if make_active {
-            if let Some(previous) = state.active.replace(version.clone()) {
-                state.history.push(previous);
-            }
+        if make_active && let Some(previous) = state.active.replace(version.clone()) {
+            state.history.push(previous);
         }
         self.store.put_version(&meta, bytes, &state)?;
         self.emit(

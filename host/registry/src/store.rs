@@ -157,10 +157,10 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.delete_cf(cf(db, CF_META)?, &key);
         batch.put_cf(cf(db, CF_META)?, state_key(kind, name), to_json(state)?);
-        if let Some(meta) = meta {
-            if !self.referenced(std::slice::from_ref(&key))?.contains(&meta.digest) {
-                batch.delete_cf(cf(db, CF_BLOBS)?, &meta.digest);
-            }
+        if let Some(meta) = meta
+            && !self.referenced(std::slice::from_ref(&key))?.contains(&meta.digest)
+        {
+            batch.delete_cf(cf(db, CF_BLOBS)?, &meta.digest);
         }
         Ok(db.write_opt(batch, &synced())?)
     }

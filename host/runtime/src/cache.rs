@@ -89,7 +89,6 @@ impl ComponentCache {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             let written = component
                 .serialize()
-                .map_err(wasmtime::Error::from)
                 .and_then(|data| std::fs::write(&tmp, data).map_err(wasmtime::Error::from))
                 .and_then(|()| std::fs::rename(&tmp, &path).map_err(wasmtime::Error::from));
             if let Err(err) = written {

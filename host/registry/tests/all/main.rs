@@ -146,9 +146,9 @@ async fn activation_is_atomic_and_rollback_returns() {
     let back = registry.rollback(PluginKind::Router, "r").await.expect("rollback");
     assert_eq!(back.version, "a");
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "a");
-    let err = registry.rollback(PluginKind::Router, "r").await.err().expect("nothing left to roll back to");
+    let err = registry.rollback(PluginKind::Router, "r").await.expect_err("nothing left to roll back to");
     assert!(matches!(err, RegistryError::NothingToRollBack { .. }), "{err}");
-    let err = registry.activate(PluginKind::Router, "r", "zzz").await.err().expect("unknown version");
+    let err = registry.activate(PluginKind::Router, "r", "zzz").await.expect_err("unknown version");
     assert!(matches!(err, RegistryError::VersionNotFound { .. }), "{err}");
     let actions: Vec<_> = drain(&mut events).into_iter().map(|(_, a)| a).collect();
     assert_eq!(actions, ["uploaded", "activated", "uploaded", "activated", "rolled-back"]);
@@ -190,7 +190,7 @@ async fn delete_refuses_the_active_version_and_removes_the_rest() {
         .expect("push");
     let kv = registry.kv_for(PluginKind::Framework, "f");
     kv.set("count", b"41").expect("kv set");
-    let err = registry.delete(PluginKind::Framework, "f", Some("1")).await.err().expect("active version");
+    let err = registry.delete(PluginKind::Framework, "f", Some("1")).await.expect_err("active version");
     assert!(matches!(err, RegistryError::VersionActive { .. }), "{err}");
     registry.delete(PluginKind::Framework, "f", Some("2")).await.expect("delete inactive");
     assert_eq!(registry.show(PluginKind::Framework, "f").expect("show").versions.len(), 1);
@@ -199,7 +199,7 @@ async fn delete_refuses_the_active_version_and_removes_the_rest() {
     assert!(matches!(registry.show(PluginKind::Framework, "f"), Err(RegistryError::NotFound { .. })));
     assert!(registry.active(PluginKind::Framework, "f").is_none());
     assert_eq!(kv.get("count").expect("kv get"), None, "the plugin's data goes with it");
-    let err = registry.delete(PluginKind::Framework, "f", None).await.err().expect("gone");
+    let err = registry.delete(PluginKind::Framework, "f", None).await.expect_err("gone");
     assert!(matches!(err, RegistryError::NotFound { .. }));
 }
 
