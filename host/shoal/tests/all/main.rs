@@ -57,3 +57,33 @@ fn plugin_check_runs_a_component_on_a_fixture() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn check(kind: &str, wasm: &[u8], fixture: &str) -> serde_json::Value {
+    let files = tempfile::tempdir().expect("tempdir");
+    let wasm = write(files.path(), "plugin.wasm", wasm);
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fixtures").join(fixture);
+    let out = Command::new(SHOAL)
+        .args(["plugin", "check", "--kind", kind, &wasm, "--input"])
+        .arg(&input)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON answer")
+}
+
+#[test]
+fn the_example_fixtures_run_on_the_default_plugins() {
+    let picks = check("router", shoal_artifacts::WEIGHTED_ROUND_ROBIN, "router-weighted.json");
+    // 5:1:1 smooth sequence, then endpoint a goes unhealthy.
+    assert_eq!(picks, serde_json::json!({"picks": [0, 0, 1, 0, 2, 0, 1]}));
+
+    let offers = check("allocator", shoal_artifacts::DRF, "allocator-two-frameworks.json");
+    let pairs: Vec<(String, String)> = offers["offers"]
+        .as_array()
+        .expect("offers")
+        .iter()
+        .map(|o| (o["framework"].as_str().unwrap_or("").to_owned(), o["agent_id"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(pairs, [("batch".to_owned(), "a1".to_owned()), ("services".to_owned(), "a2".to_owned())]);
+    assert_eq!(offers["offers"][0]["resources"]["ports"], serde_json::json!([{"begin": 31000, "end": 31099}]));
+}
