@@ -88,6 +88,9 @@ pub async fn run(
     ready: impl FnOnce(&NodeInfo),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Install the metrics recorder before anything records: handles taken earlier would be
+    // no-ops and the default plugins' call counters would never show on /metrics.
+    shoal_api::prometheus();
     let bus: SharedBus = match &config.nats {
         Some(url) => Arc::new(NatsBus::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?),
         None => Arc::new(LocalBus::new()),
