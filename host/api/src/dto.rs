@@ -116,6 +116,85 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// An entry of a listing. Values that are UTF-8 come as `value`, others hex-encoded as
+/// `value_base16`.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct KvEntryDto {
+    /// The key.
+    pub key: String,
+    /// Its version.
+    pub version: u64,
+    /// The value, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value in hex, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_base16: Option<String>,
+    /// When it expires, in milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// `GET /v1/kv/{ns}`: one page of a listing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KvList {
+    /// Entries in key order.
+    pub entries: Vec<KvEntryDto>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub cursor: Option<String>,
+}
+
+/// `PUT /v1/kv/{ns}/{key}`: what was written.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KvWritten {
+    /// The key.
+    pub key: String,
+    /// Its new version (also in `X-Shoal-Version`).
+    pub version: u64,
+}
+
+/// One operation of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KvBatchOp {
+    /// Write a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value, as UTF-8 text (binary values go through `PUT /v1/kv/{ns}/{key}`).
+        value: String,
+        /// Compare-and-set on this version; 0 = only if absent.
+        #[serde(default)]
+        version: Option<u64>,
+        /// Time to live in seconds.
+        #[serde(default)]
+        ttl: Option<u64>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        /// Compare-and-set on this version.
+        #[serde(default)]
+        version: Option<u64>,
+    },
+}
+
+/// `POST /v1/kv/{ns}`: a batch, at most 128 operations, each key at most once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvBatchRequest {
+    /// The operations, applied all or none.
+    pub ops: Vec<KvBatchOp>,
+}
+
+/// The answer to a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KvBatchResponse {
+    /// The version each operation wrote, in order.
+    pub versions: Vec<u64>,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -136,8 +215,10 @@ impl Modify for BearerAuth {
         crate::plugins::list, crate::plugins::show, crate::plugins::push, crate::plugins::delete,
         crate::plugins::activate, crate::plugins::rollback, crate::plugins::download,
         crate::events::stream, crate::auth::issue,
+        crate::kv::get, crate::kv::put, crate::kv::delete, crate::kv::list, crate::kv::batch,
     ),
-    components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse)),
+    components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse,
+        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -4,6 +4,7 @@
 //! - [`error`] owns the one error shape, `{"error": {"code", "message"}}`, and its status codes;
 //! - [`auth`] owns bearer tokens and scopes (admin for plugins and cluster, operator for apps,
 //!   app for one KV namespace);
+//! - [`kv`] serves the state store's key-value API under `/v1/kv`;
 //! - handlers validate every input at the edge and change nothing when they answer 4xx.
 //!
 //! What this crate must never do: hold state of its own beyond tokens. Plugins live in the
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 mod events;
+pub mod kv;
 mod plugins;
 
 use std::future::Future;
@@ -29,6 +31,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shoal_bus::SharedBus;
 use shoal_registry::Registry;
+use shoal_store::Store;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -46,6 +49,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Largest accepted plugin upload, in bytes.
     pub max_upload: usize,
+    /// The state store this node serves, if any (without one, `/v1/kv` answers 503).
+    pub store: Option<Arc<Store>>,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
@@ -67,6 +72,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     prometheus();
+    // Request bodies (plugin uploads, KV values and batches) are read up to the largest plugin
+    // upload; handlers refuse what is over their own limit with a 413 that names it.
     let limit = state.max_upload + 1024;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -79,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins/{kind}/{name}/versions/{version}/component", get(plugins::download))
         .route("/v1/events", get(events::stream))
         .route("/v1/tokens", post(auth::issue))
+        .route("/v1/kv/{ns}", get(kv::list).post(kv::batch))
+        .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

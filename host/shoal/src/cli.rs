@@ -30,6 +30,9 @@ enum Command {
     /// Watch the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Read and write the state store.
+    #[command(subcommand)]
+    Kv(KvCommand),
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +46,13 @@ struct DevArgs {
     /// Use this NATS server (e.g. nats://127.0.0.1:4222) instead of the in-process bus.
     #[arg(long)]
     nats: Option<String>,
+    /// Shards of the state store; fixed when the store is created (under <data-dir>/store).
+    #[arg(long, default_value_t = shoal_store::DEFAULT_SHARDS)]
+    shards: u32,
+    /// fsync the state store's write-ahead log on every write (survives power loss); without it
+    /// acknowledged writes survive a crash of the process (`kill -9`) but not of the machine.
+    #[arg(long)]
+    sync: bool,
 }
 
 /// How the CLI reaches the API.
@@ -147,17 +157,79 @@ enum EventsCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Print a value (raw bytes on stdout; its version on stderr).
+    Get {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write a value (from the argument, or stdin without one).
+    Put {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+        /// Value; read from stdin when absent.
+        value: Option<String>,
+        /// Compare-and-set: only if the current version is this one (0: only if absent).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a key.
+    Del {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+        /// Compare-and-set: only if the current version is this one.
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List keys (and versions) by prefix, in key order, following every page.
+    Ls {
+        /// Namespace.
+        ns: String,
+        /// Only keys starting with this.
+        prefix: Option<String>,
+        /// Keys per request.
+        #[arg(long, default_value_t = 1000)]
+        page: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
 /// Run the command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev(args).await,
         Command::Plugin(cmd) => plugin(cmd).await,
         Command::Events(EventsCommand::Tail { subject, remote }) => tail(subject, remote).await,
+        Command::Kv(cmd) => kv(cmd).await,
     }
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let config = NodeConfig { data_dir: args.data_dir, listen: args.listen, nats: args.nats, default_plugins: true };
+    let durability = if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal };
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        nats: args.nats,
+        default_plugins: true,
+        store: shoal_store::StoreConfig { shards: args.shards, durability },
+    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("shutting down");
@@ -169,7 +241,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("  OpenAPI:  http://{}/v1/openapi.json", info.api);
         println!("  metrics:  http://{}/metrics", info.api);
         println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
-        println!("Try: shoal plugin list   ·   shoal events tail   ·   Ctrl-C to stop");
+        println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
     })
     .await
 }
@@ -193,6 +265,42 @@ impl Client {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
+    }
+
+    /// The URL of `/v1/kv/{ns}` followed by the key's segments, each percent-encoded.
+    fn kv_url(&self, ns: &str, key: Option<&str>) -> anyhow::Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.api).with_context(|| format!("invalid API URL {}", self.api))?;
+        {
+            let mut segments = url.path_segments_mut().map_err(|()| anyhow::anyhow!("invalid API URL {}", self.api))?;
+            segments.pop_if_empty().extend(["v1", "kv", ns]);
+            if let Some(key) = key {
+                segments.extend(key.split('/'));
+            }
+        }
+        Ok(url)
+    }
+
+    /// Send and return the raw body and headers of a successful answer.
+    async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(Vec<u8>, reqwest::header::HeaderMap)> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?.to_vec();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            bail!("{status}: {message}");
+        }
+        Ok((body, headers))
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -310,6 +418,75 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
             })
             .await??;
             print(&answer);
+        }
+    }
+    Ok(())
+}
+
+async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    match cmd {
+        KvCommand::Get { ns, key, remote } => {
+            let client = Client::new(remote)?;
+            let (body, headers) = client.send_raw(client.http.get(client.kv_url(&ns, Some(&key))?)).await?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&body)?;
+            stdout.flush()?;
+            if let Some(version) = headers.get("x-shoal-version").and_then(|v| v.to_str().ok()) {
+                eprintln!("version {version}");
+            }
+        }
+        KvCommand::Put { ns, key, value, version, ttl, remote } => {
+            let value = match value {
+                Some(v) => v.into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin().read_to_end(&mut buf).context("reading the value from stdin")?;
+                    buf
+                }
+            };
+            let client = Client::new(remote)?;
+            let mut query = Vec::new();
+            if let Some(v) = version {
+                query.push(("version", v));
+            }
+            if let Some(t) = ttl {
+                query.push(("ttl", t));
+            }
+            let request = client.http.put(client.kv_url(&ns, Some(&key))?).query(&query).body(value);
+            let v = client.send(request).await?;
+            println!("put {ns}/{key} version {}", v["version"]);
+        }
+        KvCommand::Del { ns, key, version, remote } => {
+            let client = Client::new(remote)?;
+            let mut request = client.http.delete(client.kv_url(&ns, Some(&key))?);
+            if let Some(v) = version {
+                request = request.query(&[("version", v)]);
+            }
+            client.send_raw(request).await?;
+            println!("deleted {ns}/{key}");
+        }
+        KvCommand::Ls { ns, prefix, page, remote } => {
+            let client = Client::new(remote)?;
+            let mut cursor: Option<String> = None;
+            let mut stdout = std::io::stdout().lock();
+            loop {
+                let mut query = vec![("limit", page.to_string())];
+                if let Some(p) = &prefix {
+                    query.push(("prefix", p.clone()));
+                }
+                if let Some(c) = &cursor {
+                    query.push(("cursor", c.clone()));
+                }
+                let v = client.send(client.http.get(client.kv_url(&ns, None)?).query(&query)).await?;
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    writeln!(stdout, "{}\t{}", e["key"].as_str().unwrap_or(""), e["version"])?;
+                }
+                match v["cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
         }
     }
     Ok(())

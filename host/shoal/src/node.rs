@@ -1,5 +1,6 @@
-//! A Shoal node in one process: the kernel (runtime, registry, bus, API) wired together. This is
-//! what `shoal dev` runs; the distributed roles of later issues reuse the same pieces.
+//! A Shoal node in one process: the kernel (runtime, registry, bus, API) and the state store
+//! wired together. This is what `shoal dev` runs; the distributed roles of later issues reuse the
+//! same pieces.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use shoal_bus::event::CloudEvent;
 use shoal_bus::{LocalBus, NatsBus, SharedBus, subject};
 use shoal_registry::{Registry, RegistryConfig, RegistryEvent};
 use shoal_runtime::{Runtime, RuntimeConfig};
+use shoal_store::{Store, StoreConfig, Sweeper};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -27,6 +29,8 @@ pub struct NodeConfig {
     pub nats: Option<String>,
     /// Register the default plugins when they are missing.
     pub default_plugins: bool,
+    /// The state store under `<data_dir>/store`: shard count and sync policy.
+    pub store: StoreConfig,
 }
 
 /// What a started node tells its caller.
@@ -106,10 +110,13 @@ pub async fn run(
         register_defaults(&registry).await?;
     }
 
+    let store = Store::open(&config.data_dir.join("store"), config.store.clone()).context("opening the state store")?;
+    let _sweeper = Sweeper::spawn(&store, shoal_store::DEFAULT_SWEEP_INTERVAL);
+
     let (token, token_file) = admin_token(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let info = NodeInfo { api: listener.local_addr()?, admin_token: token.clone(), token_file, bus: bus.kind() };
-    let state = AppState { registry, bus, auth: Arc::new(Auth::new(&token)), max_upload };
+    let state = AppState { registry, bus, auth: Arc::new(Auth::new(&token)), max_upload, store: Some(store) };
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
     Ok(())

@@ -12,6 +12,8 @@ use shoal_bus::{LocalBus, SharedBus};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
+mod kv;
+
 const ADMIN: &str = "admin-token-for-tests";
 
 struct Server {
@@ -19,13 +21,21 @@ struct Server {
     http: reqwest::Client,
     registry: Arc<Registry>,
     auth: Arc<Auth>,
+    store: Arc<shoal_store::Store>,
     _dir: tempfile::TempDir,
+    _store_dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Server {
     async fn start() -> Server {
+        Self::start_with(true).await
+    }
+
+    /// A server with a 4-shard state store, or with none.
+    async fn start_with(with_store: bool) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
+        let store_dir = tempfile::tempdir().expect("tempdir");
         let runtime =
             Runtime::new(RuntimeConfig { max_component_size: 4 << 20, max_instances: 50, ..RuntimeConfig::default() })
                 .expect("runtime");
@@ -50,14 +60,34 @@ impl Server {
             }
         });
         let auth = Arc::new(Auth::new(ADMIN));
-        let state = AppState { registry: registry.clone(), bus, auth: auth.clone(), max_upload: 4 << 20 };
+        let store = shoal_store::Store::open(
+            &store_dir.path().join("store"),
+            shoal_store::StoreConfig { shards: 4, ..Default::default() },
+        )
+        .expect("store");
+        let state = AppState {
+            registry: registry.clone(),
+            bus,
+            auth: auth.clone(),
+            max_upload: 4 << 20,
+            store: with_store.then(|| store.clone()),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(shoal_api::serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        Server { url, http: reqwest::Client::new(), registry, auth, _dir: dir, _stop: stop }
+        Server {
+            url,
+            http: reqwest::Client::new(),
+            registry,
+            auth,
+            store,
+            _dir: dir,
+            _store_dir: store_dir,
+            _stop: stop,
+        }
     }
 
     async fn req(

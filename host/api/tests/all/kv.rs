@@ -1,0 +1,282 @@
+//! `/v1/kv` over real HTTP with a real 4-shard store: versions, compare-and-set, TTL, listings,
+//! batches, namespace isolation by token, and refusals that write nothing.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{ADMIN, Server, assert_error};
+
+/// A request with a raw body; returns status, the `X-Shoal-Version` header and the body.
+async fn raw(s: &Server, method: Method, path: &str, token: &str, body: &[u8]) -> (StatusCode, Option<u64>, Vec<u8>) {
+    let response = s
+        .http
+        .request(method, format!("{}{path}", s.url))
+        .bearer_auth(token)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("send");
+    let status = response.status();
+    let version = response.headers().get("x-shoal-version").map(|v| v.to_str().expect("ascii").parse().expect("u64"));
+    (status, version, response.bytes().await.expect("body").to_vec())
+}
+
+fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or(Value::Null)
+}
+
+/// Every live entry of `ns` straight from the store: (key, value, version).
+fn dump(s: &Server, ns: &str) -> Vec<(String, Vec<u8>, u64)> {
+    let page = s.store.list(ns, "", None, 1000).expect("list");
+    page.entries.into_iter().map(|e| (e.key, e.value, e.version)).collect()
+}
+
+#[tokio::test]
+async fn kv_get_put_delete_with_versions_and_cas() {
+    let s = Server::start().await;
+    let (status, version, body) = raw(&s, Method::PUT, "/v1/kv/shop/cart/42", ADMIN, b"\x00binary\xff").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let v1 = version.expect("version header");
+    assert_eq!(json_of(&body), json!({ "key": "cart/42", "version": v1 }));
+    let (status, version, body) = raw(&s, Method::GET, "/v1/kv/shop/cart/42", ADMIN, b"").await;
+    assert_eq!((status, version, body.as_slice()), (StatusCode::OK, Some(v1), b"\x00binary\xff".as_slice()));
+
+    // Compare-and-set.
+    let path = format!("/v1/kv/shop/cart/42?version={v1}");
+    let (status, v2, _) = raw(&s, Method::PUT, &path, ADMIN, b"two").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(v2.expect("version") > v1);
+    assert_error(
+        &s.req(Method::PUT, &path, Some(ADMIN), Some(b"stale".to_vec())).await,
+        StatusCode::CONFLICT,
+        "version_conflict",
+    );
+    assert_error(
+        &s.req(Method::PUT, "/v1/kv/shop/cart/42?version=0", Some(ADMIN), Some(b"create".to_vec())).await,
+        StatusCode::CONFLICT,
+        "version_conflict",
+    );
+    assert_eq!(raw(&s, Method::GET, "/v1/kv/shop/cart/42", ADMIN, b"").await.2, b"two");
+    // Create only if absent.
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/new?version=0", ADMIN, b"n").await.0, StatusCode::OK);
+
+    // Percent-encoded keys round-trip.
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/a%20b%3Fc", ADMIN, b"q").await.0, StatusCode::OK);
+    assert_eq!(s.store.get("shop", "a b?c").expect("get").expect("present").value, b"q");
+
+    // Delete: CAS, then plain, then missing.
+    assert_error(&s.req(Method::DELETE, &path, Some(ADMIN), None).await, StatusCode::CONFLICT, "version_conflict");
+    let (status, version, _) = raw(&s, Method::DELETE, "/v1/kv/shop/cart/42", ADMIN, b"").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(version.expect("version") > v2.expect("version"));
+    assert_error(
+        &s.req(Method::GET, "/v1/kv/shop/cart/42", Some(ADMIN), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &s.req(Method::DELETE, "/v1/kv/shop/cart/42", Some(ADMIN), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn kv_ttl_expires_entries() {
+    let s = Server::start().await;
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/session?ttl=1", ADMIN, b"s").await.0, StatusCode::OK);
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/keep?ttl=3600", ADMIN, b"k").await.0, StatusCode::OK);
+    let (_, list) = s.get("/v1/kv/shop").await;
+    assert!(list["entries"][0]["expires_at_ms"].as_u64().is_some(), "{list}");
+    shoal_testkit::eventually("the entry to expire", Duration::from_secs(10), || async {
+        (raw(&s, Method::GET, "/v1/kv/shop/session", ADMIN, b"").await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert_eq!(raw(&s, Method::GET, "/v1/kv/shop/keep", ADMIN, b"").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn kv_listing_pages_across_shards() {
+    let s = Server::start().await;
+    for i in 0..30 {
+        let path = format!("/v1/kv/shop/item/{i:02}");
+        assert_eq!(raw(&s, Method::PUT, &path, ADMIN, format!("v{i}").as_bytes()).await.0, StatusCode::OK);
+    }
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/other", ADMIN, b"x").await.0, StatusCode::OK);
+    let mut keys = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = s.get(&format!("/v1/kv/shop?prefix=item/&limit=7&cursor={cursor}")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for e in page["entries"].as_array().expect("entries") {
+            keys.push(e["key"].as_str().expect("key").to_owned());
+            let i: u32 = e["key"].as_str().expect("key")[5..].parse().expect("number");
+            assert_eq!(e["value"], format!("v{i}"), "{e}");
+            assert!(e["version"].as_u64().is_some_and(|v| v > 0));
+        }
+        match page["cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..30).map(|i| format!("item/{i:02}")).collect();
+    assert_eq!(keys, expected);
+    assert_error(&s.get("/v1/kv/shop?cursor=zz").await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(&s.get("/v1/kv/shop?limit=0").await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(&s.get("/v1/kv/shop?limit=many").await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(&s.get("/v1/kv/shop?colour=red").await, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn kv_batches_apply_all_or_nothing() {
+    let s = Server::start().await;
+    let batch = json!({ "ops": [
+        { "op": "put", "key": "a", "value": "1" },
+        { "op": "put", "key": "b", "value": "2", "version": 0 },
+        { "op": "put", "key": "c", "value": "3", "ttl": 60 },
+    ]});
+    let (status, body) = s.post("/v1/kv/shop", batch.to_string().as_bytes()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["versions"].as_array().expect("versions").len(), 3);
+    let a = body["versions"][0].as_u64().expect("version");
+    let before = dump(&s, "shop");
+
+    let refused: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({ "ops": [{ "op": "put", "key": "d", "value": "4" }, { "op": "put", "key": "b", "value": "x", "version": 0 }] }),
+            StatusCode::CONFLICT,
+            "version_conflict",
+        ),
+        (
+            json!({ "ops": [{ "op": "put", "key": "d", "value": "4" }, { "op": "delete", "key": "missing" }] }),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({ "ops": [{ "op": "put", "key": "d", "value": "4" }, { "op": "delete", "key": "d" }] }),
+            StatusCode::BAD_REQUEST,
+            "invalid_batch",
+        ),
+        (json!({ "ops": [] }), StatusCode::BAD_REQUEST, "invalid_batch"),
+        (json!({ "ops": [{ "op": "put", "key": "", "value": "4" }] }), StatusCode::BAD_REQUEST, "invalid_key"),
+        (
+            json!({ "ops": [{ "op": "put", "key": "d", "value": "4", "ttl": 0 }] }),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (json!({ "ops": [{ "op": "merge", "key": "d" }] }), StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            json!({ "ops": [{ "op": "put", "key": "d", "value": "4", "colour": "red" }] }),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json!({ "ops": (0..=128).map(|i| json!({ "op": "put", "key": format!("k{i}"), "value": "v" })).collect::<Vec<_>>() }),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+    ];
+    for (batch, status, code) in refused {
+        assert_error(&s.post("/v1/kv/shop", batch.to_string().as_bytes()).await, status, code);
+    }
+    assert_error(&s.post("/v1/kv/shop", b"{").await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(dump(&s, "shop"), before, "a refused batch wrote something");
+
+    let batch =
+        json!({ "ops": [{ "op": "delete", "key": "a", "version": a }, { "op": "put", "key": "d", "value": "4" }] });
+    assert_eq!(s.post("/v1/kv/shop", batch.to_string().as_bytes()).await.0, StatusCode::OK);
+    let keys: Vec<String> = dump(&s, "shop").into_iter().map(|e| e.0).collect();
+    assert_eq!(keys, ["b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn kv_bad_input_gets_a_clear_4xx_and_writes_nothing() {
+    let s = Server::start().await;
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/a", ADMIN, b"1").await.0, StatusCode::OK);
+    let before = dump(&s, "shop");
+    let long_key = "k".repeat(shoal_store::MAX_KEY_LEN + 1);
+    let big = vec![b'x'; shoal_store::MAX_VALUE_LEN + 1];
+    let cases: Vec<(Method, String, Vec<u8>, StatusCode, &str)> = vec![
+        (Method::PUT, "/v1/kv/Shop/a".into(), b"1".to_vec(), StatusCode::BAD_REQUEST, "invalid_namespace"),
+        (
+            Method::PUT,
+            format!("/v1/kv/{}/a", "n".repeat(64)),
+            b"1".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_namespace",
+        ),
+        (Method::PUT, format!("/v1/kv/shop/{long_key}"), b"1".to_vec(), StatusCode::BAD_REQUEST, "invalid_key"),
+        (Method::PUT, "/v1/kv/shop/a".into(), big, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        (Method::PUT, "/v1/kv/shop/a?ttl=0".into(), b"1".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::PUT, "/v1/kv/shop/a?ttl=-5".into(), b"1".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::PUT, "/v1/kv/shop/a?ttl=999999999999".into(), b"1".to_vec(), StatusCode::BAD_REQUEST, "invalid_ttl"),
+        (Method::PUT, "/v1/kv/shop/a?version=x".into(), b"1".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::PUT, "/v1/kv/shop/a?colour=red".into(), b"1".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::DELETE, "/v1/kv/shop/a?version=x".into(), vec![], StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/v1/kv/Shop/a".into(), vec![], StatusCode::BAD_REQUEST, "invalid_namespace"),
+        (Method::GET, "/v1/kv/Shop".into(), vec![], StatusCode::BAD_REQUEST, "invalid_namespace"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let got = s.req(method.clone(), &path, Some(ADMIN), Some(body)).await;
+        assert_eq!(got.0, status, "{method} {}: {:?}", &path[..path.len().min(60)], got.1);
+        assert_error(&got, status, code);
+    }
+    assert_eq!(dump(&s, "shop"), before, "a refused request wrote something");
+}
+
+#[tokio::test]
+async fn kv_namespaces_are_isolated_by_token() {
+    let s = Server::start().await;
+    let (status, body) =
+        s.req(Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"app:shop"}"#.to_vec())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let shop = body["token"].as_str().expect("token").to_owned();
+    let (_, body) = s.req(Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"operator"}"#.to_vec())).await;
+    let operator = body["token"].as_str().expect("token").to_owned();
+
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/k", &shop, b"mine").await.0, StatusCode::OK);
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/bank/k", ADMIN, b"secret").await.0, StatusCode::OK);
+    assert_eq!(raw(&s, Method::GET, "/v1/kv/shop/k", &shop, b"").await.2, b"mine");
+    assert_eq!(raw(&s, Method::GET, "/v1/kv/bank/k", &operator, b"").await.2, b"secret");
+    assert_eq!(raw(&s, Method::PUT, "/v1/kv/bank/op", &operator, b"o").await.0, StatusCode::OK);
+    let before = dump(&s, "bank");
+
+    let batch = br#"{"ops":[{"op":"put","key":"k","value":"stolen"}]}"#.to_vec();
+    for (method, path, body) in [
+        (Method::GET, "/v1/kv/bank/k", vec![]),
+        (Method::PUT, "/v1/kv/bank/k", b"stolen".to_vec()),
+        (Method::PUT, "/v1/kv/bank/new", b"stolen".to_vec()),
+        (Method::DELETE, "/v1/kv/bank/k", vec![]),
+        (Method::GET, "/v1/kv/bank", vec![]),
+        (Method::POST, "/v1/kv/bank", batch),
+    ] {
+        let got = s.req(method.clone(), path, Some(&shop), Some(body.clone())).await;
+        assert_error(&got, StatusCode::FORBIDDEN, "forbidden");
+        assert_error(
+            &s.req(method.clone(), path, None, Some(body.clone())).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert_error(&s.req(method, path, Some("wrong"), Some(body)).await, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    assert_eq!(dump(&s, "bank"), before, "a forbidden request changed another namespace");
+    let (status, list) = s.req(Method::GET, "/v1/kv/shop", Some(&shop), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["entries"].as_array().expect("entries").len(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn kv_without_a_store_is_503_and_documented_in_openapi() {
+    let s = Server::start_with(false).await;
+    assert_error(&s.get("/v1/kv/shop/k").await, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    assert_error(&s.get("/v1/kv/shop").await, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    let (_, doc) = s.req(Method::GET, "/v1/openapi.json", None, None).await;
+    for path in ["/v1/kv/{ns}/{key}", "/v1/kv/{ns}"] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    for method in ["get", "put", "delete"] {
+        assert!(doc["paths"]["/v1/kv/{ns}/{key}"][method].is_object(), "{method} missing");
+    }
+}
