@@ -25,28 +25,31 @@
 //! # A complete router
 //!
 //! ```no_run
-//! use shoal_sdk::{Endpoint, EndpointState, RequestInfo, Router};
-//! use std::cell::Cell;
+//! use shoal_sdk::{Endpoint, Request, Router};
+//! use std::cell::{Cell, RefCell};
 //!
 //! struct RoundRobin;
 //!
 //! thread_local! {
-//!     static COUNT: Cell<u32> = const { Cell::new(0) };
-//!     static LEN: Cell<u32> = const { Cell::new(0) };
+//!     static HEALTHY: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+//!     static NEXT: Cell<usize> = const { Cell::new(0) };
 //! }
 //!
 //! impl Router for RoundRobin {
+//!     // Called before the first request and whenever the endpoints or their health change.
 //!     fn update(endpoints: Vec<Endpoint>) {
-//!         LEN.set(endpoints.len() as u32);
+//!         HEALTHY.set(endpoints.iter().map(|e| e.healthy).collect());
 //!     }
 //!
-//!     fn route(_request: RequestInfo, states: Vec<EndpointState>) -> Option<u32> {
-//!         let n = states.len() as u32;
-//!         // Try each endpoint at most once, starting after the last one picked.
-//!         (0..n).find_map(|_| {
-//!             let i = COUNT.get() % n;
-//!             COUNT.set(COUNT.get().wrapping_add(1));
-//!             states[i as usize].healthy.then_some(i)
+//!     // Reads nothing of the request: a rule pays only for what it reads
+//!     // (`request.path()`, `request.header("x-user")`, `request.active_requests()`, …).
+//!     fn route(_request: &Request) -> Option<u32> {
+//!         HEALTHY.with_borrow(|healthy| {
+//!             let n = healthy.len();
+//!             // Try each endpoint at most once, starting after the last one picked.
+//!             let pick = (0..n).map(|k| (NEXT.get() + k) % n).find(|&i| healthy[i])?;
+//!             NEXT.set(pick + 1);
+//!             Some(pick as u32)
 //!         })
 //!     }
 //!
@@ -100,6 +103,7 @@ pub mod router {
             "shoal:plugin/log@0.1.0": crate::host::shoal::plugin::log,
             "shoal:plugin/clock@0.1.0": crate::host::shoal::plugin::clock,
             "shoal:plugin/keyvalue@0.1.0": crate::host::shoal::plugin::keyvalue,
+            "shoal:plugin/route-request@0.1.0": crate::host::shoal::plugin::route_request,
         },
         pub_export_macro: true,
         export_macro_name: "export_router",
@@ -144,9 +148,14 @@ pub mod framework {
 }
 
 pub use host::shoal::plugin::types::{
-    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo, HttpRequest,
-    HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
+    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, Framework as FrameworkInfo, HttpRequest, HttpResponse,
+    Offer, PortRange, Resources, Scalar, TaskState, TaskStatus,
 };
+
+/// The request a router is routing (`route-request.request`): read only what the rule needs —
+/// `method()`, `host()`, `path()`, `client_ip()`, `header(name)`, `active_requests()`; each read
+/// is a call into the host.
+pub use host::shoal::plugin::route_request::Request;
 
 /// Implement this for an allocation policy, then `export_allocator!(YourType);`.
 pub use allocator::exports::shoal::plugin::allocation::Guest as Allocator;

@@ -14,13 +14,14 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use shoal_abi::{
-    Agent, AllocatorWorld, AnyPlugin, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState,
-    FrameworkInfo, Offer, PluginKind, PortRange, RequestInfo, Resources, RouteTable, RouterWorld, Scalar,
+    Agent, AllocatorWorld, AnyPlugin, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, FrameworkInfo, Offer,
+    PluginKind, PortRange, Resources, RouteRequest, RouteTable, RouterWorld, Scalar,
 };
 use shoal_runtime::{Plugin, PluginScope, Runtime, RuntimeConfig};
 
@@ -58,18 +59,20 @@ fn allocator(name: &str, bytes: &[u8]) -> Arc<Plugin<AllocatorWorld>> {
 /// Native twin of `plugins/round-robin`.
 #[derive(Default)]
 struct NativeRoundRobin {
+    healthy: Vec<bool>,
     next: usize,
 }
 
 impl NativeRoundRobin {
-    fn update(&mut self, _endpoints: &[Endpoint]) {
+    fn update(&mut self, endpoints: &[Endpoint]) {
+        self.healthy = endpoints.iter().map(|e| e.healthy).collect();
         self.next = 0;
     }
 
-    fn route(&mut self, _request: &RequestInfo, states: &[EndpointState]) -> Option<u32> {
-        let n = states.len();
+    fn route(&mut self, _request: &RouteRequest) -> Option<u32> {
+        let n = self.healthy.len();
         let start = self.next;
-        let pick = (0..n).map(|k| (start + k) % n).find(|&i| states[i].healthy)?;
+        let pick = (0..n).map(|k| (start + k) % n).find(|&i| self.healthy[i])?;
         self.next = (pick + 1) % n;
         Some(pick as u32)
     }
@@ -84,16 +87,15 @@ struct NativeWeightedRoundRobin {
 
 impl NativeWeightedRoundRobin {
     fn update(&mut self, endpoints: &[Endpoint]) {
-        self.weights = endpoints.iter().map(|e| i64::from(e.weight)).collect();
+        self.weights = endpoints.iter().map(|e| if e.healthy { i64::from(e.weight) } else { 0 }).collect();
         self.current = vec![0; endpoints.len()];
     }
 
-    fn route(&mut self, _request: &RequestInfo, states: &[EndpointState]) -> Option<u32> {
+    fn route(&mut self, _request: &RouteRequest) -> Option<u32> {
         let mut total = 0;
         let mut best: Option<usize> = None;
-        for (i, state) in states.iter().enumerate() {
-            let w = self.weights.get(i).copied().unwrap_or(0);
-            if !state.healthy || w <= 0 {
+        for (i, &w) in self.weights.iter().enumerate() {
+            if w <= 0 {
                 continue;
             }
             self.current[i] += w;
@@ -105,6 +107,81 @@ impl NativeWeightedRoundRobin {
         let best = best?;
         self.current[best] -= total;
         Some(best as u32)
+    }
+}
+
+/// Native twin of `plugins/source-hash`: FNV-1a of the client address, jump hash, rehash past
+/// unhealthy endpoints.
+#[derive(Default)]
+struct NativeSourceHash {
+    healthy: Vec<bool>,
+}
+
+impl NativeSourceHash {
+    fn update(&mut self, endpoints: &[Endpoint]) {
+        self.healthy = endpoints.iter().map(|e| e.healthy).collect();
+    }
+
+    fn route(&mut self, request: &RouteRequest) -> Option<u32> {
+        fn fnv1a(bytes: &[u8]) -> u64 {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+        }
+        fn jump_hash(mut key: u64, buckets: u32) -> u32 {
+            let (mut b, mut j) = (-1i64, 0i64);
+            while j < i64::from(buckets) {
+                b = j;
+                key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+                j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+            }
+            b as u32
+        }
+        let n = self.healthy.len() as u32;
+        let key = match request.headers.get("x-hash-key").and_then(|v| v.to_str().ok()) {
+            Some(key) => key.to_owned(),
+            None => request.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        };
+        let mut hash = fnv1a(key.as_bytes());
+        for _ in 0..n.max(8) {
+            let pick = jump_hash(hash, n);
+            if self.healthy[pick as usize] {
+                return Some(pick);
+            }
+            hash = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        }
+        let start = jump_hash(fnv1a(key.as_bytes()), n);
+        (0..n).map(|k| (start + k) % n).find(|&i| self.healthy[i as usize])
+    }
+}
+
+/// Native twin of `plugins/least-connections`.
+#[derive(Default)]
+struct NativeLeastConnections {
+    weights: Vec<u64>,
+    rotate: usize,
+}
+
+impl NativeLeastConnections {
+    fn update(&mut self, endpoints: &[Endpoint]) {
+        self.weights = endpoints.iter().map(|e| if e.healthy { u64::from(e.weight.max(1)) } else { 0 }).collect();
+    }
+
+    fn route(&mut self, request: &RouteRequest) -> Option<u32> {
+        let n = self.weights.len();
+        let start = self.rotate % n;
+        self.rotate = start + 1;
+        let active =
+            |i: usize| u64::from(request.active.get(i).map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed)));
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if self.weights[i] == 0 {
+                continue;
+            }
+            if best.is_none_or(|b| active(i) * self.weights[b] < active(b) * self.weights[i]) {
+                best = Some(i);
+            }
+        }
+        best.map(|i| i as u32)
     }
 }
 
@@ -248,23 +325,22 @@ fn route_table() -> RouteTable {
                 address: format!("10.0.{}.{}:8080", i / 256, i % 256),
                 weight: 1 + (i % 4) as u32,
                 labels: vec![Attribute { name: "version".into(), value: "2".into() }],
+                // Two of the 16 are unhealthy.
+                healthy: i % 7 != 3,
             })
             .collect(),
     }
 }
 
-/// 16 endpoints, two of them unhealthy.
-fn endpoint_states() -> Vec<EndpointState> {
-    (0..ENDPOINTS).map(|i| EndpointState { healthy: i % 7 != 3, active_requests: (i % 5) as u32 }).collect()
-}
-
-fn request() -> RequestInfo {
-    RequestInfo {
-        method: "GET".into(),
+/// A request of a client, with in-flight counts for the 16 endpoints.
+fn request() -> RouteRequest {
+    RouteRequest {
+        method: http::Method::GET,
         host: "app.example.com".into(),
         path: "/api/v1/items".into(),
-        client_ip: "198.51.100.23".into(),
-        headers: vec![],
+        client_ip: Some("198.51.100.23".parse().expect("IP")),
+        headers: http::HeaderMap::new(),
+        active: (0..ENDPOINTS).map(|i| AtomicU32::new((i % 5) as u32)).collect(),
     }
 }
 
@@ -359,38 +435,31 @@ fn snapshot(agents: usize, frameworks: usize) -> ClusterSnapshot {
 
 fn router_call(c: &mut Criterion) {
     let table = route_table();
-    let states = endpoint_states();
-    let req = request();
+    let mut req = request();
     let mut group = c.benchmark_group("router_call_16");
     group.warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
 
-    let rr = router("round-robin", shoal_artifacts::ROUND_ROBIN);
-    let wrr = router("weighted-round-robin", shoal_artifacts::WEIGHTED_ROUND_ROBIN);
-
-    // The Wasm and native versions must agree before their speed is worth comparing.
-    let mut native_rr = NativeRoundRobin::default();
-    native_rr.update(&table.endpoints);
-    let mut native_wrr = NativeWeightedRoundRobin::default();
-    native_wrr.update(&table.endpoints);
-    for _ in 0..100 {
-        let wasm = shoal_abi::route(&rr, &table, &req, &states).expect("route");
-        assert_eq!(wasm, native_rr.route(&req, &states), "round-robin: Wasm and native disagree");
-        let wasm = shoal_abi::route(&wrr, &table, &req, &states).expect("route");
-        assert_eq!(wasm, native_wrr.route(&req, &states), "weighted-round-robin: Wasm and native disagree");
+    macro_rules! rule {
+        ($name:literal, $bytes:expr, $native:ty) => {{
+            let wasm = router($name, $bytes);
+            let mut native = <$native>::default();
+            native.update(&table.endpoints);
+            // The Wasm and native versions must agree before their speed is worth comparing.
+            for i in 0..100u8 {
+                req.client_ip = Some(std::net::IpAddr::from([198, 51, 100, i]));
+                let picked = shoal_abi::route(&wasm, &table, &mut req).expect("route");
+                assert_eq!(picked, native.route(&req), "{}: Wasm and native disagree", $name);
+            }
+            group.bench_function(BenchmarkId::new("wasm", $name), |b| {
+                b.iter(|| shoal_abi::route(&wasm, &table, black_box(&mut req)).expect("route"))
+            });
+            group.bench_function(BenchmarkId::new("native", $name), |b| b.iter(|| native.route(black_box(&req))));
+        }};
     }
-
-    group.bench_function(BenchmarkId::new("wasm", "round-robin"), |b| {
-        b.iter(|| shoal_abi::route(&rr, &table, black_box(&req), black_box(&states)).expect("route"))
-    });
-    group.bench_function(BenchmarkId::new("native", "round-robin"), |b| {
-        b.iter(|| native_rr.route(black_box(&req), black_box(&states)))
-    });
-    group.bench_function(BenchmarkId::new("wasm", "weighted-round-robin"), |b| {
-        b.iter(|| shoal_abi::route(&wrr, &table, black_box(&req), black_box(&states)).expect("route"))
-    });
-    group.bench_function(BenchmarkId::new("native", "weighted-round-robin"), |b| {
-        b.iter(|| native_wrr.route(black_box(&req), black_box(&states)))
-    });
+    rule!("round-robin", shoal_artifacts::ROUND_ROBIN, NativeRoundRobin);
+    rule!("weighted-round-robin", shoal_artifacts::WEIGHTED_ROUND_ROBIN, NativeWeightedRoundRobin);
+    rule!("source-hash", shoal_artifacts::SOURCE_HASH, NativeSourceHash);
+    rule!("least-connections", shoal_artifacts::LEAST_CONNECTIONS, NativeLeastConnections);
     group.finish();
 }
 
@@ -495,7 +564,6 @@ fn spread<S: Send>(callers: usize, iters: u64, state: impl Fn() -> S + Sync, cal
 fn callers(c: &mut Criterion) {
     let rr = router("round-robin", shoal_artifacts::ROUND_ROBIN);
     let table = route_table();
-    let states = endpoint_states();
     let req = request();
     let mut group = c.benchmark_group("router_callers");
     group
@@ -508,9 +576,9 @@ fn callers(c: &mut Criterion) {
                 spread(
                     n,
                     iters,
-                    || (),
-                    |_| {
-                        black_box(shoal_abi::route(&rr, &table, black_box(&req), black_box(&states)).expect("route"));
+                    || RouteRequest { path: req.path.clone(), ..RouteRequest::default() },
+                    |req| {
+                        black_box(shoal_abi::route(&rr, &table, black_box(req)).expect("route"));
                     },
                 )
             })
@@ -528,7 +596,7 @@ fn callers(c: &mut Criterion) {
                         r
                     },
                     |r| {
-                        black_box(r.route(black_box(&req), black_box(&states)));
+                        black_box(r.route(black_box(&req)));
                     },
                 )
             })
@@ -584,6 +652,8 @@ fn summary(started: SystemTime) {
     let rows = [
         row("router_call_16", "wasm/round-robin", Some("native/round-robin"), Some(1e3)),
         row("router_call_16", "wasm/weighted-round-robin", Some("native/weighted-round-robin"), Some(1e3)),
+        row("router_call_16", "wasm/source-hash", Some("native/source-hash"), Some(1e3)),
+        row("router_call_16", "wasm/least-connections", Some("native/least-connections"), Some(1e3)),
         row("instance", "wasm/instantiate", None, Some(50e3)),
         row("instance", "wasm/instantiate+drop", None, None),
         row("instance", "wasm/instantiate+empty-call", None, None),

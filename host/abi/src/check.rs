@@ -6,16 +6,24 @@
 //! | kind | input | output |
 //! | --- | --- | --- |
 //! | allocator | `{"snapshot": ClusterSnapshot}` | `{"offers": [Offer]}` |
-//! | router | `{"endpoints": [Endpoint], "requests": [{"request": RequestInfo, "states": [EndpointState]?}]}` | `{"picks": [u32 \| null]}` |
+//! | router | `{"endpoints": [Endpoint], "requests": [Request]}` | `{"picks": [u32 \| null]}` |
 //! | health-check | `{"target": CheckTarget}` | `{"result": CheckResult}` |
 //! | framework | `{"config": "…", "calls": [{"resource_offers": [OfferInfo]} \| {"status_update": TaskStatus} \| {"handle_request": HttpRequest} \| {"tick": u64}]}` | `{"init": …, "results": [...]}` |
 //!
-//! `states` defaults to every endpoint healthy and idle.
+//! A router fixture's `Endpoint.healthy` defaults to `true`. A `Request` is
+//! `{"method"?, "host"?, "path"?, "client_ip"?, "headers"?: {name: value}, "active"?: [u32],
+//! "healthy"?: [bool]}`: method defaults to `GET`, path to `/`, `active` (requests in flight per
+//! endpoint) to zeros; `healthy`, when given, sets every endpoint's health from this request on
+//! (the host then calls `update` again, as the gateway does when health changes).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{AnyPlugin, ClusterSnapshot, Endpoint, EndpointState, HttpRequest, RequestInfo, RouteTable, TaskStatus};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use crate::{AnyPlugin, Attribute, ClusterSnapshot, Endpoint, HttpRequest, RouteRequest, RouteTable, TaskStatus};
 use crate::{health, scheduling};
 
 /// Why a fixture could not be run.
@@ -43,15 +51,74 @@ struct AllocatorFixture {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouterFixture {
-    endpoints: Vec<Endpoint>,
-    requests: Vec<RouterRequest>,
+    endpoints: Vec<EndpointFixture>,
+    requests: Vec<RequestFixture>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RouterRequest {
-    request: RequestInfo,
-    states: Option<Vec<EndpointState>>,
+struct EndpointFixture {
+    id: String,
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    labels: Vec<Attribute>,
+    #[serde(default = "yes")]
+    healthy: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestFixture {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    client_ip: Option<std::net::IpAddr>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    active: Option<Vec<u32>>,
+    #[serde(default)]
+    healthy: Option<Vec<bool>>,
+}
+
+impl RequestFixture {
+    fn into_request(self, endpoints: usize) -> Result<RouteRequest, String> {
+        let method = self.method.as_deref().unwrap_or("GET");
+        let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method `{method}`"))?;
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in self.headers {
+            let name =
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name `{name}`"))?;
+            let value = http::HeaderValue::from_str(&value).map_err(|_| format!("invalid value of header `{name}`"))?;
+            headers.append(name, value);
+        }
+        let active = self.active.unwrap_or_else(|| vec![0; endpoints]);
+        if active.len() != endpoints {
+            return Err(format!("{} `active` counts for {endpoints} endpoints", active.len()));
+        }
+        Ok(RouteRequest {
+            method,
+            host: self.host,
+            path: self.path.unwrap_or_else(|| "/".into()),
+            client_ip: self.client_ip,
+            headers,
+            active: active.into_iter().map(AtomicU32::new).collect::<Arc<[AtomicU32]>>(),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -95,19 +162,36 @@ pub fn run(plugin: &AnyPlugin, input: &Value) -> Result<Value, CheckError> {
         }
         AnyPlugin::Router(p) => {
             let fx: RouterFixture = parse("router", input)?;
-            let table = RouteTable { generation: 1, endpoints: fx.endpoints };
+            let endpoints = fx
+                .endpoints
+                .into_iter()
+                .map(|e| Endpoint {
+                    id: e.id,
+                    address: e.address,
+                    weight: e.weight,
+                    labels: e.labels,
+                    healthy: e.healthy,
+                })
+                .collect();
+            let mut table = RouteTable { generation: 1, endpoints };
             let mut picks = Vec::with_capacity(fx.requests.len());
-            for r in fx.requests {
-                let states = r.states.unwrap_or_else(|| {
-                    vec![EndpointState { healthy: true, active_requests: 0 }; table.endpoints.len()]
-                });
-                if states.len() != table.endpoints.len() {
-                    return Err(CheckError::Fixture {
-                        kind: "router",
-                        message: format!("{} states for {} endpoints", states.len(), table.endpoints.len()),
-                    });
+            for mut r in fx.requests {
+                let bad = |message: String| CheckError::Fixture { kind: "router", message };
+                if let Some(healthy) = r.healthy.take() {
+                    if healthy.len() != table.endpoints.len() {
+                        return Err(bad(format!(
+                            "{} `healthy` flags for {} endpoints",
+                            healthy.len(),
+                            table.endpoints.len()
+                        )));
+                    }
+                    for (endpoint, healthy) in table.endpoints.iter_mut().zip(healthy) {
+                        endpoint.healthy = healthy;
+                    }
+                    table.generation += 1;
                 }
-                picks.push(crate::route(p, &table, &r.request, &states)?);
+                let mut request = r.into_request(table.endpoints.len()).map_err(bad)?;
+                picks.push(crate::route(p, &table, &mut request)?);
             }
             Ok(json!({ "picks": picks }))
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shoal_runtime::{CallError, CallLimits, HostState, LoadError, Plugin, PluginScope, ProbeTarget, Runtime, World};
 use wasmtime::Store;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{InstancePre, Resource};
 
 pub mod check;
 
@@ -41,6 +41,7 @@ pub mod bindings {
                 "shoal:plugin/log@0.1.0": shoal_runtime::imports::shoal::plugin::log,
                 "shoal:plugin/clock@0.1.0": shoal_runtime::imports::shoal::plugin::clock,
                 "shoal:plugin/keyvalue@0.1.0": shoal_runtime::imports::shoal::plugin::keyvalue,
+                "shoal:plugin/route-request@0.1.0": shoal_runtime::imports::shoal::plugin::route_request,
             },
             additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
         });
@@ -73,9 +74,10 @@ pub mod bindings {
     }
 }
 
+pub use shoal_runtime::RouteRequest;
 pub use shoal_runtime::imports::shoal::plugin::types::{
-    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, Framework as FrameworkInfo, HttpRequest,
-    HttpResponse, Offer, PortRange, RequestInfo, Resources, Scalar, TaskState, TaskStatus,
+    Agent, Attribute, ClusterSnapshot, DeclineFilter, Endpoint, Framework as FrameworkInfo, HttpRequest, HttpResponse,
+    Offer, PortRange, Resources, Scalar, TaskState, TaskStatus,
 };
 /// Types of the health-check world.
 pub mod health {
@@ -148,13 +150,14 @@ impl FromStr for PluginKind {
 }
 
 macro_rules! world {
-    ($ty:ident, $name:literal, $export:literal, $probe:literal, $pre:path, $bindings:path) => {
+    ($ty:ident, $name:literal, $export:literal, $probe:literal, $route:literal, $pre:path, $bindings:path) => {
         #[doc = concat!("The `", $name, "` world.")]
         pub struct $ty;
         impl World for $ty {
             const NAME: &'static str = $name;
             const EXPORT: &'static str = $export;
-            const IMPORTS: shoal_runtime::imports::Imports = shoal_runtime::imports::Imports { probe: $probe };
+            const IMPORTS: shoal_runtime::imports::Imports =
+                shoal_runtime::imports::Imports { probe: $probe, route_request: $route };
             type Pre = $pre;
             type Bindings = $bindings;
             fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
@@ -172,6 +175,7 @@ world!(
     "allocator",
     "shoal:plugin/allocation@0.1.0",
     false,
+    false,
     bindings::allocator::AllocatorPre<HostState>,
     bindings::allocator::Allocator
 );
@@ -180,6 +184,7 @@ world!(
     "router",
     "shoal:plugin/routing@0.1.0",
     false,
+    true,
     bindings::router::RouterPre<HostState>,
     bindings::router::Router
 );
@@ -188,6 +193,7 @@ world!(
     "health-check",
     "shoal:plugin/health@0.1.0",
     true,
+    false,
     bindings::health_check::HealthCheckPre<HostState>,
     bindings::health_check::HealthCheck
 );
@@ -195,6 +201,7 @@ world!(
     FrameworkWorld,
     "framework",
     "shoal:plugin/scheduling@0.1.0",
+    false,
     false,
     bindings::framework::FrameworkPre<HostState>,
     bindings::framework::Framework
@@ -272,23 +279,26 @@ pub fn allocate(plugin: &Plugin<AllocatorWorld>, snapshot: &ClusterSnapshot) -> 
     })
 }
 
-/// The endpoint set of a route, with a generation that changes whenever the set does. Router
-/// instances are told the set (`routing.update`) once per generation.
+/// The endpoint set of a route, with a generation that changes whenever the set or the health
+/// of an endpoint does. Router instances are told the set (`routing.update`) once per generation.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    /// Changes whenever `endpoints` changes; never 0 for a real table.
+    /// Changes whenever `endpoints` (or an endpoint's `healthy`) changes; never 0 for a real table.
     pub generation: u64,
     /// The endpoints, in the order `route` indexes them.
     pub endpoints: Vec<Endpoint>,
 }
 
-/// `routing.route`, after `routing.update` if this instance has not seen `table` yet. An answer
-/// out of range is an [`CallError::InvalidOutput`].
+/// `routing.route` for `request`, after `routing.update` if this instance has not seen `table`
+/// yet. The request is lent to the plugin for the call (moved into the instance's state and back,
+/// never copied); the plugin reads what it needs through the `route-request.request` resource.
+///
+/// An answer out of range, or naming an endpoint that is not healthy, is an
+/// [`CallError::InvalidOutput`]: the caller should serve the request with a safe rule instead.
 pub fn route(
     plugin: &Plugin<RouterWorld>,
     table: &RouteTable,
-    request: &RequestInfo,
-    states: &[EndpointState],
+    request: &mut RouteRequest,
 ) -> Result<Option<u32>, CallError> {
     plugin.call(|i| {
         let routing = i.bindings.shoal_plugin_routing();
@@ -296,13 +306,32 @@ pub fn route(
             routing.call_update(&mut i.store, &table.endpoints)?;
             i.generation = table.generation;
         }
-        let pick = routing.call_route(&mut i.store, request, states)?;
-        if let Some(index) = pick
-            && index as usize >= states.len()
-        {
-            return Err(
-                CallError::InvalidOutput(format!("endpoint index {index} out of range 0..{}", states.len())).into()
-            );
+        let state = i.store.data_mut();
+        std::mem::swap(&mut state.request, request);
+        state.routing = true;
+        let pick = routing.call_route(&mut i.store, Resource::new_borrow(0));
+        let state = i.store.data_mut();
+        state.routing = false;
+        std::mem::swap(&mut state.request, request);
+        let pick = pick?;
+        if let Some(index) = pick {
+            match table.endpoints.get(index as usize) {
+                None => {
+                    return Err(CallError::InvalidOutput(format!(
+                        "endpoint index {index} out of range 0..{}",
+                        table.endpoints.len()
+                    ))
+                    .into());
+                }
+                Some(endpoint) if !endpoint.healthy => {
+                    return Err(CallError::InvalidOutput(format!(
+                        "endpoint {index} (`{}`) is not healthy",
+                        endpoint.id
+                    ))
+                    .into());
+                }
+                Some(_) => {}
+            }
         }
         Ok(pick)
     })

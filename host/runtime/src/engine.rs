@@ -71,6 +71,7 @@ struct Inner {
     config: RuntimeConfig,
     linker_plain: Linker<HostState>,
     linker_probe: Linker<HostState>,
+    linker_router: Linker<HostState>,
 }
 
 impl Runtime {
@@ -104,9 +105,11 @@ impl Runtime {
         let cache = ComponentCache::new(&engine, config.cache_dir.clone())?;
 
         let mut linker_plain = Linker::new(&engine);
-        imports::add_to_linker(&mut linker_plain, Imports { probe: false })?;
+        imports::add_to_linker(&mut linker_plain, Imports { probe: false, route_request: false })?;
         let mut linker_probe = Linker::new(&engine);
-        imports::add_to_linker(&mut linker_probe, Imports { probe: true })?;
+        imports::add_to_linker(&mut linker_probe, Imports { probe: true, route_request: false })?;
+        let mut linker_router = Linker::new(&engine);
+        imports::add_to_linker(&mut linker_router, Imports { probe: false, route_request: true })?;
 
         // The ticker holds only a weak handle so that it ends with the last runtime clone.
         let weak = engine.weak();
@@ -118,7 +121,7 @@ impl Runtime {
             }
         })?;
 
-        Ok(Runtime { inner: Arc::new(Inner { engine, cache, config, linker_plain, linker_probe }) })
+        Ok(Runtime { inner: Arc::new(Inner { engine, cache, config, linker_plain, linker_probe, linker_router }) })
     }
 
     /// The wasmtime engine.
@@ -165,8 +168,23 @@ impl Runtime {
         scope: PluginScope,
         limits: CallLimits,
     ) -> Result<Plugin<W>, LoadError> {
-        let linker = if W::IMPORTS.probe { &self.inner.linker_probe } else { &self.inner.linker_plain };
+        let linker = match W::IMPORTS {
+            Imports { probe: true, .. } => &self.inner.linker_probe,
+            Imports { route_request: true, .. } => &self.inner.linker_router,
+            _ => &self.inner.linker_plain,
+        };
         let wrong = |reason: String| LoadError::WrongWorld { world: W::NAME, reason };
+        // Exports first: "this is a router, not an allocator" says more than the import that
+        // a router's signature drags along.
+        let ty = compiled.component.component_type();
+        let exports: Vec<String> = ty.exports(self.engine()).map(|(name, _)| name.to_owned()).collect();
+        if !exports.iter().any(|name| name == W::EXPORT) {
+            return Err(wrong(format!(
+                "it does not export `{}` as the world requires (it exports: {})",
+                W::EXPORT,
+                if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+            )));
+        }
         let instance_pre = linker.instantiate_pre(&compiled.component).map_err(|e| wrong(import_reason(&e)))?;
         let pre = W::pre(instance_pre).map_err(|e| wrong(export_reason::<W>(&e)))?;
         let limits = CallLimits { memory: limits.memory.min(self.inner.config.max_memory), ..limits };
@@ -194,6 +212,8 @@ fn import_reason(err: &wasmtime::Error) -> String {
     let text = format!("{err:#}");
     if text.contains("shoal:plugin/probe") {
         format!("it imports shoal:plugin/probe, which only health checks may use ({text})")
+    } else if text.contains("shoal:plugin/route-request") {
+        format!("it imports shoal:plugin/route-request, which only routers may use ({text})")
     } else {
         format!("it imports something this world does not grant ({text})")
     }

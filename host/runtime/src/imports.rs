@@ -1,4 +1,5 @@
-//! The host side of the imports a plugin may use: `log`, `clock`, `keyvalue` and `probe`.
+//! The host side of the imports a plugin may use: `log`, `clock`, `keyvalue`, `probe` (health
+//! checks) and `route-request` (routers).
 //!
 //! This module owns the host bindings of those interfaces (generated from the `host` world of
 //! `wit/`); `shoal-abi` reuses them for the four plugin worlds. Each world links only the
@@ -8,9 +9,9 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker, Resource};
 
-use crate::state::HostState;
+use crate::state::{HostState, RouteRequest};
 
 /// Generated host bindings of the `host` world (every import a plugin may use).
 #[allow(missing_docs)]
@@ -20,11 +21,13 @@ mod generated {
     path: "../../wit",
     // Fixtures (`shoal plugin check`) and API payloads carry these types as JSON.
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    with: { "shoal:plugin/route-request.request": crate::state::RouteRequest },
+    imports: { "shoal:plugin/route-request": trappable },
     });
 }
 pub use generated::*;
 
-use shoal::plugin::{clock, keyvalue, log, probe, types};
+use shoal::plugin::{clock, keyvalue, log, probe, route_request, types};
 
 /// Longest log line a plugin can write; longer lines are cut. A plugin must not be able to fill
 /// the host's logs (or memory) with one call.
@@ -43,6 +46,8 @@ pub const MAX_PROBE_BODY: usize = 64 * 1024;
 pub struct Imports {
     /// Link `shoal:plugin/probe`.
     pub probe: bool,
+    /// Link `shoal:plugin/route-request`.
+    pub route_request: bool,
 }
 
 /// Add the host imports to `linker`: the empty-capability WASI p2 interfaces Rust's standard
@@ -56,10 +61,56 @@ pub fn add_to_linker(linker: &mut Linker<HostState>, imports: Imports) -> wasmti
     if imports.probe {
         probe::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     }
+    if imports.route_request {
+        route_request::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    }
     Ok(())
 }
 
 impl types::Host for HostState {}
+
+impl HostState {
+    /// The request of the running `routing.route` call. The guest can only hold a borrow of it
+    /// during that call, so outside one this is a host bug or a forged handle: trap.
+    fn routed(&self) -> wasmtime::Result<&RouteRequest> {
+        if self.routing { Ok(&self.request) } else { Err(wasmtime::format_err!("no request is being routed")) }
+    }
+}
+
+impl route_request::Host for HostState {}
+
+impl route_request::HostRequest for HostState {
+    fn method(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<String> {
+        Ok(self.routed()?.method.as_str().to_owned())
+    }
+
+    fn host(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<String> {
+        Ok(self.routed()?.host.clone())
+    }
+
+    fn path(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<String> {
+        Ok(self.routed()?.path.clone())
+    }
+
+    fn client_ip(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<String> {
+        Ok(self.routed()?.client_ip.map(|ip| ip.to_string()).unwrap_or_default())
+    }
+
+    fn header(&mut self, _: Resource<RouteRequest>, name: String) -> wasmtime::Result<Option<String>> {
+        let request = self.routed()?;
+        Ok(request.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned))
+    }
+
+    fn active_requests(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<Vec<u32>> {
+        let request = self.routed()?;
+        Ok(request.active.iter().map(|n| n.load(std::sync::atomic::Ordering::Relaxed)).collect())
+    }
+
+    fn drop(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<()> {
+        // The host only ever lends requests (`borrow<request>`); it owns no table entry to free.
+        Ok(())
+    }
+}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, mut message: String) {

@@ -13,7 +13,7 @@
 //!
 //! What this crate must never do: know what a plugin is *for*. It knows worlds only through the
 //! [`World`] trait; the bindings of the four Shoal worlds and their typed calls live in
-//! `shoal-abi`. The host imports every world may use (log, clock, keyvalue, probe) are
+//! `shoal-abi`. The host imports every world may use (log, clock, keyvalue, probe, route-request) are
 //! implemented here, in [`imports`], because they are capabilities, not policy.
 
 pub mod cache;
@@ -26,7 +26,7 @@ mod state;
 pub use engine::{CallLimits, Runtime, RuntimeConfig, SetupError};
 pub use error::{CallError, LoadError};
 pub use pool::{Instance, Plugin, PluginStats, World};
-pub use state::{HostState, KvBackend, MemoryKv, PluginScope, ProbeTarget};
+pub use state::{HostState, KvBackend, MemoryKv, PluginScope, ProbeTarget, RouteRequest};
 
 /// The version of the WIT package `shoal:plugin` this host implements.
 pub const PACKAGE_VERSION: &str = "0.1.0";

@@ -2,7 +2,9 @@
 //! (who it is, its key-value store, and for health checks the target it may probe).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use parking_lot::RwLock;
 use wasmtime::ResourceLimiter;
@@ -81,6 +83,28 @@ pub struct ProbeTarget {
     pub ports: Vec<u16>,
 }
 
+/// The request a router is routing: the host side of the WIT resource `route-request.request`.
+///
+/// The router reads it on demand during `routing.route` (see `shoal_abi::route`, which moves it
+/// into the instance's state for the call and back out after, without copying). A rule pays only
+/// for the parts it reads.
+#[derive(Debug, Default)]
+pub struct RouteRequest {
+    /// HTTP method.
+    pub method: http::Method,
+    /// Host header (or `:authority`), lower-case, without the port.
+    pub host: String,
+    /// Path without the query string.
+    pub path: String,
+    /// The client's address, when known.
+    pub client_ip: Option<IpAddr>,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+    /// Requests in flight to each endpoint of the route, in endpoint order. The gateway keeps
+    /// these counters; an empty slice reads as all zeros.
+    pub active: Arc<[AtomicU32]>,
+}
+
 /// The store data of every plugin instance.
 pub struct HostState {
     wasi: WasiCtx,
@@ -89,6 +113,10 @@ pub struct HostState {
     pub(crate) scope: Arc<PluginScope>,
     /// The target of the current health-check call; `None` outside such a call.
     pub probe: Option<ProbeTarget>,
+    /// The request of the current routing call; only meaningful while `routing` is true.
+    pub request: RouteRequest,
+    /// True while a `routing.route` call is running (the only time `request` can be read).
+    pub routing: bool,
 }
 
 impl HostState {
@@ -103,6 +131,8 @@ impl HostState {
             limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
             scope,
             probe: None,
+            request: RouteRequest::default(),
+            routing: false,
         }
     }
 

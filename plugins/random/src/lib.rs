@@ -1,11 +1,13 @@
 //! Random: each request goes to a healthy endpoint chosen uniformly at random.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
 
-use shoal_sdk::{Endpoint, EndpointState, RequestInfo, Router};
+use shoal_sdk::{Endpoint, Request, Router};
 
 thread_local! {
+    /// Indices of the healthy endpoints.
+    static HEALTHY: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// xorshift64* state, seeded from the host's randomness (std's RandomState draws it from
     /// `wasi:random`), so two instances never share a sequence.
     static STATE: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish() | 1);
@@ -23,15 +25,17 @@ fn next_u64() -> u64 {
 struct Random;
 
 impl Router for Random {
-    fn update(_endpoints: Vec<Endpoint>) {}
+    fn update(endpoints: Vec<Endpoint>) {
+        HEALTHY.set((0..endpoints.len() as u32).filter(|&i| endpoints[i as usize].healthy).collect());
+    }
 
-    fn route(_request: RequestInfo, states: Vec<EndpointState>) -> Option<u32> {
-        let healthy = states.iter().filter(|s| s.healthy).count();
-        if healthy == 0 {
-            return None;
-        }
-        let nth = (next_u64() % healthy as u64) as usize;
-        states.iter().enumerate().filter(|(_, s)| s.healthy).nth(nth).map(|(i, _)| i as u32)
+    fn route(_request: &Request) -> Option<u32> {
+        HEALTHY.with_borrow(|healthy| {
+            if healthy.is_empty() {
+                return None;
+            }
+            Some(healthy[(next_u64() % healthy.len() as u64) as usize])
+        })
     }
 
     fn on_complete(_index: u32, _status: u16, _latency_us: u64) {}

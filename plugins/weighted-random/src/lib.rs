@@ -4,9 +4,10 @@
 use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
 
-use shoal_sdk::{Endpoint, EndpointState, RequestInfo, Router};
+use shoal_sdk::{Endpoint, Request, Router};
 
 thread_local! {
+    /// Per endpoint: its weight, 0 when unhealthy.
     static WEIGHTS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     /// xorshift64* state seeded from the host's randomness.
     static STATE: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish() | 1);
@@ -25,19 +26,17 @@ struct WeightedRandom;
 
 impl Router for WeightedRandom {
     fn update(endpoints: Vec<Endpoint>) {
-        WEIGHTS.set(endpoints.iter().map(|e| u64::from(e.weight)).collect());
+        WEIGHTS.set(endpoints.iter().map(|e| if e.healthy { u64::from(e.weight) } else { 0 }).collect());
     }
 
-    fn route(_request: RequestInfo, states: Vec<EndpointState>) -> Option<u32> {
+    fn route(_request: &Request) -> Option<u32> {
         WEIGHTS.with_borrow(|weights| {
-            let weight = |i: usize| if states[i].healthy { weights.get(i).copied().unwrap_or(0) } else { 0 };
-            let total: u64 = (0..states.len()).map(weight).sum();
+            let total: u64 = weights.iter().sum();
             if total == 0 {
                 return None;
             }
             let mut r = next_u64() % total;
-            for i in 0..states.len() {
-                let w = weight(i);
+            for (i, &w) in weights.iter().enumerate() {
                 if r < w {
                     return Some(i as u32);
                 }

@@ -6,9 +6,10 @@
 
 use std::cell::RefCell;
 
-use shoal_sdk::{Endpoint, EndpointState, RequestInfo, Router};
+use shoal_sdk::{Endpoint, Request, Router};
 
 thread_local! {
+    /// Per endpoint: weight (0 when unhealthy or weight 0) and current weight.
     static TABLE: RefCell<(Vec<i64>, Vec<i64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
@@ -17,18 +18,17 @@ struct WeightedRoundRobin;
 impl Router for WeightedRoundRobin {
     fn update(endpoints: Vec<Endpoint>) {
         TABLE.with_borrow_mut(|(weights, current)| {
-            *weights = endpoints.iter().map(|e| i64::from(e.weight)).collect();
+            *weights = endpoints.iter().map(|e| if e.healthy { i64::from(e.weight) } else { 0 }).collect();
             *current = vec![0; endpoints.len()];
         });
     }
 
-    fn route(_request: RequestInfo, states: Vec<EndpointState>) -> Option<u32> {
+    fn route(_request: &Request) -> Option<u32> {
         TABLE.with_borrow_mut(|(weights, current)| {
             let mut total = 0;
             let mut best: Option<usize> = None;
-            for (i, state) in states.iter().enumerate() {
-                let w = weights.get(i).copied().unwrap_or(0);
-                if !state.healthy || w <= 0 {
+            for (i, &w) in weights.iter().enumerate() {
+                if w <= 0 {
                     continue;
                 }
                 current[i] += w;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
-use shoal_abi::{AnyPlugin, EndpointState, PluginKind, RequestInfo, RouteTable};
+use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
 use shoal_api::{AppState, Auth, Scope};
 use shoal_bus::{LocalBus, SharedBus};
 use shoal_registry::{Registry, RegistryConfig};
@@ -352,20 +352,22 @@ async fn openapi_and_metrics() {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     assert_eq!(s.post("/v1/plugins/router/lc", shoal_artifacts::LEAST_CONNECTIONS).await.0, StatusCode::CREATED);
-    let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo {
-        method: "GET".into(),
-        host: "h".into(),
-        path: "/".into(),
-        client_ip: "c".into(),
-        headers: vec![],
+    let table = RouteTable {
+        generation: 1,
+        endpoints: (0..1)
+            .map(|i| Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![],
+                healthy: true,
+            })
+            .collect(),
     };
     for _ in 0..3 {
         s.registry
             .call(PluginKind::Router, "lc", |p| match p {
-                AnyPlugin::Router(r) => {
-                    shoal_abi::route(r, &table, &req, &[EndpointState { healthy: true, active_requests: 0 }])
-                }
+                AnyPlugin::Router(r) => shoal_abi::route(r, &table, &mut RouteRequest::default()),
                 _ => unreachable!(),
             })
             .expect("active")

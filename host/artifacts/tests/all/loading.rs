@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use shoal_abi::{AnyPlugin, EndpointState, PluginKind, RequestInfo, RouteTable};
+use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
 use shoal_runtime::{LoadError, PluginScope, Runtime, RuntimeConfig};
 
 use crate::runtime;
@@ -30,9 +30,9 @@ fn refuses_what_is_not_a_plugin_of_its_kind() {
     let err = load(PluginKind::Allocator, shoal_artifacts::ROUND_ROBIN).err().expect("wrong world");
     assert!(matches!(err, LoadError::WrongWorld { world: "allocator", .. }), "{err}");
     assert!(err.to_string().contains("shoal:plugin/allocation@0.1.0"), "{err}");
-    let err = load(PluginKind::Router, shoal_artifacts::HTTP_CHECK).err().expect("probe outside health checks");
+    let err = load(PluginKind::Router, shoal_artifacts::HTTP_CHECK).err().expect("a health check is no router");
     assert!(matches!(err, LoadError::WrongWorld { world: "router", .. }), "{err}");
-    assert!(err.to_string().contains("probe"), "{err}");
+    assert!(err.to_string().contains("it exports: shoal:plugin/health@0.1.0"), "{err}");
 
     let small = Runtime::new(RuntimeConfig { max_component_size: 1024, max_instances: 10, ..RuntimeConfig::default() })
         .expect("runtime");
@@ -77,18 +77,19 @@ fn compiles_once_per_digest_and_persists_artifacts() {
     .expect("load from cache");
     let loaded_in = started.elapsed();
     let AnyPlugin::Router(p) = plugin else { unreachable!() };
-    let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo {
-        method: "GET".into(),
-        host: "h".into(),
-        path: "/".into(),
-        client_ip: "c".into(),
-        headers: vec![],
+    let table = RouteTable {
+        generation: 1,
+        endpoints: (0..1)
+            .map(|i| Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![],
+                healthy: true,
+            })
+            .collect(),
     };
-    assert_eq!(
-        shoal_abi::route(&p, &table, &req, &[EndpointState { healthy: true, active_requests: 0 }]).expect("route"),
-        Some(0)
-    );
+    assert_eq!(shoal_abi::route(&p, &table, &mut RouteRequest::default()).expect("route"), Some(0));
     // A corrupt artifact is discarded and recompiled, not trusted. (Drop the users of the mapped
     // artifact first and replace the file rather than truncate it: truncating a file another
     // process has mapped is a SIGBUS, which is why the cache itself only ever renames.)
@@ -113,20 +114,24 @@ fn many_callers_in_parallel() {
     let AnyPlugin::Router(p) = load(PluginKind::Router, shoal_artifacts::ROUND_ROBIN).expect("load") else {
         unreachable!()
     };
-    let table = Arc::new(RouteTable { generation: 1, endpoints: vec![] });
+    let table = Arc::new(RouteTable {
+        generation: 1,
+        endpoints: (0..4)
+            .map(|i| Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![],
+                healthy: true,
+            })
+            .collect(),
+    });
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let (p, table) = (p.clone(), table.clone());
             std::thread::spawn(move || {
-                let req = RequestInfo {
-                    method: "GET".into(),
-                    host: "h".into(),
-                    path: "/".into(),
-                    client_ip: "c".into(),
-                    headers: vec![],
-                };
-                let states = vec![EndpointState { healthy: true, active_requests: 0 }; 4];
-                (0..2000).map(|_| shoal_abi::route(&p, &table, &req, &states).expect("route").expect("pick")).max()
+                let mut req = RouteRequest::default();
+                (0..2000).map(|_| shoal_abi::route(&p, &table, &mut req).expect("route").expect("pick")).max()
             })
         })
         .collect();

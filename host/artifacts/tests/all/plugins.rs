@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
 use shoal_abi::{
-    Agent, AnyPlugin, ClusterSnapshot, DeclineFilter, Endpoint, EndpointState, FrameworkInfo, PluginKind, RequestInfo,
-    Resources, RouteTable, RouterWorld,
+    Agent, AnyPlugin, ClusterSnapshot, DeclineFilter, Endpoint, FrameworkInfo, PluginKind, Resources, RouteRequest,
+    RouteTable, RouterWorld,
 };
 use shoal_runtime::Plugin;
 
@@ -26,38 +28,46 @@ fn router(bytes: &[u8]) -> Arc<Plugin<RouterWorld>> {
     }
 }
 
-fn table(weights: &[u32]) -> RouteTable {
+/// A route table; every call makes a new generation, as the gateway does on any change.
+fn table(weights: &[u32], healthy: &[bool]) -> RouteTable {
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
     RouteTable {
-        generation: 1,
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         endpoints: weights
             .iter()
+            .zip(healthy)
             .enumerate()
-            .map(|(i, &w)| Endpoint {
+            .map(|(i, (&weight, &healthy))| Endpoint {
                 id: format!("e{i}"),
                 address: format!("10.0.0.{i}:80"),
-                weight: w,
+                weight,
                 labels: vec![],
+                healthy,
             })
             .collect(),
     }
 }
 
-fn request(client_ip: &str) -> RequestInfo {
-    RequestInfo {
-        method: "GET".into(),
+fn up(n: usize) -> Vec<bool> {
+    vec![true; n]
+}
+
+fn request(client_ip: &str) -> RouteRequest {
+    RouteRequest {
+        method: http::Method::GET,
         host: "app.test".into(),
         path: "/".into(),
-        client_ip: client_ip.into(),
-        headers: vec![],
+        client_ip: Some(client_ip.parse().expect("an IP address")),
+        ..RouteRequest::default()
     }
 }
 
-fn states(healthy: &[bool]) -> Vec<EndpointState> {
-    healthy.iter().map(|&h| EndpointState { healthy: h, active_requests: 0 }).collect()
+fn route(p: &Plugin<RouterWorld>, t: &RouteTable, mut request: RouteRequest) -> Option<u32> {
+    shoal_abi::route(p, t, &mut request).expect("route")
 }
 
-fn picks(p: &Plugin<RouterWorld>, t: &RouteTable, s: &[EndpointState], n: usize) -> Vec<Option<u32>> {
-    (0..n).map(|_| shoal_abi::route(p, t, &request("192.0.2.1"), s).expect("route")).collect()
+fn picks(p: &Plugin<RouterWorld>, t: &RouteTable, n: usize) -> Vec<Option<u32>> {
+    (0..n).map(|_| route(p, t, request("192.0.2.1"))).collect()
 }
 
 fn counts(picks: &[Option<u32>]) -> HashMap<Option<u32>, usize> {
@@ -71,17 +81,16 @@ fn counts(picks: &[Option<u32>]) -> HashMap<Option<u32>, usize> {
 #[test]
 fn round_robin() {
     let p = router(shoal_artifacts::ROUND_ROBIN);
-    let t = table(&[1, 1, 1]);
-    assert_eq!(picks(&p, &t, &states(&[true, true, true]), 6), [0, 1, 2, 0, 1, 2].map(Some));
-    assert_eq!(picks(&p, &t, &states(&[true, false, true]), 4), [0, 2, 0, 2].map(Some));
-    assert_eq!(picks(&p, &t, &states(&[false, false, false]), 2), [None, None]);
+    assert_eq!(picks(&p, &table(&[1, 1, 1], &up(3)), 6), [0, 1, 2, 0, 1, 2].map(Some));
+    assert_eq!(picks(&p, &table(&[1, 1, 1], &[true, false, true]), 4), [0, 2, 0, 2].map(Some));
+    assert_eq!(picks(&p, &table(&[1, 1, 1], &[false, false, false]), 2), [None, None]);
 }
 
 #[test]
 fn random() {
     let p = router(shoal_artifacts::RANDOM);
-    let t = table(&[1, 1, 1, 1]);
-    let got = counts(&picks(&p, &t, &states(&[true, true, false, true]), 30_000));
+    let t = table(&[1, 1, 1, 1], &[true, true, false, true]);
+    let got = counts(&picks(&p, &t, 30_000));
     assert_eq!(got.get(&Some(2)), None, "unhealthy endpoint picked: {got:?}");
     for i in [0, 1, 3] {
         let n = got[&Some(i)];
@@ -92,34 +101,40 @@ fn random() {
 #[test]
 fn source_hash() {
     let p = router(shoal_artifacts::SOURCE_HASH);
-    let t = table(&[1, 1, 1]);
-    let s = states(&[true, true, true]);
+    let t = table(&[1, 1, 1], &up(3));
     // The same client always lands on the same endpoint.
-    let first = shoal_abi::route(&p, &t, &request("198.51.100.7"), &s).expect("route");
+    let first = route(&p, &t, request("198.51.100.7"));
     for _ in 0..100 {
-        assert_eq!(shoal_abi::route(&p, &t, &request("198.51.100.7"), &s).expect("route"), first);
+        assert_eq!(route(&p, &t, request("198.51.100.7")), first);
     }
     // Many clients spread over every endpoint.
     let ips: Vec<String> = (0..3000).map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)).collect();
-    let spread =
-        counts(&ips.iter().map(|ip| shoal_abi::route(&p, &t, &request(ip), &s).expect("route")).collect::<Vec<_>>());
+    let spread = counts(&ips.iter().map(|ip| route(&p, &t, request(ip))).collect::<Vec<_>>());
     for i in 0..3 {
         assert!(spread[&Some(i)] > 800, "uneven spread {spread:?}");
     }
+    // The `X-Hash-Key` header, when present, is the key instead of the client address.
+    let keyed = |ip: &str| {
+        let mut r = request(ip);
+        r.headers.insert("x-hash-key", http::HeaderValue::from_static("user-42"));
+        route(&p, &t, r)
+    };
+    let by_key = keyed("10.0.0.1");
+    assert!(ips.iter().take(50).all(|ip| keyed(ip) == by_key), "the hash key header is not the key");
     // When the key's endpoint is down, the key moves, and moves to the same place every time.
     let first = first.expect("a pick");
-    let mut down = s.clone();
-    down[first as usize].healthy = false;
-    let moved = shoal_abi::route(&p, &t, &request("198.51.100.7"), &down).expect("route");
+    let mut healthy = up(3);
+    healthy[first as usize] = false;
+    let down = table(&[1, 1, 1], &healthy);
+    let moved = route(&p, &down, request("198.51.100.7"));
     assert!(moved.is_some() && moved != Some(first));
-    assert_eq!(shoal_abi::route(&p, &t, &request("198.51.100.7"), &down).expect("route"), moved);
+    assert_eq!(route(&p, &down, request("198.51.100.7")), moved);
     // A fourth endpoint takes about a quarter of the keys and moves nobody else.
-    let t4 = RouteTable { generation: 2, ..table(&[1, 1, 1, 1]) };
-    let s4 = states(&[true, true, true, true]);
+    let t4 = table(&[1, 1, 1, 1], &up(4));
     let mut changed = 0;
     for ip in &ips {
-        let before = shoal_abi::route(&p, &t, &request(ip), &s).expect("route");
-        let after = shoal_abi::route(&p, &t4, &request(ip), &s4).expect("route");
+        let before = route(&p, &t, request(ip));
+        let after = route(&p, &t4, request(ip));
         if before != after {
             assert_eq!(after, Some(3), "a key moved between old endpoints");
             changed += 1;
@@ -131,46 +146,46 @@ fn source_hash() {
 #[test]
 fn weighted_round_robin() {
     let p = router(shoal_artifacts::WEIGHTED_ROUND_ROBIN);
-    let t = table(&[5, 1, 1]);
     // nginx's smooth sequence for 5:1:1.
-    assert_eq!(picks(&p, &t, &states(&[true, true, true]), 7), [0, 0, 1, 0, 2, 0, 0].map(Some));
-    let got = counts(&picks(&p, &t, &states(&[true, true, true]), 700));
+    assert_eq!(picks(&p, &table(&[5, 1, 1], &up(3)), 7), [0, 0, 1, 0, 2, 0, 0].map(Some));
+    let got = counts(&picks(&p, &table(&[5, 1, 1], &up(3)), 700));
     assert_eq!((got[&Some(0)], got[&Some(1)], got[&Some(2)]), (500, 100, 100));
     // Weight 0 and unhealthy endpoints are never picked.
-    let t = RouteTable { generation: 2, ..table(&[0, 1, 3]) };
-    let got = counts(&picks(&p, &t, &states(&[true, false, true]), 50));
+    let got = counts(&picks(&p, &table(&[0, 1, 3], &[true, false, true]), 50));
     assert_eq!(got.get(&Some(2)), Some(&50));
 }
 
 #[test]
 fn weighted_random() {
     let p = router(shoal_artifacts::WEIGHTED_RANDOM);
-    let t = table(&[3, 1, 0]);
-    let got = counts(&picks(&p, &t, &states(&[true, true, true]), 40_000));
+    let got = counts(&picks(&p, &table(&[3, 1, 0], &up(3)), 40_000));
     assert_eq!(got.get(&Some(2)), None, "weight 0 picked: {got:?}");
     let ratio = got[&Some(0)] as f64 / got[&Some(1)] as f64;
     assert!((2.8..3.2).contains(&ratio), "ratio {ratio} for weights 3:1 ({got:?})");
-    assert_eq!(picks(&p, &t, &states(&[false, false, true]), 3), [None, None, None]);
+    assert_eq!(picks(&p, &table(&[3, 1, 0], &[false, false, true]), 3), [None, None, None]);
 }
 
 #[test]
 fn least_connections() {
     let p = router(shoal_artifacts::LEAST_CONNECTIONS);
-    let t = table(&[1, 1, 1]);
-    let busy = |active: [u32; 3]| active.map(|a| EndpointState { healthy: true, active_requests: a }).to_vec();
+    let busy = |t: &RouteTable, active: [u32; 3]| {
+        let mut r = request("192.0.2.9");
+        r.active = active.into_iter().map(AtomicU32::new).collect();
+        route(&p, t, r)
+    };
+    let t = table(&[1, 1, 1], &up(3));
     for _ in 0..10 {
-        assert_eq!(shoal_abi::route(&p, &t, &request("x"), &busy([5, 0, 3])).expect("route"), Some(1));
+        assert_eq!(busy(&t, [5, 0, 3]), Some(1));
     }
     // Ties rotate, so idle endpoints share the load.
-    let got = counts(&picks(&p, &t, &busy([2, 2, 2]), 300));
+    let got = counts(&(0..300).map(|_| busy(&t, [2, 2, 2])).collect::<Vec<_>>());
     assert_eq!(got.len(), 3, "ties did not rotate: {got:?}");
     // Connections are weighed: 2 active on weight 4 beats 1 active on weight 1.
-    let t = RouteTable { generation: 2, ..table(&[1, 4, 1]) };
-    assert_eq!(shoal_abi::route(&p, &t, &request("x"), &busy([1, 2, 9])).expect("route"), Some(1));
+    let t = table(&[1, 4, 1], &up(3));
+    assert_eq!(busy(&t, [1, 2, 9]), Some(1));
     // Unhealthy idle endpoints are skipped.
-    let mut s = busy([9, 0, 9]);
-    s[1].healthy = false;
-    assert!(shoal_abi::route(&p, &t, &request("x"), &s).expect("route") != Some(1));
+    let t = table(&[1, 4, 1], &[true, false, true]);
+    assert!(busy(&t, [9, 0, 9]) != Some(1));
 }
 
 fn agent(id: &str, cpus: f64, mem: f64) -> Agent {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_abi::health::{CheckStatus, CheckTarget};
-use shoal_abi::{AnyPlugin, FrameworkWorld, HttpRequest, PluginKind, RequestInfo, RouteTable, RouterWorld};
+use shoal_abi::{AnyPlugin, Endpoint, FrameworkWorld, HttpRequest, PluginKind, RouteRequest, RouteTable, RouterWorld};
 use shoal_runtime::{CallError, LoadError, MemoryKv, Plugin, PluginScope};
 
 use crate::{load, runtime};
@@ -34,16 +34,25 @@ fn hostile(scope: PluginScope) -> Arc<Plugin<RouterWorld>> {
 }
 
 fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
-    let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo {
-        method: "GET".into(),
+    let table = RouteTable {
+        generation: 1,
+        endpoints: (0..2)
+            .map(|i| Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![],
+                healthy: true,
+            })
+            .collect(),
+    };
+    let mut req = RouteRequest {
         host: "127.0.0.1:9".into(),
         path: path.into(),
-        client_ip: "::1".into(),
-        headers: vec![],
+        client_ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
+        ..RouteRequest::default()
     };
-    let states = vec![shoal_abi::EndpointState { healthy: true, active_requests: 0 }; 2];
-    shoal_abi::route(p, &table, &req, &states)
+    shoal_abi::route(p, &table, &mut req)
 }
 
 #[test]

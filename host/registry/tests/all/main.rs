@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use shoal_abi::{AnyPlugin, EndpointState, PluginKind, RequestInfo, RouteTable};
+use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
 use shoal_registry::{Registry, RegistryConfig, RegistryError, RegistryEvent};
 use shoal_runtime::{CallError, KvBackend, LoadError, Runtime, RuntimeConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -24,17 +24,22 @@ fn drain(rx: &mut UnboundedReceiver<RegistryEvent>) -> Vec<(String, &'static str
 }
 
 fn route(registry: &Registry, name: &str, path: &str) -> Option<Result<Option<u32>, CallError>> {
-    let table = RouteTable { generation: 1, endpoints: vec![] };
-    let request = RequestInfo {
-        method: "GET".into(),
-        host: "h".into(),
-        path: path.into(),
-        client_ip: "c".into(),
-        headers: vec![],
+    let table = RouteTable {
+        generation: 1,
+        endpoints: (0..2)
+            .map(|i| Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![],
+                healthy: true,
+            })
+            .collect(),
     };
-    let states = vec![EndpointState { healthy: true, active_requests: 0 }; 2];
     registry.call(PluginKind::Router, name, |p| match p {
-        AnyPlugin::Router(r) => shoal_abi::route(r, &table, &request, &states),
+        AnyPlugin::Router(r) => {
+            shoal_abi::route(r, &table, &mut RouteRequest { path: path.into(), ..RouteRequest::default() })
+        }
         _ => unreachable!("a router"),
     })
 }
@@ -129,16 +134,20 @@ async fn activation_is_atomic_and_rollback_returns() {
     registry.activate(PluginKind::Router, "r", "b").await.expect("activate b");
     assert_eq!(held.meta.version, "a");
     let AnyPlugin::Router(old) = &held.plugin else { unreachable!() };
-    let table = RouteTable { generation: 1, endpoints: vec![] };
-    let req = RequestInfo {
-        method: "GET".into(),
-        host: "h".into(),
-        path: "/".into(),
-        client_ip: "c".into(),
-        headers: vec![],
+    let table = RouteTable {
+        generation: 1,
+        endpoints: (0..3)
+            .map(|i| Endpoint {
+                id: format!("e{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![],
+                healthy: true,
+            })
+            .collect(),
     };
-    let states = vec![EndpointState { healthy: true, active_requests: 0 }; 3];
-    assert_eq!(shoal_abi::route(old, &table, &req, &states).expect("old version still serves"), Some(0));
+    let mut req = RouteRequest::default();
+    assert_eq!(shoal_abi::route(old, &table, &mut req).expect("old version still serves"), Some(0));
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "b");
     let info = registry.show(PluginKind::Router, "r").expect("show");
     assert_eq!((info.active.as_deref(), info.history.clone()), (Some("b"), vec!["a".to_string()]));

@@ -33,7 +33,7 @@ fn plugin_check_runs_a_component_on_a_fixture() {
             {"id": "b", "address": "10.0.0.2:80", "weight": 1, "labels": []},
             {"id": "c", "address": "10.0.0.3:80", "weight": 1, "labels": []}
         ],
-        "requests": (0..7).map(|_| serde_json::json!({"request": {"method": "GET", "host": "h", "path": "/", "client_ip": "1.2.3.4", "headers": []}})).collect::<Vec<_>>()
+        "requests": (0..7).map(|_| serde_json::json!({"method": "GET", "host": "h", "path": "/", "client_ip": "1.2.3.4"})).collect::<Vec<_>>()
     });
     let input = write(files.path(), "fixture.json", fixture.to_string().as_bytes());
     let out = Command::new(SHOAL)

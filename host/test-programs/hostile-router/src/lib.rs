@@ -1,7 +1,7 @@
 //! A router that misbehaves on request, to prove the host survives hostile guests. The request
 //! path selects the behaviour; any other path routes to endpoint 0.
 
-use shoal_sdk::{Endpoint, EndpointState, RequestInfo, Router};
+use shoal_sdk::{Endpoint, Request, Router};
 
 struct Hostile;
 
@@ -9,8 +9,8 @@ struct Hostile;
 impl Router for Hostile {
     fn update(_endpoints: Vec<Endpoint>) {}
 
-    fn route(request: RequestInfo, _states: Vec<EndpointState>) -> Option<u32> {
-        match request.path.as_str() {
+    fn route(request: &Request) -> Option<u32> {
+        match request.path().as_str() {
             // Spin forever: the epoch deadline must interrupt it.
             "/loop" => loop {
                 std::hint::black_box(());
@@ -43,7 +43,7 @@ impl Router for Hostile {
             // Capability probes: answer 0 when denied (as they must be), 1 when granted.
             "/fs" => Some(u32::from(std::fs::read_dir("/").is_ok() || std::fs::read("/etc/passwd").is_ok())),
             "/env" => Some(u32::from(std::env::vars().next().is_some())),
-            "/net" => Some(u32::from(std::net::TcpStream::connect(request.host.as_str()).is_ok())),
+            "/net" => Some(u32::from(std::net::TcpStream::connect(request.host().as_str()).is_ok())),
             "/kv" => Some(u32::from(shoal_sdk::kv::set("k", b"v").is_ok())),
             "/out-of-range" => Some(9999),
             _ => Some(0),
