@@ -460,6 +460,9 @@ fn router_call(c: &mut Criterion) {
     rule!("weighted-round-robin", shoal_artifacts::WEIGHTED_ROUND_ROBIN, NativeWeightedRoundRobin);
     rule!("source-hash", shoal_artifacts::SOURCE_HASH, NativeSourceHash);
     rule!("least-connections", shoal_artifacts::LEAST_CONNECTIONS, NativeLeastConnections);
+    // Source hash keyed by a header (one header read instead of a header miss and the address).
+    req.headers.insert("x-hash-key", http::HeaderValue::from_static("session-0f3a9c"));
+    rule!("source-hash-by-header", shoal_artifacts::SOURCE_HASH, NativeSourceHash);
     group.finish();
 }
 
