@@ -7,9 +7,13 @@
 //! | `app:<namespace>` | its own KV namespace (later issues) |
 //!
 //! Every `/v1` endpoint needs a valid token; reading needs any scope, changing plugins or issuing
-//! tokens needs `admin`. Tokens are kept as sha256 digests, never in clear.
+//! tokens needs `admin`. Tokens are kept as sha256 digests, never in clear: in memory and, for a
+//! node with a data directory, in a `tokens` file (`<sha256 hex> <scope>` per line, replaced
+//! atomically and fsynced before the token is handed out), so issued tokens survive a restart.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::extract::State;
@@ -62,6 +66,9 @@ impl std::fmt::Display for Scope {
 /// The token table.
 pub struct Auth {
     tokens: RwLock<HashMap<String, Scope>>,
+    /// Where issued tokens are kept, if anywhere.
+    file: Option<PathBuf>,
+    admin_digest: String,
 }
 
 fn digest(token: &str) -> String {
@@ -74,16 +81,66 @@ pub fn generate_token() -> String {
 }
 
 impl Auth {
-    /// A table with one admin token.
+    /// A table with one admin token, in memory only.
     pub fn new(admin_token: &str) -> Self {
-        let auth = Auth { tokens: RwLock::new(HashMap::new()) };
-        auth.insert(admin_token, Scope::Admin);
-        auth
+        let admin_digest = digest(admin_token);
+        let tokens = HashMap::from([(admin_digest.clone(), Scope::Admin)]);
+        Auth { tokens: RwLock::new(tokens), file: None, admin_digest }
     }
 
-    /// Add a token.
-    pub fn insert(&self, token: &str, scope: Scope) {
-        self.tokens.write().insert(digest(token), scope);
+    /// A table with one admin token plus the tokens issued earlier and kept in `file` (created
+    /// on the first issue). A line that does not parse is an error naming the line: a token
+    /// table is not something to half-load.
+    pub fn persistent(admin_token: &str, file: &Path) -> std::io::Result<Self> {
+        let mut auth = Auth::new(admin_token);
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let mut tokens = auth.tokens.write();
+                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let parsed = line.split_once(' ').and_then(|(d, s)| {
+                        let valid = d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+                        Some((d.to_owned(), Scope::parse(s.trim()).filter(|_| valid)?))
+                    });
+                    let (d, scope) = parsed.ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{}:{}: expected `<sha256 hex> <scope>`", file.display(), n + 1),
+                        )
+                    })?;
+                    tokens.insert(d, scope);
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        auth.file = Some(file.to_owned());
+        Ok(auth)
+    }
+
+    /// Add a token; with a file, it is on disk (fsynced) when this returns `Ok`.
+    pub fn insert(&self, token: &str, scope: Scope) -> std::io::Result<()> {
+        let mut tokens = self.tokens.write();
+        tokens.insert(digest(token), scope);
+        let Some(file) = &self.file else { return Ok(()) };
+        let mut text = String::new();
+        for (d, scope) in tokens.iter().filter(|(d, _)| **d != self.admin_digest) {
+            text.push_str(&format!("{d} {scope}\n"));
+        }
+        let tmp = file.with_extension("tmp");
+        let written = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, file)
+        })();
+        if written.is_err() {
+            tokens.remove(&digest(token));
+        }
+        written
     }
 
     /// The scope of the bearer token in `headers`.
@@ -134,6 +191,8 @@ pub async fn issue(
         ApiError::bad_request(format!("invalid scope `{}`: use admin, operator or app:<namespace>", request.scope))
     })?;
     let token = generate_token();
-    state.auth.insert(&token, scope.clone());
+    state.auth.insert(&token, scope.clone()).map_err(|err| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", format!("could not store the token: {err}"))
+    })?;
     Ok((StatusCode::CREATED, Json(TokenResponse { token, scope: scope.to_string() })))
 }

@@ -116,7 +116,8 @@ pub async fn run(
     let (token, token_file) = admin_token(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let info = NodeInfo { api: listener.local_addr()?, admin_token: token.clone(), token_file, bus: bus.kind() };
-    let state = AppState { registry, bus, auth: Arc::new(Auth::new(&token)), max_upload, store: Some(store) };
+    let auth = Auth::persistent(&token, &config.data_dir.join("tokens")).context("reading issued tokens")?;
+    let state = AppState { registry, bus, auth: Arc::new(auth), max_upload, store: Some(store) };
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
     Ok(())

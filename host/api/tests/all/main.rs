@@ -168,7 +168,7 @@ async fn tokens_and_scopes_guard_every_endpoint() {
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
-    s.auth.insert("app-token", Scope::App("shop".into()));
+    s.auth.insert("app-token", Scope::App("shop".into())).expect("insert");
     assert_eq!(s.req(reqwest::Method::GET, "/v1/plugins", Some("app-token"), None).await.0, StatusCode::OK);
     // Open endpoints.
     assert_eq!(s.req(reqwest::Method::GET, "/healthz", None, None).await.0, StatusCode::OK);
@@ -382,4 +382,32 @@ async fn openapi_and_metrics() {
         .unwrap_or_else(|| panic!("no call counter for lc in:\n{text}"));
     assert!(line.ends_with(" 3"), "{line}");
     assert!(text.contains("shoal_plugin_call_duration_seconds"), "{text}");
+}
+
+#[test]
+fn issued_tokens_survive_a_restart_and_a_bad_token_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tokens");
+    let bearer = |token: &str| {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+        h
+    };
+    let auth = Auth::persistent(ADMIN, &file).expect("open");
+    auth.insert("shop-token", Scope::App("shop".into())).expect("insert");
+    drop(auth);
+    let text = std::fs::read_to_string(&file).expect("token file");
+    assert!(!text.contains("shop-token") && !text.contains(ADMIN), "tokens must be stored as digests: {text}");
+
+    let again = Auth::persistent(ADMIN, &file).expect("reopen");
+    assert_eq!(again.scope(&bearer("shop-token")).expect("known after restart"), Scope::App("shop".into()));
+    assert_eq!(again.scope(&bearer(ADMIN)).expect("admin"), Scope::Admin);
+    assert!(again.scope(&bearer("other")).is_err());
+    // A new admin token replaces the old one; the old admin token is not in the file.
+    let rotated = Auth::persistent("new-admin", &file).expect("reopen with another admin token");
+    assert!(rotated.scope(&bearer(ADMIN)).is_err(), "the old admin token must not survive rotation");
+
+    std::fs::write(&file, "not a token line\n").expect("corrupt");
+    let err = Auth::persistent(ADMIN, &file).err().expect("a corrupt token file is an error");
+    assert!(err.to_string().contains("tokens:1"), "{err}");
 }
