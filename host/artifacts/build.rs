@@ -27,6 +27,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("shoal-test-kv-framework", "KV_FRAMEWORK"),
     ("shoal-test-http-check", "HTTP_CHECK"),
     ("shoal-test-future-version", "FUTURE_VERSION"),
+    ("shoal-test-wasm-command", "WASM_COMMAND"),
+    ("shoal-test-wasm-http", "WASM_HTTP"),
 ];
 
 fn main() {
@@ -70,7 +72,11 @@ fn main() {
     let mut code = String::new();
     let mut rerun = std::collections::BTreeSet::new();
     let mut emit = |krate: &str, konst: &str, code: &mut String| {
-        let file = krate.replace('-', "_");
+        // Libraries (cdylib) are named with underscores, binaries (wasi:cli commands) as the crate.
+        let file = [krate.replace('-', "_"), krate.to_string()]
+            .into_iter()
+            .find(|f| release.join(format!("{f}.wasm")).exists())
+            .unwrap_or_else(|| krate.replace('-', "_"));
         let wasm = release.join(format!("{file}.wasm"));
         assert!(wasm.exists(), "{} was not built", wasm.display());
         code.push_str(&format!(

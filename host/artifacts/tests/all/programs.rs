@@ -229,3 +229,30 @@ fn future_version() {
     let message = err.to_string();
     assert!(message.contains("shoal:plugin@0.2.0") && message.contains("0.1.0"), "{message}");
 }
+
+/// Tasks are not plugins: a `wasi:cli` command uploaded as a plugin of any kind is refused. (What
+/// it does as a task is tested in `host/wasm-executor`.)
+#[test]
+fn wasm_command() {
+    for kind in PluginKind::ALL {
+        let scope = PluginScope::detached(kind.as_str(), "task", "1");
+        let err = AnyPlugin::load(runtime(), kind, shoal_artifacts::WASM_COMMAND, scope, kind.default_limits())
+            .err()
+            .expect("a command is no plugin");
+        assert!(matches!(&err, LoadError::WrongWorld { .. }), "{kind:?}: {err}");
+        assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+    }
+}
+
+/// Tasks are not plugins: a `wasi:http` service uploaded as a plugin of any kind is refused.
+#[test]
+fn wasm_http() {
+    for kind in PluginKind::ALL {
+        let scope = PluginScope::detached(kind.as_str(), "task", "1");
+        let err = AnyPlugin::load(runtime(), kind, shoal_artifacts::WASM_HTTP, scope, kind.default_limits())
+            .err()
+            .expect("a service is no plugin");
+        assert!(matches!(&err, LoadError::WrongWorld { .. }), "{kind:?}: {err}");
+        assert!(err.to_string().contains("wasi:http/incoming-handler"), "{err}");
+    }
+}
