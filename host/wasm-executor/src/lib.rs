@@ -322,6 +322,9 @@ impl WasmExecutor {
                                 continue;
                             }
                         };
+                        // Headers and body go out as separate writes; with Nagle on, the second
+                        // waits for a delayed ACK (40 ms on Linux) on kept-alive connections.
+                        let _ = stream.set_nodelay(true);
                         let service = service.clone();
                         tokio::spawn(async move {
                             let io = hyper_util::rt::TokioIo::new(stream);
