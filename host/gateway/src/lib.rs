@@ -1,0 +1,678 @@
+//! Shoal's gateway: an HTTP/1.1 and HTTP/2 (h2c) reverse proxy in front of the services of the
+//! registry ([`shoal_discovery`]), where the choice of the instance for each request is made by
+//! the route's **router plugin** — one of the six default rules or any uploaded one — through
+//! the plugin registry, so activating a new version swaps the rule live with no dropped request
+//! (in-flight calls finish on the version they started with).
+//!
+//! Per request: find the [`Route`] (host-specific routes first, then the longest path prefix),
+//! take the route's endpoint table (rebuilt only when the registry's index or an ejection
+//! changes; the router sees it through `routing.update`), lend the request to the router
+//! (`routing.route`), forward to the chosen instance with the body streamed both ways, then tell
+//! the router how it went (`routing.on-complete`).
+//!
+//! - **Fallback:** a router that is missing, traps, runs out of time or answers out of range or an
+//!   unhealthy endpoint does not fail the request: a native round-robin over the healthy
+//!   endpoints serves it, and a `fallback` event (at most one per route every 5 s) says why.
+//! - **Retries and ejection:** a connect failure is retried on the next healthy endpoint (only
+//!   for requests without a body: a streamed body cannot be replayed); an endpoint that fails
+//!   `eject_after` times in a row (connect failures, timeouts) is ejected for `eject_for`, then
+//!   tried again.
+//! - **Errors:** no route → 404, no healthy endpoint → 503, every endpoint unreachable → 502,
+//!   upstream timeout → 504, each with a JSON body `{"error": {"code", "message"}}`; malformed
+//!   HTTP is answered 400 by hyper itself.
+//! - **Headers:** `X-Forwarded-For` (appended), `X-Forwarded-Host`, `X-Forwarded-Proto`,
+//!   `X-Request-Id` (kept or made, and returned); hop-by-hop headers are dropped both ways.
+//! - **Observability:** an access log line per request (`shoal::access`), Prometheus counters and
+//!   latency per route.
+//!
+//! The gateway keeps its last route table and endpoint tables in memory, so it keeps serving when
+//! whatever feeds the registry (the master, the bus) is away.
+//!
+//! What this crate must never do: buffer a whole body, or let a plugin's failure become a failed
+//! request when a healthy endpoint exists.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
+use shoal_discovery::{Discovery, Health};
+use shoal_registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub use routes::{Route, RouteError, Routes};
+
+/// The body type the gateway answers with.
+pub type GatewayBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Consecutive failures (connect errors, timeouts) after which an endpoint is ejected.
+    pub eject_after: u32,
+    /// How long an ejected endpoint is left out.
+    pub eject_for: Duration,
+    /// Connect timeout to an upstream.
+    pub connect_timeout: Duration,
+    /// Most attempts of one request (the first plus retries on connect failures).
+    pub attempts: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            eject_after: 3,
+            eject_for: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            attempts: 3,
+        }
+    }
+}
+
+/// Something the gateway reports (the node publishes these on the bus).
+#[derive(Clone, Debug)]
+pub struct GatewayEvent {
+    /// Route name.
+    pub route: String,
+    /// `fallback`, `ejected` or `restored`.
+    pub action: &'static str,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+/// The reverse proxy. Share it in an `Arc`.
+pub struct Gateway {
+    routes: Arc<Routes>,
+    discovery: Arc<Discovery>,
+    plugins: Arc<Registry>,
+    client: Client<HttpConnector, GatewayBody>,
+    config: GatewayConfig,
+    states: Mutex<HashMap<String, Arc<RouteState>>>,
+    events: Option<mpsc::UnboundedSender<GatewayEvent>>,
+    generation: AtomicU64,
+    origin: Instant,
+}
+
+/// Per-route state that outlives requests: the endpoint table, ejections, fallback counter,
+/// metrics handles.
+struct RouteState {
+    table: ArcSwap<Table>,
+    rebuild: Mutex<()>,
+    ejections: Mutex<HashMap<String, Ejection>>,
+    ejection_epoch: AtomicU64,
+    fallback_next: AtomicUsize,
+    last_fallback_event_ms: AtomicU64,
+    requests: [metrics::Counter; 5],
+    fallbacks: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+#[derive(Default)]
+struct Ejection {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+/// An endpoint table built from the registry at one index.
+struct Table {
+    service: String,
+    index: u64,
+    ejection_epoch: u64,
+    /// When the earliest ejection ends (the table must be rebuilt then).
+    valid_until: Option<Instant>,
+    table: RouteTable,
+    active: Arc<[AtomicU32]>,
+}
+
+impl Table {
+    fn healthy(&self) -> impl Iterator<Item = usize> + '_ {
+        self.table.endpoints.iter().enumerate().filter(|(_, e)| e.healthy).map(|(i, _)| i)
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<GatewayBody> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message.into() } }).to_string();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync())
+        .expect("a valid response")
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+impl Gateway {
+    /// A gateway over `routes`, `discovery` and the router plugins of `plugins`; events go to
+    /// `events` when given.
+    pub fn new(
+        routes: Arc<Routes>,
+        discovery: Arc<Discovery>,
+        plugins: Arc<Registry>,
+        config: GatewayConfig,
+        events: Option<mpsc::UnboundedSender<GatewayEvent>>,
+    ) -> Arc<Gateway> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Arc::new(Gateway {
+            routes,
+            discovery,
+            plugins,
+            client,
+            config,
+            states: Mutex::new(HashMap::new()),
+            events,
+            generation: AtomicU64::new(1),
+            origin: Instant::now(),
+        })
+    }
+
+    /// The routes this gateway serves.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Serve on `listener` until `shutdown` completes (connections already accepted finish).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, client) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        tracing::warn!(%err, "gateway accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(req, client).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    }
+
+    fn state(&self, route: &Route) -> Arc<RouteState> {
+        let mut states = self.states.lock();
+        if let Some(state) = states.get(&route.name)
+            && state.table.load().service == route.service
+        {
+            return state.clone();
+        }
+        let labels = |class: &'static str| metrics::counter!("shoal_gateway_requests_total", "route" => route.name.clone(), "code" => class);
+        let state = Arc::new(RouteState {
+            table: ArcSwap::from_pointee(Table {
+                service: route.service.clone(),
+                index: u64::MAX,
+                ejection_epoch: 0,
+                valid_until: None,
+                table: RouteTable::default(),
+                active: Arc::from([]),
+            }),
+            rebuild: Mutex::new(()),
+            ejections: Mutex::new(HashMap::new()),
+            ejection_epoch: AtomicU64::new(0),
+            fallback_next: AtomicUsize::new(0),
+            last_fallback_event_ms: AtomicU64::new(0),
+            requests: [labels("1xx"), labels("2xx"), labels("3xx"), labels("4xx"), labels("5xx")],
+            fallbacks: metrics::counter!("shoal_gateway_router_fallbacks_total", "route" => route.name.clone()),
+            latency: metrics::histogram!("shoal_gateway_request_seconds", "route" => route.name.clone()),
+        });
+        states.insert(route.name.clone(), state.clone());
+        state
+    }
+
+    /// The route's endpoint table, rebuilt if the registry or an ejection changed.
+    fn table(&self, state: &RouteState) -> Arc<Table> {
+        let fresh = |t: &Table| {
+            t.index == self.discovery.index()
+                && t.ejection_epoch == state.ejection_epoch.load(Ordering::Acquire)
+                && t.valid_until.is_none_or(|u| Instant::now() < u)
+        };
+        let current = state.table.load_full();
+        if fresh(&current) {
+            return current;
+        }
+        let _guard = state.rebuild.lock();
+        let current = state.table.load_full();
+        if fresh(&current) {
+            return current;
+        }
+        let epoch = state.ejection_epoch.load(Ordering::Acquire);
+        let (instances, index) = self.discovery.instances(&current.service, false);
+        let now = Instant::now();
+        let mut valid_until: Option<Instant> = None;
+        let mut ejections = state.ejections.lock();
+        let endpoints = instances
+            .into_iter()
+            .map(|i| {
+                let ejected = match ejections.get_mut(&i.id).and_then(|e| e.until) {
+                    Some(until) if until > now => {
+                        valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                        true
+                    }
+                    Some(_) => {
+                        // The ejection is over: try the endpoint again (one more failure ejects it).
+                        if let Some(e) = ejections.get_mut(&i.id) {
+                            e.until = None;
+                            e.failures = self.config.eject_after.saturating_sub(1);
+                        }
+                        false
+                    }
+                    None => false,
+                };
+                Endpoint {
+                    healthy: i.health == Health::Passing && !ejected,
+                    id: i.id,
+                    address: i.address,
+                    weight: i.weight,
+                    labels: i.labels.into_iter().map(|(name, value)| shoal_abi::Attribute { name, value }).collect(),
+                }
+            })
+            .collect::<Vec<_>>();
+        drop(ejections);
+        let active: Arc<[AtomicU32]> = endpoints.iter().map(|_| AtomicU32::new(0)).collect();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let table = Arc::new(Table {
+            service: current.service.clone(),
+            index,
+            ejection_epoch: epoch,
+            valid_until,
+            table: RouteTable { generation, endpoints },
+            active,
+        });
+        state.table.store(table.clone());
+        table
+    }
+
+    fn event(&self, route: &str, action: &'static str, data: serde_json::Value) {
+        if let Some(events) = &self.events {
+            let _ = events.send(GatewayEvent { route: route.into(), action, data });
+        }
+    }
+
+    /// Ask the route's router; fall back to round-robin over the healthy endpoints.
+    fn pick(&self, route: &Route, state: &RouteState, table: &Table, request: &mut RouteRequest) -> Result<usize, ()> {
+        let answer = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
+            AnyPlugin::Router(r) => shoal_abi::route(r, &table.table, request),
+            _ => Err(shoal_runtime_error("the plugin is not a router")),
+        });
+        let why = match answer {
+            Some(Ok(Some(index))) => return Ok(index as usize),
+            Some(Ok(None)) => return Err(()),
+            Some(Err(err)) => err.to_string(),
+            None => format!("no active router plugin named `{}`", route.router),
+        };
+        state.fallbacks.increment(1);
+        let now_ms = self.origin.elapsed().as_millis() as u64;
+        let last = state.last_fallback_event_ms.load(Ordering::Relaxed);
+        if (last == 0 || now_ms.saturating_sub(last) >= 5000)
+            && state
+                .last_fallback_event_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(route = %route.name, router = %route.router, cause = %why, "router failed; request served by round-robin");
+            self.event(&route.name, "fallback", serde_json::json!({ "router": route.router, "cause": why }));
+        }
+        let healthy: Vec<usize> = table.healthy().collect();
+        if healthy.is_empty() {
+            return Err(());
+        }
+        Ok(healthy[state.fallback_next.fetch_add(1, Ordering::Relaxed) % healthy.len()])
+    }
+
+    fn failed(&self, route: &Route, state: &RouteState, endpoint: &Endpoint, cause: &str) {
+        let mut ejections = state.ejections.lock();
+        let e = ejections.entry(endpoint.id.clone()).or_default();
+        e.failures += 1;
+        if e.failures >= self.config.eject_after && e.until.is_none() {
+            e.until = Some(Instant::now() + self.config.eject_for);
+            drop(ejections);
+            state.ejection_epoch.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(route = %route.name, endpoint = %endpoint.address, %cause, "endpoint ejected");
+            self.event(
+                &route.name,
+                "ejected",
+                serde_json::json!({ "instance": endpoint.id, "address": endpoint.address, "cause": cause,
+                    "for_seconds": self.config.eject_for.as_secs_f64() }),
+            );
+        }
+    }
+
+    fn succeeded(&self, state: &RouteState, endpoint: &Endpoint) {
+        // Cheap when nothing failed: one lock, one lookup.
+        let mut ejections = state.ejections.lock();
+        if let Some(e) = ejections.get_mut(&endpoint.id)
+            && e.until.is_none()
+        {
+            e.failures = 0;
+        }
+    }
+
+    /// Serve one request.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let request_id = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()).expect("hex"));
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.host().to_owned())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| host_only(h).to_owned()))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let (route_name, upstream, mut response) = self.forward(req, client, &host, &path, &request_id).await;
+        response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        let status = response.status();
+        let elapsed = started.elapsed();
+        tracing::info!(
+            target: "shoal::access",
+            route = route_name.as_deref().unwrap_or("-"), %method, %host, %path, status = status.as_u16(),
+            upstream = upstream.as_deref().unwrap_or("-"), ms = elapsed.as_secs_f64() * 1e3,
+            request_id = request_id.to_str().unwrap_or("-"), client = %client.ip(),
+        );
+        response
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        host: &str,
+        path: &str,
+        request_id: &HeaderValue,
+    ) -> (Option<String>, Option<String>, Response<GatewayBody>) {
+        let Some(route) = self.routes.find(host, path) else {
+            return (None, None, json_error(StatusCode::NOT_FOUND, "no_route", format!("no route for {host}{path}")));
+        };
+        let state = self.state(&route);
+        let started = Instant::now();
+        let finish = |status: StatusCode| {
+            state.requests[(status.as_u16() / 100).clamp(1, 5) as usize - 1].increment(1);
+            state.latency.record(started.elapsed().as_secs_f64());
+        };
+        let table = self.table(&state);
+        if table.healthy().next().is_none() {
+            finish(StatusCode::SERVICE_UNAVAILABLE);
+            let message = if table.table.endpoints.is_empty() {
+                format!("service `{}` has no instances", route.service)
+            } else {
+                format!("none of the {} instances of `{}` is healthy", table.table.endpoints.len(), route.service)
+            };
+            return (
+                Some(route.name.clone()),
+                None,
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_endpoint", message),
+            );
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let mut lent = RouteRequest {
+            method: parts.method.clone(),
+            host: host.to_owned(),
+            path: path.to_owned(),
+            client_ip: Some(client.ip()),
+            headers: std::mem::take(&mut parts.headers),
+            active: table.active.clone(),
+        };
+        let pick = self.pick(&route, &state, &table, &mut lent);
+        parts.headers = std::mem::take(&mut lent.headers);
+        let Ok(mut index) = pick else {
+            finish(StatusCode::SERVICE_UNAVAILABLE);
+            return (
+                Some(route.name.clone()),
+                None,
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_endpoint_chosen",
+                    "the route's router chose no endpoint",
+                ),
+            );
+        };
+
+        // Upstream request head, reused for retries.
+        let upstream_path = {
+            let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+            if route.strip_prefix {
+                let prefix = route.path_prefix.trim_end_matches('/');
+                let rest = pq.strip_prefix(prefix).unwrap_or(pq);
+                if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") }
+            } else {
+                pq.to_owned()
+            }
+        };
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers);
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {}", client.ip()),
+            None => client.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_REQUEST_ID, request_id.clone());
+
+        let replayable = body.is_end_stream();
+        let mut body = Some(body.boxed_unsync());
+        let timeout = Duration::from_millis(route.timeout_ms);
+        let mut tried = Vec::new();
+        let mut last_error = String::new();
+        for attempt in 0..self.config.attempts {
+            let endpoint = &table.table.endpoints[index];
+            tried.push(index);
+            let uri: Uri = match format!("http://{}{}", endpoint.address, upstream_path).parse() {
+                Ok(uri) => uri,
+                Err(err) => {
+                    finish(StatusCode::BAD_GATEWAY);
+                    return (
+                        Some(route.name.clone()),
+                        Some(endpoint.address.clone()),
+                        json_error(StatusCode::BAD_GATEWAY, "bad_upstream", format!("upstream address: {err}")),
+                    );
+                }
+            };
+            let this_body = match body.take() {
+                Some(b) => b,
+                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            };
+            let mut upstream = Request::new(this_body);
+            *upstream.method_mut() = parts.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.headers_mut() = headers.clone();
+            let guard = ActiveGuard::new(table.active.clone(), index);
+            let sent = Instant::now();
+            match tokio::time::timeout(timeout, self.client.request(upstream)).await {
+                Ok(Ok(response)) => {
+                    self.succeeded(&state, endpoint);
+                    let status = response.status();
+                    let latency = sent.elapsed().as_micros() as u64;
+                    let _ = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
+                        AnyPlugin::Router(r) => {
+                            shoal_abi::route_complete(r, &table.table, index as u32, status.as_u16(), latency)
+                        }
+                        _ => Ok(()),
+                    });
+                    let (mut head, incoming) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    let body = Tracked { inner: incoming, _guard: guard }.boxed_unsync();
+                    finish(status);
+                    return (
+                        Some(route.name.clone()),
+                        Some(endpoint.address.clone()),
+                        Response::from_parts(head, body),
+                    );
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    last_error = format!("{}: {err}", endpoint.address);
+                    self.failed(&route, &state, endpoint, "connect failed");
+                    let next = (1..table.table.endpoints.len())
+                        .map(|k| (index + k) % table.table.endpoints.len())
+                        .find(|i| table.table.endpoints[*i].healthy && !tried.contains(i));
+                    match next {
+                        Some(next) if replayable && attempt + 1 < self.config.attempts => index = next,
+                        _ => break,
+                    }
+                }
+                Ok(Err(err)) => {
+                    finish(StatusCode::BAD_GATEWAY);
+                    return (
+                        Some(route.name.clone()),
+                        Some(endpoint.address.clone()),
+                        json_error(StatusCode::BAD_GATEWAY, "upstream_error", format!("{}: {err}", endpoint.address)),
+                    );
+                }
+                Err(_) => {
+                    self.failed(&route, &state, endpoint, "timeout");
+                    finish(StatusCode::GATEWAY_TIMEOUT);
+                    return (
+                        Some(route.name.clone()),
+                        Some(endpoint.address.clone()),
+                        json_error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            format!("{} did not answer within {} ms", endpoint.address, route.timeout_ms),
+                        ),
+                    );
+                }
+            }
+        }
+        finish(StatusCode::BAD_GATEWAY);
+        (
+            Some(route.name.clone()),
+            None,
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                format!("no endpoint could be reached ({last_error})"),
+            ),
+        )
+    }
+}
+
+fn shoal_runtime_error(message: &str) -> shoal_runtime::CallError {
+    shoal_runtime::CallError::InvalidOutput(message.into())
+}
+
+fn host_only(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+}
+
+/// Counts a request as in flight to an endpoint until its response body is done (or dropped).
+struct ActiveGuard {
+    active: Arc<[AtomicU32]>,
+    index: usize,
+}
+
+impl ActiveGuard {
+    fn new(active: Arc<[AtomicU32]>, index: usize) -> Self {
+        if let Some(a) = active.get(index) {
+            a.fetch_add(1, Ordering::Relaxed);
+        }
+        ActiveGuard { active, index }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Some(a) = self.active.get(self.index) {
+            a.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The upstream's response body, streamed through, holding the in-flight count.
+struct Tracked {
+    inner: Incoming,
+    _guard: ActiveGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
