@@ -163,6 +163,18 @@ impl Auth {
         self.scope(headers)
     }
 
+    /// An admin or operator token.
+    pub fn operator(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        match self.scope(headers)? {
+            scope @ (Scope::Admin | Scope::Operator) => Ok(scope),
+            other => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this needs the admin or operator scope; the token has `{other}`"),
+            )),
+        }
+    }
+
     /// An admin token.
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match self.scope(headers)? {

@@ -5,6 +5,8 @@
 //! - [`auth`] owns bearer tokens and scopes (admin for plugins and cluster, operator for apps,
 //!   app for one KV namespace);
 //! - [`kv`] serves the state store's key-value API under `/v1/kv`;
+//! - [`services`] serves the service registry (`/v1/services`) and the gateway's routes
+//!   (`/v1/routes`);
 //! - handlers validate every input at the edge and change nothing when they answer 4xx.
 //!
 //! What this crate must never do: hold state of its own beyond tokens. Plugins live in the
@@ -19,6 +21,7 @@ pub mod error;
 mod events;
 pub mod kv;
 mod plugins;
+pub mod services;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -27,7 +30,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shoal_bus::SharedBus;
 use shoal_registry::Registry;
@@ -51,6 +54,10 @@ pub struct AppState {
     pub max_upload: usize,
     /// The state store this node serves, if any (without one, `/v1/kv` answers 503).
     pub store: Option<Arc<Store>>,
+    /// The service registry, if this node runs it (without one, `/v1/services` answers 503).
+    pub discovery: Option<Arc<shoal_discovery::Discovery>>,
+    /// The gateway's routes, if this node runs a gateway (without, `/v1/routes` answers 503).
+    pub routes: Option<Arc<shoal_gateway::Routes>>,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
@@ -88,6 +95,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(auth::issue))
         .route("/v1/kv/{ns}", get(kv::list).post(kv::batch))
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/services", get(services::list))
+        .route("/v1/services/{svc}", get(services::show))
+        .route("/v1/services/{svc}/watch", get(services::watch))
+        .route("/v1/services/{svc}/instances/{id}", put(services::register).delete(services::deregister))
+        .route("/v1/services/{svc}/instances/{id}/heartbeat", put(services::heartbeat))
+        .route("/v1/routes", get(services::list_routes))
+        .route("/v1/routes/{name}", get(services::show_route).put(services::put_route).delete(services::delete_route))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

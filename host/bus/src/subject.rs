@@ -24,6 +24,7 @@
 //! | `shoal.evt.task.<app>.<state>` | [`task_event`] | a task of `<app>` entered `<state>` (e.g. `running`, `failed`) |
 //! | `shoal.evt.task.<app>.*` | [`task_events_of`] | filter: every task event of one app |
 //! | `shoal.evt.service.<name>.changed` | [`service_changed`] | a service's set of healthy instances changed |
+//! | `shoal.evt.gateway.<route>.<action>` | [`gateway_event`] | the gateway served a route with its `fallback` rule, or `ejected` an endpoint |
 //! | `shoal.evt.store.shardmap` | [`STORE_SHARDMAP`] | the store's shard map changed |
 //! | `shoal.ctl.>` | [`CONTROL_ALL`] | filter: every control message (reserved for the roles) |
 //! | `shoal.ctl.agent.register` | [`AGENT_REGISTER`] | request: an agent registers with the master |
@@ -225,6 +226,11 @@ pub fn task_events_of(app: &str) -> String {
 /// `shoal.evt.service.<name>.changed`.
 pub fn service_changed(name: &str) -> String {
     format!("{EVENTS_PREFIX}.service.{}.changed", token(name))
+}
+
+/// `shoal.evt.gateway.<route>.<action>`, e.g. `action` = `fallback` or `ejected`.
+pub fn gateway_event(route: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.gateway.{}.{}", token(route), token(action))
 }
 
 /// `shoal.ctl.agent.<id>.heartbeat`.

@@ -12,6 +12,8 @@ use shoal_runtime::{MemoryKv, PluginScope, Runtime, RuntimeConfig};
 
 use crate::node::{NodeConfig, NodeInfo};
 
+mod services;
+
 /// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about)]
@@ -33,6 +35,12 @@ enum Command {
     /// Read and write the state store.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Discover services and register external instances.
+    #[command(subcommand)]
+    Service(services::ServiceCommand),
+    /// Manage the gateway's routes.
+    #[command(subcommand)]
+    Route(services::RouteCommand),
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +61,12 @@ struct DevArgs {
     /// acknowledged writes survive a crash of the process (`kill -9`) but not of the machine.
     #[arg(long)]
     sync: bool,
+    /// Address of the gateway (the reverse proxy in front of services).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    gateway: SocketAddr,
+    /// Run no gateway.
+    #[arg(long)]
+    no_gateway: bool,
 }
 
 /// How the CLI reaches the API.
@@ -218,6 +232,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin(cmd).await,
         Command::Events(EventsCommand::Tail { subject, remote }) => tail(subject, remote).await,
         Command::Kv(cmd) => kv(cmd).await,
+        Command::Service(cmd) => services::service(cmd).await,
+        Command::Route(cmd) => services::route(cmd).await,
     }
 }
 
@@ -229,6 +245,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         nats: args.nats,
         default_plugins: true,
         store: shoal_store::StoreConfig { shards: args.shards, durability },
+        gateway: (!args.no_gateway).then_some(args.gateway),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -240,6 +257,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("  API:      http://{}/v1", info.api);
         println!("  OpenAPI:  http://{}/v1/openapi.json", info.api);
         println!("  metrics:  http://{}/metrics", info.api);
+        if let Some(gateway) = info.gateway {
+            println!("  gateway:  http://{gateway}/  (routes: shoal route put …)");
+        }
         println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
         println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
     })

@@ -1,5 +1,5 @@
-//! A Shoal node in one process: the kernel (runtime, registry, bus, API) and the state store
-//! wired together. This is what `shoal dev` runs; the distributed roles of later issues reuse the
+//! A Shoal node in one process: the kernel (runtime, registry, bus, API), the state store, the
+//! service registry and the gateway wired together. This is what `shoal dev` runs; the distributed roles of later issues reuse the
 //! same pieces.
 
 use std::future::Future;
@@ -12,6 +12,8 @@ use shoal_abi::PluginKind;
 use shoal_api::{AppState, Auth};
 use shoal_bus::event::CloudEvent;
 use shoal_bus::{LocalBus, NatsBus, SharedBus, subject};
+use shoal_discovery::Discovery;
+use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Routes};
 use shoal_registry::{Registry, RegistryConfig, RegistryEvent};
 use shoal_runtime::{Runtime, RuntimeConfig};
 use shoal_store::{Store, StoreConfig, Sweeper};
@@ -31,6 +33,8 @@ pub struct NodeConfig {
     pub default_plugins: bool,
     /// The state store under `<data_dir>/store`: shard count and sync policy.
     pub store: StoreConfig,
+    /// Address of the gateway (reverse proxy); `None` runs no gateway.
+    pub gateway: Option<SocketAddr>,
 }
 
 /// What a started node tells its caller.
@@ -43,6 +47,8 @@ pub struct NodeInfo {
     pub token_file: PathBuf,
     /// `local` or `nats`.
     pub bus: &'static str,
+    /// The gateway's address, when the node runs one.
+    pub gateway: Option<SocketAddr>,
 }
 
 /// Read the admin token from `data_dir`, or make and store one (readable by the owner only).
@@ -84,6 +90,51 @@ async fn forward_events(mut rx: mpsc::UnboundedReceiver<RegistryEvent>, bus: Sha
     }
 }
 
+/// Publish service registry changes as `shoal.evt.service.<name>.changed`.
+async fn forward_service_changes(discovery: Arc<Discovery>, bus: SharedBus, source: String) {
+    let mut changes = discovery.subscribe();
+    loop {
+        let change = match changes.recv().await {
+            Ok(change) => change,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "service events lagged; some changes were not published");
+                continue;
+            }
+            Err(_) => return,
+        };
+        // Self-preservation changes concern the whole registry: `shoal.evt.service.registry.changed`.
+        let service = if change.service.is_empty() { "registry" } else { change.service.as_str() };
+        let event = CloudEvent::new(
+            source.as_str(),
+            "io.shoal.service.changed",
+            format!("services/{service}"),
+            serde_json::json!({ "index": change.index, "instance": change.instance, "action": change.action }),
+        );
+        if let Err(err) =
+            shoal_bus::event::publish_event(bus.as_ref(), &subject::service_changed(service), &event).await
+        {
+            tracing::warn!(cause = %err, "could not publish a service event");
+        }
+    }
+}
+
+/// Publish gateway events as `shoal.evt.gateway.<route>.<action>`.
+async fn forward_gateway_events(mut rx: mpsc::UnboundedReceiver<GatewayEvent>, bus: SharedBus, source: String) {
+    while let Some(e) = rx.recv().await {
+        let event = CloudEvent::new(
+            source.as_str(),
+            &format!("io.shoal.gateway.{}", e.action),
+            format!("routes/{}", e.route),
+            e.data,
+        );
+        if let Err(err) =
+            shoal_bus::event::publish_event(bus.as_ref(), &subject::gateway_event(&e.route, e.action), &event).await
+        {
+            tracing::warn!(cause = %err, "could not publish a gateway event");
+        }
+    }
+}
+
 /// Start a node; it serves until `shutdown` completes. `ready` receives the node's info once
 /// the API listens.
 pub async fn run(
@@ -113,13 +164,55 @@ pub async fn run(
     let store = Store::open(&config.data_dir.join("store"), config.store.clone()).context("opening the state store")?;
     let _sweeper = Sweeper::spawn(&store, shoal_store::DEFAULT_SWEEP_INTERVAL);
 
+    let discovery = Arc::new(Discovery::default());
+    tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
+    tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), "/shoal/dev".to_owned()));
+    let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
+    let (shutdown_tx, _) = tokio::sync::watch::channel(false);
+    let gateway_addr = match config.gateway {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the gateway to {addr}"))?;
+            let local = listener.local_addr()?;
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            tokio::spawn(forward_gateway_events(events_rx, bus.clone(), "/shoal/dev/gateway".to_owned()));
+            let gateway = Gateway::new(
+                routes.clone(),
+                discovery.clone(),
+                registry.clone(),
+                GatewayConfig::default(),
+                Some(events_tx),
+            );
+            let mut stop = shutdown_tx.subscribe();
+            tokio::spawn(gateway.serve(listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            Some(local)
+        }
+        None => None,
+    };
+
     let (token, token_file) = admin_token(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let info = NodeInfo { api: listener.local_addr()?, admin_token: token.clone(), token_file, bus: bus.kind() };
+    let info = NodeInfo {
+        api: listener.local_addr()?,
+        admin_token: token.clone(),
+        token_file,
+        bus: bus.kind(),
+        gateway: gateway_addr,
+    };
     let auth = Auth::persistent(&token, &config.data_dir.join("tokens")).context("reading issued tokens")?;
-    let state = AppState { registry, bus, auth: Arc::new(auth), max_upload, store: Some(store) };
+    let state = AppState {
+        registry,
+        bus,
+        auth: Arc::new(auth),
+        max_upload,
+        store: Some(store),
+        discovery: Some(discovery),
+        routes: Some(routes),
+    };
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
+    let _ = shutdown_tx.send(true);
     Ok(())
 }
 

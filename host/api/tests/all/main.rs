@@ -60,6 +60,8 @@ impl Server {
             }
         });
         let auth = Arc::new(Auth::new(ADMIN));
+        let discovery = Arc::new(shoal_discovery::Discovery::default());
+        let routes = Arc::new(shoal_gateway::Routes::in_memory());
         let store = shoal_store::Store::open(
             &store_dir.path().join("store"),
             shoal_store::StoreConfig { shards: 4, ..Default::default() },
@@ -71,6 +73,8 @@ impl Server {
             auth: auth.clone(),
             max_upload: 4 << 20,
             store: with_store.then(|| store.clone()),
+            discovery: Some(discovery.clone()),
+            routes: Some(routes.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -410,4 +414,81 @@ fn issued_tokens_survive_a_restart_and_a_bad_token_file_is_refused() {
     std::fs::write(&file, "not a token line\n").expect("corrupt");
     let err = Auth::persistent(ADMIN, &file).err().expect("a corrupt token file is an error");
     assert!(err.to_string().contains("tokens:1"), "{err}");
+}
+
+#[tokio::test]
+async fn services_register_watch_block_and_refuse_bad_input() {
+    let s = Server::start().await;
+    let put = |path: &str, body: &str| s.req(reqwest::Method::PUT, path, Some(ADMIN), Some(body.as_bytes().to_vec()));
+    let (status, v) = put("/v1/services/web/instances/w1", r#"{"address": "127.0.0.1:8081", "ttl_seconds": 30}"#).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let index = v["index"].as_u64().expect("index");
+
+    // A blocking query returns when the index passes, not before.
+    let url = format!("{}/v1/services/web?index={index}&wait=20s", s.url);
+    let blocked = tokio::spawn({
+        let http = s.http.clone();
+        async move {
+            let r = http.get(url).bearer_auth(ADMIN).send().await.expect("blocking query");
+            let header: u64 = r.headers()["x-shoal-index"].to_str().expect("ascii").parse().expect("index");
+            (header, r.json::<Value>().await.expect("json"))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!blocked.is_finished(), "the blocking query answered without a change");
+    let (status, _) = put("/v1/services/web/instances/w2", r#"{"address": "127.0.0.1:8082", "weight": 3}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let (header, body) = tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("woke up").expect("join");
+    assert!(header > index);
+    assert_eq!(body["instances"].as_array().expect("instances").len(), 2);
+
+    let (status, v) = s.get("/v1/services").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["services"][0]["name"], "web");
+    assert_eq!(v["services"][0]["passing"], 2);
+    let (status, _) = s.req(reqwest::Method::PUT, "/v1/services/web/instances/w1/heartbeat", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Bad input: 4xx that says why, nothing registered.
+    let before = s.get("/v1/services/web").await.1["index"].clone();
+    for (path, body, code) in [
+        ("/v1/services/Web!/instances/x", r#"{"address": "h:1"}"#, StatusCode::BAD_REQUEST),
+        ("/v1/services/web/instances/x", r#"{"address": "no-port"}"#, StatusCode::BAD_REQUEST),
+        ("/v1/services/web/instances/x", r#"{"address": "h:1", "ttl_seconds": 0}"#, StatusCode::BAD_REQUEST),
+        ("/v1/services/web/instances/x", r#"{"address": "h:1", "bogus": 1}"#, StatusCode::BAD_REQUEST),
+        ("/v1/services/web/instances/x", "{not json", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, v) = put(path, body).await;
+        assert_eq!(status, code, "{path} {body}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    assert_eq!(s.get("/v1/services/web").await.1["index"], before);
+    let (status, _) = s.req(reqwest::Method::DELETE, "/v1/services/web/instances/nope", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An app token may read, not register.
+    s.auth.insert("app-reader", Scope::App("shop".into())).expect("insert");
+    let (status, _) = s
+        .req(
+            reqwest::Method::PUT,
+            "/v1/services/web/instances/z",
+            Some("app-reader"),
+            Some(br#"{"address": "h:1"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Routes.
+    let (status, v) =
+        put("/v1/routes/web", r#"{"service": "web", "path_prefix": "/api", "router": "source-hash"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["timeout_ms"], 30000);
+    let (status, v) = put("/v1/routes/bad", r#"{"service": "web", "path_prefix": "api"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = s.get("/v1/routes").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["routes"].as_array().expect("routes").len(), 1);
+    let (status, _) = s.req(reqwest::Method::DELETE, "/v1/routes/web", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s.req(reqwest::Method::DELETE, "/v1/routes/web", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
