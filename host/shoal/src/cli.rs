@@ -26,6 +26,9 @@ pub struct Cli {
 enum Command {
     /// Run everything in one process with an in-process bus; data under ./.shoal.
     Dev(DevArgs),
+    /// Run a gateway in its own process, mirroring the routes, instances and router plugins of
+    /// the control plane at --api (and serving its last table while that is away).
+    Gateway(GatewayArgs),
     /// Manage plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -67,6 +70,18 @@ struct DevArgs {
     /// Run no gateway.
     #[arg(long)]
     no_gateway: bool,
+}
+
+#[derive(Args, Debug)]
+struct GatewayArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Where the mirrored table and plugins live.
+    #[arg(long, default_value = ".shoal-gateway")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// How the CLI reaches the API.
@@ -234,6 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(cmd) => kv(cmd).await,
         Command::Service(cmd) => services::service(cmd).await,
         Command::Route(cmd) => services::route(cmd).await,
+        Command::Gateway(args) => gateway(args).await,
     }
 }
 
@@ -262,6 +278,26 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
         println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
         println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
+    })
+    .await
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let client = Client::new(args.remote.clone())?;
+    let config = crate::edge::EdgeConfig {
+        api: client.api.clone(),
+        token: client.token.clone(),
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    crate::edge::run(config, shutdown, |info| {
+        println!("Shoal gateway is running (control plane: {})", client.api);
+        println!("  gateway:  http://{}/", info.listen);
+        println!("  last table: {} routes, {} instances", info.routes, info.instances);
     })
     .await
 }

@@ -167,6 +167,12 @@ pub async fn run(
     let discovery = Arc::new(Discovery::default());
     tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
     tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), "/shoal/dev".to_owned()));
+    tokio::spawn(crate::health::check_registered_instances(
+        discovery.clone(),
+        registry.clone(),
+        bus.clone(),
+        "/shoal/dev/health".to_owned(),
+    ));
     let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
     let gateway_addr = match config.gateway {
@@ -217,7 +223,7 @@ pub async fn run(
 }
 
 /// Register each default plugin that is not there yet (an operator's own versions win).
-async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
+pub(crate) async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
     for &(kind, name, bytes) in shoal_artifacts::DEFAULT_PLUGINS {
         let kind: PluginKind = kind.parse()?;
         if registry.show(kind, name).is_ok() {
