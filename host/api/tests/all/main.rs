@@ -75,6 +75,7 @@ impl Server {
             store: with_store.then(|| store.clone()),
             discovery: Some(discovery.clone()),
             routes: Some(routes.clone()),
+            master: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
