@@ -18,6 +18,7 @@
 //! Every change is an event (`registered`, `reregistered`, `lost`). What the master keeps is soft
 //! state, rebuilt from agents registering again after a restart.
 
+mod allocation;
 mod resources;
 
 use std::collections::BTreeMap;
@@ -30,7 +31,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_bus::{EventPublisher, SharedBus, subject};
 
+pub use allocation::{AllocationReport, FrameworkSpec, OfferView, Rejected, check_offers};
 pub use resources::{PortRange, ResourceError, Resources};
+use shoal_abi::{AnyPlugin, PluginKind};
+use shoal_registry::Registry;
 
 /// Default time without a heartbeat after which an agent is lost.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,11 +124,21 @@ pub struct MasterConfig {
     pub agent_timeout: Duration,
     /// CloudEvents `source` of the master's events.
     pub source: String,
+    /// Name of the allocator plugin (default `drf`).
+    pub allocator: String,
+    /// Time between allocation cycles; `None` runs a cycle only when asked
+    /// ([`Master::allocate_once`]).
+    pub allocation_interval: Option<Duration>,
 }
 
 impl Default for MasterConfig {
     fn default() -> Self {
-        MasterConfig { agent_timeout: DEFAULT_AGENT_TIMEOUT, source: "/shoal/master".into() }
+        MasterConfig {
+            agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            source: "/shoal/master".into(),
+            allocator: "drf".into(),
+            allocation_interval: None,
+        }
     }
 }
 
@@ -141,6 +155,15 @@ pub struct Master {
     bus: SharedBus,
     events: EventPublisher,
     agents: Mutex<BTreeMap<String, AgentEntry>>,
+    registry: Option<Arc<Registry>>,
+    frameworks: Mutex<BTreeMap<String, FrameworkSpec>>,
+    offers: Mutex<Offers>,
+}
+
+#[derive(Default)]
+struct Offers {
+    next_id: u64,
+    by_id: BTreeMap<u64, OfferView>,
 }
 
 fn now_ms() -> u64 {
@@ -158,10 +181,130 @@ pub fn validate_agent_id(id: &str) -> Result<(), String> {
 }
 
 impl Master {
-    /// A master on `bus`.
-    pub fn new(bus: SharedBus, config: MasterConfig) -> Arc<Master> {
+    /// A master on `bus`; allocation calls the allocator plugin of `registry`.
+    pub fn new(bus: SharedBus, config: MasterConfig, registry: Option<Arc<Registry>>) -> Arc<Master> {
         let events = EventPublisher::new(bus.clone(), config.source.clone());
-        Arc::new(Master { config, bus, events, agents: Mutex::new(BTreeMap::new()) })
+        Arc::new(Master {
+            config,
+            bus,
+            events,
+            agents: Mutex::new(BTreeMap::new()),
+            registry,
+            frameworks: Mutex::new(BTreeMap::new()),
+            offers: Mutex::new(Offers::default()),
+        })
+    }
+
+    /// Register (or update) a framework.
+    pub fn add_framework(&self, spec: FrameworkSpec) -> Result<(), String> {
+        validate_agent_id(&spec.name)
+            .map_err(|_| format!("framework name `{}` must be 1-63 of [a-z0-9-]", spec.name))?;
+        if !spec.weight.is_finite() || spec.weight <= 0.0 {
+            return Err(format!("weight {} must be a finite number > 0", spec.weight));
+        }
+        let quota = spec.quota.clone().map(Resources::validate).transpose().map_err(|e| e.to_string())?;
+        self.frameworks.lock().insert(spec.name.clone(), FrameworkSpec { quota, ..spec });
+        Ok(())
+    }
+
+    /// Registered frameworks.
+    pub fn frameworks(&self) -> Vec<FrameworkSpec> {
+        self.frameworks.lock().values().cloned().collect()
+    }
+
+    /// Outstanding offers.
+    pub fn offers(&self) -> Vec<OfferView> {
+        self.offers.lock().by_id.values().cloned().collect()
+    }
+
+    /// Register an agent without the bus (simulations and benchmarks); the same checks as a
+    /// registration over the bus.
+    pub fn admit(&self, reg: AgentRegistration) -> Result<&'static str, String> {
+        self.admit_inner(reg).map(|(action, _)| action)
+    }
+
+    /// One allocation cycle: snapshot, allocator plugin, checked offers (see [`check_offers`]).
+    /// Blocks on the plugin call: call it from a blocking thread.
+    pub fn allocate_once(&self) -> Result<AllocationReport, String> {
+        let registry = self.registry.as_ref().ok_or("this master has no plugin registry")?;
+        let now = now_ms();
+        let (snapshot, mut free, frameworks, mut allocated) = {
+            let agents = self.agents.lock();
+            let offers = self.offers.lock();
+            let frameworks = self.frameworks.lock().clone();
+            let mut offered: BTreeMap<&str, Resources> = BTreeMap::new();
+            let mut allocated: BTreeMap<String, Resources> = BTreeMap::new();
+            for o in offers.by_id.values() {
+                let held = offered.entry(o.agent_id.as_str()).or_default();
+                *held = held.plus(&o.resources);
+                let f = allocated.entry(o.framework.clone()).or_default();
+                *f = f.plus(&o.resources);
+            }
+            let mut free = BTreeMap::new();
+            let mut wit_agents = Vec::with_capacity(agents.len());
+            for e in agents.values().filter(|e| e.state == AgentState::Active) {
+                let taken = offered.get(e.reg.id.as_str()).cloned().unwrap_or_default();
+                let left = e.reg.resources.minus(&taken).unwrap_or_default();
+                wit_agents.push(shoal_abi::Agent {
+                    id: e.reg.id.clone(),
+                    hostname: e.reg.hostname.clone(),
+                    attributes: e
+                        .reg
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| shoal_abi::Attribute { name: k.clone(), value: v.clone() })
+                        .collect(),
+                    total: e.reg.resources.to_wit(),
+                    free: left.to_wit(),
+                });
+                free.insert(e.reg.id.clone(), left);
+            }
+            let wit_frameworks = frameworks
+                .values()
+                .map(|f| shoal_abi::FrameworkInfo {
+                    name: f.name.clone(),
+                    role: f.role.clone(),
+                    weight: f.weight,
+                    quota: f.quota.as_ref().map(Resources::to_wit),
+                    allocated: allocated.get(&f.name).cloned().unwrap_or_default().to_wit(),
+                    filters: Vec::new(),
+                    suppressed: false,
+                })
+                .collect();
+            let snapshot = shoal_abi::ClusterSnapshot { now_ms: now, agents: wit_agents, frameworks: wit_frameworks };
+            (snapshot, free, frameworks, allocated)
+        };
+        let answer = registry.call(PluginKind::Allocator, &self.config.allocator, |p| match p {
+            AnyPlugin::Allocator(a) => shoal_abi::allocate(a, &snapshot),
+            _ => unreachable!("the registry keys plugins by kind"),
+        });
+        let proposals = match answer {
+            None => return Err(format!("no active allocator plugin `{}`", self.config.allocator)),
+            Some(Err(e)) => return Err(format!("allocator `{}` failed: {e}", self.config.allocator)),
+            Some(Ok(p)) => p,
+        };
+        let (accepted, rejected) = check_offers(proposals, &mut free, &frameworks, &mut allocated);
+        let mut offers = self.offers.lock();
+        // Agents lost during the plugin call: their offers are not made.
+        let agents = self.agents.lock();
+        let mut made = Vec::with_capacity(accepted.len());
+        for (framework, agent_id, resources) in accepted {
+            if agents.get(&agent_id).is_none_or(|e| e.state != AgentState::Active) {
+                continue;
+            }
+            offers.next_id += 1;
+            let offer = OfferView { id: offers.next_id, framework, agent_id, resources };
+            offers.by_id.insert(offer.id, offer.clone());
+            made.push(offer);
+        }
+        Ok(AllocationReport { offers: made, rejected, agents: snapshot.agents.len(), frameworks: frameworks.len() })
+    }
+
+    /// Take back every offer of `agent` (it was lost).
+    fn rescind_agent(&self, agent: &str) -> Vec<OfferView> {
+        let mut offers = self.offers.lock();
+        let ids: Vec<u64> = offers.by_id.values().filter(|o| o.agent_id == agent).map(|o| o.id).collect();
+        ids.into_iter().filter_map(|id| offers.by_id.remove(&id)).collect()
     }
 
     /// Every agent the master knows, active or lost.
@@ -180,6 +323,8 @@ impl Master {
         let mut heartbeats = self.bus.subscribe(subject::AGENT_HEARTBEATS_ALL).await?;
         let mut sweep = tokio::time::interval((self.config.agent_timeout / 10).max(Duration::from_millis(20)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut allocate = tokio::time::interval(self.config.allocation_interval.unwrap_or(Duration::from_secs(3600)));
+        allocate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = registrations.next() => {
@@ -201,6 +346,14 @@ impl Master {
                     }
                 }
                 _ = sweep.tick() => self.sweep().await,
+                _ = allocate.tick(), if self.config.allocation_interval.is_some() => {
+                    let me = self.clone();
+                    match tokio::task::spawn_blocking(move || me.allocate_once()).await {
+                        Ok(Ok(report)) => self.publish_report(&report).await,
+                        Ok(Err(e)) => tracing::warn!(cause = %e, "allocation cycle failed"),
+                        Err(e) => tracing::error!(cause = %e, "allocation cycle panicked"),
+                    }
+                }
             }
         }
     }
@@ -212,25 +365,37 @@ impl Master {
             Ok(reg) => reg,
             Err(e) => return refuse(format!("malformed registration: {e}")),
         };
-        if let Err(e) = validate_agent_id(&reg.id) {
-            return refuse(e);
-        }
-        if reg.hostname.is_empty() || reg.hostname.len() > 253 {
-            return refuse("hostname must be 1-253 bytes".into());
-        }
-        let resources = match reg.resources.clone().validate() {
-            Ok(r) => r,
-            Err(e) => return refuse(e.to_string()),
+        let (action, data) = match self.admit_inner(reg.clone()) {
+            Ok(x) => x,
+            Err(e) => return refuse(e),
         };
+        tracing::info!(agent = %reg.id, hostname = %reg.hostname, resources = %reg.resources, action, "agent registered");
+        self.events
+            .emit(
+                subject::agent_event(&reg.id, action),
+                &format!("io.shoal.agent.{action}"),
+                &format!("agents/{}", reg.id),
+                data,
+            )
+            .await;
+        RegisterReply { accepted: true, error: None, heartbeat_ms }
+    }
+
+    fn admit_inner(&self, reg: AgentRegistration) -> Result<(&'static str, serde_json::Value), String> {
+        validate_agent_id(&reg.id)?;
+        if reg.hostname.is_empty() || reg.hostname.len() > 253 {
+            return Err("hostname must be 1-253 bytes".into());
+        }
+        let resources = reg.resources.clone().validate().map_err(|e| e.to_string())?;
         let reg = AgentRegistration { resources, ..reg };
-        let (action, data) = {
+        {
             let mut agents = self.agents.lock();
             let existing = agents.get(&reg.id);
             if let Some(e) = existing
                 && e.state == AgentState::Active
                 && e.reg.hostname != reg.hostname
             {
-                return refuse(format!(
+                return Err(format!(
                     "agent id `{}` is held by a live agent on {}; pick another id",
                     reg.id, e.reg.hostname
                 ));
@@ -253,18 +418,33 @@ impl Master {
                     registered_at_ms,
                 },
             );
-            (action, data)
-        };
-        tracing::info!(agent = %reg.id, hostname = %reg.hostname, resources = %reg.resources, action, "agent registered");
-        self.events
-            .emit(
-                subject::agent_event(&reg.id, action),
-                &format!("io.shoal.agent.{action}"),
-                &format!("agents/{}", reg.id),
-                data,
-            )
-            .await;
-        RegisterReply { accepted: true, error: None, heartbeat_ms }
+            Ok((action, data))
+        }
+    }
+
+    /// Events of one cycle: one per offer made, one per proposal refused.
+    pub async fn publish_report(&self, report: &AllocationReport) {
+        for offer in &report.offers {
+            self.events
+                .emit(
+                    subject::offer_event(&offer.framework, "made"),
+                    "io.shoal.offer.made",
+                    &format!("offers/{}", offer.id),
+                    serde_json::json!(offer),
+                )
+                .await;
+        }
+        for r in &report.rejected {
+            tracing::warn!(framework = %r.framework, agent = %r.agent_id, reason = %r.reason, "allocator proposal refused");
+            self.events
+                .emit(
+                    subject::offer_event(&r.framework, "refused"),
+                    "io.shoal.offer.refused",
+                    &format!("allocators/{}", self.config.allocator),
+                    serde_json::json!({ "allocator": self.config.allocator, "proposal": r }),
+                )
+                .await;
+        }
     }
 
     fn heartbeat(&self, id: &str) -> bool {
@@ -298,6 +478,16 @@ impl Master {
         };
         for (id, hostname, tasks, silent_ms) in lost {
             tracing::warn!(agent = %id, %hostname, silent_ms, "agent lost");
+            for offer in self.rescind_agent(&id) {
+                self.events
+                    .emit(
+                        subject::offer_event(&offer.framework, "rescinded"),
+                        "io.shoal.offer.rescinded",
+                        &format!("offers/{}", offer.id),
+                        serde_json::json!({ "offer": offer, "reason": format!("agent {id} lost") }),
+                    )
+                    .await;
+            }
             self.events
                 .emit(
                     subject::agent_event(&id, "lost"),
@@ -401,7 +591,8 @@ mod tests {
         let mut events = bus.subscribe("shoal.evt.agent.>").await.unwrap();
         let master = Master::new(
             bus.clone(),
-            MasterConfig { agent_timeout: Duration::from_millis(400), source: "/test".into() },
+            MasterConfig { agent_timeout: Duration::from_millis(400), ..MasterConfig::default() },
+            None,
         );
         tokio::spawn(master.clone().run());
         let agent = tokio::spawn(run_agent(bus.clone(), reg("a1", "host-1")));
@@ -432,7 +623,7 @@ mod tests {
     #[tokio::test]
     async fn bad_registrations_are_refused_and_change_nothing() {
         let bus: SharedBus = Arc::new(LocalBus::new());
-        let master = Master::new(bus.clone(), MasterConfig::default());
+        let master = Master::new(bus.clone(), MasterConfig::default(), None);
         tokio::spawn(master.clone().run());
         tokio::spawn(run_agent(bus.clone(), reg("a1", "host-1")));
         eventually("registration", || master.agent("a1").is_some()).await;

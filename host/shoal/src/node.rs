@@ -203,7 +203,12 @@ pub async fn run(
 
     let master = shoal_master::Master::new(
         bus.clone(),
-        shoal_master::MasterConfig { agent_timeout: config.agent_timeout, source: "/shoal/master".into() },
+        shoal_master::MasterConfig {
+            agent_timeout: config.agent_timeout,
+            source: "/shoal/master".into(),
+            ..shoal_master::MasterConfig::default()
+        },
+        Some(registry.clone()),
     );
     tokio::spawn({
         let master = master.clone();
