@@ -63,7 +63,8 @@ impl TaskLogs {
         Sink { logs: self.clone(), stderr: true }
     }
 
-    fn append(&self, stderr: bool, data: &[u8]) {
+    /// Append `data` to stderr (`stderr`) or stdout: what other executors (processes) capture.
+    pub fn append(&self, stderr: bool, data: &[u8]) {
         let mut tail = if stderr { self.stderr.lock() } else { self.stdout.lock() };
         tail.written += data.len() as u64;
         let data = &data[data.len().saturating_sub(self.limit)..];

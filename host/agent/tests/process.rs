@@ -1,0 +1,87 @@
+//! The process executor against real processes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_agent::{ProcessExit, ProcessSpec, StartError, start};
+
+fn spec(dir: &std::path::Path, command: &str) -> ProcessSpec {
+    ProcessSpec {
+        task_id: "web.1".into(),
+        command: command.into(),
+        env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+        ports: vec![31001, 31002],
+        sandbox: dir.join("sandbox"),
+        log_limit: 64 * 1024,
+    }
+}
+
+#[tokio::test]
+async fn runs_in_its_sandbox_with_ports_env_and_captured_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut task =
+        start(&spec(dir.path(), "echo $GREETING $PORT $PORT0 $PORT1 $SHOAL_TASK_ID; pwd; echo oops >&2; exit 3"))
+            .unwrap();
+    assert_eq!(task.wait().await, ProcessExit::Code(3));
+    let out = String::from_utf8(task.logs().stdout().bytes).unwrap();
+    let sandbox = dir.path().join("sandbox").canonicalize().unwrap();
+    assert_eq!(out, format!("hello 31001 31001 31002 web.1\n{}\n", sandbox.display()));
+    assert_eq!(task.logs().stderr().bytes, b"oops\n");
+    // This machine has no cgroup v2 cpu/memory controllers; the executor says so instead of pretending.
+    if let Some(note) = &task.limits_note {
+        assert!(note.contains("not enforced"), "{note}");
+    }
+}
+
+#[tokio::test]
+async fn logs_keep_the_newest_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), "head -c 100000 /dev/zero | tr '\\0' a; printf END");
+    s.log_limit = 1000;
+    let mut task = start(&s).unwrap();
+    assert!(task.wait().await.success());
+    let tail = task.logs().stdout();
+    assert_eq!((tail.bytes.len(), tail.dropped), (1000, 99_003));
+    assert!(tail.bytes.ends_with(b"aaEND"));
+}
+
+#[tokio::test]
+async fn kill_sends_term_then_kill_to_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    // Handles SIGTERM: exits cleanly within the grace period.
+    let mut polite = start(&spec(dir.path(), "trap 'echo bye; exit 0' TERM; while true; do sleep 0.05; done")).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(polite.kill(Duration::from_secs(5)).await, ProcessExit::Code(0));
+    assert_eq!(polite.logs().stdout().bytes, b"bye\n");
+
+    // Ignores SIGTERM and leaves a child in its group: both are gone after the grace period.
+    let mut stubborn = start(&spec(dir.path(), "trap '' TERM; sleep 1000 & echo $!; wait")).unwrap();
+    let child_pid = loop {
+        let out = String::from_utf8(stubborn.logs().stdout().bytes).unwrap();
+        if let Ok(pid) = out.trim().parse::<i32>() {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let t0 = Instant::now();
+    let exit = stubborn.kill(Duration::from_millis(300)).await;
+    assert_eq!(exit, ProcessExit::Signal(libc_sigkill()), "{exit:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alive = std::path::Path::new(&format!("/proc/{child_pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{child_pid}/stat")).unwrap_or_default().contains(") Z");
+    assert!(!alive, "the group's background child survived");
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
+
+#[tokio::test]
+async fn bad_tasks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(start(&spec(dir.path(), "  ")), Err(StartError::Invalid(_))));
+    let mut s = spec(dir.path(), "true");
+    s.env.insert("A=B".into(), "x".into());
+    assert!(matches!(start(&s), Err(StartError::Invalid(_))));
+}
