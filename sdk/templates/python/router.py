@@ -1,0 +1,30 @@
+"""{{name}}: a routing rule for Shoal's gateway, in Python.
+
+Round-robin over the healthy endpoints. The state lives in this instance (the gateway keeps one
+instance per worker); read from the request only what your rule needs, each read is a call into
+the host: `request.path()`, `request.header("x-user")`, `request.client_ip()`, ...
+"""
+
+from typing import List, Optional
+
+from wit_world import exports
+from wit_world.imports import route_request, types
+
+
+class Routing(exports.Routing):
+    def __init__(self) -> None:
+        self.healthy: List[int] = []
+        self.turn = 0
+
+    def update(self, endpoints: List[types.Endpoint]) -> None:
+        self.healthy = [i for i, endpoint in enumerate(endpoints) if endpoint.healthy]
+
+    def route(self, request: route_request.Request) -> Optional[int]:
+        if not self.healthy:
+            return None
+        pick = self.healthy[self.turn % len(self.healthy)]
+        self.turn += 1
+        return pick
+
+    def on_complete(self, index: int, status: int, latency_us: int) -> None:
+        pass
