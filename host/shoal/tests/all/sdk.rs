@@ -150,3 +150,13 @@ fn plugin_test_reports_a_wrong_answer() {
     let report = text(&out);
     assert!(report.contains("$.picks[1]: expected 0, got 1") && report.contains("0 passed, 1 failed"), "{report}");
 }
+
+#[test]
+fn the_wit_reference_matches_the_wit() {
+    let out = Command::new("python3")
+        .arg(root().join("sdk/wit-reference.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 runs sdk/wit-reference.py");
+    assert!(out.status.success(), "{}", text(&out));
+}
