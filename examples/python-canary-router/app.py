@@ -16,16 +16,20 @@ from wit_world.imports import log, route_request, types
 DEFAULT_PERCENT = 10
 
 
-class Routing(exports.Routing):
-    def __init__(self) -> None:
-        self.stable: List[int] = []
-        self.canary: List[int] = []
-        self.percent = DEFAULT_PERCENT
-        self.requests = 0  # requests routed by share, for the even spread
-        self.turn = {"stable": 0, "canary": 0}
+class Pools:
+    """The router's state. componentize-py may create a new `Routing` object for every call, so
+    state lives at module level: one per instance, as the gateway keeps one instance per worker."""
 
+    stable: List[int] = []
+    canary: List[int] = []
+    percent = DEFAULT_PERCENT
+    requests = 0  # requests routed by share, for the even spread
+    turn = {"stable": 0, "canary": 0}
+
+
+class Routing(exports.Routing):
     def update(self, endpoints: List[types.Endpoint]) -> None:
-        self.stable, self.canary = [], []
+        Pools.stable, Pools.canary = [], []
         percent = DEFAULT_PERCENT
         for index, endpoint in enumerate(endpoints):
             labels = {label.name: label.value for label in endpoint.labels}
@@ -36,8 +40,8 @@ class Routing(exports.Routing):
                 except ValueError:
                     log.log(log.Level.WARN, f"ignoring canary-percent={labels['canary-percent']!r}")
             if endpoint.healthy:
-                (self.canary if is_canary else self.stable).append(index)
-        self.percent = percent
+                (Pools.canary if is_canary else Pools.stable).append(index)
+        Pools.percent = percent
 
     def route(self, request: route_request.Request) -> Optional[int]:
         forced = request.header("x-canary")
@@ -46,15 +50,15 @@ class Routing(exports.Routing):
         elif forced == "never":
             pool = "stable"
         else:
-            n = self.requests
-            self.requests += 1
-            pool = "canary" if (n + 1) * self.percent // 100 > n * self.percent // 100 else "stable"
+            n = Pools.requests
+            Pools.requests += 1
+            pool = "canary" if (n + 1) * Pools.percent // 100 > n * Pools.percent // 100 else "stable"
         other = "stable" if pool == "canary" else "canary"
         for name in (pool, other):
-            members = self.canary if name == "canary" else self.stable
+            members = Pools.canary if name == "canary" else Pools.stable
             if members:
-                turn = self.turn[name]
-                self.turn[name] = turn + 1
+                turn = Pools.turn[name]
+                Pools.turn[name] = turn + 1
                 return members[turn % len(members)]
         return None
 

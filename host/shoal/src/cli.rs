@@ -152,6 +152,8 @@ enum PluginCommand {
     New(plugin_sdk::NewArgs),
     /// Run conformance cases (fixture + expected answer) on a component (no server needed).
     Test(plugin_sdk::TestArgs),
+    /// Measure a component: size, compile, instantiation and per-call time on a fixture.
+    Bench(plugin_sdk::BenchArgs),
     /// Run a component locally against a JSON fixture and print its answer (no server needed).
     Check {
         /// Plugin kind.
@@ -428,6 +430,7 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::New(args) => plugin_sdk::new(args)?,
         PluginCommand::Test(args) => plugin_sdk::test(args).await?,
+        PluginCommand::Bench(args) => plugin_sdk::bench(args).await?,
         PluginCommand::Check { kind, file, input } => {
             let kind = kind_of(&kind)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -11,19 +11,23 @@ from wit_world import exports
 from wit_world.imports import route_request, types
 
 
-class Routing(exports.Routing):
-    def __init__(self) -> None:
-        self.healthy: List[int] = []
-        self.turn = 0
+# The rule's state. componentize-py may create a new `Routing` object for every call, so state
+# lives at module level: one copy per instance (the gateway keeps one instance per worker).
+healthy: List[int] = []
+turn = 0
 
+
+class Routing(exports.Routing):
     def update(self, endpoints: List[types.Endpoint]) -> None:
-        self.healthy = [i for i, endpoint in enumerate(endpoints) if endpoint.healthy]
+        global healthy
+        healthy = [i for i, endpoint in enumerate(endpoints) if endpoint.healthy]
 
     def route(self, request: route_request.Request) -> Optional[int]:
-        if not self.healthy:
+        global turn
+        if not healthy:
             return None
-        pick = self.healthy[self.turn % len(self.healthy)]
-        self.turn += 1
+        pick = healthy[turn % len(healthy)]
+        turn += 1
         return pick
 
     def on_complete(self, index: int, status: int, latency_us: int) -> None:

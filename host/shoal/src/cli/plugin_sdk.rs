@@ -57,6 +57,25 @@ pub struct TestArgs {
     cases: Vec<PathBuf>,
 }
 
+/// Arguments of `shoal plugin bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Plugin kind.
+    #[arg(long)]
+    kind: String,
+    /// The component (.wasm).
+    file: PathBuf,
+    /// A fixture or a case: its first input is the one timed.
+    #[arg(long)]
+    input: PathBuf,
+    /// Calls and instantiations to time.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 /// The WIT package, copied into every project.
 const WIT: &[(&str, &str)] = &[
     ("wit/types.wit", include_str!("../../../../wit/types.wit")),
@@ -273,6 +292,79 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
     .await??;
     if failed > 0 {
         bail!("{failed} case(s) failed");
+    }
+    Ok(())
+}
+
+fn median(mut samples: Vec<std::time::Duration>) -> std::time::Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// Instantiate a fresh instance of `plugin` (and drop it) `n` times; the median time.
+fn time_instantiation(plugin: &AnyPlugin, n: usize) -> anyhow::Result<std::time::Duration> {
+    use std::time::Instant;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        match plugin {
+            AnyPlugin::Allocator(p) => drop(p.instantiate()?),
+            AnyPlugin::Router(p) => drop(p.instantiate()?),
+            AnyPlugin::HealthCheck(p) => drop(p.instantiate()?),
+            AnyPlugin::Framework(p) => drop(p.instantiate()?),
+        }
+        samples.push(start.elapsed());
+    }
+    Ok(median(samples))
+}
+
+/// `shoal plugin bench`: size, compile time, instantiation time and per-call time of a component.
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use std::time::Instant;
+    let kind: PluginKind = args.kind.parse()?;
+    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let mut input: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", args.input.display()))?;
+    if let Ok(case) = Case::parse(&text) {
+        input = case.input;
+    }
+    let iterations = args.iterations.max(1);
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let runtime = Runtime::new(RuntimeConfig { max_instances: 64, ..RuntimeConfig::default() })?;
+        let start = Instant::now();
+        runtime.compile(&bytes)?;
+        let compile = start.elapsed();
+        let scope = PluginScope {
+            kv: Some(std::sync::Arc::new(MemoryKv::default())),
+            ..PluginScope::detached(kind.as_str(), "bench", "local")
+        };
+        let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())?;
+        let instantiate = time_instantiation(&plugin, iterations.min(50))?;
+        let calls = shoal_abi::check::time_calls(&plugin, &input, iterations)?;
+        Ok(serde_json::json!({
+            "size_bytes": bytes.len(),
+            "compile_ms": compile.as_secs_f64() * 1e3,
+            "instantiate_us": instantiate.as_secs_f64() * 1e6,
+            "call": calls.call,
+            "call_median_us": calls.median.as_secs_f64() * 1e6,
+            "call_min_us": calls.min.as_secs_f64() * 1e6,
+            "iterations": iterations,
+        }))
+    })
+    .await??;
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("size            {} bytes", report["size_bytes"]);
+        println!("compile         {:.1} ms (once per digest; cached after)", report["compile_ms"].as_f64().unwrap_or(0.0));
+        println!("instantiate     {:.1} µs (median)", report["instantiate_us"].as_f64().unwrap_or(0.0));
+        println!(
+            "{:<15} {:.2} µs (median of {iterations}, reused instance; fastest {:.2} µs)",
+            report["call"].as_str().unwrap_or("call"),
+            report["call_median_us"].as_f64().unwrap_or(0.0),
+            report["call_min_us"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(())
 }

@@ -10,8 +10,13 @@
 //! A missing tool chain (componentize-py, componentize-js, wit-bindgen, clang for wasm32-wasi…)
 //! fails these tests with the build script's message: `.ci/run` installs them all.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::SHOAL;
 
@@ -44,6 +49,18 @@ fn plugin_test(kind: &str, wasm: &Path, cases: &[PathBuf]) -> String {
     report
 }
 
+/// Build `examples/<name>` with its `build.sh` once per test run (tests run in parallel and share
+/// the build directory); returns its component.
+fn built(dir: &Path) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(dir) {
+        sh(&dir.join("build.sh"), &[], "is its language's tool chain installed? `.ci/run` installs them");
+        built.insert(dir.to_owned());
+    }
+    dir.join("build/plugin.wasm")
+}
+
 #[test]
 fn every_example_plugin_passes_its_conformance_suite() {
     let examples = root().join("examples");
@@ -61,8 +78,7 @@ fn every_example_plugin_passes_its_conformance_suite() {
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("plugin.json")).expect("read")).expect("JSON");
         let kind = manifest["kind"].as_str().expect("plugin.json names the plugin's `kind`");
-        sh(&dir.join("build.sh"), &[], "is its language's tool chain installed? `.ci/run` installs them");
-        let wasm = dir.join("build/plugin.wasm");
+        let wasm = built(dir);
         let report = plugin_test(kind, &wasm, &[examples.join("conformance").join(kind), dir.join("tests")]);
         let suite = std::fs::read_dir(examples.join("conformance").join(kind)).expect("suite").count();
         let own = std::fs::read_dir(dir.join("tests")).expect("tests/").count();
@@ -159,4 +175,170 @@ fn the_wit_reference_matches_the_wit() {
         .output()
         .expect("python3 runs sdk/wit-reference.py");
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A tiny HTTP/1.1 upstream that answers every request with its own name, on a thread.
+fn upstream(name: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                // Serve requests on this connection until the peer closes it (the gateway keeps
+                // upstream connections alive).
+                loop {
+                    let mut line = String::new();
+                    let mut length = 0usize;
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = header.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len());
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `GET path` through the gateway with `headers`: (status, body).
+fn get(gateway: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(gateway).expect("connect to the gateway");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo of the SDK, as a user runs it: the Python and JavaScript example routers are
+/// uploaded to a real `shoal dev`, put in front of real upstreams, and route real requests.
+#[test]
+fn example_routers_route_real_traffic() {
+    let examples = root().join("examples");
+    let canary = built(&examples.join("python-canary-router"));
+    let sticky = built(&examples.join("js-sticky-router"));
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(SHOAL)
+        .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path().join("shoal"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn shoal dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let _dev = Dev(child);
+    let (mut api, mut gateway, mut token) = (None, None, None);
+    let mut lines = BufReader::new(stdout).lines();
+    while api.is_none() || gateway.is_none() || token.is_none() {
+        let line = lines.next().expect("shoal dev printed its addresses").expect("line");
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("API:") {
+            api = Some(rest.trim().trim_end_matches("/v1").to_owned());
+        } else if let Some(rest) = line.strip_prefix("gateway:") {
+            gateway = rest.split_whitespace().next().map(|u| u.trim_start_matches("http://").trim_end_matches('/').to_owned());
+        } else if let Some(rest) = line.strip_prefix("admin token:") {
+            token = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    let (api, gateway, token) = (api.expect("api"), gateway.expect("gateway"), token.expect("token"));
+    let cli = |args: &[&str]| {
+        let out = Command::new(SHOAL)
+            .args(args)
+            .env("SHOAL_API", &api)
+            .env("SHOAL_TOKEN", &token)
+            .output()
+            .expect("run the CLI");
+        assert!(out.status.success(), "shoal {}: {}", args.join(" "), text(&out));
+        text(&out)
+    };
+
+    cli(&["plugin", "push", "--kind", "router", "--name", "canary", "--activate", &canary.display().to_string()]);
+    cli(&["plugin", "push", "--kind", "router", "--name", "sticky", "--activate", &sticky.display().to_string()]);
+    let (stable_1, stable_2, canary_1) = (upstream("stable-1"), upstream("stable-2"), upstream("canary-1"));
+    cli(&["service", "register", "shop", "stable-1", "--address", &stable_1]);
+    cli(&["service", "register", "shop", "stable-2", "--address", &stable_2]);
+    cli(&["service", "register", "shop", "canary-1", "--address", &canary_1, "--label", "track=canary", "--label", "canary-percent=25"]);
+    let (a, b, c) = (upstream("cart-a"), upstream("cart-b"), upstream("cart-c"));
+    for (id, addr) in [("cart-a", &a), ("cart-b", &b), ("cart-c", &c)] {
+        cli(&["service", "register", "cart", id, "--address", addr]);
+    }
+    cli(&["route", "put", "shop", "--service", "shop", "--prefix", "/shop", "--router", "canary"]);
+    cli(&["route", "put", "cart", "--service", "cart", "--prefix", "/cart", "--router", "sticky"]);
+
+    // Routes and instances reach the gateway asynchronously: wait for the first answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&gateway, "/shop", &[("x-canary", "always")]) != (200, "canary-1".to_owned()) {
+        assert!(Instant::now() < deadline, "the canary route never answered through the Python router");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Python canary router: the header forces the pool; without it the canary gets its share.
+    for _ in 0..10 {
+        assert_eq!(get(&gateway, "/shop", &[("x-canary", "always")]), (200, "canary-1".to_owned()));
+        let (status, body) = get(&gateway, "/shop", &[("x-canary", "never")]);
+        assert!(status == 200 && body.starts_with("stable-"), "{status} {body}");
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..80 {
+        let (status, body) = get(&gateway, "/shop/items", &[]);
+        assert_eq!(status, 200, "{body}");
+        *counts.entry(body).or_default() += 1;
+    }
+    // 25 % of 80 is 20; each gateway worker has its own instance and counter, so allow slack.
+    let to_canary = counts.get("canary-1").copied().unwrap_or(0);
+    assert!((10..=30).contains(&to_canary), "canary share off: {counts:?}");
+    assert!(counts.get("stable-1").is_some() && counts.get("stable-2").is_some(), "{counts:?}");
+
+    // JavaScript sticky router: a session stays on one upstream; sessions spread.
+    let mut seen = BTreeSet::new();
+    for session in ["alice", "ivan", "dave"] {
+        let first = get(&gateway, "/cart", &[("x-session-id", session)]);
+        assert_eq!(first.0, 200);
+        for _ in 0..5 {
+            assert_eq!(get(&gateway, "/cart", &[("x-session-id", session)]), first, "session {session} moved");
+        }
+        seen.insert(first.1);
+    }
+    // FNV-1a modulo 3: alice -> 2, ivan -> 0, dave -> 1 (see examples/js-sticky-router/tests).
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }
