@@ -25,7 +25,9 @@ void exports_shoal_plugin_routing_update(exports_shoal_plugin_routing_list_endpo
 }
 
 bool exports_shoal_plugin_routing_route(exports_shoal_plugin_routing_borrow_request_t request, uint32_t *ret) {
-    (void)request;
+    // The request is lent for this call: hand it back before returning (the host traps a call
+    // that keeps a borrow), after the last read.
+    shoal_plugin_route_request_request_drop_borrow(request);
     if (healthy_len == 0) return false; // no endpoint: the gateway answers 503
     *ret = healthy[turn % healthy_len];
     turn++;
