@@ -261,7 +261,13 @@ pub fn time_calls(plugin: &AnyPlugin, input: &Value, iterations: usize) -> Resul
             let endpoints: Vec<Endpoint> = fx
                 .endpoints
                 .into_iter()
-                .map(|e| Endpoint { id: e.id, address: e.address, weight: e.weight, labels: e.labels, healthy: e.healthy })
+                .map(|e| Endpoint {
+                    id: e.id,
+                    address: e.address,
+                    weight: e.weight,
+                    labels: e.labels,
+                    healthy: e.healthy,
+                })
                 .collect();
             let n = endpoints.len();
             let table = RouteTable { generation: 1, endpoints };
@@ -289,7 +295,10 @@ pub fn time_calls(plugin: &AnyPlugin, input: &Value, iterations: usize) -> Resul
             let fx: FrameworkFixture = parse("framework", input)?;
             call = "tick";
             if let Err(why) = crate::framework_init(p, &fx.config)? {
-                return Err(CheckError::Fixture { kind: "framework", message: format!("init refused the config: {why}") });
+                return Err(CheckError::Fixture {
+                    kind: "framework",
+                    message: format!("init refused the config: {why}"),
+                });
             }
             for _ in 0..iterations {
                 let start = Instant::now();

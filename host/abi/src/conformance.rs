@@ -61,8 +61,11 @@ pub enum CaseError {
 /// Run `case` on `plugin`: `Ok(answer)` when the answer matches the expectation.
 pub fn run(plugin: &AnyPlugin, case: &Case) -> Result<Value, CaseError> {
     let answered = crate::check::run(plugin, &case.input)?;
-    matches(&case.expect, &answered, "$")
-        .map_err(|mismatch| CaseError::Mismatch { mismatch, expected: case.expect.clone(), answered: answered.clone() })?;
+    matches(&case.expect, &answered, "$").map_err(|mismatch| CaseError::Mismatch {
+        mismatch,
+        expected: case.expect.clone(),
+        answered: answered.clone(),
+    })?;
     Ok(answered)
 }
 
@@ -118,7 +121,9 @@ mod tests {
             matches(&json!({"result": {"status": "unhealthy"}}), &answer, "$"),
             Err("$.result.status: expected \"unhealthy\", got \"healthy\"".into())
         );
-        assert!(matches(&json!({"picks": [1, {"$one_of": [0, 2]}, null]}), &json!({"picks": [1, 2, null]}), "$").is_ok());
+        assert!(
+            matches(&json!({"picks": [1, {"$one_of": [0, 2]}, null]}), &json!({"picks": [1, 2, null]}), "$").is_ok()
+        );
         assert_eq!(
             matches(&json!({"picks": [{"$one_of": [0, 2]}]}), &json!({"picks": [1]}), "$"),
             Err("$.picks[0]: 1 is none of [0,2]".into())

@@ -151,7 +151,11 @@ fn lang_name(lang: Lang) -> &'static str {
 
 /// The SDK next to the sources this binary was built from, when it is still there.
 fn default_sdk() -> Option<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk").canonicalize().ok().filter(|p| p.join("Cargo.toml").exists())
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk")
+        .canonicalize()
+        .ok()
+        .filter(|p| p.join("Cargo.toml").exists())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -222,15 +226,14 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         }
     }
-    println!(
-        "created {} plugin `{name}` ({}) in {}",
-        kind.as_str(),
-        lang_name(args.lang),
-        args.dir.display()
-    );
+    println!("created {} plugin `{name}` ({}) in {}", kind.as_str(), lang_name(args.lang), args.dir.display());
     println!("  edit   {}", args.dir.join(source_path).display());
     println!("  test   {}/test.sh", args.dir.display());
-    println!("  upload shoal plugin push --kind {} --name {name} --activate {}/build/plugin.wasm", kind.as_str(), args.dir.display());
+    println!(
+        "  upload shoal plugin push --kind {} --name {name} --activate {}/build/plugin.wasm",
+        kind.as_str(),
+        args.dir.display()
+    );
     Ok(())
 }
 
@@ -357,7 +360,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!("size            {} bytes", report["size_bytes"]);
-        println!("compile         {:.1} ms (once per digest; cached after)", report["compile_ms"].as_f64().unwrap_or(0.0));
+        println!(
+            "compile         {:.1} ms (once per digest; cached after)",
+            report["compile_ms"].as_f64().unwrap_or(0.0)
+        );
         println!("instantiate     {:.1} µs (median)", report["instantiate_us"].as_f64().unwrap_or(0.0));
         println!(
             "{:<15} {:.2} µs (median of {iterations}, reused instance; fastest {:.2} µs)",

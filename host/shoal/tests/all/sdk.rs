@@ -161,7 +161,8 @@ fn plugin_test_reports_a_wrong_answer() {
             "expect": {"picks": [0, 0]}}"#,
     )
     .expect("write");
-    let out = Command::new(SHOAL).args(["plugin", "test", "--kind", "router"]).arg(&wasm).arg(&case).output().expect("run");
+    let out =
+        Command::new(SHOAL).args(["plugin", "test", "--kind", "router"]).arg(&wasm).arg(&case).output().expect("run");
     assert!(!out.status.success());
     let report = text(&out);
     assert!(report.contains("$.picks[1]: expected 0, got 1") && report.contains("0 passed, 1 failed"), "{report}");
@@ -275,7 +276,10 @@ fn example_routers_route_real_traffic() {
         if let Some(rest) = line.strip_prefix("API:") {
             api = Some(rest.trim().trim_end_matches("/v1").to_owned());
         } else if let Some(rest) = line.strip_prefix("gateway:") {
-            gateway = rest.split_whitespace().next().map(|u| u.trim_start_matches("http://").trim_end_matches('/').to_owned());
+            gateway = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_start_matches("http://").trim_end_matches('/').to_owned());
         } else if let Some(rest) = line.strip_prefix("admin token:") {
             token = rest.split_whitespace().next().map(str::to_owned);
         }
@@ -297,7 +301,18 @@ fn example_routers_route_real_traffic() {
     let (stable_1, stable_2, canary_1) = (upstream("stable-1"), upstream("stable-2"), upstream("canary-1"));
     cli(&["service", "register", "shop", "stable-1", "--address", &stable_1]);
     cli(&["service", "register", "shop", "stable-2", "--address", &stable_2]);
-    cli(&["service", "register", "shop", "canary-1", "--address", &canary_1, "--label", "track=canary", "--label", "canary-percent=25"]);
+    cli(&[
+        "service",
+        "register",
+        "shop",
+        "canary-1",
+        "--address",
+        &canary_1,
+        "--label",
+        "track=canary",
+        "--label",
+        "canary-percent=25",
+    ]);
     let (a, b, c) = (upstream("cart-a"), upstream("cart-b"), upstream("cart-c"));
     for (id, addr) in [("cart-a", &a), ("cart-b", &b), ("cart-c", &c)] {
         cli(&["service", "register", "cart", id, "--address", addr]);
