@@ -27,7 +27,8 @@ fn runtime() -> &'static Runtime {
 /// An example's component, built by its `build.sh`.
 fn example(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).join("build/plugin.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build it first with examples/{name}/build.sh", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; build it first with examples/{name}/build.sh", path.display()))
 }
 
 fn load(kind: PluginKind, name: &str, bytes: &[u8]) -> AnyPlugin {

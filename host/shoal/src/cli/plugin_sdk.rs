@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Calls and instantiations to time.
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    /// Memory cap of an instance in MiB, instead of the kind's default (routers 32): to find
+    /// how much a plugin needs.
+    #[arg(long)]
+    memory_mib: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -333,6 +337,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         input = case.input;
     }
     let iterations = args.iterations.max(1);
+    let memory_mib = args.memory_mib;
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
         let runtime = Runtime::new(RuntimeConfig { max_instances: 64, ..RuntimeConfig::default() })?;
         let start = Instant::now();
@@ -342,7 +347,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             kv: Some(std::sync::Arc::new(MemoryKv::default())),
             ..PluginScope::detached(kind.as_str(), "bench", "local")
         };
-        let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())?;
+        let mut limits = kind.default_limits();
+        if let Some(mib) = memory_mib {
+            limits.memory = mib << 20;
+        }
+        let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, limits)?;
         let instantiate = time_instantiation(&plugin, iterations.min(50))?;
         let calls = shoal_abi::check::time_calls(&plugin, &input, iterations)?;
         Ok(serde_json::json!({

@@ -357,3 +357,21 @@ fn example_routers_route_real_traffic() {
     // FNV-1a modulo 3: alice -> 2, ivan -> 0, dave -> 1 (see examples/js-sticky-router/tests).
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+/// componentize-js's engine collects garbage lazily, so a JavaScript instance's memory grows
+/// call after call (at 32 MiB, a router failed after about 25,000 calls). The pool retires an
+/// instance that used half its memory headroom; 60,000 calls on one plugin must all succeed.
+#[test]
+fn a_javascript_router_survives_many_calls() {
+    let wasm = built(&root().join("examples/js-sticky-router"));
+    let out = Command::new(SHOAL)
+        .args(["plugin", "bench", "--kind", "router", "--iterations", "60000", "--json", "--input"])
+        .arg(root().join("examples/js-sticky-router/tests/sticky.json"))
+        .arg(&wasm)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["call"], "route");
+    assert!(report["call_median_us"].as_f64().is_some_and(|us| us > 0.0), "{report}");
+}
