@@ -71,7 +71,7 @@ fn every_example_plugin_passes_its_conformance_suite() {
         .collect();
     dirs.sort();
     let names: Vec<String> = dirs.iter().map(|d| d.file_name().expect("name").to_string_lossy().into_owned()).collect();
-    for expected in ["c-spread-allocator", "js-sticky-router", "python-canary-router"] {
+    for expected in ["c-spread-allocator", "js-sticky-router", "python-canary-router", "python-json-health-check"] {
         assert!(names.iter().any(|n| n == expected), "example {expected} is missing from {names:?}");
     }
     for dir in &dirs {
@@ -180,6 +180,12 @@ fn the_wit_reference_matches_the_wit() {
 
 /// A tiny HTTP/1.1 upstream that answers every request with its own name, on a thread.
 fn upstream(name: &'static str) -> String {
+    serve("200 OK", name)
+}
+
+/// A tiny HTTP/1.1 server that answers every request with `status` and `body`, on a thread;
+/// returns its address.
+fn serve(status: &'static str, body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     std::thread::spawn(move || {
@@ -209,11 +215,11 @@ fn upstream(name: &'static str) -> String {
                             }
                         }
                     }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
+                    let mut request_body = vec![0; length];
+                    if reader.read_exact(&mut request_body).is_err() {
                         return;
                     }
-                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len());
+                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
                     if stream.write_all(answer.as_bytes()).is_err() {
                         return;
                     }
@@ -374,4 +380,31 @@ fn a_javascript_router_survives_many_calls() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["call"], "route");
     assert!(report["call_median_us"].as_f64().is_some_and(|us| us > 0.0), "{report}");
+}
+
+/// The Python JSON health check against live HTTP servers: cases written with their ports.
+#[test]
+fn the_json_health_check_reads_a_live_status_field() {
+    let wasm = built(&root().join("examples/python-json-health-check"));
+    let cases = tempfile::tempdir().expect("tempdir");
+    let live = [
+        ("ok", "200 OK", r#"{"status": "ok", "version": 3}"#, "", "Healthy"),
+        ("down", "200 OK", r#"{"status": "down"}"#, "", "Unhealthy"),
+        ("error-status", "503 Service Unavailable", r#"{"status": "ok"}"#, "", "Unhealthy"),
+        ("not-json", "200 OK", "<html>fine</html>", "", "Unhealthy"),
+        ("nested", "200 OK", r#"{"checks": {"db": "UP"}}"#, r#"{"field": "checks.db", "path": "/ready"}"#, "Healthy"),
+        ("missing-field", "200 OK", r#"{"checks": {}}"#, r#"{"field": "checks.db"}"#, "Unhealthy"),
+    ];
+    for (name, status, body, config, verdict) in live {
+        let addr = serve(status, body);
+        let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let case = serde_json::json!({
+            "description": name,
+            "input": {"target": {"task_id": "t1", "address": "127.0.0.1", "ports": [port], "config": config}},
+            "expect": {"result": {"status": verdict}},
+        });
+        std::fs::write(cases.path().join(format!("{name}.json")), case.to_string()).expect("write case");
+    }
+    let report = plugin_test("health-check", &wasm, &[cases.path().to_owned()]);
+    assert!(report.contains("6 passed, 0 failed"), "{report}");
 }
