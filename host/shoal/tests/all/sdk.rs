@@ -326,8 +326,9 @@ fn example_routers_route_real_traffic() {
     cli(&["route", "put", "shop", "--service", "shop", "--prefix", "/shop", "--router", "canary"]);
     cli(&["route", "put", "cart", "--service", "cart", "--prefix", "/cart", "--router", "sticky"]);
 
-    // Routes and instances reach the gateway asynchronously: wait for the first answer.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Routes and instances reach the gateway asynchronously, and a Python or JavaScript
+    // component takes seconds to compile on a busy machine: wait for the first answer.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while get(&gateway, "/shop", &[("x-canary", "always")]) != (200, "canary-1".to_owned()) {
         assert!(Instant::now() < deadline, "the canary route never answered through the Python router");
         std::thread::sleep(Duration::from_millis(100));
