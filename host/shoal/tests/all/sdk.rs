@@ -351,7 +351,18 @@ fn example_routers_route_real_traffic() {
     assert!((10..=30).contains(&to_canary), "canary share off: {counts:?}");
     assert!(counts.get("stable-1").is_some() && counts.get("stable-2").is_some(), "{counts:?}");
 
-    // JavaScript sticky router: a session stays on one upstream; sessions spread.
+    // JavaScript sticky router: a session stays on one upstream; sessions spread. Wait until the
+    // router answers (the gateway serves round-robin until it can call it): six answers in a row
+    // for one session from the same upstream, which round-robin over three cannot give.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answers: BTreeSet<_> = (0..6).map(|_| get(&gateway, "/cart", &[("x-session-id", "alice")])).collect();
+        if answers.len() == 1 && answers.iter().all(|(status, _)| *status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cart route never answered through the JavaScript router: {answers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut seen = BTreeSet::new();
     for session in ["alice", "ivan", "dave"] {
         let first = get(&gateway, "/cart", &[("x-session-id", session)]);
