@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod master;
+mod services;
 mod tidy;
 
 fn shoal() -> std::path::PathBuf {
@@ -16,6 +18,8 @@ fn shoal() -> std::path::PathBuf {
 struct Dev {
     child: Child,
     api: String,
+    /// `http://host:port` of the gateway.
+    gateway: String,
     token: String,
     _dir: Option<tempfile::TempDir>,
 }
@@ -39,7 +43,7 @@ impl Dev {
     /// `shoal dev` on the data directory `data` (which outlives the process) with extra flags.
     fn start_in(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Dev {
         let mut cmd = Command::new(shoal());
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data).args(args);
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data-dir"]).arg(data).args(args);
         cmd.envs(envs.iter().copied());
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn shoal dev");
         let stdout = child.stdout.take().expect("stdout");
@@ -49,17 +53,26 @@ impl Dev {
                 let _ = tx.send(line);
             }
         });
-        let (mut api, mut token) = (None, None);
+        let (mut api, mut token, mut gateway) = (None, None, None);
         while api.is_none() || token.is_none() {
             let line = rx.recv_timeout(Duration::from_secs(120)).expect("shoal dev printed its URLs and token");
             if let Some(rest) = line.trim().strip_prefix("API:") {
                 api = Some(rest.trim().trim_end_matches("/v1").to_owned());
             }
+            if let Some(rest) = line.trim().strip_prefix("gateway:") {
+                gateway = rest.split_whitespace().next().map(|g| g.trim_end_matches('/').to_owned());
+            }
             if let Some(rest) = line.trim().strip_prefix("admin token:") {
                 token = rest.split_whitespace().next().map(str::to_owned);
             }
         }
-        Dev { child, api: api.expect("api"), token: token.expect("token"), _dir: None }
+        Dev {
+            child,
+            api: api.expect("api"),
+            gateway: gateway.expect("shoal dev printed the gateway's address"),
+            token: token.expect("token"),
+            _dir: None,
+        }
     }
 
     fn cli(&self, args: &[&str]) -> (bool, String, String) {

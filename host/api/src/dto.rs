@@ -219,6 +219,7 @@ impl Modify for BearerAuth {
         crate::services::list, crate::services::show, crate::services::watch, crate::services::register,
         crate::services::heartbeat, crate::services::deregister, crate::services::list_routes,
         crate::services::show_route, crate::services::put_route, crate::services::delete_route,
+        crate::agents::list, crate::agents::show,
     ),
     components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse,
         KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse)),

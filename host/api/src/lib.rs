@@ -15,6 +15,7 @@
 //! Entry point: [`serve`] takes a bound listener and a shutdown future (so tests bind
 //! `127.0.0.1:0` and drive the real server).
 
+mod agents;
 pub mod auth;
 pub mod dto;
 pub mod error;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub discovery: Option<Arc<shoal_discovery::Discovery>>,
     /// The gateway's routes, if this node runs a gateway (without, `/v1/routes` answers 503).
     pub routes: Option<Arc<shoal_gateway::Routes>>,
+    /// The resource master, if this node runs it (without one, `/v1/agents` answers 503).
+    pub master: Option<Arc<shoal_master::Master>>,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
@@ -95,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(auth::issue))
         .route("/v1/kv/{ns}", get(kv::list).post(kv::batch))
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{id}", get(agents::show))
         .route("/v1/services", get(services::list))
         .route("/v1/services/{svc}", get(services::show))
         .route("/v1/services/{svc}/watch", get(services::watch))

@@ -209,7 +209,7 @@ where
 
 /// Register (or update) an external instance.
 #[utoipa::path(put, path = "/v1/services/{svc}/instances/{id}", params(("svc" = String, Path), ("id" = String, Path)),
-    request_body(content = String, description = "`{address, ports?, weight?, labels?, version?, health?, ttl_seconds?}`"),
+    request_body(content = String, description = "`{address, ports?, weight?, labels?, version?, health?, ttl_seconds?, check?}`: `check` is a health check the node runs (`{\"type\": \"http\", \"path\": \"/health\", \"interval_ms\": 1000, \"timeout_ms\": 500}`)"),
     responses((status = 200, description = "`{index}`"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn register(

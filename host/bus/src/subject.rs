@@ -25,6 +25,8 @@
 //! | `shoal.evt.task.<app>.*` | [`task_events_of`] | filter: every task event of one app |
 //! | `shoal.evt.service.<name>.changed` | [`service_changed`] | a service's set of healthy instances changed |
 //! | `shoal.evt.gateway.<route>.<action>` | [`gateway_event`] | the gateway served a route with its `fallback` rule, or `ejected` an endpoint |
+//! | `shoal.evt.offer.<framework>.<action>` | [`offer_event`] | an offer was `made`, `refused` (an allocator proposal that breaks the rules) or `rescinded` (its agent was lost) |
+//! | `shoal.evt.health.<service>.<action>` | [`health_event`] | a health check of an instance of `<service>` turned `passing`, `critical` or `unknown`, or `failed` (reached its failure limit) |
 //! | `shoal.evt.store.shardmap` | [`STORE_SHARDMAP`] | the store's shard map changed |
 //! | `shoal.ctl.>` | [`CONTROL_ALL`] | filter: every control message (reserved for the roles) |
 //! | `shoal.ctl.agent.register` | [`AGENT_REGISTER`] | request: an agent registers with the master |
@@ -231,6 +233,17 @@ pub fn service_changed(name: &str) -> String {
 /// `shoal.evt.gateway.<route>.<action>`, e.g. `action` = `fallback` or `ejected`.
 pub fn gateway_event(route: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.gateway.{}.{}", token(route), token(action))
+}
+
+/// `shoal.evt.health.<service>.<action>`, `action` = `passing`, `critical`, `unknown` or `failed`.
+pub fn health_event(service: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.health.{}.{}", token(service), token(action))
+}
+
+/// `shoal.evt.offer.<framework>.<action>`, `action` = `made`, `refused` (an allocator proposal
+/// the master refused) or `rescinded`.
+pub fn offer_event(framework: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.offer.{}.{}", token(framework), token(action))
 }
 
 /// `shoal.ctl.agent.<id>.heartbeat`.

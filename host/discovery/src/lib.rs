@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use shoal_health::CheckSpec;
 use tokio::sync::{broadcast, watch};
 
 /// Longest service name; names are `[a-z0-9-]{1,63}` (DNS labels: they go into host names,
@@ -83,6 +84,10 @@ pub struct Registration {
     /// Seconds until the registration expires unless renewed (external instances).
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// A health check the node runs against the instance (see [`shoal_health::CheckSpec`]);
+    /// an instance with a check starts `unknown` and is routed to once it passes.
+    #[serde(default)]
+    pub check: Option<CheckSpec>,
 }
 
 fn one() -> u32 {
@@ -112,6 +117,12 @@ pub struct Instance {
     pub source: Source,
     /// TTL of an external registration, in seconds.
     pub ttl_seconds: Option<u64>,
+    /// The instance's health check, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
+    /// What the last health check saw.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub health_output: String,
     /// Index of the instance's last change.
     pub modify_index: u64,
     #[serde(skip)]
@@ -216,6 +227,9 @@ fn validate_registration(r: &Registration) -> Result<(), DiscoveryError> {
     if r.version.len() > 128 {
         return bad("version longer than 128 bytes".into());
     }
+    if let Some(check) = &r.check {
+        check.validate().map_err(|e| DiscoveryError::Invalid(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -295,9 +309,13 @@ impl Discovery {
         {
             return Err(DiscoveryError::NotExternal(id.into()));
         }
-        let health = r.health.unwrap_or(match source {
-            Source::External => Health::Passing,
-            Source::Task => existing.map_or(Health::Unknown, |e| e.health),
+        let health = r.health.unwrap_or(match (source, &r.check) {
+            // Checked instances keep the verdict of their check across re-registrations.
+            (_, Some(check)) => {
+                existing.filter(|e| e.check.as_ref() == Some(check)).map_or(Health::Unknown, |e| e.health)
+            }
+            (Source::External, None) => Health::Passing,
+            (Source::Task, None) => existing.map_or(Health::Unknown, |e| e.health),
         });
         let action = if existing.is_some() { "updated" } else { "registered" };
         let unchanged = existing.is_some_and(|e| {
@@ -308,6 +326,7 @@ impl Discovery {
                 && e.version == r.version
                 && e.health == health
                 && e.ttl_seconds == r.ttl_seconds
+                && e.check == r.check
         });
         let expires_at = r.ttl_seconds.map(|t| Instant::now() + Duration::from_secs(t));
         if unchanged {
@@ -317,6 +336,7 @@ impl Discovery {
             }
             return Ok(state.index);
         }
+        let existing_output = existing.map(|e| e.health_output.clone()).unwrap_or_default();
         let index = self.bump(&mut state, service, id, action);
         let instance = Instance {
             id: id.into(),
@@ -329,6 +349,8 @@ impl Discovery {
             health,
             source,
             ttl_seconds: r.ttl_seconds,
+            health_output: existing_output,
+            check: r.check,
             modify_index: index,
             expires_at,
         };
@@ -363,6 +385,27 @@ impl Discovery {
             .map(|i| i.health)
             .ok_or_else(|| DiscoveryError::NotFound { service: service.into(), instance: id.into() })?;
         if current == health {
+            return Ok(state.index);
+        }
+        let index = self.bump(&mut state, service, id, "health");
+        if let Some(i) = state.services.get_mut(service).and_then(|s| s.get_mut(id)) {
+            i.health = health;
+            i.modify_index = index;
+        }
+        Ok(index)
+    }
+
+    /// Record a health check's verdict and what it saw. Watchers wake only when the health
+    /// changes; the output is kept either way.
+    pub fn report(&self, service: &str, id: &str, health: Health, output: &str) -> Result<u64, DiscoveryError> {
+        let mut state = self.state.write();
+        let instance = state
+            .services
+            .get_mut(service)
+            .and_then(|s| s.get_mut(id))
+            .ok_or_else(|| DiscoveryError::NotFound { service: service.into(), instance: id.into() })?;
+        instance.health_output = output.chars().take(1024).collect();
+        if instance.health == health {
             return Ok(state.index);
         }
         let index = self.bump(&mut state, service, id, "health");
@@ -488,6 +531,7 @@ mod tests {
             version: "1".into(),
             health: None,
             ttl_seconds: ttl,
+            check: None,
         }
     }
 

@@ -27,6 +27,14 @@ pub struct Cli {
 enum Command {
     /// Run everything in one process with an in-process bus; data under ./.shoal.
     Dev(DevArgs),
+    /// Run the master (agents, API, registry, store, service registry) on a NATS bus.
+    Master(MasterArgs),
+    /// Run an agent on a NATS bus (`shoal agent --nats URL`), or list the agents
+    /// (`shoal agent list`).
+    Agent(AgentCli),
+    /// Run a gateway in its own process, mirroring the routes, instances and router plugins of
+    /// the control plane at --api (and serving its last table while that is away).
+    Gateway(GatewayArgs),
     /// Manage plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -68,6 +76,82 @@ struct DevArgs {
     /// Run no gateway.
     #[arg(long)]
     no_gateway: bool,
+    /// Milliseconds without a heartbeat after which an agent is lost.
+    #[arg(long, default_value_t = 5000)]
+    agent_timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct MasterArgs {
+    /// The NATS server agents and the master talk through.
+    #[arg(long)]
+    nats: String,
+    /// Where data lives.
+    #[arg(long, default_value = ".shoal-master")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Milliseconds without a heartbeat after which an agent is lost.
+    #[arg(long, default_value_t = 5000)]
+    agent_timeout_ms: u64,
+    /// Also serve a gateway at this address.
+    #[arg(long)]
+    gateway: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentCli {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: AgentRunArgs,
+}
+
+#[derive(Args, Debug)]
+struct AgentRunArgs {
+    /// The NATS server the master listens on.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Agent id (default: the host name, cleaned).
+    #[arg(long)]
+    id: Option<String>,
+    /// Resources to offer, e.g. `cpus:4;mem:8192;disk:20000;ports:[31000-32000];gpus:1`
+    /// (default: this machine's cores and memory, 10 GiB disk, ports 31000-32000).
+    #[arg(long)]
+    resources: Option<String>,
+    /// Attributes, `name=value`, repeatable (e.g. `rack=r1`).
+    #[arg(long = "attribute")]
+    attributes: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// Every agent the master knows.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One agent, as JSON.
+    Show {
+        /// Agent id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Debug)]
+struct GatewayArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Where the mirrored table and plugins live.
+    #[arg(long, default_value = ".shoal-gateway")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// How the CLI reaches the API.
@@ -241,6 +325,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(cmd) => kv(cmd).await,
         Command::Service(cmd) => services::service(cmd).await,
         Command::Route(cmd) => services::route(cmd).await,
+        Command::Gateway(args) => gateway(args).await,
+        Command::Master(args) => master(args).await,
+        Command::Agent(cli) => agent(cli).await,
     }
 }
 
@@ -253,6 +340,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         default_plugins: true,
         store: shoal_store::StoreConfig { shards: args.shards, durability },
         gateway: (!args.no_gateway).then_some(args.gateway),
+        agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
+        local_agent: Some(crate::node::local_agent(None, None, &[])?),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -269,6 +358,109 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
         println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
         println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
+    })
+    .await
+}
+
+async fn master(args: MasterArgs) -> anyhow::Result<()> {
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        nats: Some(args.nats),
+        default_plugins: true,
+        store: shoal_store::StoreConfig::default(),
+        gateway: args.gateway,
+        agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
+        local_agent: None,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    crate::node::run(config, shutdown, |info: &NodeInfo| {
+        println!("Shoal master is running (bus: {})", info.bus);
+        println!("  API:      http://{}/v1", info.api);
+        if let Some(gateway) = info.gateway {
+            println!("  gateway:  http://{gateway}/");
+        }
+        println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
+    })
+    .await
+}
+
+async fn agent(cli: AgentCli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(AgentCommand::List { remote }) => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url("/v1/agents"))).await?;
+            println!("{:<20} {:<20} {:<7} {:>5} {:<44} ATTRIBUTES", "ID", "HOSTNAME", "STATE", "TASKS", "RESOURCES");
+            for a in v["agents"].as_array().into_iter().flatten() {
+                let total: shoal_master::Resources = serde_json::from_value(a["total"].clone()).unwrap_or_default();
+                let attrs: Vec<String> = a["attributes"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                println!(
+                    "{:<20} {:<20} {:<7} {:>5} {:<44} {}",
+                    a["id"].as_str().unwrap_or(""),
+                    a["hostname"].as_str().unwrap_or(""),
+                    a["state"].as_str().unwrap_or(""),
+                    a["tasks"].as_array().map_or(0, Vec::len),
+                    total.to_string(),
+                    attrs.join(",")
+                );
+            }
+            Ok(())
+        }
+        Some(AgentCommand::Show { id, remote }) => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url(&format!("/v1/agents/{id}")))).await?;
+            print(&v);
+            Ok(())
+        }
+        None => {
+            let args = cli.run;
+            let nats =
+                args.nats.context("an agent needs --nats URL (the master's bus), or a command: shoal agent list")?;
+            let registration = crate::node::local_agent(args.id, args.resources.as_deref(), &args.attributes)?;
+            let bus: shoal_bus::SharedBus = std::sync::Arc::new(
+                shoal_bus::NatsBus::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?,
+            );
+            println!(
+                "Shoal agent {} is running (host {}, resources {}, bus {nats})",
+                registration.id, registration.hostname, registration.resources
+            );
+            tokio::select! {
+                result = shoal_master::run_agent(bus, registration) => {
+                    result.map_err(|e| anyhow::anyhow!("the master refused this agent: {e}"))
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("shutting down");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let client = Client::new(args.remote.clone())?;
+    let config = crate::edge::EdgeConfig {
+        api: client.api.clone(),
+        token: client.token.clone(),
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    crate::edge::run(config, shutdown, |info| {
+        println!("Shoal gateway is running (control plane: {})", client.api);
+        println!("  gateway:  http://{}/", info.listen);
+        println!("  last table: {} routes, {} instances", info.routes, info.instances);
     })
     .await
 }

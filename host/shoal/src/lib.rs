@@ -2,6 +2,8 @@
 //! `main.rs` only parses flags and calls [`cli::run`]; tests drive the same functions.
 
 pub mod cli;
+pub mod edge;
+pub mod health;
 pub mod node;
 
 use opentelemetry::trace::TracerProvider as _;

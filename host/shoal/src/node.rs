@@ -35,6 +35,10 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// Address of the gateway (reverse proxy); `None` runs no gateway.
     pub gateway: Option<SocketAddr>,
+    /// Time without a heartbeat after which the master declares an agent lost.
+    pub agent_timeout: std::time::Duration,
+    /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
+    pub local_agent: Option<shoal_master::AgentRegistration>,
 }
 
 /// What a started node tells its caller.
@@ -167,6 +171,12 @@ pub async fn run(
     let discovery = Arc::new(Discovery::default());
     tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
     tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), "/shoal/dev".to_owned()));
+    tokio::spawn(crate::health::check_registered_instances(
+        discovery.clone(),
+        registry.clone(),
+        bus.clone(),
+        "/shoal/dev/health".to_owned(),
+    ));
     let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
     let gateway_addr = match config.gateway {
@@ -191,6 +201,32 @@ pub async fn run(
         None => None,
     };
 
+    let master = shoal_master::Master::new(
+        bus.clone(),
+        shoal_master::MasterConfig {
+            agent_timeout: config.agent_timeout,
+            source: "/shoal/master".into(),
+            ..shoal_master::MasterConfig::default()
+        },
+        Some(registry.clone()),
+    );
+    tokio::spawn({
+        let master = master.clone();
+        async move {
+            if let Err(e) = master.run().await {
+                tracing::error!(cause = %e, "the master stopped serving the bus");
+            }
+        }
+    });
+    if let Some(agent) = config.local_agent.clone() {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shoal_master::run_agent(bus, agent).await {
+                tracing::error!(cause = %e, "the local agent was refused");
+            }
+        });
+    }
+
     let (token, token_file) = admin_token(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let info = NodeInfo {
@@ -209,6 +245,7 @@ pub async fn run(
         store: Some(store),
         discovery: Some(discovery),
         routes: Some(routes),
+        master: Some(master),
     };
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
@@ -217,7 +254,7 @@ pub async fn run(
 }
 
 /// Register each default plugin that is not there yet (an operator's own versions win).
-async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
+pub(crate) async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
     for &(kind, name, bytes) in shoal_artifacts::DEFAULT_PLUGINS {
         let kind: PluginKind = kind.parse()?;
         if registry.show(kind, name).is_ok() {
@@ -230,4 +267,50 @@ async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
         tracing::info!(%kind, %name, "registered default plugin");
     }
     Ok(())
+}
+
+/// This machine as an agent registers it: host name, all cores, the memory the kernel reports
+/// (`/proc/meminfo`), 10 GiB of disk and ports 31000-32000, unless the operator says otherwise.
+pub fn local_agent(
+    id: Option<String>,
+    resources: Option<&str>,
+    attributes: &[String],
+) -> anyhow::Result<shoal_master::AgentRegistration> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let resources = match resources {
+        Some(text) => shoal_master::Resources::parse(text)?,
+        None => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let mem_mb = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with("MemTotal:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|kb| kb.parse::<f64>().ok())
+                })
+                .map_or(1024.0, |kb| (kb / 1024.0).floor());
+            shoal_master::Resources::parse(&format!("cpus:{cpus};mem:{mem_mb};disk:10240;ports:[31000-32000]"))?
+        }
+    };
+    let mut attrs = std::collections::BTreeMap::new();
+    for a in attributes {
+        let (k, v) = a.split_once('=').with_context(|| format!("attribute `{a}` is not name=value"))?;
+        attrs.insert(k.to_owned(), v.to_owned());
+    }
+    let id = id.unwrap_or_else(|| {
+        let cleaned: String = hostname
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(63)
+            .collect();
+        cleaned.trim_matches('-').to_owned()
+    });
+    shoal_master::validate_agent_id(&id).map_err(anyhow::Error::msg)?;
+    Ok(shoal_master::AgentRegistration { id, hostname, attributes: attrs, resources, tasks: Vec::new() })
 }

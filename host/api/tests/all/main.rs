@@ -75,6 +75,7 @@ impl Server {
             store: with_store.then(|| store.clone()),
             discovery: Some(discovery.clone()),
             routes: Some(routes.clone()),
+            master: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -416,11 +417,15 @@ fn issued_tokens_survive_a_restart_and_a_bad_token_file_is_refused() {
     assert!(err.to_string().contains("tokens:1"), "{err}");
 }
 
+async fn put(s: &Server, path: &str, body: &str) -> (StatusCode, Value) {
+    s.req(reqwest::Method::PUT, path, Some(ADMIN), Some(body.as_bytes().to_vec())).await
+}
+
 #[tokio::test]
 async fn services_register_watch_block_and_refuse_bad_input() {
     let s = Server::start().await;
-    let put = |path: &str, body: &str| s.req(reqwest::Method::PUT, path, Some(ADMIN), Some(body.as_bytes().to_vec()));
-    let (status, v) = put("/v1/services/web/instances/w1", r#"{"address": "127.0.0.1:8081", "ttl_seconds": 30}"#).await;
+    let (status, v) =
+        put(&s, "/v1/services/web/instances/w1", r#"{"address": "127.0.0.1:8081", "ttl_seconds": 30}"#).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let index = v["index"].as_u64().expect("index");
 
@@ -436,7 +441,7 @@ async fn services_register_watch_block_and_refuse_bad_input() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!blocked.is_finished(), "the blocking query answered without a change");
-    let (status, _) = put("/v1/services/web/instances/w2", r#"{"address": "127.0.0.1:8082", "weight": 3}"#).await;
+    let (status, _) = put(&s, "/v1/services/web/instances/w2", r#"{"address": "127.0.0.1:8082", "weight": 3}"#).await;
     assert_eq!(status, StatusCode::OK);
     let (header, body) = tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("woke up").expect("join");
     assert!(header > index);
@@ -457,8 +462,14 @@ async fn services_register_watch_block_and_refuse_bad_input() {
         ("/v1/services/web/instances/x", r#"{"address": "h:1", "ttl_seconds": 0}"#, StatusCode::BAD_REQUEST),
         ("/v1/services/web/instances/x", r#"{"address": "h:1", "bogus": 1}"#, StatusCode::BAD_REQUEST),
         ("/v1/services/web/instances/x", "{not json", StatusCode::BAD_REQUEST),
+        (
+            "/v1/services/web/instances/x",
+            r#"{"address": "h:1", "check": {"type": "http", "path": "x"}}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/v1/services/web/instances/x", r#"{"address": "h:1", "check": {"type": "udp"}}"#, StatusCode::BAD_REQUEST),
     ] {
-        let (status, v) = put(path, body).await;
+        let (status, v) = put(&s, path, body).await;
         assert_eq!(status, code, "{path} {body}: {v}");
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
@@ -479,10 +490,10 @@ async fn services_register_watch_block_and_refuse_bad_input() {
 
     // Routes.
     let (status, v) =
-        put("/v1/routes/web", r#"{"service": "web", "path_prefix": "/api", "router": "source-hash"}"#).await;
+        put(&s, "/v1/routes/web", r#"{"service": "web", "path_prefix": "/api", "router": "source-hash"}"#).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["timeout_ms"], 30000);
-    let (status, v) = put("/v1/routes/bad", r#"{"service": "web", "path_prefix": "api"}"#).await;
+    let (status, v) = put(&s, "/v1/routes/bad", r#"{"service": "web", "path_prefix": "api"}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     let (status, v) = s.get("/v1/routes").await;
     assert_eq!(status, StatusCode::OK);

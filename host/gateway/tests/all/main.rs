@@ -119,6 +119,7 @@ fn register(d: &Discovery, service: &str, up: &Upstream, weight: u32) {
         version: "1".into(),
         health: Some(Health::Passing),
         ttl_seconds: None,
+        check: None,
     };
     d.register(service, &up.name, r).expect("register");
 }

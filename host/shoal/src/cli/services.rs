@@ -49,6 +49,10 @@ pub(super) enum ServiceCommand {
         /// Labels, `name=value`, repeatable.
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// A health check the node runs against the instance, as JSON, e.g.
+        /// `{"type":"http","path":"/health","interval_ms":1000,"timeout_ms":500}`.
+        #[arg(long)]
+        check: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -135,13 +139,18 @@ pub(super) async fn service(cmd: ServiceCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ServiceCommand::Watch { service, remote } => watch(service, remote).await,
-        ServiceCommand::Register { service, id, address, weight, ttl, labels, remote } => {
+        ServiceCommand::Register { service, id, address, weight, ttl, labels, check, remote } => {
             let mut map = serde_json::Map::new();
             for label in labels {
                 let (k, v) = label.split_once('=').with_context(|| format!("label `{label}` is not name=value"))?;
                 map.insert(k.to_owned(), Value::String(v.to_owned()));
             }
-            let body = json!({ "address": address, "weight": weight, "ttl_seconds": ttl, "labels": map });
+            let check: Option<Value> = match check {
+                Some(text) => Some(serde_json::from_str(&text).context("--check is not JSON")?),
+                None => None,
+            };
+            let body =
+                json!({ "address": address, "weight": weight, "ttl_seconds": ttl, "labels": map, "check": check });
             let c = Client::new(remote)?;
             let v = c.send(c.http.put(c.url(&format!("/v1/services/{service}/instances/{id}"))).json(&body)).await?;
             print(&v);
@@ -162,7 +171,7 @@ pub(super) async fn service(cmd: ServiceCommand) -> anyhow::Result<()> {
 
 fn print_instances(v: &Value) {
     println!("{} (index {})", v["service"].as_str().unwrap_or(""), v["index"]);
-    println!("{:<24} {:<24} {:<9} {:>6}  LABELS", "ID", "ADDRESS", "HEALTH", "WEIGHT");
+    println!("{:<24} {:<24} {:<9} {:>6}  {:<24} CHECK", "ID", "ADDRESS", "HEALTH", "WEIGHT", "LABELS");
     for i in v["instances"].as_array().into_iter().flatten() {
         let labels: Vec<String> = i["labels"]
             .as_object()
@@ -171,12 +180,13 @@ fn print_instances(v: &Value) {
             .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
             .collect();
         println!(
-            "{:<24} {:<24} {:<9} {:>6}  {}",
+            "{:<24} {:<24} {:<9} {:>6}  {:<24} {}",
             i["id"].as_str().unwrap_or(""),
             i["address"].as_str().unwrap_or(""),
             i["health"].as_str().unwrap_or(""),
             i["weight"],
-            labels.join(",")
+            labels.join(","),
+            i["health_output"].as_str().unwrap_or("")
         );
     }
 }

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Load benchmark of issue 4: Shoal's gateway against nginx as a reverse proxy in front of the same
+# three upstreams, with the same load tool (wrk) in the same run.
+#
+#   cargo build --release --bin shoal
+#   bench/gateway-vs-nginx.sh                 # 15 s per run, 64 connections, 2 wrk threads
+#   DURATION=30s CONNECTIONS=128 bench/gateway-vs-nginx.sh
+#
+# Needs nginx and wrk (apt-get install -y nginx wrk). Upstreams: one nginx with one worker serving
+# three ports (a 12-byte body). Proxies: nginx with 2 workers and keep-alive upstream connections;
+# `shoal dev`'s gateway (release build, Tokio's default 2 workers on 2 cores) with a route whose
+# router plugin is the Wasm round-robin. Neither proxy writes an access log (RUST_LOG=warn).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHOAL=${SHOAL:-${CARGO_TARGET_DIR:-target}/release/shoal}
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+ROUTER=${ROUTER:-round-robin}
+[ -x "$SHOAL" ] || { echo "no $SHOAL: cargo build --release --bin shoal" >&2; exit 1; }
+command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "needs nginx and wrk" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+mkdir -p "$work/up" "$work/proxy"
+cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:18081; location / { return 200 "upstream-1\n"; } }
+    server { listen 127.0.0.1:18082; location / { return 200 "upstream-2\n"; } }
+    server { listen 127.0.0.1:18083; location / { return 200 "upstream-3\n"; } }
+}
+CONF
+cat > "$work/proxy/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/error.log;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream app {
+        server 127.0.0.1:18081;
+        server 127.0.0.1:18082;
+        server 127.0.0.1:18083;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:18080;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+CONF
+nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
+nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" & pids+=($!)
+
+RUST_LOG=warn "$SHOAL" dev --listen 127.0.0.1:18070 --gateway 127.0.0.1:18090 --data-dir "$work/shoal" \
+    > "$work/shoal.out" 2> "$work/shoal.err" & pids+=($!)
+for _ in $(seq 1 200); do grep -q "admin token" "$work/shoal.out" 2>/dev/null && break; sleep 0.1; done
+export SHOAL_API=http://127.0.0.1:18070
+export SHOAL_TOKEN=$(cat "$work/shoal/admin.token")
+for i in 1 2 3; do
+    "$SHOAL" service register app "u$i" --address "127.0.0.1:1808$i" > /dev/null
+done
+"$SHOAL" route put app --prefix / --service app --router "$ROUTER" > /dev/null
+for port in 18080 18090; do
+    for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$port/" > /dev/null 2>&1 && break; sleep 0.1; done
+done
+
+run() { # name port
+    wrk -t2 -c16 -d3s "http://127.0.0.1:$2/" > /dev/null # warm-up
+    local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/")
+    local rps p50 p99 errors
+    rps=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+    p50=$(awk '$1 == "50%" {print $2}' <<< "$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<< "$out")
+    errors=$(grep -E "Non-2xx|Socket errors" <<< "$out" || true)
+    printf '%-14s %10s req/s   p50 %-9s p99 %-9s %s\n' "$1" "$rps" "$p50" "$p99" "$errors"
+    eval "RPS_$1=$rps"
+}
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 3 upstreams (nginx, 1 worker), router $ROUTER"
+run direct 18081
+run nginx 18080
+run shoal 18090
+run nginx 18080
+run shoal 18090
+awk -v s="$RPS_shoal" -v n="$RPS_nginx" 'BEGIN { printf "gateway / nginx throughput (last runs): %.2f\n", s / n }'
