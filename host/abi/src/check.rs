@@ -224,3 +224,91 @@ pub fn run(plugin: &AnyPlugin, input: &Value) -> Result<Value, CheckError> {
         }
     }
 }
+
+/// What [`time_calls`] measured.
+#[derive(Debug, Clone)]
+pub struct CallTiming {
+    /// The call timed, e.g. `route` (first request of the fixture, reused instance).
+    pub call: &'static str,
+    /// Median time of one call.
+    pub median: std::time::Duration,
+    /// Fastest call.
+    pub min: std::time::Duration,
+}
+
+/// Time `iterations` calls of the plugin's hot export on the first input of the fixture, on
+/// pooled, reused instances, as the host calls it: `route` (the endpoint table unchanged, so no
+/// `update` after the first), `allocate`, `check`, or a framework's `tick`. The first call, which
+/// may instantiate and warm up, is not counted.
+pub fn time_calls(plugin: &AnyPlugin, input: &Value, iterations: usize) -> Result<CallTiming, CheckError> {
+    use std::time::Instant;
+    let mut samples = Vec::with_capacity(iterations);
+    let call: &'static str;
+    match plugin {
+        AnyPlugin::Allocator(p) => {
+            let fx: AllocatorFixture = parse("allocator", input)?;
+            call = "allocate";
+            crate::allocate(p, &fx.snapshot)?;
+            for _ in 0..iterations {
+                let start = Instant::now();
+                crate::allocate(p, &fx.snapshot)?;
+                samples.push(start.elapsed());
+            }
+        }
+        AnyPlugin::Router(p) => {
+            let fx: RouterFixture = parse("router", input)?;
+            let bad = |message: String| CheckError::Fixture { kind: "router", message };
+            let endpoints: Vec<Endpoint> = fx
+                .endpoints
+                .into_iter()
+                .map(|e| Endpoint {
+                    id: e.id,
+                    address: e.address,
+                    weight: e.weight,
+                    labels: e.labels,
+                    healthy: e.healthy,
+                })
+                .collect();
+            let n = endpoints.len();
+            let table = RouteTable { generation: 1, endpoints };
+            let first = fx.requests.into_iter().next().ok_or_else(|| bad("no request to time".into()))?;
+            let mut request = first.into_request(n).map_err(bad)?;
+            call = "route";
+            crate::route(p, &table, &mut request)?;
+            for _ in 0..iterations {
+                let start = Instant::now();
+                crate::route(p, &table, &mut request)?;
+                samples.push(start.elapsed());
+            }
+        }
+        AnyPlugin::HealthCheck(p) => {
+            let fx: HealthFixture = parse("health-check", input)?;
+            call = "check";
+            crate::check_health(p, &fx.target)?;
+            for _ in 0..iterations {
+                let start = Instant::now();
+                crate::check_health(p, &fx.target)?;
+                samples.push(start.elapsed());
+            }
+        }
+        AnyPlugin::Framework(p) => {
+            let fx: FrameworkFixture = parse("framework", input)?;
+            call = "tick";
+            if let Err(why) = crate::framework_init(p, &fx.config)? {
+                return Err(CheckError::Fixture {
+                    kind: "framework",
+                    message: format!("init refused the config: {why}"),
+                });
+            }
+            for _ in 0..iterations {
+                let start = Instant::now();
+                crate::tick(p, 0)?;
+                samples.push(start.elapsed());
+            }
+        }
+    }
+    samples.sort();
+    let median = samples.get(samples.len() / 2).copied().unwrap_or_default();
+    let min = samples.first().copied().unwrap_or_default();
+    Ok(CallTiming { call, median, min })
+}

@@ -15,6 +15,7 @@ use wasmtime::Store;
 use wasmtime::component::{InstancePre, Resource};
 
 pub mod check;
+pub mod conformance;
 
 /// Bindings of the four worlds. The host imports are shared with `shoal_runtime::imports`.
 #[allow(missing_docs)]

@@ -42,6 +42,8 @@ pub struct Instance<W: World> {
     pub bindings: W::Bindings,
     /// Caller-defined generation; 0 for a new instance.
     pub generation: u64,
+    /// Linear memory right after instantiation, to tell a heap that keeps growing.
+    start_memory: usize,
 }
 
 /// Counters of a loaded plugin.
@@ -53,6 +55,8 @@ pub struct PluginStats {
     pub failed: AtomicU64,
     /// Instances created.
     pub instantiated: AtomicU64,
+    /// Instances retired after a successful call because their memory kept growing.
+    pub retired: AtomicU64,
 }
 
 /// A loaded plugin: a type-checked component, its scope and limits, and a pool of idle
@@ -124,7 +128,8 @@ impl<W: World> Plugin<W> {
         let bindings =
             W::instantiate(&self.pre, &mut store).map_err(|e| classify(&e, &store, self.limits.deadline, true))?;
         self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
-        Ok(Instance { store, bindings, generation: 0 })
+        let start_memory = store.data().limiter.size;
+        Ok(Instance { store, bindings, generation: 0, start_memory })
     }
 
     /// Run `f` on a pooled instance, bounded by the plugin's deadline and memory cap.
@@ -170,6 +175,15 @@ impl<W: World> Plugin<W> {
         match f(&mut instance) {
             Ok(value) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                // Retire an instance whose memory has used up half of its headroom: a garbage
+                // collected guest (JavaScript's engine collects lazily) would otherwise grow
+                // until a call fails on the memory cap. A fresh instance costs microseconds.
+                let size = instance.store.data().limiter.size;
+                let headroom = self.limits.memory.saturating_sub(instance.start_memory);
+                if size > instance.start_memory + headroom / 2 {
+                    self.stats.retired.fetch_add(1, Ordering::Relaxed);
+                    return Ok(value);
+                }
                 let mut idle = self.idle.lock();
                 if idle.len() < self.limits.max_idle {
                     idle.push(instance);

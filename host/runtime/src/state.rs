@@ -128,7 +128,7 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            limiter: MemoryLimiter { limit: memory_limit, exceeded: false, size: 0 },
             scope,
             probe: None,
             request: RouteRequest::default(),
@@ -153,6 +153,8 @@ impl WasiView for HostState {
 pub(crate) struct MemoryLimiter {
     pub(crate) limit: usize,
     pub(crate) exceeded: bool,
+    /// The largest linear memory this instance has had, in bytes.
+    pub(crate) size: usize,
 }
 
 /// Table elements an instance may hold; generous for interpreters (CPython has large tables).
@@ -166,6 +168,7 @@ impl ResourceLimiter for MemoryLimiter {
             // trap, which `Plugin::call` reports as `CallError::OutOfMemory`.
             return Ok(false);
         }
+        self.size = self.size.max(desired);
         Ok(true)
     }
 

@@ -12,6 +12,7 @@ use shoal_runtime::{MemoryKv, PluginScope, Runtime, RuntimeConfig};
 
 use crate::node::{NodeConfig, NodeInfo};
 
+mod plugin_sdk;
 mod services;
 
 /// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
@@ -231,6 +232,12 @@ enum PluginCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Create a plugin project (template, WIT, build and test scripts) in Rust, Python, JS or C.
+    New(plugin_sdk::NewArgs),
+    /// Run conformance cases (fixture + expected answer) on a component (no server needed).
+    Test(plugin_sdk::TestArgs),
+    /// Measure a component: size, compile, instantiation and per-call time on a fixture.
+    Bench(plugin_sdk::BenchArgs),
     /// Run a component locally against a JSON fixture and print its answer (no server needed).
     Check {
         /// Plugin kind.
@@ -613,6 +620,9 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
                 None => println!("deleted {kind} {name}"),
             }
         }
+        PluginCommand::New(args) => plugin_sdk::new(args)?,
+        PluginCommand::Test(args) => plugin_sdk::test(args).await?,
+        PluginCommand::Bench(args) => plugin_sdk::bench(args).await?,
         PluginCommand::Check { kind, file, input } => {
             let kind = kind_of(&kind)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

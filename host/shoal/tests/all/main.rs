@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod sdk;
+
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {

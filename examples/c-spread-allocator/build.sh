@@ -1,0 +1,24 @@
+#!/bin/sh
+# Build the component: build/plugin.wasm, from allocator.c and Shoal's WIT package (../../wit).
+# Needs: wit-bindgen (cargo install wit-bindgen-cli), clang + lld + wasi-libc (Debian: clang lld
+# wasi-libc libclang-rt-dev-wasm32), and wasm-tools (cargo install wasm-tools) or jco
+# (npm install -g @bytecodealliance/jco) to turn the core module into a component.
+set -eu
+cd "$(dirname "$0")"
+CC="${CC:-clang}"
+for tool in wit-bindgen "$CC"; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing (see the comment at the top of build.sh)" >&2; exit 1; }
+done
+mkdir -p gen build
+wit-bindgen c --out-dir gen --world allocator ../../wit >/dev/null
+"$CC" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Wno-unused-parameter \
+    -o build/core.wasm allocator.c gen/allocator.c gen/allocator_component_type.o -Wl,--strip-debug
+if command -v wasm-tools >/dev/null 2>&1; then
+    wasm-tools component new build/core.wasm -o build/plugin.wasm
+elif command -v jco >/dev/null 2>&1; then
+    jco new build/core.wasm -o build/plugin.wasm >/dev/null
+else
+    echo "wasm-tools or jco is needed to make the component (see the comment at the top of build.sh)" >&2
+    exit 1
+fi
+echo "built build/plugin.wasm ($(wc -c < build/plugin.wasm) bytes)"
