@@ -314,3 +314,34 @@ fn a_standalone_gateway_follows_the_control_plane_and_outlives_it() {
     assert_eq!((seen["a"], seen["b"], seen["c"]), (2, 2, 4), "{seen:?}");
     drop(upstreams);
 }
+
+#[test]
+fn a_wasm_health_check_plugin_checks_an_instance() {
+    let dev = Dev::start(None);
+    let files = tempfile::tempdir().expect("tempdir");
+    let wasm = super::write(files.path(), "check.wasm", shoal_artifacts::HTTP_CHECK);
+    let (ok, out, err) = dev.cli(&["plugin", "push", "--kind", "health-check", "--name", "http-check", &wasm]);
+    assert!(ok, "{out}{err}");
+    let upstream = Upstream::start("a");
+    let check =
+        r#"{"type":"wasm","plugin":"http-check","config":"/health","grace_ms":0,"interval_ms":300,"timeout_ms":300}"#;
+    let address = format!("127.0.0.1:{}", upstream.port);
+    let (ok, out, err) = dev.cli(&["service", "register", "shop", "a", "--address", &address, "--check", check]);
+    assert!(ok, "{out}{err}");
+
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health_of(&dev, "a") != want {
+            assert!(Instant::now() < deadline, "never {want}: {}", dev.cli(&["service", "show", "shop"]).1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The plugin probes the instance's own address (its only network capability) and passes.
+    wait_for("passing");
+    let (_, out, _) = dev.cli(&["service", "show", "shop"]);
+    assert!(out.contains("HTTP 200"), "{out}");
+    // The instance dies: the plugin's probe fails and the instance turns critical.
+    drop(upstream);
+    wait_for("critical");
+    dev.interrupt();
+}
