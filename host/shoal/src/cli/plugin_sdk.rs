@@ -55,6 +55,11 @@ pub struct TestArgs {
     /// Case files (`{"input": fixture, "expect": answer}`) or directories of `*.json` cases.
     #[arg(required = true)]
     cases: Vec<PathBuf>,
+    /// Wall-clock deadline of one call in milliseconds, instead of the kind's default (routers
+    /// 50 ms): cases test behaviour, and an interpreted plugin on a loaded machine can miss a
+    /// production deadline that it meets on a quiet one (`shoal plugin bench` measures speed).
+    #[arg(long, env = "SHOAL_TEST_DEADLINE_MS")]
+    deadline_ms: Option<u64>,
 }
 
 /// Arguments of `shoal plugin bench`.
@@ -274,6 +279,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}: not a case (`{{\"input\": …, \"expect\": …}}`)", file.display()))?;
         cases.push((file, case));
     }
+    let deadline_ms = args.deadline_ms;
     let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         let runtime = Runtime::new(RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() })?;
         let mut failed = 0;
@@ -283,7 +289,11 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
                 kv: Some(std::sync::Arc::new(MemoryKv::default())),
                 ..PluginScope::detached(kind.as_str(), "test", "local")
             };
-            let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())
+            let mut limits = kind.default_limits();
+            if let Some(ms) = deadline_ms {
+                limits.deadline = std::time::Duration::from_millis(ms);
+            }
+            let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, limits)
                 .with_context(|| format!("loading {} as a {kind} plugin", args.file.display()))?;
             match conformance::run(&plugin, case) {
                 Ok(_) => println!("ok     {}", file.display()),

@@ -28,12 +28,18 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// Deadline of one plugin call in the conformance runs: they test behaviour, and the tests share
+/// two cores with the rest of the suite, where an interpreted plugin's call can take longer than a
+/// router's production deadline of 50 ms (`shoal plugin bench` measures speed, on a quiet machine).
+const TEST_DEADLINE_MS: &str = "10000";
+
 /// Run a shell script; panic with its output and `hint` when it fails.
 fn sh(script: &Path, envs: &[(&str, &Path)], hint: &str) -> String {
     let out = Command::new("sh")
         .arg(script)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())))
         .env("SHOAL", SHOAL)
+        .env("SHOAL_TEST_DEADLINE_MS", TEST_DEADLINE_MS)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(out.status.success(), "{} failed ({hint}):\n{}", script.display(), text(&out));
@@ -42,7 +48,13 @@ fn sh(script: &Path, envs: &[(&str, &Path)], hint: &str) -> String {
 
 /// `shoal plugin test --kind kind wasm cases…`; panics with the report when a case fails.
 fn plugin_test(kind: &str, wasm: &Path, cases: &[PathBuf]) -> String {
-    let out = Command::new(SHOAL).args(["plugin", "test", "--kind", kind]).arg(wasm).args(cases).output().expect("run");
+    let out = Command::new(SHOAL)
+        .args(["plugin", "test", "--kind", kind])
+        .arg(wasm)
+        .args(cases)
+        .env("SHOAL_TEST_DEADLINE_MS", TEST_DEADLINE_MS)
+        .output()
+        .expect("run");
     let report = text(&out);
     assert!(out.status.success(), "{} fails its cases:\n{report}", wasm.display());
     assert!(report.contains(" passed, 0 failed"), "{report}");
