@@ -216,6 +216,7 @@ fn signal_group(pgid: i32, signal: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

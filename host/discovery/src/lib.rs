@@ -455,8 +455,7 @@ impl Discovery {
     pub async fn wait(&self, index: u64, timeout: Duration) -> u64 {
         let mut rx = self.index_tx.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|&i| i > index)).await;
-        let now = *rx.borrow();
-        now
+        *rx.borrow()
     }
 
     /// Expire external instances whose TTL lapsed, unless that would expire more than the

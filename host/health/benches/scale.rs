@@ -10,6 +10,8 @@
 //! The targets run on their own single-threaded runtime (one core's worth at most); the checker on
 //! a multi-threaded one, as in `shoal agent`.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is the failure report
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Checks against real listeners, real HTTP servers and real shell commands on loopback.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is the failure report
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -135,6 +135,7 @@ pub fn check_offers(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -561,6 +561,7 @@ pub async fn run_agent(bus: SharedBus, registration: AgentRegistration) -> Resul
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use shoal_bus::LocalBus;

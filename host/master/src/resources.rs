@@ -54,7 +54,7 @@ impl Resources {
             .into_iter()
             .chain(self.scalars.iter().map(|(k, v)| (k.as_str(), *v)))
         {
-            if !v.is_finite() || v < 0.0 || v > 1e12 {
+            if !v.is_finite() || !(0.0..=1e12).contains(&v) {
                 return bad(format!("{name} = {v} (must be a finite number within 0..=1e12)"));
             }
         }
@@ -221,6 +221,7 @@ fn merge(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

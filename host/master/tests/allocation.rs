@@ -1,5 +1,7 @@
 //! Allocation cycles through the real DRF plugin, and offers taken back when their agent is lost.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is the failure report
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

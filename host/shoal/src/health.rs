@@ -154,7 +154,7 @@ async fn publish(bus: &SharedBus, source: &str, service: &str, instance: &str, u
     };
     let event = CloudEvent::new(
         source,
-        &format!("io.shoal.health.{action}"),
+        format!("io.shoal.health.{action}"),
         format!("services/{service}/instances/{instance}"),
         serde_json::json!({
             "service": service, "instance": instance, "check": update.kind, "status": update.state.status,

@@ -127,7 +127,7 @@ async fn forward_gateway_events(mut rx: mpsc::UnboundedReceiver<GatewayEvent>, b
     while let Some(e) = rx.recv().await {
         let event = CloudEvent::new(
             source.as_str(),
-            &format!("io.shoal.gateway.{}", e.action),
+            format!("io.shoal.gateway.{}", e.action),
             format!("routes/{}", e.route),
             e.data,
         );

@@ -221,10 +221,10 @@ fn serve(status: &'static str, body: &'static str) -> String {
                         if header == "\r\n" {
                             break;
                         }
-                        if let Some((k, v)) = header.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
+                        if let Some((k, v)) = header.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
                         }
                     }
                     let mut request_body = vec![0; length];
@@ -361,7 +361,7 @@ fn example_routers_route_real_traffic() {
     // 25 % of 80 is 20; each gateway worker has its own instance and counter, so allow slack.
     let to_canary = counts.get("canary-1").copied().unwrap_or(0);
     assert!((10..=30).contains(&to_canary), "canary share off: {counts:?}");
-    assert!(counts.get("stable-1").is_some() && counts.get("stable-2").is_some(), "{counts:?}");
+    assert!(counts.contains_key("stable-1") && counts.contains_key("stable-2"), "{counts:?}");
 
     // JavaScript sticky router: a session stays on one upstream; sessions spread. Wait until the
     // router answers (the gateway serves round-robin until it can call it): six answers in a row
