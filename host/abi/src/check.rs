@@ -162,17 +162,7 @@ pub fn run(plugin: &AnyPlugin, input: &Value) -> Result<Value, CheckError> {
         }
         AnyPlugin::Router(p) => {
             let fx: RouterFixture = parse("router", input)?;
-            let endpoints = fx
-                .endpoints
-                .into_iter()
-                .map(|e| Endpoint {
-                    id: e.id,
-                    address: e.address,
-                    weight: e.weight,
-                    labels: e.labels,
-                    healthy: e.healthy,
-                })
-                .collect();
+            let endpoints = endpoints(fx.endpoints);
             let mut table = RouteTable { generation: 1, endpoints };
             let mut picks = Vec::with_capacity(fx.requests.len());
             for mut r in fx.requests {
@@ -236,60 +226,59 @@ pub struct CallTiming {
     pub min: std::time::Duration,
 }
 
+/// The fixture's endpoints as the WIT record.
+fn endpoints(fixtures: Vec<EndpointFixture>) -> Vec<Endpoint> {
+    fixtures
+        .into_iter()
+        .map(|e| Endpoint { id: e.id, address: e.address, weight: e.weight, labels: e.labels, healthy: e.healthy })
+        .collect()
+}
+
+/// `call` once untimed when `warm_up` (it may instantiate), then `iterations` times, timed.
+fn timed(
+    iterations: usize,
+    warm_up: bool,
+    mut call: impl FnMut() -> Result<(), shoal_runtime::CallError>,
+) -> Result<Vec<std::time::Duration>, CheckError> {
+    if warm_up {
+        call()?;
+    }
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = std::time::Instant::now();
+        call()?;
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
 /// Time `iterations` calls of the plugin's hot export on the first input of the fixture, on
 /// pooled, reused instances, as the host calls it: `route` (the endpoint table unchanged, so no
 /// `update` after the first), `allocate`, `check`, or a framework's `tick`. The first call, which
 /// may instantiate and warm up, is not counted.
 pub fn time_calls(plugin: &AnyPlugin, input: &Value, iterations: usize) -> Result<CallTiming, CheckError> {
-    use std::time::Instant;
-    let mut samples = Vec::with_capacity(iterations);
     let call: &'static str;
-    match plugin {
+    let mut samples = match plugin {
         AnyPlugin::Allocator(p) => {
             let fx: AllocatorFixture = parse("allocator", input)?;
             call = "allocate";
-            crate::allocate(p, &fx.snapshot)?;
-            for _ in 0..iterations {
-                let start = Instant::now();
-                crate::allocate(p, &fx.snapshot)?;
-                samples.push(start.elapsed());
-            }
+            timed(iterations, true, || crate::allocate(p, &fx.snapshot).map(drop))?
         }
         AnyPlugin::Router(p) => {
             let fx: RouterFixture = parse("router", input)?;
             let bad = |message: String| CheckError::Fixture { kind: "router", message };
-            let endpoints: Vec<Endpoint> = fx
-                .endpoints
-                .into_iter()
-                .map(|e| Endpoint {
-                    id: e.id,
-                    address: e.address,
-                    weight: e.weight,
-                    labels: e.labels,
-                    healthy: e.healthy,
-                })
-                .collect();
+            let endpoints = endpoints(fx.endpoints);
             let n = endpoints.len();
             let table = RouteTable { generation: 1, endpoints };
             let first = fx.requests.into_iter().next().ok_or_else(|| bad("no request to time".into()))?;
             let mut request = first.into_request(n).map_err(bad)?;
             call = "route";
-            crate::route(p, &table, &mut request)?;
-            for _ in 0..iterations {
-                let start = Instant::now();
-                crate::route(p, &table, &mut request)?;
-                samples.push(start.elapsed());
-            }
+            timed(iterations, true, || crate::route(p, &table, &mut request).map(drop))?
         }
         AnyPlugin::HealthCheck(p) => {
             let fx: HealthFixture = parse("health-check", input)?;
             call = "check";
-            crate::check_health(p, &fx.target)?;
-            for _ in 0..iterations {
-                let start = Instant::now();
-                crate::check_health(p, &fx.target)?;
-                samples.push(start.elapsed());
-            }
+            timed(iterations, true, || crate::check_health(p, &fx.target).map(drop))?
         }
         AnyPlugin::Framework(p) => {
             let fx: FrameworkFixture = parse("framework", input)?;
@@ -300,13 +289,10 @@ pub fn time_calls(plugin: &AnyPlugin, input: &Value, iterations: usize) -> Resul
                     message: format!("init refused the config: {why}"),
                 });
             }
-            for _ in 0..iterations {
-                let start = Instant::now();
-                crate::tick(p, 0)?;
-                samples.push(start.elapsed());
-            }
+            // `init` warmed the instance up.
+            timed(iterations, false, || crate::tick(p, 0).map(drop))?
         }
-    }
+    };
     samples.sort();
     let median = samples.get(samples.len() / 2).copied().unwrap_or_default();
     let min = samples.first().copied().unwrap_or_default();

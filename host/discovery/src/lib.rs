@@ -377,34 +377,31 @@ impl Discovery {
     /// Set an instance's health (the agent's checks report through the master). No-op when
     /// unchanged.
     pub fn set_health(&self, service: &str, id: &str, health: Health) -> Result<u64, DiscoveryError> {
-        let mut state = self.state.write();
-        let current = state
-            .services
-            .get(service)
-            .and_then(|s| s.get(id))
-            .map(|i| i.health)
-            .ok_or_else(|| DiscoveryError::NotFound { service: service.into(), instance: id.into() })?;
-        if current == health {
-            return Ok(state.index);
-        }
-        let index = self.bump(&mut state, service, id, "health");
-        if let Some(i) = state.services.get_mut(service).and_then(|s| s.get_mut(id)) {
-            i.health = health;
-            i.modify_index = index;
-        }
-        Ok(index)
+        self.update_health(service, id, health, None)
     }
 
     /// Record a health check's verdict and what it saw. Watchers wake only when the health
     /// changes; the output is kept either way.
     pub fn report(&self, service: &str, id: &str, health: Health, output: &str) -> Result<u64, DiscoveryError> {
+        self.update_health(service, id, health, Some(output))
+    }
+
+    fn update_health(
+        &self,
+        service: &str,
+        id: &str,
+        health: Health,
+        output: Option<&str>,
+    ) -> Result<u64, DiscoveryError> {
         let mut state = self.state.write();
         let instance = state
             .services
             .get_mut(service)
             .and_then(|s| s.get_mut(id))
             .ok_or_else(|| DiscoveryError::NotFound { service: service.into(), instance: id.into() })?;
-        instance.health_output = output.chars().take(1024).collect();
+        if let Some(output) = output {
+            instance.health_output = output.chars().take(1024).collect();
+        }
         if instance.health == health {
             return Ok(state.index);
         }

@@ -1,5 +1,5 @@
-//! Health checks, run next to what they check (by an agent for its tasks, by the node for the
-//! external instances registered with a check).
+//! Health checks, run next to what they check: today by the node, for the instances registered
+//! with a check; agents are to run their tasks' checks with the same checker.
 //!
 //! A [`HealthChecker`] runs any number of checks, each on its own schedule: the first run is
 //! spread over the first interval (so ten thousand checks added at once do not fire together),

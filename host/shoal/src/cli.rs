@@ -396,12 +396,6 @@ async fn agent(cli: AgentCli) -> anyhow::Result<()> {
             println!("{:<20} {:<20} {:<7} {:>5} {:<44} ATTRIBUTES", "ID", "HOSTNAME", "STATE", "TASKS", "RESOURCES");
             for a in v["agents"].as_array().into_iter().flatten() {
                 let total: shoal_master::Resources = serde_json::from_value(a["total"].clone()).unwrap_or_default();
-                let attrs: Vec<String> = a["attributes"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                    .collect();
                 println!(
                     "{:<20} {:<20} {:<7} {:>5} {:<44} {}",
                     a["id"].as_str().unwrap_or(""),
@@ -409,7 +403,7 @@ async fn agent(cli: AgentCli) -> anyhow::Result<()> {
                     a["state"].as_str().unwrap_or(""),
                     a["tasks"].as_array().map_or(0, Vec::len),
                     total.to_string(),
-                    attrs.join(",")
+                    name_values(&a["attributes"])
                 );
             }
             Ok(())
@@ -465,6 +459,13 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// A JSON object of strings as `k=v,k2=v2` (labels, attributes).
+fn name_values(v: &Value) -> String {
+    let pairs: Vec<String> =
+        v.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    pairs.join(",")
+}
+
 struct Client {
     http: reqwest::Client,
     api: String,
@@ -480,6 +481,34 @@ impl Client {
             )?,
         };
         Ok(Client { http: reqwest::Client::new(), api: remote.api.trim_end_matches('/').to_owned(), token })
+    }
+
+    /// Follow a Server-Sent Events stream until it ends, handing `on_data` the `data:` of each
+    /// event.
+    async fn each_event(&self, request: reqwest::RequestBuilder, mut on_data: impl FnMut(&str)) -> anyhow::Result<()> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
+        }
+        let mut stream = response.bytes_stream();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            buffer.extend_from_slice(&chunk?);
+            while let Some(pos) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(data) = line.trim_end().strip_prefix("data:") {
+                    on_data(data.trim_start());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn url(&self, path: &str) -> String {
@@ -716,28 +745,9 @@ async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
 
 async fn tail(subject: Option<String>, remote: Remote) -> anyhow::Result<()> {
     let client = Client::new(remote)?;
-    let mut request = client.http.get(client.url("/v1/events")).bearer_auth(&client.token);
+    let mut request = client.http.get(client.url("/v1/events"));
     if let Some(s) = &subject {
         request = request.query(&[("subject", s)]);
     }
-    let response = request.send().await.with_context(|| format!("cannot reach the Shoal API at {}", client.api))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
-    }
-    // Server-Sent Events: print the `data:` line of each event.
-    let mut stream = response.bytes_stream();
-    let mut buffer = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buffer.extend_from_slice(&chunk?);
-        while let Some(pos) = buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line);
-            if let Some(data) = line.trim_end().strip_prefix("data:") {
-                println!("{}", data.trim_start());
-            }
-        }
-    }
-    Ok(())
+    client.each_event(request, |data| println!("{data}")).await
 }

@@ -193,18 +193,13 @@ impl Mirror {
         let list = self.get(&format!("/v1/services?index={index}&wait=2s")).await?;
         let next = list["index"].as_u64().context("no index in /v1/services")?;
 
-        let mut remote = Vec::new();
+        let mut remote: Vec<Mirrored> = Vec::new();
         for service in list["services"].as_array().into_iter().flatten() {
             let name = service["name"].as_str().context("service without a name")?;
             let v = self.get(&format!("/v1/services/{name}")).await?;
             for i in v["instances"].as_array().into_iter().flatten() {
-                let mut m: Mirrored = serde_json::from_value(serde_json::json!({
-                    "service": name, "id": i["id"], "address": i["address"], "ports": i["ports"],
-                    "weight": i["weight"], "labels": i["labels"], "version": i["version"], "health": i["health"],
-                }))
-                .context("an instance in an unexpected shape")?;
-                m.service = name.to_owned();
-                remote.push(m);
+                // An instance carries its service; fields the mirror does not need are ignored.
+                remote.push(serde_json::from_value(i.clone()).context("an instance in an unexpected shape")?);
             }
         }
         if remote != *last {

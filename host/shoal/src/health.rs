@@ -1,7 +1,7 @@
 //! The node's health checks of registered instances: every instance registered with a `check`
 //! is checked by a [`HealthChecker`]; verdicts become the instance's health in the service
 //! registry (so the gateway routes only to passing instances) and `io.shoal.health.*` events on
-//! the bus. Tasks' checks are run the same way by the agent that runs the task.
+//! the bus. (Tasks' checks, run by their agent, come with task launch.)
 
 use std::collections::HashMap;
 use std::sync::Arc;

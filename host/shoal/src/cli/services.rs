@@ -2,10 +2,9 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Client, Remote, print};
+use super::{Client, Remote, name_values, print};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ServiceCommand {
@@ -173,19 +172,13 @@ fn print_instances(v: &Value) {
     println!("{} (index {})", v["service"].as_str().unwrap_or(""), v["index"]);
     println!("{:<24} {:<24} {:<9} {:>6}  {:<24} CHECK", "ID", "ADDRESS", "HEALTH", "WEIGHT", "LABELS");
     for i in v["instances"].as_array().into_iter().flatten() {
-        let labels: Vec<String> = i["labels"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect();
         println!(
             "{:<24} {:<24} {:<9} {:>6}  {:<24} {}",
             i["id"].as_str().unwrap_or(""),
             i["address"].as_str().unwrap_or(""),
             i["health"].as_str().unwrap_or(""),
             i["weight"],
-            labels.join(","),
+            name_values(&i["labels"]),
             i["health_output"].as_str().unwrap_or("")
         );
     }
@@ -193,34 +186,14 @@ fn print_instances(v: &Value) {
 
 async fn watch(service: String, remote: Remote) -> anyhow::Result<()> {
     let c = Client::new(remote)?;
-    let response = c
-        .http
-        .get(c.url(&format!("/v1/services/{service}/watch")))
-        .bearer_auth(&c.token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the Shoal API at {}", c.api))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        anyhow::bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
-    }
-    let mut stream = response.bytes_stream();
-    let mut buffer = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buffer.extend_from_slice(&chunk?);
-        while let Some(pos) = buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line);
-            if let Some(data) = line.trim_end().strip_prefix("data:")
-                && let Ok(v) = serde_json::from_str::<Value>(data.trim_start())
-            {
-                print_instances(&v);
-                println!();
-            }
+    let request = c.http.get(c.url(&format!("/v1/services/{service}/watch")));
+    c.each_event(request, |data| {
+        if let Ok(v) = serde_json::from_str::<Value>(data) {
+            print_instances(&v);
+            println!();
         }
-    }
-    Ok(())
+    })
+    .await
 }
 
 pub(super) async fn route(cmd: RouteCommand) -> anyhow::Result<()> {
