@@ -418,3 +418,64 @@ pub fn handle_request(plugin: &Plugin<FrameworkWorld>, request: &HttpRequest) ->
 pub fn tick(plugin: &Plugin<FrameworkWorld>, now_ms: u64) -> Result<Vec<scheduling::Operation>, CallError> {
     plugin.call(|i| check_operations(i.bindings.shoal_plugin_scheduling().call_tick(&mut i.store, now_ms)?))
 }
+
+/// What the master hands a framework in one call.
+#[derive(Debug)]
+pub enum FrameworkInput<'a> {
+    /// `resource-offers`.
+    Offers(&'a [scheduling::OfferInfo]),
+    /// `status-update`.
+    Status(&'a TaskStatus),
+    /// `tick`.
+    Tick(u64),
+    /// `handle-request`.
+    Request(&'a HttpRequest),
+}
+
+/// A framework's answer to one call.
+#[derive(Debug)]
+pub enum FrameworkOutput {
+    /// What `resource-offers`, `status-update` and `tick` return.
+    Operations(Vec<scheduling::Operation>),
+    /// What `handle-request` returns.
+    Response(HttpResponse),
+}
+
+/// Call a framework, running `init(config)` first on an instance that has not been initialised
+/// (a fresh one: the pool hands out instances with generation 0 when it makes them). A refusal
+/// by `init` fails the call (and the instance is discarded).
+pub fn framework_call(
+    plugin: &Plugin<FrameworkWorld>,
+    config: &str,
+    input: FrameworkInput<'_>,
+) -> Result<FrameworkOutput, CallError> {
+    plugin.call(|i| {
+        if i.generation == 0 {
+            if let Err(why) = i.bindings.shoal_plugin_scheduling().call_init(&mut i.store, config)? {
+                return Err(CallError::Instantiate(format!("init refused: {why}")).into());
+            }
+            i.generation = 1;
+        }
+        let s = i.bindings.shoal_plugin_scheduling();
+        Ok(match input {
+            FrameworkInput::Offers(offers) => {
+                FrameworkOutput::Operations(check_operations(s.call_resource_offers(&mut i.store, offers)?)?)
+            }
+            FrameworkInput::Status(status) => {
+                FrameworkOutput::Operations(check_operations(s.call_status_update(&mut i.store, status)?)?)
+            }
+            FrameworkInput::Tick(now) => FrameworkOutput::Operations(check_operations(s.call_tick(&mut i.store, now)?)?),
+            FrameworkInput::Request(request) => {
+                let response = s.call_handle_request(&mut i.store, request)?;
+                if response.body.len() > MAX_RESPONSE_BODY {
+                    return Err(CallError::InvalidOutput(format!(
+                        "response body of {} bytes, over the limit of {MAX_RESPONSE_BODY}",
+                        response.body.len()
+                    ))
+                    .into());
+                }
+                FrameworkOutput::Response(response)
+            }
+        })
+    })
+}

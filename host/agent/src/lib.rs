@@ -21,6 +21,10 @@ pub use shoal_wasm_executor::{LogTail, TaskLogs};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
+pub mod daemon;
+
+pub use daemon::{Agent, AgentConfig};
+
 /// Default grace between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
@@ -102,6 +106,11 @@ pub struct ProcessTask {
 
 /// Start `spec`.
 pub fn start(spec: &ProcessSpec) -> Result<ProcessTask, StartError> {
+    start_with_logs(spec, TaskLogs::new(spec.log_limit))
+}
+
+/// Start `spec`, its output going to `logs`.
+pub fn start_with_logs(spec: &ProcessSpec, logs: Arc<TaskLogs>) -> Result<ProcessTask, StartError> {
     if spec.command.trim().is_empty() {
         return Err(StartError::Invalid("the command is empty".into()));
     }
@@ -130,7 +139,6 @@ pub fn start(spec: &ProcessSpec) -> Result<ProcessTask, StartError> {
     }
     let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Invalid("the process exited at once".into()))?;
-    let logs = TaskLogs::new(spec.log_limit);
     let mut readers = Vec::new();
     for (stderr, stream) in [
         (false, child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)),
@@ -207,7 +215,7 @@ impl ProcessTask {
 }
 
 /// Signal a whole process group with kill(1) (no `unsafe` in this crate; a kill is rare).
-fn signal_group(pgid: i32, signal: &str) {
+pub(crate) fn signal_group(pgid: i32, signal: &str) {
     let _ = std::process::Command::new("kill")
         .args(["-s", signal, "--", &format!("-{pgid}")])
         .stdout(Stdio::null())

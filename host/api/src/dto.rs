@@ -220,6 +220,8 @@ impl Modify for BearerAuth {
         crate::services::heartbeat, crate::services::deregister, crate::services::list_routes,
         crate::services::show_route, crate::services::put_route, crate::services::delete_route,
         crate::agents::list, crate::agents::show,
+        crate::cluster::list_tasks, crate::cluster::show_task, crate::cluster::kill_task, crate::cluster::task_logs,
+        crate::cluster::list_frameworks,
     ),
     components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse,
         KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse)),

@@ -16,6 +16,7 @@
 //! `127.0.0.1:0` and drive the real server).
 
 mod agents;
+mod cluster;
 pub mod auth;
 pub mod dto;
 pub mod error;
@@ -31,7 +32,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shoal_bus::SharedBus;
 use shoal_registry::Registry;
@@ -100,6 +101,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::show))
+        .route("/v1/tasks", get(cluster::list_tasks))
+        .route("/v1/tasks/{id}", get(cluster::show_task))
+        .route("/v1/tasks/{id}/kill", post(cluster::kill_task))
+        .route("/v1/tasks/{id}/logs", get(cluster::task_logs))
+        .route("/v1/frameworks", get(cluster::list_frameworks))
+        .route("/v1/frameworks/{name}/{*rest}", any(cluster::framework_request))
+        .route("/v1/apps", any(cluster::apps))
+        .route("/v1/apps/{*rest}", any(cluster::apps))
+        .route("/v1/jobs", any(cluster::jobs))
+        .route("/v1/jobs/{*rest}", any(cluster::jobs))
         .route("/v1/services", get(services::list))
         .route("/v1/services/{svc}", get(services::show))
         .route("/v1/services/{svc}/watch", get(services::watch))

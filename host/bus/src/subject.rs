@@ -31,6 +31,11 @@
 //! | `shoal.ctl.>` | [`CONTROL_ALL`] | filter: every control message (reserved for the roles) |
 //! | `shoal.ctl.agent.register` | [`AGENT_REGISTER`] | request: an agent registers with the master |
 //! | `shoal.ctl.agent.<id>.heartbeat` | [`agent_heartbeat`] | an agent's periodic heartbeat |
+//! | `shoal.ctl.agent.<id>.launch` | [`agent_launch`] | request: the master asks an agent to start tasks |
+//! | `shoal.ctl.agent.<id>.kill` | [`agent_kill`] | request: the master asks an agent to kill a task |
+//! | `shoal.ctl.agent.<id>.logs` | [`agent_logs`] | request: read a task's captured output from its agent |
+//! | `shoal.ctl.task.status` | [`TASK_STATUS`] | request: an agent reports a task's new state; the reply acknowledges it |
+//! | `shoal.evt.framework.<name>.<action>` | [`framework_event`] | a framework plugin `failed` a call, or its answer was `invalid` |
 //! | `_INBOX.<unique>` | — | reply subjects of requests (owned by the bus implementations) |
 //!
 //! Events (`shoal.evt.…`) carry a CloudEvents 1.0 JSON body (see [`crate::event`]); control subjects
@@ -244,6 +249,29 @@ pub fn health_event(service: &str, action: &str) -> String {
 /// the master refused) or `rescinded`.
 pub fn offer_event(framework: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.offer.{}.{}", token(framework), token(action))
+}
+
+/// Request from agents to the master: a task's status update, acknowledged by the reply.
+pub const TASK_STATUS: &str = "shoal.ctl.task.status";
+
+/// `shoal.ctl.agent.<id>.launch`.
+pub fn agent_launch(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.agent.{}.launch", token(id))
+}
+
+/// `shoal.ctl.agent.<id>.kill`.
+pub fn agent_kill(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.agent.{}.kill", token(id))
+}
+
+/// `shoal.ctl.agent.<id>.logs`.
+pub fn agent_logs(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.agent.{}.logs", token(id))
+}
+
+/// `shoal.evt.framework.<name>.<action>`, `action` = `failed` or `invalid`.
+pub fn framework_event(name: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.framework.{}.{}", token(name), token(action))
 }
 
 /// `shoal.ctl.agent.<id>.heartbeat`.

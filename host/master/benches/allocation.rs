@@ -32,6 +32,7 @@ fn master(registry: &Arc<Registry>, agents: usize, frameworks: usize) -> Arc<Mas
         m.admit(AgentRegistration {
             id: format!("agent-{i}"),
             hostname: format!("host-{i}"),
+            address: None,
             attributes: BTreeMap::from([("rack".to_owned(), format!("r{}", i % 20))]),
             resources,
             tasks: Vec::new(),

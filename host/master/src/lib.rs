@@ -19,10 +19,13 @@
 //! state, rebuilt from agents registering again after a restart.
 
 mod allocation;
+pub mod protocol;
 mod resources;
+mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -32,9 +35,12 @@ use serde::{Deserialize, Serialize};
 use shoal_bus::{EventPublisher, SharedBus, subject};
 
 pub use allocation::{AllocationReport, FrameworkSpec, OfferView, Rejected, check_offers};
+pub use protocol::{AgentTask, StatusUpdate, TaskCommand, TaskInfo, TaskState};
 pub use resources::{PortRange, ResourceError, Resources};
 use shoal_abi::{AnyPlugin, PluginKind};
 use shoal_registry::Registry;
+pub use shoal_runtime::KvBackend;
+pub use tasks::{FrameworkView, TaskEntry};
 
 /// Default time without a heartbeat after which an agent is lost.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,14 +53,17 @@ pub struct AgentRegistration {
     pub id: String,
     /// Host name (the `@hostname` attribute of constraints).
     pub hostname: String,
+    /// Address tasks on this agent are reachable at (IP or name); default the host name.
+    #[serde(default)]
+    pub address: Option<String>,
     /// Operator-set attributes, e.g. `rack=r1`.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
     /// Everything the agent offers to the cluster.
     pub resources: Resources,
-    /// Ids of the tasks the agent runs now (empty on a first start).
+    /// The tasks the agent runs now (empty on a first start).
     #[serde(default)]
-    pub tasks: Vec<String>,
+    pub tasks: Vec<AgentTask>,
 }
 
 /// The master's answer to a registration.
@@ -67,6 +76,10 @@ pub struct RegisterReply {
     pub error: Option<String>,
     /// How often to heartbeat, in milliseconds.
     pub heartbeat_ms: u64,
+    /// Tasks the agent reported that the cluster gave up (declared lost and replaced, or never
+    /// knew): the agent kills them.
+    #[serde(default)]
+    pub kill: Vec<String>,
 }
 
 /// The master's answer to a heartbeat.
@@ -99,7 +112,7 @@ pub struct AgentView {
     pub total: Resources,
     /// `active` or `lost`.
     pub state: AgentState,
-    /// Tasks the agent reported.
+    /// Ids of the tasks the agent reported when it registered.
     pub tasks: Vec<String>,
     /// Registrations so far (1 on the first).
     pub registrations: u64,
@@ -158,6 +171,24 @@ pub struct Master {
     registry: Option<Arc<Registry>>,
     frameworks: Mutex<BTreeMap<String, FrameworkSpec>>,
     offers: Mutex<Offers>,
+    tasks: Mutex<BTreeMap<String, TaskEntry>>,
+    fw_state: Mutex<BTreeMap<String, tasks::FwState>>,
+    journal: Option<Arc<dyn KvBackend>>,
+    discovery: Option<Arc<shoal_discovery::Discovery>>,
+    kick: tokio::sync::Notify,
+    started: Instant,
+    next_uuid: AtomicU64,
+}
+
+/// What a master is wired to besides the bus.
+#[derive(Default, Clone)]
+pub struct MasterParts {
+    /// Plugin registry: the allocator and the framework plugins.
+    pub registry: Option<Arc<Registry>>,
+    /// Where live tasks are journaled, so a restarted master knows them.
+    pub journal: Option<Arc<dyn KvBackend>>,
+    /// Service registry that running tasks with ports join.
+    pub discovery: Option<Arc<shoal_discovery::Discovery>>,
 }
 
 #[derive(Default)]
@@ -183,16 +214,38 @@ pub fn validate_agent_id(id: &str) -> Result<(), String> {
 impl Master {
     /// A master on `bus`; allocation calls the allocator plugin of `registry`.
     pub fn new(bus: SharedBus, config: MasterConfig, registry: Option<Arc<Registry>>) -> Arc<Master> {
+        Master::with_parts(bus, config, MasterParts { registry, ..MasterParts::default() })
+    }
+
+    /// A master with a journal and a service registry too; loads the journal of a previous run.
+    pub fn with_parts(bus: SharedBus, config: MasterConfig, parts: MasterParts) -> Arc<Master> {
         let events = EventPublisher::new(bus.clone(), config.source.clone());
-        Arc::new(Master {
+        let master = Arc::new(Master {
             config,
             bus,
             events,
             agents: Mutex::new(BTreeMap::new()),
-            registry,
+            registry: parts.registry,
             frameworks: Mutex::new(BTreeMap::new()),
             offers: Mutex::new(Offers::default()),
-        })
+            tasks: Mutex::new(BTreeMap::new()),
+            fw_state: Mutex::new(BTreeMap::new()),
+            journal: parts.journal,
+            discovery: parts.discovery,
+            kick: tokio::sync::Notify::new(),
+            started: Instant::now(),
+            next_uuid: AtomicU64::new(1),
+        });
+        let recovered = master.load_journal();
+        if recovered > 0 {
+            tracing::info!(tasks = recovered, "tasks recovered from the journal; waiting for their agents");
+        }
+        master
+    }
+
+    /// The master's configuration.
+    pub fn config(&self) -> &MasterConfig {
+        &self.config
     }
 
     /// Register (or update) a framework.
@@ -228,12 +281,16 @@ impl Master {
     pub fn allocate_once(&self) -> Result<AllocationReport, String> {
         let registry = self.registry.as_ref().ok_or("this master has no plugin registry")?;
         let now = now_ms();
+        let (task_agents, task_frameworks) = self.task_usage();
+        let filters: BTreeMap<String, (Vec<shoal_abi::DeclineFilter>, bool)> =
+            self.frameworks.lock().keys().map(|f| (f.clone(), self.filters_of(f, now))).collect();
         let (snapshot, mut free, frameworks, mut allocated) = {
             let agents = self.agents.lock();
             let offers = self.offers.lock();
             let frameworks = self.frameworks.lock().clone();
-            let mut offered: BTreeMap<&str, Resources> = BTreeMap::new();
-            let mut allocated: BTreeMap<String, Resources> = BTreeMap::new();
+            let mut offered: BTreeMap<&str, Resources> =
+                task_agents.iter().map(|(a, r)| (a.as_str(), r.clone())).collect();
+            let mut allocated: BTreeMap<String, Resources> = task_frameworks;
             for o in offers.by_id.values() {
                 let held = offered.entry(o.agent_id.as_str()).or_default();
                 *held = held.plus(&o.resources);
@@ -267,8 +324,8 @@ impl Master {
                     weight: f.weight,
                     quota: f.quota.as_ref().map(Resources::to_wit),
                     allocated: allocated.get(&f.name).cloned().unwrap_or_default().to_wit(),
-                    filters: Vec::new(),
-                    suppressed: false,
+                    filters: filters.get(&f.name).map(|x| x.0.clone()).unwrap_or_default(),
+                    suppressed: filters.get(&f.name).is_some_and(|x| x.1),
                 })
                 .collect();
             let snapshot = shoal_abi::ClusterSnapshot { now_ms: now, agents: wit_agents, frameworks: wit_frameworks };
@@ -283,7 +340,19 @@ impl Master {
             Some(Err(e)) => return Err(format!("allocator `{}` failed: {e}", self.config.allocator)),
             Some(Ok(p)) => p,
         };
-        let (accepted, rejected) = check_offers(proposals, &mut free, &frameworks, &mut allocated);
+        // Decline filters and suppression are the frameworks' wishes: proposals against them are
+        // dropped (and reported), whatever the allocator thinks.
+        let (proposals, mut filtered): (Vec<_>, Vec<_>) = proposals.into_iter().partition(|p| {
+            filters.get(&p.framework).is_none_or(|(f, suppressed)| {
+                !*suppressed && !f.iter().any(|d| d.agent_id == p.agent_id && d.until_ms > now)
+            })
+        });
+        let (accepted, mut rejected) = check_offers(proposals, &mut free, &frameworks, &mut allocated);
+        rejected.extend(filtered.drain(..).map(|p| Rejected {
+            framework: p.framework,
+            agent_id: p.agent_id,
+            reason: "the framework declined this agent or suppressed offers".into(),
+        }));
         let mut offers = self.offers.lock();
         // Agents lost during the plugin call: their offers are not made.
         let agents = self.agents.lock();
@@ -317,10 +386,15 @@ impl Master {
         self.agents.lock().get(id).map(view)
     }
 
-    /// Serve registrations and heartbeats, and declare silent agents lost, until the bus closes.
+    /// Serve registrations, heartbeats and status updates, declare silent agents lost, run
+    /// allocation cycles and drive the frameworks, until the bus closes.
     pub async fn run(self: Arc<Self>) -> Result<(), shoal_bus::BusError> {
         let mut registrations = self.bus.subscribe(subject::AGENT_REGISTER).await?;
         let mut heartbeats = self.bus.subscribe(subject::AGENT_HEARTBEATS_ALL).await?;
+        let mut statuses = self.bus.subscribe(subject::TASK_STATUS).await?;
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.sync_framework_plugins();
         let mut sweep = tokio::time::interval((self.config.agent_timeout / 10).max(Duration::from_millis(20)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut allocate = tokio::time::interval(self.config.allocation_interval.unwrap_or(Duration::from_secs(3600)));
@@ -345,22 +419,50 @@ impl Master {
                         let _ = msg.respond(self.bus.as_ref(), body.into()).await;
                     }
                 }
-                _ = sweep.tick() => self.sweep().await,
-                _ = allocate.tick(), if self.config.allocation_interval.is_some() => {
-                    let me = self.clone();
-                    match tokio::task::spawn_blocking(move || me.allocate_once()).await {
-                        Ok(Ok(report)) => self.publish_report(&report).await,
-                        Ok(Err(e)) => tracing::warn!(cause = %e, "allocation cycle failed"),
-                        Err(e) => tracing::error!(cause = %e, "allocation cycle panicked"),
+                msg = statuses.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    match serde_json::from_slice::<StatusUpdate>(&msg.payload) {
+                        Ok(update) => {
+                            self.apply_status(&update, false).await;
+                            let ack = serde_json::to_vec(&protocol::StatusAck { uuid: update.uuid }).expect("serialises");
+                            let _ = msg.respond(self.bus.as_ref(), ack.into()).await;
+                        }
+                        Err(e) => tracing::warn!(cause = %e, "malformed status update dropped"),
                     }
+                }
+                _ = sweep.tick() => self.sweep().await,
+                _ = second.tick() => {
+                    self.sync_framework_plugins();
+                    self.tick_frameworks();
+                    self.tasks_housekeeping().await;
+                }
+                _ = allocate.tick(), if self.config.allocation_interval.is_some() => self.cycle().await,
+                _ = self.kick.notified(), if self.config.allocation_interval.is_some() => {
+                    // Changes (launches, ended tasks, revives, new agents) run a cycle soon,
+                    // gathering whatever else happens in the next few milliseconds.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    self.cycle().await;
                 }
             }
         }
     }
 
+    /// One allocation cycle, its events, and its offers handed to the frameworks.
+    async fn cycle(self: &Arc<Self>) {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.allocate_once()).await {
+            Ok(Ok(report)) => {
+                self.dispatch_offers(&report.offers);
+                self.publish_report(&report).await;
+            }
+            Ok(Err(e)) => tracing::warn!(cause = %e, "allocation cycle failed"),
+            Err(e) => tracing::error!(cause = %e, "allocation cycle panicked"),
+        }
+    }
+
     async fn register(&self, payload: &[u8]) -> RegisterReply {
         let heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64;
-        let refuse = |error: String| RegisterReply { accepted: false, error: Some(error), heartbeat_ms };
+        let refuse = |error: String| RegisterReply { accepted: false, error: Some(error), heartbeat_ms, kill: Vec::new() };
         let reg: AgentRegistration = match serde_json::from_slice(payload) {
             Ok(reg) => reg,
             Err(e) => return refuse(format!("malformed registration: {e}")),
@@ -378,7 +480,12 @@ impl Master {
                 data,
             )
             .await;
-        RegisterReply { accepted: true, error: None, heartbeat_ms }
+        let kill = self.reconcile_agent(&reg.id, &reg.tasks).await;
+        if !kill.is_empty() {
+            tracing::warn!(agent = %reg.id, tasks = ?kill, "the agent runs tasks the cluster gave up; it kills them");
+        }
+        self.kick.notify_one();
+        RegisterReply { accepted: true, error: None, heartbeat_ms, kill }
     }
 
     fn admit_inner(&self, reg: AgentRegistration) -> Result<(&'static str, serde_json::Value), String> {
@@ -406,7 +513,7 @@ impl Master {
             };
             let data = serde_json::json!({
                 "id": reg.id, "hostname": reg.hostname, "attributes": reg.attributes,
-                "resources": reg.resources, "tasks": reg.tasks,
+                "resources": reg.resources, "tasks": reg.tasks.iter().map(|t| &t.info.id).collect::<Vec<_>>(),
             });
             agents.insert(
                 reg.id.clone(),
@@ -470,7 +577,7 @@ impl Master {
                     (
                         e.reg.id.clone(),
                         e.reg.hostname.clone(),
-                        e.reg.tasks.clone(),
+                        e.reg.tasks.iter().map(|t| t.info.id.clone()).collect(),
                         e.last_seen.elapsed().as_millis() as u64,
                     )
                 })
@@ -496,6 +603,7 @@ impl Master {
                     serde_json::json!({ "id": id, "hostname": hostname, "tasks": tasks, "silent_ms": silent_ms }),
                 )
                 .await;
+            self.agent_lost(&id).await;
         }
     }
 }
@@ -507,26 +615,61 @@ fn view(e: &AgentEntry) -> AgentView {
         attributes: e.reg.attributes.clone(),
         total: e.reg.resources.clone(),
         state: e.state,
-        tasks: e.reg.tasks.clone(),
+        tasks: e.reg.tasks.iter().map(|t| t.info.id.clone()).collect(),
         registrations: e.registrations,
         last_seen_ms_ago: e.last_seen.elapsed().as_millis() as u64,
         registered_at_ms: e.registered_at_ms,
     }
 }
 
+/// What the agent loop needs of the agent it registers.
+pub trait AgentHooks: Send + Sync + 'static {
+    /// The tasks the agent runs now, listed in each (re-)registration.
+    fn tasks(&self) -> Vec<AgentTask>;
+    /// The master answered that the cluster gave these tasks up: kill them.
+    fn kill(&self, task_ids: Vec<String>);
+    /// Registered (again): a moment to resend unacknowledged status updates.
+    fn registered(&self) {}
+}
+
+/// An agent without tasks (simulations, tests of the registry).
+struct NoTasks(Vec<AgentTask>);
+
+impl AgentHooks for NoTasks {
+    fn tasks(&self) -> Vec<AgentTask> {
+        self.0.clone()
+    }
+    fn kill(&self, _: Vec<String>) {}
+}
+
 /// The agent's side: register (retrying until a master answers), then heartbeat; register again
 /// whenever the master does not know the agent. Returns only on a refused registration.
 pub async fn run_agent(bus: SharedBus, registration: AgentRegistration) -> Result<(), String> {
-    let payload: Bytes = serde_json::to_vec(&registration).map_err(|e| e.to_string())?.into();
+    let tasks = registration.tasks.clone();
+    run_agent_with(bus, registration, Arc::new(NoTasks(tasks))).await
+}
+
+/// [`run_agent`] for an agent that runs tasks: each registration lists `hooks.tasks()`.
+pub async fn run_agent_with(
+    bus: SharedBus,
+    mut registration: AgentRegistration,
+    hooks: Arc<dyn AgentHooks>,
+) -> Result<(), String> {
     let heartbeat_subject = subject::agent_heartbeat(&registration.id);
     let mut waiting_logged = false;
     loop {
         // Register.
+        registration.tasks = hooks.tasks();
+        let payload: Bytes = serde_json::to_vec(&registration).map_err(|e| e.to_string())?.into();
         let interval = match bus.request(subject::AGENT_REGISTER, payload.clone(), Duration::from_secs(2)).await {
             Ok(msg) => match serde_json::from_slice::<RegisterReply>(&msg.payload) {
                 Ok(reply) if reply.accepted => {
-                    tracing::info!(agent = %registration.id, "registered with the master");
+                    tracing::info!(agent = %registration.id, tasks = registration.tasks.len(), "registered with the master");
                     waiting_logged = false;
+                    if !reply.kill.is_empty() {
+                        hooks.kill(reply.kill);
+                    }
+                    hooks.registered();
                     Duration::from_millis(reply.heartbeat_ms.max(10))
                 }
                 Ok(reply) => return Err(reply.error.unwrap_or_else(|| "refused".into())),
@@ -570,6 +713,7 @@ mod tests {
         AgentRegistration {
             id: id.into(),
             hostname: host.into(),
+            address: None,
             attributes: BTreeMap::from([("rack".into(), "r1".into())]),
             resources: Resources::parse("cpus:2;mem:1024;ports:[31000-31010]").unwrap(),
             tasks: vec![],
@@ -613,7 +757,20 @@ mod tests {
 
         // It comes back with its tasks: re-registered.
         let mut back = reg("a1", "host-1");
-        back.tasks = vec!["web.1".into()];
+        back.tasks = vec![AgentTask {
+            info: TaskInfo {
+                id: "web.1".into(),
+                framework: "service".into(),
+                agent_id: "a1".into(),
+                command: TaskCommand::Shell("sleep 60".into()),
+                resources: Resources::parse("cpus:0.1;mem:16").unwrap(),
+                env: BTreeMap::new(),
+                labels: BTreeMap::new(),
+            },
+            state: TaskState::Running,
+            healthy: None,
+            message: String::new(),
+        }];
         tokio::spawn(run_agent(bus.clone(), back));
         eventually("re-registration", || master.agent("a1").is_some_and(|a| a.state == AgentState::Active)).await;
         let a = master.agent("a1").unwrap();

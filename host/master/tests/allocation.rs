@@ -25,6 +25,7 @@ fn agent(id: &str, resources: &str) -> AgentRegistration {
     AgentRegistration {
         id: id.into(),
         hostname: format!("{id}.local"),
+        address: None,
         attributes: BTreeMap::new(),
         resources: Resources::parse(resources).expect("resources"),
         tasks: Vec::new(),

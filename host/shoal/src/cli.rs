@@ -79,6 +79,10 @@ struct DevArgs {
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
+    /// Milliseconds between allocation cycles (launches, ended tasks, new agents and revives
+    /// also start one).
+    #[arg(long, default_value_t = 1000)]
+    allocation_interval_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +102,9 @@ struct MasterArgs {
     /// Also serve a gateway at this address.
     #[arg(long)]
     gateway: Option<SocketAddr>,
+    /// Milliseconds between allocation cycles (changes also start one).
+    #[arg(long, default_value_t = 1000)]
+    allocation_interval_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +131,18 @@ struct AgentRunArgs {
     /// Attributes, `name=value`, repeatable (e.g. `rack=r1`).
     #[arg(long = "attribute")]
     attributes: Vec<String>,
+    /// Host name to register (the `@hostname` of constraints; default this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Address tasks on this agent are reachable at (default the host name).
+    #[arg(long)]
+    address: Option<String>,
+    /// Where task sandboxes live (default `.shoal-agent-<id>`).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Milliseconds between SIGTERM and SIGKILL when a task is killed.
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -341,7 +360,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         store: shoal_store::StoreConfig { shards: args.shards, durability },
         gateway: (!args.no_gateway).then_some(args.gateway),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
-        local_agent: Some(crate::node::local_agent(None, None, &[])?),
+        local_agent: Some(crate::node::local_agent(None, None, Some("127.0.0.1".into()), None, &[])?),
+        allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -372,6 +392,7 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: None,
+        allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -418,16 +439,29 @@ async fn agent(cli: AgentCli) -> anyhow::Result<()> {
             let args = cli.run;
             let nats =
                 args.nats.context("an agent needs --nats URL (the master's bus), or a command: shoal agent list")?;
-            let registration = crate::node::local_agent(args.id, args.resources.as_deref(), &args.attributes)?;
+            let registration = crate::node::local_agent(
+                args.id,
+                args.hostname,
+                args.address,
+                args.resources.as_deref(),
+                &args.attributes,
+            )?;
             let bus: shoal_bus::SharedBus = std::sync::Arc::new(
                 shoal_bus::NatsBus::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?,
             );
+            let work_dir = args.work_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-agent-{}", registration.id)));
             println!(
-                "Shoal agent {} is running (host {}, resources {}, bus {nats})",
-                registration.id, registration.hostname, registration.resources
+                "Shoal agent {} is running (host {}, resources {}, bus {nats}, work dir {})",
+                registration.id,
+                registration.hostname,
+                registration.resources,
+                work_dir.display()
             );
+            let mut config = shoal_agent::AgentConfig::new(registration, work_dir);
+            config.grace = std::time::Duration::from_millis(args.grace_ms);
+            let agent = shoal_agent::Agent::new(bus, config).context("preparing the agent's work dir")?;
             tokio::select! {
-                result = shoal_master::run_agent(bus, registration) => {
+                result = agent.run() => {
                     result.map_err(|e| anyhow::anyhow!("the master refused this agent: {e}"))
                 }
                 _ = tokio::signal::ctrl_c() => {

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub agent_timeout: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
     pub local_agent: Option<shoal_master::AgentRegistration>,
+    /// Time between allocation cycles (changes also trigger one).
+    pub allocation_interval: std::time::Duration,
 }
 
 /// What a started node tells its caller.
@@ -201,14 +203,19 @@ pub async fn run(
         None => None,
     };
 
-    let master = shoal_master::Master::new(
+    let master = shoal_master::Master::with_parts(
         bus.clone(),
         shoal_master::MasterConfig {
             agent_timeout: config.agent_timeout,
             source: "/shoal/master".into(),
+            allocation_interval: Some(config.allocation_interval),
             ..shoal_master::MasterConfig::default()
         },
-        Some(registry.clone()),
+        shoal_master::MasterParts {
+            registry: Some(registry.clone()),
+            journal: Some(registry.kv_for(PluginKind::Framework, "_master")),
+            discovery: Some(discovery.clone()),
+        },
     );
     tokio::spawn({
         let master = master.clone();
@@ -218,10 +225,12 @@ pub async fn run(
             }
         }
     });
-    if let Some(agent) = config.local_agent.clone() {
-        let bus = bus.clone();
+    if let Some(registration) = config.local_agent.clone() {
+        let mut agent_config = shoal_agent::AgentConfig::new(registration, config.data_dir.join("agent"));
+        agent_config.wasm_checks = Some(Arc::new(crate::health::RegistryChecks(registry.clone())));
+        let agent = shoal_agent::Agent::new(bus.clone(), agent_config).context("starting the local agent")?;
         tokio::spawn(async move {
-            if let Err(e) = shoal_master::run_agent(bus, agent).await {
+            if let Err(e) = agent.run().await {
                 tracing::error!(cause = %e, "the local agent was refused");
             }
         });
@@ -273,14 +282,18 @@ pub(crate) async fn register_defaults(registry: &Registry) -> anyhow::Result<()>
 /// (`/proc/meminfo`), 10 GiB of disk and ports 31000-32000, unless the operator says otherwise.
 pub fn local_agent(
     id: Option<String>,
+    hostname: Option<String>,
+    address: Option<String>,
     resources: Option<&str>,
     attributes: &[String],
 ) -> anyhow::Result<shoal_master::AgentRegistration> {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
+    let hostname = hostname.filter(|h| !h.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    });
     let resources = match resources {
         Some(text) => shoal_master::Resources::parse(text)?,
         None => {
@@ -312,5 +325,5 @@ pub fn local_agent(
         cleaned.trim_matches('-').to_owned()
     });
     shoal_master::validate_agent_id(&id).map_err(anyhow::Error::msg)?;
-    Ok(shoal_master::AgentRegistration { id, hostname, attributes: attrs, resources, tasks: Vec::new() })
+    Ok(shoal_master::AgentRegistration { id, hostname, address, attributes: attrs, resources, tasks: Vec::new() })
 }

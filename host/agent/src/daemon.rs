@@ -1,0 +1,450 @@
+//! The agent daemon: registers with the master (through [`shoal_master::run_agent_with`]), runs
+//! the tasks the master launches on it, checks their health, and reports every change as a status
+//! update that it sends again until the master acknowledges it.
+//!
+//! - **Launch** (`shoal.ctl.agent.<id>.launch`): each task goes `staging → starting → running`,
+//!   then `finished` (exit 0), `failed` (any other exit, or it could not start) or `killed`.
+//! - **Kill** (`shoal.ctl.agent.<id>.kill`): SIGTERM to the task's process group, SIGKILL after
+//!   the grace period.
+//! - **Health**: a task labelled `shoal.health` (a [`CheckSpec`] as JSON) is checked next to it;
+//!   each change of verdict is a `running` status update with `healthy` set.
+//! - **Status updates** wait in an outbox, oldest first, until the master acknowledges each; a
+//!   master that is away or restarting gets them when it is back.
+//! - **Logs** (`shoal.ctl.agent.<id>.logs`): the bounded stdout/stderr of a task.
+//! - **Restart**: the process group of every task of a previous run is recorded under
+//!   `<work_dir>/run/`; a restarted agent kills those leftovers (it cannot watch them any more),
+//!   registers without them, and the master declares them lost so their frameworks replace them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use shoal_bus::{SharedBus, subject};
+use shoal_health::{CheckSpec, HealthChecker, HealthUpdate, Status, Target, WasmCheck};
+use shoal_master::protocol::{
+    AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, LogsReply, LogsRequest, StatusAck, StatusUpdate,
+    TaskCommand, TaskInfo, TaskState,
+};
+use shoal_master::{AgentHooks, AgentRegistration};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::{DEFAULT_GRACE, ProcessExit, ProcessSpec, TaskLogs};
+
+/// How an agent runs.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// What the agent registers.
+    pub registration: AgentRegistration,
+    /// Sandboxes (`<work_dir>/tasks/<id>`) and the record of running tasks (`<work_dir>/run`).
+    pub work_dir: PathBuf,
+    /// Bytes of each output stream kept per task.
+    pub log_limit: usize,
+    /// SIGTERM → SIGKILL grace.
+    pub grace: Duration,
+    /// Runs `wasm` health checks, when the agent has the plugins.
+    pub wasm_checks: Option<Arc<dyn WasmCheck>>,
+}
+
+impl AgentConfig {
+    /// Defaults for `registration`, working under `work_dir`.
+    pub fn new(registration: AgentRegistration, work_dir: PathBuf) -> Self {
+        AgentConfig {
+            registration,
+            work_dir,
+            log_limit: shoal_wasm_executor::DEFAULT_LOG_LIMIT,
+            grace: DEFAULT_GRACE,
+            wasm_checks: None,
+        }
+    }
+}
+
+struct Task {
+    info: TaskInfo,
+    state: TaskState,
+    healthy: Option<bool>,
+    message: String,
+    logs: Arc<TaskLogs>,
+    kill: Option<oneshot::Sender<Duration>>,
+}
+
+/// A running agent. Share it behind an `Arc`.
+pub struct Agent {
+    bus: SharedBus,
+    config: AgentConfig,
+    tasks: Mutex<BTreeMap<String, Task>>,
+    outbox: Mutex<VecDeque<StatusUpdate>>,
+    outbox_ready: Notify,
+    checker: HealthChecker,
+    health_rx: Mutex<Option<mpsc::UnboundedReceiver<HealthUpdate>>>,
+    seq: AtomicU64,
+    boot: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Agent {
+    /// An agent on `bus`. Kills the leftovers of a previous run first.
+    pub fn new(bus: SharedBus, config: AgentConfig) -> std::io::Result<Arc<Agent>> {
+        std::fs::create_dir_all(config.work_dir.join("run"))?;
+        std::fs::create_dir_all(config.work_dir.join("tasks"))?;
+        kill_leftovers(&config.work_dir.join("run"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let checker = HealthChecker::new(
+            Arc::new(move |u| {
+                let _ = tx.send(u);
+            }),
+            config.wasm_checks.clone(),
+        );
+        Ok(Arc::new(Agent {
+            bus,
+            config,
+            tasks: Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(VecDeque::new()),
+            outbox_ready: Notify::new(),
+            checker,
+            health_rx: Mutex::new(Some(rx)),
+            seq: AtomicU64::new(0),
+            boot: now_ms(),
+        }))
+    }
+
+    /// The agent's id.
+    pub fn id(&self) -> &str {
+        &self.config.registration.id
+    }
+
+    /// Ids and states of the tasks the agent knows.
+    pub fn task_states(&self) -> Vec<(String, TaskState, Option<bool>)> {
+        self.tasks.lock().values().map(|t| (t.info.id.clone(), t.state, t.healthy)).collect()
+    }
+
+    /// Status updates not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.outbox.lock().len()
+    }
+
+    /// Serve the master until the bus closes, or return the master's refusal.
+    pub async fn run(self: Arc<Self>) -> Result<(), String> {
+        let id = self.id().to_owned();
+        let bus = self.bus.clone();
+        let sub = |s: String| {
+            let bus = bus.clone();
+            async move { bus.subscribe(&s).await.map_err(|e| e.to_string()) }
+        };
+        let mut launches = sub(subject::agent_launch(&id)).await?;
+        let mut kills = sub(subject::agent_kill(&id)).await?;
+        let mut logs = sub(subject::agent_logs(&id)).await?;
+        self.bus.flush().await.map_err(|e| e.to_string())?;
+        tokio::spawn(self.clone().send_statuses());
+        if let Some(rx) = self.health_rx.lock().take() {
+            tokio::spawn(self.clone().health_verdicts(rx));
+        }
+        let registration = tokio::spawn(shoal_master::run_agent_with(
+            self.bus.clone(),
+            self.config.registration.clone(),
+            self.clone() as Arc<dyn AgentHooks>,
+        ));
+        let mut registration = std::pin::pin!(registration);
+        loop {
+            tokio::select! {
+                done = &mut registration => {
+                    return match done {
+                        Ok(result) => result,
+                        Err(e) => Err(format!("the registration loop stopped: {e}")),
+                    };
+                }
+                msg = launches.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let reply = match serde_json::from_slice::<LaunchRequest>(&msg.payload) {
+                        Ok(req) => self.launch(req),
+                        Err(e) => LaunchReply { accepted: Vec::new(), refused: vec![(String::new(), format!("malformed launch: {e}"))] },
+                    };
+                    let _ = msg.respond(self.bus.as_ref(), json(&reply)).await;
+                }
+                msg = kills.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let known = match serde_json::from_slice::<KillRequest>(&msg.payload) {
+                        Ok(req) => self.kill(&req.task_id, req.grace_ms.map(Duration::from_millis)),
+                        Err(_) => false,
+                    };
+                    let _ = msg.respond(self.bus.as_ref(), json(&KillReply { known })).await;
+                }
+                msg = logs.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let reply = match serde_json::from_slice::<LogsRequest>(&msg.payload) {
+                        Ok(req) => self.logs(&req),
+                        Err(_) => LogsReply { found: false, data: String::new(), dropped: 0 },
+                    };
+                    let _ = msg.respond(self.bus.as_ref(), json(&reply)).await;
+                }
+            }
+        }
+    }
+
+    fn launch(self: &Arc<Self>, req: LaunchRequest) -> LaunchReply {
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for info in req.tasks {
+            if info.agent_id != self.id() {
+                refused.push((info.id.clone(), format!("launched on agent {}, not on {}", info.agent_id, self.id())));
+                continue;
+            }
+            let mut tasks = self.tasks.lock();
+            if let Some(existing) = tasks.get(&info.id) {
+                // A launch sent again (at least once): the task is already here.
+                if existing.info == info {
+                    accepted.push(info.id.clone());
+                } else {
+                    refused.push((info.id.clone(), "another task with this id runs here".into()));
+                }
+                continue;
+            }
+            let (kill_tx, kill_rx) = oneshot::channel();
+            let logs = TaskLogs::new(self.config.log_limit);
+            tasks.insert(
+                info.id.clone(),
+                Task {
+                    info: info.clone(),
+                    state: TaskState::Staging,
+                    healthy: None,
+                    message: String::new(),
+                    logs: logs.clone(),
+                    kill: Some(kill_tx),
+                },
+            );
+            drop(tasks);
+            accepted.push(info.id.clone());
+            tokio::spawn(self.clone().run_task(info, logs, kill_rx));
+        }
+        LaunchReply { accepted, refused }
+    }
+
+    async fn run_task(self: Arc<Self>, info: TaskInfo, logs: Arc<TaskLogs>, mut kill_rx: oneshot::Receiver<Duration>) {
+        self.set_state(&info.id, TaskState::Starting, None, "starting".into());
+        let command = match &info.command {
+            TaskCommand::Shell(c) => c.clone(),
+            TaskCommand::Wasm(digest) => {
+                self.set_state(
+                    &info.id,
+                    TaskState::Failed,
+                    None,
+                    format!("Wasm task {digest}: this agent runs process tasks only (no artifact source configured)"),
+                );
+                return;
+            }
+        };
+        let spec = ProcessSpec {
+            task_id: info.id.clone(),
+            command,
+            env: info.env.clone(),
+            ports: info.ports(),
+            sandbox: self.config.work_dir.join("tasks").join(&info.id),
+            log_limit: self.config.log_limit,
+        };
+        let mut process = match crate::start_with_logs(&spec, logs) {
+            Ok(p) => p,
+            Err(e) => {
+                self.set_state(&info.id, TaskState::Failed, None, e.to_string());
+                return;
+            }
+        };
+        let pid_file = self.config.work_dir.join("run").join(format!("{}.pgid", info.id));
+        let _ = std::fs::write(&pid_file, process.pid().to_string());
+        let note = process.limits_note.clone().map(|n| format!(" ({n})")).unwrap_or_default();
+        self.set_state(&info.id, TaskState::Running, None, format!("pid {}{note}", process.pid()));
+        let check = info.labels.get("shoal.health").map(|text| serde_json::from_str::<CheckSpec>(text));
+        let mut checked = false;
+        match check {
+            Some(Ok(spec)) => {
+                let address = self.config.registration.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+                let target = Target { address, ports: info.ports() };
+                match self.checker.start(info.id.clone(), target, spec) {
+                    Ok(()) => checked = true,
+                    Err(e) => tracing::warn!(task = %info.id, cause = %e, "health check not started"),
+                }
+            }
+            Some(Err(e)) => tracing::warn!(task = %info.id, cause = %e, "unreadable shoal.health label; no health check"),
+            None => {}
+        }
+        let (state, message) = tokio::select! {
+            exit = process.wait() => match exit {
+                ProcessExit::Code(0) => (TaskState::Finished, "exited with code 0".to_owned()),
+                ProcessExit::Code(c) => (TaskState::Failed, format!("exited with code {c}")),
+                ProcessExit::Signal(s) => (TaskState::Failed, format!("killed by signal {s}")),
+            },
+            grace = &mut kill_rx => {
+                let grace = grace.unwrap_or(self.config.grace);
+                let exit = process.kill(grace).await;
+                (TaskState::Killed, format!("killed on request ({exit:?})"))
+            }
+        };
+        if checked {
+            self.checker.stop(&info.id);
+        }
+        let _ = std::fs::remove_file(&pid_file);
+        self.set_state(&info.id, state, None, message);
+    }
+
+    fn kill(&self, task_id: &str, grace: Option<Duration>) -> bool {
+        let mut tasks = self.tasks.lock();
+        let Some(t) = tasks.get_mut(task_id) else { return false };
+        if let Some(tx) = t.kill.take() {
+            let _ = tx.send(grace.unwrap_or(self.config.grace));
+        }
+        true
+    }
+
+    fn logs(&self, req: &LogsRequest) -> LogsReply {
+        let tasks = self.tasks.lock();
+        let Some(t) = tasks.get(&req.task_id) else { return LogsReply { found: false, data: String::new(), dropped: 0 } };
+        let tail = if req.stream == "stderr" { t.logs.stderr() } else { t.logs.stdout() };
+        let mut bytes = tail.bytes;
+        let mut dropped = tail.dropped;
+        if let Some(n) = req.tail
+            && bytes.len() > n
+        {
+            dropped += (bytes.len() - n) as u64;
+            bytes.drain(..bytes.len() - n);
+        }
+        LogsReply { found: true, data: String::from_utf8_lossy(&bytes).into_owned(), dropped }
+    }
+
+    /// Record a task's new state and queue the status update.
+    fn set_state(&self, task_id: &str, state: TaskState, healthy: Option<bool>, message: String) {
+        let update = {
+            let mut tasks = self.tasks.lock();
+            let Some(t) = tasks.get_mut(task_id) else { return };
+            if !t.state.may_become(state) {
+                return;
+            }
+            t.state = state;
+            if healthy.is_some() {
+                t.healthy = healthy;
+            }
+            t.message = message.clone();
+            StatusUpdate {
+                uuid: format!("{}-{}-{}", self.id(), self.boot, self.seq.fetch_add(1, Ordering::Relaxed)),
+                task_id: task_id.to_owned(),
+                agent_id: self.id().to_owned(),
+                state,
+                healthy: t.healthy,
+                message,
+                timestamp_ms: now_ms(),
+            }
+        };
+        tracing::info!(task = %task_id, state = %state, healthy = ?update.healthy, "task status");
+        self.outbox.lock().push_back(update);
+        self.outbox_ready.notify_one();
+    }
+
+    /// Send the outbox, oldest first, each until acknowledged.
+    async fn send_statuses(self: Arc<Self>) {
+        loop {
+            let next = self.outbox.lock().front().cloned();
+            let Some(update) = next else {
+                self.outbox_ready.notified().await;
+                continue;
+            };
+            let body = json(&update);
+            match self.bus.request(subject::TASK_STATUS, body, Duration::from_secs(2)).await {
+                Ok(msg) => match serde_json::from_slice::<StatusAck>(&msg.payload) {
+                    Ok(ack) if ack.uuid == update.uuid => {
+                        let mut outbox = self.outbox.lock();
+                        if outbox.front().is_some_and(|u| u.uuid == ack.uuid) {
+                            outbox.pop_front();
+                        }
+                        drop(outbox);
+                        self.forget_if_done(&update);
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                },
+                Err(e) => {
+                    tracing::debug!(cause = %e, task = %update.task_id, "status update not acknowledged; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.outbox_ready.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A terminal status was acknowledged: the task leaves the agent's table a while later
+    /// (its logs stay readable until then).
+    fn forget_if_done(self: &Arc<Self>, update: &StatusUpdate) {
+        if !update.state.is_terminal() {
+            return;
+        }
+        let me = self.clone();
+        let id = update.task_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            let mut tasks = me.tasks.lock();
+            if tasks.get(&id).is_some_and(|t| t.state.is_terminal()) {
+                tasks.remove(&id);
+            }
+        });
+    }
+
+    async fn health_verdicts(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<HealthUpdate>) {
+        while let Some(u) = rx.recv().await {
+            let healthy = match u.state.status {
+                Status::Healthy => Some(true),
+                Status::Unhealthy => Some(false),
+                Status::Unknown => continue,
+            };
+            let changed = self.tasks.lock().get(&u.id).is_some_and(|t| t.state == TaskState::Running && t.healthy != healthy);
+            if changed {
+                let message = format!("health check {}: {}", u.kind, u.state.message);
+                self.set_state(&u.id, TaskState::Running, healthy, message);
+            }
+        }
+    }
+}
+
+impl AgentHooks for Agent {
+    fn tasks(&self) -> Vec<AgentTask> {
+        self.tasks
+            .lock()
+            .values()
+            .filter(|t| !t.state.is_terminal())
+            .map(|t| AgentTask { info: t.info.clone(), state: t.state, healthy: t.healthy, message: t.message.clone() })
+            .collect()
+    }
+
+    fn kill(&self, task_ids: Vec<String>) {
+        for id in task_ids {
+            Agent::kill(self, &id, None);
+        }
+    }
+
+    fn registered(&self) {
+        self.outbox_ready.notify_one();
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Bytes {
+    serde_json::to_vec(value).expect("a protocol message serialises").into()
+}
+
+/// Kill the process groups a previous run of the agent left (recorded in `run/*.pgid`).
+fn kill_leftovers(run_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Some(pgid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok())
+            && pgid > 1
+        {
+            tracing::warn!(pgid, file = %path.display(), "killing a task left by a previous run of this agent");
+            crate::signal_group(pgid, "KILL");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -1,0 +1,298 @@
+//! Tasks and frameworks of the resource master, and the framework APIs behind it:
+//!
+//! - `GET /v1/tasks` (`?framework=&service=&state=`), `GET /v1/tasks/{id}`,
+//!   `POST /v1/tasks/{id}/kill`, `GET /v1/tasks/{id}/logs?stream=stdout|stderr&tail=N`;
+//! - `GET /v1/frameworks`; any method on `/v1/frameworks/{name}/{rest}` is handed to the
+//!   framework plugin (`handle-request` with path `/{rest}`);
+//! - `/v1/apps[/…]` is the `service` framework's `/apps[/…]`, `/v1/jobs[/…]` the `batch`
+//!   framework's `/jobs[/…]`. Before a definition reaches its framework, the host refuses one that
+//!   asks for more than any active agent has (422), since a framework only ever sees offers.
+//!
+//! Reads need any token; kills and framework requests other than `GET` need an operator token.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use shoal_master::{Master, Resources};
+
+use crate::AppState;
+use crate::dto::ErrorBody;
+use crate::error::ApiError;
+
+fn master(state: &AppState) -> Result<&std::sync::Arc<Master>, ApiError> {
+    state
+        .master
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_master", "this node does not run the master"))
+}
+
+/// Filters of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+pub struct TaskFilter {
+    framework: Option<String>,
+    service: Option<String>,
+    state: Option<String>,
+}
+
+/// Every task the master knows (live ones, finished ones for a few minutes).
+#[utoipa::path(get, path = "/v1/tasks",
+    params(("framework" = Option<String>, Query), ("service" = Option<String>, Query), ("state" = Option<String>, Query)),
+    responses((status = 200, description = "`{tasks: [{id, framework, agent_id, hostname, command, resources, env, labels, state, healthy, message, created_ms, updated_ms}]}`")),
+    security(("bearer" = [])))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(filter): Query<TaskFilter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.reader(&headers)?;
+    let tasks: Vec<_> = master(&state)?
+        .tasks()
+        .into_iter()
+        .filter(|t| filter.framework.as_ref().is_none_or(|f| *f == t.info.framework))
+        .filter(|t| filter.service.as_ref().is_none_or(|s| Some(s.as_str()) == t.service()))
+        .filter(|t| filter.state.as_ref().is_none_or(|s| *s == t.state.as_str()))
+        .collect();
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+/// One task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "the task"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.reader(&headers)?;
+    let task = master(&state)?.task(&id).ok_or_else(|| ApiError::not_found(format!("no task `{id}`")))?;
+    Ok(Json(json!(task)))
+}
+
+/// Kill a task (SIGTERM, then SIGKILL after the agent's grace period). Its framework learns it
+/// from the `killed` status update and may start a replacement.
+#[utoipa::path(post, path = "/v1/tasks/{id}/kill", params(("id" = String, Path)),
+    responses((status = 202, description = "the kill was sent"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn kill_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    state.auth.operator(&headers)?;
+    let master = master(&state)?;
+    if master.task(&id).is_none() {
+        return Err(ApiError::not_found(format!("no task `{id}`")));
+    }
+    master.kill_task(&id).await.map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "kill": "sent" }))))
+}
+
+/// Query of the logs endpoint.
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    stream: Option<String>,
+    tail: Option<usize>,
+}
+
+/// A task's captured output (the newest bytes the agent kept), as text. Header
+/// `x-shoal-dropped` says how many older bytes are gone.
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs",
+    params(("id" = String, Path), ("stream" = Option<String>, Query, description = "`stdout` (default) or `stderr`"), ("tail" = Option<usize>, Query, description = "at most this many bytes")),
+    responses((status = 200, description = "the output, text/plain"), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn task_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    state.auth.reader(&headers)?;
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return Err(ApiError::bad_request(format!("stream `{stream}` is neither `stdout` nor `stderr`")));
+    }
+    let master = master(&state)?;
+    if master.task(&id).is_none() {
+        return Err(ApiError::not_found(format!("no task `{id}`")));
+    }
+    let logs =
+        master.task_logs(&id, &stream, q.tail).await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent", e))?;
+    if !logs.found {
+        return Err(ApiError::not_found(format!("the agent of task `{id}` no longer keeps its output")));
+    }
+    Ok((
+        [("content-type", "text/plain; charset=utf-8".to_owned()), ("x-shoal-dropped", logs.dropped.to_string())],
+        logs.data,
+    )
+        .into_response())
+}
+
+/// Every framework: name, role, weight, quota, plugin, suppressed, decline filters, live tasks,
+/// outstanding offers, allocation.
+#[utoipa::path(get, path = "/v1/frameworks",
+    responses((status = 200, description = "`{frameworks: [...]}`")),
+    security(("bearer" = [])))]
+pub async fn list_frameworks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.reader(&headers)?;
+    Ok(Json(json!({ "frameworks": master(&state)?.framework_views() })))
+}
+
+/// `/v1/frameworks/{name}/{rest}`: handed to the framework plugin.
+pub async fn framework_request(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((name, rest)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    forward(&state, &name, method, &headers, format!("/{rest}"), query, body).await
+}
+
+/// `/v1/apps[/…]` → the `service` framework.
+pub async fn apps(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    rest: Option<Path<String>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = match rest {
+        Some(Path(rest)) => format!("/apps/{rest}"),
+        None => "/apps".to_owned(),
+    };
+    if method == Method::PUT || method == Method::POST {
+        fits_some_agent(master(&state)?, &body, "app")?;
+    }
+    forward(&state, "service", method, &headers, path, query, body).await
+}
+
+/// `/v1/jobs[/…]` → the `batch` framework.
+pub async fn jobs(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    rest: Option<Path<String>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = match rest {
+        Some(Path(rest)) => format!("/jobs/{rest}"),
+        None => "/jobs".to_owned(),
+    };
+    if method == Method::PUT || method == Method::POST {
+        fits_some_agent(master(&state)?, &body, "job")?;
+    }
+    forward(&state, "batch", method, &headers, path, query, body).await
+}
+
+/// Largest accepted body of a framework request.
+const MAX_FRAMEWORK_BODY: usize = 4 << 20;
+
+async fn forward(
+    state: &AppState,
+    framework: &str,
+    method: Method,
+    headers: &HeaderMap,
+    path: String,
+    query: Option<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if method == Method::GET || method == Method::HEAD {
+        state.auth.reader(headers)?;
+    } else {
+        state.auth.operator(headers)?;
+    }
+    if body.len() > MAX_FRAMEWORK_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a body of {} bytes is over the limit of {MAX_FRAMEWORK_BODY}", body.len()),
+        ));
+    }
+    let request = shoal_abi::HttpRequest {
+        method: method.as_str().to_owned(),
+        path,
+        query: query.unwrap_or_default(),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let master = master(state)?;
+    let response = master.framework_request(framework, request).await.map_err(|e| {
+        if e.starts_with("no framework") {
+            ApiError::not_found(e)
+        } else {
+            ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", format!("framework `{framework}`: {e}"))
+        }
+    })?;
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = Response::builder().status(status);
+    for (k, v) in &response.headers {
+        if let (Ok(name), Ok(value)) =
+            (axum::http::HeaderName::try_from(k.as_str()), axum::http::HeaderValue::try_from(v.as_str()))
+            && !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection")
+        {
+            out = out.header(name, value);
+        }
+    }
+    out.body(axum::body::Body::from(response.body))
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", e.to_string()))
+}
+
+/// Refuse a definition that no active agent could ever hold (`cpus`, `mem`, `disk` and the
+/// number of `ports`), naming the largest agent. Malformed bodies pass: the framework answers
+/// them with its own 400.
+fn fits_some_agent(master: &Master, body: &[u8], what: &str) -> Result<(), ApiError> {
+    let Ok(def) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(()) };
+    let num = |k: &str| def.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let ports = match def.get("ports") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(serde_json::Value::Array(a)) => a.len() as u64,
+        _ => 0,
+    };
+    let (cpus, mem, disk) = (num("cpus"), num("mem"), num("disk"));
+    if !(cpus.is_finite() && mem.is_finite() && disk.is_finite()) || cpus <= 0.0 && mem <= 0.0 {
+        return Ok(()); // the framework's validation says what is wrong
+    }
+    let agents = master.active_agent_totals();
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let port_count = |r: &Resources| r.ports.iter().map(|p| u64::from(p.end - p.begin) + 1).sum::<u64>();
+    let fits = |r: &Resources| cpus <= r.cpus && mem <= r.mem_mb && disk <= r.disk_mb && ports <= port_count(r);
+    if agents.iter().any(|(_, r)| fits(r)) {
+        return Ok(());
+    }
+    let mut largest: BTreeMap<&str, String> = BTreeMap::new();
+    let max = |f: &dyn Fn(&Resources) -> f64| agents.iter().map(|(_, r)| f(r)).fold(0.0, f64::max);
+    largest.insert("cpus", format!("{}", max(&|r| r.cpus)));
+    largest.insert("mem", format!("{}", max(&|r| r.mem_mb)));
+    largest.insert("disk", format!("{}", max(&|r| r.disk_mb)));
+    largest.insert("ports", format!("{}", max(&|r| port_count(r) as f64)));
+    let largest: Vec<String> = largest.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unschedulable",
+        format!(
+            "this {what} asks for cpus {cpus}, mem {mem}, disk {disk}, ports {ports}: more than any of the {} active \
+             agents has (largest: {})",
+            agents.len(),
+            largest.join(", ")
+        ),
+    ))
+}
