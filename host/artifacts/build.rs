@@ -25,6 +25,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("shoal-test-hostile-router", "HOSTILE_ROUTER"),
     ("shoal-test-hostile-framework", "HOSTILE_FRAMEWORK"),
     ("shoal-test-kv-framework", "KV_FRAMEWORK"),
+    ("shoal-test-keeper-framework", "KEEPER_FRAMEWORK"),
     ("shoal-test-http-check", "HTTP_CHECK"),
     ("shoal-test-future-version", "FUTURE_VERSION"),
     ("shoal-test-wasm-command", "WASM_COMMAND"),

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod master;
+mod tasks;
 mod services;
 mod tidy;
 

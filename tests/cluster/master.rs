@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 
 use super::{expect_event, shoal, tail_events};
 
-struct Master {
-    child: Child,
-    api: String,
-    token: String,
+pub(crate) struct Master {
+    pub child: Child,
+    pub api: String,
+    pub token: String,
 }
 
 impl Master {
-    fn start(nats: &str, data: &std::path::Path) -> Master {
+    pub fn start(nats: &str, data: &std::path::Path) -> Master {
         let mut child = Command::new(shoal())
-            .args(["master", "--nats", nats, "--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500", "--data-dir"])
+            .args(["master", "--nats", nats, "--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
+            .args(["--allocation-interval-ms", "300", "--data-dir"])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -39,7 +40,7 @@ impl Master {
         Master { child, api: api.expect("api"), token: token.expect("token") }
     }
 
-    fn cli(&self, args: &[&str]) -> String {
+    pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(shoal())
             .args(args)
             .env("SHOAL_API", &self.api)
@@ -51,7 +52,7 @@ impl Master {
     }
 
     /// `shoal agent list` as (id, state) pairs.
-    fn agents(&self) -> Vec<(String, String)> {
+    pub fn agents(&self) -> Vec<(String, String)> {
         self.cli(&["agent", "list"])
             .lines()
             .skip(1)
@@ -62,7 +63,7 @@ impl Master {
             .collect()
     }
 
-    fn wait_for(&self, what: &str, want: &[(&str, &str)]) {
+    pub fn wait_for(&self, what: &str, want: &[(&str, &str)]) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let agents = self.agents();
@@ -83,10 +84,17 @@ impl Drop for Master {
     }
 }
 
-fn agent(nats: &str, id: &str, rack: &str) -> Child {
+/// `shoal agent` with id `id` on host `host-<id>` (reachable at 127.0.0.1), 2 cpus, 2 GiB, and
+/// ports 31000-31099 shifted by 100 per agent number (agents share this machine), working in
+/// `<dir>/agent-<id>`.
+pub(crate) fn agent(nats: &str, dir: &std::path::Path, id: &str, rack: &str) -> Child {
+    let n: u16 = id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+    let ports = format!("ports:[{}-{}]", 31000 + n * 100, 31099 + n * 100);
     Command::new(shoal())
-        .args(["agent", "--nats", nats, "--id", id, "--resources", "cpus:2;mem:2048;disk:4096;ports:[31000-31099]"])
-        .args(["--attribute", &format!("rack={rack}")])
+        .args(["agent", "--nats", nats, "--id", id, "--resources", &format!("cpus:2;mem:2048;disk:4096;{ports}")])
+        .args(["--attribute", &format!("rack={rack}"), "--hostname", &format!("host-{id}"), "--address", "127.0.0.1"])
+        .args(["--grace-ms", "1000", "--work-dir"])
+        .arg(dir.join(format!("agent-{id}")))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -100,13 +108,13 @@ fn master_and_three_agents_over_nats() {
     let data = tempfile::tempdir().expect("tempdir");
     let master = Master::start(&url, &data.path().join("master"));
     let mut agents: Vec<Child> =
-        [("a1", "r1"), ("a2", "r1"), ("a3", "r2")].iter().map(|(id, rack)| agent(&url, id, rack)).collect();
+        [("a1", "r1"), ("a2", "r1"), ("a3", "r2")].iter().map(|(id, rack)| agent(&url, data.path(), id, rack)).collect();
     master.wait_for("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
     let listed = master.cli(&["agent", "list"]);
-    assert!(listed.contains("cpus:2;mem:2048;disk:4096;ports:[31000-31099]") && listed.contains("rack=r2"), "{listed}");
+    assert!(listed.contains("cpus:2;mem:2048;disk:4096;ports:[31100-31199]") && listed.contains("rack=r2"), "{listed}");
     let shown: serde_json::Value = serde_json::from_str(&master.cli(&["agent", "show", "a3"])).expect("JSON");
     assert_eq!(shown["attributes"]["rack"], "r2");
-    assert_eq!(shown["total"]["ports"][0]["end"], 31099);
+    assert_eq!(shown["total"]["ports"][0]["end"], 31399);
 
     // kill -9 one agent: lost within the timeout (1.5 s), with an event.
     let (mut tail_child, events) = tail_events(&master.api, &master.token, "shoal.evt.agent.>");
@@ -121,7 +129,7 @@ fn master_and_three_agents_over_nats() {
     master.wait_for("loss", &[("a1", "active"), ("a2", "lost"), ("a3", "active")]);
 
     // It comes back: registered again.
-    agents[1] = agent(&url, "a2", "r1");
+    agents[1] = agent(&url, data.path(), "a2", "r1");
     let back = expect_event(&events, "io.shoal.agent.reregistered");
     assert_eq!(back["data"]["id"], "a2");
     master.wait_for("return", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);

@@ -12,6 +12,7 @@ use shoal_runtime::{MemoryKv, PluginScope, Runtime, RuntimeConfig};
 
 use crate::node::{NodeConfig, NodeInfo};
 
+mod cluster;
 mod plugin_sdk;
 mod services;
 
@@ -50,6 +51,18 @@ enum Command {
     /// Manage the gateway's routes.
     #[command(subcommand)]
     Route(services::RouteCommand),
+    /// List, inspect and kill tasks; read their output.
+    #[command(subcommand)]
+    Task(cluster::TaskCommand),
+    /// List the frameworks.
+    #[command(subcommand)]
+    Framework(cluster::FrameworkCommand),
+    /// Deploy and manage long-running apps (the `service` framework).
+    #[command(subcommand)]
+    App(cluster::AppCommand),
+    /// One-shot and cron jobs (the `batch` framework).
+    #[command(subcommand)]
+    Job(cluster::JobCommand),
 }
 
 #[derive(Args, Debug)]
@@ -347,6 +360,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => gateway(args).await,
         Command::Master(args) => master(args).await,
         Command::Agent(cli) => agent(cli).await,
+        Command::Task(cmd) => cluster::task(cmd).await,
+        Command::Framework(cmd) => cluster::framework(cmd).await,
+        Command::App(cmd) => cluster::app(cmd).await,
+        Command::Job(cmd) => cluster::job(cmd).await,
     }
 }
 
@@ -578,7 +595,7 @@ impl Client {
         if !status.is_success() {
             let message = serde_json::from_slice::<Value>(&body)
                 .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .and_then(|v| error_message(&v))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             bail!("{status}: {message}");
         }
@@ -594,14 +611,17 @@ impl Client {
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or(text);
+            let message = serde_json::from_str::<Value>(&text).ok().and_then(|v| error_message(&v)).unwrap_or(text);
             bail!("{status}: {message}");
         }
         Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
     }
+}
+
+/// The message of an error body: the API's `{"error": {"message": …}}` or a framework's
+/// `{"error": "…"}`.
+fn error_message(v: &Value) -> Option<String> {
+    v["error"]["message"].as_str().or_else(|| v["error"].as_str()).map(str::to_owned)
 }
 
 fn print(value: &Value) {

@@ -256,3 +256,61 @@ fn wasm_http() {
         assert!(err.to_string().contains("wasi:http/incoming-handler"), "{err}");
     }
 }
+
+#[test]
+fn keeper_framework() {
+    use shoal_abi::scheduling::{OfferInfo, Operation};
+    use shoal_abi::{FrameworkInput, FrameworkOutput, PortRange, Resources};
+    let scope =
+        PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("framework", "keeper", "1") };
+    let AnyPlugin::Framework(p) = AnyPlugin::load(
+        runtime(),
+        PluginKind::Framework,
+        shoal_artifacts::KEEPER_FRAMEWORK,
+        scope,
+        PluginKind::Framework.default_limits(),
+    )
+    .expect("keeper loads") else {
+        unreachable!()
+    };
+    let keep = HttpRequest {
+        method: "POST".into(),
+        path: "/keep".into(),
+        query: String::new(),
+        headers: vec![],
+        body: b"3 sleep 60".to_vec(),
+    };
+    let FrameworkOutput::Response(r) =
+        shoal_abi::framework_call(&p, "", FrameworkInput::Request(&keep)).expect("call")
+    else {
+        unreachable!()
+    };
+    assert_eq!(r.status, 200);
+    // One offer with room for two tasks (ports limit it), one with room for none.
+    let offer = |id: &str, cpus: f64, ports: u16| OfferInfo {
+        id: id.into(),
+        agent_id: format!("agent-{id}"),
+        hostname: "h".into(),
+        attributes: vec![],
+        resources: Resources {
+            cpus,
+            mem_mb: 1024.0,
+            disk_mb: 0.0,
+            ports: vec![PortRange { begin: 31000, end: 31000 + ports - 1 }],
+            scalars: vec![],
+        },
+    };
+    let offers = [offer("1", 4.0, 2), offer("2", 0.05, 10)];
+    let FrameworkOutput::Operations(ops) =
+        shoal_abi::framework_call(&p, "", FrameworkInput::Offers(&offers)).expect("call")
+    else {
+        unreachable!()
+    };
+    match ops.as_slice() {
+        [Operation::Launch(l), Operation::Decline(d)] => {
+            assert_eq!((l.offer_id.as_str(), l.tasks.len(), d.offer_id.as_str()), ("1", 2, "2"));
+            assert_eq!(l.tasks[1].resources.ports, vec![PortRange { begin: 31001, end: 31001 }]);
+        }
+        other => panic!("unexpected operations {other:?}"),
+    }
+}

