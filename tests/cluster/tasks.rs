@@ -29,8 +29,22 @@ pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str)
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read the response");
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, body.to_owned());
+    }
+    // Chunked: `<hex size>\r\n<data>\r\n` … `0\r\n\r\n`.
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    (status, out)
 }
 
 /// Running tasks as (id, agent) from `GET /v1/tasks?state=running`.
@@ -195,4 +209,81 @@ fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
     let (status, ended) = http(&master.api, &master.token, "GET", "/v1/frameworks/keeper/ended", "");
     assert_eq!(status, 200);
     assert!(ended.contains(&format!("{victim_task} killed")), "{ended}");
+}
+
+/// Wasm tasks run inside the agent: an HTTP service component uploaded as an artifact, launched
+/// by a framework, fetched by the agent over the bus, serving on its assigned port; killed on
+/// request; a bad upload is refused and changes nothing.
+#[test]
+fn wasm_tasks_run_inside_the_agent() {
+    use super::Dev;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34500-34509]"], &[]);
+    let wasm = write(dir.path(), "service.wasm", shoal_artifacts::WASM_HTTP);
+    let (ok, digest, err) = dev.cli(&["artifact", "push", &wasm]);
+    assert!(ok, "{err}");
+    let digest = digest.trim().to_owned();
+    assert_eq!(digest.len(), 64, "{digest}");
+    // A core module, and junk, are refused with the reason; nothing is stored.
+    let junk = write(dir.path(), "junk.wasm", b"\0asm\x01\0\0\0");
+    let (ok, _, err) = dev.cli(&["artifact", "push", &junk]);
+    assert!(!ok && err.contains("not a component"), "{err}");
+    let (_, listed, _) = dev.cli(&["artifact", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    let keeper = write(dir.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &keeper]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/keep", &format!("2 wasm:{digest}"));
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keeper never attached: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both serve on their ports.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tasks = loop {
+        let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let tasks: Vec<(String, u64)> = v["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| (t["id"].as_str().unwrap_or("").to_owned(), t["resources"]["ports"][0]["begin"].as_u64().unwrap_or(0)))
+            .collect();
+        if tasks.len() == 2 {
+            break tasks;
+        }
+        assert!(Instant::now() < deadline, "Wasm tasks did not run: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (id, port) in &tasks {
+        let (status, body) = http(&format!("127.0.0.1:{port}"), "", "GET", "/hi", "");
+        assert_eq!((status, body.trim()), (200, format!("hello from {id}: GET /hi").as_str()));
+    }
+    // Killed on request: the port closes and the framework starts a replacement.
+    let (id, port) = &tasks[0];
+    let (ok, _, err) = dev.cli(&["task", "kill", id]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(&dev.api, &dev.token, "GET", &format!("/v1/tasks/{id}"), "");
+        if body.contains("\"killed\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        TcpStream::connect(format!("127.0.0.1:{port}")).is_err()
+            || http(&format!("127.0.0.1:{port}"), "", "GET", "/", "").0 != 200
+            || {
+                // The replacement may have taken the same port: then it is another task.
+                let (_, b) = http(&format!("127.0.0.1:{port}"), "", "GET", "/", "");
+                !b.contains(id.as_str())
+            }
+    );
 }

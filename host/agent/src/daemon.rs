@@ -81,6 +81,7 @@ pub struct Agent {
     outbox_ready: Notify,
     checker: HealthChecker,
     health_rx: Mutex<Option<mpsc::UnboundedReceiver<HealthUpdate>>>,
+    wasm: shoal_wasm_executor::WasmExecutor,
     seq: AtomicU64,
     boot: u64,
 }
@@ -94,6 +95,7 @@ impl Agent {
     pub fn new(bus: SharedBus, config: AgentConfig) -> std::io::Result<Arc<Agent>> {
         std::fs::create_dir_all(config.work_dir.join("run"))?;
         std::fs::create_dir_all(config.work_dir.join("tasks"))?;
+        std::fs::create_dir_all(config.work_dir.join("cache"))?;
         kill_leftovers(&config.work_dir.join("run"));
         let (tx, rx) = mpsc::unbounded_channel();
         let checker = HealthChecker::new(
@@ -102,7 +104,13 @@ impl Agent {
             }),
             config.wasm_checks.clone(),
         );
+        let wasm = shoal_wasm_executor::WasmExecutor::new(shoal_wasm_executor::ExecutorConfig {
+            cache_dir: Some(config.work_dir.join("cache")),
+            ..shoal_wasm_executor::ExecutorConfig::default()
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Arc::new(Agent {
+            wasm,
             bus,
             config,
             tasks: Mutex::new(BTreeMap::new()),
@@ -230,15 +238,7 @@ impl Agent {
         self.set_state(&info.id, TaskState::Starting, None, "starting".into());
         let command = match &info.command {
             TaskCommand::Shell(c) => c.clone(),
-            TaskCommand::Wasm(digest) => {
-                self.set_state(
-                    &info.id,
-                    TaskState::Failed,
-                    None,
-                    format!("Wasm task {digest}: this agent runs process tasks only (no artifact source configured)"),
-                );
-                return;
-            }
+            TaskCommand::Wasm(digest) => return self.run_wasm_task(info.clone(), digest.clone(), logs, kill_rx).await,
         };
         let spec = ProcessSpec {
             task_id: info.id.clone(),
@@ -289,6 +289,67 @@ impl Agent {
             self.checker.stop(&info.id);
         }
         let _ = std::fs::remove_file(&pid_file);
+        self.set_state(&info.id, state, None, message);
+    }
+
+    /// A Wasm task: fetch the component (cached), then run it in the agent's executor — a
+    /// command until it returns, an HTTP service on the task's first port until it is killed.
+    async fn run_wasm_task(
+        self: Arc<Self>,
+        info: TaskInfo,
+        digest: String,
+        logs: Arc<TaskLogs>,
+        mut kill_rx: oneshot::Receiver<Duration>,
+    ) {
+        let cache = self.config.work_dir.join("artifacts");
+        let prepared = match shoal_master::artifacts::fetch(&self.bus, &digest, &cache).await {
+            Ok(bytes) => {
+                let wasm = self.wasm.clone();
+                match tokio::task::spawn_blocking(move || wasm.prepare(&bytes)).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => return self.set_state(&info.id, TaskState::Failed, None, e.to_string()),
+                    Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e.to_string()),
+                }
+            }
+            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e),
+        };
+        let ports = info.ports();
+        let ip: std::net::IpAddr =
+            self.config.registration.address.as_deref().and_then(|a| a.parse().ok()).unwrap_or([127, 0, 0, 1].into());
+        let mut env: Vec<(String, String)> = info.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (i, p) in ports.iter().enumerate() {
+            env.push((format!("PORT{i}"), p.to_string()));
+        }
+        let sandbox = self.config.work_dir.join("tasks").join(&info.id);
+        if let Err(e) = std::fs::create_dir_all(&sandbox) {
+            return self.set_state(&info.id, TaskState::Failed, None, format!("sandbox: {e}"));
+        }
+        let spec = shoal_wasm_executor::TaskSpec {
+            task_id: info.id.clone(),
+            args: Vec::new(),
+            env,
+            sandbox: Some(sandbox),
+            memory_limit: ((info.resources.mem_mb.max(1.0)) * 1024.0 * 1024.0) as usize,
+            listen: ports.first().map(|p| std::net::SocketAddr::new(ip, *p)),
+            network: false,
+            logs,
+        };
+        let mut task = match self.wasm.start(&prepared, spec).await {
+            Ok(t) => t,
+            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e.to_string()),
+        };
+        self.set_state(&info.id, TaskState::Running, None, format!("wasm {:?} {digest}", task.kind()));
+        let (state, message) = tokio::select! {
+            exit = task.wait() => match exit {
+                shoal_wasm_executor::Exit::Code(0) => (TaskState::Finished, "exited with code 0".to_owned()),
+                other => (TaskState::Failed, format!("{other:?}")),
+            },
+            _ = &mut kill_rx => {
+                task.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(2), task.wait()).await;
+                (TaskState::Killed, "killed on request".to_owned())
+            }
+        };
         self.set_state(&info.id, state, None, message);
     }
 

@@ -296,3 +296,51 @@ fn fits_some_agent(master: &Master, body: &[u8], what: &str) -> Result<(), ApiEr
         ),
     ))
 }
+
+fn artifacts(state: &AppState) -> Result<&std::sync::Arc<shoal_master::artifacts::ArtifactStore>, ApiError> {
+    state.artifacts.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_master", "this node does not keep artifacts")
+    })
+}
+
+/// Every artifact: `{artifacts: [{digest, size}]}`.
+#[utoipa::path(get, path = "/v1/artifacts",
+    responses((status = 200, description = "`{artifacts: [{digest, size}]}`")),
+    security(("bearer" = [])))]
+pub async fn list_artifacts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.reader(&headers)?;
+    Ok(Json(json!({ "artifacts": artifacts(&state)?.list() })))
+}
+
+/// Upload a Wasm component for Wasm tasks (the body is the component); answers its digest, the
+/// name apps and jobs use (`"wasm": "<digest>"`).
+#[utoipa::path(post, path = "/v1/artifacts",
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses((status = 201, description = "`{digest, size}`"), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn push_artifact(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    state.auth.operator(&headers)?;
+    let info = artifacts(&state)?.put(&body).map_err(ApiError::bad_request)?;
+    Ok((StatusCode::CREATED, Json(json!(info))))
+}
+
+/// Download an artifact.
+#[utoipa::path(get, path = "/v1/artifacts/{digest}", params(("digest" = String, Path)),
+    responses((status = 200, description = "the component"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_artifact(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    state.auth.reader(&headers)?;
+    let bytes = artifacts(&state)?.get(&digest).ok_or_else(|| ApiError::not_found(format!("no artifact `{digest}`")))?;
+    Ok(([("content-type", "application/wasm")], bytes).into_response())
+}

@@ -62,6 +62,8 @@ pub struct AppState {
     pub routes: Option<Arc<shoal_gateway::Routes>>,
     /// The resource master, if this node runs it (without one, `/v1/agents` answers 503).
     pub master: Option<Arc<shoal_master::Master>>,
+    /// Artifacts of Wasm tasks, if this node runs the master (without, `/v1/artifacts` answers 503).
+    pub artifacts: Option<Arc<shoal_master::artifacts::ArtifactStore>>,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
@@ -101,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::show))
+        .route("/v1/artifacts", get(cluster::list_artifacts).post(cluster::push_artifact))
+        .route("/v1/artifacts/{digest}", get(cluster::get_artifact))
         .route("/v1/tasks", get(cluster::list_tasks))
         .route("/v1/tasks/{id}", get(cluster::show_task))
         .route("/v1/tasks/{id}/kill", post(cluster::kill_task))

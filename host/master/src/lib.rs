@@ -19,6 +19,7 @@
 //! state, rebuilt from agents registering again after a restart.
 
 mod allocation;
+pub mod artifacts;
 pub mod protocol;
 mod resources;
 mod tasks;

@@ -63,6 +63,9 @@ enum Command {
     /// One-shot and cron jobs (the `batch` framework).
     #[command(subcommand)]
     Job(cluster::JobCommand),
+    /// Upload and list the Wasm components that Wasm tasks run.
+    #[command(subcommand)]
+    Artifact(cluster::ArtifactCommand),
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +95,10 @@ struct DevArgs {
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
+    /// Resources of the local agent (default: this machine's cores and memory, 10 GiB disk,
+    /// ports 31000-32000), e.g. `cpus:2;mem:2048;ports:[34000-34099]`.
+    #[arg(long)]
+    agent_resources: Option<String>,
     /// Milliseconds between allocation cycles (launches, ended tasks, new agents and revives
     /// also start one).
     #[arg(long, default_value_t = 1000)]
@@ -364,6 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Framework(cmd) => cluster::framework(cmd).await,
         Command::App(cmd) => cluster::app(cmd).await,
         Command::Job(cmd) => cluster::job(cmd).await,
+        Command::Artifact(cmd) => cluster::artifact(cmd).await,
     }
 }
 
@@ -377,7 +385,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         store: shoal_store::StoreConfig { shards: args.shards, durability },
         gateway: (!args.no_gateway).then_some(args.gateway),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
-        local_agent: Some(crate::node::local_agent(None, None, Some("127.0.0.1".into()), None, &[])?),
+        local_agent: Some(crate::node::local_agent(
+            None,
+            None,
+            Some("127.0.0.1".into()),
+            args.agent_resources.as_deref(),
+            &[],
+        )?),
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
     };
     let shutdown = async {

@@ -225,6 +225,16 @@ pub async fn run(
             }
         }
     });
+    let artifacts = shoal_master::artifacts::ArtifactStore::open(&config.data_dir.join("artifacts"))
+        .context("opening the artifact store")?;
+    tokio::spawn({
+        let (artifacts, bus) = (artifacts.clone(), bus.clone());
+        async move {
+            if let Err(e) = artifacts.serve(bus).await {
+                tracing::error!(cause = %e, "the artifact store stopped serving the bus");
+            }
+        }
+    });
     if let Some(registration) = config.local_agent.clone() {
         let mut agent_config = shoal_agent::AgentConfig::new(registration, config.data_dir.join("agent"));
         agent_config.wasm_checks = Some(Arc::new(crate::health::RegistryChecks(registry.clone())));
@@ -255,6 +265,7 @@ pub async fn run(
         discovery: Some(discovery),
         routes: Some(routes),
         master: Some(master),
+        artifacts: Some(artifacts),
     };
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;

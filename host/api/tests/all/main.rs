@@ -76,6 +76,7 @@ impl Server {
             discovery: Some(discovery.clone()),
             routes: Some(routes.clone()),
             master: None,
+            artifacts: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

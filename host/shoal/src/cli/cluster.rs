@@ -326,3 +326,42 @@ pub(super) async fn job(cmd: JobCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ArtifactCommand {
+    /// Upload a Wasm component; prints its digest (use it as `"wasm": "<digest>"` in apps and
+    /// jobs).
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Every artifact.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+pub(super) async fn artifact(cmd: ArtifactCommand) -> anyhow::Result<()> {
+    match cmd {
+        ArtifactCommand::Push { file, remote } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let c = Client::new(remote)?;
+            let v = c
+                .send(c.http.post(c.url("/v1/artifacts")).header("content-type", "application/wasm").body(bytes))
+                .await?;
+            println!("{}", v["digest"].as_str().unwrap_or_default());
+        }
+        ArtifactCommand::List { remote } => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url("/v1/artifacts"))).await?;
+            println!("{:<64} {:>10}", "DIGEST", "BYTES");
+            for a in v["artifacts"].as_array().into_iter().flatten() {
+                println!("{:<64} {:>10}", a["digest"].as_str().unwrap_or(""), a["size"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    Ok(())
+}

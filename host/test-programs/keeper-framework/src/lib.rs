@@ -1,6 +1,6 @@
 //! A minimal framework for the host's tests: keeps `count` copies of one shell command running
 //! (0.1 cpus, 16 MiB, one port each), replacing any that end; `POST /keep` with
-//! `<count> <command>` sets what to keep, `GET /tasks` lists `id state healthy` lines, and
+//! `<count> <command>` sets what to keep (`wasm:<digest>` runs a Wasm artifact), `GET /tasks` lists `id state healthy` lines, and
 //! `POST /trap` makes the next `resource-offers` call trap (the host must survive it).
 
 use shoal_sdk::scheduling::{Decline, Launch, OfferInfo, Operation, TaskCommand, TaskSpec};
@@ -74,9 +74,13 @@ impl Framework for Keeper {
                 next += 1;
                 let id = format!("keep.{next}");
                 set(&format!("task/{id}"), "staging -");
+                let command = match command.strip_prefix("wasm:") {
+                    Some(digest) => TaskCommand::Wasm(digest.to_owned()),
+                    None => TaskCommand::Shell(command.clone()),
+                };
                 tasks.push(TaskSpec {
                     task_id: id,
-                    command: TaskCommand::Shell(command.clone()),
+                    command,
                     resources: Resources {
                         cpus: 0.1,
                         mem_mb: 16.0,
