@@ -84,6 +84,15 @@ fn reap(dir: &Path) {
     }
 }
 
+/// Kills the tasks `shoal dev`'s agent left, whatever the test's outcome.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        reap(&self.0);
+    }
+}
+
 struct Agents {
     children: Vec<Child>,
     dir: std::path::PathBuf,
@@ -286,4 +295,59 @@ fn wasm_tasks_run_inside_the_agent() {
                 !b.contains(id.as_str())
             }
     );
+}
+
+/// A task's health check runs on its agent: the verdict reaches the task's status and its
+/// service instance; the route declared in its labels sends gateway traffic to healthy tasks only.
+#[test]
+fn task_health_checks_and_routes_from_labels() {
+    use super::Dev;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34600-34609]"], &[]);
+    let _reaper = Reaper(dir.path().join("data"));
+    let keeper = write(dir.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &keeper]);
+    assert!(ok, "{err}");
+    let labels = "shoal.health={\"type\":\"http\",\"path\":\"/\",\"grace_ms\":5000,\"interval_ms\":300,\"timeout_ms\":200,\"max_failures\":2}\nshoal.route.path=/keep\nshoal.route.strip_prefix=true\n";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/labels", labels).0 != 200 {
+        assert!(Instant::now() < deadline, "keeper never attached");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each task serves its own sandbox, where it writes its id.
+    let (status, _) = http(
+        &dev.api,
+        &dev.token,
+        "POST",
+        "/v1/frameworks/keeper/keep",
+        "3 echo $SHOAL_TASK_ID > whoami; exec python3 -m http.server --bind 127.0.0.1 $PORT0",
+    );
+    assert_eq!(status, 200);
+    // All three healthy in their status and as instances of the service.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let healthy = v["tasks"].as_array().into_iter().flatten().filter(|t| t["healthy"] == true).count();
+        let (_, services) = http(&dev.api, &dev.token, "GET", "/v1/services/keep?healthy=true", "");
+        let instances = serde_json::from_str::<serde_json::Value>(&services)
+            .ok()
+            .and_then(|s| s["instances"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if healthy == 3 && instances == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthy tasks {healthy}, passing instances {instances}: {body} {services}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The route from the labels exists and spreads requests over the three.
+    let (ok, routes, err) = dev.cli(&["route", "list"]);
+    assert!(ok && routes.contains("keep") && routes.contains("/keep"), "{routes} {err}");
+    let mut seen = BTreeSet::new();
+    for _ in 0..9 {
+        let (status, body) = http(&dev.gateway, "", "GET", "/keep/whoami", "");
+        assert_eq!(status, 200, "{body}");
+        seen.insert(body.trim().to_owned());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }

@@ -353,6 +353,22 @@ impl Agent {
         self.set_state(&info.id, state, None, message);
     }
 
+    /// Kill every task (SIGTERM, SIGKILL after the grace period) and wait for them to end, at
+    /// most the grace period and a second: what a graceful stop of `shoal dev` does.
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> =
+            self.tasks.lock().values().filter(|t| !t.state.is_terminal()).map(|t| t.info.id.clone()).collect();
+        for id in &ids {
+            Agent::kill(self, id, None);
+        }
+        let deadline = tokio::time::Instant::now() + self.config.grace + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline
+            && self.tasks.lock().values().any(|t| !t.state.is_terminal() && ids.contains(&t.info.id))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn kill(&self, task_id: &str, grace: Option<Duration>) -> bool {
         let mut tasks = self.tasks.lock();
         let Some(t) = tasks.get_mut(task_id) else { return false };

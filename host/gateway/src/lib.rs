@@ -60,7 +60,7 @@ use shoal_registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-pub use routes::{Route, RouteError, Routes};
+pub use routes::{DEFAULT_ROUTER, DEFAULT_TIMEOUT_MS, Route, RouteError, Routes};
 
 /// The body type the gateway answers with.
 pub type GatewayBody = UnsyncBoxBody<Bytes, hyper::Error>;

@@ -441,7 +441,7 @@ impl Master {
                 _ = self.kick.notified(), if self.config.allocation_interval.is_some() => {
                     // Changes (launches, ended tasks, revives, new agents) run a cycle soon,
                     // gathering whatever else happens in the next few milliseconds.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                     self.cycle().await;
                 }
             }

@@ -41,6 +41,8 @@ const KEEP_TERMINAL: Duration = Duration::from_secs(300);
 const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
 /// Inputs one worker call batch handles at most.
 const BATCH: usize = 256;
+/// Task labels the host reads itself and does not copy onto the service instance.
+const CONSUMED_LABELS: [&str; 5] = ["shoal.service", "shoal.health", "shoal.framework", "shoal.version", "shoal.weight"];
 
 /// A task as the master knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -235,8 +237,14 @@ impl Master {
         let worker = self.fw_state.lock().get(name).and_then(|s| s.worker.clone());
         let Some(worker) = worker else { return Err(format!("no framework `{name}`")) };
         let (tx, rx) = oneshot::channel();
+        let changes = request.method != "GET" && request.method != "HEAD";
         worker.send(FwInput::Request(request, tx)).map_err(|_| format!("framework `{name}` stopped"))?;
-        rx.await.map_err(|_| format!("framework `{name}` dropped the request"))?
+        let response = rx.await.map_err(|_| format!("framework `{name}` dropped the request"))?;
+        if changes {
+            // A deploy or a scale wants offers now, not at the next interval.
+            self.kick.notify_one();
+        }
+        response
     }
 
     /// Queue a tick for every framework worker that has none queued.
@@ -733,7 +741,14 @@ impl Master {
             address: format!("{address}:{first}"),
             ports: ports.iter().enumerate().map(|(i, p)| (format!("port{i}"), *p)).collect(),
             weight: t.info.labels.get("shoal.weight").and_then(|w| w.parse().ok()).unwrap_or(1),
-            labels: t.info.labels.iter().filter(|(k, _)| !k.starts_with("shoal.")).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            // Labels the host consumed stay out; the rest (`shoal.route.*` included) describe the instance.
+            labels: t
+                .info
+                .labels
+                .iter()
+                .filter(|(k, _)| !CONSUMED_LABELS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             version: t.info.labels.get("shoal.version").cloned().unwrap_or_default(),
             health: Some(health),
             ttl_seconds: None,

@@ -124,6 +124,50 @@ async fn forward_service_changes(discovery: Arc<Discovery>, bus: SharedBus, sour
     }
 }
 
+/// Routes declared on apps: an instance of a task labelled `shoal.route.path` (and optionally
+/// `shoal.route.host`, `shoal.route.router`, `shoal.route.strip_prefix=true`) makes the gateway
+/// route named after its service point at that service. Routes put through the API with the same
+/// name are replaced when the labels differ; a route stays when its instances go (the gateway
+/// answers 503 until they are back).
+async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
+    let mut changes = discovery.subscribe();
+    loop {
+        let service = match changes.recv().await {
+            Ok(change) if !change.service.is_empty() => change.service,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let (instances, _) = discovery.instances(&service, false);
+        let Some(labels) = instances.iter().rev().map(|i| &i.labels).find(|l| l.contains_key("shoal.route.path")) else {
+            continue;
+        };
+        let name: String = service
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .take(63)
+            .collect();
+        let mut route = shoal_gateway::Route {
+            name: name.clone(),
+            host: labels.get("shoal.route.host").map(|h| h.to_ascii_lowercase()),
+            path_prefix: labels["shoal.route.path"].clone(),
+            service: service.clone(),
+            router: labels.get("shoal.route.router").cloned().unwrap_or_else(|| shoal_gateway::DEFAULT_ROUTER.into()),
+            strip_prefix: labels.get("shoal.route.strip_prefix").is_some_and(|v| v == "true"),
+            timeout_ms: shoal_gateway::DEFAULT_TIMEOUT_MS,
+        };
+        if let Some(existing) = routes.get(&name) {
+            route.timeout_ms = existing.timeout_ms;
+            if *existing == route {
+                continue;
+            }
+        }
+        match routes.put(route) {
+            Ok(()) => tracing::info!(%service, route = %name, "route declared by the app's labels"),
+            Err(e) => tracing::warn!(%service, cause = %e, "the app's route labels do not make a valid route"),
+        }
+    }
+}
+
 /// Publish gateway events as `shoal.evt.gateway.<route>.<action>`.
 async fn forward_gateway_events(mut rx: mpsc::UnboundedReceiver<GatewayEvent>, bus: SharedBus, source: String) {
     while let Some(e) = rx.recv().await {
@@ -180,6 +224,7 @@ pub async fn run(
         "/shoal/dev/health".to_owned(),
     ));
     let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
+    tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
     let gateway_addr = match config.gateway {
         Some(addr) => {
@@ -235,10 +280,13 @@ pub async fn run(
             }
         }
     });
+    let mut local_agent = None;
     if let Some(registration) = config.local_agent.clone() {
         let mut agent_config = shoal_agent::AgentConfig::new(registration, config.data_dir.join("agent"));
         agent_config.wasm_checks = Some(Arc::new(crate::health::RegistryChecks(registry.clone())));
+        agent_config.grace = std::time::Duration::from_secs(2);
         let agent = shoal_agent::Agent::new(bus.clone(), agent_config).context("starting the local agent")?;
+        local_agent = Some(agent.clone());
         tokio::spawn(async move {
             if let Err(e) = agent.run().await {
                 tracing::error!(cause = %e, "the local agent was refused");
@@ -270,6 +318,11 @@ pub async fn run(
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
     let _ = shutdown_tx.send(true);
+    // One process is the whole cluster: stopping it stops its tasks (a real agent's tasks outlive
+    // the agent's restarts instead).
+    if let Some(agent) = local_agent {
+        agent.stop_all().await;
+    }
     Ok(())
 }
 

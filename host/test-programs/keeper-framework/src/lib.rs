@@ -1,7 +1,7 @@
 //! A minimal framework for the host's tests: keeps `count` copies of one shell command running
 //! (0.1 cpus, 16 MiB, one port each), replacing any that end; `POST /keep` with
 //! `<count> <command>` sets what to keep (`wasm:<digest>` runs a Wasm artifact), `GET /tasks` lists `id state healthy` lines, and
-//! `POST /trap` makes the next `resource-offers` call trap (the host must survive it).
+//! `POST /labels` with `name=value` lines sets extra labels of new tasks, and `POST /trap` makes the next `resource-offers` call trap (the host must survive it).
 
 use shoal_sdk::scheduling::{Decline, Launch, OfferInfo, Operation, TaskCommand, TaskSpec};
 use shoal_sdk::{Attribute, Framework, HttpRequest, HttpResponse, PortRange, Resources, TaskState, TaskStatus, kv};
@@ -64,6 +64,12 @@ impl Framework for Keeper {
         let command = get("command").unwrap_or_default();
         let mut missing = count.saturating_sub(live().len());
         let mut next: u64 = get("next").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut labels = vec![Attribute { name: "shoal.service".into(), value: "keep".into() }];
+        for line in get("labels").unwrap_or_default().lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                labels.push(Attribute { name: k.into(), value: v.into() });
+            }
+        }
         let mut ops = Vec::new();
         for offer in offers {
             let mut tasks = Vec::new();
@@ -89,7 +95,7 @@ impl Framework for Keeper {
                         scalars: vec![],
                     },
                     env: vec![],
-                    labels: vec![Attribute { name: "shoal.service".into(), value: "keep".into() }],
+                    labels: labels.clone(),
                 });
                 cpus -= 0.1;
                 mem -= 16.0;
@@ -139,6 +145,10 @@ impl Framework for Keeper {
                 };
                 set("count", count);
                 set("command", command);
+                text(200, "ok".into())
+            }
+            ("POST", "/labels") => {
+                set("labels", &String::from_utf8_lossy(&request.body));
                 text(200, "ok".into())
             }
             ("POST", "/trap") => {
