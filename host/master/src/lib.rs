@@ -398,8 +398,9 @@ impl Master {
         self.sync_framework_plugins();
         let mut sweep = tokio::time::interval((self.config.agent_timeout / 10).max(Duration::from_millis(20)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut allocate = tokio::time::interval(self.config.allocation_interval.unwrap_or(Duration::from_secs(3600)));
-        allocate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.config.allocation_interval.is_some() {
+            tokio::spawn(self.clone().allocation_loop());
+        }
         loop {
             tokio::select! {
                 msg = registrations.next() => {
@@ -437,13 +438,31 @@ impl Master {
                     self.tick_frameworks();
                     self.tasks_housekeeping().await;
                 }
-                _ = allocate.tick(), if self.config.allocation_interval.is_some() => self.cycle().await,
-                _ = self.kick.notified(), if self.config.allocation_interval.is_some() => {
-                    // Changes (launches, ended tasks, revives, new agents) run a cycle soon,
-                    // gathering whatever else happens in the next few milliseconds.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    self.cycle().await;
-                }
+
+            }
+        }
+    }
+
+    /// Allocation cycles, one at a time, apart from the loop that serves agents (a cycle over
+    /// many agents must not delay their registrations and heartbeats): every interval, and soon
+    /// after a change (launches, ended tasks, revives, new agents), gathering whatever else
+    /// happens in the next few milliseconds.
+    async fn allocation_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.config.allocation_interval.unwrap_or(Duration::from_secs(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = self.kick.notified() => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+            // Nobody to offer to: no cycle (and no allocator call over every agent).
+            let wanted = {
+                let frameworks = self.frameworks.lock();
+                let state = self.fw_state.lock();
+                frameworks.keys().any(|f| !state.get(f).is_some_and(|s| s.suppressed))
+            };
+            if wanted {
+                self.cycle().await;
             }
         }
     }

@@ -241,7 +241,13 @@ impl Master {
         worker.send(FwInput::Request(request, tx)).map_err(|_| format!("framework `{name}` stopped"))?;
         let response = rx.await.map_err(|_| format!("framework `{name}` dropped the request"))?;
         if changes {
-            // A deploy or a scale wants offers now, not at the next interval.
+            // A deploy or a scale wants offers now, not after its decline filters expire or at
+            // the next interval: a request that may change what the framework wants counts as
+            // `revive` (`handle-request` cannot answer operations itself).
+            if let Some(st) = self.fw_state.lock().get_mut(name) {
+                st.filters.clear();
+                st.suppressed = false;
+            }
             self.kick.notify_one();
         }
         response

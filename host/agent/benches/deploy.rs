@@ -1,0 +1,111 @@
+//! Deploy → RUNNING latency, end to end in one process (in-process bus): a framework plugin is
+//! asked over its HTTP API for one more task, and the clock stops when the master publishes the
+//! task's `running` event. In between: an allocation cycle through the DRF allocator plugin, the
+//! framework's `resource-offers` call, the master's launch checks, the launch request to the
+//! agent, the executor start, and the status update back (acknowledged).
+//!
+//! ```text
+//! cargo bench --bench deploy            # 200 process tasks, 200 Wasm (wasi:http) tasks
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use shoal_abi::{HttpRequest, PluginKind};
+use shoal_agent::{Agent, AgentConfig};
+use shoal_bus::{LocalBus, SharedBus};
+use shoal_master::{AgentRegistration, Master, MasterConfig, MasterParts, Resources};
+use shoal_registry::{Registry, RegistryConfig};
+use shoal_runtime::{Runtime, RuntimeConfig};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn keep(master: &Master, count: usize, command: &str) {
+    let request = HttpRequest {
+        method: "POST".into(),
+        path: "/keep".into(),
+        query: String::new(),
+        headers: vec![],
+        body: format!("{count} {command}").into_bytes(),
+    };
+    let r = master.framework_request("keeper", request).await.expect("keeper answers");
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("DEPLOYS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().join("cache")), ..RuntimeConfig::default() })
+        .expect("runtime");
+    let (registry, _events) = Registry::open(&dir.path().join("registry"), runtime, RegistryConfig::default()).expect("registry");
+    registry.push(PluginKind::Allocator, "drf", Some("1"), shoal_artifacts::DRF, true).await.expect("drf");
+    registry.push(PluginKind::Framework, "keeper", Some("1"), shoal_artifacts::KEEPER_FRAMEWORK, true).await.expect("keeper");
+    let bus: SharedBus = Arc::new(LocalBus::new());
+    let master = Master::with_parts(
+        bus.clone(),
+        MasterConfig { allocation_interval: Some(Duration::from_secs(1)), ..MasterConfig::default() },
+        MasterParts { registry: Some(registry.clone()), ..MasterParts::default() },
+    );
+    tokio::spawn(master.clone().run());
+    let artifacts = shoal_master::artifacts::ArtifactStore::open(&dir.path().join("artifacts")).expect("artifacts");
+    let digest = artifacts.put(shoal_artifacts::WASM_HTTP).expect("artifact").digest;
+    tokio::spawn(artifacts.serve(bus.clone()));
+    let registration = AgentRegistration {
+        id: "bench".into(),
+        hostname: "localhost".into(),
+        address: Some("127.0.0.1".into()),
+        attributes: BTreeMap::new(),
+        resources: Resources::parse("cpus:1000;mem:1000000;ports:[41000-42999]").expect("resources"),
+        tasks: Vec::new(),
+    };
+    let mut config = AgentConfig::new(registration, dir.path().join("agent"));
+    config.grace = Duration::from_millis(200);
+    let agent = Agent::new(bus.clone(), config).expect("agent");
+    tokio::spawn(agent.clone().run());
+    let mut running = bus.subscribe("shoal.evt.task.keep.running").await.expect("subscribe");
+    while master.agents().is_empty() || !master.framework_views().iter().any(|f| f.spec.name == "keeper") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    for (label, command, total) in [("process (sh -c 'exec sleep 600')", "exec sleep 600".to_owned(), n), (
+        "Wasm (wasi:http service)",
+        format!("wasm:{digest}"),
+        n,
+    )] {
+        // Start from zero tasks of the previous kind.
+        keep(&master, 0, &command).await;
+        agent.stop_all().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while running.next().now_or_never().flatten().is_some() {}
+        // One warm-up deploy (the Wasm artifact is fetched and compiled once per agent).
+        keep(&master, 1, &command).await;
+        running.next().await.expect("running event");
+        let mut latencies = Vec::with_capacity(total);
+        for i in 2..=total + 1 {
+            let started = Instant::now();
+            keep(&master, i, &command).await;
+            running.next().await.expect("running event");
+            let took = started.elapsed();
+            if took > Duration::from_millis(500) {
+                eprintln!("slow deploy #{i}: {took:?}");
+            }
+            latencies.push(took);
+        }
+        latencies.sort();
+        println!(
+            "{label}: {total} deploys → RUNNING: p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {:.2?}",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.9),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1]
+        );
+        // The tasks of this kind go before the next kind starts.
+        keep(&master, 0, &command).await;
+        agent.stop_all().await;
+    }
+}
