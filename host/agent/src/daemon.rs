@@ -70,6 +70,8 @@ struct Task {
     message: String,
     logs: Arc<TaskLogs>,
     kill: Option<oneshot::Sender<Duration>>,
+    /// The master acknowledged the task's terminal status.
+    end_acknowledged: bool,
 }
 
 /// A running agent. Share it behind an `Arc`.
@@ -225,6 +227,7 @@ impl Agent {
                     message: String::new(),
                     logs: logs.clone(),
                     kill: Some(kill_tx),
+                    end_acknowledged: false,
                 },
             );
             drop(tasks);
@@ -459,6 +462,9 @@ impl Agent {
         if !update.state.is_terminal() {
             return;
         }
+        if let Some(t) = self.tasks.lock().get_mut(&update.task_id) {
+            t.end_acknowledged = true;
+        }
         let me = self.clone();
         let id = update.task_id.clone();
         tokio::spawn(async move {
@@ -491,7 +497,9 @@ impl AgentHooks for Agent {
         self.tasks
             .lock()
             .values()
-            .filter(|t| !t.state.is_terminal())
+            // Ended tasks too, until the master acknowledged their end: a registration must not
+            // make the master conclude a task vanished when its last status is still on its way.
+            .filter(|t| !t.state.is_terminal() || !t.end_acknowledged)
             .map(|t| AgentTask { info: t.info.clone(), state: t.state, healthy: t.healthy, message: t.message.clone() })
             .collect()
     }

@@ -780,6 +780,7 @@ impl Master {
                     Some(t) if t.info.agent_id == agent && !t.state.is_terminal() => {
                         updates.push((r.info.id.clone(), r.state, r.healthy, r.message.clone(), !t.confirmed));
                     }
+                    _ if r.state.is_terminal() => {} // over, and the master knows or never will
                     _ => kill.push(r.info.id.clone()),
                 }
             }
