@@ -976,3 +976,18 @@ impl Master {
             .collect()
     }
 }
+
+impl Master {
+    /// For simulations and benchmarks: one allocation cycle, then `framework`'s answer to the
+    /// offers it got, applied — launches are checked and recorded (`staging`) but not sent to any
+    /// agent. Returns the number of tasks launched. Call from a blocking thread.
+    pub fn place_once(self: &Arc<Self>, framework: &str) -> Result<usize, String> {
+        let report = self.allocate_once()?;
+        let offers: Vec<OfferView> = report.offers.into_iter().filter(|o| o.framework == framework).collect();
+        if offers.is_empty() {
+            return Ok(0);
+        }
+        let out = self.run_batch(framework, vec![FwInput::Offers(offers)]);
+        Ok(out.iter().map(|o| if let Outgoing::Launch(_, tasks) = o { tasks.len() } else { 0 }).sum())
+    }
+}
