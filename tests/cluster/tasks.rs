@@ -72,6 +72,21 @@ fn wait_running(master: &Master, what: &str, ok: impl Fn(&[(String, String)]) ->
     }
 }
 
+/// Wait until `n` running tasks are healthy (their checks passed on their agents).
+fn wait_healthy(master: &Master, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running", "");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let healthy = v["tasks"].as_array().into_iter().flatten().filter(|t| t["healthy"] == true).count();
+        if healthy == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{healthy} of {n} healthy: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Kill what agents left running (a SIGKILLed agent's tasks outlive it, as on a real machine).
 fn reap(dir: &Path) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -131,15 +146,19 @@ fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
         assert!(Instant::now() < deadline, "the keeper framework never attached");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Health-checked web servers (a check every 500 ms).
+    let labels = "shoal.health={\"type\":\"http\",\"grace_ms\":5000,\"interval_ms\":500,\"timeout_ms\":400}\n";
+    assert_eq!(http(&master.api, &master.token, "POST", "/v1/frameworks/keeper/labels", labels).0, 200);
     let (status, body) = http(
         &master.api,
         &master.token,
         "POST",
         "/v1/frameworks/keeper/keep",
-        "6 echo started-$SHOAL_TASK_ID-on-$PORT0; exec sleep 600",
+        "6 echo started-$SHOAL_TASK_ID-on-$PORT0; exec python3 -m http.server --bind 127.0.0.1 $PORT0",
     );
     assert_eq!(status, 200, "{body}");
     let first = wait_running(&master, "launch", |t| t.len() == 6);
+    wait_healthy(&master, 6);
 
     // Output is captured and readable through the API and the CLI.
     let (id, _) = &first[0];
@@ -188,11 +207,30 @@ fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
     assert_eq!(pid_files, 0, "the restarted agent did not clean up its old tasks");
 
     // The master restarts (SIGKILL): every task is accounted for exactly once, none relaunched.
+    wait_healthy(&master, 6);
     let before: BTreeSet<(String, String)> = running(&master).into_iter().collect();
     drop(master);
     let master = Master::start(&url, &data.path().join("master"));
     let after = wait_running(&master, "after the master's restart", |t| t.len() == 6);
     assert_eq!(after.into_iter().collect::<BTreeSet<_>>(), before, "tasks changed across the master's restart");
+    // Health comes back with the tasks (the agents kept checking): no instance went `unknown`.
+    let (_, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running", "");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let healthy = v["tasks"].as_array().expect("tasks").iter().filter(|t| t["healthy"] == true).count();
+    assert_eq!(healthy, 6, "health was lost across the master's restart: {body}");
+    // The service registry is rebuilt as the agents register again (one heartbeat), with the
+    // health the agents report — passing at once, not after a new round of checks.
+    master.wait_for("after the master's restart", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    loop {
+        let (_, services) = http(&master.api, &master.token, "GET", "/v1/services/keep?healthy=true", "");
+        let s: serde_json::Value = serde_json::from_str(&services).expect("JSON");
+        if s["instances"].as_array().map(Vec::len) == Some(6) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{services}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Past the recovery window (2 × the agent timeout), still the same six.
     std::thread::sleep(Duration::from_secs(4));
     let settled: BTreeSet<(String, String)> = running(&master).into_iter().collect();
