@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use shoal_bus::subject;
 use shoal_master::{Master, Resources};
 
 use crate::AppState;
@@ -168,14 +169,46 @@ pub async fn apps(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let path = match rest {
-        Some(Path(rest)) => format!("/apps/{rest}"),
+    let rest = rest.map(|Path(r)| r);
+    let path = match &rest {
+        Some(rest) => format!("/apps/{rest}"),
         None => "/apps".to_owned(),
     };
     if method == Method::PUT || method == Method::POST {
         fits_some_agent(master(&state)?, &body, "app")?;
     }
-    forward(&state, "service", method, &headers, path, query, body).await
+    let response = forward(&state, "service", method.clone(), &headers, path, query, body).await?;
+    announce(&state, "app", &method, rest.as_deref(), response.status()).await;
+    Ok(response)
+}
+
+/// An event for a successful change through `/v1/apps` or `/v1/jobs`: `deployed` (PUT),
+/// `deleted` (DELETE), or the last path segment of a POST (`scaled`, `restarted`, `run`).
+async fn announce(state: &AppState, kind: &str, method: &Method, rest: Option<&str>, status: StatusCode) {
+    if !status.is_success() || method == Method::GET || method == Method::HEAD {
+        return;
+    }
+    let Some(rest) = rest else { return };
+    let mut parts = rest.split('/');
+    let id = parts.next().unwrap_or_default();
+    let action = match (method.as_str(), parts.next()) {
+        ("PUT", None) => "deployed",
+        ("DELETE", None) => "deleted",
+        ("POST", Some("scale")) => "scaled",
+        ("POST", Some("restart")) => "restarted",
+        ("POST", Some("run")) => "run",
+        _ => return,
+    };
+    let subject = if kind == "app" { subject::app_event(id, action) } else { subject::job_event(id, action) };
+    let event = shoal_bus::event::CloudEvent::new(
+        "/shoal/api",
+        format!("io.shoal.{kind}.{action}"),
+        format!("{kind}s/{id}"),
+        json!({ "id": id, "action": action }),
+    );
+    if let Err(e) = shoal_bus::event::publish_event(state.bus.as_ref(), &subject, &event).await {
+        tracing::warn!(cause = %e, %subject, "event not published");
+    }
 }
 
 /// `/v1/jobs[/…]` → the `batch` framework.
@@ -187,14 +220,17 @@ pub async fn jobs(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let path = match rest {
-        Some(Path(rest)) => format!("/jobs/{rest}"),
+    let rest = rest.map(|Path(r)| r);
+    let path = match &rest {
+        Some(rest) => format!("/jobs/{rest}"),
         None => "/jobs".to_owned(),
     };
     if method == Method::PUT || method == Method::POST {
         fits_some_agent(master(&state)?, &body, "job")?;
     }
-    forward(&state, "batch", method, &headers, path, query, body).await
+    let response = forward(&state, "batch", method.clone(), &headers, path, query, body).await?;
+    announce(&state, "job", &method, rest.as_deref(), response.status()).await;
+    Ok(response)
 }
 
 /// Largest accepted body of a framework request.

@@ -36,6 +36,7 @@
 //! | `shoal.ctl.agent.<id>.logs` | [`agent_logs`] | request: read a task's captured output from its agent |
 //! | `shoal.ctl.task.status` | [`TASK_STATUS`] | request: an agent reports a task's new state; the reply acknowledges it |
 //! | `shoal.evt.framework.<name>.<action>` | [`framework_event`] | a framework plugin `failed` a call, or its answer was `invalid` |
+//! | `shoal.evt.app.<id>.<action>` | [`app_event`] | an app was `deployed`, `scaled`, `restarted` or `deleted` through `/v1/apps` (jobs: `shoal.evt.job.<id>.<action>`, [`job_event`]) |
 //! | `_INBOX.<unique>` | — | reply subjects of requests (owned by the bus implementations) |
 //!
 //! Events (`shoal.evt.…`) carry a CloudEvents 1.0 JSON body (see [`crate::event`]); control subjects
@@ -272,6 +273,16 @@ pub fn agent_logs(id: &str) -> String {
 /// `shoal.evt.framework.<name>.<action>`, `action` = `failed` or `invalid`.
 pub fn framework_event(name: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.framework.{}.{}", token(name), token(action))
+}
+
+/// `shoal.evt.app.<id>.<action>`.
+pub fn app_event(id: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.app.{}.{}", token(id), token(action))
+}
+
+/// `shoal.evt.job.<id>.<action>`.
+pub fn job_event(id: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.job.{}.{}", token(id), token(action))
 }
 
 /// `shoal.ctl.agent.<id>.heartbeat`.
