@@ -380,3 +380,45 @@ pub async fn get_artifact(
     let bytes = artifacts(&state)?.get(&digest).ok_or_else(|| ApiError::not_found(format!("no artifact `{digest}`")))?;
     Ok(([("content-type", "application/wasm")], bytes).into_response())
 }
+
+/// Body of `PUT /v1/allocator`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocatorChoice {
+    /// Name of an active allocator plugin.
+    pub plugin: String,
+}
+
+/// The allocator plugin the master's cycles call.
+#[utoipa::path(get, path = "/v1/allocator",
+    responses((status = 200, description = "`{plugin}`")),
+    security(("bearer" = [])))]
+pub async fn get_allocator(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.reader(&headers)?;
+    Ok(Json(json!({ "plugin": master(&state)?.allocator() })))
+}
+
+/// Switch the allocator plugin live: the next cycle calls it (admin only).
+#[utoipa::path(put, path = "/v1/allocator", request_body = AllocatorChoice,
+    responses((status = 200, description = "`{plugin, previous}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_allocator(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.admin(&headers)?;
+    let choice: AllocatorChoice = crate::error::json_body(&body)?;
+    let previous = master(&state)?.set_allocator(&choice.plugin).map_err(ApiError::not_found)?;
+    let event = shoal_bus::event::CloudEvent::new(
+        "/shoal/api",
+        "io.shoal.allocator.switched",
+        format!("allocators/{}", choice.plugin),
+        json!({ "plugin": choice.plugin, "previous": previous }),
+    );
+    let _ = shoal_bus::event::publish_event(state.bus.as_ref(), &subject::allocator_switched(), &event).await;
+    Ok(Json(json!({ "plugin": choice.plugin, "previous": previous })))
+}

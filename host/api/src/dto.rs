@@ -222,10 +222,10 @@ impl Modify for BearerAuth {
         crate::agents::list, crate::agents::show,
         crate::cluster::list_tasks, crate::cluster::show_task, crate::cluster::kill_task, crate::cluster::task_logs,
         crate::cluster::list_frameworks, crate::cluster::list_artifacts, crate::cluster::push_artifact,
-        crate::cluster::get_artifact,
+        crate::cluster::get_artifact, crate::cluster::get_allocator, crate::cluster::put_allocator,
     ),
     components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse,
-        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse)),
+        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse, crate::cluster::AllocatorChoice)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

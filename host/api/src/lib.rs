@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::show))
+        .route("/v1/allocator", get(cluster::get_allocator).put(cluster::put_allocator))
         .route("/v1/artifacts", get(cluster::list_artifacts).post(cluster::push_artifact))
         .route("/v1/artifacts/{digest}", get(cluster::get_artifact))
         .route("/v1/tasks", get(cluster::list_tasks))

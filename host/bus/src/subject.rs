@@ -36,6 +36,7 @@
 //! | `shoal.ctl.agent.<id>.logs` | [`agent_logs`] | request: read a task's captured output from its agent |
 //! | `shoal.ctl.task.status` | [`TASK_STATUS`] | request: an agent reports a task's new state; the reply acknowledges it |
 //! | `shoal.evt.framework.<name>.<action>` | [`framework_event`] | a framework plugin `failed` a call, or its answer was `invalid` |
+//! | `shoal.evt.allocator.switched` | [`allocator_switched`] | the master's allocator plugin was switched |
 //! | `shoal.evt.app.<id>.<action>` | [`app_event`] | an app was `deployed`, `scaled`, `restarted` or `deleted` through `/v1/apps` (jobs: `shoal.evt.job.<id>.<action>`, [`job_event`]) |
 //! | `_INBOX.<unique>` | — | reply subjects of requests (owned by the bus implementations) |
 //!
@@ -273,6 +274,11 @@ pub fn agent_logs(id: &str) -> String {
 /// `shoal.evt.framework.<name>.<action>`, `action` = `failed` or `invalid`.
 pub fn framework_event(name: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.framework.{}.{}", token(name), token(action))
+}
+
+/// `shoal.evt.allocator.switched`.
+pub fn allocator_switched() -> String {
+    format!("{EVENTS_PREFIX}.allocator.switched")
 }
 
 /// `shoal.evt.app.<id>.<action>`.

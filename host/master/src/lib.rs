@@ -177,6 +177,7 @@ pub struct Master {
     journal: Option<Arc<dyn KvBackend>>,
     discovery: Option<Arc<shoal_discovery::Discovery>>,
     kick: tokio::sync::Notify,
+    allocator: Mutex<String>,
     started: Instant,
     next_uuid: AtomicU64,
 }
@@ -234,6 +235,7 @@ impl Master {
             journal: parts.journal,
             discovery: parts.discovery,
             kick: tokio::sync::Notify::new(),
+            allocator: Mutex::new(String::new()),
             started: Instant::now(),
             next_uuid: AtomicU64::new(1),
         });
@@ -247,6 +249,26 @@ impl Master {
     /// The master's configuration.
     pub fn config(&self) -> &MasterConfig {
         &self.config
+    }
+
+    /// Name of the allocator plugin the cycles call.
+    pub fn allocator(&self) -> String {
+        let name = self.allocator.lock();
+        if name.is_empty() { self.config.allocator.clone() } else { name.clone() }
+    }
+
+    /// Use another allocator plugin from the next cycle on (it must be active in the registry),
+    /// and run a cycle soon. Returns the previous one.
+    pub fn set_allocator(&self, name: &str) -> Result<String, String> {
+        let registry = self.registry.as_ref().ok_or("this master has no plugin registry")?;
+        if registry.active(PluginKind::Allocator, name).is_none() {
+            return Err(format!("no active allocator plugin `{name}` (push one: shoal plugin push --kind allocator)"));
+        }
+        let previous = self.allocator();
+        *self.allocator.lock() = name.to_owned();
+        tracing::info!(allocator = name, %previous, "allocator switched");
+        self.kick.notify_one();
+        Ok(previous)
     }
 
     /// Register (or update) a framework.
@@ -332,13 +354,14 @@ impl Master {
             let snapshot = shoal_abi::ClusterSnapshot { now_ms: now, agents: wit_agents, frameworks: wit_frameworks };
             (snapshot, free, frameworks, allocated)
         };
-        let answer = registry.call(PluginKind::Allocator, &self.config.allocator, |p| match p {
+        let allocator = self.allocator();
+        let answer = registry.call(PluginKind::Allocator, &allocator, |p| match p {
             AnyPlugin::Allocator(a) => shoal_abi::allocate(a, &snapshot),
             _ => unreachable!("the registry keys plugins by kind"),
         });
         let proposals = match answer {
-            None => return Err(format!("no active allocator plugin `{}`", self.config.allocator)),
-            Some(Err(e)) => return Err(format!("allocator `{}` failed: {e}", self.config.allocator)),
+            None => return Err(format!("no active allocator plugin `{allocator}`")),
+            Some(Err(e)) => return Err(format!("allocator `{allocator}` failed: {e}")),
             Some(Ok(p)) => p,
         };
         // Decline filters and suppression are the frameworks' wishes: proposals against them are
@@ -567,8 +590,8 @@ impl Master {
                 .emit(
                     subject::offer_event(&r.framework, "refused"),
                     "io.shoal.offer.refused",
-                    &format!("allocators/{}", self.config.allocator),
-                    serde_json::json!({ "allocator": self.config.allocator, "proposal": r }),
+                    &format!("allocators/{}", self.allocator()),
+                    serde_json::json!({ "allocator": self.allocator(), "proposal": r }),
                 )
                 .await;
         }

@@ -66,6 +66,9 @@ enum Command {
     /// Upload and list the Wasm components that Wasm tasks run.
     #[command(subcommand)]
     Artifact(cluster::ArtifactCommand),
+    /// Show or switch (live) the master's allocator plugin.
+    #[command(subcommand)]
+    Allocator(cluster::AllocatorCommand),
 }
 
 #[derive(Args, Debug)]
@@ -372,6 +375,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::App(cmd) => cluster::app(cmd).await,
         Command::Job(cmd) => cluster::job(cmd).await,
         Command::Artifact(cmd) => cluster::artifact(cmd).await,
+        Command::Allocator(cmd) => cluster::allocator(cmd).await,
     }
 }
 

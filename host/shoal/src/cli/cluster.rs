@@ -365,3 +365,34 @@ pub(super) async fn artifact(cmd: ArtifactCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub(super) enum AllocatorCommand {
+    /// The allocator plugin the master uses.
+    Show {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Switch to another (active) allocator plugin, live.
+    Use {
+        /// Plugin name, e.g. `binpack` or `drf`.
+        plugin: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+pub(super) async fn allocator(cmd: AllocatorCommand) -> anyhow::Result<()> {
+    match cmd {
+        AllocatorCommand::Show { remote } => {
+            let c = Client::new(remote)?;
+            println!("{}", c.send(c.http.get(c.url("/v1/allocator"))).await?["plugin"].as_str().unwrap_or(""));
+        }
+        AllocatorCommand::Use { plugin, remote } => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.put(c.url("/v1/allocator")).json(&json!({ "plugin": plugin }))).await?;
+            println!("allocator: {} (was {})", plugin, v["previous"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
