@@ -239,6 +239,9 @@ impl Master {
             started: Instant::now(),
             next_uuid: AtomicU64::new(1),
         });
+        if let Some(Ok(Some(name))) = master.journal.as_ref().map(|j| j.get("allocator")) {
+            *master.allocator.lock() = String::from_utf8_lossy(&name).into_owned();
+        }
         let recovered = master.load_journal();
         if recovered > 0 {
             tracing::info!(tasks = recovered, "tasks recovered from the journal; waiting for their agents");
@@ -266,6 +269,11 @@ impl Master {
         }
         let previous = self.allocator();
         *self.allocator.lock() = name.to_owned();
+        if let Some(j) = &self.journal
+            && let Err(e) = j.set("allocator", name.as_bytes())
+        {
+            tracing::error!(cause = %e, "could not record the allocator choice; a restart returns to the configured one");
+        }
         tracing::info!(allocator = name, %previous, "allocator switched");
         self.kick.notify_one();
         Ok(previous)
