@@ -102,7 +102,10 @@ fn every_example_plugin_passes_its_conformance_suite() {
 fn the_default_rust_plugins_pass_the_conformance_suites() {
     let files = tempfile::tempdir().expect("tempdir");
     let suites = root().join("examples/conformance");
-    let plugins: &[(&str, &str, &[u8])] = shoal_artifacts::DEFAULT_PLUGINS;
+    // The default plugins, and the host's test framework (no default framework may be missing
+    // from the framework suite's users).
+    let mut plugins: Vec<(&str, &str, &[u8])> = shoal_artifacts::DEFAULT_PLUGINS.to_vec();
+    plugins.push(("framework", "keeper", shoal_artifacts::KEEPER_FRAMEWORK));
     for (kind, name, bytes) in plugins {
         let wasm = files.path().join(format!("{name}.wasm"));
         std::fs::write(&wasm, bytes).expect("write");
