@@ -108,9 +108,9 @@ impl Drop for Reaper {
     }
 }
 
-struct Agents {
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
+pub(crate) struct Agents {
+    pub children: Vec<Child>,
+    pub dir: std::path::PathBuf,
 }
 
 impl Drop for Agents {
