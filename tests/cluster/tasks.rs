@@ -378,6 +378,16 @@ fn task_health_checks_and_routes_from_labels() {
         assert!(Instant::now() < deadline, "healthy tasks {healthy}, passing instances {instances}: {body} {services}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The cluster's gauges on /metrics (refreshed every second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = http(&dev.api, &dev.token, "GET", "/metrics", "");
+        if metrics.contains("shoal_tasks{state=\"running\"} 3") && metrics.contains("shoal_agents{state=\"active\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", metrics.lines().filter(|l| l.starts_with("shoal_tasks") || l.starts_with("shoal_agents")).collect::<Vec<_>>().join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The route from the labels exists and spreads requests over the three.
     let (ok, routes, err) = dev.cli(&["route", "list"]);
     assert!(ok && routes.contains("keep") && routes.contains("/keep"), "{routes} {err}");

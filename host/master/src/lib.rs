@@ -468,6 +468,7 @@ impl Master {
                     self.sync_framework_plugins();
                     self.tick_frameworks();
                     self.tasks_housekeeping().await;
+                    self.record_gauges();
                 }
 
             }
@@ -501,8 +502,13 @@ impl Master {
     /// One allocation cycle, its events, and its offers handed to the frameworks.
     async fn cycle(self: &Arc<Self>) {
         let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.allocate_once()).await {
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || me.allocate_once()).await;
+        metrics::histogram!("shoal_allocation_cycle_seconds").record(started.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(report)) => {
+                metrics::counter!("shoal_offers_made_total").increment(report.offers.len() as u64);
+                metrics::counter!("shoal_offers_refused_total").increment(report.rejected.len() as u64);
                 self.dispatch_offers(&report.offers);
                 self.publish_report(&report).await;
             }

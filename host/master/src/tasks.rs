@@ -692,6 +692,7 @@ impl Master {
             t.confirmed = true;
             t.clone()
         };
+        metrics::counter!("shoal_task_transitions_total", "state" => changed.state.as_str()).increment(1);
         if changed.state.is_terminal() {
             self.journal_delete(&changed.info.id);
             self.kick.notify_one();
@@ -831,6 +832,24 @@ impl Master {
 
     /// After the recovery window of a restarted master: journaled tasks whose agent never came
     /// back are lost. Also drops finished tasks listed long enough.
+    /// Gauges of the cluster for `/metrics`: agents and tasks by state, outstanding offers.
+    pub(crate) fn record_gauges(&self) {
+        let (mut active, mut lost) = (0u64, 0u64);
+        for a in self.agents.lock().values() {
+            if a.state == AgentState::Active { active += 1 } else { lost += 1 }
+        }
+        metrics::gauge!("shoal_agents", "state" => "active").set(active as f64);
+        metrics::gauge!("shoal_agents", "state" => "lost").set(lost as f64);
+        let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for t in self.tasks.lock().values() {
+            *by_state.entry(t.state.as_str()).or_default() += 1;
+        }
+        for state in ["staging", "starting", "running", "finished", "failed", "killed", "lost"] {
+            metrics::gauge!("shoal_tasks", "state" => state).set(by_state.get(state).copied().unwrap_or(0) as f64);
+        }
+        metrics::gauge!("shoal_offers_outstanding").set(self.offers.lock().by_id.len() as f64);
+    }
+
     pub(crate) async fn tasks_housekeeping(&self) {
         let recovery_over = self.started.elapsed() > self.config.agent_timeout * 2;
         let cutoff = now_ms().saturating_sub(KEEP_TERMINAL.as_millis() as u64);
