@@ -18,6 +18,7 @@ const PLUGINS: &[(&str, &str, &str, &str)] = &[
     ("shoal-plugin-weighted-round-robin", "WEIGHTED_ROUND_ROBIN", "router", "weighted-round-robin"),
     ("shoal-plugin-weighted-random", "WEIGHTED_RANDOM", "router", "weighted-random"),
     ("shoal-plugin-least-connections", "LEAST_CONNECTIONS", "router", "least-connections"),
+    ("shoal-plugin-binpack", "BINPACK", "allocator", "binpack"),
 ];
 
 /// (crate, Rust const name) of each test program.

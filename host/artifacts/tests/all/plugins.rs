@@ -266,3 +266,36 @@ fn drf() {
             .is_empty()
     );
 }
+
+#[test]
+fn binpack() {
+    let AnyPlugin::Allocator(p) = load(PluginKind::Allocator, shoal_artifacts::BINPACK) else { unreachable!() };
+    let mut a2 = agent("a2", 4.0, 4096.0);
+    a2.free.cpus = 1.0; // 75 % used: the fullest
+    let mut a3 = agent("a3", 4.0, 4096.0);
+    a3.free.cpus = 3.0;
+    let full = {
+        let mut a = agent("a4", 4.0, 4096.0);
+        a.free.cpus = 0.0;
+        a
+    };
+    let agents = vec![agent("a1", 4.0, 4096.0), a2, a3, full];
+    let snap = ClusterSnapshot {
+        now_ms: 1_000,
+        agents: agents.clone(),
+        frameworks: vec![framework("a", 1.0, 0.0), framework("b", 1.0, 0.0)],
+    };
+    let pairs: Vec<(String, String)> =
+        shoal_abi::allocate(&p, &snap).expect("allocate").into_iter().map(|o| (o.framework, o.agent_id)).collect();
+    // One agent per framework, fullest first; a full agent is never offered.
+    assert_eq!(pairs, vec![("a".to_string(), "a2".to_string()), ("b".to_string(), "a3".to_string())]);
+    // A declined agent goes to the next fullest.
+    let mut snap2 = snap.clone();
+    snap2.frameworks[0].filters = vec![DeclineFilter { agent_id: "a2".into(), until_ms: 5_000 }];
+    let first = shoal_abi::allocate(&p, &snap2).expect("allocate");
+    assert_eq!((first[0].framework.as_str(), first[0].agent_id.as_str()), ("a", "a3"));
+    // Suppressed frameworks get nothing; no agents, no offers.
+    snap2.frameworks[0].suppressed = true;
+    snap2.frameworks[1].suppressed = true;
+    assert!(shoal_abi::allocate(&p, &snap2).expect("allocate").is_empty());
+}
