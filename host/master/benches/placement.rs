@@ -45,7 +45,7 @@ async fn main() {
             },
         ),
         _ => (
-            shoal_artifacts::KEEPER_FRAMEWORK, // SERVICE after the merge
+            shoal_artifacts::SERVICE,
             HttpRequest {
                 method: "PUT".into(),
                 path: "/apps/bench".into(),
