@@ -11,10 +11,10 @@ use super::master::{Master, agent};
 use super::tasks::{Agents, http};
 use super::write;
 
-
 /// Running tasks of `service`: (id, agent, healthy).
 fn instances(master: &Master, service: &str) -> Vec<(String, String, bool)> {
-    let (status, body) = http(&master.api, &master.token, "GET", &format!("/v1/tasks?state=running&service={service}"), "");
+    let (status, body) =
+        http(&master.api, &master.token, "GET", &format!("/v1/tasks?state=running&service={service}"), "");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     v["tasks"]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 mod apps;
 mod master;
-mod tasks;
 mod services;
+mod tasks;
 mod tidy;
 
 fn shoal() -> std::path::PathBuf {

@@ -107,8 +107,10 @@ fn master_and_three_agents_over_nats() {
     let url = nats.url();
     let data = tempfile::tempdir().expect("tempdir");
     let master = Master::start(&url, &data.path().join("master"));
-    let mut agents: Vec<Child> =
-        [("a1", "r1"), ("a2", "r1"), ("a3", "r2")].iter().map(|(id, rack)| agent(&url, data.path(), id, rack)).collect();
+    let mut agents: Vec<Child> = [("a1", "r1"), ("a2", "r1"), ("a3", "r2")]
+        .iter()
+        .map(|(id, rack)| agent(&url, data.path(), id, rack))
+        .collect();
     master.wait_for("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
     let listed = master.cli(&["agent", "list"]);
     assert!(listed.contains("cpus:2;mem:2048;disk:4096;ports:[31100-31199]") && listed.contains("rack=r2"), "{listed}");

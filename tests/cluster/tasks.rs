@@ -92,7 +92,8 @@ fn reap(dir: &Path) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let run = entry.path().join("run");
         for pid_file in std::fs::read_dir(run).into_iter().flatten().flatten() {
-            if let Some(pgid) = std::fs::read_to_string(pid_file.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            if let Some(pgid) = std::fs::read_to_string(pid_file.path()).ok().and_then(|s| s.trim().parse::<i32>().ok())
+            {
                 let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
             }
         }
@@ -265,7 +266,8 @@ fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
 fn wasm_tasks_run_inside_the_agent() {
     use super::Dev;
     let dir = tempfile::tempdir().expect("tempdir");
-    let dev = Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34500-34509]"], &[]);
+    let dev =
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34500-34509]"], &[]);
     let wasm = write(dir.path(), "service.wasm", shoal_artifacts::WASM_HTTP);
     let (ok, digest, err) = dev.cli(&["artifact", "push", &wasm]);
     assert!(ok, "{err}");
@@ -283,7 +285,8 @@ fn wasm_tasks_run_inside_the_agent() {
     assert!(ok, "{err}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/keep", &format!("2 wasm:{digest}"));
+        let (status, body) =
+            http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/keep", &format!("2 wasm:{digest}"));
         if status == 200 {
             break;
         }
@@ -299,7 +302,9 @@ fn wasm_tasks_run_inside_the_agent() {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|t| (t["id"].as_str().unwrap_or("").to_owned(), t["resources"]["ports"][0]["begin"].as_u64().unwrap_or(0)))
+            .map(|t| {
+                (t["id"].as_str().unwrap_or("").to_owned(), t["resources"]["ports"][0]["begin"].as_u64().unwrap_or(0))
+            })
             .collect();
         if tasks.len() == 2 {
             break tasks;
@@ -341,7 +346,8 @@ fn wasm_tasks_run_inside_the_agent() {
 fn task_health_checks_and_routes_from_labels() {
     use super::Dev;
     let dir = tempfile::tempdir().expect("tempdir");
-    let dev = Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34600-34609]"], &[]);
+    let dev =
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34600-34609]"], &[]);
     let _reaper = Reaper(dir.path().join("data"));
     let keeper = write(dir.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
     let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &keeper]);
@@ -382,10 +388,19 @@ fn task_health_checks_and_routes_from_labels() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, metrics) = http(&dev.api, &dev.token, "GET", "/metrics", "");
-        if metrics.contains("shoal_tasks{state=\"running\"} 3") && metrics.contains("shoal_agents{state=\"active\"} 1") {
+        if metrics.contains("shoal_tasks{state=\"running\"} 3") && metrics.contains("shoal_agents{state=\"active\"} 1")
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "{}", metrics.lines().filter(|l| l.starts_with("shoal_tasks") || l.starts_with("shoal_agents")).collect::<Vec<_>>().join("\n"));
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("shoal_tasks") || l.starts_with("shoal_agents"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The route from the labels exists and spreads requests over the three.
@@ -425,7 +440,11 @@ fn a_status_update_waits_for_the_master() {
     let pid_file = data.path().join(format!("agent-a7/run/{id}.pgid"));
     let pgid = std::fs::read_to_string(&pid_file).expect("the agent records its task's process group");
     assert!(
-        std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", pgid.trim())]).status().expect("kill").success()
+        std::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", pgid.trim())])
+            .status()
+            .expect("kill")
+            .success()
     );
     std::thread::sleep(Duration::from_millis(500));
 

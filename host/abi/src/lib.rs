@@ -464,7 +464,9 @@ pub fn framework_call(
             FrameworkInput::Status(status) => {
                 FrameworkOutput::Operations(check_operations(s.call_status_update(&mut i.store, status)?)?)
             }
-            FrameworkInput::Tick(now) => FrameworkOutput::Operations(check_operations(s.call_tick(&mut i.store, now)?)?),
+            FrameworkInput::Tick(now) => {
+                FrameworkOutput::Operations(check_operations(s.call_tick(&mut i.store, now)?)?)
+            }
             FrameworkInput::Request(request) => {
                 let response = s.call_handle_request(&mut i.store, request)?;
                 if response.body.len() > MAX_RESPONSE_BODY {

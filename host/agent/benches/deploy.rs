@@ -42,9 +42,13 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().join("cache")), ..RuntimeConfig::default() })
         .expect("runtime");
-    let (registry, _events) = Registry::open(&dir.path().join("registry"), runtime, RegistryConfig::default()).expect("registry");
+    let (registry, _events) =
+        Registry::open(&dir.path().join("registry"), runtime, RegistryConfig::default()).expect("registry");
     registry.push(PluginKind::Allocator, "drf", Some("1"), shoal_artifacts::DRF, true).await.expect("drf");
-    registry.push(PluginKind::Framework, "keeper", Some("1"), shoal_artifacts::KEEPER_FRAMEWORK, true).await.expect("keeper");
+    registry
+        .push(PluginKind::Framework, "keeper", Some("1"), shoal_artifacts::KEEPER_FRAMEWORK, true)
+        .await
+        .expect("keeper");
     let bus: SharedBus = Arc::new(LocalBus::new());
     let master = Master::with_parts(
         bus.clone(),
@@ -72,11 +76,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    for (label, command, total) in [("process (sh -c 'exec sleep 600')", "exec sleep 600".to_owned(), n), (
-        "Wasm (wasi:http service)",
-        format!("wasm:{digest}"),
-        n,
-    )] {
+    for (label, command, total) in [
+        ("process (sh -c 'exec sleep 600')", "exec sleep 600".to_owned(), n),
+        ("Wasm (wasi:http service)", format!("wasm:{digest}"), n),
+    ] {
         // Start from zero tasks of the previous kind.
         keep(&master, 0, &command).await;
         agent.stop_all().await;

@@ -273,7 +273,9 @@ impl Agent {
                     Err(e) => tracing::warn!(task = %info.id, cause = %e, "health check not started"),
                 }
             }
-            Some(Err(e)) => tracing::warn!(task = %info.id, cause = %e, "unreadable shoal.health label; no health check"),
+            Some(Err(e)) => {
+                tracing::warn!(task = %info.id, cause = %e, "unreadable shoal.health label; no health check")
+            }
             None => {}
         }
         let (state, message) = tokio::select! {
@@ -383,7 +385,9 @@ impl Agent {
 
     fn logs(&self, req: &LogsRequest) -> LogsReply {
         let tasks = self.tasks.lock();
-        let Some(t) = tasks.get(&req.task_id) else { return LogsReply { found: false, data: String::new(), dropped: 0 } };
+        let Some(t) = tasks.get(&req.task_id) else {
+            return LogsReply { found: false, data: String::new(), dropped: 0 };
+        };
         let tail = if req.stream == "stderr" { t.logs.stderr() } else { t.logs.stdout() };
         let mut bytes = tail.bytes;
         let mut dropped = tail.dropped;
@@ -483,7 +487,8 @@ impl Agent {
                 Status::Unhealthy => Some(false),
                 Status::Unknown => continue,
             };
-            let changed = self.tasks.lock().get(&u.id).is_some_and(|t| t.state == TaskState::Running && t.healthy != healthy);
+            let changed =
+                self.tasks.lock().get(&u.id).is_some_and(|t| t.state == TaskState::Running && t.healthy != healthy);
             if changed {
                 let message = format!("health check {}: {}", u.kind, u.state.message);
                 self.set_state(&u.id, TaskState::Running, healthy, message);

@@ -334,9 +334,10 @@ fn fits_some_agent(master: &Master, body: &[u8], what: &str) -> Result<(), ApiEr
 }
 
 fn artifacts(state: &AppState) -> Result<&std::sync::Arc<shoal_master::artifacts::ArtifactStore>, ApiError> {
-    state.artifacts.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_master", "this node does not keep artifacts")
-    })
+    state
+        .artifacts
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_master", "this node does not keep artifacts"))
 }
 
 /// Every artifact: `{artifacts: [{digest, size}]}`.
@@ -377,7 +378,8 @@ pub async fn get_artifact(
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     state.auth.reader(&headers)?;
-    let bytes = artifacts(&state)?.get(&digest).ok_or_else(|| ApiError::not_found(format!("no artifact `{digest}`")))?;
+    let bytes =
+        artifacts(&state)?.get(&digest).ok_or_else(|| ApiError::not_found(format!("no artifact `{digest}`")))?;
     Ok(([("content-type", "application/wasm")], bytes).into_response())
 }
 

@@ -16,8 +16,8 @@
 //! `127.0.0.1:0` and drive the real server).
 
 mod agents;
-mod cluster;
 pub mod auth;
+mod cluster;
 pub mod dto;
 pub mod error;
 mod events;

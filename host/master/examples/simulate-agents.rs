@@ -34,16 +34,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             resources: Resources::parse("cpus:16;mem:65536;disk:100000;ports:[31000-32000]")?,
             tasks: Vec::new(),
         };
-        let reply = bus
-            .request(subject::AGENT_REGISTER, serde_json::to_vec(&reg)?.into(), Duration::from_secs(10))
-            .await?;
+        let reply =
+            bus.request(subject::AGENT_REGISTER, serde_json::to_vec(&reg)?.into(), Duration::from_secs(10)).await?;
         let reply: RegisterReply = serde_json::from_slice(&reply.payload)?;
         if !reply.accepted {
             return Err(format!("registration refused: {:?}", reply.error).into());
         }
         interval = Duration::from_millis(reply.heartbeat_ms);
     }
-    println!("{agents} agents registered in {:.1?}; heartbeating every {interval:?} for {seconds} s", started.elapsed());
+    println!(
+        "{agents} agents registered in {:.1?}; heartbeating every {interval:?} for {seconds} s",
+        started.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for i in 0..agents {

@@ -77,7 +77,9 @@ impl ArtifactStore {
             return Err("not a WebAssembly binary (missing the `\\0asm` header)".into());
         }
         if bytes[6..8] != [1, 0] {
-            return Err("a core WebAssembly module, not a component: build for wasm32-wasip2 (or componentize it)".into());
+            return Err(
+                "a core WebAssembly module, not a component: build for wasm32-wasip2 (or componentize it)".into()
+            );
         }
         let digest = digest_of(bytes);
         let path = self.dir.join(&digest);
@@ -168,7 +170,8 @@ pub async fn fetch(bus: &SharedBus, digest: &str, cache: &Path) -> Result<Vec<u8
     while bytes.len() < size {
         let req = serde_json::to_vec(&ReadRequest { digest: digest.to_owned(), offset: bytes.len() as u64 })
             .expect("serialises");
-        let chunk = bus.request(READ, req.into(), timeout).await.map_err(|e| format!("reading artifact {digest}: {e}"))?;
+        let chunk =
+            bus.request(READ, req.into(), timeout).await.map_err(|e| format!("reading artifact {digest}: {e}"))?;
         if chunk.payload.is_empty() {
             return Err(format!("artifact {digest} ended at {} of {size} bytes", bytes.len()));
         }

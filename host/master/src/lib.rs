@@ -519,7 +519,8 @@ impl Master {
 
     async fn register(&self, payload: &[u8]) -> RegisterReply {
         let heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64;
-        let refuse = |error: String| RegisterReply { accepted: false, error: Some(error), heartbeat_ms, kill: Vec::new() };
+        let refuse =
+            |error: String| RegisterReply { accepted: false, error: Some(error), heartbeat_ms, kill: Vec::new() };
         let reg: AgentRegistration = match serde_json::from_slice(payload) {
             Ok(reg) => reg,
             Err(e) => return refuse(format!("malformed registration: {e}")),

@@ -229,7 +229,11 @@ pub fn validate_task_id(id: &str) -> Result<(), String> {
         && id.len() <= 128
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !id.starts_with(['.', '-']);
-    if ok { Ok(()) } else { Err(format!("task id `{id}` must be 1-128 of [A-Za-z0-9._-], not starting with `.` or `-`")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("task id `{id}` must be 1-128 of [A-Za-z0-9._-], not starting with `.` or `-`"))
+    }
 }
 
 #[cfg(test)]

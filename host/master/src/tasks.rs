@@ -42,7 +42,8 @@ const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
 /// Inputs one worker call batch handles at most.
 const BATCH: usize = 256;
 /// Task labels the host reads itself and does not copy onto the service instance.
-const CONSUMED_LABELS: [&str; 5] = ["shoal.service", "shoal.health", "shoal.framework", "shoal.version", "shoal.weight"];
+const CONSUMED_LABELS: [&str; 5] =
+    ["shoal.service", "shoal.health", "shoal.framework", "shoal.version", "shoal.weight"];
 
 /// A task as the master knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -620,14 +621,24 @@ impl Master {
             }
             Ok(Err(e)) => {
                 for id in ids {
-                    self.internal_status(&id, &agent, TaskState::Lost, format!("the agent answered the launch with {e}"))
-                        .await;
+                    self.internal_status(
+                        &id,
+                        &agent,
+                        TaskState::Lost,
+                        format!("the agent answered the launch with {e}"),
+                    )
+                    .await;
                 }
             }
             Err(e) => {
                 for id in ids {
-                    self.internal_status(&id, &agent, TaskState::Lost, format!("agent {agent} did not take the launch: {e}"))
-                        .await;
+                    self.internal_status(
+                        &id,
+                        &agent,
+                        TaskState::Lost,
+                        format!("agent {agent} did not take the launch: {e}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -641,7 +652,9 @@ impl Master {
                     self.internal_status(&task, &agent, TaskState::Lost, "its agent does not know it".into()).await;
                 }
             }
-            Err(e) => tracing::warn!(%task, %agent, cause = %e, "kill not delivered; the task ends when its agent is lost"),
+            Err(e) => {
+                tracing::warn!(%task, %agent, cause = %e, "kill not delivered; the task ends when its agent is lost")
+            }
         }
     }
 
@@ -867,8 +880,13 @@ impl Master {
             }
         }
         for (id, agent) in orphans {
-            self.internal_status(&id, &agent, TaskState::Lost, format!("agent {agent} did not come back after the master restarted"))
-                .await;
+            self.internal_status(
+                &id,
+                &agent,
+                TaskState::Lost,
+                format!("agent {agent} did not come back after the master restarted"),
+            )
+            .await;
         }
     }
 

@@ -138,7 +138,8 @@ async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
             Err(_) => return,
         };
         let (instances, _) = discovery.instances(&service, false);
-        let Some(labels) = instances.iter().rev().map(|i| &i.labels).find(|l| l.contains_key("shoal.route.path")) else {
+        let Some(labels) = instances.iter().rev().map(|i| &i.labels).find(|l| l.contains_key("shoal.route.path"))
+        else {
             continue;
         };
         let name: String = service

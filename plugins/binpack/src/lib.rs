@@ -53,7 +53,8 @@ impl Allocator for BinPack {
         let mut taken: HashSet<usize> = HashSet::new();
         let mut offers = Vec::new();
         for f in frameworks {
-            let declined = |agent: &Agent| f.filters.iter().any(|d| d.agent_id == agent.id && d.until_ms > snapshot.now_ms);
+            let declined =
+                |agent: &Agent| f.filters.iter().any(|d| d.agent_id == agent.id && d.until_ms > snapshot.now_ms);
             let pick = order.iter().copied().find(|i| !taken.contains(i) && !declined(&snapshot.agents[*i]));
             let Some(i) = pick else { continue };
             let Some(resources) = capped(f, &snapshot.agents[i].free) else { continue };

@@ -65,7 +65,10 @@ impl Constraint {
     pub fn parse(raw: &[String], index: usize) -> Result<Self, String> {
         let at = format!("constraints[{index}]");
         if !(2..=3).contains(&raw.len()) {
-            return Err(format!("{at}: expected [field, operator] or [field, operator, value], got {} items", raw.len()));
+            return Err(format!(
+                "{at}: expected [field, operator] or [field, operator, value], got {} items",
+                raw.len()
+            ));
         }
         let field = raw[0].clone();
         if field.is_empty() || field.len() > 128 || field.chars().any(|c| c.is_control()) {

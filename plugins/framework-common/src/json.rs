@@ -25,7 +25,8 @@ impl Fields {
         match value {
             Value::Object(map) => Ok(Fields { map, prefix: prefix.to_string() }),
             other => {
-                let what = if prefix.is_empty() { "the body".to_string() } else { prefix.trim_end_matches('.').to_string() };
+                let what =
+                    if prefix.is_empty() { "the body".to_string() } else { prefix.trim_end_matches('.').to_string() };
                 Err(format!("{what} must be a JSON object, not {}", kind(&other)))
             }
         }

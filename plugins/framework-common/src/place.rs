@@ -63,8 +63,13 @@ pub struct Slot {
 impl Slot {
     /// Everything of `offer` is free.
     pub fn new(offer: OfferInfo) -> Self {
-        let mut ranges: Vec<(u32, u32)> =
-            offer.resources.ports.iter().filter(|r| r.end >= r.begin).map(|r| (u32::from(r.begin), u32::from(r.end))).collect();
+        let mut ranges: Vec<(u32, u32)> = offer
+            .resources
+            .ports
+            .iter()
+            .filter(|r| r.end >= r.begin)
+            .map(|r| (u32::from(r.begin), u32::from(r.end)))
+            .collect();
         ranges.sort_unstable();
         let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
         for (b, e) in ranges {
@@ -151,7 +156,11 @@ pub struct Diagnosis {
 
 /// A number without a useless fraction: `4`, `0.25`.
 pub fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { format!("{:.3}", x).trim_end_matches('0').to_string() }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{:.3}", x).trim_end_matches('0').to_string()
+    }
 }
 
 impl Diagnosis {
@@ -187,16 +196,40 @@ impl Diagnosis {
         let verb = |n: usize| if n == 1 { "lacks" } else { "lack" };
         let mut parts = Vec::new();
         if self.cpus.0 > 0 {
-            parts.push(format!("{} {} cpus (needs {}, largest free {})", self.cpus.0, verb(self.cpus.0), num(d.cpus), num(self.cpus.1)));
+            parts.push(format!(
+                "{} {} cpus (needs {}, largest free {})",
+                self.cpus.0,
+                verb(self.cpus.0),
+                num(d.cpus),
+                num(self.cpus.1)
+            ));
         }
         if self.mem.0 > 0 {
-            parts.push(format!("{} {} mem (needs {} MiB, largest free {} MiB)", self.mem.0, verb(self.mem.0), num(d.mem), num(self.mem.1)));
+            parts.push(format!(
+                "{} {} mem (needs {} MiB, largest free {} MiB)",
+                self.mem.0,
+                verb(self.mem.0),
+                num(d.mem),
+                num(self.mem.1)
+            ));
         }
         if self.disk.0 > 0 {
-            parts.push(format!("{} {} disk (needs {} MiB, largest free {} MiB)", self.disk.0, verb(self.disk.0), num(d.disk), num(self.disk.1)));
+            parts.push(format!(
+                "{} {} disk (needs {} MiB, largest free {} MiB)",
+                self.disk.0,
+                verb(self.disk.0),
+                num(d.disk),
+                num(self.disk.1)
+            ));
         }
         if self.ports.0 > 0 {
-            parts.push(format!("{} {} ports (needs {}, most free {})", self.ports.0, verb(self.ports.0), d.ports, self.ports.1));
+            parts.push(format!(
+                "{} {} ports (needs {}, most free {})",
+                self.ports.0,
+                verb(self.ports.0),
+                d.ports,
+                self.ports.1
+            ));
         }
         for (c, n) in &self.constraints {
             parts.push(format!("{n} blocked by constraint {c}"));

@@ -83,7 +83,12 @@ impl Store for MemStore {
         Ok(())
     }
     fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
-        Ok(self.map.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect())
+        Ok(self
+            .map
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
     }
 }
 

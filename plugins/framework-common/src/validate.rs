@@ -15,11 +15,13 @@ pub const MAX_CMD: usize = 64 * 1024;
 /// Most environment variables or labels.
 pub const MAX_ENTRIES: usize = 256;
 /// Labels the frameworks set themselves; an app may not set them.
-pub const RESERVED_LABELS: &[&str] = &["shoal.service", "shoal.version", "shoal.health", "shoal.framework", "shoal.job"];
+pub const RESERVED_LABELS: &[&str] =
+    &["shoal.service", "shoal.version", "shoal.health", "shoal.framework", "shoal.job"];
 
 /// Checks an app or job id: `[a-z0-9-]{1,63}`.
 pub fn check_id(id: &str) -> Result<(), String> {
-    let ok = (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok =
+        (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok { Ok(()) } else { Err(format!("id must match [a-z0-9-]{{1,63}}, got {id:?}")) }
 }
 
@@ -92,7 +94,9 @@ impl TaskTemplate {
         }
         for (k, v) in &env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(format!("env: invalid variable {k:?} (names are non-empty without '=' or NUL, values without NUL)"));
+                return Err(format!(
+                    "env: invalid variable {k:?} (names are non-empty without '=' or NUL, values without NUL)"
+                ));
             }
         }
         let labels: BTreeMap<String, String> = f.take("labels")?.unwrap_or_default();
@@ -174,7 +178,11 @@ mod tests {
         assert!(read(r#"{"cmd":"x","env":{"A=B":"1"}}"#).unwrap_err().starts_with("env: invalid variable"));
         assert!(read(r#"{"cmd":"x","labels":{"shoal.service":"y"}}"#).unwrap_err().contains("set by the framework"));
         assert!(read(r#"{"cmd":"x","labels":{"shoal.weight":"heavy"}}"#).unwrap_err().contains("shoal.weight"));
-        assert!(read(r#"{"cmd":"x","constraints":[["rack","FOO"]]}"#).unwrap_err().contains("unknown constraint operator FOO"));
+        assert!(
+            read(r#"{"cmd":"x","constraints":[["rack","FOO"]]}"#)
+                .unwrap_err()
+                .contains("unknown constraint operator FOO")
+        );
         assert!(read(r#"{"cmd":"x","constraints":[["rack","LIKE","("]]}"#).unwrap_err().contains("invalid regex"));
         assert_eq!(read(r#"{"cmd":"x","cmdd":1}"#).unwrap_err(), r#"unknown field "cmdd""#);
     }

@@ -23,7 +23,9 @@ pub fn handle(state: &mut State, method: &str, path: &str, body: &[u8], now: u64
         ("POST", ["apps", id, "scale"]) => scale(state, id, body),
         ("POST", ["apps", id, "restart"]) => restart(state, id, now),
         ("DELETE", ["apps", id]) => delete(state, id),
-        (_, ["apps"] | ["tasks"] | ["apps", _] | ["apps", _, "scale" | "restart"]) => Err(ApiError::method(method, path)),
+        (_, ["apps"] | ["tasks"] | ["apps", _] | ["apps", _, "scale" | "restart"]) => {
+            Err(ApiError::method(method, path))
+        }
         _ => Err(ApiError::not_found(format!("no such path: {path}"))),
     }
 }

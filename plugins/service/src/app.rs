@@ -371,38 +371,51 @@ mod tests {
         assert!(err(r#"{"cmd":"x","ports":101}"#).starts_with("ports must be a count"));
         assert!(err(r#"{"cmd":"x","ports":["a","a"]}"#).contains("duplicate name"));
         assert_eq!(err(r#"{"cmd":"x","instancez":1}"#), r#"unknown field "instancez""#);
-        assert!(err(r#"{"cmd":"x","constraints":[["rack","FOO"]]}"#).ends_with(
-            "unknown constraint operator FOO (one of UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE, MAX_PER)"
-        ));
-        assert!(err(r#"{"cmd":"x","ports":1,"health_checks":[{"type":"http","port_index":1}]}"#)
-            .contains("health_checks[0].port_index 1 is out of range: the app has 1 ports"));
+        assert!(
+            err(r#"{"cmd":"x","constraints":[["rack","FOO"]]}"#)
+                .ends_with("unknown constraint operator FOO (one of UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE, MAX_PER)")
+        );
+        assert!(
+            err(r#"{"cmd":"x","ports":1,"health_checks":[{"type":"http","port_index":1}]}"#)
+                .contains("health_checks[0].port_index 1 is out of range: the app has 1 ports")
+        );
         assert!(err(r#"{"cmd":"x","health_checks":[{"type":"tcp"}]}"#).contains("the app has no ports"));
         assert_eq!(
             err(r#"{"cmd":"x","ports":1,"health_checks":[{"type":"tcp","path":"/"}]}"#),
             r#"unknown field "health_checks[0].path""#
         );
-        assert!(err(r#"{"cmd":"x","health_checks":[{"type":"grpc"}]}"#).contains("health_checks[0].type must be one of"));
-        assert!(err(r#"{"cmd":"x","health_checks":[{"type":"command","command":"true","timeout_ms":20000}]}"#)
-            .contains("timeout_ms"));
+        assert!(
+            err(r#"{"cmd":"x","health_checks":[{"type":"grpc"}]}"#).contains("health_checks[0].type must be one of")
+        );
+        assert!(
+            err(r#"{"cmd":"x","health_checks":[{"type":"command","command":"true","timeout_ms":20000}]}"#)
+                .contains("timeout_ms")
+        );
         assert!(err(r#"{"cmd":"x","backoff_factor":0.5}"#).starts_with("backoff_factor must be within"));
-        assert!(err(r#"{"cmd":"x","upgrade_strategy":{"minimum_health_capacity":2}}"#)
-            .starts_with("upgrade_strategy.minimum_health_capacity must be within"));
+        assert!(
+            err(r#"{"cmd":"x","upgrade_strategy":{"minimum_health_capacity":2}}"#)
+                .starts_with("upgrade_strategy.minimum_health_capacity must be within")
+        );
         let (status, msg) =
-            parse(r#"{"cmd":"x","upgrade_strategy":{"minimum_health_capacity":1,"maximum_over_capacity":0}}"#).unwrap_err();
+            parse(r#"{"cmd":"x","upgrade_strategy":{"minimum_health_capacity":1,"maximum_over_capacity":0}}"#)
+                .unwrap_err();
         assert_eq!(status, 422, "{msg}");
         assert_eq!(parse("{").unwrap_err().0, 400);
     }
 
     #[test]
     fn backoff_grows_and_caps() {
-        let mut def = parse(r#"{"cmd":"x","backoff_seconds":1,"backoff_factor":2,"max_launch_delay_seconds":5}"#).unwrap();
+        let mut def =
+            parse(r#"{"cmd":"x","backoff_seconds":1,"backoff_factor":2,"max_launch_delay_seconds":5}"#).unwrap();
         assert_eq!((def.backoff_ms(0), def.backoff_ms(1), def.backoff_ms(2), def.backoff_ms(3)), (0, 1000, 2000, 4000));
         assert_eq!(def.backoff_ms(4), 5000);
         assert_eq!(def.backoff_ms(u32::MAX), 5000);
         def.instances = 9;
-        let other = parse(r#"{"cmd":"x","backoff_seconds":1,"backoff_factor":2,"max_launch_delay_seconds":5}"#).unwrap();
+        let other =
+            parse(r#"{"cmd":"x","backoff_seconds":1,"backoff_factor":2,"max_launch_delay_seconds":5}"#).unwrap();
         assert!(!def.differs_beyond_instances(&other));
-        let changed = parse(r#"{"cmd":"y","backoff_seconds":1,"backoff_factor":2,"max_launch_delay_seconds":5}"#).unwrap();
+        let changed =
+            parse(r#"{"cmd":"y","backoff_seconds":1,"backoff_factor":2,"max_launch_delay_seconds":5}"#).unwrap();
         assert!(def.differs_beyond_instances(&changed));
     }
 }

@@ -30,11 +30,7 @@ pub fn launch_need<'a>(app: &AppRecord, tasks: impl Iterator<Item = &'a TaskReco
     }
     let (mut new, mut old) = (0u64, 0u64);
     for t in tasks.filter(|t| t.alive()) {
-        if t.version == app.version {
-            new += 1
-        } else {
-            old += 1
-        }
+        if t.version == app.version { new += 1 } else { old += 1 }
     }
     let instances = u64::from(app.def.instances);
     let missing = instances.saturating_sub(new);
@@ -445,10 +441,11 @@ pub fn tick(state: &mut State, now: u64) -> Vec<Operation> {
         if app.failures > 0 {
             let has_checks = !app.def.health_checks.is_empty();
             let prefix = format!("{id}.");
-            let steady = state.tasks.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).any(|(_, t)| {
-                let since = if has_checks { t.healthy_since_ms } else { t.running_since_ms };
-                t.alive() && t.is_healthy(has_checks) && since.is_some_and(|s| now >= s + BACKOFF_RESET_MS)
-            });
+            let steady =
+                state.tasks.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).any(|(_, t)| {
+                    let since = if has_checks { t.healthy_since_ms } else { t.running_since_ms };
+                    t.alive() && t.is_healthy(has_checks) && since.is_some_and(|s| now >= s + BACKOFF_RESET_MS)
+                });
             if steady {
                 app.failures = 0;
                 app.delay_until_ms = 0;
@@ -486,10 +483,8 @@ pub fn tick(state: &mut State, now: u64) -> Vec<Operation> {
     if state.revive {
         state.revive = false;
         state.touch_meta();
-        let wanted = state
-            .apps
-            .iter()
-            .any(|(id, app)| !backing_off(app, now) && launch_need(app, state.tasks_of(id)) > 0);
+        let wanted =
+            state.apps.iter().any(|(id, app)| !backing_off(app, now) && launch_need(app, state.tasks_of(id)) > 0);
         if wanted {
             ops.push(Operation::Revive);
         }

@@ -117,8 +117,13 @@ fn spreads_across_offers_counting_existing_tasks() {
     // fewest first — a4 (0) before a2/a3 (2 each).
     assert_eq!(req(&mut s, "POST", "/apps/web/scale", r#"{"instances":9}"#, T0).0, 200);
     let l = launches(&engine::resource_offers(&mut s, vec![big(2), big(3), big(4)], T0));
-    assert_eq!(per_offer(&l), [("o2".to_string(), 1), ("o3".to_string(), 0), ("o4".to_string(), 2)]
-        .into_iter().filter(|(_, n)| *n > 0).collect());
+    assert_eq!(
+        per_offer(&l),
+        [("o2".to_string(), 1), ("o3".to_string(), 0), ("o4".to_string(), 2)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    );
     // Nothing more is wanted: offers are declined for 5 s.
     let ops = engine::resource_offers(&mut s, vec![big(5)], T0);
     assert!(matches!(&ops[0], Operation::Decline(d) if d.refuse_seconds == 5.0));
@@ -161,10 +166,17 @@ fn labels_env_ports_and_health_spec() {
 fn fit_checks_and_waiting_reason() {
     let mut s = State::default();
     put(&mut s, "big", r#"{"cmd":"x","instances":3,"cpus":4,"mem":64}"#);
-    let ops = engine::resource_offers(&mut s, vec![offer(1, 2.0, 1000.0, (0, 0), None), offer(2, 1.0, 1000.0, (0, 0), None)], T0);
+    let ops = engine::resource_offers(
+        &mut s,
+        vec![offer(1, 2.0, 1000.0, (0, 0), None), offer(2, 1.0, 1000.0, (0, 0), None)],
+        T0,
+    );
     assert!(launches(&ops).is_empty());
     assert!(ops.iter().all(|o| matches!(o, Operation::Decline(d) if d.refuse_seconds == 1.0)));
-    assert_eq!(app(&mut s, "big")["waiting"], "3 tasks missing: 2 offers, none fits: 2 lack cpus (needs 4, largest free 2)");
+    assert_eq!(
+        app(&mut s, "big")["waiting"],
+        "3 tasks missing: 2 offers, none fits: 2 lack cpus (needs 4, largest free 2)"
+    );
     assert_eq!(app(&mut s, "big")["status"], "deploying");
 
     // Ports run out first: 2 ports, each task needs 1.
@@ -173,7 +185,10 @@ fn fit_checks_and_waiting_reason() {
     let l = launches(&engine::resource_offers(&mut s, vec![offer(1, 8.0, 8000.0, (31000, 31001), None)], T0));
     assert_eq!(l.len(), 2);
     let waiting = app(&mut s, "p")["waiting"].as_str().unwrap().to_string();
-    assert_eq!(waiting, "placed 2 of 3 tasks; 1 still missing: 1 offer, none fits: 1 lacks ports (needs 1, most free 0)");
+    assert_eq!(
+        waiting,
+        "placed 2 of 3 tasks; 1 still missing: 1 offer, none fits: 1 lacks ports (needs 1, most free 0)"
+    );
     // Placed once the next offer arrives; the reason clears.
     let l = launches(&engine::resource_offers(&mut s, vec![offer(2, 8.0, 8000.0, (31000, 31001), None)], T0));
     assert_eq!(l.len(), 1);
@@ -197,7 +212,8 @@ fn racks() -> Vec<OfferInfo> {
 
 fn place_with(constraints: &str, instances: u32) -> (Vec<(String, TaskSpec)>, Value) {
     let mut s = State::default();
-    let (code, body) = put(&mut s, "c", &format!(r#"{{"cmd":"x","instances":{instances},"constraints":{constraints}}}"#));
+    let (code, body) =
+        put(&mut s, "c", &format!(r#"{{"cmd":"x","instances":{instances},"constraints":{constraints}}}"#));
     assert_eq!(code, 201, "{body}");
     let l = launches(&engine::resource_offers(&mut s, racks(), T0));
     (l, app(&mut s, "c"))
@@ -208,7 +224,10 @@ fn constraint_unique_and_max_per() {
     let (l, a) = place_with(r#"[["@hostname","UNIQUE"]]"#, 7);
     assert_eq!(l.len(), 5);
     assert!(per_offer(&l).values().all(|&n| n == 1));
-    assert_eq!(a["waiting"], "placed 5 of 7 tasks; 2 still missing: 5 offers, none fits: 5 blocked by constraint @hostname UNIQUE");
+    assert_eq!(
+        a["waiting"],
+        "placed 5 of 7 tasks; 2 still missing: 5 offers, none fits: 5 blocked by constraint @hostname UNIQUE"
+    );
     let (l, _) = place_with(r#"[["rack","UNIQUE"]]"#, 7);
     // r1, r2, r3 and the agent without a rack (its own empty value).
     assert_eq!(l.len(), 4);
@@ -271,10 +290,16 @@ fn status_updates_are_idempotent() {
     engine::status_update(&mut s, &status(&id, TaskState::Lost, None, T0 + 30), T0 + 30);
     assert_eq!(s.tasks[&id].state, TS::Lost);
     assert!(engine::status_update(&mut s, &status(&id, TaskState::Lost, None, T0 + 30), T0 + 31).is_empty());
-    assert_eq!(kills(&engine::status_update(&mut s, &status(&id, TaskState::Running, None, T0 + 40), T0 + 40)), vec![id.clone()]);
+    assert_eq!(
+        kills(&engine::status_update(&mut s, &status(&id, TaskState::Running, None, T0 + 40), T0 + 40)),
+        vec![id.clone()]
+    );
     assert_eq!(s.tasks[&id].state, TS::Lost);
     // Unknown tasks: killed when alive, ignored when ended.
-    assert_eq!(kills(&engine::status_update(&mut s, &status("other.9", TaskState::Running, None, T0), T0)), vec!["other.9"]);
+    assert_eq!(
+        kills(&engine::status_update(&mut s, &status("other.9", TaskState::Running, None, T0), T0)),
+        vec!["other.9"]
+    );
     assert!(engine::status_update(&mut s, &status("other.9", TaskState::Failed, None, T0), T0).is_empty());
     // LOST is replaced without backoff.
     let a = app(&mut s, "web");
@@ -286,7 +311,11 @@ fn status_updates_are_idempotent() {
 #[test]
 fn backoff_after_failures_and_reset() {
     let mut s = State::default();
-    put(&mut s, "crash", r#"{"cmd":"x","instances":1,"backoff_seconds":2,"backoff_factor":2,"max_launch_delay_seconds":5}"#);
+    put(
+        &mut s,
+        "crash",
+        r#"{"cmd":"x","instances":1,"backoff_seconds":2,"backoff_factor":2,"max_launch_delay_seconds":5}"#,
+    );
     let mut now = T0;
     let mut delays = Vec::new();
     for _ in 0..4 {
@@ -332,7 +361,9 @@ fn health_kill_after_max_failures() {
     run_all(&mut s, &l, Some(true), T0);
     engine::tick(&mut s, T0 + 1); // the creation deployment completes
     assert!(app(&mut s, "h")["deployment"].is_null());
-    assert!(engine::status_update(&mut s, &status(&id, TaskState::Running, Some(false), T0 + 100), T0 + 100).is_empty());
+    assert!(
+        engine::status_update(&mut s, &status(&id, TaskState::Running, Some(false), T0 + 100), T0 + 100).is_empty()
+    );
     // (max_failures - 1) × interval = 2 s.
     assert!(kills(&engine::tick(&mut s, T0 + 2099)).is_empty());
     assert_eq!(kills(&engine::tick(&mut s, T0 + 2100)), vec![id.clone()]);
@@ -403,7 +434,9 @@ fn rolling_deploy_keeps_healthy_capacity() {
 fn deploy_without_health_capacity_replaces_at_once() {
     let mut s = State::default();
     let def = |cmd: &str| {
-        format!(r#"{{"cmd":"{cmd}","instances":3,"upgrade_strategy":{{"minimum_health_capacity":0,"maximum_over_capacity":0}}}}"#)
+        format!(
+            r#"{{"cmd":"{cmd}","instances":3,"upgrade_strategy":{{"minimum_health_capacity":0,"maximum_over_capacity":0}}}}"#
+        )
     };
     put(&mut s, "w", &def("a"));
     let v1 = launches(&engine::resource_offers(&mut s, vec![big(1)], T0));
@@ -456,7 +489,20 @@ fn api_shapes_and_errors() {
     assert_eq!(req(&mut s, "PATCH", "/apps/web", "", T0).0, 405);
     let (code, body) = put(&mut s, "web", r#"{"cmd":"x","instances":2,"labels":{"a":"b"}}"#);
     assert_eq!(code, 201);
-    for key in ["id", "status", "version", "instances", "running", "healthy", "staged", "deployment", "waiting", "last_failure", "definition", "tasks"] {
+    for key in [
+        "id",
+        "status",
+        "version",
+        "instances",
+        "running",
+        "healthy",
+        "staged",
+        "deployment",
+        "waiting",
+        "last_failure",
+        "definition",
+        "tasks",
+    ] {
         assert!(body.get(key).is_some(), "missing {key} in {body}");
     }
     assert_eq!(body["definition"]["labels"]["a"], "b");
@@ -483,7 +529,8 @@ fn state_survives_a_new_instance() {
         put(s, "web", r#"{"cmd":"x","instances":3,"constraints":[["@hostname","UNIQUE"]]}"#);
     })
     .unwrap();
-    let l = with_state(&a, &mut store, |s: &mut State| launches(&engine::resource_offers(s, vec![big(1), big(2)], T0))).unwrap();
+    let l = with_state(&a, &mut store, |s: &mut State| launches(&engine::resource_offers(s, vec![big(1), big(2)], T0)))
+        .unwrap();
     assert_eq!(l.len(), 2);
     // One key per app and per task.
     assert!(store.map.contains_key("app/web"));

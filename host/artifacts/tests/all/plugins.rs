@@ -305,7 +305,8 @@ fn service() {
     use shoal_abi::scheduling::{OfferInfo, Operation};
     use shoal_abi::{FrameworkInput, FrameworkOutput, HttpRequest, PortRange};
     use shoal_runtime::{MemoryKv, PluginScope};
-    let scope = PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("framework", "service", "1") };
+    let scope =
+        PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("framework", "service", "1") };
     let AnyPlugin::Framework(p) = AnyPlugin::load(
         crate::runtime(),
         PluginKind::Framework,

@@ -280,8 +280,7 @@ fn keeper_framework() {
         headers: vec![],
         body: b"3 sleep 60".to_vec(),
     };
-    let FrameworkOutput::Response(r) =
-        shoal_abi::framework_call(&p, "", FrameworkInput::Request(&keep)).expect("call")
+    let FrameworkOutput::Response(r) = shoal_abi::framework_call(&p, "", FrameworkInput::Request(&keep)).expect("call")
     else {
         unreachable!()
     };

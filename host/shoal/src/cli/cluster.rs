@@ -171,7 +171,10 @@ pub(super) async fn task(cmd: TaskCommand) -> anyhow::Result<()> {
                 }
             }
             let v = c.send(c.http.get(c.url("/v1/tasks")).query(&query)).await?;
-            println!("{:<28} {:<10} {:<9} {:<8} {:<12} {:<18} MESSAGE", "ID", "FRAMEWORK", "STATE", "HEALTH", "AGENT", "PORTS");
+            println!(
+                "{:<28} {:<10} {:<9} {:<8} {:<12} {:<18} MESSAGE",
+                "ID", "FRAMEWORK", "STATE", "HEALTH", "AGENT", "PORTS"
+            );
             for t in v["tasks"].as_array().into_iter().flatten() {
                 let health = match t["healthy"].as_bool() {
                     Some(true) => "healthy",
@@ -230,7 +233,10 @@ pub(super) async fn framework(cmd: FrameworkCommand) -> anyhow::Result<()> {
         FrameworkCommand::List { remote } => {
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/frameworks"))).await?;
-            println!("{:<16} {:<12} {:>6} {:>6} {:>7} {:<10} ALLOCATED", "NAME", "ROLE", "WEIGHT", "TASKS", "OFFERS", "STATE");
+            println!(
+                "{:<16} {:<12} {:>6} {:>6} {:>7} {:<10} ALLOCATED",
+                "NAME", "ROLE", "WEIGHT", "TASKS", "OFFERS", "STATE"
+            );
             for f in v["frameworks"].as_array().into_iter().flatten() {
                 let allocated: shoal_master::Resources =
                     serde_json::from_value(f["allocated"].clone()).unwrap_or_default();
@@ -256,13 +262,18 @@ pub(super) async fn app(cmd: AppCommand) -> anyhow::Result<()> {
             let (id, body) = read_definition(&file)?;
             let c = Client::new(remote)?;
             let v = c
-                .send(c.http.put(c.url(&format!("/v1/apps/{id}"))).header("content-type", "application/json").body(body))
+                .send(
+                    c.http.put(c.url(&format!("/v1/apps/{id}"))).header("content-type", "application/json").body(body),
+                )
                 .await?;
             print(&v);
         }
         AppCommand::Scale { id, instances, remote } => {
             let c = Client::new(remote)?;
-            print(&c.send(c.http.post(c.url(&format!("/v1/apps/{id}/scale"))).json(&json!({ "instances": instances }))).await?);
+            print(
+                &c.send(c.http.post(c.url(&format!("/v1/apps/{id}/scale"))).json(&json!({ "instances": instances })))
+                    .await?,
+            );
         }
         AppCommand::List { remote } => {
             let c = Client::new(remote)?;
@@ -303,8 +314,10 @@ pub(super) async fn job(cmd: JobCommand) -> anyhow::Result<()> {
             let (id, body) = read_definition(&file)?;
             let c = Client::new(remote)?;
             print(
-                &c.send(c.http.put(c.url(&format!("/v1/jobs/{id}"))).header("content-type", "application/json").body(body))
-                    .await?,
+                &c.send(
+                    c.http.put(c.url(&format!("/v1/jobs/{id}"))).header("content-type", "application/json").body(body),
+                )
+                .await?,
             );
         }
         JobCommand::Run { id, remote } => {

@@ -114,10 +114,8 @@ impl Framework for Keeper {
     fn status_update(status: TaskStatus) -> Vec<Operation> {
         let key = format!("task/{}", status.task_id);
         let known = kv::exists(&key).unwrap_or(false);
-        let terminal = matches!(
-            status.state,
-            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Lost
-        );
+        let terminal =
+            matches!(status.state, TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Lost);
         if terminal {
             let _ = kv::delete(&key);
             let log = get("ended").unwrap_or_default();
