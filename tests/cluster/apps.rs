@@ -169,3 +169,43 @@ fn an_app_of_five_instances_across_three_agents() {
     master.cli(&["app", "delete", "packed"]);
     wait_instances(&master, "packed", "delete", <[_]>::is_empty);
 }
+
+/// A task whose health check keeps failing is killed by the service framework and replaced.
+#[test]
+fn an_unhealthy_instance_is_killed_and_replaced() {
+    use super::Dev;
+    use super::tasks::Reaper;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34800-34809]"], &[]);
+    let _reaper = Reaper(dir.path().join("data"));
+    // Serves, but the checked path is missing: 404, a failing check.
+    let sick = serde_json::json!({
+        "id": "sick", "instances": 1, "cpus": 0.1, "mem": 32, "ports": 1,
+        "cmd": "exec python3 -m http.server --bind 127.0.0.1 $PORT0",
+        "health_checks": [{"type": "http", "port_index": 0, "path": "/missing", "grace_ms": 0, "interval_ms": 300, "timeout_ms": 200, "max_failures": 2}],
+        "backoff_seconds": 0.1,
+    });
+    let file = write(dir.path(), "sick.json", sick.to_string().as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, _, err) = dev.cli(&["app", "deploy", &file]);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?service=sick&state=killed", "");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let killed = v["tasks"].as_array().map_or(0, Vec::len);
+        let (_, running) = http(&dev.api, &dev.token, "GET", "/v1/tasks?service=sick&state=running", "");
+        let r: serde_json::Value = serde_json::from_str(&running).expect("JSON");
+        if killed >= 1 && r["tasks"].as_array().map_or(0, Vec::len) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no health-based replacement: killed {body}, running {running}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

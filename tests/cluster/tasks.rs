@@ -101,7 +101,7 @@ fn reap(dir: &Path) {
 }
 
 /// Kills the tasks `shoal dev`'s agent left, whatever the test's outcome.
-struct Reaper(std::path::PathBuf);
+pub(crate) struct Reaper(pub std::path::PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
