@@ -20,6 +20,7 @@ const PLUGINS: &[(&str, &str, &str, &str)] = &[
     ("shoal-plugin-least-connections", "LEAST_CONNECTIONS", "router", "least-connections"),
     ("shoal-plugin-binpack", "BINPACK", "allocator", "binpack"),
     ("shoal-plugin-service", "SERVICE", "framework", "service"),
+    ("shoal-plugin-batch", "BATCH", "framework", "batch"),
 ];
 
 /// (crate, Rust const name) of each test program.

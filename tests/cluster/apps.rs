@@ -176,7 +176,8 @@ fn an_unhealthy_instance_is_killed_and_replaced() {
     use super::Dev;
     use super::tasks::Reaper;
     let dir = tempfile::tempdir().expect("tempdir");
-    let dev = Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34800-34809]"], &[]);
+    let dev =
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34800-34809]"], &[]);
     let _reaper = Reaper(dir.path().join("data"));
     // Serves, but the checked path is missing: 404, a failing check.
     let sick = serde_json::json!({
@@ -208,4 +209,50 @@ fn an_unhealthy_instance_is_killed_and_replaced() {
         assert!(Instant::now() < deadline, "no health-based replacement: killed {body}, running {running}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+/// The `batch` framework: a one-shot job whose first attempt fails is retried and succeeds; its
+/// run history says so; a malformed cron schedule is refused.
+#[test]
+fn a_job_is_retried_until_it_succeeds() {
+    use super::Dev;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev =
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34700-34709]"], &[]);
+    let marker = dir.path().join("attempted");
+    let job = serde_json::json!({
+        "id": "flaky", "cpus": 0.1, "mem": 16, "max_retries": 2, "retry_backoff_seconds": 0.2,
+        "cmd": format!("if [ -f {m} ]; then echo second; else touch {m}; echo first; exit 3; fi", m = marker.display()),
+    });
+    let file = write(dir.path(), "flaky.json", job.to_string().as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out, err) = dev.cli(&["job", "put", &file]);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out} {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let (ok, out, err) = dev.cli(&["job", "show", "flaky"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let runs = v["runs"].as_array().cloned().unwrap_or_default();
+        if let Some(run) = runs.iter().find(|r| {
+            let state = r["state"].as_str().unwrap_or("");
+            state == "succeeded" || state == "failed"
+        }) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "the job never finished: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["attempts"], 2, "{run}");
+
+    let bad = serde_json::json!({ "id": "bad", "cmd": "true", "cpus": 0.1, "mem": 16, "schedule": "61 * * * *" });
+    let file = write(dir.path(), "bad.json", bad.to_string().as_bytes());
+    let (ok, _, err) = dev.cli(&["job", "put", &file]);
+    assert!(!ok && err.contains("400"), "{err}");
 }

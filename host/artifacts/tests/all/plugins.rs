@@ -367,3 +367,54 @@ fn service() {
     assert_eq!(launched.iter().map(|(_, n)| n).sum::<usize>(), 3, "{ops:?}");
     assert_eq!(launched.len(), 2, "spread over both offers: {ops:?}");
 }
+
+#[test]
+fn batch() {
+    use shoal_abi::scheduling::Operation;
+    use shoal_abi::{FrameworkInput, FrameworkOutput, HttpRequest};
+    use shoal_runtime::{MemoryKv, PluginScope};
+    let scope =
+        PluginScope { kv: Some(Arc::new(MemoryKv::default())), ..PluginScope::detached("framework", "batch", "1") };
+    let AnyPlugin::Framework(p) = AnyPlugin::load(
+        crate::runtime(),
+        PluginKind::Framework,
+        shoal_artifacts::BATCH,
+        scope,
+        PluginKind::Framework.default_limits(),
+    )
+    .expect("batch loads") else {
+        unreachable!()
+    };
+    let call = |input: FrameworkInput<'_>| shoal_abi::framework_call(&p, "", input).expect("call");
+    let put = |body: &str| HttpRequest {
+        method: "PUT".into(),
+        path: "/jobs/report".into(),
+        query: String::new(),
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    };
+    let FrameworkOutput::Response(r) = call(FrameworkInput::Request(&put(r#"{"cmd":"true","schedule":"99 * * * *"}"#)))
+    else {
+        unreachable!()
+    };
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("minute"));
+    let FrameworkOutput::Response(r) = call(FrameworkInput::Request(&put(r#"{"cmd":"true","max_retries":1}"#))) else {
+        unreachable!()
+    };
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let offer = shoal_abi::scheduling::OfferInfo {
+        id: "o1".into(),
+        agent_id: "a1".into(),
+        hostname: "h1".into(),
+        attributes: vec![],
+        resources: Resources { cpus: 1.0, mem_mb: 512.0, disk_mb: 0.0, ports: vec![], scalars: vec![] },
+    };
+    let FrameworkOutput::Operations(ops) = call(FrameworkInput::Offers(std::slice::from_ref(&offer))) else {
+        unreachable!()
+    };
+    assert!(
+        matches!(ops.as_slice(), [Operation::Launch(l)] if l.tasks.len() == 1 && l.tasks[0].task_id == "report.r1.a1"),
+        "{ops:?}"
+    );
+}
