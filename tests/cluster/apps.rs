@@ -157,6 +157,33 @@ fn an_app_of_five_instances_across_three_agents() {
     master.cli(&["app", "scale", "web", "3"]);
     wait_instances(&master, "web", "scale down", |t| t.len() == 3);
 
+    // A rolling deploy of a new version: never fewer than 3 healthy instances on the way, all
+    // three on the new version at the end.
+    let mut v2 = web.clone();
+    v2["instances"] = 3.into();
+    v2["env"] = serde_json::json!({ "RELEASE": "2" });
+    let (ok, out) = deploy(&master, data.path(), &v2);
+    assert!(ok, "{out}");
+    let version_of = |t: &serde_json::Value| t["labels"]["shoal.version"].as_str().unwrap_or("").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut versions_seen = std::collections::BTreeSet::new();
+    loop {
+        let (_, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running&service=web", "");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+        let healthy = tasks.iter().filter(|t| t["healthy"] == true).count();
+        assert!(healthy >= 3, "the deploy went below the minimum healthy capacity: {body}");
+        for t in &tasks {
+            versions_seen.insert(version_of(t));
+        }
+        let versions: std::collections::BTreeSet<String> = tasks.iter().map(version_of).collect();
+        if versions_seen.len() >= 2 && versions.len() == 1 && tasks.len() == 3 && healthy == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rolling deploy did not finish: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Swap the allocator live: with bin-packing, a new app piles onto one agent.
     assert_eq!(master.cli(&["allocator", "show"]).trim(), "drf");
     master.cli(&["allocator", "use", "binpack"]);
