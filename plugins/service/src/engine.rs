@@ -29,7 +29,10 @@ pub fn launch_need<'a>(app: &AppRecord, tasks: impl Iterator<Item = &'a TaskReco
         return 0;
     }
     let (mut new, mut old) = (0u64, 0u64);
-    for t in tasks.filter(|t| t.alive()) {
+    // A task being killed for failing its health checks holds its place until it has ended: its
+    // replacement then starts under the app's backoff, not beside it.
+    let counts = |t: &&TaskRecord| t.alive() || (t.kill == Some(KillReason::Unhealthy) && !t.state.is_terminal());
+    for t in tasks.filter(counts) {
         if t.version == app.version { new += 1 } else { old += 1 }
     }
     let instances = u64::from(app.def.instances);
