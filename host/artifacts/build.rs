@@ -33,6 +33,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("shoal-test-future-version", "FUTURE_VERSION"),
     ("shoal-test-wasm-command", "WASM_COMMAND"),
     ("shoal-test-wasm-http", "WASM_HTTP"),
+    ("shoal-test-wasm-kv", "WASM_KV"),
 ];
 
 fn main() {

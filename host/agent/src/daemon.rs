@@ -338,6 +338,7 @@ impl Agent {
             listen: ports.first().map(|p| std::net::SocketAddr::new(ip, *p)),
             network: false,
             logs,
+            kv: None,
         };
         let mut task = match self.wasm.start(&prepared, spec).await {
             Ok(t) => t,

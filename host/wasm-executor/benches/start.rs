@@ -20,6 +20,7 @@ fn spec(args: &[&str], listen: Option<std::net::SocketAddr>) -> TaskSpec {
         listen,
         network: false,
         logs: TaskLogs::new(4096),
+        kv: None,
     }
 }
 

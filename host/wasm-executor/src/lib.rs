@@ -14,7 +14,8 @@
 //! stderr captured into [`TaskLogs`] (bounded: the tail is kept, what falls off is counted), a
 //! memory cap, and cooperative scheduling: the task yields to the agent's other work every epoch
 //! tick (10 ms), so a spinning task cannot starve the agent. [`RunningTask::kill`] stops a task at
-//! its next tick.
+//! its next tick. A task whose spec names a [`TaskKvAccess`] reads and writes the state store
+//! through `wasi:keyvalue` (see [`kv`]); without one, every bucket it opens is denied.
 //!
 //! What this crate must never do: share a [`wasmtime::Store`] between tasks (or between two
 //! requests of a service), or give a task a capability its spec did not name.
@@ -32,8 +33,10 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+pub mod kv;
 mod logs;
 
+pub use kv::{MemoryTaskKv, TaskKv, TaskKvAccess};
 pub use logs::{DEFAULT_LIMIT as DEFAULT_LOG_LIMIT, LogTail, TaskLogs};
 
 /// How often the executor's epoch advances: the granularity of yielding, killing and deadlines.
@@ -137,6 +140,9 @@ pub struct TaskSpec {
     pub network: bool,
     /// Where stdout and stderr go.
     pub logs: Arc<TaskLogs>,
+    /// The state-store buckets the task may open through `wasi:keyvalue`; `None`: every `open`
+    /// is `error::access-denied`.
+    pub kv: Option<TaskKvAccess>,
 }
 
 /// Executor settings.
@@ -172,6 +178,7 @@ struct TaskState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    kv: kv::KvCtx,
     limiter: Limiter,
 }
 
@@ -219,6 +226,8 @@ impl WasmExecutor {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| setup(&e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| setup(&e))?;
+        kv::add_to_linker(&mut linker, |s: &mut TaskState| kv::KvView::new(&mut s.kv, &mut s.table))
+            .map_err(|e| setup(&e))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("shoal-wasm-epoch".into())
@@ -385,6 +394,7 @@ impl WasmExecutor {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            kv: kv::KvCtx::new(spec.kv.clone(), killed.clone(), deadline),
             limiter: Limiter { limit: spec.memory_limit, exceeded: false },
         };
         let mut store = Store::new(&self.inner.engine, state);

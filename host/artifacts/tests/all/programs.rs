@@ -257,6 +257,21 @@ fn wasm_http() {
     }
 }
 
+/// Tasks are not plugins: a command that imports `wasi:keyvalue` is refused as a plugin of any
+/// kind for what it exports, before its imports are looked at. (Its store access as a task is
+/// tested in `host/wasm-executor`.)
+#[test]
+fn wasm_kv() {
+    for kind in PluginKind::ALL {
+        let scope = PluginScope::detached(kind.as_str(), "task", "1");
+        let err = AnyPlugin::load(runtime(), kind, shoal_artifacts::WASM_KV, scope, kind.default_limits())
+            .err()
+            .expect("a command is no plugin");
+        assert!(matches!(&err, LoadError::WrongWorld { .. }), "{kind:?}: {err}");
+        assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+    }
+}
+
 #[test]
 fn keeper_framework() {
     use shoal_abi::scheduling::{OfferInfo, Operation};

@@ -1,9 +1,12 @@
-//! The Wasm executor runs real components: the `wasm-command` and `wasm-http` test programs.
+//! The Wasm executor runs real components: the `wasm-command`, `wasm-http` and `wasm-kv` test
+//! programs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_wasm_executor::{ExecError, ExecutorConfig, Exit, TaskKind, TaskLogs, TaskSpec, WasmExecutor};
+use shoal_wasm_executor::{
+    ExecError, ExecutorConfig, Exit, MemoryTaskKv, TaskKind, TaskKv, TaskKvAccess, TaskLogs, TaskSpec, WasmExecutor,
+};
 
 fn executor(request_timeout: Duration) -> WasmExecutor {
     WasmExecutor::new(ExecutorConfig { cache_dir: None, request_timeout }).expect("executor")
@@ -19,6 +22,7 @@ fn spec(id: &str, args: &[&str], logs: &Arc<TaskLogs>) -> TaskSpec {
         listen: None,
         network: false,
         logs: logs.clone(),
+        kv: None,
     }
 }
 
@@ -161,4 +165,170 @@ fn what_is_not_a_task_is_refused_with_a_reason() {
     assert!(matches!(err, ExecError::Invalid(_)), "{err}");
     let err = exec.prepare(shoal_artifacts::ROUND_ROBIN).err().expect("a plugin is not a task");
     assert!(matches!(&err, ExecError::NotATask(m) if m.contains("shoal:plugin/routing")), "{err}");
+}
+
+/// Run the `wasm-kv` program once with `args`, the bucket `BUCKET` names and `kv` as its access;
+/// returns how it ended and its stdout.
+async fn kv_task(exec: &WasmExecutor, kv: Option<TaskKvAccess>, bucket: &str, args: &[&str]) -> (Exit, String) {
+    let prepared = exec.prepare(shoal_artifacts::WASM_KV).expect("prepare");
+    let logs = TaskLogs::new(64 << 10);
+    let mut s = spec("kv-task", args, &logs);
+    s.env.push(("BUCKET".into(), bucket.into()));
+    s.kv = kv;
+    let mut task = exec.start(&prepared, s).await.expect("start");
+    let exit = finish(&mut task).await;
+    let stderr = String::from_utf8_lossy(&logs.stderr().bytes).into_owned();
+    assert!(stderr.is_empty(), "{args:?} wrote to stderr: {stderr}");
+    (exit, String::from_utf8_lossy(&logs.stdout().bytes).into_owned())
+}
+
+fn access(kv: &Arc<MemoryTaskKv>, buckets: &[&str]) -> Option<TaskKvAccess> {
+    Some(TaskKvAccess { backend: kv.clone(), buckets: buckets.iter().map(|b| b.to_string()).collect() })
+}
+
+#[tokio::test]
+async fn tasks_keep_their_state_in_the_backend_between_runs() {
+    let exec = executor(Duration::from_secs(5));
+    let kv = Arc::new(MemoryTaskKv::new());
+    let run = |args: &'static [&'static str]| {
+        let (exec, access) = (exec.clone(), access(&kv, &["tasks", "other"]));
+        async move { kv_task(&exec, access, "tasks", args).await }
+    };
+    let ok = |out: &str| (Exit::Code(0), out.to_owned());
+
+    assert_eq!(run(&["get", "greeting"]).await, ok("(none)\n"));
+    assert_eq!(run(&["set", "greeting", "ahoy"]).await, ok("ok\n"));
+    // A second task, a fresh instance: what it reads comes from the backend.
+    assert_eq!(run(&["get", "greeting"]).await, ok("ahoy\n"));
+    assert_eq!(kv.get("tasks", "greeting").await, Ok(Some(b"ahoy".to_vec())));
+    assert_eq!(kv.get("other", "greeting").await, Ok(None), "buckets are separate");
+    assert_eq!(run(&["exists", "greeting"]).await, ok("true\n"));
+    assert_eq!(run(&["delete", "greeting"]).await, ok("ok\n"));
+    assert_eq!(run(&["exists", "greeting"]).await, ok("false\n"));
+
+    // Counters: decimal text, absent counts as 0.
+    assert_eq!(run(&["incr", "runs"]).await, ok("1\n"));
+    assert_eq!(run(&["incr", "runs", "41"]).await, ok("42\n"));
+    assert_eq!(kv.get("tasks", "runs").await, Ok(Some(b"42".to_vec())));
+    assert_eq!(run(&["set", "word", "ahoy"]).await, ok("ok\n"));
+    let (exit, out) = run(&["incr", "word"]).await;
+    assert_eq!(exit, Exit::Code(1));
+    assert!(out.starts_with("error: other: the value is not a counter"), "{out}");
+
+    // Batches.
+    assert_eq!(run(&["set-many", "a=1", "b=2"]).await, ok("ok\n"));
+    assert_eq!(run(&["get-many", "a", "b", "c"]).await, ok("a=1\nb=2\nc: (none)\n"));
+    assert_eq!(run(&["delete-many", "a", "c"]).await, ok("ok\n"));
+    assert_eq!(run(&["get-many", "a", "b"]).await, ok("a: (none)\nb=2\n"));
+}
+
+#[tokio::test]
+async fn list_keys_follows_cursors_across_pages() {
+    let exec = executor(Duration::from_secs(5));
+    // Two keys a page, so five keys take three pages and two cursors.
+    let kv = Arc::new(MemoryTaskKv::with_page_size(2));
+    for key in ["k1", "k2", "k3", "k4", "k5"] {
+        kv.set("tasks", key, b"v".to_vec()).await.expect("set");
+    }
+    let (exit, out) = kv_task(&exec, access(&kv, &["tasks"]), "tasks", &["list"]).await;
+    assert_eq!((exit, out.as_str()), (Exit::Code(0), "k1\nk2\nk3\nk4\nk5\npages: 3\n"));
+    // An empty bucket is one empty page.
+    let (exit, out) = kv_task(&exec, access(&kv, &["empty"]), "empty", &["list"]).await;
+    assert_eq!((exit, out.as_str()), (Exit::Code(0), "pages: 1\n"));
+    // A cursor the host never handed out is an error, not a trap.
+    let (exit, out) = kv_task(&exec, access(&kv, &["tasks"]), "tasks", &["forge-cursor", "99"]).await;
+    assert_eq!(exit, Exit::Code(1));
+    assert!(out.starts_with("error: other: unknown cursor 99"), "{out}");
+}
+
+#[tokio::test]
+async fn only_the_buckets_the_spec_lists_open() {
+    let exec = executor(Duration::from_secs(5));
+    let kv = Arc::new(MemoryTaskKv::new());
+    kv.set("secret", "k", b"hidden".to_vec()).await.expect("set");
+    let listed = access(&kv, &["tasks"]);
+    assert_eq!(kv_task(&exec, listed.clone(), "tasks", &["open-denied", "secret"]).await.0, Exit::Code(0));
+    let denied = (Exit::Code(1), "error: access-denied\n".to_owned());
+    assert_eq!(kv_task(&exec, listed.clone(), "secret", &["get", "k"]).await, denied);
+    // Identifiers are compared exactly.
+    assert_eq!(kv_task(&exec, listed, "tasks ", &["get", "k"]).await, denied);
+
+    // Without a backend, every bucket is denied alike.
+    assert_eq!(kv_task(&exec, None, "tasks", &["get", "k"]).await, denied);
+    assert_eq!(kv_task(&exec, None, "tasks", &["set", "k", "v"]).await, denied);
+    assert_eq!(kv_task(&exec, None, "tasks", &["open-denied", "tasks"]).await, (Exit::Code(0), "denied\n".into()));
+}
+
+#[tokio::test]
+async fn oversized_keys_and_values_are_errors_not_traps() {
+    let exec = executor(Duration::from_secs(5));
+    let kv = Arc::new(MemoryTaskKv::new());
+    let at = |args: Vec<String>| {
+        let (exec, access) = (exec.clone(), access(&kv, &["tasks"]));
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kv_task(&exec, access, "tasks", &args).await
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // Exactly the limit is fine; one byte more is refused and writes nothing.
+    assert_eq!(at(args(&["set-big", "big", "1048576"])).await.0, Exit::Code(0));
+    assert_eq!(kv.get("tasks", "big").await.expect("get").map(|v| v.len()), Some(1 << 20));
+    let (exit, out) = at(args(&["set-big", "bigger", "1048577"])).await;
+    assert_eq!(exit, Exit::Code(1));
+    assert_eq!(out, "error: other: value of 1048577 bytes is over the limit of 1048576 bytes\n");
+    assert_eq!(kv.get("tasks", "bigger").await, Ok(None));
+
+    let long = "k".repeat(1025);
+    let (exit, out) = at(vec!["set".into(), long.clone(), "v".into()]).await;
+    assert_eq!(exit, Exit::Code(1));
+    assert_eq!(out, "error: other: key of 1025 bytes is over the limit of 1024 bytes\n");
+    let (exit, out) = at(vec!["get".into(), long]).await;
+    assert_eq!((exit, out.starts_with("error: other: key of 1025 bytes")), (Exit::Code(1), true), "{out}");
+    let (exit, out) = at(args(&["get", ""])).await;
+    assert_eq!((exit, out.as_str()), (Exit::Code(1), "error: other: empty key\n"));
+
+    // A batch is checked whole: one bad key and nothing is written.
+    let (exit, out) = at(args(&["set-many", "fine=1", "=2"])).await;
+    assert_eq!((exit, out.as_str()), (Exit::Code(1), "error: other: empty key\n"));
+    assert_eq!(kv.get("tasks", "fine").await, Ok(None));
+}
+
+/// A backend that never answers: the state store is unreachable.
+struct Hanging;
+
+#[async_trait::async_trait]
+impl TaskKv for Hanging {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+        std::future::pending().await
+    }
+    async fn set(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), String> {
+        std::future::pending().await
+    }
+    async fn delete(&self, _: &str, _: &str) -> Result<(), String> {
+        std::future::pending().await
+    }
+    async fn list_keys(&self, _: &str, _: Option<&str>) -> Result<(Vec<String>, Option<String>), String> {
+        std::future::pending().await
+    }
+    async fn increment(&self, _: &str, _: &str, _: u64) -> Result<u64, String> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_task_waiting_on_the_store_can_still_be_killed() {
+    let exec = executor(Duration::from_secs(5));
+    let prepared = exec.prepare(shoal_artifacts::WASM_KV).expect("prepare");
+    let logs = TaskLogs::new(4096);
+    let mut s = spec("stuck", &["get", "k"], &logs);
+    s.kv = Some(TaskKvAccess { backend: Arc::new(Hanging), buckets: vec!["tasks".into()] });
+    let mut task = exec.start(&prepared, s).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(task.try_exit().is_none(), "the task waits for the store");
+    let killed = Instant::now();
+    task.kill();
+    assert_eq!(finish(&mut task).await, Exit::Killed);
+    assert!(killed.elapsed() < Duration::from_secs(1), "killed only after {:?}", killed.elapsed());
 }
