@@ -10,6 +10,7 @@ use std::time::Duration;
 mod apps;
 mod master;
 mod services;
+mod store;
 mod tasks;
 mod tidy;
 

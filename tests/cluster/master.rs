@@ -17,10 +17,16 @@ pub(crate) struct Master {
 
 impl Master {
     pub fn start(nats: &str, data: &std::path::Path) -> Master {
+        Self::start_with(nats, data, &[])
+    }
+
+    /// `shoal master` with extra flags.
+    pub fn start_with(nats: &str, data: &std::path::Path, extra: &[&str]) -> Master {
         let mut child = Command::new(shoal())
             .args(["master", "--nats", nats, "--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
             .args(["--allocation-interval-ms", "300", "--data-dir"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

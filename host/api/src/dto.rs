@@ -216,6 +216,7 @@ impl Modify for BearerAuth {
         crate::plugins::activate, crate::plugins::rollback, crate::plugins::download,
         crate::events::stream, crate::auth::issue,
         crate::kv::get, crate::kv::put, crate::kv::delete, crate::kv::list, crate::kv::batch,
+        crate::kv::status, crate::kv::scale_out, crate::kv::scale_in,
         crate::services::list, crate::services::show, crate::services::watch, crate::services::register,
         crate::services::heartbeat, crate::services::deregister, crate::services::list_routes,
         crate::services::show_route, crate::services::put_route, crate::services::delete_route,
@@ -225,7 +226,7 @@ impl Modify for BearerAuth {
         crate::cluster::get_artifact, crate::cluster::get_allocator, crate::cluster::put_allocator,
     ),
     components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse,
-        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse, crate::cluster::AllocatorChoice)),
+        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse, crate::kv::ScaleOutRequest, crate::cluster::AllocatorChoice)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

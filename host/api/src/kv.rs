@@ -5,11 +5,18 @@
 //!   compare-and-set (0 = create only if absent), `ttl` expires it after `S` seconds;
 //! - `DELETE /v1/kv/{ns}/{*key}?version=N`;
 //! - `GET /v1/kv/{ns}?prefix=&cursor=&limit=`: a page of entries, in key order, across shards;
-//! - `POST /v1/kv/{ns}`: a JSON batch.
+//! - `POST /v1/kv/{ns}`: a JSON batch;
+//! - watches: `?index=N&wait=S` on a key or a listing is a blocking query (Consul's): it answers
+//!   once the key's version (0 = absent), or the listing's `X-Shoal-Index`, differs from `N`, or
+//!   after `S` seconds (default 30, at most 300) with what is there then; `?watch=true` is a
+//!   Server-Sent Events stream with one event per write (`put` with the entry, `delete`);
+//! - `GET /v1/store`, `POST /v1/store/scale-out` (`{"node"?}`), `POST /v1/store/scale-in`: the
+//!   shard map, its nodes and moves (admin).
 //!
 //! An `app:<ns>` token opens only its own namespace; admin and operator tokens open every one.
-//! Store calls run on tokio's blocking pool: RocksDB blocks, and more so with synced writes.
+//! Reads and writes go through the [`StoreClient`], which routes each key to its shard's node.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +25,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use shoal_store::{Op, PutOptions, Store, StoreError};
+use shoal_bus::subject;
+use shoal_store::client::StoreClient;
+use shoal_store::coordinator::{Coordinator, ScaleError};
+use shoal_store::wire::KvChange;
+use shoal_store::{Entry, Op, PutOptions, StoreError};
 
 use crate::AppState;
 use crate::auth::Scope;
@@ -29,6 +42,24 @@ use crate::error::ApiError;
 
 /// The response header that carries an entry's version.
 pub const VERSION_HEADER: &str = "x-shoal-version";
+/// The response header that carries the index a blocking query waits on.
+pub const INDEX_HEADER: &str = "x-shoal-index";
+/// How long a blocking query waits when the caller gives no `wait`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The longest `wait` of a blocking query: longer waits outlive proxies' idle timeouts.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Query of a read: plain, blocking (`index`, `wait`) or a stream (`watch`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// Blocking query: answer once the key's version differs from this (0 = absent).
+    index: Option<u64>,
+    /// Seconds a blocking query waits at most (default 30, at most 300).
+    wait: Option<u64>,
+    /// `true`: a Server-Sent Events stream of the key's writes.
+    watch: Option<bool>,
+}
 
 /// Query of a put.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -58,9 +89,15 @@ pub struct ListQuery {
     cursor: Option<String>,
     /// Page size, 1 to 1000; default 100.
     limit: Option<usize>,
+    /// Blocking query: answer once the page's `X-Shoal-Index` differs from this.
+    index: Option<u64>,
+    /// Seconds a blocking query waits at most (default 30, at most 300).
+    wait: Option<u64>,
+    /// `true`: a Server-Sent Events stream of the writes of keys under `prefix`.
+    watch: Option<bool>,
 }
 
-fn store(state: &AppState) -> Result<Arc<Store>, ApiError> {
+fn store(state: &AppState) -> Result<Arc<StoreClient>, ApiError> {
     state.store.clone().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "this node serves no state store")
     })
@@ -79,17 +116,6 @@ fn allow(state: &AppState, headers: &HeaderMap, ns: &str) -> Result<(), ApiError
     }
 }
 
-/// Run a store call off the async threads.
-async fn blocking<T: Send + 'static>(
-    store: Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("store call failed: {e}")))?
-        .map_err(ApiError::from)
-}
-
 fn ttl(seconds: Option<u64>) -> Result<Option<Duration>, ApiError> {
     match seconds {
         Some(0) => Err(ApiError::bad_request("ttl must be at least 1 second")),
@@ -106,28 +132,148 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-/// Read a value.
-#[utoipa::path(get, path = "/v1/kv/{ns}/{key}", params(("ns" = String, Path), ("key" = String, Path, description = "the key; may contain `/`")),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, headers(("x-shoal-version" = u64))),
+/// Read a value; a blocking query with `index`, a stream of its writes with `watch=true`.
+#[utoipa::path(get, path = "/v1/kv/{ns}/{key}", params(("ns" = String, Path), ("key" = String, Path, description = "the key; may contain `/`"), GetQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, headers(("x-shoal-version" = u64), ("x-shoal-index" = u64))),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
+    q: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     allow(&state, &headers, &ns)?;
+    let q = query(q)?;
     let store = store(&state)?;
-    let (n, k) = (ns.clone(), key.clone());
-    let entry = blocking(store, move |s| s.get(&n, &k)).await?;
-    let entry = entry.ok_or_else(|| ApiError::not_found(format!("no key `{key}` in namespace `{ns}`")))?;
+    shoal_store::validate_namespace(&ns)?;
+    shoal_store::validate_key(&key)?;
+    if q.watch == Some(true) {
+        if q.index.is_some() {
+            return Err(ApiError::bad_request("`watch` streams every write; it takes no `index`"));
+        }
+        return Ok(watch_stream(state, store, ns, KeyFilter::Exact(key)).await?.into_response());
+    }
+    let entry = match q.index {
+        None => store.get(&ns, &key).await?,
+        Some(index) => {
+            let wait = wait_for(q.wait)?;
+            let mut changes = subscribe(&state, &ns).await?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let entry = store.get(&ns, &key).await?;
+                if entry.as_ref().map_or(0, |e| e.version) != index
+                    || !next_change(&mut changes, deadline, |c| c.key == key).await
+                {
+                    break entry;
+                }
+            }
+        }
+    };
+    let Some(entry) = entry else {
+        let mut response = ApiError::not_found(format!("no key `{key}` in namespace `{ns}`")).into_response();
+        response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(0u64));
+        return Ok(response);
+    };
     let mut response =
         (version_header(entry.version), [(header::CONTENT_TYPE, "application/octet-stream")], entry.value)
             .into_response();
+    response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(entry.version));
     if let Some(at) = entry.expires_at {
         response.headers_mut().insert("x-shoal-expires-at-ms", HeaderValue::from(at));
     }
     Ok(response)
+}
+
+/// Which keys a watch follows.
+#[derive(Clone)]
+enum KeyFilter {
+    Exact(String),
+    Prefix(String),
+}
+
+impl KeyFilter {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyFilter::Exact(k) => k == key,
+            KeyFilter::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+fn wait_for(seconds: Option<u64>) -> Result<Duration, ApiError> {
+    match seconds {
+        None => Ok(DEFAULT_WAIT),
+        Some(s) if Duration::from_secs(s) > MAX_WAIT => {
+            Err(ApiError::bad_request(format!("wait of {s} s is over the limit of {} s", MAX_WAIT.as_secs())))
+        }
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// The writes of namespace `ns`, subscribed before the caller reads (so none slips between).
+async fn subscribe(state: &AppState, ns: &str) -> Result<shoal_bus::Subscription, ApiError> {
+    let bus_error =
+        |e: shoal_bus::BusError| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string());
+    let subscription = state.bus.subscribe(&subject::kv_events(ns)).await.map_err(bus_error)?;
+    state.bus.flush().await.map_err(bus_error)?;
+    Ok(subscription)
+}
+
+fn change_of(message: &shoal_bus::Message) -> Option<KvChange> {
+    let event: shoal_bus::CloudEvent = serde_json::from_slice(&message.payload).ok()?;
+    serde_json::from_value(event.data).ok()
+}
+
+/// Wait for a write that `wanted` accepts; false when the deadline passed (or the bus closed).
+async fn next_change(
+    changes: &mut shoal_bus::Subscription,
+    deadline: tokio::time::Instant,
+    wanted: impl Fn(&KvChange) -> bool,
+) -> bool {
+    loop {
+        match tokio::time::timeout_at(deadline, changes.next()).await {
+            Ok(Some(message)) => {
+                if change_of(&message).is_some_and(|c| wanted(&c)) {
+                    return true;
+                }
+            }
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
+/// The SSE stream of a watch: `put` events carry the entry as it is when read, `delete` events
+/// the key and the delete's version.
+async fn watch_stream(
+    state: AppState,
+    store: Arc<StoreClient>,
+    ns: String,
+    filter: KeyFilter,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let changes = subscribe(&state, &ns).await?;
+    let events = changes
+        .filter_map(move |message| {
+            let (store, ns, filter) = (store.clone(), ns.clone(), filter.clone());
+            async move {
+                let change = change_of(&message).filter(|c| filter.matches(&c.key))?;
+                let data = if change.op == "put" {
+                    match store.get(&ns, &change.key).await {
+                        // Newer writes come with their own events; this one is what was read.
+                        Ok(Some(entry)) => serde_json::to_value(KvEntryDto::from(entry)).unwrap_or_default(),
+                        Ok(None) => return None,
+                        Err(e) => {
+                            serde_json::json!({"key": change.key, "version": change.version, "error": e.to_string()})
+                        }
+                    }
+                } else {
+                    serde_json::json!({"key": change.key, "version": change.version})
+                };
+                Some(Ok(Event::default().event(change.op).id(change.version.to_string()).data(data.to_string())))
+            }
+        })
+        .boxed();
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// Write a value: the body is the value.
@@ -148,8 +294,7 @@ pub async fn put(
     let body = body.map_err(body_error)?;
     let options = PutOptions { version: q.version, ttl: ttl(q.ttl)? };
     let store = store(&state)?;
-    let (n, k) = (ns, key.clone());
-    let version = blocking(store, move |s| s.put(&n, &k, &body, options)).await?;
+    let version = store.put(&ns, &key, &body, options).await?;
     Ok((version_header(version), Json(KvWritten { key, version })).into_response())
 }
 
@@ -167,29 +312,68 @@ pub async fn delete(
     allow(&state, &headers, &ns)?;
     let q = query(q)?;
     let store = store(&state)?;
-    let version = blocking(store, move |s| s.delete(&ns, &key, q.version)).await?;
+    let version = store.delete(&ns, &key, q.version).await?;
     Ok((StatusCode::NO_CONTENT, version_header(version)).into_response())
 }
 
-/// List entries by prefix, in key order across shards, a page at a time.
+/// List entries by prefix, in key order across shards, a page at a time; a blocking query with
+/// `index`, a stream of the writes under the prefix with `watch=true`.
 #[utoipa::path(get, path = "/v1/kv/{ns}", params(("ns" = String, Path), ListQuery),
-    responses((status = 200, body = KvList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = KvList, headers(("x-shoal-index" = u64))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(ns): Path<String>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<KvList>, ApiError> {
+) -> Result<Response, ApiError> {
     allow(&state, &headers, &ns)?;
     let q = query(q)?;
     let store = store(&state)?;
+    let prefix = q.prefix.unwrap_or_default();
     let limit = q.limit.unwrap_or(shoal_store::DEFAULT_LIST_LIMIT);
-    let page = blocking(store, move |s| {
-        s.list(&ns, q.prefix.as_deref().unwrap_or(""), q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
-    })
-    .await?;
-    Ok(Json(KvList { entries: page.entries.into_iter().map(Into::into).collect(), cursor: page.cursor }))
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    if q.watch == Some(true) {
+        if q.index.is_some() || cursor.is_some() {
+            return Err(ApiError::bad_request(
+                "`watch` streams every write under the prefix; it takes no `index` or `cursor`",
+            ));
+        }
+        shoal_store::validate_namespace(&ns)?;
+        return Ok(watch_stream(state, store, ns, KeyFilter::Prefix(prefix)).await?.into_response());
+    }
+    let page = match q.index {
+        None => store.list(&ns, &prefix, cursor.as_deref(), limit).await?,
+        Some(index) => {
+            let wait = wait_for(q.wait)?;
+            let mut changes = subscribe(&state, &ns).await?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let page = store.list(&ns, &prefix, cursor.as_deref(), limit).await?;
+                if page_index(&page.entries) != index
+                    || !next_change(&mut changes, deadline, |c| c.key.starts_with(prefix.as_str())).await
+                {
+                    break page;
+                }
+            }
+        }
+    };
+    let index = page_index(&page.entries);
+    let body = KvList { entries: page.entries.into_iter().map(Into::into).collect(), cursor: page.cursor };
+    Ok(([(header::HeaderName::from_static(INDEX_HEADER), HeaderValue::from(index))], Json(body)).into_response())
+}
+
+/// The index of a page: a hash of its keys and versions (FNV-1a 64), so it changes whenever an
+/// entry of the page is written, added or removed. Never 0, which a caller may use for "nothing
+/// seen yet".
+fn page_index(entries: &[Entry]) -> u64 {
+    let mut bytes = Vec::with_capacity(entries.len() * 24);
+    for e in entries {
+        bytes.extend_from_slice(e.key.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&e.version.to_be_bytes());
+    }
+    shoal_store::hash::fnv1a64(&bytes).max(1)
 }
 
 /// Apply a batch of puts and deletes: all of them or none (see the store's documentation for
@@ -217,7 +401,7 @@ pub async fn batch(
         });
     }
     let store = store(&state)?;
-    let versions = blocking(store, move |s| s.batch(&ns, ops)).await?;
+    let versions = store.batch(&ns, ops).await?;
     Ok(Json(KvBatchResponse { versions }))
 }
 
@@ -246,6 +430,11 @@ impl From<StoreError> for ApiError {
             StoreError::Config(_) | StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }
+            StoreError::NotOwner { .. } | StoreError::Moving | StoreError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable")
+            }
+            StoreError::Partial { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "batch_partly_applied"),
+            StoreError::Protocol(_) => (StatusCode::BAD_GATEWAY, "store_protocol"),
         };
         ApiError::new(status, code, message)
     }
@@ -258,5 +447,61 @@ impl From<shoal_store::Entry> for KvEntryDto {
             Err(bytes) => (None, Some(hex::encode(bytes.into_bytes()))),
         };
         KvEntryDto { key: e.key, version: e.version, value, value_base16, expires_at_ms: e.expires_at }
+    }
+}
+
+fn coordinator(state: &AppState) -> Result<Arc<Coordinator>, ApiError> {
+    state.store_coordinator.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_master", "this node does not own the store's shard map")
+    })
+}
+
+/// The store: its shard map, its nodes, the move in progress and the last one.
+#[utoipa::path(get, path = "/v1/store", responses((status = 200, description = "`{map, nodes, moving, last_move}`"), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth.reader(&headers)?;
+    Ok(Json(coordinator(&state)?.status()).into_response())
+}
+
+/// `POST /v1/store/scale-out`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleOutRequest {
+    /// The store node that gets the new shard (default: the live one with the fewest).
+    pub node: Option<String>,
+}
+
+/// Grow the store by one shard, moving the keys whose jump hash changes (about 1/(N+1)) while
+/// reads and writes go on. Answers at once with the move; follow it with `GET /v1/store` or the
+/// `shoal.evt.store.move.*` events.
+#[utoipa::path(post, path = "/v1/store/scale-out", request_body = ScaleOutRequest,
+    responses((status = 202, description = "the move, started"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn scale_out(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    state.auth.admin(&headers)?;
+    let request: ScaleOutRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ScaleOutRequest::default()
+    } else {
+        crate::error::json_body(&body)?
+    };
+    let started = coordinator(&state)?.scale_out(request.node).map_err(scale_error)?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+/// Remove the last shard, moving its keys to the others, online.
+#[utoipa::path(post, path = "/v1/store/scale-in",
+    responses((status = 202, description = "the move, started"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn scale_in(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth.admin(&headers)?;
+    let started = coordinator(&state)?.scale_in().map_err(scale_error)?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+fn scale_error(e: ScaleError) -> ApiError {
+    match e {
+        ScaleError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "move_in_progress", e.to_string()),
+        ScaleError::Invalid(_) => ApiError::bad_request(e.to_string()),
     }
 }

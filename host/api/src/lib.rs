@@ -4,7 +4,8 @@
 //! - [`error`] owns the one error shape, `{"error": {"code", "message"}}`, and its status codes;
 //! - [`auth`] owns bearer tokens and scopes (admin for plugins and cluster, operator for apps,
 //!   app for one KV namespace);
-//! - [`kv`] serves the state store's key-value API under `/v1/kv`;
+//! - [`kv`] serves the state store's key-value API under `/v1/kv` and its shard map under
+//!   `/v1/store`;
 //! - [`services`] serves the service registry (`/v1/services`) and the gateway's routes
 //!   (`/v1/routes`);
 //! - handlers validate every input at the edge and change nothing when they answer 4xx.
@@ -36,7 +37,6 @@ use axum::routing::{any, get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shoal_bus::SharedBus;
 use shoal_registry::Registry;
-use shoal_store::Store;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -54,8 +54,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Largest accepted plugin upload, in bytes.
     pub max_upload: usize,
-    /// The state store this node serves, if any (without one, `/v1/kv` answers 503).
-    pub store: Option<Arc<Store>>,
+    /// The state store's client, if this node serves `/v1/kv` (without one, it answers 503).
+    pub store: Option<Arc<shoal_store::client::StoreClient>>,
+    /// The store's shard map owner, if this node is the master (without, `/v1/store` answers 503).
+    pub store_coordinator: Option<Arc<shoal_store::coordinator::Coordinator>>,
     /// The service registry, if this node runs it (without one, `/v1/services` answers 503).
     pub discovery: Option<Arc<shoal_discovery::Discovery>>,
     /// The gateway's routes, if this node runs a gateway (without, `/v1/routes` answers 503).
@@ -101,6 +103,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(auth::issue))
         .route("/v1/kv/{ns}", get(kv::list).post(kv::batch))
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/store", get(kv::status))
+        .route("/v1/store/scale-out", post(kv::scale_out))
+        .route("/v1/store/scale-in", post(kv::scale_in))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::show))
         .route("/v1/allocator", get(cluster::get_allocator).put(cluster::put_allocator))

@@ -27,7 +27,13 @@
 //! | `shoal.evt.gateway.<route>.<action>` | [`gateway_event`] | the gateway served a route with its `fallback` rule, or `ejected` an endpoint |
 //! | `shoal.evt.offer.<framework>.<action>` | [`offer_event`] | an offer was `made`, `refused` (an allocator proposal that breaks the rules) or `rescinded` (its agent was lost) |
 //! | `shoal.evt.health.<service>.<action>` | [`health_event`] | a health check of an instance of `<service>` turned `passing`, `critical` or `unknown`, or `failed` (reached its failure limit) |
-//! | `shoal.evt.store.shardmap` | [`STORE_SHARDMAP`] | the store's shard map changed |
+//! | `shoal.evt.store.shardmap` | [`STORE_SHARDMAP`] | the store's shard map changed (the data is the new map) |
+//! | `shoal.evt.kv.<namespace>.<action>` | [`kv_event`] | a key of the state store was written: `put` or `delete` (the data names the key and its version) |
+//! | `shoal.evt.store.move.<action>` | [`store_move_event`] | a move of keys between store shards `started`, made `progress`, `finished` or `failed` |
+//! | `shoal.ctl.store.register` | [`STORE_REGISTER`] | request: a store node registers (and re-registers, as a heartbeat) with the master; the reply is the shard map |
+//! | `shoal.ctl.store.map` | [`STORE_MAP`] | request: the current shard map, from the master |
+//! | `shoal.ctl.store.progress` | [`STORE_PROGRESS`] | a store node reports keys copied by a move |
+//! | `shoal.ctl.store.node.<id>` | [`store_node`] | request: reads, writes and move steps for store node `<id>` (binary, see `shoal_store::wire`) |
 //! | `shoal.ctl.>` | [`CONTROL_ALL`] | filter: every control message (reserved for the roles) |
 //! | `shoal.ctl.agent.register` | [`AGENT_REGISTER`] | request: an agent registers with the master |
 //! | `shoal.ctl.agent.<id>.heartbeat` | [`agent_heartbeat`] | an agent's periodic heartbeat |
@@ -63,6 +69,12 @@ pub const TASK_EVENTS_ALL: &str = "shoal.evt.task.>";
 pub const SERVICE_EVENTS_ALL: &str = "shoal.evt.service.>";
 /// Published when the state store's shard map changes.
 pub const STORE_SHARDMAP: &str = "shoal.evt.store.shardmap";
+/// Request subject on which store nodes register with the master.
+pub const STORE_REGISTER: &str = "shoal.ctl.store.register";
+/// Request subject on which the master answers with the current shard map.
+pub const STORE_MAP: &str = "shoal.ctl.store.map";
+/// Store nodes report the progress of a move here.
+pub const STORE_PROGRESS: &str = "shoal.ctl.store.progress";
 /// Filter matching every control message.
 pub const CONTROL_ALL: &str = "shoal.ctl.>";
 /// Request subject on which agents register with the master.
@@ -289,6 +301,26 @@ pub fn app_event(id: &str, action: &str) -> String {
 /// `shoal.evt.job.<id>.<action>`.
 pub fn job_event(id: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.job.{}.{}", token(id), token(action))
+}
+
+/// `shoal.ctl.store.node.<id>`: requests to store node `id`.
+pub fn store_node(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.store.node.{}", token(id))
+}
+
+/// `shoal.evt.kv.<namespace>.<action>`: a write of a key in the state store.
+pub fn kv_event(namespace: &str, action: &str) -> String {
+    format!("{EVENTS_PREFIX}.kv.{}.{}", token(namespace), token(action))
+}
+
+/// `shoal.evt.kv.<namespace>.*`: every write in one namespace of the state store.
+pub fn kv_events(namespace: &str) -> String {
+    format!("{EVENTS_PREFIX}.kv.{}.*", token(namespace))
+}
+
+/// `shoal.evt.store.move.<action>`.
+pub fn store_move_event(action: &str) -> String {
+    format!("{EVENTS_PREFIX}.store.move.{}", token(action))
 }
 
 /// `shoal.ctl.agent.<id>.heartbeat`.

@@ -15,6 +15,7 @@ use crate::node::{NodeConfig, NodeInfo};
 mod cluster;
 mod plugin_sdk;
 mod services;
+mod store;
 
 /// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
 #[derive(Parser, Debug)]
@@ -42,9 +43,12 @@ enum Command {
     /// Watch the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Read and write the state store.
+    /// Read, write and watch the state store.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Run a store node on a NATS bus (`shoal store --nats URL --id s1`), or show and resize the
+    /// store (`shoal store status|scale-out|scale-in`).
+    Store(store::StoreCli),
     /// Discover services and register external instances.
     #[command(subcommand)]
     Service(services::ServiceCommand),
@@ -82,7 +86,8 @@ struct DevArgs {
     /// Use this NATS server (e.g. nats://127.0.0.1:4222) instead of the in-process bus.
     #[arg(long)]
     nats: Option<String>,
-    /// Shards of the state store; fixed when the store is created (under <data-dir>/store).
+    /// Shards of a new state store (under <data-dir>/store); later, `shoal store scale-out`
+    /// and `scale-in` change the count online.
     #[arg(long, default_value_t = shoal_store::DEFAULT_SHARDS)]
     shards: u32,
     /// fsync the state store's write-ahead log on every write (survives power loss); without it
@@ -128,6 +133,18 @@ struct MasterArgs {
     /// Milliseconds between allocation cycles (changes also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
+    /// Shards of a new state store (the master owns the shard map; nodes serve the shards).
+    #[arg(long, default_value_t = shoal_store::DEFAULT_SHARDS)]
+    shards: u32,
+    /// Serve no shards in the master's process: only `shoal store` nodes do.
+    #[arg(long)]
+    no_store: bool,
+    /// Id of the master's own store node.
+    #[arg(long, default_value = "master")]
+    store_id: String,
+    /// fsync the master's store node's write-ahead log on every write.
+    #[arg(long)]
+    sync: bool,
 }
 
 #[derive(Args, Debug)]
@@ -344,6 +361,19 @@ enum KvCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print every write of a key, or of the keys under a prefix (`--prefix`), as it happens:
+    /// one JSON line each (`{"op", "key", "version", "value"?}`).
+    Watch {
+        /// Namespace.
+        ns: String,
+        /// The key (or, with `--prefix`, the prefix; empty for the whole namespace).
+        key: Option<String>,
+        /// Watch every key starting with the argument.
+        #[arg(long)]
+        prefix: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List keys (and versions) by prefix, in key order, following every page.
     Ls {
         /// Namespace.
@@ -365,6 +395,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin(cmd).await,
         Command::Events(EventsCommand::Tail { subject, remote }) => tail(subject, remote).await,
         Command::Kv(cmd) => kv(cmd).await,
+        Command::Store(cli) => store::store(cli).await,
         Command::Service(cmd) => services::service(cmd).await,
         Command::Route(cmd) => services::route(cmd).await,
         Command::Gateway(args) => gateway(args).await,
@@ -387,6 +418,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         nats: args.nats,
         default_plugins: true,
         store: shoal_store::StoreConfig { shards: args.shards, durability },
+        store_node: Some("local".into()),
         gateway: (!args.no_gateway).then_some(args.gateway),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: Some(crate::node::local_agent(
@@ -423,7 +455,11 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
         listen: args.listen,
         nats: Some(args.nats),
         default_plugins: true,
-        store: shoal_store::StoreConfig::default(),
+        store: shoal_store::StoreConfig {
+            shards: args.shards,
+            durability: if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal },
+        },
+        store_node: (!args.no_store).then_some(args.store_id),
         gateway: args.gateway,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: None,
@@ -555,6 +591,15 @@ impl Client {
     /// Follow a Server-Sent Events stream until it ends, handing `on_data` the `data:` of each
     /// event.
     async fn each_event(&self, request: reqwest::RequestBuilder, mut on_data: impl FnMut(&str)) -> anyhow::Result<()> {
+        self.each_event_named(request, |_, data| on_data(data)).await
+    }
+
+    /// Like [`Client::each_event`], with each event's name (`event:`; empty when unnamed).
+    async fn each_event_named(
+        &self,
+        request: reqwest::RequestBuilder,
+        mut on_event: impl FnMut(&str, &str),
+    ) -> anyhow::Result<()> {
         let response = request
             .bearer_auth(&self.token)
             .send()
@@ -563,17 +608,23 @@ impl Client {
         if !response.status().is_success() {
             let status = response.status();
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
+            bail!("{status}: {}", error_message(&body).unwrap_or_else(|| "request failed".into()));
         }
         let mut stream = response.bytes_stream();
         let mut buffer = Vec::new();
+        let mut name = String::new();
         while let Some(chunk) = stream.next().await {
             buffer.extend_from_slice(&chunk?);
             while let Some(pos) = buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=pos).collect();
                 let line = String::from_utf8_lossy(&line);
-                if let Some(data) = line.trim_end().strip_prefix("data:") {
-                    on_data(data.trim_start());
+                let line = line.trim_end();
+                if let Some(event) = line.strip_prefix("event:") {
+                    name = event.trim_start().to_owned();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    on_event(&name, data.trim_start());
+                } else if line.is_empty() {
+                    name.clear();
                 }
             }
         }
@@ -788,6 +839,28 @@ async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
             }
             client.send_raw(request).await?;
             println!("deleted {ns}/{key}");
+        }
+        KvCommand::Watch { ns, key, prefix, remote } => {
+            let client = Client::new(remote)?;
+            let request = match (prefix, key) {
+                (true, key) => client
+                    .http
+                    .get(client.kv_url(&ns, None)?)
+                    .query(&[("watch", "true"), ("prefix", key.as_deref().unwrap_or(""))]),
+                (false, Some(key)) => client.http.get(client.kv_url(&ns, Some(&key))?).query(&[("watch", "true")]),
+                (false, None) => bail!("name a key, or pass --prefix (with an optional prefix)"),
+            };
+            let mut op = String::new();
+            client
+                .each_event_named(request, |event, data| {
+                    op = event.to_owned();
+                    let mut v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("op".into(), Value::String(op.clone()));
+                    }
+                    println!("{v}");
+                })
+                .await?;
         }
         KvCommand::Ls { ns, prefix, page, remote } => {
             let client = Client::new(remote)?;

@@ -16,7 +16,7 @@ use shoal_discovery::Discovery;
 use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Routes};
 use shoal_registry::{Registry, RegistryConfig, RegistryEvent};
 use shoal_runtime::{Runtime, RuntimeConfig};
-use shoal_store::{Store, StoreConfig, Sweeper};
+use shoal_store::StoreConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -31,8 +31,11 @@ pub struct NodeConfig {
     pub nats: Option<String>,
     /// Register the default plugins when they are missing.
     pub default_plugins: bool,
-    /// The state store under `<data_dir>/store`: shard count and sync policy.
+    /// The state store: shard count of a new store and sync policy of this node's shards.
     pub store: StoreConfig,
+    /// Serve shards of the state store in this process under this node id (data under
+    /// `<data_dir>/store`); `None` leaves the shards to `shoal store` processes.
+    pub store_node: Option<String>,
     /// Address of the gateway (reverse proxy); `None` runs no gateway.
     pub gateway: Option<SocketAddr>,
     /// Time without a heartbeat after which the master declares an agent lost.
@@ -212,8 +215,27 @@ pub async fn run(
         register_defaults(&registry).await?;
     }
 
-    let store = Store::open(&config.data_dir.join("store"), config.store.clone()).context("opening the state store")?;
-    let _sweeper = Sweeper::spawn(&store, shoal_store::DEFAULT_SWEEP_INTERVAL);
+    // The store's shard map lives with the master; the node's shards (when it serves any) under
+    // `store/`, where a store made by an earlier version (every shard in one process) is found
+    // as it is.
+    let store = shoal_store::service::start(
+        bus.clone(),
+        shoal_store::service::ServiceOptions {
+            node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
+                id: id.clone(),
+                dir: config.data_dir.join("store"),
+                durability: config.store.durability,
+            }),
+            coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
+                path: config.data_dir.join("store-map.json"),
+                initial_shards: config.store.shards,
+                auto_scale_out: true,
+                source: "/shoal/master/store".into(),
+            }),
+        },
+    )
+    .await
+    .context("starting the state store")?;
 
     let discovery = Arc::new(Discovery::default());
     tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
@@ -310,7 +332,8 @@ pub async fn run(
         bus,
         auth: Arc::new(auth),
         max_upload,
-        store: Some(store),
+        store: Some(store.client.clone()),
+        store_coordinator: store.coordinator.clone(),
         discovery: Some(discovery),
         routes: Some(routes),
         master: Some(master),
@@ -352,13 +375,7 @@ pub fn local_agent(
     resources: Option<&str>,
     attributes: &[String],
 ) -> anyhow::Result<shoal_master::AgentRegistration> {
-    let hostname = hostname.filter(|h| !h.is_empty()).unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    });
+    let hostname = hostname.filter(|h| !h.is_empty()).unwrap_or_else(host_name);
     let resources = match resources {
         Some(text) => shoal_master::Resources::parse(text)?,
         None => {
@@ -380,15 +397,23 @@ pub fn local_agent(
         let (k, v) = a.split_once('=').with_context(|| format!("attribute `{a}` is not name=value"))?;
         attrs.insert(k.to_owned(), v.to_owned());
     }
-    let id = id.unwrap_or_else(|| {
-        let cleaned: String = hostname
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(63)
-            .collect();
-        cleaned.trim_matches('-').to_owned()
-    });
+    let id = id.unwrap_or_else(|| clean_id(&hostname));
     shoal_master::validate_agent_id(&id).map_err(anyhow::Error::msg)?;
     Ok(shoal_master::AgentRegistration { id, hostname, address, attributes: attrs, resources, tasks: Vec::new() })
+}
+
+/// This machine's host name (`localhost` when the kernel does not say).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A host name as an id: lower case, `[a-z0-9-]`, at most 63 characters.
+pub fn clean_id(name: &str) -> String {
+    let cleaned: String =
+        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(63).collect();
+    cleaned.trim_matches('-').to_owned()
 }

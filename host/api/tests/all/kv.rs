@@ -28,8 +28,8 @@ fn json_of(body: &[u8]) -> Value {
 }
 
 /// Every live entry of `ns` straight from the store: (key, value, version).
-fn dump(s: &Server, ns: &str) -> Vec<(String, Vec<u8>, u64)> {
-    let page = s.store.list(ns, "", None, 1000).expect("list");
+async fn dump(s: &Server, ns: &str) -> Vec<(String, Vec<u8>, u64)> {
+    let page = s.store.list(ns, "", None, 1000).await.expect("list");
     page.entries.into_iter().map(|e| (e.key, e.value, e.version)).collect()
 }
 
@@ -64,7 +64,7 @@ async fn kv_get_put_delete_with_versions_and_cas() {
 
     // Percent-encoded keys round-trip.
     assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/a%20b%3Fc", ADMIN, b"q").await.0, StatusCode::OK);
-    assert_eq!(s.store.get("shop", "a b?c").expect("get").expect("present").value, b"q");
+    assert_eq!(s.store.get("shop", "a b?c").await.expect("get").expect("present").value, b"q");
 
     // Delete: CAS, then plain, then missing.
     assert_error(&s.req(Method::DELETE, &path, Some(ADMIN), None).await, StatusCode::CONFLICT, "version_conflict");
@@ -141,7 +141,7 @@ async fn kv_batches_apply_all_or_nothing() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["versions"].as_array().expect("versions").len(), 3);
     let a = body["versions"][0].as_u64().expect("version");
-    let before = dump(&s, "shop");
+    let before = dump(&s, "shop").await;
 
     let refused: Vec<(Value, StatusCode, &str)> = vec![
         (
@@ -182,12 +182,12 @@ async fn kv_batches_apply_all_or_nothing() {
         assert_error(&s.post("/v1/kv/shop", batch.to_string().as_bytes()).await, status, code);
     }
     assert_error(&s.post("/v1/kv/shop", b"{").await, StatusCode::BAD_REQUEST, "bad_request");
-    assert_eq!(dump(&s, "shop"), before, "a refused batch wrote something");
+    assert_eq!(dump(&s, "shop").await, before, "a refused batch wrote something");
 
     let batch =
         json!({ "ops": [{ "op": "delete", "key": "a", "version": a }, { "op": "put", "key": "d", "value": "4" }] });
     assert_eq!(s.post("/v1/kv/shop", batch.to_string().as_bytes()).await.0, StatusCode::OK);
-    let keys: Vec<String> = dump(&s, "shop").into_iter().map(|e| e.0).collect();
+    let keys: Vec<String> = dump(&s, "shop").await.into_iter().map(|e| e.0).collect();
     assert_eq!(keys, ["b", "c", "d"]);
 }
 
@@ -195,7 +195,7 @@ async fn kv_batches_apply_all_or_nothing() {
 async fn kv_bad_input_gets_a_clear_4xx_and_writes_nothing() {
     let s = Server::start().await;
     assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/a", ADMIN, b"1").await.0, StatusCode::OK);
-    let before = dump(&s, "shop");
+    let before = dump(&s, "shop").await;
     let long_key = "k".repeat(shoal_store::MAX_KEY_LEN + 1);
     let big = vec![b'x'; shoal_store::MAX_VALUE_LEN + 1];
     let cases: Vec<(Method, String, Vec<u8>, StatusCode, &str)> = vec![
@@ -223,7 +223,7 @@ async fn kv_bad_input_gets_a_clear_4xx_and_writes_nothing() {
         assert_eq!(got.0, status, "{method} {}: {:?}", &path[..path.len().min(60)], got.1);
         assert_error(&got, status, code);
     }
-    assert_eq!(dump(&s, "shop"), before, "a refused request wrote something");
+    assert_eq!(dump(&s, "shop").await, before, "a refused request wrote something");
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn kv_namespaces_are_isolated_by_token() {
     assert_eq!(raw(&s, Method::GET, "/v1/kv/shop/k", &shop, b"").await.2, b"mine");
     assert_eq!(raw(&s, Method::GET, "/v1/kv/bank/k", &operator, b"").await.2, b"secret");
     assert_eq!(raw(&s, Method::PUT, "/v1/kv/bank/op", &operator, b"o").await.0, StatusCode::OK);
-    let before = dump(&s, "bank");
+    let before = dump(&s, "bank").await;
 
     let batch = br#"{"ops":[{"op":"put","key":"k","value":"stolen"}]}"#.to_vec();
     for (method, path, body) in [
@@ -261,7 +261,7 @@ async fn kv_namespaces_are_isolated_by_token() {
         );
         assert_error(&s.req(method, path, Some("wrong"), Some(body)).await, StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    assert_eq!(dump(&s, "bank"), before, "a forbidden request changed another namespace");
+    assert_eq!(dump(&s, "bank").await, before, "a forbidden request changed another namespace");
     let (status, list) = s.req(Method::GET, "/v1/kv/shop", Some(&shop), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["entries"].as_array().expect("entries").len(), 1, "{list}");
@@ -279,4 +279,150 @@ async fn kv_without_a_store_is_503_and_documented_in_openapi() {
     for method in ["get", "put", "delete"] {
         assert!(doc["paths"]["/v1/kv/{ns}/{key}"][method].is_object(), "{method} missing");
     }
+}
+
+/// A request's status, `X-Shoal-Index` and body.
+async fn indexed(s: &Server, path: &str) -> (StatusCode, u64, Vec<u8>) {
+    let response = s.http.get(format!("{}{path}", s.url)).bearer_auth(ADMIN).send().await.expect("send");
+    let status = response.status();
+    let index =
+        response.headers().get("x-shoal-index").map_or(u64::MAX, |v| v.to_str().expect("ascii").parse().expect("u64"));
+    (status, index, response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn kv_blocking_queries_answer_on_the_next_write() {
+    let s = Server::start().await;
+    // A key that is absent has index 0; waiting on 0 answers when it is created.
+    let (status, index, _) = indexed(&s, "/v1/kv/shop/counter").await;
+    assert_eq!((status, index), (StatusCode::NOT_FOUND, 0));
+    let url = s.url.clone();
+    let http = s.http.clone();
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let response = http
+            .get(format!("{url}/v1/kv/shop/counter?index=0&wait=20"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("send");
+        let index: u64 = response.headers()["x-shoal-index"].to_str().expect("ascii").parse().expect("u64");
+        (response.status(), index, response.bytes().await.expect("body"), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the blocking query waits while nothing changes");
+    let (_, v1, _) = raw(&s, Method::PUT, "/v1/kv/shop/counter", ADMIN, b"1").await;
+    let (status, index, body, took) = waiter.await.expect("waiter");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(Some(index), v1);
+    assert_eq!(&body[..], b"1");
+    assert!(took < Duration::from_secs(10), "answered on the write, not at the timeout: {took:?}");
+
+    // An index that is already stale answers at once; a current one waits out its `wait`.
+    let (status, index, _) = indexed(&s, "/v1/kv/shop/counter?index=1234567&wait=20").await;
+    assert_eq!((status, Some(index)), (StatusCode::OK, v1));
+    let started = std::time::Instant::now();
+    let (status, index, _) = indexed(&s, &format!("/v1/kv/shop/counter?index={}&wait=1", index)).await;
+    assert_eq!((status, Some(index)), (StatusCode::OK, v1));
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited out the wait: {:?}", started.elapsed());
+
+    // A listing's index changes when a key under its prefix is written, not for other keys.
+    let (_, list_index, _) = indexed(&s, "/v1/kv/shop?prefix=cart/").await;
+    let (url, http) = (s.url.clone(), s.http.clone());
+    let waiter = tokio::spawn(async move {
+        let response = http
+            .get(format!("{url}/v1/kv/shop?prefix=cart/&index={list_index}&wait=20"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("send");
+        let index: u64 = response.headers()["x-shoal-index"].to_str().expect("ascii").parse().expect("u64");
+        (index, response.json::<Value>().await.expect("json"))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw(&s, Method::PUT, "/v1/kv/shop/other", ADMIN, b"x").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "a write outside the prefix does not answer the listing's wait");
+    raw(&s, Method::PUT, "/v1/kv/shop/cart/1", ADMIN, b"apple").await;
+    let (index, list) = waiter.await.expect("waiter");
+    assert_ne!(index, list_index);
+    assert_eq!(list["entries"][0]["key"], "cart/1", "{list}");
+
+    // Waits are bounded.
+    let (status, _, body) = indexed(&s, "/v1/kv/shop/counter?index=1&wait=100000").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn kv_watch_streams_every_write_as_sse() {
+    let s = Server::start().await;
+    let response = s
+        .http
+        .get(format!("{}/v1/kv/shop?prefix=cart/&watch=true", s.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.bytes_stream();
+    raw(&s, Method::PUT, "/v1/kv/shop/elsewhere", ADMIN, b"no").await;
+    let (_, v1, _) = raw(&s, Method::PUT, "/v1/kv/shop/cart/7", ADMIN, b"pear").await;
+    let (_, v2, _) = raw(&s, Method::DELETE, "/v1/kv/shop/cart/7", ADMIN, b"").await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while text.matches("data:").count() < 2 {
+        use futures::StreamExt;
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events in time")
+            .expect("open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!text.contains("elsewhere"), "only keys under the prefix: {text}");
+    let put = text.find("event: put").expect("a put event");
+    let delete = text.find("event: delete").expect("a delete event");
+    assert!(put < delete, "in order: {text}");
+    assert!(text.contains("\"value\":\"pear\""), "the put carries the entry: {text}");
+    assert!(text.contains(&format!("\"version\":{}", v1.expect("v1"))), "{text}");
+    assert!(text.contains(&format!("\"version\":{}", v2.expect("v2"))), "{text}");
+}
+
+#[tokio::test]
+async fn store_status_and_an_online_scale_out_through_the_api() {
+    let s = Server::start().await;
+    for i in 0..200 {
+        raw(&s, Method::PUT, &format!("/v1/kv/shop/item-{i}"), ADMIN, format!("v{i}").as_bytes()).await;
+    }
+    let (status, v) = s.get("/v1/store").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["map"]["shards"].as_array().expect("shards").len(), 4, "{v}");
+    assert_eq!(v["nodes"][0]["node"], "local");
+    // Mutations need an admin token; a malformed body is refused.
+    let (status, _) = s.req(Method::POST, "/v1/store/scale-out", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = s.req(Method::POST, "/v1/store/scale-out", Some(ADMIN), Some(b"{nope".to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) =
+        s.req(Method::POST, "/v1/store/scale-out", Some(ADMIN), Some(br#"{"node": "ghost"}"#.to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an unknown node is refused");
+    let (status, started) = s.req(Method::POST, "/v1/store/scale-out", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["id"].as_u64().expect("id");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let (_, v) = s.get("/v1/store").await;
+        if v["last_move"]["id"].as_u64() == Some(id) {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the move did not end: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(last["last_move"]["phase"], "finished", "{last}");
+    assert_eq!(last["map"]["shards"].as_array().expect("shards").len(), 5);
+    for i in 0..200 {
+        let (status, _, body) = raw(&s, Method::GET, &format!("/v1/kv/shop/item-{i}"), ADMIN, b"").await;
+        assert_eq!((status, body), (StatusCode::OK, format!("v{i}").into_bytes()));
+    }
+    assert_eq!(dump(&s, "shop").await.len(), 200);
 }

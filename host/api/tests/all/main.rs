@@ -21,8 +21,9 @@ struct Server {
     http: reqwest::Client,
     registry: Arc<Registry>,
     auth: Arc<Auth>,
-    store: Arc<shoal_store::Store>,
+    store: Arc<shoal_store::client::StoreClient>,
     _dir: tempfile::TempDir,
+    _service: shoal_store::service::StoreService,
     _store_dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -62,17 +63,32 @@ impl Server {
         let auth = Arc::new(Auth::new(ADMIN));
         let discovery = Arc::new(shoal_discovery::Discovery::default());
         let routes = Arc::new(shoal_gateway::Routes::in_memory());
-        let store = shoal_store::Store::open(
-            &store_dir.path().join("store"),
-            shoal_store::StoreConfig { shards: 4, ..Default::default() },
+        // The store as `shoal dev` runs it: a coordinator and one node of 4 shards, on the bus.
+        let store = shoal_store::service::start(
+            bus.clone(),
+            shoal_store::service::ServiceOptions {
+                node: Some(shoal_store::service::NodeOptions {
+                    id: "local".into(),
+                    dir: store_dir.path().join("store"),
+                    durability: shoal_store::Durability::Wal,
+                }),
+                coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
+                    path: store_dir.path().join("store-map.json"),
+                    initial_shards: 4,
+                    auto_scale_out: false,
+                    source: "/test".into(),
+                }),
+            },
         )
+        .await
         .expect("store");
         let state = AppState {
             registry: registry.clone(),
             bus,
             auth: auth.clone(),
             max_upload: 4 << 20,
-            store: with_store.then(|| store.clone()),
+            store: with_store.then(|| store.client.clone()),
+            store_coordinator: with_store.then(|| store.coordinator.clone()).flatten(),
             discovery: Some(discovery.clone()),
             routes: Some(routes.clone()),
             master: None,
@@ -89,7 +105,8 @@ impl Server {
             http: reqwest::Client::new(),
             registry,
             auth,
-            store,
+            store: store.client.clone(),
+            _service: store,
             _dir: dir,
             _store_dir: store_dir,
             _stop: stop,

@@ -1,6 +1,8 @@
 //! The state store against real RocksDB in temporary directories: CRUD, compare-and-set, TTL,
 //! listings across shards, batches, refusals that change nothing, and reopening.
 
+mod cluster;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,343 @@
+//! The client side of the store: routes each key to its shard's node by the map it holds, follows
+//! the map the master publishes, and retries what a move or a newer map makes retriable.
+//!
+//! - A node that answers `NotOwner` sends its map along: a newer one is taken at once; otherwise
+//!   the client asks the master for the current map. Either way the call is retried.
+//! - A key frozen by a move (`Moving`) is retried with a short backoff (1 ms doubling to 20 ms);
+//!   freezes last for the final catch-up and the switch of the map, milliseconds.
+//! - A node that does not answer makes the call fail with [`StoreError::Unavailable`] naming its
+//!   shard; other shards are not affected. A write whose node timed out may or may not have been
+//!   applied, and the error says so.
+//! - Calls to the node in the same process (`shoal dev`, a master with its own store) skip the
+//!   bus.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use shoal_bus::{BusError, SharedBus, subject};
+
+use crate::engine::{decode_cursor, merge_page, validate_listing, validate_ops};
+use crate::node::StoreNode;
+use crate::wire::{self, Reply, Request, WireError};
+use crate::{Entry, Op, Page, PutOptions, ShardMap, StoreError, validate_key, validate_namespace};
+
+/// How long a node has to answer one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call keeps retrying through moves and map changes.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
+enum Attempt {
+    /// Try again (after this long) with the map as it is now.
+    Retry(Duration),
+    /// Give up with this error.
+    Fail(StoreError),
+}
+
+/// A client of the store cluster.
+pub struct StoreClient {
+    bus: SharedBus,
+    map: RwLock<Arc<ShardMap>>,
+    local: Option<Arc<StoreNode>>,
+}
+
+impl StoreClient {
+    /// A client on `bus`; `local` is a node in this process, called directly. Follows the map the
+    /// master publishes from now on.
+    pub fn new(bus: SharedBus, local: Option<Arc<StoreNode>>) -> Arc<StoreClient> {
+        let client = Arc::new(StoreClient { bus, map: RwLock::new(Arc::new(ShardMap::default())), local });
+        let weak = Arc::downgrade(&client);
+        let bus = client.bus.clone();
+        tokio::spawn(async move {
+            let Ok(mut maps) = bus.subscribe(subject::STORE_SHARDMAP).await else { return };
+            while let Some(event) = maps.next().await {
+                let Some(client) = weak.upgrade() else { return };
+                if let Some(map) = serde_json::from_slice::<shoal_bus::CloudEvent>(&event.payload)
+                    .ok()
+                    .and_then(|e| serde_json::from_value::<ShardMap>(e.data).ok())
+                {
+                    client.take(map);
+                }
+            }
+        });
+        client
+    }
+
+    /// The map this client routes by.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.map.read().clone()
+    }
+
+    fn take(&self, map: ShardMap) -> bool {
+        let mut current = self.map.write();
+        if map.epoch > current.epoch {
+            *current = Arc::new(map);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ask the master for the current map.
+    pub async fn refresh(&self) -> Result<Arc<ShardMap>, StoreError> {
+        let reply = self.bus.request(subject::STORE_MAP, Bytes::new(), Duration::from_secs(2)).await.map_err(|e| {
+            StoreError::Unavailable { shard: 0, node: "master".into(), reason: format!("fetching the shard map: {e}") }
+        })?;
+        let map: ShardMap = serde_json::from_slice(&reply.payload)
+            .map_err(|e| StoreError::Protocol(format!("unreadable shard map: {e}")))?;
+        self.take(map);
+        Ok(self.map())
+    }
+
+    async fn current(&self) -> Result<Arc<ShardMap>, StoreError> {
+        let map = self.map();
+        if map.shard_count() > 0 {
+            return Ok(map);
+        }
+        let map = self.refresh().await?;
+        if map.shard_count() == 0 {
+            return Err(StoreError::Unavailable {
+                shard: 0,
+                node: String::new(),
+                reason: "no store node has registered with the master yet".into(),
+            });
+        }
+        Ok(map)
+    }
+
+    /// Send `request` to the node serving `shard` under `map`.
+    async fn send(&self, map: &ShardMap, shard: u32, request: Request) -> Result<Reply, Attempt> {
+        let node = map.node_of(shard).ok_or(Attempt::Retry(Duration::ZERO))?;
+        let reply = match &self.local {
+            Some(local) if local.id() == node => local.handle(request).await,
+            _ => {
+                let payload = Bytes::from(wire::encode(&request));
+                let is_write = matches!(request, Request::Batch { .. });
+                match self.bus.request(&subject::store_node(node), payload, REQUEST_TIMEOUT).await {
+                    Ok(message) => wire::decode::<Reply>(&message.payload).map_err(Attempt::Fail)?,
+                    Err(e) => {
+                        let reason = match e {
+                            BusError::NoResponders { .. } => "the store node does not answer (is it running?)".into(),
+                            BusError::Timeout { .. } if is_write => format!(
+                                "no answer within {} s; the write may or may not have been applied",
+                                REQUEST_TIMEOUT.as_secs()
+                            ),
+                            BusError::Timeout { .. } => format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                            other => other.to_string(),
+                        };
+                        return Err(Attempt::Fail(StoreError::Unavailable { shard, node: node.to_owned(), reason }));
+                    }
+                }
+            }
+        };
+        match reply {
+            Reply::Error(WireError::NotOwner(_, theirs)) => {
+                if !self.take(theirs)
+                    && let Err(e) = self.refresh().await
+                {
+                    tracing::debug!(cause = %e, "refreshing the shard map failed");
+                }
+                Err(Attempt::Retry(Duration::from_millis(1)))
+            }
+            Reply::Error(WireError::Moving) => Err(Attempt::Retry(Duration::from_millis(2))),
+            Reply::Error(e) => Err(Attempt::Fail(e.into_error())),
+            other => Ok(other),
+        }
+    }
+
+    /// Run `attempt` until it succeeds, fails for good, or [`RETRY_FOR`] passes.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Arc<ShardMap>) -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let map = self.current().await?;
+            match attempt(map).await {
+                Ok(value) => return Ok(value),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(wait)) => {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::Unavailable {
+                            shard: 0,
+                            node: String::new(),
+                            reason: format!("still moving or changing maps after {} s", RETRY_FOR.as_secs()),
+                        });
+                    }
+                    tokio::time::sleep(wait.max(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// The live entry under `namespace/key`, if any.
+    pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        validate_namespace(namespace)?;
+        validate_key(key)?;
+        self.retrying(|map| async move {
+            let shard = map.shard_of(namespace, key);
+            let request = Request::Get { epoch: map.epoch, namespace: namespace.into(), key: key.into() };
+            match self.send(&map, shard, request).await? {
+                Reply::Entry(entry) => Ok(entry),
+                other => Err(Attempt::Fail(unexpected(&other))),
+            }
+        })
+        .await
+    }
+
+    /// Write `value` under `namespace/key`; returns the new version.
+    pub async fn put(&self, namespace: &str, key: &str, value: &[u8], options: PutOptions) -> Result<u64, StoreError> {
+        let op = Op::Put { key: key.to_owned(), value: value.to_vec(), options };
+        Ok(self.batch(namespace, vec![op]).await?[0])
+    }
+
+    /// Delete `namespace/key` (if its version is `version`, when given); returns the delete's
+    /// version.
+    pub async fn delete(&self, namespace: &str, key: &str, version: Option<u64>) -> Result<u64, StoreError> {
+        Ok(self.batch(namespace, vec![Op::Delete { key: key.to_owned(), version }]).await?[0])
+    }
+
+    /// Apply `ops` in `namespace`; returns the version each wrote. Atomic when the keys' shards are
+    /// on one node; across nodes, checked everywhere first, then applied node by node (see the
+    /// crate doc).
+    pub async fn batch(&self, namespace: &str, ops: Vec<Op>) -> Result<Vec<u64>, StoreError> {
+        validate_ops(namespace, &ops)?;
+        let mut versions = vec![0u64; ops.len()];
+        let mut pending: Vec<usize> = (0..ops.len()).collect();
+        let mut written: Vec<String> = Vec::new();
+        let mut checked = false;
+        let ops = &ops;
+        let deadline = Instant::now() + RETRY_FOR;
+        while !pending.is_empty() {
+            let map = self.current().await?;
+            let mut by_node: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for &i in &pending {
+                let shard = map.shard_of(namespace, ops[i].key());
+                by_node.entry(map.node_of(shard).unwrap_or_default()).or_default().push(i);
+            }
+            if by_node.len() > 1 && !checked {
+                // Check every node's part first: a conflict anywhere writes nothing.
+                let checks = by_node.values().map(|indices| {
+                    let part: Vec<Op> = indices.iter().map(|&i| ops[i].clone()).collect();
+                    let shard = map.shard_of(namespace, ops[indices[0]].key());
+                    let map = map.clone();
+                    async move {
+                        let request = Request::Check { epoch: map.epoch, namespace: namespace.into(), ops: part };
+                        self.send(&map, shard, request).await
+                    }
+                });
+                let mut retry = None;
+                for result in futures::future::join_all(checks).await {
+                    match result {
+                        Ok(_) => {}
+                        Err(Attempt::Fail(e)) => return Err(e),
+                        Err(Attempt::Retry(wait)) => retry = Some(wait),
+                    }
+                }
+                if let Some(wait) = retry {
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                    continue;
+                }
+                checked = true;
+            }
+            // Apply node by node (one node: the whole batch at once, atomically).
+            let (_, indices) = by_node.into_iter().next().unwrap_or_default();
+            let part: Vec<Op> = indices.iter().map(|&i| ops[i].clone()).collect();
+            let shard = map.shard_of(namespace, ops[indices[0]].key());
+            let request = Request::Batch { epoch: map.epoch, namespace: namespace.into(), ops: part };
+            let result = match self.send(&map, shard, request).await {
+                Err(Attempt::Retry(wait)) => {
+                    if Instant::now() >= deadline {
+                        return Err(partial(
+                            StoreError::Unavailable {
+                                shard,
+                                node: map.node_of(shard).unwrap_or_default().to_owned(),
+                                reason: format!("still moving after {} s", RETRY_FOR.as_secs()),
+                            },
+                            written,
+                        ));
+                    }
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                    continue;
+                }
+                Err(Attempt::Fail(e)) => Err(e),
+                Ok(reply) => Ok(reply),
+            };
+            match result {
+                Ok(Reply::Versions(v)) if v.len() == indices.len() => {
+                    for (&i, version) in indices.iter().zip(v) {
+                        versions[i] = version;
+                        written.push(ops[i].key().to_owned());
+                    }
+                    pending.retain(|i| !indices.contains(i));
+                }
+                Ok(other) => return Err(partial(unexpected(&other), written)),
+                Err(e) => return Err(partial(e, written)),
+            }
+        }
+        Ok(versions)
+    }
+
+    /// One page of the live entries of `namespace` whose keys start with `prefix`, in key order,
+    /// after `cursor`, gathered from every node.
+    pub async fn list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        validate_listing(namespace, prefix, limit)?;
+        let after = cursor.map(decode_cursor).transpose()?;
+        let after = after.as_deref();
+        self.retrying(|map| async move {
+            // One request per node; each answers for every shard it serves.
+            let mut first_shard: BTreeMap<&str, u32> = BTreeMap::new();
+            for s in (0..map.shard_count()).rev() {
+                first_shard.insert(map.node_of(s).unwrap_or_default(), s);
+            }
+            let calls = first_shard.values().map(|&shard| {
+                let map = map.clone();
+                async move {
+                    let request = Request::List {
+                        epoch: map.epoch,
+                        namespace: namespace.into(),
+                        prefix: prefix.into(),
+                        after: after.map(str::to_owned),
+                        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                    };
+                    self.send(&map, shard, request).await
+                }
+            });
+            let mut entries = Vec::new();
+            let mut retry = None;
+            for result in futures::future::join_all(calls).await {
+                match result {
+                    Ok(Reply::Entries(mut e)) => entries.append(&mut e),
+                    Ok(other) => return Err(Attempt::Fail(unexpected(&other))),
+                    Err(Attempt::Fail(e)) => return Err(Attempt::Fail(e)),
+                    Err(Attempt::Retry(wait)) => retry = Some(wait),
+                }
+            }
+            if let Some(wait) = retry {
+                return Err(Attempt::Retry(wait));
+            }
+            Ok(merge_page(entries, limit))
+        })
+        .await
+    }
+}
+
+fn unexpected(reply: &Reply) -> StoreError {
+    StoreError::Protocol(format!("unexpected answer from a store node: {reply:?}"))
+}
+
+fn partial(cause: StoreError, written: Vec<String>) -> StoreError {
+    if written.is_empty() { cause } else { StoreError::Partial { cause: Box::new(cause), written } }
+}

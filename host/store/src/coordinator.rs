@@ -1,0 +1,661 @@
+//! The master's side of the store: it owns the shard map, keeps it in a file, publishes it on
+//! `shoal.evt.store.shardmap`, answers registrations and map requests, and drives moves (see
+//! [`crate::node`] for the steps).
+//!
+//! - The first node to register gets the initial map: the shards it already holds (a store that
+//!   ran before), or `initial_shards` new ones.
+//! - A node that registers holding no shard of the map makes the map grow onto it (N → N+1) when
+//!   `auto_scale_out` is on; [`Coordinator::scale_out`] and [`Coordinator::scale_in`] do it on
+//!   demand. One move at a time.
+//! - A move in progress is recorded in the same file as the map. A master that restarts during a
+//!   move gives it up (ends the exports, drops a half-filled new shard) if the map had not
+//!   switched yet, or finishes its clean-up if it had.
+//! - A participant that restarts during a move (a new `boot` in its registration) makes the move
+//!   give up before the map switches: its exports and freezes were in memory. Nodes obtain a map
+//!   only by registering, so a restarted node cannot serve before the coordinator has heard of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_bus::event::CloudEvent;
+use shoal_bus::{BusError, SharedBus, subject};
+
+use crate::node::{REGISTER_INTERVAL, validate_node_id};
+use crate::wire::{self, Progress, Registration, Reply, Request};
+use crate::{MAX_SHARDS, ShardMap, StoreError};
+
+/// How the master runs the store.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// The file that keeps the map (and a move in progress).
+    pub path: PathBuf,
+    /// Shards of a brand-new store.
+    pub initial_shards: u32,
+    /// Grow the map onto every node that registers without shards.
+    pub auto_scale_out: bool,
+    /// `source` of the events.
+    pub source: String,
+}
+
+/// Scale-out or scale-in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveKind {
+    /// N → N+1.
+    ScaleOut,
+    /// N → N−1.
+    ScaleIn,
+}
+
+/// A move, running or finished.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveStatus {
+    /// Grows by one per move.
+    pub id: u64,
+    /// Which way.
+    pub kind: MoveKind,
+    /// Shard count before.
+    pub from_shards: u32,
+    /// Shard count after.
+    pub to_shards: u32,
+    /// The node that gains (scale-out) or loses (scale-in) a shard.
+    pub node: String,
+    /// `preparing`, `copying`, `switching`, `cleaning`, `finished` or `failed`.
+    pub phase: String,
+    /// Keys copied so far (including writes copied again while catching up).
+    pub keys_copied: u64,
+    /// Keys expected to move (RocksDB's estimate).
+    pub keys_estimated: u64,
+    /// When it started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it ended.
+    pub finished_at_ms: Option<u64>,
+    /// How long the moving keys were frozen (final catch-up and switch), in ms.
+    pub freeze_ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A store node as the master sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its id.
+    pub node: String,
+    /// Shards the map gives it.
+    pub shards: Vec<u32>,
+    /// Shards on its disk.
+    pub held: Vec<u32>,
+    /// Registered within the last three intervals.
+    pub alive: bool,
+    /// Milliseconds since its last registration.
+    pub last_seen_ms: u64,
+}
+
+/// The store as a whole.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The current map.
+    pub map: ShardMap,
+    /// Every node that registered since the master started.
+    pub nodes: Vec<NodeStatus>,
+    /// The move in progress.
+    pub moving: Option<MoveStatus>,
+    /// The last move that ended.
+    pub last_move: Option<MoveStatus>,
+}
+
+/// Why a move was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    /// Another move runs.
+    #[error("a move is already running: {0}")]
+    Busy(String),
+    /// The request cannot be done.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    map: ShardMap,
+    /// A move that had started: `(id, from, to)`.
+    pending: Option<(u64, ShardMap, ShardMap)>,
+    last_move_id: u64,
+}
+
+struct NodeSeen {
+    held: Vec<u32>,
+    boot: String,
+    seen: Instant,
+}
+
+struct State {
+    persisted: Persisted,
+    nodes: BTreeMap<String, NodeSeen>,
+    moving: Option<MoveStatus>,
+    /// Boots of the move's participants when it started; a change gives the move up.
+    boots: BTreeMap<String, String>,
+    abort: Option<String>,
+    copied: BTreeMap<u32, u64>,
+    last_move: Option<MoveStatus>,
+    last_progress_event: Option<Instant>,
+}
+
+/// The shard map's owner.
+pub struct Coordinator {
+    bus: SharedBus,
+    config: CoordinatorConfig,
+    state: Mutex<State>,
+}
+
+fn now_ms() -> u64 {
+    crate::engine::now_ms()
+}
+
+impl Coordinator {
+    /// Read the map from `config.path` (none yet: an empty map).
+    pub fn open(bus: SharedBus, config: CoordinatorConfig) -> Result<Arc<Coordinator>, StoreError> {
+        if config.initial_shards == 0 || config.initial_shards > MAX_SHARDS {
+            return Err(StoreError::Config(format!(
+                "initial shard count must be 1 to {MAX_SHARDS}, not {}",
+                config.initial_shards
+            )));
+        }
+        let persisted = match std::fs::read(&config.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Config(format!("{} is unreadable: {e}", config.path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Arc::new(Coordinator {
+            bus,
+            config,
+            state: Mutex::new(State {
+                persisted,
+                nodes: BTreeMap::new(),
+                moving: None,
+                boots: BTreeMap::new(),
+                abort: None,
+                copied: BTreeMap::new(),
+                last_move: None,
+                last_progress_event: None,
+            }),
+        }))
+    }
+
+    fn save(&self, persisted: &Persisted) -> Result<(), StoreError> {
+        let tmp = self.config.path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(persisted).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.config.path)?;
+        Ok(())
+    }
+
+    /// The current map.
+    pub fn map(&self) -> ShardMap {
+        self.state.lock().persisted.map.clone()
+    }
+
+    /// The map, the nodes and the moves.
+    pub fn status(&self) -> StoreStatus {
+        let state = self.state.lock();
+        let map = state.persisted.map.clone();
+        let nodes = state
+            .nodes
+            .iter()
+            .map(|(id, seen)| NodeStatus {
+                node: id.clone(),
+                shards: (0..map.shard_count()).filter(|&s| map.node_of(s) == Some(id.as_str())).collect(),
+                held: seen.held.clone(),
+                alive: seen.seen.elapsed() < REGISTER_INTERVAL * 3,
+                last_seen_ms: u64::try_from(seen.seen.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        let mut moving = state.moving.clone();
+        if let Some(m) = moving.as_mut() {
+            m.keys_copied = state.copied.values().sum();
+        }
+        StoreStatus { map, nodes, moving, last_move: state.last_move.clone() }
+    }
+
+    /// Serve registrations, map requests and progress reports until the bus closes. Finishes or
+    /// gives up a move that a previous run left.
+    pub async fn run(self: Arc<Self>) -> Result<(), BusError> {
+        let mut registrations = self.bus.subscribe(subject::STORE_REGISTER).await?;
+        let mut maps = self.bus.subscribe(subject::STORE_MAP).await?;
+        let mut progress = self.bus.subscribe(subject::STORE_PROGRESS).await?;
+        self.bus.flush().await?;
+        let pending = self.state.lock().persisted.pending.clone();
+        if let Some((id, from, to)) = pending {
+            let me = self.clone();
+            tokio::spawn(async move { me.recover(id, from, to).await });
+        }
+        loop {
+            tokio::select! {
+                m = registrations.next() => {
+                    let Some(m) = m else { return Ok(()) };
+                    let answer = match serde_json::from_slice::<Registration>(&m.payload) {
+                        Ok(r) => match self.register(r).await {
+                            Ok(map) => serde_json::to_vec(&map).unwrap_or_default(),
+                            Err(e) => format!("refused: {e}").into_bytes(),
+                        },
+                        Err(e) => format!("refused: unreadable registration: {e}").into_bytes(),
+                    };
+                    let _ = m.respond(self.bus.as_ref(), Bytes::from(answer)).await;
+                }
+                m = maps.next() => {
+                    let Some(m) = m else { return Ok(()) };
+                    let map = self.map();
+                    let _ = m.respond(self.bus.as_ref(), Bytes::from(serde_json::to_vec(&map).unwrap_or_default())).await;
+                }
+                m = progress.next() => {
+                    let Some(m) = m else { return Ok(()) };
+                    if let Ok(p) = serde_json::from_slice::<Progress>(&m.payload) {
+                        self.progress(p).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn register(self: &Arc<Self>, r: Registration) -> Result<ShardMap, String> {
+        validate_node_id(&r.node)?;
+        let (map, created, grow) = {
+            let mut state = self.state.lock();
+            if let Some(known) = state.boots.get(&r.node)
+                && *known != r.boot
+                && state.abort.is_none()
+            {
+                state.abort = Some(format!("store node `{}` restarted during the move", r.node));
+            }
+            state
+                .nodes
+                .insert(r.node.clone(), NodeSeen { held: r.held.clone(), boot: r.boot.clone(), seen: Instant::now() });
+            let mut created = false;
+            if state.persisted.map.shard_count() == 0 && state.moving.is_none() {
+                let count = match r.held.iter().max() {
+                    Some(&max) if r.held.len() as u32 == max + 1 => max + 1,
+                    Some(_) => return Err(format!("the shards held ({:?}) are not 0..n", r.held)),
+                    None => self.config.initial_shards,
+                };
+                let map = ShardMap { epoch: 1, shards: vec![r.node.clone(); count as usize] };
+                let mut persisted = state.persisted.clone();
+                persisted.map = map;
+                self.save(&persisted).map_err(|e| e.to_string())?;
+                state.persisted = persisted;
+                created = true;
+            }
+            let map = state.persisted.map.clone();
+            let grow = self.config.auto_scale_out
+                && !created
+                && state.moving.is_none()
+                && r.held.is_empty()
+                && !map.shards.iter().any(|n| *n == r.node);
+            (map, created, grow)
+        };
+        if created {
+            tracing::info!(node = %r.node, shards = map.shard_count(), "store shard map created");
+            self.publish_map(&map).await;
+        }
+        if grow {
+            match self.scale_out(Some(r.node.clone())) {
+                Ok(m) => tracing::info!(node = %r.node, to = m.to_shards, "a new store node joined: growing the map"),
+                Err(e) => tracing::warn!(node = %r.node, cause = %e, "not growing onto the new store node"),
+            }
+        }
+        Ok(map)
+    }
+
+    async fn progress(&self, p: Progress) {
+        let event = {
+            let mut state = self.state.lock();
+            if state.moving.as_ref().map(|m| m.id) != Some(p.move_id) {
+                return;
+            }
+            state.copied.insert(p.shard, p.copied);
+            let due = state.last_progress_event.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if !due {
+                return;
+            }
+            state.last_progress_event = Some(Instant::now());
+            let mut m = state.moving.clone();
+            if let Some(m) = m.as_mut() {
+                m.keys_copied = state.copied.values().sum();
+            }
+            m
+        };
+        if let Some(m) = event {
+            self.event("progress", &m).await;
+        }
+    }
+
+    async fn publish_map(&self, map: &ShardMap) {
+        let event = CloudEvent::new(
+            self.config.source.as_str(),
+            "io.shoal.store.shardmap",
+            "store/shardmap",
+            serde_json::to_value(map).unwrap_or_default(),
+        );
+        if let Err(e) = shoal_bus::event::publish_event(self.bus.as_ref(), subject::STORE_SHARDMAP, &event).await {
+            tracing::warn!(cause = %e, "could not publish the shard map");
+        }
+    }
+
+    async fn event(&self, action: &str, m: &MoveStatus) {
+        let event = CloudEvent::new(
+            self.config.source.as_str(),
+            format!("io.shoal.store.move.{action}"),
+            format!("store/moves/{}", m.id),
+            serde_json::to_value(m).unwrap_or_default(),
+        );
+        if let Err(e) =
+            shoal_bus::event::publish_event(self.bus.as_ref(), &subject::store_move_event(action), &event).await
+        {
+            tracing::warn!(cause = %e, "could not publish a store move event");
+        }
+    }
+
+    /// Grow the map by one shard on `node` (default: the live node with the fewest shards).
+    pub fn scale_out(self: &Arc<Self>, node: Option<String>) -> Result<MoveStatus, ScaleError> {
+        let mut state = self.state.lock();
+        let from = state.persisted.map.clone();
+        if from.shard_count() == 0 {
+            return Err(ScaleError::Invalid("no store node has registered yet".into()));
+        }
+        if from.shard_count() >= MAX_SHARDS {
+            return Err(ScaleError::Invalid(format!("the store has the most shards allowed ({MAX_SHARDS})")));
+        }
+        let node = match node {
+            Some(n) => {
+                if !state.nodes.get(&n).is_some_and(|s| s.seen.elapsed() < REGISTER_INTERVAL * 3) {
+                    return Err(ScaleError::Invalid(format!("no live store node `{n}` has registered")));
+                }
+                n
+            }
+            None => state
+                .nodes
+                .iter()
+                .filter(|(_, s)| s.seen.elapsed() < REGISTER_INTERVAL * 3)
+                .min_by_key(|(id, _)| from.shards.iter().filter(|n| n == id).count())
+                .map(|(id, _)| id.clone())
+                .ok_or_else(|| ScaleError::Invalid("no live store node".into()))?,
+        };
+        let mut to = from.clone();
+        to.epoch = from.epoch + 1;
+        to.shards.push(node.clone());
+        self.start(&mut state, MoveKind::ScaleOut, from, to, node)
+    }
+
+    /// Remove the last shard, moving its keys to the others.
+    pub fn scale_in(self: &Arc<Self>) -> Result<MoveStatus, ScaleError> {
+        let mut state = self.state.lock();
+        let from = state.persisted.map.clone();
+        if from.shard_count() < 2 {
+            return Err(ScaleError::Invalid("the store has one shard; there is nothing to scale in".into()));
+        }
+        let mut to = from.clone();
+        to.epoch = from.epoch + 1;
+        let node = to.shards.pop().unwrap_or_default();
+        self.start(&mut state, MoveKind::ScaleIn, from, to, node)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        state: &mut State,
+        kind: MoveKind,
+        from: ShardMap,
+        to: ShardMap,
+        node: String,
+    ) -> Result<MoveStatus, ScaleError> {
+        if let Some(m) = &state.moving {
+            return Err(ScaleError::Busy(format!("move {} ({:?}, {})", m.id, m.kind, m.phase)));
+        }
+        let id = state.persisted.last_move_id + 1;
+        let mut persisted = state.persisted.clone();
+        persisted.pending = Some((id, from.clone(), to.clone()));
+        persisted.last_move_id = id;
+        self.save(&persisted).map_err(|e| ScaleError::Invalid(format!("cannot record the move: {e}")))?;
+        state.persisted = persisted;
+        let status = MoveStatus {
+            id,
+            kind,
+            from_shards: from.shard_count(),
+            to_shards: to.shard_count(),
+            node,
+            phase: "preparing".into(),
+            keys_copied: 0,
+            keys_estimated: 0,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+            freeze_ms: None,
+            error: None,
+        };
+        let participants: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
+        state.boots =
+            participants.into_iter().filter_map(|n| state.nodes.get(n).map(|s| (n.clone(), s.boot.clone()))).collect();
+        state.abort = None;
+        state.copied.clear();
+        state.moving = Some(status.clone());
+        let me = self.clone();
+        let started = status.clone();
+        tokio::spawn(async move { me.run_move(started, from, to).await });
+        Ok(status)
+    }
+
+    fn phase(&self, phase: &str) {
+        if let Some(m) = self.state.lock().moving.as_mut() {
+            m.phase = phase.into();
+        }
+    }
+
+    async fn ask(&self, node: &str, request: Request, timeout: Duration) -> Result<Reply, String> {
+        let payload = Bytes::from(wire::encode(&request));
+        let reply = self
+            .bus
+            .request(&subject::store_node(node), payload, timeout)
+            .await
+            .map_err(|e| format!("store node `{node}`: {e}"))?;
+        match wire::decode::<Reply>(&reply.payload).map_err(|e| e.to_string())? {
+            Reply::Error(e) => Err(format!("store node `{node}`: {}", e.into_error())),
+            other => Ok(other),
+        }
+    }
+
+    async fn run_move(self: Arc<Self>, mut status: MoveStatus, from: ShardMap, to: ShardMap) {
+        self.event("started", &status).await;
+        tracing::info!(id = status.id, kind = ?status.kind, from = status.from_shards, to = status.to_shards, "store move started");
+        let sources: Vec<u32> = if to.shard_count() > from.shard_count() {
+            (0..from.shard_count()).collect()
+        } else {
+            vec![from.shard_count() - 1]
+        };
+        let result = self.execute(&mut status, &from, &to, &sources).await;
+        let switched = self.state.lock().persisted.map.epoch >= to.epoch;
+        match result {
+            Ok(()) => {
+                status.phase = "finished".into();
+                tracing::info!(id = status.id, freeze_ms = ?status.freeze_ms, "store move finished");
+            }
+            Err(e) => {
+                tracing::warn!(id = status.id, cause = %e, switched, "store move failed");
+                if !switched {
+                    self.undo(&from, &to, &sources).await;
+                }
+                status.phase = "failed".into();
+                status.error = Some(e);
+            }
+        }
+        status.finished_at_ms = Some(now_ms());
+        {
+            let mut state = self.state.lock();
+            status.keys_copied = state.copied.values().sum();
+            state.moving = None;
+            state.boots.clear();
+            state.last_move = Some(status.clone());
+            let mut persisted = state.persisted.clone();
+            persisted.pending = None;
+            if let Err(e) = self.save(&persisted) {
+                tracing::error!(cause = %e, "cannot record the end of a move");
+            }
+            state.persisted = persisted;
+        }
+        self.event(if status.error.is_some() { "failed" } else { "finished" }, &status).await;
+    }
+
+    async fn execute(
+        &self,
+        status: &mut MoveStatus,
+        from: &ShardMap,
+        to: &ShardMap,
+        sources: &[u32],
+    ) -> Result<(), String> {
+        let out = to.shard_count() > from.shard_count();
+        let long = Duration::from_secs(1800);
+        let short = Duration::from_secs(30);
+        // Estimate the keys that move.
+        let mut estimated = 0u64;
+        for &s in sources {
+            let node = from.node_of(s).unwrap_or_default();
+            if let Ok(Reply::Count(n)) = self.ask(node, Request::Count { shard: s }, short).await {
+                estimated += n;
+            }
+        }
+        if out {
+            estimated /= u64::from(to.shard_count());
+        }
+        status.keys_estimated = estimated;
+        if let Some(m) = self.state.lock().moving.as_mut() {
+            m.keys_estimated = estimated;
+        }
+        if out {
+            let new = to.shard_count() - 1;
+            self.ask(to.node_of(new).unwrap_or_default(), Request::CreateShard { shard: new }, short).await?;
+        } else {
+            // Drop strays an earlier failed move may have left in the destinations.
+            for d in 0..to.shard_count() {
+                self.ask(to.node_of(d).unwrap_or_default(), Request::Cleanup { shard: d }, long).await?;
+            }
+        }
+        self.phase("copying");
+        let exports = sources.iter().map(|&s| {
+            let request = Request::Export { move_id: status.id, shard: s, target: to.clone() };
+            self.ask(from.node_of(s).unwrap_or_default(), request, long)
+        });
+        for result in futures::future::join_all(exports).await {
+            result?;
+        }
+        self.check_abort()?;
+        self.phase("switching");
+        let freeze_started = Instant::now();
+        let freezes =
+            sources.iter().map(|&s| self.ask(from.node_of(s).unwrap_or_default(), Request::Freeze { shard: s }, short));
+        for result in futures::future::join_all(freezes).await {
+            result?;
+        }
+        // Commit: from here on the move has happened.
+        {
+            let mut state = self.state.lock();
+            if let Some(reason) = state.abort.clone() {
+                return Err(reason);
+            }
+            let mut persisted = state.persisted.clone();
+            persisted.map = to.clone();
+            self.save(&persisted).map_err(|e| format!("cannot store the new map: {e}"))?;
+            state.persisted = persisted;
+        }
+        let nodes: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
+        let sends = nodes.iter().map(|n| self.ask(n, Request::Map { map: to.clone() }, Duration::from_secs(2)));
+        for result in futures::future::join_all(sends).await {
+            if let Err(e) = result {
+                tracing::warn!(cause = %e, "a store node did not take the new map (it will on its next registration)");
+            }
+        }
+        self.publish_map(to).await;
+        status.freeze_ms = Some(u64::try_from(freeze_started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        if let Some(m) = self.state.lock().moving.as_mut() {
+            m.freeze_ms = status.freeze_ms;
+        }
+        self.phase("cleaning");
+        self.clean_up(from, to, sources).await;
+        Ok(())
+    }
+
+    fn check_abort(&self) -> Result<(), String> {
+        match self.state.lock().abort.clone() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    /// After the switch: sources stop exporting and drop what they gave away.
+    async fn clean_up(&self, from: &ShardMap, to: &ShardMap, sources: &[u32]) {
+        let out = to.shard_count() > from.shard_count();
+        for &s in sources {
+            let node = from.node_of(s).unwrap_or_default();
+            if let Err(e) =
+                self.ask(node, Request::EndExport { shard: s, committed: true }, Duration::from_secs(5)).await
+            {
+                tracing::warn!(shard = s, cause = %e, "a source has not taken the new map yet; it will on its next registration");
+            }
+            let request = if out { Request::Cleanup { shard: s } } else { Request::DropShard { shard: s } };
+            if let Err(e) = self.ask(node, request, Duration::from_secs(1800)).await {
+                tracing::warn!(shard = s, cause = %e, "clean-up after a move failed; the copies left are never served");
+            }
+        }
+    }
+
+    /// Before the switch: give the move up.
+    async fn undo(&self, from: &ShardMap, to: &ShardMap, sources: &[u32]) {
+        for &s in sources {
+            let node = from.node_of(s).unwrap_or_default();
+            if let Err(e) =
+                self.ask(node, Request::EndExport { shard: s, committed: false }, Duration::from_secs(5)).await
+            {
+                tracing::warn!(shard = s, cause = %e, "could not end an export");
+            }
+        }
+        if to.shard_count() > from.shard_count() {
+            let new = to.shard_count() - 1;
+            let _ = self
+                .ask(to.node_of(new).unwrap_or_default(), Request::DropShard { shard: new }, Duration::from_secs(30))
+                .await;
+        }
+    }
+
+    /// A move a previous run of the master left: finish its clean-up or give it up.
+    async fn recover(self: Arc<Self>, id: u64, from: ShardMap, to: ShardMap) {
+        let sources: Vec<u32> = if to.shard_count() > from.shard_count() {
+            (0..from.shard_count()).collect()
+        } else {
+            vec![from.shard_count() - 1]
+        };
+        // Give the nodes time to come back.
+        tokio::time::sleep(REGISTER_INTERVAL).await;
+        let switched = self.state.lock().persisted.map.epoch >= to.epoch;
+        tracing::info!(id, switched, "a move was in progress when the master stopped");
+        if switched {
+            self.clean_up(&from, &to, &sources).await;
+        } else {
+            self.undo(&from, &to, &sources).await;
+        }
+        let mut state = self.state.lock();
+        if state.moving.is_none() {
+            let mut persisted = state.persisted.clone();
+            persisted.pending = None;
+            if self.save(&persisted).is_ok() {
+                state.persisted = persisted;
+            }
+        }
+    }
+}

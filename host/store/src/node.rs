@@ -1,0 +1,385 @@
+//! A store node: serves the shards the master's map gives it, on `shoal.ctl.store.node.<id>`.
+//!
+//! # Moves
+//!
+//! The master ([`crate::coordinator`]) drives a move from map `M` (N shards) to map `M'` (N ± 1):
+//!
+//! 1. the new shard is created empty on its node (scale-out), or the destinations drop strays
+//!    an earlier, failed move may have left (scale-in);
+//! 2. each source shard *exports* ([`Request::Export`]): it starts remembering writes of moving
+//!    keys, copies every moving key from a RocksDB snapshot to its new shard, then copies the keys
+//!    written meanwhile, again and again until few are left. Reads and writes go on as usual;
+//! 3. each source shard *freezes* ([`Request::Freeze`]): under its write lock it marks the moving
+//!    keys frozen (reads and writes of them get [`StoreError::Moving`], clients retry) and copies
+//!    their last writes;
+//! 4. the master stores `M'` (epoch + 1), sends it to every node, then publishes it. From then on
+//!    the destination serves the moved keys and the source answers `NotOwner` for them;
+//! 5. the sources stop exporting and delete the keys they gave away (scale-in: drop the shard).
+//!
+//! A failure before step 4 gives the move up: exports end, a new shard is dropped, nothing is lost
+//! because the sources kept serving every key they did not freeze, and frozen keys thaw.
+//! Copies keep each entry's version and raise the destination's counter past it, so versions stay
+//! monotonic per key across the move.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use shoal_bus::{BusError, SharedBus, subject};
+use tokio::sync::mpsc;
+
+use crate::engine::RawEntry;
+use crate::wire::{self, KvChange, Progress, Registration, Reply, Request, WireError};
+use crate::{ShardMap, Store, StoreError};
+use shoal_bus::event::CloudEvent;
+
+/// How long a node waits for another node to take a chunk of moved keys.
+const INGEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Size of a chunk of moved keys.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Catch-up rounds stop when fewer writes than this are left to copy.
+const CATCH_UP_ENOUGH: usize = 64;
+/// How often a node re-registers (its heartbeat).
+pub const REGISTER_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Check a store node id: `[a-z0-9-]{1,63}`.
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(format!("invalid store node id `{id}`: use 1 to 63 of a-z, 0-9 and -")) }
+}
+
+/// A store node.
+pub struct StoreNode {
+    store: Arc<Store>,
+    bus: SharedBus,
+    boot: String,
+    /// `source` of the node's events.
+    source: String,
+    /// Held while a map is taken: two takers would both create a missing shard, and the second
+    /// creation would wipe the first's (and what was written to it meanwhile).
+    map_lock: tokio::sync::Mutex<()>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Protocol(format!("store call failed: {e}")))?
+}
+
+impl StoreNode {
+    /// A node serving `store` (opened with [`Store::open_node`]) on `bus`.
+    pub fn new(store: Arc<Store>, bus: SharedBus) -> Arc<StoreNode> {
+        let source = format!("/shoal/store/{}", store.node());
+        Arc::new(StoreNode {
+            store,
+            bus,
+            boot: uuid::Uuid::new_v4().to_string(),
+            source,
+            map_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        self.store.node()
+    }
+
+    /// The engine.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Serve requests and follow the map until the bus closes. Registers with the master at once
+    /// and every [`REGISTER_INTERVAL`].
+    pub async fn run(self: Arc<Self>) -> Result<(), BusError> {
+        let mut requests = self.bus.subscribe(&subject::store_node(self.id())).await?;
+        let mut maps = self.bus.subscribe(subject::STORE_SHARDMAP).await?;
+        self.bus.flush().await?;
+        tokio::spawn({
+            let node = self.clone();
+            async move { node.register_loop().await }
+        });
+        loop {
+            tokio::select! {
+                message = requests.next() => {
+                    let Some(message) = message else { return Ok(()) };
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let reply = match wire::decode::<Request>(&message.payload) {
+                            Ok(request) => node.handle(request).await,
+                            Err(e) => Reply::Error(WireError::Internal(e.to_string())),
+                        };
+                        if let Err(e) = message.respond(node.bus.as_ref(), Bytes::from(wire::encode(&reply))).await {
+                            tracing::debug!(cause = %e, "could not answer a store request");
+                        }
+                    });
+                }
+                event = maps.next() => {
+                    let Some(event) = event else { return Ok(()) };
+                    match serde_json::from_slice::<shoal_bus::CloudEvent>(&event.payload)
+                        .ok()
+                        .and_then(|e| serde_json::from_value::<ShardMap>(e.data).ok())
+                    {
+                        Some(map) => self.apply_map(map).await,
+                        None => tracing::warn!("unreadable shard map event"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn register_loop(self: Arc<Self>) {
+        let mut registered = false;
+        loop {
+            match self.register_once().await {
+                Ok(map) if !registered => {
+                    tracing::info!(node = self.id(), epoch = map.epoch, "store node registered");
+                    registered = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(cause = %e, "store node not registered"),
+            }
+            tokio::time::sleep(if registered { REGISTER_INTERVAL } else { Duration::from_millis(200) }).await;
+        }
+    }
+
+    /// Take `map` if it is newer, creating first any shard it gives this node that is not on disk
+    /// (a map is served only once its shards exist).
+    async fn apply_map(&self, map: ShardMap) {
+        let _taking = self.map_lock.lock().await;
+        if map.epoch <= self.store.shard_map().epoch {
+            return;
+        }
+        let held = self.store.held();
+        let missing: Vec<u32> =
+            (0..map.shard_count()).filter(|&s| map.node_of(s) == Some(self.id()) && !held.contains(&s)).collect();
+        for shard in missing {
+            if !held.is_empty() {
+                tracing::warn!(
+                    node = self.id(),
+                    shard,
+                    "the map assigns a shard this node does not hold: starting it empty"
+                );
+            }
+            let store = self.store.clone();
+            if let Err(e) = blocking(move || store.create_shard(shard)).await {
+                tracing::error!(shard, cause = %e, "cannot create a shard the map assigns here; not taking the map");
+                return;
+            }
+        }
+        let epoch = map.epoch;
+        if self.store.set_map(map) {
+            tracing::info!(node = self.id(), epoch, "serving a new shard map");
+        }
+    }
+
+    /// Register once; the answer is the current map. Nodes get maps only this way (and from the
+    /// master's own pushes), so the master always knows of a restarted node before it serves.
+    async fn register_once(&self) -> Result<ShardMap, String> {
+        let registration =
+            Registration { node: self.id().to_owned(), boot: self.boot.clone(), held: self.store.held() };
+        let payload = Bytes::from(serde_json::to_vec(&registration).unwrap_or_default());
+        let reply = self
+            .bus
+            .request(subject::STORE_REGISTER, payload, Duration::from_secs(2))
+            .await
+            .map_err(|e| format!("no master to register with: {e}"))?;
+        let map = serde_json::from_slice::<ShardMap>(&reply.payload)
+            .map_err(|_| format!("registration refused: {}", String::from_utf8_lossy(&reply.payload)))?;
+        self.apply_map(map.clone()).await;
+        Ok(map)
+    }
+
+    async fn refresh_map(&self) {
+        if let Err(e) = self.register_once().await {
+            tracing::warn!(cause = %e, "cannot fetch the shard map");
+        }
+    }
+
+    /// Answer one request (also called in-process by a [`crate::client::StoreClient`] on the
+    /// same node).
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Reply {
+        let result = self.dispatch(request).await;
+        result.unwrap_or_else(|e| Reply::Error(WireError::from_error(e, || (*self.store.shard_map()).clone())))
+    }
+
+    async fn catch_up(&self, epoch: u64) {
+        if epoch > self.store.shard_map().epoch {
+            self.refresh_map().await;
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Reply, StoreError> {
+        let store = self.store.clone();
+        match request {
+            Request::Get { epoch, namespace, key } => {
+                self.catch_up(epoch).await;
+                Ok(Reply::Entry(blocking(move || store.get(&namespace, &key)).await?))
+            }
+            Request::Batch { epoch, namespace, ops } => {
+                self.catch_up(epoch).await;
+                let written: Vec<(String, bool)> =
+                    ops.iter().map(|op| (op.key().to_owned(), matches!(op, crate::Op::Put { .. }))).collect();
+                let ns = namespace.clone();
+                let versions = blocking(move || store.batch(&ns, ops)).await?;
+                self.announce(&namespace, written, &versions).await;
+                Ok(Reply::Versions(versions))
+            }
+            Request::Check { epoch, namespace, ops } => {
+                self.catch_up(epoch).await;
+                blocking(move || store.check(&namespace, &ops)).await?;
+                Ok(Reply::Ok)
+            }
+            Request::List { epoch, namespace, prefix, after, limit } => {
+                self.catch_up(epoch).await;
+                let entries =
+                    blocking(move || store.list_raw(&namespace, &prefix, after.as_deref(), limit as usize)).await?;
+                Ok(Reply::Entries(entries))
+            }
+            Request::Map { map } => {
+                self.apply_map(map).await;
+                Ok(Reply::Ok)
+            }
+            Request::CreateShard { shard } => {
+                blocking(move || store.create_shard(shard)).await?;
+                Ok(Reply::Ok)
+            }
+            Request::DropShard { shard } => {
+                blocking(move || store.drop_shard(shard)).await?;
+                Ok(Reply::Ok)
+            }
+            Request::Export { move_id, shard, target } => {
+                // The coordinator moves from the map before `target`: serve by it first (a node
+                // that has just registered may still be creating its shards).
+                self.catch_up(target.epoch.saturating_sub(1)).await;
+                let result = self.export(move_id, shard, Arc::new(target)).await;
+                if result.is_err() {
+                    self.store.end_export(shard);
+                }
+                result.map(Reply::Count)
+            }
+            Request::Freeze { shard } => {
+                let target = self
+                    .store
+                    .export_target(shard)
+                    .ok_or_else(|| StoreError::Config(format!("shard {shard} is not exporting")))?;
+                let dirty = blocking(move || store.take_dirty(shard, true)).await?;
+                let mut n = 0u64;
+                for (to, entries) in dirty {
+                    n += entries.len() as u64;
+                    self.send(&target, to, entries).await?;
+                }
+                Ok(Reply::Count(n))
+            }
+            Request::EndExport { shard, committed: false } => {
+                self.store.end_export(shard);
+                Ok(Reply::Ok)
+            }
+            Request::EndExport { shard, committed: true } => {
+                let Some(target) = self.store.exporting_towards(shard) else { return Ok(Reply::Ok) };
+                if self.store.shard_map().epoch < target {
+                    self.refresh_map().await;
+                }
+                // Taking the new map ends the export; an export still running means the map
+                // did not arrive, and the keys stay frozen until it does.
+                match self.store.exporting_towards(shard) {
+                    None => Ok(Reply::Ok),
+                    Some(_) => Err(StoreError::Config(format!(
+                        "shard {shard} keeps its moving keys frozen until this node has the map of epoch {target}"
+                    ))),
+                }
+            }
+            Request::Count { shard } => Ok(Reply::Count(self.store.estimate_keys(shard))),
+            Request::Cleanup { shard } => Ok(Reply::Count(blocking(move || store.cleanup(shard)).await? as u64)),
+            Request::Ingest { shard, entries } => {
+                Ok(Reply::Count(blocking(move || store.ingest(shard, entries)).await? as u64))
+            }
+        }
+    }
+
+    /// Send moved entries to shard `to` of `target` (a node of the map after the move).
+    async fn send(&self, target: &ShardMap, to: u32, entries: Vec<RawEntry>) -> Result<(), StoreError> {
+        let node = target.node_of(to).ok_or_else(|| StoreError::Config(format!("no shard {to} in the target map")))?;
+        if node == self.id() {
+            let store = self.store.clone();
+            blocking(move || store.ingest(to, entries)).await?;
+            return Ok(());
+        }
+        let payload = Bytes::from(wire::encode(&Request::Ingest { shard: to, entries }));
+        let reply = self.bus.request(&subject::store_node(node), payload, INGEST_TIMEOUT).await.map_err(|e| {
+            StoreError::Unavailable { shard: to, node: node.to_owned(), reason: format!("taking moved keys: {e}") }
+        })?;
+        match wire::decode::<Reply>(&reply.payload)? {
+            Reply::Count(_) => Ok(()),
+            Reply::Error(e) => Err(e.into_error()),
+            other => Err(StoreError::Protocol(format!("unexpected answer to an ingest: {other:?}"))),
+        }
+    }
+
+    async fn export(&self, move_id: u64, shard: u32, target: Arc<ShardMap>) -> Result<u64, StoreError> {
+        self.store.begin_export(shard, target.clone())?;
+        let (tx, mut rx) = mpsc::channel::<(u32, Vec<RawEntry>)>(4);
+        let store = self.store.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            store.export_scan(shard, CHUNK_BYTES, |to, entries| {
+                tx.blocking_send((to, entries)).map_err(|_| StoreError::Config("the export was stopped".into()))
+            })
+        });
+        let mut copied = 0u64;
+        let mut last_report = std::time::Instant::now();
+        while let Some((to, entries)) = rx.recv().await {
+            copied += entries.len() as u64;
+            self.send(&target, to, entries).await?;
+            if last_report.elapsed() >= Duration::from_millis(200) {
+                last_report = std::time::Instant::now();
+                self.report(move_id, shard, copied).await;
+            }
+        }
+        scan.await.map_err(|e| StoreError::Protocol(format!("export scan failed: {e}")))??;
+        // Catch up with the writes made during the copy until few are left.
+        for _ in 0..50 {
+            let store = self.store.clone();
+            let dirty = blocking(move || store.take_dirty(shard, false)).await?;
+            let n: usize = dirty.values().map(Vec::len).sum();
+            for (to, entries) in dirty {
+                self.send(&target, to, entries).await?;
+            }
+            copied += n as u64;
+            if n < CATCH_UP_ENOUGH {
+                break;
+            }
+        }
+        self.report(move_id, shard, copied).await;
+        Ok(copied)
+    }
+
+    /// Publish a `shoal.evt.kv.<ns>.<put|delete>` event per written key.
+    async fn announce(&self, namespace: &str, written: Vec<(String, bool)>, versions: &[u64]) {
+        for ((key, put), &version) in written.into_iter().zip(versions) {
+            let op = if put { "put" } else { "delete" };
+            let change = KvChange { namespace: namespace.to_owned(), key, version, op: op.to_owned() };
+            let event = CloudEvent::new(
+                self.source.as_str(),
+                format!("io.shoal.kv.{op}"),
+                format!("kv/{namespace}"),
+                serde_json::to_value(&change).unwrap_or_default(),
+            );
+            if let Err(e) =
+                shoal_bus::event::publish_event(self.bus.as_ref(), &subject::kv_event(namespace, op), &event).await
+            {
+                tracing::debug!(cause = %e, "could not announce a write");
+            }
+        }
+    }
+
+    async fn report(&self, move_id: u64, shard: u32, copied: u64) {
+        let progress = Progress { move_id, shard, copied };
+        let payload = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
+        if let Err(e) = self.bus.publish(subject::STORE_PROGRESS, payload).await {
+            tracing::debug!(cause = %e, "could not report a move's progress");
+        }
+    }
+}

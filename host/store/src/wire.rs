@@ -1,0 +1,248 @@
+//! What store nodes, their clients and the master say to each other on the bus.
+//!
+//! Requests to a node (`shoal.ctl.store.node.<id>`) and their replies are [postcard]-encoded
+//! [`Request`] and [`Reply`] values (values are bytes; JSON would inflate them). Registrations,
+//! the map and progress reports (`shoal.ctl.store.register|map|progress`) are JSON: they are small
+//! and tools may want to read them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::RawEntry;
+use crate::{Entry, Op, ShardMap, StoreError};
+
+/// A request to a store node. Data requests carry the epoch of the caller's map: a node whose map
+/// is older fetches the current one before answering.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Read one key.
+    Get {
+        /// The caller's map epoch.
+        epoch: u64,
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// Apply operations whose shards are all on this node, atomically.
+    Batch {
+        /// The caller's map epoch.
+        epoch: u64,
+        /// Namespace.
+        namespace: String,
+        /// Operations.
+        ops: Vec<Op>,
+    },
+    /// Check the conditions of operations without writing.
+    Check {
+        /// The caller's map epoch.
+        epoch: u64,
+        /// Namespace.
+        namespace: String,
+        /// Operations.
+        ops: Vec<Op>,
+    },
+    /// Entries of the shards this node serves (at most `limit + 1` per shard).
+    List {
+        /// The caller's map epoch.
+        epoch: u64,
+        /// Namespace.
+        namespace: String,
+        /// Key prefix.
+        prefix: String,
+        /// Only keys after this one.
+        after: Option<String>,
+        /// Page size.
+        limit: u32,
+    },
+    /// Serve by this map from now on (from the master).
+    Map {
+        /// The new map.
+        map: ShardMap,
+    },
+    /// Create an empty shard that keys will move into (from the master).
+    CreateShard {
+        /// The shard.
+        shard: u32,
+    },
+    /// Delete a shard's files (from the master, after a scale-in, or to undo a failed scale-out).
+    DropShard {
+        /// The shard.
+        shard: u32,
+    },
+    /// Copy the keys of `shard` that move under `target` to their new shards, then catch up with
+    /// the writes made meanwhile; answered when little is left to copy.
+    Export {
+        /// Names the move in progress reports.
+        move_id: u64,
+        /// The source shard.
+        shard: u32,
+        /// The map after the move.
+        target: ShardMap,
+    },
+    /// Freeze the moving keys of `shard` and copy their last writes (the map switches next).
+    Freeze {
+        /// The source shard.
+        shard: u32,
+    },
+    /// Stop exporting `shard`: the move was given up (its frozen keys thaw), or it committed (the
+    /// export ends once this node serves by the new map; until then its moving keys stay frozen,
+    /// since serving them by the old map would read stale).
+    EndExport {
+        /// The source shard.
+        shard: u32,
+        /// Whether the map switched.
+        committed: bool,
+    },
+    /// Delete from `shard` the keys it does not own under the node's map.
+    Cleanup {
+        /// The shard.
+        shard: u32,
+    },
+    /// RocksDB's estimate of the keys in `shard`.
+    Count {
+        /// The shard.
+        shard: u32,
+    },
+    /// Write moved entries into `shard` (from another node's export).
+    Ingest {
+        /// The destination shard.
+        shard: u32,
+        /// The entries (a `None` value deletes).
+        entries: Vec<RawEntry>,
+    },
+}
+
+/// A node's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The entry of a `Get`.
+    Entry(Option<Entry>),
+    /// The versions written by a `Batch`.
+    Versions(Vec<u64>),
+    /// The entries of a `List`.
+    Entries(Vec<Entry>),
+    /// A count (keys copied, deleted, ingested).
+    Count(u64),
+    /// Done.
+    Ok,
+    /// Refused or failed.
+    Error(WireError),
+}
+
+/// A [`StoreError`] as it crosses the bus.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireError {
+    /// See [`StoreError::InvalidNamespace`].
+    InvalidNamespace(String),
+    /// See [`StoreError::InvalidKey`].
+    InvalidKey(String),
+    /// See [`StoreError::ValueTooLarge`].
+    ValueTooLarge(u64, u64),
+    /// See [`StoreError::InvalidTtl`].
+    InvalidTtl(String),
+    /// See [`StoreError::BatchTooLarge`].
+    BatchTooLarge(u64, u64),
+    /// See [`StoreError::InvalidBatch`].
+    InvalidBatch(String),
+    /// See [`StoreError::InvalidListing`].
+    InvalidListing(String),
+    /// See [`StoreError::Conflict`].
+    Conflict(String, u64, u64),
+    /// See [`StoreError::NotFound`].
+    NotFound(String, String),
+    /// See [`StoreError::NotOwner`]; carries the node's map so the caller can take it.
+    NotOwner(u32, ShardMap),
+    /// See [`StoreError::Moving`].
+    Moving,
+    /// Anything else, as text.
+    Internal(String),
+}
+
+impl WireError {
+    /// The error to send for `err`; `map` is the node's map (sent along with `NotOwner`).
+    pub fn from_error(err: StoreError, map: impl FnOnce() -> ShardMap) -> WireError {
+        match err {
+            StoreError::InvalidNamespace(s) => WireError::InvalidNamespace(s),
+            StoreError::InvalidKey(s) => WireError::InvalidKey(s),
+            StoreError::ValueTooLarge { size, limit } => WireError::ValueTooLarge(size as u64, limit as u64),
+            StoreError::InvalidTtl(s) => WireError::InvalidTtl(s),
+            StoreError::BatchTooLarge { ops, limit } => WireError::BatchTooLarge(ops as u64, limit as u64),
+            StoreError::InvalidBatch(s) => WireError::InvalidBatch(s),
+            StoreError::InvalidListing(s) => WireError::InvalidListing(s),
+            StoreError::Conflict { key, expected, actual } => WireError::Conflict(key, expected, actual),
+            StoreError::NotFound { namespace, key } => WireError::NotFound(namespace, key),
+            StoreError::NotOwner { shard, .. } => WireError::NotOwner(shard, map()),
+            StoreError::Moving => WireError::Moving,
+            other => WireError::Internal(other.to_string()),
+        }
+    }
+
+    /// Back to a [`StoreError`] (a `NotOwner`'s map is taken out by the client before this).
+    pub fn into_error(self) -> StoreError {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        match self {
+            WireError::InvalidNamespace(s) => StoreError::InvalidNamespace(s),
+            WireError::InvalidKey(s) => StoreError::InvalidKey(s),
+            WireError::ValueTooLarge(s, l) => StoreError::ValueTooLarge { size: size(s), limit: size(l) },
+            WireError::InvalidTtl(s) => StoreError::InvalidTtl(s),
+            WireError::BatchTooLarge(o, l) => StoreError::BatchTooLarge { ops: size(o), limit: size(l) },
+            WireError::InvalidBatch(s) => StoreError::InvalidBatch(s),
+            WireError::InvalidListing(s) => StoreError::InvalidListing(s),
+            WireError::Conflict(key, expected, actual) => StoreError::Conflict { key, expected, actual },
+            WireError::NotFound(namespace, key) => StoreError::NotFound { namespace, key },
+            WireError::NotOwner(shard, map) => StoreError::NotOwner { shard, epoch: map.epoch },
+            WireError::Moving => StoreError::Moving,
+            WireError::Internal(s) => StoreError::Protocol(s),
+        }
+    }
+}
+
+/// Encode a request or reply.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard only fails on writers that run out of room; a Vec never does.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Decode a request or reply.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Protocol(format!("undecodable message: {e}")))
+}
+
+/// A store node's registration (JSON on `shoal.ctl.store.register`), sent at start and every
+/// few seconds after.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node's id.
+    pub node: String,
+    /// Changes on every start of the node process: a coordinator running a move with this node
+    /// gives the move up when it restarted (its export state is gone).
+    pub boot: String,
+    /// The shards the node holds on disk.
+    pub held: Vec<u32>,
+}
+
+/// Progress of a move's copy (JSON on `shoal.ctl.store.progress`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Progress {
+    /// The move.
+    pub move_id: u64,
+    /// The source shard.
+    pub shard: u32,
+    /// Keys of that shard copied so far.
+    pub copied: u64,
+}
+
+/// The data of a `shoal.evt.kv.<namespace>.<put|delete>` event: a key was written. Watches
+/// (`/v1/kv/...?index=`, SSE) wake on these and read the key again; the bus delivers them at most
+/// once, so a watcher that misses one still sees the change when its wait times out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvChange {
+    /// The namespace.
+    pub namespace: String,
+    /// The key.
+    pub key: String,
+    /// The version the write got.
+    pub version: u64,
+    /// `put` or `delete`.
+    pub op: String,
+}

