@@ -84,6 +84,8 @@ pub struct Agent {
     checker: HealthChecker,
     health_rx: Mutex<Option<mpsc::UnboundedReceiver<HealthUpdate>>>,
     wasm: shoal_wasm_executor::WasmExecutor,
+    /// The state store for Wasm tasks' `wasi:keyvalue`.
+    kv: Arc<crate::kv::StoreTaskKv>,
     seq: AtomicU64,
     boot: u64,
 }
@@ -113,6 +115,7 @@ impl Agent {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Arc::new(Agent {
             wasm,
+            kv: crate::kv::StoreTaskKv::new(bus.clone()),
             bus,
             config,
             tasks: Mutex::new(BTreeMap::new()),
@@ -329,6 +332,10 @@ impl Agent {
         if let Err(e) = std::fs::create_dir_all(&sandbox) {
             return self.set_state(&info.id, TaskState::Failed, None, format!("sandbox: {e}"));
         }
+        let kv = match crate::kv::access(&info.labels, self.kv.clone()) {
+            Ok(kv) => kv,
+            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e),
+        };
         let spec = shoal_wasm_executor::TaskSpec {
             task_id: info.id.clone(),
             args: Vec::new(),
@@ -338,7 +345,7 @@ impl Agent {
             listen: ports.first().map(|p| std::net::SocketAddr::new(ip, *p)),
             network: false,
             logs,
-            kv: None,
+            kv,
         };
         let mut task = match self.wasm.start(&prepared, spec).await {
             Ok(t) => t,

@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 pub mod daemon;
+pub mod kv;
 
 pub use daemon::{Agent, AgentConfig};
 

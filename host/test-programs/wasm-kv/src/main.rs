@@ -13,6 +13,8 @@
 //! - `open-denied NAME` → opens bucket NAME expecting `access-denied`: prints `denied`, or what
 //!   it got instead and exits 1;
 //! - `forge-cursor N` → `list-keys` with a cursor the host never handed out.
+//!
+//! Without arguments it takes them from `WASM_KV_ARGS` (what a framework-launched task uses).
 
 // Generated import glue is unsafe by nature; this crate's own code is not.
 #![allow(unsafe_code, missing_docs)]
@@ -24,7 +26,13 @@ use wasi::keyvalue::store::{self, Bucket, Error};
 use wasi::keyvalue::{atomics, batch};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Tasks launched by a framework get no arguments; `WASM_KV_ARGS` (split on spaces) stands in.
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty()
+        && let Ok(line) = std::env::var("WASM_KV_ARGS")
+    {
+        args = line.split_whitespace().map(str::to_owned).collect();
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match run(&args) {
         Ok(lines) => {

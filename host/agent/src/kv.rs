@@ -1,0 +1,106 @@
+//! The state store as Wasm tasks see it: `wasi:keyvalue` buckets (see
+//! `shoal_wasm_executor::kv`) backed by Shoal's sharded store, one bucket per store namespace.
+//!
+//! A task opens only the namespaces its launch names in the label `shoal.kv`
+//! (comma-separated, e.g. `"shoal.kv": "orders,sessions"`); the bucket identifier is the
+//! namespace. The agent reaches the store like any client: a `StoreClient` on its bus.
+
+use std::sync::{Arc, OnceLock};
+
+use shoal_bus::SharedBus;
+use shoal_store::client::StoreClient;
+use shoal_store::{MAX_BATCH_OPS, MAX_LIST_LIMIT, Op, PutOptions, StoreError};
+use shoal_wasm_executor::kv::increment_value;
+use shoal_wasm_executor::{TaskKv, TaskKvAccess};
+
+/// The label that names the store namespaces a Wasm task may open.
+pub const KV_LABEL: &str = "shoal.kv";
+/// Compare-and-set rounds an `increment` tries before giving up (each lost round means another
+/// writer changed the counter in between).
+const INCREMENT_ATTEMPTS: usize = 64;
+
+/// `wasi:keyvalue` over the sharded store.
+pub struct StoreTaskKv {
+    bus: SharedBus,
+    /// Made on first use: a client follows the shard map from a task of its own, which needs the
+    /// runtime that tasks run on.
+    client: OnceLock<Arc<StoreClient>>,
+}
+
+impl StoreTaskKv {
+    /// A backend reaching the store over `bus`.
+    pub fn new(bus: SharedBus) -> Arc<StoreTaskKv> {
+        Arc::new(StoreTaskKv { bus, client: OnceLock::new() })
+    }
+
+    fn client(&self) -> &Arc<StoreClient> {
+        self.client.get_or_init(|| StoreClient::new(self.bus.clone(), None))
+    }
+}
+
+/// The buckets a task may open, from its `shoal.kv` label: `Ok(None)` without the label, an
+/// error naming the bad namespace otherwise.
+pub fn access(
+    labels: &std::collections::BTreeMap<String, String>,
+    backend: Arc<StoreTaskKv>,
+) -> Result<Option<TaskKvAccess>, String> {
+    let Some(text) = labels.get(KV_LABEL) else { return Ok(None) };
+    let mut buckets = Vec::new();
+    for ns in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        shoal_store::validate_namespace(ns).map_err(|e| format!("label {KV_LABEL}: {e}"))?;
+        buckets.push(ns.to_owned());
+    }
+    Ok(Some(TaskKvAccess { backend, buckets }))
+}
+
+fn text(e: StoreError) -> String {
+    e.to_string()
+}
+
+#[async_trait::async_trait]
+impl TaskKv for StoreTaskKv {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.client().get(bucket, key).await.map_err(text)?.map(|e| e.value))
+    }
+
+    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.client().put(bucket, key, &value, PutOptions::default()).await.map(|_| ()).map_err(text)
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), String> {
+        // `wasi:keyvalue` deletes are idempotent: an absent key is not an error.
+        match self.client().delete(bucket, key, None).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(text(e)),
+        }
+    }
+
+    async fn list_keys(&self, bucket: &str, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), String> {
+        let page = self.client().list(bucket, "", cursor, MAX_LIST_LIMIT).await.map_err(text)?;
+        Ok((page.entries.into_iter().map(|e| e.key).collect(), page.cursor))
+    }
+
+    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, String> {
+        let client = self.client();
+        for _ in 0..INCREMENT_ATTEMPTS {
+            let entry = client.get(bucket, key).await.map_err(text)?;
+            let next = increment_value(entry.as_ref().map(|e| e.value.as_slice()), delta)?;
+            let options = PutOptions { version: Some(entry.map_or(0, |e| e.version)), ttl: None };
+            match client.put(bucket, key, next.to_string().as_bytes(), options).await {
+                Ok(_) => return Ok(next),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(text(e)),
+            }
+        }
+        Err(format!("increment of `{key}` lost {INCREMENT_ATTEMPTS} races with other writers; try again"))
+    }
+
+    async fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        let ops: Vec<Op> =
+            pairs.into_iter().map(|(key, value)| Op::Put { key, value, options: PutOptions::default() }).collect();
+        for chunk in ops.chunks(MAX_BATCH_OPS) {
+            self.client().batch(bucket, chunk.to_vec()).await.map_err(text)?;
+        }
+        Ok(())
+    }
+}
