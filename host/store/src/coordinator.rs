@@ -301,7 +301,7 @@ impl Coordinator {
                 && !created
                 && state.moving.is_none()
                 && r.held.is_empty()
-                && !map.shards.iter().any(|n| *n == r.node);
+                && !map.shards.contains(&r.node);
             (map, created, grow)
         };
         if created {
@@ -378,7 +378,7 @@ impl Coordinator {
         }
         let node = match node {
             Some(n) => {
-                if !state.nodes.get(&n).is_some_and(|s| s.seen.elapsed() < REGISTER_INTERVAL * 3) {
+                if state.nodes.get(&n).is_none_or(|s| s.seen.elapsed() >= REGISTER_INTERVAL * 3) {
                     return Err(ScaleError::Invalid(format!("no live store node `{n}` has registered")));
                 }
                 n
