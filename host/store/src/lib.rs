@@ -209,8 +209,9 @@ pub enum StoreError {
     /// The key is being moved to another shard; retry in a few milliseconds.
     #[error("the key is moving to another shard; retry")]
     Moving,
-    /// The node serving the key's shard did not answer.
-    #[error("shard {shard} (store node `{node}`) is unavailable: {reason}")]
+    /// The node serving the key's shard did not answer (or, with no node named, no store node
+    /// serves anything yet).
+    #[error("{}", unavailable(*.shard, .node, .reason))]
     Unavailable {
         /// The shard.
         shard: u32,
@@ -231,6 +232,14 @@ pub enum StoreError {
     /// A store node answered something this client cannot read (a version mismatch).
     #[error("store protocol: {0}")]
     Protocol(String),
+}
+
+fn unavailable(shard: u32, node: &str, reason: &str) -> String {
+    if node.is_empty() {
+        format!("the state store is unavailable: {reason}")
+    } else {
+        format!("shard {shard} (store node `{node}`) is unavailable: {reason}")
+    }
 }
 
 fn describe(version: u64) -> String {
