@@ -146,8 +146,11 @@ pub async fn get(
     allow(&state, &headers, &ns)?;
     let q = query(q)?;
     let store = store(&state)?;
-    shoal_store::validate_namespace(&ns)?;
-    shoal_store::validate_key(&key)?;
+    if q.watch.is_some() || q.index.is_some() {
+        // Checked before subscribing to the namespace's events (plain reads: by the client).
+        shoal_store::validate_namespace(&ns)?;
+        shoal_store::validate_key(&key)?;
+    }
     if q.watch == Some(true) {
         if q.index.is_some() {
             return Err(ApiError::bad_request("`watch` streams every write; it takes no `index`"));

@@ -55,10 +55,7 @@ impl StoreClient {
             let Ok(mut maps) = bus.subscribe(subject::STORE_SHARDMAP).await else { return };
             while let Some(event) = maps.next().await {
                 let Some(client) = weak.upgrade() else { return };
-                if let Some(map) = serde_json::from_slice::<shoal_bus::CloudEvent>(&event.payload)
-                    .ok()
-                    .and_then(|e| serde_json::from_value::<ShardMap>(e.data).ok())
-                {
+                if let Some(map) = wire::shard_map_of_event(&event.payload) {
                     client.take(map);
                 }
             }

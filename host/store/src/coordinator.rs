@@ -11,8 +11,9 @@
 //!   move gives it up (ends the exports, drops a half-filled new shard) if the map had not
 //!   switched yet, or finishes its clean-up if it had.
 //! - A participant that restarts during a move (a new `boot` in its registration) makes the move
-//!   give up before the map switches: its exports and freezes were in memory. Nodes obtain a map
-//!   only by registering, so a restarted node cannot serve before the coordinator has heard of it.
+//!   give up before the map switches: its exports and freezes were in memory. A node takes its first
+//!   map only from a registration (pushed maps wait for it), so a restarted node cannot serve
+//!   before the coordinator has heard of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use shoal_bus::event::CloudEvent;
 use shoal_bus::{BusError, SharedBus, subject};
 
+use crate::engine::now_ms;
 use crate::node::{REGISTER_INTERVAL, validate_node_id};
 use crate::wire::{self, Progress, Registration, Reply, Request};
 use crate::{MAX_SHARDS, ShardMap, StoreError};
@@ -152,10 +154,6 @@ pub struct Coordinator {
     bus: SharedBus,
     config: CoordinatorConfig,
     state: Mutex<State>,
-}
-
-fn now_ms() -> u64 {
-    crate::engine::now_ms()
 }
 
 impl Coordinator {
@@ -475,11 +473,7 @@ impl Coordinator {
     async fn run_move(self: Arc<Self>, mut status: MoveStatus, from: ShardMap, to: ShardMap) {
         self.event("started", &status).await;
         tracing::info!(id = status.id, kind = ?status.kind, from = status.from_shards, to = status.to_shards, "store move started");
-        let sources: Vec<u32> = if to.shard_count() > from.shard_count() {
-            (0..from.shard_count()).collect()
-        } else {
-            vec![from.shard_count() - 1]
-        };
+        let sources = sources(&from, &to);
         let result = self.execute(&mut status, &from, &to, &sources).await;
         let switched = self.state.lock().persisted.map.epoch >= to.epoch;
         match result {
@@ -635,11 +629,7 @@ impl Coordinator {
 
     /// A move a previous run of the master left: finish its clean-up or give it up.
     async fn recover(self: Arc<Self>, id: u64, from: ShardMap, to: ShardMap) {
-        let sources: Vec<u32> = if to.shard_count() > from.shard_count() {
-            (0..from.shard_count()).collect()
-        } else {
-            vec![from.shard_count() - 1]
-        };
+        let sources = sources(&from, &to);
         // Give the nodes time to come back.
         tokio::time::sleep(REGISTER_INTERVAL).await;
         let switched = self.state.lock().persisted.map.epoch >= to.epoch;
@@ -658,4 +648,10 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// The shards that give keys away in a move from `from` to `to`: every shard on scale-out (each
+/// sends about 1/(N+1) of its keys to the new one), the last one on scale-in.
+fn sources(from: &ShardMap, to: &ShardMap) -> Vec<u32> {
+    if to.shard_count() > from.shard_count() { (0..from.shard_count()).collect() } else { vec![from.shard_count() - 1] }
 }

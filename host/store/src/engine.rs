@@ -67,6 +67,21 @@ struct Pending {
 type Overlay = std::collections::HashMap<Vec<u8>, Option<u64>>;
 
 impl Shard {
+    /// Remember the writes of `ops` whose keys move under the export in progress (nothing when
+    /// the shard does not export). Called under the shard's lock, after the write.
+    fn mark_dirty<'a>(&self, namespace: &str, ops: impl IntoIterator<Item = &'a Op>) {
+        if !self.exporting.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(export) = self.export.lock().as_mut() {
+            for op in ops {
+                if export.target.shard_of(namespace, op.key()) != self.id {
+                    export.dirty.insert(db_key(namespace, op.key()));
+                }
+            }
+        }
+    }
+
     /// Whether `ns/key` is frozen here (exporting, frozen, and moving to another shard).
     fn frozen(&self, namespace: &str, key: &str) -> bool {
         if !self.exporting.load(Ordering::Acquire) {
@@ -456,34 +471,17 @@ impl Store {
         for (shard, guard) in &mut guards {
             let mut batch = WriteBatch::default();
             let mut seq = **guard;
-            let mut written = Vec::new();
+            let mine: Vec<&Op> =
+                ops.iter().enumerate().filter(|(i, _)| shard_of[*i].id == shard.id).map(|(_, op)| op).collect();
             for (i, op) in ops.iter().enumerate().filter(|(i, _)| shard_of[*i].id == shard.id) {
                 seq += 1;
                 versions[i] = seq;
-                let k = db_key(namespace, op.key());
-                match op {
-                    Op::Put { value, options, .. } => {
-                        let expires_at = options
-                            .ttl
-                            .map_or(0, |t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).max(1));
-                        batch.put(&k, encode(seq, expires_at, value));
-                    }
-                    Op::Delete { .. } => batch.delete(&k),
-                }
-                written.push((k, op.key()));
+                stage(&mut batch, db_key(namespace, op.key()), op, seq, now);
             }
             batch.put(SEQ_KEY, seq.to_be_bytes());
             shard.db.write_opt(batch, &self.write_options)?;
             **guard = seq;
-            if shard.exporting.load(Ordering::Acquire)
-                && let Some(export) = shard.export.lock().as_mut()
-            {
-                for (k, key) in written {
-                    if export.target.shard_of(namespace, key) != shard.id {
-                        export.dirty.insert(k);
-                    }
-                }
-            }
+            shard.mark_dirty(namespace, mine);
         }
         Ok(versions)
     }
@@ -538,19 +536,8 @@ impl Store {
                 next += 1;
                 versions.push(next);
                 let k = db_key(&pending.namespace, op.key());
-                match op {
-                    Op::Put { value, options, .. } => {
-                        let expires_at = options
-                            .ttl
-                            .map_or(0, |t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).max(1));
-                        batch.put(&k, encode(next, expires_at, value));
-                        overlay.insert(k, Some(next));
-                    }
-                    Op::Delete { .. } => {
-                        batch.delete(&k);
-                        overlay.insert(k, None);
-                    }
-                }
+                overlay.insert(k.clone(), matches!(op, Op::Put { .. }).then_some(next));
+                stage(&mut batch, k, op, next, now);
             }
             accepted.push((pending, versions));
         }
@@ -565,16 +552,8 @@ impl Store {
             return;
         }
         **seq = next;
-        if shard.exporting.load(Ordering::Acquire)
-            && let Some(export) = shard.export.lock().as_mut()
-        {
-            for (pending, _) in &accepted {
-                for op in &pending.ops {
-                    if export.target.shard_of(&pending.namespace, op.key()) != shard.id {
-                        export.dirty.insert(db_key(&pending.namespace, op.key()));
-                    }
-                }
-            }
+        for (pending, _) in &accepted {
+            shard.mark_dirty(&pending.namespace, &pending.ops);
         }
         for (pending, versions) in accepted {
             let _ = pending.done.send(Ok(versions));
@@ -878,6 +857,18 @@ impl Store {
     /// Number of keys in shard `n` (RocksDB's estimate).
     pub fn estimate_keys(&self, n: u32) -> u64 {
         self.shard(n).and_then(|s| s.db.property_int_value("rocksdb.estimate-num-keys").ok().flatten()).unwrap_or(0)
+    }
+}
+
+/// Add `op` on RocksDB key `k` to `batch` at `version` (a put's TTL counts from `now`).
+fn stage(batch: &mut WriteBatch, k: Vec<u8>, op: &Op, version: u64, now: u64) {
+    match op {
+        Op::Put { value, options, .. } => {
+            let expires_at =
+                options.ttl.map_or(0, |t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).max(1));
+            batch.put(k, encode(version, expires_at, value));
+        }
+        Op::Delete { .. } => batch.delete(k),
     }
 }
 

@@ -119,11 +119,10 @@ impl StoreNode {
                 }
                 event = maps.next() => {
                     let Some(event) = event else { return Ok(()) };
-                    match serde_json::from_slice::<shoal_bus::CloudEvent>(&event.payload)
-                        .ok()
-                        .and_then(|e| serde_json::from_value::<ShardMap>(e.data).ok())
-                    {
-                        Some(map) => self.apply_map(map).await,
+                    match wire::shard_map_of_event(&event.payload) {
+                        Some(map) => {
+                            self.take_pushed_map(map).await;
+                        }
                         None => tracing::warn!("unreadable shard map event"),
                     }
                 }
@@ -174,6 +173,17 @@ impl StoreNode {
         if self.store.set_map(map) {
             tracing::info!(node = self.id(), epoch, "serving a new shard map");
         }
+    }
+
+    /// A map the master pushed or published: taken only once this process has registered (its
+    /// first map always comes from a registration), so a restarted node never serves before the
+    /// coordinator has heard of its new boot. Returns whether the node has registered.
+    async fn take_pushed_map(&self, map: ShardMap) -> bool {
+        if self.store.shard_map().epoch == 0 {
+            return false;
+        }
+        self.apply_map(map).await;
+        true
     }
 
     /// Register once; the answer is the current map. Nodes get maps only this way (and from the
@@ -240,7 +250,9 @@ impl StoreNode {
                 Ok(Reply::Entries(entries))
             }
             Request::Map { map } => {
-                self.apply_map(map).await;
+                if !self.take_pushed_map(map).await {
+                    return Err(StoreError::Config("this node has not registered since it started".into()));
+                }
                 Ok(Reply::Ok)
             }
             Request::CreateShard { shard } => {

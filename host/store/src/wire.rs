@@ -246,3 +246,9 @@ pub struct KvChange {
     /// `put` or `delete`.
     pub op: String,
 }
+
+/// The map carried by a `shoal.evt.store.shardmap` event, if the payload is one.
+pub fn shard_map_of_event(payload: &[u8]) -> Option<ShardMap> {
+    let event: shoal_bus::CloudEvent = serde_json::from_slice(payload).ok()?;
+    serde_json::from_value(event.data).ok()
+}
