@@ -51,9 +51,11 @@ pub struct Imports {
 }
 
 /// Add the host imports to `linker`: the empty-capability WASI p2 interfaces Rust's standard
-/// library needs, `types`, `log`, `clock`, `keyvalue`, and `probe` when asked.
+/// library needs (none of which blocks or needs Tokio, see [`crate::wasi`]), `types`, `log`,
+/// `clock`, `keyvalue`, and `probe` when asked.
 pub fn add_to_linker(linker: &mut Linker<HostState>, imports: Imports) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    crate::wasi::add_to_linker(linker)?;
     types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     clock::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;

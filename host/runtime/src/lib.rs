@@ -22,6 +22,7 @@ mod error;
 pub mod imports;
 mod pool;
 mod state;
+pub mod wasi;
 
 pub use engine::{CallLimits, Runtime, RuntimeConfig, SetupError};
 pub use error::{CallError, LoadError};

@@ -140,8 +140,10 @@ impl<W: World> Plugin<W> {
     ///
     /// Calls are synchronous. Called from inside an async task, the call leaves the async
     /// context first (`block_in_place` on a multi-thread runtime, a scoped thread on a
-    /// current-thread one): WASI's stream functions block on tokio, which must never happen on a
-    /// thread that drives async tasks. Hot paths should call from their own threads.
+    /// current-thread one), so that a call that legitimately runs long — a framework or an
+    /// allocator working up to its deadline of seconds, a health check's probe waiting on the
+    /// network — does not stall the other tasks of its worker. Short calls on a hot path (the
+    /// gateway's routers) use [`Plugin::call_inline`] instead and skip that thread hand-off.
     pub fn call<R: Send>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R> + Send) -> Result<R, CallError>
     where
         W::Bindings: Send,
@@ -157,6 +159,20 @@ impl<W: World> Plugin<W> {
                 Err(_) => Err(CallError::Trap("the host thread running the call panicked".into())),
             }),
         }
+    }
+
+    /// [`Plugin::call`] on the current thread, even a Tokio worker (of a multi-thread or a
+    /// current-thread runtime): no thread hand-off.
+    ///
+    /// This is safe because no import a plugin can reach blocks on Tokio: the WASI functions
+    /// answer at once and refuse to wait ([`crate::wasi`]: a plugin that sleeps or waits on a
+    /// pollable fails with [`CallError::Trap`]), and the store backend of the plugin leaves the
+    /// worker itself if it has to wait on the network. What the caller accepts is that the
+    /// worker is busy for as long as the call runs, up to the plugin's deadline: use it for
+    /// plugins whose calls are short and whose world has no long imports (routers: deadline
+    /// 50 ms, no `probe`).
+    pub fn call_inline<R>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        self.call_here(f)
     }
 
     fn call_here<R>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>) -> Result<R, CallError> {
