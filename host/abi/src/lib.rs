@@ -296,12 +296,15 @@ pub struct RouteTable {
 ///
 /// An answer out of range, or naming an endpoint that is not healthy, is an
 /// [`CallError::InvalidOutput`]: the caller should serve the request with a safe rule instead.
+///
+/// The call runs on the calling thread ([`Plugin::call_inline`]), even a Tokio worker: router
+/// calls are short (50 ms deadline at most) and this is the gateway's per-request path.
 pub fn route(
     plugin: &Plugin<RouterWorld>,
     table: &RouteTable,
     request: &mut RouteRequest,
 ) -> Result<Option<u32>, CallError> {
-    plugin.call(|i| {
+    plugin.call_inline(|i| {
         let routing = i.bindings.shoal_plugin_routing();
         if i.generation != table.generation {
             routing.call_update(&mut i.store, &table.endpoints)?;
@@ -338,7 +341,7 @@ pub fn route(
     })
 }
 
-/// `routing.on-complete`.
+/// `routing.on-complete`, on the calling thread like [`route`].
 pub fn route_complete(
     plugin: &Plugin<RouterWorld>,
     table: &RouteTable,
@@ -346,7 +349,7 @@ pub fn route_complete(
     status: u16,
     latency_us: u64,
 ) -> Result<(), CallError> {
-    plugin.call(|i| {
+    plugin.call_inline(|i| {
         let routing = i.bindings.shoal_plugin_routing();
         if i.generation != table.generation {
             routing.call_update(&mut i.store, &table.endpoints)?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shoal_abi::health::{CheckStatus, CheckTarget};
 use shoal_abi::{AnyPlugin, Endpoint, FrameworkWorld, HttpRequest, PluginKind, RouteRequest, RouteTable, RouterWorld};
-use shoal_runtime::{CallError, LoadError, MemoryKv, Plugin, PluginScope};
+use shoal_runtime::{CallError, KvBackend, LoadError, MemoryKv, Plugin, PluginScope};
 
 use crate::{load, runtime};
 
@@ -101,6 +101,76 @@ fn hostile_router() {
         ..PluginScope::detached("router", "hostile", "1")
     });
     assert_eq!(call(&with_kv, "/kv").expect("kv"), Some(1));
+}
+
+/// A store that remembers the thread it was last called on.
+#[derive(Default)]
+struct ThreadKv(std::sync::Mutex<Option<std::thread::ThreadId>>);
+
+impl KvBackend for ThreadKv {
+    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+    fn set(&self, _: &str, _: &[u8]) -> Result<(), String> {
+        *self.0.lock().expect("lock") = Some(std::thread::current().id());
+        Ok(())
+    }
+    fn delete(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<String>, String> {
+        Ok(vec![])
+    }
+}
+
+/// What a router may do with WASI when its call runs on the calling thread, and what it may not.
+fn wasi_on_this_thread(p: &Plugin<RouterWorld>, kv: &ThreadKv) {
+    // The call runs right here, not on a helper thread.
+    assert_eq!(call(p, "/kv").expect("kv"), Some(1));
+    assert_eq!(*kv.0.lock().expect("lock"), Some(std::thread::current().id()), "the call left the calling thread");
+    // stdout and stderr (Rust's println!/eprintln!), stdin, a zero sleep: answered at once.
+    for path in ["/hello", "/print", "/stdin", "/sleep-zero"] {
+        assert_eq!(call(p, path).unwrap_or_else(|e| panic!("{path}: {e}")), Some(0), "{path}");
+    }
+    // A real sleep would park the thread: the call fails at once instead.
+    let started = Instant::now();
+    let err = call(p, "/sleep").expect_err("a 30 s sleep must not be served");
+    assert!(matches!(&err, CallError::Trap(m) if m.contains("may not block")), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the sleep took {:?}", started.elapsed());
+    // And the plugin keeps serving.
+    assert_eq!(call(p, "/hello").expect("hello after the failed sleep"), Some(0));
+}
+
+fn thread_kv_router() -> (Arc<Plugin<RouterWorld>>, Arc<ThreadKv>) {
+    let kv = Arc::new(ThreadKv::default());
+    let p = hostile(PluginScope { kv: Some(kv.clone()), ..PluginScope::detached("router", "hostile", "1") });
+    (p, kv)
+}
+
+/// Router calls run inline on a Tokio worker of a multi-thread runtime (the gateway's): no WASI
+/// function may block on Tokio there, which would panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_calls_run_inline_on_a_multi_thread_runtime() {
+    let (p, kv) = thread_kv_router();
+    wasi_on_this_thread(&p, &kv);
+    // Also from a spawned task, on whichever worker runs it.
+    tokio::spawn(async move { wasi_on_this_thread(&p, &kv) }).await.expect("the task panicked");
+}
+
+/// The same on a current-thread runtime, where even `block_in_place` would panic.
+#[tokio::test]
+async fn router_calls_run_inline_on_a_current_thread_runtime() {
+    let (p, kv) = thread_kv_router();
+    wasi_on_this_thread(&p, &kv);
+    let local = tokio::task::LocalSet::new();
+    local.run_until(async move { tokio::task::spawn_local(async move { wasi_on_this_thread(&p, &kv) }).await }).await.expect("the task panicked");
+}
+
+/// Without a runtime at all (a plain thread), the same holds.
+#[test]
+fn router_calls_run_inline_without_a_runtime() {
+    let (p, kv) = thread_kv_router();
+    wasi_on_this_thread(&p, &kv);
 }
 
 #[test]

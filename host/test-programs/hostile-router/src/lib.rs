@@ -40,6 +40,27 @@ impl Router for Hostile {
                 }
                 Some(0)
             }
+            // A line to stdout and one to stderr, as a router's debugging would: answered at once
+            // by the host, also when the call runs on a Tokio worker thread.
+            "/hello" => {
+                println!("hello from a router");
+                eprintln!("and hello to stderr");
+                Some(0)
+            }
+            // Read stdin to its end (it is empty): 0 bytes.
+            "/stdin" => {
+                let mut line = String::new();
+                Some(std::io::stdin().read_line(&mut line).map_or(1, |n| n as u32))
+            }
+            // A zero sleep is ready at once; a real one is a wait the host refuses to serve.
+            "/sleep-zero" => {
+                std::thread::sleep(std::time::Duration::ZERO);
+                Some(0)
+            }
+            "/sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Some(0)
+            }
             // Capability probes: answer 0 when denied (as they must be), 1 when granted.
             "/fs" => Some(u32::from(std::fs::read_dir("/").is_ok() || std::fs::read("/etc/passwd").is_ok())),
             "/env" => Some(u32::from(std::env::vars().next().is_some())),
