@@ -195,6 +195,25 @@ fn an_app_of_five_instances_across_three_agents() {
     master.cli(&["allocator", "use", "drf"]);
     master.cli(&["app", "delete", "packed"]);
     wait_instances(&master, "packed", "delete", <[_]>::is_empty);
+
+    // The framework keeps its state in the sharded state store, in its system namespace.
+    let (status, body) = http(&master.api, &master.token, "GET", "/v1/kv/_plugin-framework-service?prefix=app/", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let keys: Vec<&str> = v["entries"].as_array().expect("entries").iter().filter_map(|e| e["key"].as_str()).collect();
+    assert_eq!(keys, ["app/web"], "{body}");
+
+    // The master restarts (SIGKILL, same data): the framework reads its app back from the store
+    // and keeps it at 3 instances, no new deploy needed.
+    let data_dir = data.path().join("master");
+    drop(master);
+    let master = Master::start(&url, &data_dir);
+    let shown = master.cli(&["app", "show", "web"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!(v["instances"], 3, "{shown}");
+    wait_instances(&master, "web", "after the master's restart", |t| t.len() == 3 && t.iter().all(|(_, _, h)| *h));
+    master.cli(&["app", "delete", "web"]);
+    wait_instances(&master, "web", "delete after the restart", <[_]>::is_empty);
 }
 
 /// A task whose health check keeps failing is killed by the service framework and replaced.

@@ -103,10 +103,18 @@ fn store(state: &AppState) -> Result<Arc<StoreClient>, ApiError> {
     })
 }
 
-/// The token must open namespace `ns`: admin and operator open all, `app:<ns>` its own.
-fn allow(state: &AppState, headers: &HeaderMap, ns: &str) -> Result<(), ApiError> {
+/// The token must open namespace `ns`: admin and operator open all, `app:<ns>` its own. System
+/// namespaces (`_…`, the host's own state such as plugins' stores) are read by admin and
+/// operator tokens and written only by admin ones.
+fn allow(state: &AppState, headers: &HeaderMap, ns: &str, write: bool) -> Result<(), ApiError> {
     match state.auth.scope(headers)? {
-        Scope::Admin | Scope::Operator => Ok(()),
+        Scope::Admin => Ok(()),
+        Scope::Operator if write && shoal_store::is_system_namespace(ns) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("`{ns}` is a system namespace: only an admin token writes it"),
+        )),
+        Scope::Operator => Ok(()),
         Scope::App(own) if own == ns => Ok(()),
         other => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -143,7 +151,7 @@ pub async fn get(
     Path((ns, key)): Path<(String, String)>,
     q: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &headers, &ns)?;
+    allow(&state, &headers, &ns, false)?;
     let q = query(q)?;
     let store = store(&state)?;
     if q.watch.is_some() || q.index.is_some() {
@@ -292,7 +300,7 @@ pub async fn put(
     q: Result<Query<PutQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &headers, &ns)?;
+    allow(&state, &headers, &ns, true)?;
     let q = query(q)?;
     let body = body.map_err(body_error)?;
     let options = PutOptions { version: q.version, ttl: ttl(q.ttl)? };
@@ -312,7 +320,7 @@ pub async fn delete(
     Path((ns, key)): Path<(String, String)>,
     q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &headers, &ns)?;
+    allow(&state, &headers, &ns, true)?;
     let q = query(q)?;
     let store = store(&state)?;
     let version = store.delete(&ns, &key, q.version).await?;
@@ -330,7 +338,7 @@ pub async fn list(
     Path(ns): Path<String>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &headers, &ns)?;
+    allow(&state, &headers, &ns, false)?;
     let q = query(q)?;
     let store = store(&state)?;
     let prefix = q.prefix.unwrap_or_default();
@@ -391,7 +399,7 @@ pub async fn batch(
     Path(ns): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<KvBatchResponse>, ApiError> {
-    allow(&state, &headers, &ns)?;
+    allow(&state, &headers, &ns, true)?;
     let body = body.map_err(body_error)?;
     let request: KvBatchRequest = crate::error::json_body(&body)?;
     let mut ops = Vec::with_capacity(request.ops.len());

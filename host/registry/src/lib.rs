@@ -25,7 +25,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_abi::{AnyPlugin, PluginKind};
-use shoal_runtime::{CallError, LoadError, PluginScope, Runtime};
+use shoal_runtime::{CallError, KvBackend, LoadError, PluginScope, Runtime};
 use tokio::sync::mpsc;
 
 pub use kv::RocksKv;
@@ -45,6 +45,10 @@ impl Default for RegistryConfig {
         RegistryConfig { rollback_after: 5, probation_calls: 100 }
     }
 }
+
+/// Gives each plugin (kind, name) its key-value store: the node passes one that puts plugins'
+/// data in the sharded state store; without one, the registry's own RocksDB holds it.
+pub type KvProvider = Arc<dyn Fn(PluginKind, &str) -> Arc<dyn KvBackend> + Send + Sync>;
 
 /// One stored version of a plugin.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -246,10 +250,27 @@ pub struct Registry {
     /// Serialises mutations so that validation-then-write is atomic per registry.
     write: tokio::sync::Mutex<()>,
     events: mpsc::UnboundedSender<RegistryEvent>,
+    /// Where plugins' key-value stores live; `None`: in `store`.
+    kv: Option<KvProvider>,
 }
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Delete every key of `kv`; returns how many.
+fn purge(kv: &dyn KvBackend) -> Result<usize, String> {
+    let mut n = 0;
+    loop {
+        let keys = kv.list("", None, 500)?;
+        if keys.is_empty() {
+            return Ok(n);
+        }
+        for key in &keys {
+            kv.delete(key)?;
+        }
+        n += keys.len();
+    }
 }
 
 /// Check a plugin name: a lower-case DNS label, so it is safe in URLs, subjects and keys.
@@ -278,6 +299,17 @@ impl Registry {
         runtime: Runtime,
         config: RegistryConfig,
     ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
+        Registry::open_with_kv(dir, runtime, config, None)
+    }
+
+    /// [`Registry::open`], with plugins' key-value stores from `kv` (the registry's own RocksDB
+    /// when `None`).
+    pub fn open_with_kv(
+        dir: &Path,
+        runtime: Runtime,
+        config: RegistryConfig,
+        kv: Option<KvProvider>,
+    ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
         let store = Store::open(dir)?;
         let (events, rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Registry {
@@ -287,6 +319,7 @@ impl Registry {
             slots: Mutex::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
             events,
+            kv,
         });
         for (kind, name, state) in registry.store.states()? {
             let Some(version) = state.active else { continue };
@@ -299,9 +332,50 @@ impl Registry {
         Ok((registry, rx))
     }
 
-    /// The plugins' key-value store (for plugin scopes and for the node's own use).
-    pub fn kv_for(&self, kind: PluginKind, name: &str) -> Arc<RocksKv> {
+    /// The key-value store of plugin `name` of `kind`: the one its scope gets.
+    pub fn kv_for(&self, kind: PluginKind, name: &str) -> Arc<dyn KvBackend> {
+        match &self.kv {
+            Some(provider) => provider(kind, name),
+            None => self.local_kv(kind, name),
+        }
+    }
+
+    /// A store under `kind/name/` in the registry's own RocksDB, whatever the plugins use: for
+    /// the node's own state that must not depend on the state store being up (the master's task
+    /// journal).
+    pub fn local_kv(&self, kind: PluginKind, name: &str) -> Arc<RocksKv> {
         Arc::new(RocksKv::new(self.store.db(), kind, name))
+    }
+
+    /// Move plugins' data kept in the registry's RocksDB (where every plugin's store was before
+    /// the node gave a [`KvProvider`]) into the provider's stores, plugin by plugin: copy every
+    /// key, then delete the local copies in one write. Idempotent: an interrupted run is finished
+    /// by the next one. Returns the number of keys moved; 0 without a provider. Synchronous (the
+    /// provider's stores may block): call it from a blocking thread, before plugins run.
+    pub fn migrate_local_kv(&self) -> Result<usize, String> {
+        if self.kv.is_none() {
+            return Ok(0);
+        }
+        let entries = self.store.local_kv_entries().map_err(|e| e.to_string())?;
+        let mut moved = 0;
+        let mut i = 0;
+        while i < entries.len() {
+            let (kind, name) = (entries[i].0, entries[i].1.clone());
+            let target = self.kv_for(kind, &name);
+            let mut n = 0;
+            while let Some((k, nm, key, value)) = entries.get(i)
+                && *k == kind
+                && *nm == name
+            {
+                target.set(key, value).map_err(|e| format!("{kind} `{name}`, key {key:?}: {e}"))?;
+                i += 1;
+                n += 1;
+            }
+            self.store.delete_local_kv(kind, &name).map_err(|e| e.to_string())?;
+            tracing::info!(%kind, %name, keys = n, "plugin data moved into the state store");
+            moved += n;
+        }
+        Ok(moved)
     }
 
     fn slot(&self, key: &Key) -> Arc<Slot> {
@@ -501,6 +575,15 @@ impl Registry {
                 self.store.delete_plugin(kind, name)?;
                 if let Some(slot) = self.slots.lock().remove(&(kind, name.to_owned())) {
                     slot.current.store(None);
+                }
+                // The plugin's own data goes with it (the local copy went with `delete_plugin`).
+                if self.kv.is_some() {
+                    let kv = self.kv_for(kind, name);
+                    match tokio::task::spawn_blocking(move || purge(kv.as_ref())).await {
+                        Ok(Ok(n)) => tracing::info!(%kind, %name, keys = n, "deleted plugin's data removed"),
+                        Ok(Err(e)) => tracing::warn!(%kind, %name, cause = %e, "could not remove the deleted plugin's data"),
+                        Err(e) => tracing::warn!(%kind, %name, cause = %e, "could not remove the deleted plugin's data"),
+                    }
                 }
                 self.emit(kind, name, "deleted", serde_json::json!({ "version": null }));
             }

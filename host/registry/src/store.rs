@@ -67,6 +67,33 @@ impl Store {
         self.db.clone()
     }
 
+    /// Every plugin's key-value data kept in this database: `(kind, name, key, value)`, in key
+    /// order. Keys whose plugin part is not a valid plugin (the master's `_master` journal) are
+    /// left out.
+    pub(crate) fn local_kv_entries(&self) -> Result<Vec<(PluginKind, String, String, Vec<u8>)>, RegistryError> {
+        let mut out = Vec::new();
+        for (key, value) in self.scan(CF_KV, "")? {
+            let mut parts = key.splitn(3, '/');
+            let (Some(kind), Some(name), Some(key)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Ok(kind) = kind.parse::<PluginKind>() else { continue };
+            if crate::validate_name(name).is_err() || key.is_empty() {
+                continue;
+            }
+            out.push((kind, name.to_owned(), key.to_owned(), value));
+        }
+        Ok(out)
+    }
+
+    /// Remove every key of one plugin's data kept in this database, in one write.
+    pub(crate) fn delete_local_kv(&self, kind: PluginKind, name: &str) -> Result<(), RegistryError> {
+        let db = &self.db;
+        let mut batch = WriteBatch::default();
+        for (key, _) in self.scan(CF_KV, &format!("{kind}/{name}/"))? {
+            batch.delete_cf(cf(db, CF_KV)?, key);
+        }
+        Ok(db.write_opt(batch, &synced())?)
+    }
+
     fn scan(&self, cf_name: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
         let db = &self.db;
         let mut out = Vec::new();

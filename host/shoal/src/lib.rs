@@ -5,6 +5,7 @@ pub mod cli;
 pub mod edge;
 pub mod health;
 pub mod node;
+pub mod plugin_kv;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;

@@ -207,14 +207,6 @@ pub async fn run(
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
-    let (registry, events) = Registry::open(&config.data_dir.join("registry"), runtime, RegistryConfig::default())
-        .context("opening the plugin registry")?;
-    tokio::spawn(forward_events(events, bus.clone(), "/shoal/dev".to_owned()));
-
-    if config.default_plugins {
-        register_defaults(&registry).await?;
-    }
-
     // The store's shard map lives with the master; the node's shards (when it serves any) under
     // `store/`, where a store made by an earlier version (every shard in one process) is found
     // as it is.
@@ -236,6 +228,23 @@ pub async fn run(
     )
     .await
     .context("starting the state store")?;
+
+    // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
+    let (registry, events) = Registry::open_with_kv(
+        &config.data_dir.join("registry"),
+        runtime,
+        RegistryConfig::default(),
+        Some(crate::plugin_kv::provider(store.client.clone())),
+    )
+    .context("opening the plugin registry")?;
+    tokio::spawn(forward_events(events, bus.clone(), "/shoal/dev".to_owned()));
+    if config.default_plugins {
+        register_defaults(&registry).await?;
+    }
+    let moved = crate::plugin_kv::migrate_registry_kv(registry.clone()).await?;
+    if moved > 0 {
+        tracing::info!(keys = moved, "plugins' data moved from the registry into the state store");
+    }
 
     let discovery = Arc::new(Discovery::default());
     tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
@@ -281,7 +290,7 @@ pub async fn run(
         },
         shoal_master::MasterParts {
             registry: Some(registry.clone()),
-            journal: Some(registry.kv_for(PluginKind::Framework, "_master")),
+            journal: Some(registry.local_kv(PluginKind::Framework, "_master")),
             discovery: Some(discovery.clone()),
         },
     );

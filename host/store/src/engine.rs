@@ -211,7 +211,7 @@ pub(crate) fn merge_page(mut entries: Vec<Entry>, limit: usize) -> Page {
     entries.dedup_by(|later, earlier| later.key == earlier.key);
     let cursor = if entries.len() > limit {
         entries.truncate(limit);
-        entries.last().map(|e| hex::encode(e.key.as_bytes()))
+        entries.last().map(|e| crate::cursor_after(&e.key))
     } else {
         None
     };

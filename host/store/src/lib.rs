@@ -52,8 +52,11 @@ use serde::{Deserialize, Serialize};
 pub use engine::Store;
 
 /// Longest namespace. Namespaces are `[a-z0-9-]{1,63}`: they appear in token scopes
-/// (`app:<ns>`), URLs and, later, bus subjects, where a DNS-label shape is safe everywhere.
+/// (`app:<ns>`), URLs and bus subjects, where a DNS-label shape is safe everywhere.
 pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest system namespace: `_` and up to 127 of `[a-z0-9-]`, room for
+/// `_plugin-<kind>-<name>` with a 63-character plugin name.
+pub const MAX_SYSTEM_NAMESPACE_LEN: usize = 128;
 /// Longest key, in bytes of UTF-8. Keys are copied into every index and listing; 1 KiB keeps a
 /// page of 1,000 keys at most 1 MiB.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -307,12 +310,37 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+/// A listing cursor that continues after `key` (what a page whose last key is `key` returns).
+pub fn cursor_after(key: &str) -> String {
+    hex::encode(key.as_bytes())
+}
+
 /// Check a namespace: `[a-z0-9-]{1,63}`.
+///
+/// A namespace starting with `_` is a *system* namespace (the host's own state, e.g. a plugin's
+/// store, see [`plugin_namespace`]): up to [`MAX_SYSTEM_NAMESPACE_LEN`] bytes. No app token can
+/// name one (token scopes take `[a-z0-9-]` only).
 pub fn validate_namespace(namespace: &str) -> Result<(), StoreError> {
-    let valid = !namespace.is_empty()
-        && namespace.len() <= MAX_NAMESPACE_LEN
-        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let (body, max) = match namespace.strip_prefix('_') {
+        Some(body) => (body, MAX_SYSTEM_NAMESPACE_LEN - 1),
+        None => (namespace, MAX_NAMESPACE_LEN),
+    };
+    let valid = !body.is_empty()
+        && body.len() <= max
+        && body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if valid { Ok(()) } else { Err(StoreError::InvalidNamespace(namespace.chars().take(80).collect())) }
+}
+
+/// True for a system namespace (`_…`), which only the host and admin tokens write.
+pub fn is_system_namespace(namespace: &str) -> bool {
+    namespace.starts_with('_')
+}
+
+/// The system namespace that holds the key-value store of plugin `name` of kind `kind`
+/// (`framework`, `allocator`, `router`, `health-check`): `_plugin-<kind>-<name>`. Every version
+/// and instance of the plugin share it.
+pub fn plugin_namespace(kind: &str, name: &str) -> String {
+    format!("_plugin-{kind}-{name}")
 }
 
 /// Check a key: non-empty, at most [`MAX_KEY_LEN`] bytes (UTF-8 by type).

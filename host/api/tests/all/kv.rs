@@ -265,6 +265,32 @@ async fn kv_namespaces_are_isolated_by_token() {
     let (status, list) = s.req(Method::GET, "/v1/kv/shop", Some(&shop), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["entries"].as_array().expect("entries").len(), 1, "{list}");
+
+    // System namespaces (plugins' stores): admin writes, operator only reads, apps nothing; and
+    // no token can be made for one.
+    let sys = "/v1/kv/_plugin-framework-service/gen";
+    assert_eq!(raw(&s, Method::PUT, sys, ADMIN, b"1").await.0, StatusCode::OK);
+    assert_eq!(raw(&s, Method::GET, sys, &operator, b"").await.2, b"1");
+    assert_eq!(s.req(Method::GET, "/v1/kv/_plugin-framework-service", Some(&operator), None).await.0, StatusCode::OK);
+    for (method, path, body) in [
+        (Method::PUT, sys, b"2".to_vec()),
+        (Method::DELETE, sys, vec![]),
+        (Method::POST, "/v1/kv/_plugin-framework-service", br#"{"ops":[{"op":"delete","key":"gen"}]}"#.to_vec()),
+    ] {
+        let got = s.req(method, path, Some(&operator), Some(body)).await;
+        assert_error(&got, StatusCode::FORBIDDEN, "forbidden");
+        assert!(got.1["error"]["message"].as_str().unwrap_or("").contains("system namespace"), "{}", got.1);
+    }
+    assert_error(&s.req(Method::GET, sys, Some(&shop), None).await, StatusCode::FORBIDDEN, "forbidden");
+    let (status, _) = s
+        .req(Method::POST, "/v1/tokens", Some(ADMIN), Some(br#"{"scope":"app:_plugin-framework-service"}"#.to_vec()))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(raw(&s, Method::GET, sys, ADMIN, b"").await.2, b"1", "a refused request changed it");
+    // Names stay bounded: `_` alone and over-long system namespaces are refused.
+    assert_error(&s.req(Method::GET, "/v1/kv/_/k", Some(ADMIN), None).await, StatusCode::BAD_REQUEST, "invalid_namespace");
+    let long = format!("/v1/kv/_{}/k", "a".repeat(128));
+    assert_error(&s.req(Method::GET, &long, Some(ADMIN), None).await, StatusCode::BAD_REQUEST, "invalid_namespace");
 }
 
 #[tokio::test]

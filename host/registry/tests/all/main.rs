@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
 use shoal_registry::{Registry, RegistryConfig, RegistryError, RegistryEvent};
-use shoal_runtime::{CallError, KvBackend, LoadError, Runtime, RuntimeConfig};
+use shoal_runtime::{CallError, LoadError, Runtime, RuntimeConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn runtime() -> Runtime {

@@ -1,0 +1,264 @@
+//! Plugins' key-value stores in the sharded state store: the backend of the `keyvalue` import
+//! on a node that serves the store.
+//!
+//! Each plugin (kind + name) gets the system namespace `_plugin-<kind>-<name>`
+//! ([`shoal_store::plugin_namespace`]); every version and instance of the plugin share it, and
+//! admin tokens can inspect it through `/v1/kv` (operators read it). Writes have the store's
+//! durability (the node's sync policy), survive the master's restart and follow online
+//! scale-outs like any app's keys.
+//!
+//! The import is synchronous (plugin calls are), the store client is async: a call leaves the
+//! Tokio worker with `block_in_place` and waits on the runtime the client lives on. That needs a
+//! multi-thread runtime (the `shoal` binary's); on a current-thread one the calls fail with an
+//! error instead of deadlocking. Each call is bounded by [`CALL_TIMEOUT`], under the default
+//! plugin deadline.
+//!
+//! Before this store existed, plugins' data lived in the registry's own RocksDB;
+//! [`migrate_registry_kv`] moves it over once at start.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_abi::PluginKind;
+use shoal_registry::{KvProvider, Registry};
+use shoal_runtime::KvBackend;
+use shoal_store::client::StoreClient;
+use shoal_store::{PutOptions, StoreError};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// Longest a single store call of a plugin may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
+/// Keys per listing request (values come along, so pages stay small).
+const LIST_BATCH: usize = 200;
+
+/// One plugin's store: a namespace of the state store.
+pub struct StoreKv {
+    client: Arc<StoreClient>,
+    handle: Handle,
+    namespace: String,
+}
+
+impl StoreKv {
+    /// The store of plugin `name` of `kind`. Call inside the Tokio runtime the client runs on.
+    pub fn new(client: Arc<StoreClient>, kind: PluginKind, name: &str) -> StoreKv {
+        StoreKv { client, handle: Handle::current(), namespace: shoal_store::plugin_namespace(kind.as_str(), name) }
+    }
+
+    /// The namespace this store writes.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn run<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, String> {
+        let current = Handle::try_current().ok();
+        if self.handle.runtime_flavor() != RuntimeFlavor::MultiThread
+            || current.as_ref().is_some_and(|h| h.runtime_flavor() != RuntimeFlavor::MultiThread)
+        {
+            return Err("the state store is reachable from plugins only on a multi-thread runtime".into());
+        }
+        let bounded = async { tokio::time::timeout(CALL_TIMEOUT, call).await };
+        let answer = match current {
+            // On a worker (or a blocking thread) of a runtime: leave it first.
+            Some(_) => tokio::task::block_in_place(|| self.handle.block_on(bounded)),
+            None => self.handle.block_on(bounded),
+        };
+        match answer {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the state store did not answer within {} ms", CALL_TIMEOUT.as_millis())),
+        }
+    }
+}
+
+impl KvBackend for StoreKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.run(self.client.get(&self.namespace, key)).map(|e| e.map(|e| e.value))
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.run(self.client.put(&self.namespace, key, value, PutOptions::default())).map(drop)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.run(self.client.delete(&self.namespace, key, None)).map(drop)
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+        let mut keys = Vec::new();
+        let mut cursor = start_after.map(shoal_store::cursor_after);
+        while keys.len() < limit {
+            let want = (limit - keys.len()).min(LIST_BATCH);
+            let page = self.run(self.client.list(&self.namespace, prefix, cursor.as_deref(), want))?;
+            keys.extend(page.entries.into_iter().map(|e| e.key));
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// The registry's source of plugin stores on a node with a state store.
+pub fn provider(client: Arc<StoreClient>) -> KvProvider {
+    Arc::new(move |kind, name| Arc::new(StoreKv::new(client.clone(), kind, name)) as Arc<dyn KvBackend>)
+}
+
+/// Move plugins' data that an earlier version kept in the registry's RocksDB into the state
+/// store, retrying while the store is not reachable yet (a master whose store nodes start after
+/// it). Returns the number of keys moved. Runs before any plugin is called, so no plugin sees
+/// its state half moved.
+pub async fn migrate_registry_kv(registry: Arc<Registry>) -> anyhow::Result<usize> {
+    let mut waited = Duration::ZERO;
+    loop {
+        let attempt = {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.migrate_local_kv()).await?
+        };
+        match attempt {
+            Ok(moved) => return Ok(moved),
+            Err(e) => {
+                if waited.as_secs() % 10 == 0 {
+                    tracing::warn!(cause = %e, "waiting for the state store to move plugins' data into it");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                waited += Duration::from_secs(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shoal_abi::PluginKind;
+    use shoal_bus::{LocalBus, SharedBus};
+    use shoal_registry::{Registry, RegistryConfig};
+    use shoal_runtime::{KvBackend, Runtime, RuntimeConfig};
+    use shoal_store::service::{NodeOptions, ServiceOptions, StoreService};
+
+    use super::*;
+
+    /// A store as `shoal dev` runs it: one node of 4 shards and the coordinator, in process.
+    async fn store(dir: &std::path::Path) -> StoreService {
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        shoal_store::service::start(
+            bus,
+            ServiceOptions {
+                node: Some(NodeOptions {
+                    id: "local".into(),
+                    dir: dir.join("store"),
+                    durability: shoal_store::Durability::Wal,
+                }),
+                coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
+                    path: dir.join("store-map.json"),
+                    initial_shards: 4,
+                    auto_scale_out: false,
+                    source: "/test".into(),
+                }),
+            },
+        )
+        .await
+        .expect("store")
+    }
+
+    fn runtime() -> Runtime {
+        Runtime::new(RuntimeConfig::default()).expect("runtime")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_store_is_a_system_namespace_of_the_state_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path()).await;
+        let kv = StoreKv::new(store.client.clone(), PluginKind::Framework, "service");
+        assert_eq!(kv.namespace(), "_plugin-framework-service");
+        // 450 keys under `app/`, more than one listing batch, and one outside the prefix.
+        for i in 0..450 {
+            kv.set(&format!("app/{i:04}"), format!("v{i}").as_bytes()).expect("set");
+        }
+        kv.set("gen", b"7").expect("set");
+        assert_eq!(kv.get("app/0042").expect("get").as_deref(), Some(&b"v42"[..]));
+        assert_eq!(kv.get("missing").expect("get"), None);
+
+        let all = kv.list("app/", None, 1001).expect("list");
+        assert_eq!(all.len(), 450);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "in key order");
+        let page = kv.list("app/", Some("app/0099"), 3).expect("list");
+        assert_eq!(page, ["app/0100", "app/0101", "app/0102"]);
+        kv.delete("app/0100").expect("delete");
+        assert_eq!(kv.list("app/", Some("app/0099"), 1).expect("list"), ["app/0101"]);
+
+        // The same entries through the store's own client, as the KV API sees them.
+        let entry = store.client.get("_plugin-framework-service", "gen").await.expect("get").expect("present");
+        assert_eq!(entry.value, b"7");
+        // Another plugin's namespace sees none of them.
+        let other = StoreKv::new(store.client.clone(), PluginKind::Framework, "batch");
+        assert_eq!(other.get("gen").expect("get"), None);
+        assert!(other.list("", None, 10).expect("list").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plugin_data_in_the_registry_moves_into_the_store_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry_dir = dir.path().join("registry");
+        // An earlier version's node: plugins' data in the registry's RocksDB, with the master's
+        // journal next to it.
+        {
+            let (registry, _events) =
+                Registry::open(&registry_dir, runtime(), RegistryConfig::default()).expect("registry");
+            let service = registry.kv_for(PluginKind::Framework, "service");
+            service.set("app/web", b"{\"id\":\"web\"}").expect("set");
+            service.set("gen", b"3").expect("set");
+            registry.kv_for(PluginKind::Router, "sticky").set("seen", b"1").expect("set");
+            registry.local_kv(PluginKind::Framework, "_master").set("task/t1", b"journal").expect("set");
+        }
+
+        let store = store(dir.path()).await;
+        let (registry, _events) = Registry::open_with_kv(
+            &registry_dir,
+            runtime(),
+            RegistryConfig::default(),
+            Some(provider(store.client.clone())),
+        )
+        .expect("registry");
+        assert_eq!(migrate_registry_kv(registry.clone()).await.expect("migrate"), 3);
+
+        let get = |ns: &str, key: &str| {
+            let client = store.client.clone();
+            let (ns, key) = (ns.to_owned(), key.to_owned());
+            async move { client.get(&ns, &key).await.expect("get").map(|e| e.value) }
+        };
+        assert_eq!(get("_plugin-framework-service", "app/web").await.as_deref(), Some(&b"{\"id\":\"web\"}"[..]));
+        assert_eq!(get("_plugin-framework-service", "gen").await.as_deref(), Some(&b"3"[..]));
+        assert_eq!(get("_plugin-router-sticky", "seen").await.as_deref(), Some(&b"1"[..]));
+        // The plugin sees it through its scope's store; the local copies are gone; the journal
+        // stays where the master reads it, and nothing of it went to the store.
+        assert_eq!(registry.kv_for(PluginKind::Framework, "service").get("gen").expect("get").as_deref(), Some(&b"3"[..]));
+        assert_eq!(registry.local_kv(PluginKind::Framework, "service").get("gen").expect("get"), None);
+        assert_eq!(
+            registry.local_kv(PluginKind::Framework, "_master").get("task/t1").expect("get").as_deref(),
+            Some(&b"journal"[..])
+        );
+        let page = store.client.list("_plugin-framework-service", "", None, 100).await.expect("list");
+        let keys: Vec<&str> = page.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["app/web", "gen"]);
+
+        // A second start moves nothing and overwrites nothing the plugin wrote since.
+        registry.kv_for(PluginKind::Framework, "service").set("gen", b"4").expect("set");
+        assert_eq!(migrate_registry_kv(registry.clone()).await.expect("migrate"), 0);
+        assert_eq!(get("_plugin-framework-service", "gen").await.as_deref(), Some(&b"4"[..]));
+    }
+
+    #[test]
+    fn on_a_current_thread_runtime_calls_fail_instead_of_deadlocking() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = rt.block_on(store(dir.path()));
+        let kv = rt.block_on(async { StoreKv::new(store.client.clone(), PluginKind::Router, "r") });
+        let err = rt.block_on(async { kv.get("k") }).expect_err("refused");
+        assert!(err.contains("multi-thread"), "{err}");
+        let err = kv.set("k", b"v").expect_err("refused outside the runtime too");
+        assert!(err.contains("multi-thread"), "{err}");
+    }
+}
