@@ -255,7 +255,8 @@ async fn next_change(
 }
 
 /// The SSE stream of a watch: `put` events carry the entry as it is when read, `delete` events
-/// the key and the delete's version.
+/// the key and the delete's version (an expired entry's: the sweeper's deletes say
+/// `"expired": true`).
 async fn watch_stream(
     state: AppState,
     store: Arc<StoreClient>,
@@ -277,6 +278,8 @@ async fn watch_stream(
                             serde_json::json!({"key": change.key, "version": change.version, "error": e.to_string()})
                         }
                     }
+                } else if change.expired {
+                    serde_json::json!({"key": change.key, "version": change.version, "expired": true})
                 } else {
                     serde_json::json!({"key": change.key, "version": change.version})
                 };

@@ -217,6 +217,7 @@ pub async fn run(
                 id: id.clone(),
                 dir: config.data_dir.join("store"),
                 durability: config.store.durability,
+                sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
             }),
             coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
                 path: config.data_dir.join("store-map.json"),

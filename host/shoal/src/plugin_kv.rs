@@ -150,6 +150,7 @@ mod tests {
                     id: "local".into(),
                     dir: dir.join("store"),
                     durability: shoal_store::Durability::Wal,
+                    sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
                 }),
                 coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
                     path: dir.join("store-map.json"),

@@ -624,7 +624,16 @@ impl Store {
     /// Delete every expired entry; returns how many. Each shard is scanned; an entry is deleted
     /// under its shard's lock only if it is still the expired one that was seen.
     pub fn sweep_expired(&self) -> Result<usize, StoreError> {
-        let mut deleted = 0;
+        Ok(self.sweep_expired_entries()?.0)
+    }
+
+    /// [`Store::sweep_expired`]: how many were deleted, and `(namespace, key, version)` of each
+    /// deleted entry this node owns under its map (copies a move left behind are deleted too,
+    /// not listed).
+    pub fn sweep_expired_entries(&self) -> Result<(usize, Vec<(String, String, u64)>), StoreError> {
+        let mut count = 0;
+        let mut deleted = Vec::new();
+        let map = self.map.read().clone();
         let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
         for shard in shards {
             let now = now_ms();
@@ -644,21 +653,31 @@ impl Store {
             }
             let guard = shard.seq.lock();
             let mut batch = WriteBatch::default();
-            let mut n = 0;
+            let mut gone = Vec::new();
             for (k, version) in expired {
                 if let Some(v) = shard.db.get_pinned(&k)? {
                     let (current, expires_at) = header(&v)?;
                     if current == version && !live(expires_at, now) {
                         batch.delete(&k);
-                        n += 1;
+                        gone.push((k, version));
                     }
                 }
             }
             shard.db.write_opt(batch, &self.write_options)?;
             drop(guard);
-            deleted += n;
+            count += gone.len();
+            for (k, version) in gone {
+                match split_db_key(&k) {
+                    Some((ns, key))
+                        if map.shard_of(ns, key) == shard.id && map.node_of(shard.id) == Some(self.node.as_str()) =>
+                    {
+                        deleted.push((ns.to_owned(), key.to_owned(), version));
+                    }
+                    _ => {}
+                }
+            }
         }
-        Ok(deleted)
+        Ok((count, deleted))
     }
 
     // ----- moves -----

@@ -368,9 +368,17 @@ pub struct Sweeper {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the sweeper reports of each round: `(namespace, key, version)` of the entries it deleted.
+pub type OnExpired = Box<dyn Fn(Vec<(String, String, u64)>) + Send>;
+
 impl Sweeper {
     /// Sweep `store` every `interval`. The thread holds only a weak reference between rounds.
     pub fn spawn(store: &Arc<Store>, interval: Duration) -> Sweeper {
+        Sweeper::spawn_reporting(store, interval, None)
+    }
+
+    /// [`Sweeper::spawn`], handing the entries each round deleted to `on_expired`.
+    pub fn spawn_reporting(store: &Arc<Store>, interval: Duration, on_expired: Option<OnExpired>) -> Sweeper {
         let (stop, stopped) = mpsc::channel::<()>();
         let weak = Arc::downgrade(store);
         let thread = std::thread::Builder::new()
@@ -378,9 +386,16 @@ impl Sweeper {
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let Some(store) = weak.upgrade() else { return };
-                    match store.sweep_expired() {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(deleted = n, "expired entries swept"),
+                    match store.sweep_expired_entries() {
+                        Ok((0, _)) => {}
+                        Ok((n, entries)) => {
+                            tracing::debug!(deleted = n, "expired entries swept");
+                            if let Some(report) = &on_expired
+                                && !entries.is_empty()
+                            {
+                                report(entries);
+                            }
+                        }
                         Err(err) => tracing::warn!(cause = %err, "sweeping expired entries failed"),
                     }
                 }

@@ -372,7 +372,7 @@ impl StoreNode {
     async fn announce(&self, namespace: &str, written: Vec<(String, bool)>, versions: &[u64]) {
         for ((key, put), &version) in written.into_iter().zip(versions) {
             let op = if put { "put" } else { "delete" };
-            let change = KvChange { namespace: namespace.to_owned(), key, version, op: op.to_owned() };
+            let change = KvChange { namespace: namespace.to_owned(), key, version, op: op.to_owned(), expired: false };
             let event = CloudEvent::new(
                 self.source.as_str(),
                 format!("io.shoal.kv.{op}"),
@@ -383,6 +383,24 @@ impl StoreNode {
                 shoal_bus::event::publish_event(self.bus.as_ref(), &subject::kv_event(namespace, op), &event).await
             {
                 tracing::debug!(cause = %e, "could not announce a write");
+            }
+        }
+    }
+
+    /// Publish a `shoal.evt.kv.<ns>.delete` event (with `expired: true`) per entry the expiry
+    /// sweeper deleted.
+    pub async fn announce_expired(&self, entries: Vec<(String, String, u64)>) {
+        for (namespace, key, version) in entries {
+            let subject = subject::kv_event(&namespace, "delete");
+            let change = KvChange { namespace, key, version, op: "delete".into(), expired: true };
+            let event = CloudEvent::new(
+                self.source.as_str(),
+                "io.shoal.kv.delete",
+                format!("kv/{}", change.namespace),
+                serde_json::to_value(&change).unwrap_or_default(),
+            );
+            if let Err(e) = shoal_bus::event::publish_event(self.bus.as_ref(), &subject, &event).await {
+                tracing::debug!(cause = %e, "could not announce an expiry");
             }
         }
     }

@@ -11,7 +11,7 @@ use shoal_bus::SharedBus;
 use crate::client::StoreClient;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::node::{StoreNode, validate_node_id};
-use crate::{DEFAULT_SWEEP_INTERVAL, Durability, Store, StoreError, Sweeper};
+use crate::{Durability, Store, StoreError, Sweeper};
 
 /// How long [`start`] waits for an in-process node and coordinator to agree on the first map.
 const FIRST_MAP_PATIENCE: Duration = Duration::from_secs(10);
@@ -25,6 +25,9 @@ pub struct NodeOptions {
     pub dir: PathBuf,
     /// Sync policy of its writes.
     pub durability: Durability,
+    /// How often expired entries are deleted from disk (and announced as `delete` events with
+    /// `expired: true`); [`crate::DEFAULT_SWEEP_INTERVAL`] unless a test wants it sooner.
+    pub sweep_interval: Duration,
 }
 
 /// What to run.
@@ -70,8 +73,25 @@ pub async fn start(bus: SharedBus, options: ServiceOptions) -> Result<StoreServi
         Some(n) => {
             validate_node_id(&n.id).map_err(StoreError::Config)?;
             let store = Store::open_node(&n.dir, &n.id, n.durability)?;
-            let sweeper = Sweeper::spawn(&store, DEFAULT_SWEEP_INTERVAL);
-            let node = StoreNode::new(store, bus.clone());
+            let node = StoreNode::new(store.clone(), bus.clone());
+            // Expired entries are invisible at once; the sweeper deletes them and says so.
+            let (expired_tx, mut expired_rx) = tokio::sync::mpsc::unbounded_channel();
+            let sweeper = Sweeper::spawn_reporting(
+                &store,
+                n.sweep_interval,
+                Some(Box::new(move |entries| {
+                    let _ = expired_tx.send(entries);
+                })),
+            );
+            tokio::spawn({
+                let node = Arc::downgrade(&node);
+                async move {
+                    while let Some(entries) = expired_rx.recv().await {
+                        let Some(node) = node.upgrade() else { return };
+                        node.announce_expired(entries).await;
+                    }
+                }
+            });
             tokio::spawn({
                 let node = node.clone();
                 async move {

@@ -245,6 +245,9 @@ pub struct KvChange {
     pub version: u64,
     /// `put` or `delete`.
     pub op: String,
+    /// A `delete` by expiry (the entry's TTL ran out; `version` is the entry's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 /// The map carried by a `shoal.evt.store.shardmap` event, if the payload is one.

@@ -415,6 +415,38 @@ async fn kv_watch_streams_every_write_as_sse() {
 }
 
 #[tokio::test]
+async fn an_expired_entry_is_announced_as_a_delete_when_swept() {
+    let s = Server::start().await;
+    let response = s
+        .http
+        .get(format!("{}/v1/kv/shop?prefix=session/&watch=true", s.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.bytes_stream();
+    let (status, v1, _) = raw(&s, Method::PUT, "/v1/kv/shop/session/1?ttl=1", ADMIN, b"s").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("event: delete") {
+        use futures::StreamExt;
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the expiry announced in time")
+            .expect("open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let delete = &text[text.find("event: delete").expect("delete")..];
+    assert!(delete.contains("\"expired\":true"), "{text}");
+    assert!(delete.contains(&format!("\"version\":{}", v1.expect("version"))), "the entry's version: {text}");
+    assert!(text.find("event: put").expect("the put first") < text.find("event: delete").expect("delete"));
+    assert_eq!(raw(&s, Method::GET, "/v1/kv/shop/session/1", ADMIN, b"").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn store_status_and_an_online_scale_out_through_the_api() {
     let s = Server::start().await;
     for i in 0..200 {

@@ -71,6 +71,7 @@ impl Server {
                     id: "local".into(),
                     dir: store_dir.path().join("store"),
                     durability: shoal_store::Durability::Wal,
+                    sweep_interval: Duration::from_millis(200),
                 }),
                 coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
                     path: store_dir.path().join("store-map.json"),

@@ -113,7 +113,12 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
     let service = shoal_store::service::start(
         bus,
         shoal_store::service::ServiceOptions {
-            node: Some(shoal_store::service::NodeOptions { id: id.clone(), dir: dir.clone(), durability }),
+            node: Some(shoal_store::service::NodeOptions {
+                id: id.clone(),
+                dir: dir.clone(),
+                durability,
+                sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
+            }),
             coordinator: None,
         },
     )
