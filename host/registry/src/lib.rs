@@ -581,8 +581,12 @@ impl Registry {
                     let kv = self.kv_for(kind, name);
                     match tokio::task::spawn_blocking(move || purge(kv.as_ref())).await {
                         Ok(Ok(n)) => tracing::info!(%kind, %name, keys = n, "deleted plugin's data removed"),
-                        Ok(Err(e)) => tracing::warn!(%kind, %name, cause = %e, "could not remove the deleted plugin's data"),
-                        Err(e) => tracing::warn!(%kind, %name, cause = %e, "could not remove the deleted plugin's data"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%kind, %name, cause = %e, "could not remove the deleted plugin's data")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%kind, %name, cause = %e, "could not remove the deleted plugin's data")
+                        }
                     }
                 }
                 self.emit(kind, name, "deleted", serde_json::json!({ "version": null }));

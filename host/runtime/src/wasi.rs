@@ -36,7 +36,8 @@ use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode};
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::bindings::sync::sockets::{network::IpAddressFamily, udp_create_socket};
 use wasmtime_wasi::p2::{
-    DynInputStream, DynOutputStream, DynPollable, Pollable, SocketError, SocketResult, StreamError, StreamResult, UdpSocket,
+    DynInputStream, DynOutputStream, DynPollable, Pollable, SocketError, SocketResult, StreamError, StreamResult,
+    UdpSocket,
 };
 use wasmtime_wasi::sockets::{WasiSocketsCtxView, WasiSocketsView};
 use wasmtime_wasi::{WasiView, runtime::poll_noop};
@@ -144,12 +145,7 @@ impl streams::HostOutputStream for Io<'_> {
         )
     }
 
-    fn splice(
-        &mut self,
-        dst: Resource<DynOutputStream>,
-        src: Resource<DynInputStream>,
-        len: u64,
-    ) -> StreamResult<u64> {
+    fn splice(&mut self, dst: Resource<DynOutputStream>, src: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
         streams::HostOutputStream::splice(self.0, dst, src, len)
     }
 

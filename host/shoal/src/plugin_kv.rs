@@ -235,7 +235,10 @@ mod tests {
         assert_eq!(get("_plugin-router-sticky", "seen").await.as_deref(), Some(&b"1"[..]));
         // The plugin sees it through its scope's store; the local copies are gone; the journal
         // stays where the master reads it, and nothing of it went to the store.
-        assert_eq!(registry.kv_for(PluginKind::Framework, "service").get("gen").expect("get").as_deref(), Some(&b"3"[..]));
+        assert_eq!(
+            registry.kv_for(PluginKind::Framework, "service").get("gen").expect("get").as_deref(),
+            Some(&b"3"[..])
+        );
         assert_eq!(registry.local_kv(PluginKind::Framework, "service").get("gen").expect("get"), None);
         assert_eq!(
             registry.local_kv(PluginKind::Framework, "_master").get("task/t1").expect("get").as_deref(),

@@ -288,7 +288,11 @@ async fn kv_namespaces_are_isolated_by_token() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(raw(&s, Method::GET, sys, ADMIN, b"").await.2, b"1", "a refused request changed it");
     // Names stay bounded: `_` alone and over-long system namespaces are refused.
-    assert_error(&s.req(Method::GET, "/v1/kv/_/k", Some(ADMIN), None).await, StatusCode::BAD_REQUEST, "invalid_namespace");
+    assert_error(
+        &s.req(Method::GET, "/v1/kv/_/k", Some(ADMIN), None).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_namespace",
+    );
     let long = format!("/v1/kv/_{}/k", "a".repeat(128));
     assert_error(&s.req(Method::GET, &long, Some(ADMIN), None).await, StatusCode::BAD_REQUEST, "invalid_namespace");
 }

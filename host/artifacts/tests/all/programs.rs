@@ -163,7 +163,10 @@ async fn router_calls_run_inline_on_a_current_thread_runtime() {
     let (p, kv) = thread_kv_router();
     wasi_on_this_thread(&p, &kv);
     let local = tokio::task::LocalSet::new();
-    local.run_until(async move { tokio::task::spawn_local(async move { wasi_on_this_thread(&p, &kv) }).await }).await.expect("the task panicked");
+    local
+        .run_until(async move { tokio::task::spawn_local(async move { wasi_on_this_thread(&p, &kv) }).await })
+        .await
+        .expect("the task panicked");
 }
 
 /// Without a runtime at all (a plain thread), the same holds.
