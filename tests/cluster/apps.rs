@@ -196,12 +196,27 @@ fn an_app_of_five_instances_across_three_agents() {
     master.cli(&["app", "delete", "packed"]);
     wait_instances(&master, "packed", "delete", <[_]>::is_empty);
 
-    // The framework keeps its state in the sharded state store, in its system namespace.
-    let (status, body) = http(&master.api, &master.token, "GET", "/v1/kv/_plugin-framework-service?prefix=app/", "");
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let keys: Vec<&str> = v["entries"].as_array().expect("entries").iter().filter_map(|e| e["key"].as_str()).collect();
-    assert_eq!(keys, ["app/web"], "{body}");
+    // The framework keeps its state in the sharded state store, in its system namespace (the
+    // deleted app's record goes once the framework has seen its last task end).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) =
+            http(&master.api, &master.token, "GET", "/v1/kv/_plugin-framework-service?prefix=app/", "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let keys: Vec<String> = v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["key"].as_str().map(Into::into))
+            .collect();
+        if keys == ["app/web"] {
+            break;
+        }
+        assert!(keys.contains(&"app/web".to_owned()), "the framework's record of `web` is missing: {body}");
+        assert!(Instant::now() < deadline, "the framework's store should hold only app/web: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The master restarts (SIGKILL, same data): the framework reads its app back from the store
     // and keeps it at 3 instances, no new deploy needed.
