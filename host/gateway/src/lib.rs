@@ -111,6 +111,7 @@ pub struct Gateway {
     events: Option<mpsc::UnboundedSender<GatewayEvent>>,
     generation: AtomicU64,
     origin: Instant,
+    request_ids: RequestIds,
 }
 
 /// Per-route state that outlives requests: the endpoint table, ejections, fallback counter,
@@ -215,6 +216,7 @@ impl Gateway {
             events,
             generation: AtomicU64::new(1),
             origin: Instant::now(),
+            request_ids: RequestIds::new(),
         })
     }
 
@@ -417,7 +419,7 @@ impl Gateway {
             .get(&X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .cloned()
-            .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()).expect("hex"));
+            .unwrap_or_else(|| self.request_ids.next());
         let host = req
             .uri()
             .authority()
@@ -631,6 +633,41 @@ fn host_only(host: &str) -> &str {
     host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
 }
 
+/// Request ids for requests that come without one: 32 hex digits, unique within the process and,
+/// through a random key drawn at start, across processes and restarts. Made without a system
+/// call (a v4 UUID per request cost a `getrandom` each): a counter run through SplitMix64's
+/// finaliser, a bijection, so ids never repeat yet do not reveal how many requests were served.
+struct RequestIds {
+    key: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let key = uuid::Uuid::new_v4().as_u64_pair();
+        RequestIds { key: key.0, next: AtomicU64::new(key.1) }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let mut z = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let mut id = [0u8; 32];
+        hex_into(&mut id[..16], self.key);
+        hex_into(&mut id[16..], z);
+        HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+    }
+}
+
+fn hex_into(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
 /// Counts a request as in flight to an endpoint until its response body is done (or dropped).
 struct ActiveGuard {
     active: Arc<[AtomicU32]>,
@@ -674,5 +711,26 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_never_repeat() {
+        let ids = RequestIds::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let id = ids.next();
+            let text = id.to_str().expect("ascii");
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{text}");
+            assert!(seen.insert(text.to_owned()), "repeated id {text}");
+        }
+        // Another process (another key) makes other ids.
+        let other = RequestIds::new();
+        assert_ne!(ids.next().to_str().unwrap()[..16], other.next().to_str().unwrap()[..16]);
     }
 }
