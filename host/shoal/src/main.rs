@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+// mimalloc rather than glibc's malloc: the gateway's and the API's hot paths allocate and free
+// small objects on one Tokio worker and drop them on another, which glibc serialises on its
+// arena locks (seen in profiles of the gateway under load; BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Tracing first, outside any async runtime: the OTLP exporter's HTTP client must not be
     // created on an async thread.
