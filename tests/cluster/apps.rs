@@ -238,7 +238,7 @@ fn an_unhealthy_instance_is_killed_and_replaced() {
     use super::tasks::Reaper;
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
-        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34800-34809]"], &[]);
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29800-29809]"], &[]);
     let _reaper = Reaper(dir.path().join("data"));
     // Serves, but the checked path is missing: 404, a failing check.
     let sick = serde_json::json!({
@@ -278,7 +278,7 @@ fn a_job_is_retried_until_it_succeeds() {
     use super::Dev;
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
-        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34700-34709]"], &[]);
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29700-29709]"], &[]);
     let marker = dir.path().join("attempted");
     let job = serde_json::json!({
         "id": "flaky", "cpus": 0.1, "mem": 16, "max_retries": 2, "retry_backoff_seconds": 0.2,

@@ -342,7 +342,7 @@ fn wasm_tasks_use_the_store_through_wasi_keyvalue() {
     use super::{Dev, write};
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
-        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34800-34809]"], &[]);
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29900-29909]"], &[]);
     let wasm = write(dir.path(), "kv.wasm", shoal_artifacts::WASM_KV);
     let (ok, digest, err) = dev.cli(&["artifact", "push", &wasm]);
     assert!(ok, "{err}");

@@ -267,7 +267,7 @@ fn wasm_tasks_run_inside_the_agent() {
     use super::Dev;
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
-        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34500-34509]"], &[]);
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29500-29509]"], &[]);
     let wasm = write(dir.path(), "service.wasm", shoal_artifacts::WASM_HTTP);
     let (ok, digest, err) = dev.cli(&["artifact", "push", &wasm]);
     assert!(ok, "{err}");
@@ -347,7 +347,7 @@ fn task_health_checks_and_routes_from_labels() {
     use super::Dev;
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
-        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[34600-34609]"], &[]);
+        Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29600-29609]"], &[]);
     let _reaper = Reaper(dir.path().join("data"));
     let keeper = write(dir.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
     let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &keeper]);

@@ -76,6 +76,12 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// Most attempts of one request (the first plus retries on connect failures).
     pub attempts: usize,
+    /// Threads serving connections, each with its own event loop and its own pool of upstream
+    /// connections, all accepting from the one listener (nginx's worker processes, as
+    /// threads); 0 = one per core.
+    pub workers: usize,
+    /// After shutdown, how long connections in progress may take to finish.
+    pub drain: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +91,8 @@ impl Default for GatewayConfig {
             eject_for: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             attempts: 3,
+            workers: 0,
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -105,13 +113,24 @@ pub struct Gateway {
     routes: Arc<Routes>,
     discovery: Arc<Discovery>,
     plugins: Arc<Registry>,
-    client: Client<HttpConnector, GatewayBody>,
     config: GatewayConfig,
-    states: Mutex<HashMap<String, Arc<RouteState>>>,
+    /// Route name → state; read on every request (lock-free), written when a route is new.
+    states: ArcSwap<HashMap<String, Arc<RouteState>>>,
+    states_write: Mutex<()>,
     events: Option<mpsc::UnboundedSender<GatewayEvent>>,
     generation: AtomicU64,
     origin: Instant,
     request_ids: RequestIds,
+}
+
+/// The pool of upstream connections of one worker thread.
+type Upstreams = Client<HttpConnector, GatewayBody>;
+
+/// The client of a request: its address, and its IP as text (made once per connection).
+#[derive(Clone, Copy)]
+struct Peer<'a> {
+    addr: SocketAddr,
+    ip: &'a str,
 }
 
 /// Per-route state that outlives requests: the endpoint table, ejections, fallback counter,
@@ -199,20 +218,13 @@ impl Gateway {
         config: GatewayConfig,
         events: Option<mpsc::UnboundedSender<GatewayEvent>>,
     ) -> Arc<Gateway> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Arc::new(Gateway {
             routes,
             discovery,
             plugins,
-            client,
             config,
-            states: Mutex::new(HashMap::new()),
+            states: ArcSwap::from_pointee(HashMap::new()),
+            states_write: Mutex::new(()),
             events,
             generation: AtomicU64::new(1),
             origin: Instant::now(),
@@ -225,40 +237,158 @@ impl Gateway {
         &self.routes
     }
 
-    /// Serve on `listener` until `shutdown` completes (connections already accepted finish).
+    /// Serve on `listener` until `shutdown` completes, then let the connections in progress
+    /// finish (keep-alive connections are closed after their current request) for up to
+    /// [`GatewayConfig::drain`]. Dropping the returned future stops the gateway at once, open
+    /// connections and all.
+    ///
+    /// Connections are served by [`GatewayConfig::workers`] threads, each running its own
+    /// single-threaded Tokio runtime with its own upstream connection pool and accepting from
+    /// the shared listener: a request is read, routed, forwarded and answered on one thread,
+    /// with no hand-off between threads and no lock shared with other requests on the way.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, client) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(err) => {
-                        tracing::warn!(%err, "gateway accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => return,
+        let listener = match listener.into_std().and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(%err, "the gateway's listener cannot be shared with its workers");
+                return;
+            }
+        };
+        let workers = match self.config.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut finished = Vec::with_capacity(workers);
+        for n in 0..workers {
+            let listener = match listener.try_clone() {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::error!(%err, worker = n, "could not share the gateway's listener");
+                    continue;
+                }
             };
-            let _ = stream.set_nodelay(true);
+            let (done, finish) = tokio::sync::oneshot::channel::<()>();
             let gateway = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(req, client).await) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let stopped = stopped.clone();
+            let spawned = std::thread::Builder::new().name(format!("shoal-gateway-{n}")).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(gateway.worker(listener, stopped)),
+                    Err(err) => tracing::error!(%err, worker = n, "could not start a gateway worker"),
+                }
+                let _ = done.send(());
             });
+            match spawned {
+                Ok(_) => finished.push(finish),
+                Err(err) => tracing::error!(%err, worker = n, "could not start a gateway worker thread"),
+            }
+        }
+        drop(listener);
+        shutdown.await;
+        let _ = stop.send(true);
+        for finish in finished {
+            let _ = finish.await;
         }
     }
 
+    /// One worker: accept, serve each connection on this thread, drain on stop.
+    async fn worker(self: Arc<Self>, listener: std::net::TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(%err, "gateway worker: listener");
+                return;
+            }
+        };
+        // Upstream connections are made, pooled and driven on this thread.
+        let upstreams = Arc::new(self.upstream_client());
+        let mut connections = tokio::task::JoinSet::new();
+        let for_connections = stopped.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%err, "gateway accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                stop = stopped.wait_for(|stop| *stop) => match stop {
+                    Ok(_) => break,
+                    // The serving future was dropped: stop now, connections and all.
+                    Err(_) => return,
+                },
+            }
+        }
+        drop(listener);
+        let drained =
+            tokio::time::timeout(self.config.drain, async { while connections.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = connections.len(),
+                "gateway connections still open after the drain period; closing them"
+            );
+        }
+    }
+
+    /// Serve one client connection (HTTP/1.1 or h2c) until it closes or the gateway stops.
+    async fn connection(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        upstreams: Arc<Upstreams>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        // Formatted once per connection, not per request.
+        let peer_ip: Arc<str> = peer.ip().to_string().into();
+        let gateway = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            let upstreams = upstreams.clone();
+            let peer_ip = peer_ip.clone();
+            async move {
+                let client = Peer { addr: peer, ip: &peer_ip };
+                Ok::<_, Infallible>(gateway.handle(req, client, &upstreams).await)
+            }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            stop = stopped.wait_for(|stop| *stop) => if stop.is_err() {
+                return;
+            },
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+
+    fn upstream_client(&self) -> Upstreams {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.config.connect_timeout));
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector)
+    }
+
     fn state(&self, route: &Route) -> Arc<RouteState> {
-        let mut states = self.states.lock();
-        if let Some(state) = states.get(&route.name)
-            && state.table.load().service == route.service
-        {
-            return state.clone();
+        let current = |states: &HashMap<String, Arc<RouteState>>| {
+            states.get(&route.name).filter(|state| state.table.load().service == route.service).cloned()
+        };
+        if let Some(state) = current(&self.states.load()) {
+            return state;
+        }
+        let _guard = self.states_write.lock();
+        if let Some(state) = current(&self.states.load()) {
+            return state;
         }
         let labels = |class: &'static str| metrics::counter!("shoal_gateway_requests_total", "route" => route.name.clone(), "code" => class);
         let state = Arc::new(RouteState {
@@ -279,7 +409,9 @@ impl Gateway {
             fallbacks: metrics::counter!("shoal_gateway_router_fallbacks_total", "route" => route.name.clone()),
             latency: metrics::histogram!("shoal_gateway_request_seconds", "route" => route.name.clone()),
         });
+        let mut states = HashMap::clone(&self.states.load());
         states.insert(route.name.clone(), state.clone());
+        self.states.store(Arc::new(states));
         state
     }
 
@@ -412,7 +544,7 @@ impl Gateway {
     }
 
     /// Serve one request.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<GatewayBody> {
+    async fn handle(&self, req: Request<Incoming>, client: Peer<'_>, upstreams: &Upstreams) -> Response<GatewayBody> {
         let started = Instant::now();
         let request_id = req
             .headers()
@@ -429,7 +561,8 @@ impl Gateway {
             .to_ascii_lowercase();
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let (route_name, upstream, mut response) = self.forward(req, client, &host, &path, &request_id).await;
+        let (route_name, upstream, mut response) =
+            self.forward(req, client, upstreams, &host, &path, &request_id).await;
         response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let status = response.status();
         let elapsed = started.elapsed();
@@ -437,7 +570,7 @@ impl Gateway {
             target: "shoal::access",
             route = route_name.as_deref().unwrap_or("-"), %method, %host, %path, status = status.as_u16(),
             upstream = upstream.as_deref().unwrap_or("-"), ms = elapsed.as_secs_f64() * 1e3,
-            request_id = request_id.to_str().unwrap_or("-"), client = %client.ip(),
+            request_id = request_id.to_str().unwrap_or("-"), client = client.ip,
         );
         response
     }
@@ -445,7 +578,8 @@ impl Gateway {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: Peer<'_>,
+        upstreams: &Upstreams,
         host: &str,
         path: &str,
         request_id: &HeaderValue,
@@ -479,7 +613,7 @@ impl Gateway {
             method: parts.method.clone(),
             host: host.to_owned(),
             path: path.to_owned(),
-            client_ip: Some(client.ip()),
+            client_ip: Some(client.addr.ip()),
             headers: std::mem::take(&mut parts.headers),
             active: table.active.clone(),
         };
@@ -512,10 +646,10 @@ impl Gateway {
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {}", client.ip()),
-            None => client.ip().to_string(),
+            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.ip)).ok(),
+            None => HeaderValue::from_str(client.ip).ok(),
         };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, v);
         }
         if let Ok(v) = HeaderValue::from_str(host) {
@@ -553,7 +687,7 @@ impl Gateway {
             *upstream.headers_mut() = headers.clone();
             let guard = ActiveGuard::new(table.active.clone(), index);
             let sent = Instant::now();
-            match tokio::time::timeout(timeout, self.client.request(upstream)).await {
+            match tokio::time::timeout(timeout, upstreams.request(upstream)).await {
                 Ok(Ok(response)) => {
                     self.succeeded(&state, endpoint);
                     let status = response.status();

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use shoal_abi::{AnyPlugin, PluginKind};
 use shoal_runtime::{CallError, KvBackend, LoadError, PluginScope, Runtime};
@@ -246,7 +246,8 @@ pub struct Registry {
     store: Store,
     runtime: Runtime,
     config: RegistryConfig,
-    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    /// Plugin kind → name → slot; read on every plugin call (a read lock, no allocation).
+    slots: RwLock<HashMap<PluginKind, HashMap<String, Arc<Slot>>>>,
     /// Serialises mutations so that validation-then-write is atomic per registry.
     write: tokio::sync::Mutex<()>,
     events: mpsc::UnboundedSender<RegistryEvent>,
@@ -316,7 +317,7 @@ impl Registry {
             store,
             runtime,
             config,
-            slots: Mutex::new(HashMap::new()),
+            slots: RwLock::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
             events,
             kv,
@@ -379,7 +380,10 @@ impl Registry {
     }
 
     fn slot(&self, key: &Key) -> Arc<Slot> {
-        self.slots.lock().entry(key.clone()).or_default().clone()
+        if let Some(slot) = self.slots.read().get(&key.0).and_then(|names| names.get(&key.1)) {
+            return slot.clone();
+        }
+        self.slots.write().entry(key.0).or_default().entry(key.1.clone()).or_default().clone()
     }
 
     fn scope(&self, kind: PluginKind, name: &str, version: &str) -> PluginScope {
@@ -573,7 +577,8 @@ impl Registry {
             }
             None => {
                 self.store.delete_plugin(kind, name)?;
-                if let Some(slot) = self.slots.lock().remove(&(kind, name.to_owned())) {
+                let removed = self.slots.write().get_mut(&kind).and_then(|names| names.remove(name));
+                if let Some(slot) = removed {
                     slot.current.store(None);
                 }
                 // The plugin's own data goes with it (the local copy went with `delete_plugin`).
@@ -598,7 +603,7 @@ impl Registry {
     /// The active version of a plugin. Hold the `Arc` for the duration of a call: a concurrent
     /// activation does not affect it.
     pub fn active(&self, kind: PluginKind, name: &str) -> Option<Arc<LoadedVersion>> {
-        self.slots.lock().get(&(kind, name.to_owned())).and_then(|s| s.current.load_full())
+        self.slots.read().get(&kind).and_then(|names| names.get(name)).and_then(|s| s.current.load_full())
     }
 
     /// Run `f` on the active version of a plugin and record the outcome.

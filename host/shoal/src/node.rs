@@ -259,6 +259,7 @@ pub async fn run(
     let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
     tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
+    let mut gateway_task = None;
     let gateway_addr = match config.gateway {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the gateway to {addr}"))?;
@@ -273,9 +274,9 @@ pub async fn run(
                 Some(events_tx),
             );
             let mut stop = shutdown_tx.subscribe();
-            tokio::spawn(gateway.serve(listener, async move {
+            gateway_task = Some(tokio::spawn(gateway.serve(listener, async move {
                 let _ = stop.wait_for(|s| *s).await;
-            }));
+            })));
             Some(local)
         }
         None => None,
@@ -352,6 +353,11 @@ pub async fn run(
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
     let _ = shutdown_tx.send(true);
+    // The gateway's worker threads hold the registry (RocksDB): wait for them to drain and end,
+    // so that no database is still open, and used, while the process exits.
+    if let Some(task) = gateway_task {
+        let _ = task.await;
+    }
     // One process is the whole cluster: stopping it stops its tasks (a real agent's tasks outlive
     // the agent's restarts instead).
     if let Some(agent) = local_agent {

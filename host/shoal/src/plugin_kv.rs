@@ -9,8 +9,9 @@
 //!
 //! The import is synchronous (plugin calls are), the store client is async: a call leaves the
 //! Tokio worker with `block_in_place` and waits on the runtime the client lives on. That needs a
-//! multi-thread runtime (the `shoal` binary's); on a current-thread one the calls fail with an
-//! error instead of deadlocking. Each call is bounded by [`CALL_TIMEOUT`], under the default
+//! multi-thread runtime for the client (the `shoal` binary's); on a current-thread one the calls
+//! fail with an error instead of deadlocking. A caller on a current-thread runtime of its own
+//! (the gateway's workers run their routers there) waits on a helper thread instead. Each call is bounded by [`CALL_TIMEOUT`], under the default
 //! plugin deadline.
 //!
 //! Before this store existed, plugins' data lived in the registry's own RocksDB;
@@ -50,17 +51,20 @@ impl StoreKv {
         &self.namespace
     }
 
-    fn run<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, String> {
-        let current = Handle::try_current().ok();
-        if self.handle.runtime_flavor() != RuntimeFlavor::MultiThread
-            || current.as_ref().is_some_and(|h| h.runtime_flavor() != RuntimeFlavor::MultiThread)
-        {
+    fn run<T: Send>(&self, call: impl Future<Output = Result<T, StoreError>> + Send) -> Result<T, String> {
+        if self.handle.runtime_flavor() != RuntimeFlavor::MultiThread {
             return Err("the state store is reachable from plugins only on a multi-thread runtime".into());
         }
         let bounded = async { tokio::time::timeout(CALL_TIMEOUT, call).await };
-        let answer = match current {
-            // On a worker (or a blocking thread) of a runtime: leave it first.
-            Some(_) => tokio::task::block_in_place(|| self.handle.block_on(bounded)),
+        let answer = match Handle::try_current().ok().map(|h| h.runtime_flavor()) {
+            // On a worker (or a blocking thread) of a multi-thread runtime: leave it first.
+            Some(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.handle.block_on(bounded)),
+            // On a current-thread runtime (a gateway worker calling its router): that thread
+            // cannot leave its runtime, so the call waits on a helper thread of its own.
+            Some(_) => match std::thread::scope(|scope| scope.spawn(|| self.handle.block_on(bounded)).join()) {
+                Ok(answer) => answer,
+                Err(_) => return Err("the thread waiting on the state store panicked".into()),
+            },
             None => self.handle.block_on(bounded),
         };
         match answer {
@@ -264,5 +268,22 @@ mod tests {
         assert!(err.contains("multi-thread"), "{err}");
         let err = kv.set("k", b"v").expect_err("refused outside the runtime too");
         assert!(err.contains("multi-thread"), "{err}");
+    }
+
+    #[test]
+    fn a_caller_on_a_current_thread_runtime_reaches_a_store_on_a_multi_thread_one() {
+        // The gateway's workers: each its own current-thread runtime, calling routers whose
+        // keyvalue import is this store, whose client lives on the node's multi-thread runtime.
+        let node = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = node.block_on(store(dir.path()));
+        let kv = node.block_on(async { StoreKv::new(store.client.clone(), PluginKind::Router, "r") });
+        let worker = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        worker.block_on(async {
+            kv.set("hits", b"1").expect("set from a current-thread worker");
+            assert_eq!(kv.get("hits").expect("get").as_deref(), Some(&b"1"[..]));
+        });
+        let entry = node.block_on(store.client.get("_plugin-router-r", "hits")).expect("get").expect("written");
+        assert_eq!(entry.value, b"1");
     }
 }

@@ -389,3 +389,47 @@ async fn bodies_stream_through_and_prefixes_can_be_stripped() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.bytes().await.expect("body").len(), 128 * (64 << 10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_the_request_in_flight_finishes_then_the_gateway_stops_accepting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let (registry, _registry_events) =
+        Registry::open(&dir.path().join("registry"), runtime, RegistryConfig::default()).expect("registry");
+    for &(kind, name, bytes) in shoal_artifacts::DEFAULT_PLUGINS {
+        if kind == "router" {
+            registry.push(PluginKind::Router, name, Some("1"), bytes, true).await.expect("push router");
+        }
+    }
+    let discovery = Arc::new(Discovery::default());
+    let routes = Arc::new(Routes::in_memory());
+    let upstream = Upstream::start("a", Duration::ZERO).await;
+    register(&discovery, "web", &upstream, 1);
+    routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    let config = GatewayConfig { workers: 2, ..GatewayConfig::default() };
+    let gateway = Gateway::new(routes, discovery, registry, config, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(gateway.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let http = reqwest::Client::new();
+    assert_eq!(get(&http, &format!("{url}/ready")).await, (200, "a /ready".to_owned()));
+    // `/slow` takes 3 s upstream; stop the gateway while it is on its way.
+    let in_flight = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { get(&http, &format!("{url}/slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).expect("stop");
+    assert_eq!(in_flight.await.expect("join"), (200, "a /slow".to_owned()), "the request in flight was cut");
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("the gateway stopped after its last request")
+        .expect("join");
+    let refused = reqwest::Client::new().get(format!("{url}/after")).send().await;
+    assert!(refused.is_err(), "a stopped gateway still answered: {refused:?}");
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2, "/ready and /slow only");
+}
