@@ -123,6 +123,36 @@ pub struct Gateway {
     request_ids: RequestIds,
 }
 
+/// How the workers share connections: open connections per worker, and each worker's inbox of
+/// connections handed over by another.
+struct Balance {
+    open: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+}
+
+impl Balance {
+    /// The worker with the fewest open connections; `me` when none has fewer than it.
+    fn least_loaded(&self, me: usize) -> usize {
+        let mut best = (self.open[me].load(Ordering::Relaxed), me);
+        for (n, open) in self.open.iter().enumerate() {
+            let open = open.load(Ordering::Relaxed);
+            if open < best.0 {
+                best = (open, n);
+            }
+        }
+        best.1
+    }
+
+    /// Give a connection to worker `to`; hands it back when that worker is gone.
+    fn hand_over(&self, to: usize, stream: std::net::TcpStream, peer: SocketAddr) -> Option<tokio::net::TcpStream> {
+        self.open[to].fetch_add(1, Ordering::Relaxed);
+        match self.inboxes[to].send((stream, peer)) {
+            Ok(()) => None,
+            Err(mpsc::error::SendError((stream, _))) => tokio::net::TcpStream::from_std(stream).ok(),
+        }
+    }
+}
+
 /// The pool of upstream connections of one worker thread.
 type Upstreams = Client<HttpConnector, GatewayBody>;
 
@@ -260,7 +290,10 @@ impl Gateway {
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut finished = Vec::with_capacity(workers);
-        for n in 0..workers {
+        let (inboxes, mut receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let balance = Arc::new(Balance { open: (0..workers).map(|_| AtomicUsize::new(0)).collect(), inboxes });
+        for n in (0..workers).rev() {
+            let inbox = receivers.pop().expect("one inbox per worker");
             let listener = match listener.try_clone() {
                 Ok(listener) => listener,
                 Err(err) => {
@@ -271,9 +304,10 @@ impl Gateway {
             let (done, finish) = tokio::sync::oneshot::channel::<()>();
             let gateway = self.clone();
             let stopped = stopped.clone();
+            let balance = balance.clone();
             let spawned = std::thread::Builder::new().name(format!("shoal-gateway-{n}")).spawn(move || {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime.block_on(gateway.worker(listener, stopped)),
+                    Ok(runtime) => runtime.block_on(gateway.worker(n, listener, balance, inbox, stopped)),
                     Err(err) => tracing::error!(%err, worker = n, "could not start a gateway worker"),
                 }
                 let _ = done.send(());
@@ -284,6 +318,7 @@ impl Gateway {
             }
         }
         drop(listener);
+        drop(balance);
         shutdown.await;
         let _ = stop.send(true);
         for finish in finished {
@@ -291,8 +326,16 @@ impl Gateway {
         }
     }
 
-    /// One worker: accept, serve each connection on this thread, drain on stop.
-    async fn worker(self: Arc<Self>, listener: std::net::TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    /// One worker: accept, serve each connection on this thread (or hand it to a worker with
+    /// fewer open connections), drain on stop.
+    async fn worker(
+        self: Arc<Self>,
+        n: usize,
+        listener: std::net::TcpListener,
+        balance: Arc<Balance>,
+        mut inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(err) => {
@@ -308,13 +351,35 @@ impl Gateway {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
+                        // Whoever wakes first accepts; keep-alive connections then stay where
+                        // they landed, so even them out at accept time.
+                        let target = balance.least_loaded(n);
+                        let stream = if target == n {
+                            Some(stream)
+                        } else {
+                            match stream.into_std() {
+                                Ok(stream) => balance.hand_over(target, stream, peer),
+                                Err(err) => {
+                                    tracing::warn!(%err, "gateway: could not hand a connection over");
+                                    None
+                                }
+                            }
+                        };
+                        if let Some(stream) = stream {
+                            connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
+                        }
                     }
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%err, "gateway accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                },
+                Some((stream, peer)) = inbox.recv() => match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
+                    }
+                    Err(err) => tracing::warn!(%err, "gateway: could not take a connection over"),
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 stop = stopped.wait_for(|stop| *stop) => match stop {
@@ -323,6 +388,7 @@ impl Gateway {
                     Err(_) => return,
                 },
             }
+            balance.open[n].store(connections.len(), Ordering::Relaxed);
         }
         drop(listener);
         let drained =
@@ -866,5 +932,29 @@ mod tests {
         // Another process (another key) makes other ids.
         let other = RequestIds::new();
         assert_ne!(ids.next().to_str().unwrap()[..16], other.next().to_str().unwrap()[..16]);
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_go_to_the_worker_with_the_fewest_open() {
+        let (to_0, inbox_0) = mpsc::unbounded_channel();
+        let (to_1, mut inbox_1) = mpsc::unbounded_channel();
+        let balance = Balance { open: vec![AtomicUsize::new(3), AtomicUsize::new(1)], inboxes: vec![to_0, to_1] };
+        assert_eq!(balance.least_loaded(0), 1);
+        assert_eq!(balance.least_loaded(1), 1);
+        balance.open[1].store(3, Ordering::Relaxed);
+        assert_eq!(balance.least_loaded(0), 0, "a tie stays with the worker that accepted");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let connect = || std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let (a, b) = (connect(), connect());
+        a.set_nonblocking(true).expect("nonblocking");
+        b.set_nonblocking(true).expect("nonblocking");
+        assert!(balance.hand_over(1, a, peer).is_none(), "handed over");
+        assert_eq!(balance.open[1].load(Ordering::Relaxed), 4, "counted at once, before worker 1 runs");
+        assert!(inbox_1.try_recv().is_ok(), "worker 1 got it");
+        // A worker that is gone gives the connection back to the one that accepted it.
+        drop(inbox_0);
+        assert!(balance.hand_over(0, b, peer).is_some(), "given back");
     }
 }
