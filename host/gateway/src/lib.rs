@@ -274,8 +274,9 @@ impl Gateway {
     ///
     /// Connections are served by [`GatewayConfig::workers`] threads, each running its own
     /// single-threaded Tokio runtime with its own upstream connection pool and accepting from
-    /// the shared listener: a request is read, routed, forwarded and answered on one thread,
-    /// with no hand-off between threads and no lock shared with other requests on the way.
+    /// the shared listener; a worker that accepts a connection while another has fewer open
+    /// ones hands it over. From then on each request is read, routed, forwarded and answered on
+    /// that one thread, with no hand-off between threads and no lock shared with other requests.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
         let listener = match listener.into_std().and_then(|l| l.set_nonblocking(true).map(|()| l)) {
             Ok(listener) => listener,
@@ -290,10 +291,9 @@ impl Gateway {
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut finished = Vec::with_capacity(workers);
-        let (inboxes, mut receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
         let balance = Arc::new(Balance { open: (0..workers).map(|_| AtomicUsize::new(0)).collect(), inboxes });
-        for n in (0..workers).rev() {
-            let inbox = receivers.pop().expect("one inbox per worker");
+        for (n, inbox) in receivers.into_iter().enumerate() {
             let listener = match listener.try_clone() {
                 Ok(listener) => listener,
                 Err(err) => {
@@ -318,7 +318,6 @@ impl Gateway {
             }
         }
         drop(listener);
-        drop(balance);
         shutdown.await;
         let _ = stop.send(true);
         for finish in finished {
@@ -348,45 +347,43 @@ impl Gateway {
         let mut connections = tokio::task::JoinSet::new();
         let for_connections = stopped.clone();
         loop {
-            tokio::select! {
+            let arrived = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // Whoever wakes first accepts; keep-alive connections then stay where
-                        // they landed, so even them out at accept time.
-                        let target = balance.least_loaded(n);
-                        let stream = if target == n {
-                            Some(stream)
-                        } else {
-                            match stream.into_std() {
-                                Ok(stream) => balance.hand_over(target, stream, peer),
-                                Err(err) => {
-                                    tracing::warn!(%err, "gateway: could not hand a connection over");
-                                    None
-                                }
+                    // Whoever wakes first accepts; keep-alive connections then stay where they
+                    // landed, so even them out at accept time.
+                    Ok((stream, peer)) => match balance.least_loaded(n) {
+                        target if target == n => Some((stream, peer)),
+                        target => match stream.into_std() {
+                            Ok(stream) => balance.hand_over(target, stream, peer).map(|stream| (stream, peer)),
+                            Err(err) => {
+                                tracing::warn!(%err, "gateway: could not hand a connection over");
+                                None
                             }
-                        };
-                        if let Some(stream) = stream {
-                            connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
-                        }
-                    }
+                        },
+                    },
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%err, "gateway accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                        None
                     }
                 },
                 Some((stream, peer)) = inbox.recv() => match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => {
-                        connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
+                    Ok(stream) => Some((stream, peer)),
+                    Err(err) => {
+                        tracing::warn!(%err, "gateway: could not take a connection over");
+                        None
                     }
-                    Err(err) => tracing::warn!(%err, "gateway: could not take a connection over"),
                 },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = connections.join_next(), if !connections.is_empty() => None,
                 stop = stopped.wait_for(|stop| *stop) => match stop {
                     Ok(_) => break,
                     // The serving future was dropped: stop now, connections and all.
                     Err(_) => return,
                 },
+            };
+            if let Some((stream, peer)) = arrived {
+                connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
             }
             balance.open[n].store(connections.len(), Ordering::Relaxed);
         }

@@ -11,8 +11,8 @@
 //! Tokio worker with `block_in_place` and waits on the runtime the client lives on. That needs a
 //! multi-thread runtime for the client (the `shoal` binary's); on a current-thread one the calls
 //! fail with an error instead of deadlocking. A caller on a current-thread runtime of its own
-//! (the gateway's workers run their routers there) waits on a helper thread instead. Each call is bounded by [`CALL_TIMEOUT`], under the default
-//! plugin deadline.
+//! (the gateway's workers run their routers there) waits on a helper thread instead. Each call
+//! is bounded by [`CALL_TIMEOUT`], under the default plugin deadline.
 //!
 //! Before this store existed, plugins' data lived in the registry's own RocksDB;
 //! [`migrate_registry_kv`] moves it over once at start.
