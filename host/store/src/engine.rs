@@ -53,13 +53,33 @@ struct Shard {
     /// one RocksDB write (group commit), so concurrent writers share one WAL append and, with
     /// [`Durability::Sync`], one fsync.
     queue: Mutex<Vec<Pending>>,
+    /// Whether a blocking task drains `queue` for asynchronous writers ([`Store::batch_async`]).
+    draining: AtomicBool,
 }
 
 /// A single-shard batch in a shard's commit queue.
 struct Pending {
     namespace: String,
     ops: Vec<Op>,
-    done: std::sync::mpsc::SyncSender<Result<Vec<u64>, StoreError>>,
+    done: Done,
+}
+
+type Outcome = Result<Vec<u64>, StoreError>;
+
+/// Where the outcome of a queued batch goes: a thread waiting for it, or a task.
+enum Done {
+    Thread(std::sync::mpsc::SyncSender<Outcome>),
+    Task(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+impl Done {
+    fn send(self, outcome: Outcome) {
+        // A writer that stopped waiting (a dropped request) does not need its answer.
+        let _ = match self {
+            Done::Thread(tx) => tx.send(outcome).map_err(drop),
+            Done::Task(tx) => tx.send(outcome).map_err(drop),
+        };
+    }
 }
 
 /// What a commit group has written so far, by RocksDB key: `Some(version)` for a put, `None` for a
@@ -255,6 +275,7 @@ impl Store {
             exporting: AtomicBool::new(false),
             export: Mutex::new(None),
             queue: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -397,18 +418,41 @@ impl Store {
         }
     }
 
+    /// Whether shard `shard` of this node still serves `namespace/key` under `map`.
+    ///
+    /// Writes check it again under the shard's lock: a writer that found the shard its owner may
+    /// have waited for the lock while the map switched and the export ended (which takes the same
+    /// lock, after the switch), and a write it made then would be acknowledged on a copy that is no
+    /// longer served.
+    fn still_owns(&self, map: &ShardMap, shard: u32, namespace: &str, key: &str) -> Result<(), StoreError> {
+        let n = map.shard_of(namespace, key);
+        if n == shard && map.node_of(n) == Some(self.node.as_str()) {
+            Ok(())
+        } else {
+            Err(StoreError::NotOwner { shard: n, epoch: map.epoch })
+        }
+    }
+
     /// The live entry under `namespace/key`, if any.
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         validate_namespace(namespace)?;
         validate_key(key)?;
+        let epoch = self.map.read().epoch;
         let shard = self.owned(namespace, key)?;
         if shard.frozen(namespace, key) {
             return Err(StoreError::Moving);
         }
-        match shard.db.get_pinned(db_key(namespace, key))? {
-            Some(stored) => decode(key.to_owned(), &stored, now_ms()),
-            None => Ok(None),
+        let entry = match shard.db.get_pinned(db_key(namespace, key))? {
+            Some(stored) => decode(key.to_owned(), &stored, now_ms())?,
+            None => None,
+        };
+        // The map may have switched while this read ran: the key may have moved (and been written
+        // at its new shard, or cleaned up here), so what was read may be stale. Ask again.
+        let map = self.map.read().clone();
+        if map.epoch != epoch {
+            self.still_owns(&map, shard.id, namespace, key)?;
         }
+        Ok(entry)
     }
 
     /// Write `value` under `namespace/key`; returns the new version.
@@ -459,8 +503,10 @@ impl Store {
         let mut guards: Vec<(&Arc<Shard>, MutexGuard<'_, u64>)> = involved.iter().map(|s| (s, s.seq.lock())).collect();
 
         let now = now_ms();
+        let map = self.map.read().clone();
         for (op, shard) in ops.iter().zip(&shard_of) {
-            // Checked under the lock: a freeze takes the same lock.
+            // Checked under the lock: a freeze and the end of an export take the same lock.
+            self.still_owns(&map, shard.id, namespace, op.key())?;
             if shard.frozen(namespace, op.key()) {
                 return Err(StoreError::Moving);
             }
@@ -491,7 +537,7 @@ impl Store {
     /// already did, and the batches queued behind it) as one RocksDB write.
     fn commit_grouped(&self, shard: &Arc<Shard>, namespace: &str, ops: Vec<Op>) -> Result<Vec<u64>, StoreError> {
         let (done, result) = std::sync::mpsc::sync_channel(1);
-        shard.queue.lock().push(Pending { namespace: namespace.to_owned(), ops, done });
+        shard.queue.lock().push(Pending { namespace: namespace.to_owned(), ops, done: Done::Thread(done) });
         {
             let mut guard = shard.seq.lock();
             let group = std::mem::take(&mut *shard.queue.lock());
@@ -502,11 +548,65 @@ impl Store {
         result.recv().map_err(|_| StoreError::Config("the commit of this write was abandoned".into()))?
     }
 
+    /// [`Store::batch`] for async callers. A batch of one shard (the common case) waits in the
+    /// shard's commit queue without holding a thread: one blocking task per shard drains the
+    /// queue, a group per RocksDB write, for as long as writers keep it filled. A batch across
+    /// shards runs [`Store::batch`] on the blocking pool.
+    pub async fn batch_async(self: &Arc<Self>, namespace: &str, ops: Vec<Op>) -> Result<Vec<u64>, StoreError> {
+        validate_ops(namespace, &ops)?;
+        let mut shard = None;
+        for op in &ops {
+            let owner = self.owned(namespace, op.key())?;
+            match &shard {
+                Some(s) if !Arc::ptr_eq(s, &owner) => {
+                    let store = self.clone();
+                    let namespace = namespace.to_owned();
+                    return tokio::task::spawn_blocking(move || store.batch(&namespace, ops))
+                        .await
+                        .map_err(|e| StoreError::Config(format!("the write was abandoned: {e}")))?;
+                }
+                Some(_) => {}
+                None => shard = Some(owner),
+            }
+        }
+        let Some(shard) = shard else { return Ok(Vec::new()) };
+        let (done, result) = tokio::sync::oneshot::channel();
+        shard.queue.lock().push(Pending { namespace: namespace.to_owned(), ops, done: Done::Task(done) });
+        if !shard.draining.swap(true, Ordering::AcqRel) {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.drain(&shard));
+        }
+        result.await.map_err(|_| StoreError::Config("the commit of this write was abandoned".into()))?
+    }
+
+    /// Commit the shard's queue, group after group, until it stays empty; the shard's `draining`
+    /// flag is set while this runs (a writer that sets it starts the next drain).
+    fn drain(&self, shard: &Shard) {
+        loop {
+            {
+                let mut guard = shard.seq.lock();
+                let group = std::mem::take(&mut *shard.queue.lock());
+                if !group.is_empty() {
+                    self.commit_group(shard, &mut guard, group);
+                    continue;
+                }
+            }
+            shard.draining.store(false, Ordering::Release);
+            // A writer that queued after the take but saw the flag still set left its batch to
+            // this drain: take over again unless a new drain already has.
+            if shard.queue.lock().is_empty() || shard.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
     /// Check, version and write a group of single-shard batches under the shard's lock; answers
     /// every member. A member whose condition fails gets its error and writes nothing; the others
     /// are written together.
     fn commit_group(&self, shard: &Shard, seq: &mut MutexGuard<'_, u64>, group: Vec<Pending>) {
         let now = now_ms();
+        // Read under the lock: an export ends (under this lock) only after the map switched.
+        let map = self.map.read().clone();
         let mut overlay = Overlay::new();
         let mut next = **seq;
         let mut batch = WriteBatch::default();
@@ -516,8 +616,10 @@ impl Store {
             // written a key this one checks.
             for op in &pending.ops {
                 let k = db_key(&pending.namespace, op.key());
-                // Checked under the lock: a freeze takes the same lock.
-                let checked = if shard.frozen(&pending.namespace, op.key()) {
+                // Checked under the lock: a freeze and the end of an export take the same lock.
+                let checked = if let Err(e) = self.still_owns(&map, shard.id, &pending.namespace, op.key()) {
+                    Err(e)
+                } else if shard.frozen(&pending.namespace, op.key()) {
                     Err(StoreError::Moving)
                 } else {
                     let current = match overlay.get(&k) {
@@ -527,7 +629,7 @@ impl Store {
                     current.and_then(|current| condition(&pending.namespace, op, current))
                 };
                 if let Err(e) = checked {
-                    let _ = pending.done.send(Err(e));
+                    pending.done.send(Err(e));
                     continue 'members;
                 }
             }
@@ -547,7 +649,7 @@ impl Store {
         batch.put(SEQ_KEY, next.to_be_bytes());
         if let Err(e) = shard.db.write_opt(batch, &self.write_options) {
             for (pending, _) in accepted {
-                let _ = pending.done.send(Err(StoreError::Config(format!("storage: {e}"))));
+                pending.done.send(Err(StoreError::Config(format!("storage: {e}"))));
             }
             return;
         }
@@ -556,7 +658,7 @@ impl Store {
             shard.mark_dirty(&pending.namespace, &pending.ops);
         }
         for (pending, versions) in accepted {
-            let _ = pending.done.send(Ok(versions));
+            pending.done.send(Ok(versions));
         }
     }
 
@@ -921,5 +1023,44 @@ fn condition(namespace: &str, op: &Op, current: u64) -> Result<(), StoreError> {
             Err(StoreError::NotFound { namespace: namespace.to_owned(), key: op.key().to_owned() })
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that found its shard the owner of a key, then waited for the shard's lock while
+    /// the key moved away (freeze, switch of the map, end of the export), must be refused: its
+    /// write would be acknowledged on a copy nobody reads any more.
+    #[test]
+    fn a_write_that_waited_out_a_move_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig { shards: 2, durability: Durability::Wal }).unwrap();
+        let target =
+            ShardMap { epoch: 2, shards: vec!["local".to_owned(), "local".to_owned(), "elsewhere".to_owned()] };
+        let key = (0..10_000)
+            .map(|i| format!("k{i}"))
+            .find(|k| store.shard_of("app", k) == 0 && target.shard_of("app", k) == 2)
+            .expect("a key that moves from shard 0 to shard 2");
+        store.put("app", &key, b"before", PutOptions::default()).unwrap();
+
+        // The writer checked ownership under the old map...
+        let shard = store.owned("app", &key).unwrap();
+        // ...then the move froze the key, switched the map and ended the export.
+        store.begin_export(0, Arc::new(target.clone())).unwrap();
+        store.take_dirty(0, true).unwrap();
+        assert!(store.set_map(target));
+        assert!(store.export_target(0).is_none(), "the new map ends the export");
+
+        let op = Op::Put { key: key.clone(), value: b"after".to_vec(), options: PutOptions::default() };
+        match store.commit_grouped(&shard, "app", vec![op]) {
+            Err(StoreError::NotOwner { shard: 2, epoch: 2 }) => {}
+            other => panic!("expected NotOwner for shard 2 at epoch 2, got {other:?}"),
+        }
+        let stored = shard.db.get(db_key("app", &key)).unwrap().expect("the old copy is still there");
+        assert_eq!(&stored[HEADER_LEN..], b"before", "nothing was written");
+        // And the node itself now sends the key's readers and writers elsewhere.
+        assert!(matches!(store.get("app", &key), Err(StoreError::NotOwner { shard: 2, .. })));
     }
 }

@@ -233,8 +233,7 @@ impl StoreNode {
                 self.catch_up(epoch).await;
                 let written: Vec<(String, bool)> =
                     ops.iter().map(|op| (op.key().to_owned(), matches!(op, crate::Op::Put { .. }))).collect();
-                let ns = namespace.clone();
-                let versions = blocking(move || store.batch(&ns, ops)).await?;
+                let versions = store.batch_async(&namespace, ops).await?;
                 self.announce(&namespace, written, &versions).await;
                 Ok(Reply::Versions(versions))
             }

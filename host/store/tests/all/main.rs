@@ -180,6 +180,126 @@ fn synced_group_commits_keep_every_write_and_condition() {
     assert_eq!(dump(&store, "app").len(), writers * each + 21);
 }
 
+/// Async writers (`batch_async`: they wait in the shard's queue without a thread, a blocking task
+/// drains it) and blocking writers (`put`: each may commit the queue itself) share the same
+/// synced group commits: every write is there after a reopen, versions are unique and grow per
+/// writer, a compare-and-set counter loses no increment, and a batch across shards through
+/// `batch_async` is all-or-nothing as with `batch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_and_blocking_writers_share_group_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = Store::open(&path, StoreConfig { shards: 2, durability: Durability::Sync }).expect("open");
+    store.put("app", "counter", b"0", PutOptions::default()).expect("put");
+    let each = 30;
+
+    async fn increment(store: &Arc<Store>) -> u64 {
+        loop {
+            let entry = store.get("app", "counter").expect("get").expect("present");
+            let n: u64 = String::from_utf8(entry.value).expect("utf-8").parse().expect("number");
+            let op = Op::Put {
+                key: "counter".into(),
+                value: (n + 1).to_string().into_bytes(),
+                options: PutOptions { version: Some(entry.version), ttl: None },
+            };
+            match store.batch_async("app", vec![op]).await {
+                Ok(v) => return v[0],
+                Err(StoreError::Conflict { .. }) => tokio::task::yield_now().await,
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
+    let tasks: Vec<_> = (0..24)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for i in 0..each {
+                    let key = format!("a{w}/{i}");
+                    let shard = store.shard_of("app", &key);
+                    let op = Op::Put { key, value: b"v".to_vec(), options: PutOptions::default() };
+                    versions.push((shard, store.batch_async("app", vec![op]).await.expect("async put")[0]));
+                    if i % 3 == 0 {
+                        increment(&store).await;
+                    }
+                }
+                versions
+            })
+        })
+        .collect();
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..each)
+                    .map(|i| {
+                        let key = format!("b{w}/{i}");
+                        (store.shard_of("app", &key), store.put("app", &key, b"v", PutOptions::default()).expect("put"))
+                    })
+                    .collect::<Vec<(u32, u64)>>()
+            })
+        })
+        .collect();
+    // Versions are per shard: one writer's versions must grow within each shard.
+    let grows = |versions: &[(u32, u64)]| {
+        for shard in 0..2 {
+            let mine: Vec<u64> = versions.iter().filter(|(s, _)| *s == shard).map(|(_, v)| *v).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "one writer's versions must grow in shard {shard}: {mine:?}");
+        }
+    };
+    for t in tasks {
+        grows(&t.await.expect("task"));
+    }
+    for t in threads {
+        grows(&t.join().expect("thread"));
+    }
+    // The keys' versions must not repeat within a shard.
+    let mut per_shard: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+    for (key, _, version) in dump(&store, "app") {
+        per_shard.entry(store.shard_of("app", &key)).or_default().push(version);
+    }
+    for versions in per_shard.values_mut() {
+        let n = versions.len();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), n, "a version was handed out twice in a shard");
+    }
+    let increments = 24 * (0..each).filter(|i| i % 3 == 0).count();
+    assert_eq!(value(&store, "app", "counter"), Some(increments.to_string()));
+
+    // A batch across both shards through the async path: one failed condition writes nothing.
+    let (k0, k1) = {
+        let mut keys = (0..100).map(|i| format!("x{i}"));
+        let k0 = keys.clone().find(|k| store.shard_of("app", k) == 0).expect("a key of shard 0");
+        let k1 = keys.find(|k| store.shard_of("app", k) == 1).expect("a key of shard 1");
+        (k0, k1)
+    };
+    let both = |v: &str, version: Option<u64>| {
+        vec![
+            Op::Put { key: k0.clone(), value: v.as_bytes().to_vec(), options: PutOptions::default() },
+            Op::Put { key: k1.clone(), value: v.as_bytes().to_vec(), options: PutOptions { version, ttl: None } },
+        ]
+    };
+    let versions = store.batch_async("app", both("one", None)).await.expect("cross-shard batch");
+    assert_eq!(versions.len(), 2);
+    assert!(matches!(
+        store.batch_async("app", both("two", Some(versions[1] + 1000))).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(value(&store, "app", &k0).as_deref(), Some("one"), "a failed batch wrote nothing");
+    // Bad input is refused before anything is queued.
+    let oversized = Op::Put { key: "k".repeat(MAX_KEY_LEN + 1), value: Vec::new(), options: PutOptions::default() };
+    assert!(matches!(store.batch_async("app", vec![oversized]).await, Err(StoreError::InvalidKey(_))));
+
+    let written = dump(&store, "app").len();
+    assert_eq!(written, 24 * each + 4 * each + 1 + 2);
+    drop(store);
+    let store = Store::open(&path, StoreConfig { shards: 2, durability: Durability::Sync }).expect("reopen");
+    assert_eq!(dump(&store, "app").len(), written, "every acknowledged write survives a reopen");
+    assert_eq!(value(&store, "app", "counter"), Some(increments.to_string()));
+}
+
 #[test]
 fn expired_entries_are_invisible_and_swept() {
     let dir = tempfile::tempdir().expect("tempdir");
