@@ -100,6 +100,10 @@ struct DevArgs {
     /// Run no gateway.
     #[arg(long)]
     no_gateway: bool,
+    /// Worker threads of the gateway, each with its own event loop and upstream connections
+    /// (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    gateway_workers: usize,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
@@ -130,6 +134,10 @@ struct MasterArgs {
     /// Also serve a gateway at this address.
     #[arg(long)]
     gateway: Option<SocketAddr>,
+    /// Worker threads of the gateway, each with its own event loop and upstream connections
+    /// (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    gateway_workers: usize,
     /// Milliseconds between allocation cycles (changes also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
@@ -209,6 +217,9 @@ struct GatewayArgs {
     /// Where the mirrored table and plugins live.
     #[arg(long, default_value = ".shoal-gateway")]
     data_dir: PathBuf,
+    /// Worker threads, each with its own event loop and upstream connections (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     #[command(flatten)]
     remote: Remote,
 }
@@ -420,6 +431,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         store: shoal_store::StoreConfig { shards: args.shards, durability },
         store_node: Some("local".into()),
         gateway: (!args.no_gateway).then_some(args.gateway),
+        gateway_workers: args.gateway_workers,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: Some(crate::node::local_agent(
             None,
@@ -461,6 +473,7 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
         },
         store_node: (!args.no_store).then_some(args.store_id),
         gateway: args.gateway,
+        gateway_workers: args.gateway_workers,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: None,
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
@@ -551,6 +564,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         token: client.token.clone(),
         listen: args.listen,
         data_dir: args.data_dir,
+        workers: args.workers,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -34,6 +34,8 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Where the mirrored table and plugins live.
     pub data_dir: PathBuf,
+    /// Worker threads of the proxy; 0 = one per core.
+    pub workers: usize,
 }
 
 /// What a started gateway tells its caller.
@@ -94,8 +96,13 @@ pub async fn run(
             tracing::warn!(route = %e.route, action = e.action, data = %e.data, "gateway event");
         }
     });
-    let gateway =
-        Gateway::new(routes.clone(), discovery.clone(), registry.clone(), GatewayConfig::default(), Some(events_tx));
+    let gateway = Gateway::new(
+        routes.clone(),
+        discovery.clone(),
+        registry.clone(),
+        GatewayConfig { workers: config.workers, ..GatewayConfig::default() },
+        Some(events_tx),
+    );
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("binding the gateway to {}", config.listen))?;
     ready(&EdgeInfo { listen: listener.local_addr()?, instances: known, routes: routes.list().len() });

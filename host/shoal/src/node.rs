@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub store_node: Option<String>,
     /// Address of the gateway (reverse proxy); `None` runs no gateway.
     pub gateway: Option<SocketAddr>,
+    /// The gateway's worker threads; 0 = one per core.
+    pub gateway_workers: usize,
     /// Time without a heartbeat after which the master declares an agent lost.
     pub agent_timeout: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
@@ -270,7 +272,7 @@ pub async fn run(
                 routes.clone(),
                 discovery.clone(),
                 registry.clone(),
-                GatewayConfig::default(),
+                GatewayConfig { workers: config.gateway_workers, ..GatewayConfig::default() },
                 Some(events_tx),
             );
             let mut stop = shutdown_tx.subscribe();
