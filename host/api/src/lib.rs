@@ -68,6 +68,9 @@ pub struct AppState {
     pub artifacts: Option<Arc<shoal_master::artifacts::ArtifactStore>>,
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes /metrics.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -79,6 +82,19 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        // Histograms keep every sample until they are folded into their buckets, which a scrape
+        // of /metrics does; without a scraper they would grow by a few bytes per request for as
+        // long as the process runs. Fold them on a timer as well.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("shoal-metrics".into()).spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP);
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "no metrics upkeep thread: histograms grow until /metrics is scraped");
         }
         handle
     })
