@@ -192,6 +192,9 @@ struct Table {
     valid_until: Option<Instant>,
     table: RouteTable,
     active: Arc<[AtomicU32]>,
+    /// Each endpoint's address as a URI authority, parsed once per table (an address that is not
+    /// one answers 502 when chosen).
+    authorities: Vec<Result<http::uri::Authority, String>>,
 }
 
 impl Table {
@@ -462,6 +465,7 @@ impl Gateway {
                 valid_until: None,
                 table: RouteTable::default(),
                 active: Arc::from([]),
+                authorities: Vec::new(),
             }),
             rebuild: Mutex::new(()),
             ejections: Mutex::new(HashMap::new()),
@@ -528,6 +532,10 @@ impl Gateway {
             .collect::<Vec<_>>();
         drop(ejections);
         let active: Arc<[AtomicU32]> = endpoints.iter().map(|_| AtomicU32::new(0)).collect();
+        let authorities = endpoints
+            .iter()
+            .map(|e| e.address.parse::<http::uri::Authority>().map_err(|err| format!("`{}`: {err}", e.address)))
+            .collect();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let table = Arc::new(Table {
             service: current.service.clone(),
@@ -536,6 +544,7 @@ impl Gateway {
             valid_until,
             table: RouteTable { generation, endpoints },
             active,
+            authorities,
         });
         state.table.store(table.clone());
         table
@@ -696,15 +705,23 @@ impl Gateway {
         };
 
         // Upstream request head, reused for retries.
-        let upstream_path = {
-            let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-            if route.strip_prefix {
+        let upstream_path = match parts.uri.path_and_query() {
+            Some(pq) if !route.strip_prefix => Ok(pq.clone()),
+            None if !route.strip_prefix => Ok(http::uri::PathAndQuery::from_static("/")),
+            pq => {
+                let pq = pq.map_or("/", |pq| pq.as_str());
                 let prefix = route.path_prefix.trim_end_matches('/');
                 let rest = pq.strip_prefix(prefix).unwrap_or(pq);
-                if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") }
-            } else {
-                pq.to_owned()
+                if rest.starts_with('/') { rest.parse() } else { format!("/{rest}").parse() }
             }
+        };
+        let Ok(upstream_path) = upstream_path else {
+            finish(StatusCode::BAD_REQUEST);
+            return (
+                Some(route.name.clone()),
+                None,
+                json_error(StatusCode::BAD_REQUEST, "bad_path", "the path cannot be forwarded"),
+            );
         };
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
@@ -729,7 +746,14 @@ impl Gateway {
         for attempt in 0..self.config.attempts {
             let endpoint = &table.table.endpoints[index];
             tried.push(index);
-            let uri: Uri = match format!("http://{}{}", endpoint.address, upstream_path).parse() {
+            let uri = table.authorities[index].as_ref().map_err(String::clone).and_then(|authority| {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(http::uri::Scheme::HTTP);
+                uri.authority = Some(authority.clone());
+                uri.path_and_query = Some(upstream_path.clone());
+                Uri::from_parts(uri).map_err(|err| err.to_string())
+            });
+            let uri = match uri {
                 Ok(uri) => uri,
                 Err(err) => {
                     finish(StatusCode::BAD_GATEWAY);
