@@ -74,6 +74,7 @@ nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" & pids+=($!)
 
 RUST_LOG=warn "$SHOAL" dev --listen 127.0.0.1:18070 --gateway 127.0.0.1:18090 --data-dir "$work/shoal" \
     > "$work/shoal.out" 2> "$work/shoal.err" & pids+=($!)
+shoal_pid=$!
 for _ in $(seq 1 200); do grep -q "admin token" "$work/shoal.out" 2>/dev/null && break; sleep 0.1; done
 export SHOAL_API=http://127.0.0.1:18070
 export SHOAL_TOKEN=$(cat "$work/shoal/admin.token")
@@ -104,3 +105,5 @@ run shoal 18090
 run nginx 18080
 run shoal 18090
 awk -v s="$RPS_shoal" -v n="$RPS_nginx" 'BEGIN { printf "gateway / nginx throughput (last runs): %.2f\n", s / n }'
+# Memory of the whole `shoal dev` process after the load (no one scraped /metrics meanwhile).
+awk '/^(VmRSS|VmHWM)/ { printf "shoal dev %s %d MiB\n", $1, $2 / 1024 }' "/proc/$shoal_pid/status"
