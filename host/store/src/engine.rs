@@ -582,6 +582,17 @@ impl Store {
     /// Commit the shard's queue, group after group, until it stays empty; the shard's `draining`
     /// flag is set while this runs (a writer that sets it starts the next drain).
     fn drain(&self, shard: &Shard) {
+        /// Should a commit panic, the next writer starts a new drain instead of waiting forever
+        /// on a flag nobody clears.
+        struct Reset<'a>(&'a AtomicBool);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+        }
+        let _reset = Reset(&shard.draining);
         loop {
             {
                 let mut guard = shard.seq.lock();
