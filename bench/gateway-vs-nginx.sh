@@ -18,6 +18,7 @@ DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 ROUTER=${ROUTER:-round-robin}
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-0} # shoal dev --gateway-workers (0 = one per core)
 [ -x "$SHOAL" ] || { echo "no $SHOAL: cargo build --release --bin shoal" >&2; exit 1; }
 command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "needs nginx and wrk" >&2; exit 1; }
 
@@ -73,6 +74,7 @@ nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" & pids+=($!)
 
 RUST_LOG=warn "$SHOAL" dev --listen 127.0.0.1:18070 --gateway 127.0.0.1:18090 --data-dir "$work/shoal" \
+    --gateway-workers "$GATEWAY_WORKERS" \
     > "$work/shoal.out" 2> "$work/shoal.err" & pids+=($!)
 shoal_pid=$!
 for _ in $(seq 1 200); do grep -q "admin token" "$work/shoal.out" 2>/dev/null && break; sleep 0.1; done
