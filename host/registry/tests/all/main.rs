@@ -173,7 +173,10 @@ async fn a_new_version_that_keeps_failing_is_rolled_back() {
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "bad");
     for i in 0..5 {
         let result = route(&registry, "r", "/trap").expect("a plugin is active");
-        assert!(matches!(result, Err(CallError::Trap(_))), "call {i}: {result:?}");
+        // The guest panics at once; on a loaded machine (tests compiling components beside this
+        // one) the call can still be descheduled past the router's 50 ms deadline. Either is a
+        // failed call of the bad version, which is what the rollback counts.
+        assert!(matches!(result, Err(CallError::Trap(_) | CallError::Timeout(_))), "call {i}: {result:?}");
     }
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "good");
     assert_eq!(route(&registry, "r", "/trap").expect("active").expect("the good version ignores the path"), Some(0));
