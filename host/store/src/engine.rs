@@ -406,16 +406,20 @@ impl Store {
         self.shards.read().get(&n).cloned()
     }
 
+    /// The shard `namespace/key` belongs to under `map`, if `map` gives that shard to this node.
+    fn owner_in(&self, map: &ShardMap, namespace: &str, key: &str) -> Result<u32, StoreError> {
+        let n = map.shard_of(namespace, key);
+        if map.node_of(n) == Some(self.node.as_str()) {
+            Ok(n)
+        } else {
+            Err(StoreError::NotOwner { shard: n, epoch: map.epoch })
+        }
+    }
+
     /// The shard `namespace/key` belongs to, if this node serves it.
     fn owned(&self, namespace: &str, key: &str) -> Result<Arc<Shard>, StoreError> {
-        let map = self.map.read().clone();
-        let n = map.shard_of(namespace, key);
-        match map.node_of(n) {
-            Some(node) if node == self.node => {
-                self.shard(n).ok_or_else(|| StoreError::Config(format!("shard {n} is assigned here but not on disk")))
-            }
-            _ => Err(StoreError::NotOwner { shard: n, epoch: map.epoch }),
-        }
+        let n = self.owner_in(&self.map.read(), namespace, key)?;
+        self.shard(n).ok_or_else(|| StoreError::Config(format!("shard {n} is assigned here but not on disk")))
     }
 
     /// Whether shard `shard` of this node still serves `namespace/key` under `map`.
@@ -425,11 +429,9 @@ impl Store {
     /// lock, after the switch), and a write it made then would be acknowledged on a copy that is no
     /// longer served.
     fn still_owns(&self, map: &ShardMap, shard: u32, namespace: &str, key: &str) -> Result<(), StoreError> {
-        let n = map.shard_of(namespace, key);
-        if n == shard && map.node_of(n) == Some(self.node.as_str()) {
-            Ok(())
-        } else {
-            Err(StoreError::NotOwner { shard: n, epoch: map.epoch })
+        match self.owner_in(map, namespace, key)? {
+            n if n == shard => Ok(()),
+            n => Err(StoreError::NotOwner { shard: n, epoch: map.epoch }),
         }
     }
 
@@ -448,7 +450,7 @@ impl Store {
         };
         // The map may have switched while this read ran: the key may have moved (and been written
         // at its new shard, or cleaned up here), so what was read may be stale. Ask again.
-        let map = self.map.read().clone();
+        let map = self.map.read();
         if map.epoch != epoch {
             self.still_owns(&map, shard.id, namespace, key)?;
         }
@@ -628,17 +630,16 @@ impl Store {
             for op in &pending.ops {
                 let k = db_key(&pending.namespace, op.key());
                 // Checked under the lock: a freeze and the end of an export take the same lock.
-                let checked = if let Err(e) = self.still_owns(&map, shard.id, &pending.namespace, op.key()) {
-                    Err(e)
-                } else if shard.frozen(&pending.namespace, op.key()) {
-                    Err(StoreError::Moving)
-                } else {
+                let checked = self.still_owns(&map, shard.id, &pending.namespace, op.key()).and_then(|()| {
+                    if shard.frozen(&pending.namespace, op.key()) {
+                        return Err(StoreError::Moving);
+                    }
                     let current = match overlay.get(&k) {
-                        Some(written) => Ok(written.unwrap_or(0)),
-                        None => current_version(shard, &k, now),
+                        Some(written) => written.unwrap_or(0),
+                        None => current_version(shard, &k, now)?,
                     };
-                    current.and_then(|current| condition(&pending.namespace, op, current))
-                };
+                    condition(&pending.namespace, op, current)
+                });
                 if let Err(e) = checked {
                     pending.done.send(Err(e));
                     continue 'members;
