@@ -705,10 +705,10 @@ impl Gateway {
         };
 
         // Upstream request head, reused for retries.
-        let upstream_path = match parts.uri.path_and_query() {
-            Some(pq) if !route.strip_prefix => Ok(pq.clone()),
-            None if !route.strip_prefix => Ok(http::uri::PathAndQuery::from_static("/")),
-            pq => {
+        let upstream_path = match (route.strip_prefix, parts.uri.path_and_query()) {
+            (false, Some(pq)) => Ok(pq.clone()),
+            (false, None) => Ok(http::uri::PathAndQuery::from_static("/")),
+            (true, pq) => {
                 let pq = pq.map_or("/", |pq| pq.as_str());
                 let prefix = route.path_prefix.trim_end_matches('/');
                 let rest = pq.strip_prefix(prefix).unwrap_or(pq);
