@@ -59,6 +59,8 @@ pub struct AllocationReport {
     pub agents: usize,
     /// Frameworks in the snapshot.
     pub frameworks: usize,
+    /// Each framework's revive count as the snapshot saw it.
+    pub revived: BTreeMap<String, u64>,
 }
 
 impl Resources {

@@ -313,7 +313,7 @@ impl Master {
         let registry = self.registry.as_ref().ok_or("this master has no plugin registry")?;
         let now = now_ms();
         let (task_agents, task_frameworks) = self.task_usage();
-        let filters: BTreeMap<String, (Vec<shoal_abi::DeclineFilter>, bool)> =
+        let filters: BTreeMap<String, (Vec<shoal_abi::DeclineFilter>, bool, u64)> =
             self.frameworks.lock().keys().map(|f| (f.clone(), self.filters_of(f, now))).collect();
         let (snapshot, mut free, frameworks, mut allocated) = {
             let agents = self.agents.lock();
@@ -375,7 +375,7 @@ impl Master {
         // Decline filters and suppression are the frameworks' wishes: proposals against them are
         // dropped (and reported), whatever the allocator thinks.
         let (proposals, mut filtered): (Vec<_>, Vec<_>) = proposals.into_iter().partition(|p| {
-            filters.get(&p.framework).is_none_or(|(f, suppressed)| {
+            filters.get(&p.framework).is_none_or(|(f, suppressed, _)| {
                 !*suppressed && !f.iter().any(|d| d.agent_id == p.agent_id && d.until_ms > now)
             })
         });
@@ -398,7 +398,14 @@ impl Master {
             offers.by_id.insert(offer.id, offer.clone());
             made.push(offer);
         }
-        Ok(AllocationReport { offers: made, rejected, agents: snapshot.agents.len(), frameworks: frameworks.len() })
+        let revived = filters.into_iter().map(|(f, (_, _, n))| (f, n)).collect();
+        Ok(AllocationReport {
+            offers: made,
+            rejected,
+            agents: snapshot.agents.len(),
+            frameworks: frameworks.len(),
+            revived,
+        })
     }
 
     /// Take back every offer of `agent` (it was lost).
@@ -492,6 +499,7 @@ impl Master {
                 let frameworks = self.frameworks.lock();
                 let state = self.fw_state.lock();
                 frameworks.keys().any(|f| !state.get(f).is_some_and(|s| s.suppressed))
+                    || state.values().any(|s| !s.held.is_empty())
             };
             if wanted {
                 self.cycle().await;
@@ -509,7 +517,7 @@ impl Master {
             Ok(Ok(report)) => {
                 metrics::counter!("shoal_offers_made_total").increment(report.offers.len() as u64);
                 metrics::counter!("shoal_offers_refused_total").increment(report.rejected.len() as u64);
-                self.dispatch_offers(&report.offers);
+                self.dispatch_offers(&report);
                 self.publish_report(&report).await;
             }
             Ok(Err(e)) => tracing::warn!(cause = %e, "allocation cycle failed"),
@@ -859,5 +867,59 @@ mod tests {
         let agents = master.agents();
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].hostname, "host-1");
+    }
+
+    /// Offers held back by a worker (the framework revived after their cycle's snapshot) go
+    /// out with the next cycle's even when that cycle makes none (the framework suppressed
+    /// offers meanwhile), without those of an agent lost in between, and are never held twice.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn held_offers_go_out_with_the_next_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig::default()).unwrap();
+        let (registry, _events) =
+            Registry::open(&dir.path().join("registry"), runtime, shoal_registry::RegistryConfig::default()).unwrap();
+        registry.push(PluginKind::Allocator, "drf", Some("1"), shoal_artifacts::DRF, true).await.unwrap();
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        let master = Master::new(bus, MasterConfig::default(), Some(registry));
+        for id in ["a1", "a2"] {
+            master.admit(reg(id, &format!("{id}.local"))).unwrap();
+        }
+        master
+            .add_framework(FrameworkSpec { name: "svc".into(), role: "svc".into(), weight: 1.0, quota: None })
+            .unwrap();
+        // The test is the framework's worker.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        master.fw_state.lock().entry("svc".into()).or_default().worker = Some(tx);
+        let cycle = || {
+            let m = master.clone();
+            async move { tokio::task::spawn_blocking(move || m.allocate_once()).await.unwrap().unwrap() }
+        };
+        let next_batch = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<tasks::FwInput>| match rx.try_recv() {
+            Ok(tasks::FwInput::Offers(batch)) => batch,
+            _ => panic!("expected offers"),
+        };
+
+        let before = cycle().await;
+        assert_eq!(before.offers.len(), 2);
+        master.dispatch_offers(&before);
+        let batch = next_batch(&mut rx);
+        // The framework revives before it gets to these offers: they are held back.
+        master.revive("svc");
+        assert!(master.offers_to_use("svc", batch).is_empty());
+        assert_eq!(master.offers().len(), 2, "held offers stay outstanding");
+
+        master.fw_state.lock().get_mut("svc").unwrap().suppressed = true;
+        assert_eq!(master.rescind_agent("a2").len(), 1);
+        let after = cycle().await;
+        assert!(after.offers.is_empty(), "{:?}", after.offers);
+        master.dispatch_offers(&after);
+        let batch = next_batch(&mut rx);
+        assert!(batch.held_before);
+        // Another revive: held once already, these are used.
+        master.revive("svc");
+        let used = master.offers_to_use("svc", batch);
+        assert_eq!(used.iter().map(|o| o.agent_id.as_str()).collect::<Vec<_>>(), ["a1"]);
+        assert!(master.fw_state.lock()["svc"].held.is_empty());
+        assert!(rx.try_recv().is_err());
     }
 }

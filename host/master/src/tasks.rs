@@ -31,7 +31,7 @@ use crate::protocol::{
     AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, StatusUpdate, TaskCommand, TaskInfo, TaskState,
     validate_task_id,
 };
-use crate::{AgentState, FrameworkSpec, Master, OfferView, Resources, now_ms};
+use crate::{AgentState, AllocationReport, FrameworkSpec, Master, OfferView, Resources, now_ms};
 
 /// Journal key prefix of tasks.
 const JOURNAL_TASKS: &str = "task/";
@@ -89,10 +89,19 @@ impl TaskEntry {
 
 /// What a framework worker is asked to do.
 pub(crate) enum FwInput {
-    Offers(Vec<OfferView>),
+    Offers(OfferBatch),
     Status(shoal_abi::TaskStatus),
     Tick(u64),
     Request(shoal_abi::HttpRequest, oneshot::Sender<Result<shoal_abi::HttpResponse, String>>),
+}
+
+/// Offers of one cycle for one framework.
+pub(crate) struct OfferBatch {
+    pub offers: Vec<OfferView>,
+    /// The framework's revive count when the cycle took its snapshot.
+    pub revived: u64,
+    /// It includes offers held back once already (see [`Master::offers_to_use`]).
+    pub held_before: bool,
 }
 
 /// Per-framework scheduling state.
@@ -107,6 +116,21 @@ pub(crate) struct FwState {
     pub tick_queued: Arc<std::sync::atomic::AtomicBool>,
     /// Configuration handed to `init`.
     pub config: String,
+    /// How many times the framework revived (asked for offers again, its filters cleared). A
+    /// cycle whose snapshot saw an older count computed its offers against filters that no
+    /// longer hold: they wait for the next cycle (see [`Master::offers_to_use`]).
+    pub revived: u64,
+    /// Offers of such a cycle, still outstanding, handed over with the next cycle's.
+    pub held: Vec<OfferView>,
+}
+
+impl FwState {
+    /// The framework wants offers again: its filters and suppression end.
+    fn revive(&mut self) {
+        self.filters.clear();
+        self.suppressed = false;
+        self.revived += 1;
+    }
 }
 
 /// Something to send once the master's locks are released.
@@ -238,20 +262,8 @@ impl Master {
         let worker = self.fw_state.lock().get(name).and_then(|s| s.worker.clone());
         let Some(worker) = worker else { return Err(format!("no framework `{name}`")) };
         let (tx, rx) = oneshot::channel();
-        let changes = request.method != "GET" && request.method != "HEAD";
         worker.send(FwInput::Request(request, tx)).map_err(|_| format!("framework `{name}` stopped"))?;
-        let response = rx.await.map_err(|_| format!("framework `{name}` dropped the request"))?;
-        if changes {
-            // A deploy or a scale wants offers now, not after its decline filters expire or at
-            // the next interval: a request that may change what the framework wants counts as
-            // `revive` (`handle-request` cannot answer operations itself).
-            if let Some(st) = self.fw_state.lock().get_mut(name) {
-                st.filters.clear();
-                st.suppressed = false;
-            }
-            self.kick.notify_one();
-        }
-        response
+        rx.await.map_err(|_| format!("framework `{name}` dropped the request"))?
     }
 
     /// Queue a tick for every framework worker that has none queued.
@@ -266,32 +278,71 @@ impl Master {
         }
     }
 
-    /// Hand offers made this cycle to their frameworks' workers; offers of frameworks without a
+    /// Hand the offers a cycle made to their frameworks' workers, with the offers held back
+    /// since the last cycle (see [`Master::offers_to_use`]); offers of frameworks without a
     /// plugin stay outstanding (simulations hold them).
-    pub(crate) fn dispatch_offers(&self, offers: &[OfferView]) {
+    pub fn dispatch_offers(&self, report: &AllocationReport) {
         let mut per: BTreeMap<&str, Vec<OfferView>> = BTreeMap::new();
-        for o in offers {
+        for o in &report.offers {
             per.entry(o.framework.as_str()).or_default().push(o.clone());
         }
-        let state = self.fw_state.lock();
-        for (fw, offers) in per {
-            if let Some(worker) = state.get(fw).and_then(|s| s.worker.as_ref()) {
-                let _ = worker.send(FwInput::Offers(offers));
+        let mut state = self.fw_state.lock();
+        for (fw, st) in state.iter_mut() {
+            let Some(worker) = &st.worker else { continue };
+            let mut offers = std::mem::take(&mut st.held);
+            let held_before = !offers.is_empty();
+            if held_before {
+                // Offers taken back meanwhile (their agent was lost) are not handed over.
+                let outstanding = self.offers.lock();
+                offers.retain(|o| outstanding.by_id.contains_key(&o.id));
+            }
+            offers.extend(per.remove(fw.as_str()).unwrap_or_default());
+            if !offers.is_empty() {
+                let revived = report.revived.get(fw).copied().unwrap_or(st.revived);
+                let _ = worker.send(FwInput::Offers(OfferBatch { offers, revived, held_before }));
             }
         }
     }
 
-    /// Decline filters and suppression of `framework`, for the allocator's snapshot.
-    pub(crate) fn filters_of(&self, framework: &str, now: u64) -> (Vec<shoal_abi::DeclineFilter>, bool) {
+    /// The framework wants offers again (a `Revive` operation, or a request that may change what
+    /// it wants, once it has answered it): filters and suppression end, and offers computed
+    /// before are held back once (see [`Master::offers_to_use`]).
+    pub(crate) fn revive(&self, framework: &str) {
+        self.fw_state.lock().entry(framework.to_owned()).or_default().revive();
+        self.kick.notify_one();
+    }
+
+    /// What the worker of `framework` hands to the framework out of `batch`, as it is about to
+    /// call it: all of it, or nothing when the framework revived after the cycle took its
+    /// snapshot. That snapshot still had filters the revive cleared, so these offers alone are a
+    /// partial view of the cluster (a deploy would land on the agents whose filters happened to
+    /// have expired while the others were still declined). They stay outstanding, so nothing
+    /// else is offered their resources, and go out with the next cycle's; offers are held back
+    /// once, never twice.
+    pub(crate) fn offers_to_use(&self, framework: &str, batch: OfferBatch) -> Vec<OfferView> {
         let mut state = self.fw_state.lock();
-        let Some(st) = state.get_mut(framework) else { return (Vec::new(), false) };
+        let st = state.entry(framework.to_owned()).or_default();
+        if batch.held_before || batch.revived == st.revived {
+            return batch.offers;
+        }
+        st.held.extend(batch.offers);
+        drop(state);
+        self.kick.notify_one();
+        Vec::new()
+    }
+
+    /// Decline filters, suppression and revive count of `framework`, for the allocator's
+    /// snapshot.
+    pub(crate) fn filters_of(&self, framework: &str, now: u64) -> (Vec<shoal_abi::DeclineFilter>, bool, u64) {
+        let mut state = self.fw_state.lock();
+        let Some(st) = state.get_mut(framework) else { return (Vec::new(), false, 0) };
         st.filters.retain(|_, until| *until > now);
         let filters = st
             .filters
             .iter()
             .map(|(agent, until)| shoal_abi::DeclineFilter { agent_id: agent.clone(), until_ms: *until })
             .collect();
-        (filters, st.suppressed)
+        (filters, st.suppressed, st.revived)
     }
 
     async fn framework_worker(self: Arc<Self>, name: String, mut rx: mpsc::UnboundedReceiver<FwInput>) {
@@ -327,7 +378,13 @@ impl Master {
         let mut out = Vec::new();
         for input in batch {
             let (wit_input_offers, offers, status, tick, request) = match input {
-                FwInput::Offers(offers) => (Some(offer_infos(self, &offers)), offers, None, None, None),
+                FwInput::Offers(batch) => {
+                    let offers = self.offers_to_use(name, batch);
+                    if offers.is_empty() {
+                        continue;
+                    }
+                    (Some(offer_infos(self, &offers)), offers, None, None, None)
+                }
                 FwInput::Status(s) => (None, Vec::new(), Some(s), None, None),
                 FwInput::Tick(now) => {
                     if let Some(f) = &tick_flag {
@@ -353,6 +410,13 @@ impl Master {
                 Some(Err(e)) => Err(e.to_string()),
                 Some(Ok(a)) => Ok(a),
             };
+            // A deploy or a scale wants offers now, not after its decline filters expire or at
+            // the next interval: a request that may change what the framework wants counts as
+            // `revive` (`handle-request` cannot answer operations itself), in the worker, so
+            // that offers queued behind the request and computed before it are held back.
+            if request.as_ref().is_some_and(|(r, _)| r.method != "GET" && r.method != "HEAD") {
+                self.revive(name);
+            }
             match (answer, request) {
                 (Ok(FrameworkOutput::Response(r)), Some((_, tx))) => {
                     let _ = tx.send(Ok(r));
@@ -435,14 +499,7 @@ impl Master {
                 scheduling::Operation::Suppress => {
                     self.fw_state.lock().entry(framework.to_owned()).or_default().suppressed = true;
                 }
-                scheduling::Operation::Revive => {
-                    let mut state = self.fw_state.lock();
-                    let st = state.entry(framework.to_owned()).or_default();
-                    st.suppressed = false;
-                    st.filters.clear();
-                    drop(state);
-                    self.kick.notify_one();
-                }
+                scheduling::Operation::Revive => self.revive(framework),
             }
         }
         if launched {
@@ -1024,7 +1081,8 @@ impl Master {
         if offers.is_empty() {
             return Ok(0);
         }
-        let out = self.run_batch(framework, vec![FwInput::Offers(offers)]);
+        let revived = report.revived.get(framework).copied().unwrap_or_default();
+        let out = self.run_batch(framework, vec![FwInput::Offers(OfferBatch { offers, revived, held_before: false })]);
         Ok(out.iter().map(|o| if let Outgoing::Launch(_, tasks) = o { tasks.len() } else { 0 }).sum())
     }
 }

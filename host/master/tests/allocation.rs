@@ -1,4 +1,5 @@
-//! Allocation cycles through the real DRF plugin, and offers taken back when their agent is lost.
+//! Allocation cycles through the real DRF plugin, offers taken back when their agent is lost, and
+//! offers of a cycle older than a deploy held back until the next one (the real `service` plugin).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is the failure report
 
@@ -112,4 +113,81 @@ async fn offers_of_a_lost_agent_are_rescinded() {
     }
     let left: Vec<String> = master.offers().into_iter().map(|o| o.agent_id).collect();
     assert_eq!(left, ["a2"]);
+}
+
+/// The race behind a deploy that once landed on two agents of three: a cycle took its snapshot
+/// while the `service` framework still declined a6 (a4 and a5's filters had expired), the deploy
+/// reached the framework, then the cycle's offers did. The framework must not place the whole
+/// app on the offers of that older view: they are held back and go out with the next cycle's,
+/// which has a6 too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_placed_during_a_cycle_sees_every_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = registry(dir.path()).await;
+    registry.push(PluginKind::Framework, "service", Some("1"), shoal_artifacts::SERVICE, true).await.expect("service");
+    let bus: SharedBus = Arc::new(LocalBus::new());
+    // No allocation loop: the test runs the cycles.
+    let config = MasterConfig { allocation_interval: None, ..MasterConfig::default() };
+    let master = Master::new(bus, config, Some(registry));
+    master.sync_framework_plugins();
+    let cycle = || {
+        let m = master.clone();
+        async move { tokio::task::spawn_blocking(move || m.allocate_once()).await.expect("join").expect("cycle") }
+    };
+    let view = |m: &Master| m.framework_views().into_iter().find(|f| f.spec.name == "service").expect("service");
+
+    // a6 is offered first; with nothing to run, the framework declines it for a while.
+    master.admit(agent("a6", "cpus:2;mem:1024;ports:[31000-31009]")).expect("admit");
+    let first = cycle().await;
+    assert_eq!(first.offers.len(), 1);
+    master.dispatch_offers(&first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !view(&master).filters.contains_key("a6") {
+        assert!(std::time::Instant::now() < deadline, "a6 was not declined: {:?}", view(&master).filters);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A cycle offers a4 and a5 only; before its offers arrive, an app of 5 is deployed.
+    for id in ["a4", "a5"] {
+        master.admit(agent(id, "cpus:2;mem:1024;ports:[31000-31009]")).expect("admit");
+    }
+    let before = cycle().await;
+    let mut offered: Vec<&str> = before.offers.iter().map(|o| o.agent_id.as_str()).collect();
+    offered.sort();
+    assert_eq!(offered, ["a4", "a5"]);
+    let deploy = shoal_abi::HttpRequest {
+        method: "PUT".into(),
+        path: "/apps/web".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: serde_json::to_vec(&serde_json::json!({
+            "id": "web", "instances": 5, "cmd": "exec sleep 600", "cpus": 0.1, "mem": 32, "ports": 1,
+            "constraints": [["@hostname", "MAX_PER", "3"]],
+        }))
+        .expect("json"),
+    };
+    let answer = master.framework_request("service", deploy).await.expect("the framework answers");
+    assert!(answer.status < 300, "{}: {}", answer.status, String::from_utf8_lossy(&answer.body));
+    assert!(view(&master).filters.is_empty(), "the deploy revives the framework");
+    master.dispatch_offers(&before);
+
+    // The next cycle offers a6; the framework gets all three agents at once.
+    let after = cycle().await;
+    assert_eq!(after.offers.iter().map(|o| o.agent_id.as_str()).collect::<Vec<_>>(), ["a6"]);
+    master.dispatch_offers(&after);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let tasks = loop {
+        let tasks = master.tasks();
+        if tasks.len() >= 5 {
+            break tasks;
+        }
+        assert!(std::time::Instant::now() < deadline, "placed only {tasks:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut per_agent: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &tasks {
+        *per_agent.entry(t.info.agent_id.as_str()).or_default() += 1;
+    }
+    assert_eq!(tasks.len(), 5, "{per_agent:?}");
+    assert_eq!(per_agent.len(), 3, "the app spreads over every agent: {per_agent:?}");
 }
