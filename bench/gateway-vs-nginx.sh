@@ -2,7 +2,7 @@
 # Load benchmark of issue 4: Shoal's gateway against nginx as a reverse proxy in front of the same
 # three upstreams, with the same load tool (wrk) in the same run.
 #
-#   cargo build --release --bin shoal
+#   cargo build --release --bin shoal --example bare-proxy
 #   bench/gateway-vs-nginx.sh                 # 15 s per run, 64 connections, 2 wrk threads
 #   DURATION=30s CONNECTIONS=128 bench/gateway-vs-nginx.sh
 #
@@ -10,10 +10,13 @@
 # three ports (a 12-byte body). Proxies: nginx with 2 workers and keep-alive upstream connections;
 # `shoal dev`'s gateway (release build, Tokio's default 2 workers on 2 cores) with a route whose
 # router plugin is the Wasm round-robin. Neither proxy writes an access log (RUST_LOG=warn).
+# When built, the `bare-proxy` example runs too: hyper with the gateway's threading model and
+# nothing of Shoal's per-request work, the floor a hyper-based gateway can reach.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SHOAL=${SHOAL:-${CARGO_TARGET_DIR:-target}/release/shoal}
+BARE=${BARE:-$(dirname "$SHOAL")/examples/bare-proxy}
 DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
@@ -73,6 +76,9 @@ CONF
 nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" & pids+=($!)
 
+if [ -x "$BARE" ]; then
+    "$BARE" 127.0.0.1:18095 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18083 & pids+=($!)
+fi
 RUST_LOG=warn "$SHOAL" dev --listen 127.0.0.1:18070 --gateway 127.0.0.1:18090 --data-dir "$work/shoal" \
     --gateway-workers "$GATEWAY_WORKERS" \
     > "$work/shoal.out" 2> "$work/shoal.err" & pids+=($!)
@@ -84,7 +90,7 @@ for i in 1 2 3; do
     "$SHOAL" service register app "u$i" --address "127.0.0.1:1808$i" > /dev/null
 done
 "$SHOAL" route put app --prefix / --service app --router "$ROUTER" > /dev/null
-for port in 18080 18090; do
+for port in 18080 18090 $([ -x "$BARE" ] && echo 18095); do
     for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$port/" > /dev/null 2>&1 && break; sleep 0.1; done
 done
 
@@ -104,8 +110,14 @@ echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 3 upstreams (nginx, 1 worker), 
 run direct 18081
 run nginx 18080
 run shoal 18090
+if [ -x "$BARE" ]; then run bare_hyper 18095; fi
 run nginx 18080
 run shoal 18090
+if [ -x "$BARE" ]; then run bare_hyper 18095; fi
 awk -v s="$RPS_shoal" -v n="$RPS_nginx" 'BEGIN { printf "gateway / nginx throughput (last runs): %.2f\n", s / n }'
+if [ -x "$BARE" ]; then
+    awk -v s="$RPS_shoal" -v b="$RPS_bare_hyper" -v n="$RPS_nginx" \
+        'BEGIN { printf "bare hyper / nginx: %.2f   gateway / bare hyper: %.2f\n", b / n, s / b }'
+fi
 # Memory of the whole `shoal dev` process after the load (no one scraped /metrics meanwhile).
 awk '/^(VmRSS|VmHWM)/ { printf "shoal dev %s %d MiB\n", $1, $2 / 1024 }' "/proc/$shoal_pid/status"
