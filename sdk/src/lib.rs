@@ -39,6 +39,8 @@
 //!     // Called before the first request and whenever the endpoints or their health change.
 //!     fn update(endpoints: Vec<Endpoint>) {
 //!         HEALTHY.set(endpoints.iter().map(|e| e.healthy).collect());
+//!         // `on_complete` below does nothing: spare the gateway that call per request.
+//!         shoal_sdk::routing::completions(false);
 //!     }
 //!
 //!     // Reads nothing of the request: a rule pays only for what it reads
@@ -213,6 +215,14 @@ pub mod clock {
 /// The plugin's own key-value store (shared by all its instances and versions).
 pub mod kv {
     pub use crate::host::shoal::plugin::keyvalue::{Error, KeyResponse, delete, exists, get, list_keys, set};
+}
+
+/// Calls a router makes to the gateway (routers only).
+pub mod routing {
+    /// Whether this router wants `on_complete` calls (yes until it says no): a rule that ignores
+    /// them calls `completions(false)` from `update`, and the gateway saves one Wasm call per
+    /// request.
+    pub use crate::host::shoal::plugin::route_request::completions;
 }
 
 /// Probes of the checked task's address (health checks only).

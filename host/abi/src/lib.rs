@@ -304,6 +304,25 @@ pub fn route(
     table: &RouteTable,
     request: &mut RouteRequest,
 ) -> Result<Option<u32>, CallError> {
+    route_full(plugin, table, request).map(|routed| routed.pick)
+}
+
+/// What [`route_full`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// The endpoint picked, if any.
+    pub pick: Option<u32>,
+    /// The instance that routed wants [`route_complete`] for this request (it did not call
+    /// `route-request.completions(false)`).
+    pub wants_complete: bool,
+}
+
+/// [`route`], and whether the router wants to hear how the request ends.
+pub fn route_full(
+    plugin: &Plugin<RouterWorld>,
+    table: &RouteTable,
+    request: &mut RouteRequest,
+) -> Result<Routed, CallError> {
     plugin.call_inline(|i| {
         let routing = i.bindings.shoal_plugin_routing();
         if i.generation != table.generation {
@@ -337,7 +356,7 @@ pub fn route(
                 Some(_) => {}
             }
         }
-        Ok(pick)
+        Ok(Routed { pick, wants_complete: i.store.data().completions })
     })
 }
 

@@ -557,14 +557,24 @@ impl Gateway {
     }
 
     /// Ask the route's router; fall back to round-robin over the healthy endpoints.
-    fn pick(&self, route: &Route, state: &RouteState, table: &Table, request: &mut RouteRequest) -> Result<usize, ()> {
+    ///
+    /// Answers the endpoint and whether the router wants its `on-complete` call.
+    fn pick(
+        &self,
+        route: &Route,
+        state: &RouteState,
+        table: &Table,
+        request: &mut RouteRequest,
+    ) -> Result<(usize, bool), ()> {
         let answer = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
-            AnyPlugin::Router(r) => shoal_abi::route(r, &table.table, request),
+            AnyPlugin::Router(r) => shoal_abi::route_full(r, &table.table, request),
             _ => Err(shoal_runtime_error("the plugin is not a router")),
         });
         let why = match answer {
-            Some(Ok(Some(index))) => return Ok(index as usize),
-            Some(Ok(None)) => return Err(()),
+            Some(Ok(shoal_abi::Routed { pick: Some(index), wants_complete })) => {
+                return Ok((index as usize, wants_complete));
+            }
+            Some(Ok(shoal_abi::Routed { pick: None, .. })) => return Err(()),
             Some(Err(err)) => err.to_string(),
             None => format!("no active router plugin named `{}`", route.router),
         };
@@ -584,7 +594,7 @@ impl Gateway {
         if healthy.is_empty() {
             return Err(());
         }
-        Ok(healthy[state.fallback_next.fetch_add(1, Ordering::Relaxed) % healthy.len()])
+        Ok((healthy[state.fallback_next.fetch_add(1, Ordering::Relaxed) % healthy.len()], true))
     }
 
     fn failed(&self, route: &Route, state: &RouteState, endpoint: &Endpoint, cause: &str) {
@@ -691,7 +701,7 @@ impl Gateway {
         };
         let pick = self.pick(&route, &state, &table, &mut lent);
         parts.headers = std::mem::take(&mut lent.headers);
-        let Ok(mut index) = pick else {
+        let Ok((mut index, wants_complete)) = pick else {
             finish(StatusCode::SERVICE_UNAVAILABLE);
             return (
                 Some(route.name.clone()),
@@ -779,12 +789,14 @@ impl Gateway {
                     self.succeeded(&state, endpoint);
                     let status = response.status();
                     let latency = sent.elapsed().as_micros() as u64;
-                    let _ = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
-                        AnyPlugin::Router(r) => {
-                            shoal_abi::route_complete(r, &table.table, index as u32, status.as_u16(), latency)
-                        }
-                        _ => Ok(()),
-                    });
+                    if wants_complete {
+                        let _ = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
+                            AnyPlugin::Router(r) => {
+                                shoal_abi::route_complete(r, &table.table, index as u32, status.as_u16(), latency)
+                            }
+                            _ => Ok(()),
+                        });
+                    }
                     let (mut head, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     let body = Tracked { inner: incoming, _guard: guard }.boxed_unsync();

@@ -322,13 +322,23 @@ impl Master {
     pub(crate) fn offers_to_use(&self, framework: &str, batch: OfferBatch) -> Vec<OfferView> {
         let mut state = self.fw_state.lock();
         let st = state.entry(framework.to_owned()).or_default();
-        if batch.held_before || batch.revived == st.revived {
-            return batch.offers;
+        if !batch.held_before && batch.revived != st.revived {
+            st.held.extend(batch.offers);
+            drop(state);
+            self.kick.notify_one();
+            return Vec::new();
         }
-        st.held.extend(batch.offers);
-        drop(state);
-        self.kick.notify_one();
-        Vec::new()
+        // Offers held back before this batch arrived go with it (a later cycle may have been
+        // dispatched before the worker got to the stale batch).
+        let mut offers = batch.offers;
+        if !st.held.is_empty() {
+            let outstanding = self.offers.lock();
+            let mut held = std::mem::take(&mut st.held);
+            held.retain(|o| outstanding.by_id.contains_key(&o.id));
+            held.append(&mut offers);
+            offers = held;
+        }
+        offers
     }
 
     /// Decline filters, suppression and revive count of `framework`, for the allocator's

@@ -79,7 +79,12 @@ impl HostState {
     }
 }
 
-impl route_request::Host for HostState {}
+impl route_request::Host for HostState {
+    fn completions(&mut self, wanted: bool) -> wasmtime::Result<()> {
+        self.completions = wanted;
+        Ok(())
+    }
+}
 
 impl route_request::HostRequest for HostState {
     fn method(&mut self, _: Resource<RouteRequest>) -> wasmtime::Result<String> {

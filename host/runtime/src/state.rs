@@ -117,6 +117,8 @@ pub struct HostState {
     pub request: RouteRequest,
     /// True while a `routing.route` call is running (the only time `request` can be read).
     pub routing: bool,
+    /// What the router said through `route-request.completions` (true until it says no).
+    pub completions: bool,
 }
 
 impl HostState {
@@ -133,6 +135,7 @@ impl HostState {
             probe: None,
             request: RouteRequest::default(),
             routing: false,
+            completions: true,
         }
     }
 

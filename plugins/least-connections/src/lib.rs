@@ -19,6 +19,8 @@ struct LeastConnections;
 
 impl Router for LeastConnections {
     fn update(endpoints: Vec<Endpoint>) {
+        // `on_complete` does nothing: spare the gateway that call per request.
+        shoal_sdk::routing::completions(false);
         // Weight 0 means "never pick" for weighted rules; here it still serves, at weight 1,
         // so that unweighted services work with this rule.
         WEIGHTS.set(endpoints.iter().map(|e| if e.healthy { u64::from(e.weight.max(1)) } else { 0 }).collect());

@@ -418,3 +418,27 @@ fn batch() {
         "{ops:?}"
     );
 }
+
+/// The six default routers ignore `on-complete` and say so (`route-request.completions(false)`),
+/// so the gateway skips that call; a router that says nothing (the hostile test router on a
+/// harmless path) keeps getting it.
+#[test]
+fn default_routers_decline_completions() {
+    let t = table(&[1, 1, 1], &up(3));
+    for (name, bytes) in [
+        ("round-robin", shoal_artifacts::ROUND_ROBIN),
+        ("random", shoal_artifacts::RANDOM),
+        ("source-hash", shoal_artifacts::SOURCE_HASH),
+        ("weighted-round-robin", shoal_artifacts::WEIGHTED_ROUND_ROBIN),
+        ("weighted-random", shoal_artifacts::WEIGHTED_RANDOM),
+        ("least-connections", shoal_artifacts::LEAST_CONNECTIONS),
+    ] {
+        let p = router(bytes);
+        let routed = shoal_abi::route_full(&p, &t, &mut request("192.0.2.1")).expect("route");
+        assert!(routed.pick.is_some(), "{name}: {routed:?}");
+        assert!(!routed.wants_complete, "{name} should decline completions: {routed:?}");
+    }
+    let silent = router(shoal_artifacts::HOSTILE_ROUTER);
+    let routed = shoal_abi::route_full(&silent, &t, &mut request("192.0.2.1")).expect("route");
+    assert_eq!(routed, shoal_abi::Routed { pick: Some(0), wants_complete: true });
+}
