@@ -374,6 +374,10 @@ pub fn route_complete(
             routing.call_update(&mut i.store, &table.endpoints)?;
             i.generation = table.generation;
         }
+        if !i.store.data().completions {
+            // The router declined completions (`route-request.completions(false)`).
+            return Ok(());
+        }
         routing.call_on_complete(&mut i.store, index, status, latency_us)
     })
 }

@@ -288,16 +288,13 @@ impl Master {
         }
         let mut state = self.fw_state.lock();
         for (fw, st) in state.iter_mut() {
-            let Some(worker) = &st.worker else { continue };
-            let mut offers = std::mem::take(&mut st.held);
-            let held_before = !offers.is_empty();
-            if held_before {
-                // Offers taken back meanwhile (their agent was lost) are not handed over.
-                let outstanding = self.offers.lock();
-                offers.retain(|o| outstanding.by_id.contains_key(&o.id));
+            if st.worker.is_none() {
+                continue;
             }
+            let held_before = !st.held.is_empty();
+            let mut offers = self.take_held(st);
             offers.extend(per.remove(fw.as_str()).unwrap_or_default());
-            if !offers.is_empty() {
+            if let (false, Some(worker)) = (offers.is_empty(), &st.worker) {
                 let revived = report.revived.get(fw).copied().unwrap_or(st.revived);
                 let _ = worker.send(FwInput::Offers(OfferBatch { offers, revived, held_before }));
             }
@@ -330,15 +327,20 @@ impl Master {
         }
         // Offers held back before this batch arrived go with it (a later cycle may have been
         // dispatched before the worker got to the stale batch).
-        let mut offers = batch.offers;
-        if !st.held.is_empty() {
-            let outstanding = self.offers.lock();
-            let mut held = std::mem::take(&mut st.held);
-            held.retain(|o| outstanding.by_id.contains_key(&o.id));
-            held.append(&mut offers);
-            offers = held;
-        }
+        let mut offers = self.take_held(st);
+        offers.extend(batch.offers);
         offers
+    }
+
+    /// The offers held back for a framework, minus those taken back meanwhile (their agent was
+    /// lost).
+    fn take_held(&self, st: &mut FwState) -> Vec<OfferView> {
+        let mut held = std::mem::take(&mut st.held);
+        if !held.is_empty() {
+            let outstanding = self.offers.lock();
+            held.retain(|o| outstanding.by_id.contains_key(&o.id));
+        }
+        held
     }
 
     /// Decline filters, suppression and revive count of `framework`, for the allocator's
