@@ -75,9 +75,11 @@ http {
 CONF
 nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" & pids+=($!)
+nginx_pid=$!
 
 if [ -x "$BARE" ]; then
     "$BARE" 127.0.0.1:18095 127.0.0.1:18081 127.0.0.1:18082 127.0.0.1:18083 & pids+=($!)
+    bare_pid=$!
 fi
 RUST_LOG=warn "$SHOAL" dev --listen 127.0.0.1:18070 --gateway 127.0.0.1:18090 --data-dir "$work/shoal" \
     --gateway-workers "$GATEWAY_WORKERS" \
@@ -94,26 +96,42 @@ for port in 18080 18090 $([ -x "$BARE" ] && echo 18095); do
     for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$port/" > /dev/null 2>&1 && break; sleep 0.1; done
 done
 
-run() { # name port
+# CPU time (user + system, in clock ticks) of processes and their children threads/processes.
+cpu_ticks() { # pid...
+    local total=0 p
+    for p in "$@" $(for q in "$@"; do pgrep -P "$q"; done); do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+run() { # name port pid-of-the-proxy (its CPU per request is measured; none for `direct`)
     wrk -t2 -c16 -d3s "http://127.0.0.1:$2/" > /dev/null # warm-up
+    local before after=0; before=$([ -n "${3:-}" ] && cpu_ticks "$3" || echo 0)
     local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/")
-    local rps p50 p99 errors
+    [ -n "${3:-}" ] && after=$(cpu_ticks "$3")
+    local rps p50 p99 errors total cpu=""
     rps=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+    total=$(awk '/requests in/ {print $1}' <<< "$out")
     p50=$(awk '$1 == "50%" {print $2}' <<< "$out")
     p99=$(awk '$1 == "99%" {print $2}' <<< "$out")
     errors=$(grep -E "Non-2xx|Socket errors" <<< "$out" || true)
-    printf '%-14s %10s req/s   p50 %-9s p99 %-9s %s\n' "$1" "$rps" "$p50" "$p99" "$errors"
+    if [ -n "${3:-}" ] && [ "${total:-0}" -gt 0 ]; then
+        cpu=$(awk -v t=$((after - before)) -v us="$TICK_US" -v n="$total" 'BEGIN { printf "%.1f us CPU/req", t * us / n }')
+    fi
+    printf '%-14s %10s req/s   p50 %-9s p99 %-9s %-18s %s\n' "$1" "$rps" "$p50" "$p99" "$cpu" "$errors"
     eval "RPS_$1=$rps"
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 3 upstreams (nginx, 1 worker), router $ROUTER"
 run direct 18081
-run nginx 18080
-run shoal 18090
-if [ -x "$BARE" ]; then run bare_hyper 18095; fi
-run nginx 18080
-run shoal 18090
-if [ -x "$BARE" ]; then run bare_hyper 18095; fi
+for _ in 1 2; do
+    run nginx 18080 "$nginx_pid"
+    run shoal 18090 "$shoal_pid"
+    if [ -x "$BARE" ]; then run bare_hyper 18095 "$bare_pid"; fi
+done
 awk -v s="$RPS_shoal" -v n="$RPS_nginx" 'BEGIN { printf "gateway / nginx throughput (last runs): %.2f\n", s / n }'
 if [ -x "$BARE" ]; then
     awk -v s="$RPS_shoal" -v b="$RPS_bare_hyper" -v n="$RPS_nginx" \

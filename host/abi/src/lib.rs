@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_runtime::{CallError, CallLimits, HostState, LoadError, Plugin, PluginScope, ProbeTarget, Runtime, World};
+use shoal_runtime::{
+    CallError, CallLimits, HostState, Instance, LoadError, Plugin, PluginScope, ProbeTarget, Runtime, World,
+};
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, Resource};
 
@@ -323,41 +325,52 @@ pub fn route_full(
     table: &RouteTable,
     request: &mut RouteRequest,
 ) -> Result<Routed, CallError> {
-    plugin.call_inline(|i| {
-        let routing = i.bindings.shoal_plugin_routing();
-        if i.generation != table.generation {
-            routing.call_update(&mut i.store, &table.endpoints)?;
-            i.generation = table.generation;
-        }
-        let state = i.store.data_mut();
-        std::mem::swap(&mut state.request, request);
-        state.routing = true;
-        let pick = routing.call_route(&mut i.store, Resource::new_borrow(0));
-        let state = i.store.data_mut();
-        state.routing = false;
-        std::mem::swap(&mut state.request, request);
-        let pick = pick?;
-        if let Some(index) = pick {
-            match table.endpoints.get(index as usize) {
-                None => {
-                    return Err(CallError::InvalidOutput(format!(
-                        "endpoint index {index} out of range 0..{}",
-                        table.endpoints.len()
-                    ))
-                    .into());
-                }
-                Some(endpoint) if !endpoint.healthy => {
-                    return Err(CallError::InvalidOutput(format!(
-                        "endpoint {index} (`{}`) is not healthy",
-                        endpoint.id
-                    ))
-                    .into());
-                }
-                Some(_) => {}
+    plugin.call_inline(|i| route_on(i, table, request))
+}
+
+/// [`route_full`] on an instance the caller keeps (see `Plugin::call_kept`): the gateway's
+/// workers keep one per router.
+pub fn route_kept(
+    plugin: &Plugin<RouterWorld>,
+    kept: &mut Option<Instance<RouterWorld>>,
+    table: &RouteTable,
+    request: &mut RouteRequest,
+) -> Result<Routed, CallError> {
+    plugin.call_kept(kept, |i| route_on(i, table, request))
+}
+
+fn route_on(i: &mut Instance<RouterWorld>, table: &RouteTable, request: &mut RouteRequest) -> wasmtime::Result<Routed> {
+    let routing = i.bindings.shoal_plugin_routing();
+    if i.generation != table.generation {
+        routing.call_update(&mut i.store, &table.endpoints)?;
+        i.generation = table.generation;
+    }
+    let state = i.store.data_mut();
+    std::mem::swap(&mut state.request, request);
+    state.routing = true;
+    let pick = routing.call_route(&mut i.store, Resource::new_borrow(0));
+    let state = i.store.data_mut();
+    state.routing = false;
+    std::mem::swap(&mut state.request, request);
+    let pick = pick?;
+    if let Some(index) = pick {
+        match table.endpoints.get(index as usize) {
+            None => {
+                return Err(CallError::InvalidOutput(format!(
+                    "endpoint index {index} out of range 0..{}",
+                    table.endpoints.len()
+                ))
+                .into());
             }
+            Some(endpoint) if !endpoint.healthy => {
+                return Err(
+                    CallError::InvalidOutput(format!("endpoint {index} (`{}`) is not healthy", endpoint.id)).into()
+                );
+            }
+            Some(_) => {}
         }
-        Ok(Routed { pick, wants_complete: i.store.data().completions })
-    })
+    }
+    Ok(Routed { pick, wants_complete: i.store.data().completions })
 }
 
 /// `routing.on-complete`, on the calling thread like [`route`].
@@ -368,18 +381,38 @@ pub fn route_complete(
     status: u16,
     latency_us: u64,
 ) -> Result<(), CallError> {
-    plugin.call_inline(|i| {
-        let routing = i.bindings.shoal_plugin_routing();
-        if i.generation != table.generation {
-            routing.call_update(&mut i.store, &table.endpoints)?;
-            i.generation = table.generation;
-        }
-        if !i.store.data().completions {
-            // The router declined completions (`route-request.completions(false)`).
-            return Ok(());
-        }
-        routing.call_on_complete(&mut i.store, index, status, latency_us)
-    })
+    plugin.call_inline(|i| complete_on(i, table, index, status, latency_us))
+}
+
+/// [`route_complete`] on an instance the caller keeps.
+pub fn route_complete_kept(
+    plugin: &Plugin<RouterWorld>,
+    kept: &mut Option<Instance<RouterWorld>>,
+    table: &RouteTable,
+    index: u32,
+    status: u16,
+    latency_us: u64,
+) -> Result<(), CallError> {
+    plugin.call_kept(kept, |i| complete_on(i, table, index, status, latency_us))
+}
+
+fn complete_on(
+    i: &mut Instance<RouterWorld>,
+    table: &RouteTable,
+    index: u32,
+    status: u16,
+    latency_us: u64,
+) -> wasmtime::Result<()> {
+    let routing = i.bindings.shoal_plugin_routing();
+    if i.generation != table.generation {
+        routing.call_update(&mut i.store, &table.endpoints)?;
+        i.generation = table.generation;
+    }
+    if !i.store.data().completions {
+        // The router declined completions (`route-request.completions(false)`).
+        return Ok(());
+    }
+    routing.call_on_complete(&mut i.store, index, status, latency_us)
 }
 
 /// `health.check` against `target`; the probe may reach only the target's address and ports.

@@ -32,6 +32,7 @@
 //! request when a healthy endpoint exists.
 
 pub mod routes;
+mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,17 +51,21 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
-use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
+use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable, RouterWorld};
 use shoal_discovery::{Discovery, Health};
 use shoal_registry::Registry;
+use shoal_runtime::CallError;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use upstream::{Lease, UpstreamError, Upstreams};
 
 pub use routes::{DEFAULT_ROUTER, DEFAULT_TIMEOUT_MS, Route, RouteError, Routes};
+
+/// How often a worker closes its upstream connections that were not used since the last time:
+/// one idle for between 30 and 60 s is closed.
+const UPSTREAM_IDLE_SWEEP: Duration = Duration::from_secs(30);
 
 /// The body type the gateway answers with.
 pub type GatewayBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -120,7 +125,27 @@ pub struct Gateway {
     events: Option<mpsc::UnboundedSender<GatewayEvent>>,
     generation: AtomicU64,
     origin: Instant,
+}
+
+/// What one worker thread keeps for itself: its upstream connections and its own instance of
+/// each router it calls (so a routing decision takes no lock another thread takes and runs on
+/// an instance that stays warm in this core's caches).
+struct Local {
+    upstreams: Arc<Upstreams>,
+    routers: Mutex<Vec<KeptRouter>>,
+    /// Each worker draws its own key, so its ids need no counter shared with the others.
     request_ids: RequestIds,
+}
+
+type KeptInstance = shoal_runtime::Instance<RouterWorld>;
+
+/// A worker's instance of one router, of the version that was active at `generation` of the
+/// registry.
+struct KeptRouter {
+    name: String,
+    generation: u64,
+    loaded: Arc<shoal_registry::LoadedVersion>,
+    instance: Option<KeptInstance>,
 }
 
 /// How the workers share connections: open connections per worker, and each worker's inbox of
@@ -153,14 +178,13 @@ impl Balance {
     }
 }
 
-/// The pool of upstream connections of one worker thread.
-type Upstreams = Client<HttpConnector, GatewayBody>;
-
-/// The client of a request: its address, and its IP as text (made once per connection).
+/// The client of a request: its address, and its IP as text and as a header value (made once
+/// per connection).
 #[derive(Clone, Copy)]
 struct Peer<'a> {
     addr: SocketAddr,
     ip: &'a str,
+    ip_header: &'a HeaderValue,
 }
 
 /// Per-route state that outlives requests: the endpoint table, ejections, fallback counter,
@@ -169,6 +193,8 @@ struct RouteState {
     table: ArcSwap<Table>,
     rebuild: Mutex<()>,
     ejections: Mutex<HashMap<String, Ejection>>,
+    /// Whether `ejections` holds a failure streak or an ejection, written only under its lock.
+    failing: std::sync::atomic::AtomicBool,
     ejection_epoch: AtomicU64,
     fallback_next: AtomicUsize,
     last_fallback_event_ms: AtomicU64,
@@ -227,18 +253,43 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
-        headers.remove(name);
+    // One pass over the names, compared as tokens, finds the few present (most messages carry
+    // none, or only `Connection`); removing all eight blindly would hash each of them.
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << at;
+        } else if name == header::TRANSFER_ENCODING {
+            present |= 1 << HOP_BY_HOP.len();
+        }
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    if present == 0 {
+        return;
+    }
+    // Headers named in `Connection` are hop-by-hop too (`close` and `keep-alive` are options,
+    // not names; `Keep-Alive` is in the list anyway).
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
 }
 
 impl Gateway {
@@ -261,7 +312,6 @@ impl Gateway {
             events,
             generation: AtomicU64::new(1),
             origin: Instant::now(),
-            request_ids: RequestIds::new(),
         })
     }
 
@@ -346,11 +396,20 @@ impl Gateway {
             }
         };
         // Upstream connections are made, pooled and driven on this thread.
-        let upstreams = Arc::new(self.upstream_client());
+        let local = Arc::new(Local {
+            upstreams: Arc::new(Upstreams::new(self.config.connect_timeout, 1024)),
+            routers: Mutex::new(Vec::new()),
+            request_ids: RequestIds::new(),
+        });
+        let mut sweep = tokio::time::interval(UPSTREAM_IDLE_SWEEP);
         let mut connections = tokio::task::JoinSet::new();
         let for_connections = stopped.clone();
         loop {
             let arrived = tokio::select! {
+                _ = sweep.tick() => {
+                    local.upstreams.sweep();
+                    None
+                }
                 accepted = listener.accept() => match accepted {
                     // Whoever wakes first accepts; keep-alive connections then stay where they
                     // landed, so even them out at accept time.
@@ -386,7 +445,7 @@ impl Gateway {
                 },
             };
             if let Some((stream, peer)) = arrived {
-                connections.spawn(self.clone().connection(stream, peer, upstreams.clone(), for_connections.clone()));
+                connections.spawn(self.clone().connection(stream, peer, local.clone(), for_connections.clone()));
             }
             balance.open[n].store(connections.len(), Ordering::Relaxed);
         }
@@ -406,20 +465,24 @@ impl Gateway {
         self: Arc<Self>,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
-        upstreams: Arc<Upstreams>,
+        local: Arc<Local>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
         // Formatted once per connection, not per request.
-        let peer_ip: Arc<str> = peer.ip().to_string().into();
+        let peer_ip: Arc<(String, HeaderValue)> = {
+            let ip = peer.ip().to_string();
+            let header = HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            Arc::new((ip, header))
+        };
         let gateway = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let gateway = gateway.clone();
-            let upstreams = upstreams.clone();
+            let local = local.clone();
             let peer_ip = peer_ip.clone();
             async move {
-                let client = Peer { addr: peer, ip: &peer_ip };
-                Ok::<_, Infallible>(gateway.handle(req, client, &upstreams).await)
+                let client = Peer { addr: peer, ip: &peer_ip.0, ip_header: &peer_ip.1 };
+                Ok::<_, Infallible>(gateway.handle(req, client, &local).await)
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -433,16 +496,6 @@ impl Gateway {
         }
         connection.as_mut().graceful_shutdown();
         let _ = connection.await;
-    }
-
-    fn upstream_client(&self) -> Upstreams {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.config.connect_timeout));
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector)
     }
 
     fn state(&self, route: &Route) -> Arc<RouteState> {
@@ -469,6 +522,7 @@ impl Gateway {
             }),
             rebuild: Mutex::new(()),
             ejections: Mutex::new(HashMap::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
             ejection_epoch: AtomicU64::new(0),
             fallback_next: AtomicUsize::new(0),
             last_fallback_event_ms: AtomicU64::new(0),
@@ -556,19 +610,67 @@ impl Gateway {
         }
     }
 
+    /// Call the active version of router `name` on this worker's own instance of it (made on
+    /// first use, replaced when the registry's active version changed or a call failed), and
+    /// account the call in the registry like [`Registry::call`] does. `None`: no such router.
+    fn call_router<R>(
+        &self,
+        local: &Local,
+        name: &str,
+        f: impl FnOnce(&shoal_runtime::Plugin<RouterWorld>, &mut Option<KeptInstance>) -> Result<R, CallError>,
+    ) -> Option<Result<R, CallError>> {
+        let generation = self.plugins.generation();
+        let mut routers = local.routers.lock();
+        let at = match routers.iter().position(|r| r.name == name) {
+            Some(at) if routers[at].generation == generation => at,
+            found => {
+                // First use, or some plugin's active version changed: ask the registry again.
+                let Some(loaded) = self.plugins.active(PluginKind::Router, name) else {
+                    if let Some(at) = found {
+                        routers.swap_remove(at);
+                    }
+                    return None;
+                };
+                match found {
+                    Some(at) => {
+                        let kept = &mut routers[at];
+                        if !Arc::ptr_eq(&kept.loaded, &loaded) {
+                            kept.loaded = loaded;
+                            kept.instance = None;
+                        }
+                        kept.generation = generation;
+                        at
+                    }
+                    None => {
+                        routers.push(KeptRouter { name: name.to_owned(), generation, loaded, instance: None });
+                        routers.len() - 1
+                    }
+                }
+            }
+        };
+        let KeptRouter { loaded, instance, .. } = &mut routers[at];
+        let AnyPlugin::Router(router) = &loaded.plugin else {
+            return Some(Err(shoal_runtime_error("the plugin is not a router")));
+        };
+        let started = Instant::now();
+        let result = f(router, instance);
+        self.plugins.record_call(loaded, started.elapsed(), result.as_ref().err());
+        Some(result)
+    }
+
     /// Ask the route's router; fall back to round-robin over the healthy endpoints.
     ///
     /// Answers the endpoint and whether the router wants its `on-complete` call.
     fn pick(
         &self,
+        local: &Local,
         route: &Route,
         state: &RouteState,
         table: &Table,
         request: &mut RouteRequest,
     ) -> Result<(usize, bool), ()> {
-        let answer = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
-            AnyPlugin::Router(r) => shoal_abi::route_full(r, &table.table, request),
-            _ => Err(shoal_runtime_error("the plugin is not a router")),
+        let answer = self.call_router(local, &route.router, |router, kept| {
+            shoal_abi::route_kept(router, kept, &table.table, request)
         });
         let why = match answer {
             Some(Ok(shoal_abi::Routed { pick: Some(index), wants_complete })) => {
@@ -599,6 +701,7 @@ impl Gateway {
 
     fn failed(&self, route: &Route, state: &RouteState, endpoint: &Endpoint, cause: &str) {
         let mut ejections = state.ejections.lock();
+        state.failing.store(true, Ordering::Relaxed);
         let e = ejections.entry(endpoint.id.clone()).or_default();
         e.failures += 1;
         if e.failures >= self.config.eject_after && e.until.is_none() {
@@ -616,42 +719,48 @@ impl Gateway {
     }
 
     fn succeeded(&self, state: &RouteState, endpoint: &Endpoint) {
-        // Cheap when nothing failed: one lock, one lookup.
+        // Free while nothing failed: one read of a flag no request writes.
+        if !state.failing.load(Ordering::Relaxed) {
+            return;
+        }
         let mut ejections = state.ejections.lock();
         if let Some(e) = ejections.get_mut(&endpoint.id)
             && e.until.is_none()
         {
             e.failures = 0;
         }
+        if ejections.values().all(|e| e.failures == 0 && e.until.is_none()) {
+            state.failing.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Serve one request.
-    async fn handle(&self, req: Request<Incoming>, client: Peer<'_>, upstreams: &Upstreams) -> Response<GatewayBody> {
+    async fn handle(&self, req: Request<Incoming>, client: Peer<'_>, local: &Local) -> Response<GatewayBody> {
         let started = Instant::now();
         let request_id = req
             .headers()
             .get(&X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .cloned()
-            .unwrap_or_else(|| self.request_ids.next());
-        let host = req
+            .unwrap_or_else(|| local.request_ids.next());
+        let mut host = req
             .uri()
             .authority()
-            .map(|a| a.host().to_owned())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| host_only(h).to_owned()))
+            .map(|a| a.host())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(host_only))
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let path = req.uri().path().to_owned();
+        let mut path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let (route_name, upstream, mut response) =
-            self.forward(req, client, upstreams, &host, &path, &request_id).await;
+        let (route, upstream, mut response) =
+            self.forward(req, client, local, &mut host, &mut path, &request_id, started).await;
         response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let status = response.status();
-        let elapsed = started.elapsed();
         tracing::info!(
             target: "shoal::access",
-            route = route_name.as_deref().unwrap_or("-"), %method, %host, %path, status = status.as_u16(),
-            upstream = upstream.as_deref().unwrap_or("-"), ms = elapsed.as_secs_f64() * 1e3,
+            route = route.as_ref().map_or("-", |r| r.name.as_str()), %method, %host, %path, status = status.as_u16(),
+            upstream = upstream.as_ref().map_or("-", |(table, at)| table.table.endpoints[*at].address.as_str()),
+            ms = started.elapsed().as_secs_f64() * 1e3,
             request_id = request_id.to_str().unwrap_or("-"), client = client.ip,
         );
         response
@@ -661,16 +770,16 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         client: Peer<'_>,
-        upstreams: &Upstreams,
-        host: &str,
-        path: &str,
+        local: &Local,
+        host: &mut String,
+        path: &mut String,
         request_id: &HeaderValue,
-    ) -> (Option<String>, Option<String>, Response<GatewayBody>) {
+        started: Instant,
+    ) -> (Option<Arc<Route>>, Option<(Arc<Table>, usize)>, Response<GatewayBody>) {
         let Some(route) = self.routes.find(host, path) else {
             return (None, None, json_error(StatusCode::NOT_FOUND, "no_route", format!("no route for {host}{path}")));
         };
         let state = self.state(&route);
-        let started = Instant::now();
         let finish = |status: StatusCode| {
             state.requests[(status.as_u16() / 100).clamp(1, 5) as usize - 1].increment(1);
             state.latency.record(started.elapsed().as_secs_f64());
@@ -683,28 +792,26 @@ impl Gateway {
             } else {
                 format!("none of the {} instances of `{}` is healthy", table.table.endpoints.len(), route.service)
             };
-            return (
-                Some(route.name.clone()),
-                None,
-                json_error(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_endpoint", message),
-            );
+            return (Some(route), None, json_error(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_endpoint", message));
         }
 
         let (mut parts, body) = req.into_parts();
         let mut lent = RouteRequest {
             method: parts.method.clone(),
-            host: host.to_owned(),
-            path: path.to_owned(),
+            host: std::mem::take(host),
+            path: std::mem::take(path),
             client_ip: Some(client.addr.ip()),
             headers: std::mem::take(&mut parts.headers),
             active: table.active.clone(),
         };
-        let pick = self.pick(&route, &state, &table, &mut lent);
+        let pick = self.pick(local, &route, &state, &table, &mut lent);
         parts.headers = std::mem::take(&mut lent.headers);
+        *host = std::mem::take(&mut lent.host);
+        *path = std::mem::take(&mut lent.path);
         let Ok((mut index, wants_complete)) = pick else {
             finish(StatusCode::SERVICE_UNAVAILABLE);
             return (
-                Some(route.name.clone()),
+                Some(route),
                 None,
                 json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -728,7 +835,7 @@ impl Gateway {
         let Ok(upstream_path) = upstream_path else {
             finish(StatusCode::BAD_REQUEST);
             return (
-                Some(route.name.clone()),
+                Some(route),
                 None,
                 json_error(StatusCode::BAD_REQUEST, "bad_path", "the path cannot be forwarded"),
             );
@@ -737,7 +844,7 @@ impl Gateway {
         strip_hop_by_hop(&mut headers);
         let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.ip)).ok(),
-            None => HeaderValue::from_str(client.ip).ok(),
+            None => Some(client.ip_header.clone()),
         };
         if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, v);
@@ -747,29 +854,26 @@ impl Gateway {
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         headers.insert(X_REQUEST_ID, request_id.clone());
+        // An HTTP/1.1 request needs a `Host`; an HTTP/2 client's is its `:authority`, which is
+        // in `X-Forwarded-Host`: the upstream sees its own address, as a client of it would send.
+        let has_host = headers.contains_key(header::HOST);
+        let upstream_uri = Uri::from(upstream_path);
 
         let replayable = body.is_end_stream();
         let mut body = Some(body.boxed_unsync());
         let timeout = Duration::from_millis(route.timeout_ms);
+        // Endpoints that refused a connection (filled only on a retry).
         let mut tried = Vec::new();
         let mut last_error = String::new();
         for attempt in 0..self.config.attempts {
             let endpoint = &table.table.endpoints[index];
-            tried.push(index);
-            let uri = table.authorities[index].as_ref().map_err(String::clone).and_then(|authority| {
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(http::uri::Scheme::HTTP);
-                uri.authority = Some(authority.clone());
-                uri.path_and_query = Some(upstream_path.clone());
-                Uri::from_parts(uri).map_err(|err| err.to_string())
-            });
-            let uri = match uri {
-                Ok(uri) => uri,
+            let authority = match &table.authorities[index] {
+                Ok(authority) => authority,
                 Err(err) => {
                     finish(StatusCode::BAD_GATEWAY);
                     return (
-                        Some(route.name.clone()),
-                        Some(endpoint.address.clone()),
+                        Some(route.clone()),
+                        Some((table.clone(), index)),
                         json_error(StatusCode::BAD_GATEWAY, "bad_upstream", format!("upstream address: {err}")),
                     );
                 }
@@ -780,39 +884,46 @@ impl Gateway {
             };
             let mut upstream = Request::new(this_body);
             *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.headers_mut() = headers.clone();
+            *upstream.uri_mut() = upstream_uri.clone();
+            // The last attempt takes the headers; earlier ones copy them for a retry.
+            *upstream.headers_mut() =
+                if attempt + 1 == self.config.attempts { std::mem::take(&mut headers) } else { headers.clone() };
+            if !has_host && let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                upstream.headers_mut().insert(header::HOST, value);
+            }
             let guard = ActiveGuard::new(table.active.clone(), index);
-            let sent = Instant::now();
-            match tokio::time::timeout(timeout, upstreams.request(upstream)).await {
-                Ok(Ok(response)) => {
+            let sent = wants_complete.then(Instant::now);
+            match tokio::time::timeout(timeout, local.upstreams.send(authority, upstream)).await {
+                Ok(Ok((response, lease))) => {
                     self.succeeded(&state, endpoint);
                     let status = response.status();
-                    let latency = sent.elapsed().as_micros() as u64;
+                    let latency = sent.map_or(0, |sent| sent.elapsed().as_micros() as u64);
                     if wants_complete {
-                        let _ = self.plugins.call(PluginKind::Router, &route.router, |p| match p {
-                            AnyPlugin::Router(r) => {
-                                shoal_abi::route_complete(r, &table.table, index as u32, status.as_u16(), latency)
-                            }
-                            _ => Ok(()),
+                        let _ = self.call_router(local, &route.router, |router, kept| {
+                            shoal_abi::route_complete_kept(
+                                router,
+                                kept,
+                                &table.table,
+                                index as u32,
+                                status.as_u16(),
+                                latency,
+                            )
                         });
                     }
                     let (mut head, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
-                    let body = Tracked { inner: incoming, _guard: guard }.boxed_unsync();
+                    let body =
+                        Tracked { inner: incoming, lease: Some(lease), done: false, _guard: guard }.boxed_unsync();
                     finish(status);
-                    return (
-                        Some(route.name.clone()),
-                        Some(endpoint.address.clone()),
-                        Response::from_parts(head, body),
-                    );
+                    return (Some(route), Some((table, index)), Response::from_parts(head, body));
                 }
-                Ok(Err(err)) if err.is_connect() => {
-                    last_error = format!("{}: {err}", endpoint.address);
+                Ok(Err(err @ UpstreamError::Connect(_))) => {
+                    last_error = err.to_string();
                     self.failed(&route, &state, endpoint, "connect failed");
                     let next = (1..table.table.endpoints.len())
                         .map(|k| (index + k) % table.table.endpoints.len())
                         .find(|i| table.table.endpoints[*i].healthy && !tried.contains(i));
+                    tried.push(index);
                     match next {
                         Some(next) if replayable && attempt + 1 < self.config.attempts => index = next,
                         _ => break,
@@ -821,8 +932,8 @@ impl Gateway {
                 Ok(Err(err)) => {
                     finish(StatusCode::BAD_GATEWAY);
                     return (
-                        Some(route.name.clone()),
-                        Some(endpoint.address.clone()),
+                        Some(route.clone()),
+                        Some((table.clone(), index)),
                         json_error(StatusCode::BAD_GATEWAY, "upstream_error", format!("{}: {err}", endpoint.address)),
                     );
                 }
@@ -830,8 +941,8 @@ impl Gateway {
                     self.failed(&route, &state, endpoint, "timeout");
                     finish(StatusCode::GATEWAY_TIMEOUT);
                     return (
-                        Some(route.name.clone()),
-                        Some(endpoint.address.clone()),
+                        Some(route.clone()),
+                        Some((table.clone(), index)),
                         json_error(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream_timeout",
@@ -843,7 +954,7 @@ impl Gateway {
         }
         finish(StatusCode::BAD_GATEWAY);
         (
-            Some(route.name.clone()),
+            Some(route),
             None,
             json_error(
                 StatusCode::BAD_GATEWAY,
@@ -924,10 +1035,24 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The upstream's response body, streamed through, holding the in-flight count.
+/// The upstream's response body, streamed through, holding the in-flight count and the
+/// upstream connection, which goes back to its worker's idle list once the body was read to its
+/// end (and is closed if the body is dropped before).
 struct Tracked {
     inner: Incoming,
+    lease: Option<Lease>,
+    done: bool,
     _guard: ActiveGuard,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.done || self.inner.is_end_stream())
+        {
+            lease.release();
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -935,7 +1060,11 @@ impl Body for Tracked {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.done = true;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -965,6 +1094,33 @@ mod tests {
         // Another process (another key) makes other ids.
         let other = RequestIds::new();
         assert_ne!(ids.next().to_str().unwrap()[..16], other.next().to_str().unwrap()[..16]);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-type", "text/plain"),
+            ("x-kept", "2"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+
+        let mut plain = http::HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("app"));
+        plain.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 2, "nothing to drop, nothing dropped");
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::RwLock;
@@ -253,6 +253,8 @@ pub struct Registry {
     events: mpsc::UnboundedSender<RegistryEvent>,
     /// Where plugins' key-value stores live; `None`: in `store`.
     kv: Option<KvProvider>,
+    /// Moves on every change of any active version (see [`Registry::generation`]).
+    generation: AtomicU64,
 }
 
 fn now_rfc3339() -> String {
@@ -321,12 +323,13 @@ impl Registry {
             write: tokio::sync::Mutex::new(()),
             events,
             kv,
+            generation: AtomicU64::new(0),
         });
         for (kind, name, state) in registry.store.states()? {
             let Some(version) = state.active else { continue };
             let key = (kind, name.clone());
             match registry.load_version(kind, &name, &version) {
-                Ok(loaded) => registry.slot(&key).current.store(Some(Arc::new(loaded))),
+                Ok(loaded) => registry.set_current(&registry.slot(&key), Some(Arc::new(loaded))),
                 Err(err) => tracing::error!(cause = %err, %kind, %name, %version, "could not load the active version"),
             }
         }
@@ -377,6 +380,19 @@ impl Registry {
             moved += n;
         }
         Ok(moved)
+    }
+
+    fn set_current(&self, slot: &Slot, loaded: Option<Arc<LoadedVersion>>) {
+        slot.current.store(loaded);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A number that moves whenever the active version of any plugin changes (activation,
+    /// rollback, deletion). A hot caller that keeps what [`Registry::active`] answered (the
+    /// gateway's workers keep their routers) checks this on each call, one shared read, and asks
+    /// again only when it moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn slot(&self, key: &Key) -> Arc<Slot> {
@@ -503,7 +519,7 @@ impl Registry {
 
     fn swap_in(&self, kind: PluginKind, name: &str, loaded: LoadedVersion, probation: bool) {
         loaded.probation.store(probation, Ordering::Relaxed);
-        self.slot(&(kind, name.to_owned())).current.store(Some(Arc::new(loaded)));
+        self.set_current(&self.slot(&(kind, name.to_owned())), Some(Arc::new(loaded)));
     }
 
     /// Make `version` the active version.
@@ -579,7 +595,7 @@ impl Registry {
                 self.store.delete_plugin(kind, name)?;
                 let removed = self.slots.write().get_mut(&kind).and_then(|names| names.remove(name));
                 if let Some(slot) = removed {
-                    slot.current.store(None);
+                    self.set_current(&slot, None);
                 }
                 // The plugin's own data goes with it (the local copy went with `delete_plugin`).
                 if self.kv.is_some() {
@@ -617,9 +633,15 @@ impl Registry {
         let loaded = self.active(kind, name)?;
         let started = Instant::now();
         let result = f(&loaded.plugin);
-        loaded.metrics.latency.record(started.elapsed().as_secs_f64());
-        self.record(&loaded, result.as_ref().err());
+        self.record_call(&loaded, started.elapsed(), result.as_ref().err());
         Some(result)
+    }
+
+    /// Account one call of `loaded` that took `elapsed`: its latency, then [`Registry::record`].
+    /// For callers that call a version they keep instead of going through [`Registry::call`].
+    pub fn record_call(&self, loaded: &Arc<LoadedVersion>, elapsed: Duration, error: Option<&CallError>) {
+        loaded.metrics.latency.record(elapsed.as_secs_f64());
+        self.record(loaded, error);
     }
 
     /// Account one call of `loaded`: metrics, and the automatic rollback of a new version that
@@ -628,8 +650,12 @@ impl Registry {
         let Some(error) = error else {
             loaded.metrics.ok.increment(1);
             let ok = loaded.ok.fetch_add(1, Ordering::Relaxed) + 1;
-            loaded.consecutive_failures.store(0, Ordering::Relaxed);
-            if ok >= self.config.probation_calls {
+            // Written only when it changes: on a hot path two threads would otherwise keep
+            // taking this cache line from each other.
+            if loaded.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                loaded.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            if ok >= self.config.probation_calls && loaded.probation.load(Ordering::Relaxed) {
                 loaded.probation.store(false, Ordering::Relaxed);
             }
             return;

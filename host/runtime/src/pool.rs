@@ -176,11 +176,31 @@ impl<W: World> Plugin<W> {
     }
 
     fn call_here<R>(&self, f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>) -> Result<R, CallError> {
-        let pooled = self.idle.lock().pop();
-        let mut instance = match pooled {
+        let mut kept = self.idle.lock().pop();
+        let result = self.call_kept(&mut kept, f);
+        if let Some(instance) = kept {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.limits.max_idle {
+                idle.push(instance);
+            }
+        }
+        result
+    }
+
+    /// [`Plugin::call_inline`] on an instance the caller keeps in `kept` instead of the pool
+    /// (one per thread on a hot path: no pool lock, the instance stays warm in that core's
+    /// caches). An empty `kept` gets a fresh instance; after a failure, or once the instance's
+    /// memory used up half of its headroom, `kept` is emptied, so the rule "a failed instance is
+    /// never reused" holds here too.
+    pub fn call_kept<R>(
+        &self,
+        kept: &mut Option<Instance<W>>,
+        f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let instance = match kept {
             Some(instance) => instance,
             None => match self.instantiate() {
-                Ok(instance) => instance,
+                Ok(instance) => kept.insert(instance),
                 Err(err) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     return Err(err);
@@ -188,7 +208,7 @@ impl<W: World> Plugin<W> {
             },
         };
         instance.store.set_epoch_deadline(self.ticks);
-        match f(&mut instance) {
+        match f(instance) {
             Ok(value) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
                 // Retire an instance whose memory has used up half of its headroom: a garbage
@@ -198,17 +218,14 @@ impl<W: World> Plugin<W> {
                 let headroom = self.limits.memory.saturating_sub(instance.start_memory);
                 if size > instance.start_memory + headroom / 2 {
                     self.stats.retired.fetch_add(1, Ordering::Relaxed);
-                    return Ok(value);
-                }
-                let mut idle = self.idle.lock();
-                if idle.len() < self.limits.max_idle {
-                    idle.push(instance);
+                    *kept = None;
                 }
                 Ok(value)
             }
             Err(err) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let err = classify(&err, &instance.store, self.limits.deadline, false);
+                *kept = None;
                 tracing::debug!(
                     kind = %self.scope.kind, name = %self.scope.name, version = %self.scope.version,
                     cause = %err, "plugin call failed; instance discarded"
