@@ -32,6 +32,17 @@ impl Dev {
         Self::start_with(nats, &[])
     }
 
+    /// `shoal dev` whose gateway runs one worker thread. Each gateway worker keeps its own
+    /// instance of a router, so a stateful rule (round-robin, smooth weighted round-robin) is
+    /// exact per worker and only about even across workers; tests that count an exact spread
+    /// over requests on fresh connections (which the workers share) use one.
+    fn start_one_gateway_worker() -> Dev {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dev = Self::start_in(&dir.path().join("data"), &["--gateway-workers", "1"], &[]);
+        dev._dir = Some(dir);
+        dev
+    }
+
     fn start_with(nats: Option<&str>, envs: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = Vec::new();

@@ -82,7 +82,7 @@ fn health_of(dev: &Dev, id: &str) -> String {
 
 #[test]
 fn three_instances_behind_the_gateway_one_killed() {
-    let dev = Dev::start(None);
+    let dev = Dev::start_one_gateway_worker();
     let mut upstreams: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
 
     let (mut tail, events) = dev.tail("shoal.evt.health.>");
@@ -216,7 +216,8 @@ impl EdgeGateway {
     fn start_with(api: &str, token: &str, data: &std::path::Path) -> EdgeGateway {
         use std::io::BufRead;
         let mut child = Command::new(super::shoal())
-            .args(["gateway", "--listen", "127.0.0.1:0", "--data-dir"])
+            // One worker: the tests count exact spreads (see `Dev::start_one_gateway_worker`).
+            .args(["gateway", "--workers", "1", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("SHOAL_API", api)
             .env("SHOAL_TOKEN", token)
@@ -256,7 +257,7 @@ fn spread_via(url: &str, requests: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn a_standalone_gateway_follows_the_control_plane_and_outlives_it() {
-    let dev = Dev::start(None);
+    let dev = Dev::start_one_gateway_worker();
     let data = tempfile::tempdir().expect("tempdir");
     let upstreams: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
     for (name, upstream) in ["a", "b"].iter().zip(&upstreams) {

@@ -28,20 +28,34 @@ struct Upstream {
     name: String,
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    conns: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
     async fn start(name: &str, delay: Duration) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Upstream::serve(listener, name, delay)
+    }
+
+    /// On a given address (a restart of an instance).
+    async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind again");
+        Upstream::serve(listener, name, Duration::ZERO)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, name: &str, delay: Duration) -> Upstream {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
-        let (name2, hits2) = (name.to_owned(), hits.clone());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (name2, hits2, conns2) = (name.to_owned(), hits.clone(), conns.clone());
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the server task drops them all, like a crash.
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let (stream, _) = listener.accept().await.expect("accept");
+                conns2.fetch_add(1, Ordering::SeqCst);
                 let (name, hits) = (name2.clone(), hits2.clone());
                 conns.spawn(async move {
                     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -56,8 +70,8 @@ impl Upstream {
                             }
                             let seen =
                                 |h: &str| req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                            let (xff, xfh, rid) =
-                                (seen("x-forwarded-for"), seen("x-forwarded-host"), seen("x-request-id"));
+                            let (xff, xfh, rid, host) =
+                                (seen("x-forwarded-for"), seen("x-forwarded-host"), seen("x-request-id"), seen("host"));
                             let body: Body = if path == "/echo" {
                                 req.into_body().boxed_unsync()
                             } else {
@@ -67,6 +81,7 @@ impl Upstream {
                             resp.headers_mut().insert("x-seen-forwarded-for", xff.parse().expect("hv"));
                             resp.headers_mut().insert("x-seen-forwarded-host", xfh.parse().expect("hv"));
                             resp.headers_mut().insert("x-seen-request-id", rid.parse().expect("hv"));
+                            resp.headers_mut().insert("x-seen-host", host.parse().expect("hv"));
                             Ok::<_, Infallible>(resp)
                         }
                     });
@@ -76,7 +91,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { name: name.to_owned(), addr, hits, task }
+        Upstream { name: name.to_owned(), addr, hits, conns, task }
     }
 }
 
@@ -152,7 +167,9 @@ fn tally(bodies: &[String]) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_requests_and_sets_forwarding_headers() {
-    let s = setup(GatewayConfig::default()).await;
+    // One worker: each keeps its own router instance, so round-robin is exact per worker, and
+    // the client may open a second connection that lands on another worker.
+    let s = setup(GatewayConfig { workers: 1, ..GatewayConfig::default() }).await;
     let ups = [
         Upstream::start("a", Duration::ZERO).await,
         Upstream::start("b", Duration::ZERO).await,
@@ -184,6 +201,56 @@ async fn round_robin_spreads_requests_and_sets_forwarding_headers() {
     let r = h2.get(format!("{}/h2", s.url)).send().await.expect("h2 request");
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused_after_each_body_ends() {
+    // Upstream connections belong to a worker: with one, every request can reuse the same one.
+    let s = setup(GatewayConfig { workers: 1, ..GatewayConfig::default() }).await;
+    let up = Upstream::start("a", Duration::ZERO).await;
+    register(&s.discovery, "web", &up, 1);
+    s.routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    // One client connection: its requests are served one after another by one worker.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+    for n in 0..20 {
+        let (status, body) = get(&http, &format!("{}/n{n}", s.url)).await;
+        assert_eq!((status, body), (200, format!("a /n{n}")));
+        // A body of unknown length (chunked), streamed back, ends the same way.
+        let r = http.post(format!("{}/echo", s.url)).body(reqwest::Body::wrap_stream(futures::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from_static(b"one ")),
+            Ok(Bytes::from_static(b"two")),
+        ])));
+        let r = r.send().await.expect("echo");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.expect("body"), "one two");
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 40);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1, "every request on the one upstream connection");
+    let r = http.get(format!("{}/x", s.url)).send().await.expect("request");
+    assert!(r.headers()["x-seen-host"].to_str().expect("ascii").starts_with("127.0.0.1"), "the client's Host");
+
+    // An HTTP/2 client sends no Host; the upstream still gets one (its own address).
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+    let r = h2.get(format!("{}/h2", s.url)).send().await.expect("h2 request");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-seen-host"], up.addr.to_string().as_str());
+
+    // The upstream closes its connections (a restart): the next requests get new ones, no error.
+    let addr = up.addr;
+    up.task.abort();
+    let again = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    drop(again);
+    let up = Upstream::start_on(addr, "a2").await;
+    for _ in 0..5 {
+        let (status, body) = get(&http, &format!("{}/after", s.url)).await;
+        assert_eq!((status, body.as_str()), (200, "a2 /after"));
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
