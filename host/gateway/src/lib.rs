@@ -49,7 +49,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
@@ -621,32 +621,9 @@ impl Gateway {
     ) -> Option<Result<R, CallError>> {
         let generation = self.plugins.generation();
         let mut routers = local.routers.lock();
-        let at = match routers.iter().position(|r| r.name == name) {
-            Some(at) if routers[at].generation == generation => at,
-            found => {
-                // First use, or some plugin's active version changed: ask the registry again.
-                let Some(loaded) = self.plugins.active(PluginKind::Router, name) else {
-                    if let Some(at) = found {
-                        routers.swap_remove(at);
-                    }
-                    return None;
-                };
-                match found {
-                    Some(at) => {
-                        let kept = &mut routers[at];
-                        if !Arc::ptr_eq(&kept.loaded, &loaded) {
-                            kept.loaded = loaded;
-                            kept.instance = None;
-                        }
-                        kept.generation = generation;
-                        at
-                    }
-                    None => {
-                        routers.push(KeptRouter { name: name.to_owned(), generation, loaded, instance: None });
-                        routers.len() - 1
-                    }
-                }
-            }
+        let at = match routers.iter().position(|r| r.name == name && r.generation == generation) {
+            Some(at) => at,
+            None => self.keep_router(&mut routers, name, generation)?,
         };
         let KeptRouter { loaded, instance, .. } = &mut routers[at];
         let AnyPlugin::Router(router) = &loaded.plugin else {
@@ -656,6 +633,30 @@ impl Gateway {
         let result = f(router, instance);
         self.plugins.record_call(loaded, started.elapsed(), result.as_ref().err());
         Some(result)
+    }
+
+    /// Bring this worker's entry for router `name` up to the registry's `generation` (first use,
+    /// or some plugin's active version changed): a new active version gets a fresh instance; a
+    /// router no longer active is forgotten (`None`).
+    fn keep_router(&self, routers: &mut Vec<KeptRouter>, name: &str, generation: u64) -> Option<usize> {
+        let found = routers.iter().position(|r| r.name == name);
+        let Some(loaded) = self.plugins.active(PluginKind::Router, name) else {
+            if let Some(at) = found {
+                routers.swap_remove(at);
+            }
+            return None;
+        };
+        let Some(at) = found else {
+            routers.push(KeptRouter { name: name.to_owned(), generation, loaded, instance: None });
+            return Some(routers.len() - 1);
+        };
+        let kept = &mut routers[at];
+        if !Arc::ptr_eq(&kept.loaded, &loaded) {
+            kept.loaded = loaded;
+            kept.instance = None;
+        }
+        kept.generation = generation;
+        Some(at)
     }
 
     /// Ask the route's router; fall back to round-robin over the healthy endpoints.
@@ -857,14 +858,17 @@ impl Gateway {
         // An HTTP/1.1 request needs a `Host`; an HTTP/2 client's is its `:authority`, which is
         // in `X-Forwarded-Host`: the upstream sees its own address, as a client of it would send.
         let has_host = headers.contains_key(header::HOST);
-        let upstream_uri = Uri::from(upstream_path);
 
         let replayable = body.is_end_stream();
-        let mut body = Some(body.boxed_unsync());
         let timeout = Duration::from_millis(route.timeout_ms);
         // Endpoints that refused a connection (filled only on a retry).
         let mut tried = Vec::new();
         let mut last_error = String::new();
+        // One request for every attempt: a connect failure hands it back unsent.
+        let mut upstream = Request::new(body.boxed_unsync());
+        *upstream.method_mut() = parts.method;
+        *upstream.uri_mut() = Uri::from(upstream_path);
+        *upstream.headers_mut() = headers;
         for attempt in 0..self.config.attempts {
             let endpoint = &table.table.endpoints[index];
             let authority = match &table.authorities[index] {
@@ -878,16 +882,6 @@ impl Gateway {
                     );
                 }
             };
-            let this_body = match body.take() {
-                Some(b) => b,
-                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            };
-            let mut upstream = Request::new(this_body);
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = upstream_uri.clone();
-            // The last attempt takes the headers; earlier ones copy them for a retry.
-            *upstream.headers_mut() =
-                if attempt + 1 == self.config.attempts { std::mem::take(&mut headers) } else { headers.clone() };
             if !has_host && let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                 upstream.headers_mut().insert(header::HOST, value);
             }
@@ -917,8 +911,9 @@ impl Gateway {
                     finish(status);
                     return (Some(route), Some((table, index)), Response::from_parts(head, body));
                 }
-                Ok(Err(err @ UpstreamError::Connect(_))) => {
-                    last_error = err.to_string();
+                Ok(Err(UpstreamError::Connect { message, unsent })) => {
+                    last_error = format!("connect failed: {message}");
+                    upstream = *unsent;
                     self.failed(&route, &state, endpoint, "connect failed");
                     let next = (1..table.table.endpoints.len())
                         .map(|k| (index + k) % table.table.endpoints.len())

@@ -31,9 +31,10 @@ use crate::GatewayBody;
 /// Why a request did not get a response head.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
-    /// No connection could be made: nothing was sent, another endpoint may be tried.
-    #[error("connect failed: {0}")]
-    Connect(String),
+    /// No connection could be made: nothing was sent, and the request comes back for another
+    /// endpoint.
+    #[error("connect failed: {message}")]
+    Connect { message: String, unsent: Box<Request<GatewayBody>> },
     /// The connection failed after the request went out (or while it was going out).
     #[error("{0}")]
     Request(hyper::Error),
@@ -97,7 +98,10 @@ impl Upstreams {
                 },
             }
         }
-        let mut sender = self.connect(authority).await?;
+        let mut sender = match self.connect(authority).await {
+            Ok(sender) => sender,
+            Err(message) => return Err(UpstreamError::Connect { message, unsent: Box::new(request) }),
+        };
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, self.lease(authority, sender))),
             Err(err) => Err(UpstreamError::Request(err.into_error())),
@@ -138,7 +142,7 @@ impl Upstreams {
         self.idle.lock().values().map(Vec::len).sum()
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<GatewayBody>, UpstreamError> {
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<GatewayBody>, String> {
         let port = authority.port_u16().unwrap_or(80);
         let host = authority.host();
         let connecting = async {
@@ -150,19 +154,16 @@ impl Upstreams {
         };
         let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(UpstreamError::Connect(format!("{authority}: {err}"))),
+            Ok(Err(err)) => return Err(format!("{authority}: {err}")),
             Err(_) => {
-                return Err(UpstreamError::Connect(format!(
-                    "{authority}: no connection within {} ms",
-                    self.connect_timeout.as_millis()
-                )));
+                return Err(format!("{authority}: no connection within {} ms", self.connect_timeout.as_millis()));
             }
         };
         // Heads and small bodies go out at once instead of waiting for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|err| UpstreamError::Connect(format!("{authority}: {err}")))?;
+            .map_err(|err| format!("{authority}: {err}"))?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%err, "upstream connection ended");
@@ -183,6 +184,14 @@ mod tests {
         *request.uri_mut() = path.parse().expect("a path");
         request.headers_mut().insert(http::header::HOST, host.parse().expect("a host"));
         request
+    }
+
+    /// One request whose response is read to its end, its connection released; answers the body.
+    async fn round_trip(upstreams: &Arc<Upstreams>, authority: &Authority) -> bytes::Bytes {
+        let (response, lease) = upstreams.send(authority, get("/", "app")).await.expect("sent");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        lease.release();
+        body
     }
 
     /// A server that answers every request on a connection with `hello` (and with `close`, closes
@@ -224,10 +233,7 @@ mod tests {
         let (authority, accepted) = server(false).await;
         let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
         for _ in 0..3 {
-            let (response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
-            let body = response.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(&body[..], b"hello");
-            lease.release();
+            assert_eq!(&round_trip(&upstreams, &authority).await[..], b"hello");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for three requests");
         assert_eq!(upstreams.idle_count(), 1);
@@ -236,9 +242,7 @@ mod tests {
         let (_response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
         drop(lease);
         assert_eq!(upstreams.idle_count(), 0);
-        let (response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
-        response.into_body().collect().await.expect("body");
-        lease.release();
+        round_trip(&upstreams, &authority).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection");
     }
 
@@ -247,10 +251,7 @@ mod tests {
         let (authority, accepted) = server(true).await;
         let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
         for n in 1..=5 {
-            let (response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
-            let body = response.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(&body[..], b"hello");
-            lease.release();
+            assert_eq!(&round_trip(&upstreams, &authority).await[..], b"hello");
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n, "a new connection for request {n}");
         }
     }
@@ -259,16 +260,12 @@ mod tests {
     async fn connections_unused_for_a_whole_sweep_period_are_closed() {
         let (authority, accepted) = server(false).await;
         let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
-        let (response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
-        response.into_body().collect().await.expect("body");
-        lease.release();
+        round_trip(&upstreams, &authority).await;
         upstreams.sweep();
         assert_eq!(upstreams.idle_count(), 1, "used since the last sweep: kept");
         upstreams.sweep();
         assert_eq!(upstreams.idle_count(), 0, "unused for a whole period: closed");
-        let (response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
-        response.into_body().collect().await.expect("body");
-        lease.release();
+        round_trip(&upstreams, &authority).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection after the sweep");
     }
 
@@ -281,7 +278,10 @@ mod tests {
         let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
         let authority: Authority = format!("127.0.0.1:{port}").parse().expect("authority");
         match upstreams.send(&authority, get("/", "app")).await {
-            Err(UpstreamError::Connect(message)) => assert!(message.contains(&authority.to_string()), "{message}"),
+            Err(UpstreamError::Connect { message, unsent }) => {
+                assert!(message.contains(&authority.to_string()), "{message}");
+                assert_eq!(unsent.uri(), "/", "the request comes back unsent");
+            }
             Err(other) => panic!("expected a connect error, got {other}"),
             Ok(_) => panic!("expected a connect error, got a response"),
         }
