@@ -36,16 +36,17 @@ impl Dev {
     /// instance of a router, so a stateful rule (round-robin, smooth weighted round-robin) is
     /// exact per worker and only about even across workers; tests that count an exact spread
     /// over requests on fresh connections (which the workers share) use one.
-    fn start_one_gateway_worker() -> Dev {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut dev = Self::start_in(&dir.path().join("data"), &["--gateway-workers", "1"], &[]);
-        dev._dir = Some(dir);
-        dev
+    fn start_one_gateway_worker(nats: Option<&str>) -> Dev {
+        Self::start_args(nats, &["--gateway-workers", "1"], &[])
     }
 
     fn start_with(nats: Option<&str>, envs: &[(&str, &str)]) -> Dev {
+        Self::start_args(nats, &[], envs)
+    }
+
+    fn start_args(nats: Option<&str>, extra: &[&str], envs: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut args = Vec::new();
+        let mut args = extra.to_vec();
         if let Some(url) = nats {
             args.extend(["--nats", url]);
         }

