@@ -59,7 +59,7 @@ use shoal_registry::Registry;
 use shoal_runtime::CallError;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use upstream::{Lease, UpstreamError, Upstreams};
+use upstream::{Forwarded, UpstreamBody, UpstreamError, Upstreams};
 
 pub use routes::{DEFAULT_ROUTER, DEFAULT_TIMEOUT_MS, Route, RouteError, Routes};
 
@@ -68,7 +68,10 @@ pub use routes::{DEFAULT_ROUTER, DEFAULT_TIMEOUT_MS, Route, RouteError, Routes};
 const UPSTREAM_IDLE_SWEEP: Duration = Duration::from_secs(30);
 
 /// The body type the gateway answers with.
-pub type GatewayBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The error of a body streamed through the gateway.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -178,13 +181,11 @@ impl Balance {
     }
 }
 
-/// The client of a request: its address, and its IP as text and as a header value (made once
-/// per connection).
+/// The client of a request: its address, and its IP as text (made once per connection).
 #[derive(Clone, Copy)]
 struct Peer<'a> {
     addr: SocketAddr,
     ip: &'a str,
-    ip_header: &'a HeaderValue,
 }
 
 /// Per-route state that outlives requests: the endpoint table, ejections, fallback counter,
@@ -238,59 +239,7 @@ fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Res
         .expect("a valid response")
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    // One pass over the names, compared as tokens, finds the few present (most messages carry
-    // none, or only `Connection`); removing all eight blindly would hash each of them.
-    let mut present = 0u32;
-    for name in headers.keys() {
-        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present |= 1 << at;
-        } else if name == header::TRANSFER_ENCODING {
-            present |= 1 << HOP_BY_HOP.len();
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    // Headers named in `Connection` are hop-by-hop too (`close` and `keep-alive` are options,
-    // not names; `Keep-Alive` is in the list anyway).
-    if present & 1 != 0 {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        for name in &named {
-            headers.remove(name);
-        }
-    }
-    for (at, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << at) != 0 {
-            headers.remove(name);
-        }
-    }
-    if present & (1 << HOP_BY_HOP.len()) != 0 {
-        headers.remove(header::TRANSFER_ENCODING);
-    }
-}
 
 impl Gateway {
     /// A gateway over `routes`, `discovery` and the router plugins of `plugins`; events go to
@@ -470,18 +419,14 @@ impl Gateway {
     ) {
         let _ = stream.set_nodelay(true);
         // Formatted once per connection, not per request.
-        let peer_ip: Arc<(String, HeaderValue)> = {
-            let ip = peer.ip().to_string();
-            let header = HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-            Arc::new((ip, header))
-        };
+        let peer_ip: Arc<str> = peer.ip().to_string().into();
         let gateway = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let gateway = gateway.clone();
             let local = local.clone();
             let peer_ip = peer_ip.clone();
             async move {
-                let client = Peer { addr: peer, ip: &peer_ip.0, ip_header: &peer_ip.1 };
+                let client = Peer { addr: peer, ip: &peer_ip };
                 Ok::<_, Infallible>(gateway.handle(req, client, &local).await)
             }
         });
@@ -841,34 +786,21 @@ impl Gateway {
                 json_error(StatusCode::BAD_REQUEST, "bad_path", "the path cannot be forwarded"),
             );
         };
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers);
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.ip)).ok(),
-            None => Some(client.ip_header.clone()),
-        };
-        if let Some(v) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        headers.insert(X_REQUEST_ID, request_id.clone());
-        // An HTTP/1.1 request needs a `Host`; an HTTP/2 client's is its `:authority`, which is
-        // in `X-Forwarded-Host`: the upstream sees its own address, as a client of it would send.
-        let has_host = headers.contains_key(header::HOST);
-
+        // Hop-by-hop headers are dropped, and the `X-Forwarded-*` and `X-Request-Id` headers
+        // added, as the head is written. An HTTP/1.1 request needs a `Host`; an HTTP/2 client's
+        // is its `:authority`, which goes in `X-Forwarded-Host`: a request without one gets the
+        // upstream's address, as a client of it would send.
+        let forwarded = Forwarded { client_ip: client.ip, host, proto: "http", request_id };
         let replayable = body.is_end_stream();
         let timeout = Duration::from_millis(route.timeout_ms);
         // Endpoints that refused a connection (filled only on a retry).
         let mut tried = Vec::new();
         let mut last_error = String::new();
         // One request for every attempt: a connect failure hands it back unsent.
-        let mut upstream = Request::new(body.boxed_unsync());
+        let mut upstream = Request::new(body.map_err(BoxError::from).boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = Uri::from(upstream_path);
-        *upstream.headers_mut() = headers;
+        *upstream.headers_mut() = parts.headers;
         for attempt in 0..self.config.attempts {
             let endpoint = &table.table.endpoints[index];
             let authority = match &table.authorities[index] {
@@ -882,13 +814,10 @@ impl Gateway {
                     );
                 }
             };
-            if !has_host && let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                upstream.headers_mut().insert(header::HOST, value);
-            }
             let guard = ActiveGuard::new(table.active.clone(), index);
             let sent = wants_complete.then(Instant::now);
-            match tokio::time::timeout(timeout, local.upstreams.send(authority, upstream)).await {
-                Ok(Ok((response, lease))) => {
+            match tokio::time::timeout(timeout, local.upstreams.send(authority, upstream, &forwarded)).await {
+                Ok(Ok(response)) => {
                     self.succeeded(&state, endpoint);
                     let status = response.status();
                     let latency = sent.map_or(0, |sent| sent.elapsed().as_micros() as u64);
@@ -904,10 +833,8 @@ impl Gateway {
                             )
                         });
                     }
-                    let (mut head, incoming) = response.into_parts();
-                    strip_hop_by_hop(&mut head.headers);
-                    let body =
-                        Tracked { inner: incoming, lease: Some(lease), done: false, _guard: guard }.boxed_unsync();
+                    let (head, body) = response.into_parts();
+                    let body = Tracked { inner: body, _guard: guard }.boxed_unsync();
                     finish(status);
                     return (Some(route), Some((table, index)), Response::from_parts(head, body));
                 }
@@ -1030,36 +957,19 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The upstream's response body, streamed through, holding the in-flight count and the
-/// upstream connection, which goes back to its worker's idle list once the body was read to its
-/// end (and is closed if the body is dropped before).
+/// The upstream's response body, streamed through, holding the in-flight count until it ends
+/// or is dropped.
 struct Tracked {
-    inner: Incoming,
-    lease: Option<Lease>,
-    done: bool,
+    inner: UpstreamBody,
     _guard: ActiveGuard,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take()
-            && (self.done || self.inner.is_end_stream())
-        {
-            lease.release();
-        }
-    }
 }
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            self.done = true;
-        }
-        frame
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1089,33 +999,6 @@ mod tests {
         // Another process (another key) makes other ids.
         let other = RequestIds::new();
         assert_ne!(ids.next().to_str().unwrap()[..16], other.next().to_str().unwrap()[..16]);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
-        let mut headers = http::HeaderMap::new();
-        for (name, value) in [
-            ("connection", "close, X-Secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("content-type", "text/plain"),
-            ("x-kept", "2"),
-        ] {
-            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
-        }
-        strip_hop_by_hop(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-type", "x-kept"]);
-
-        let mut plain = http::HeaderMap::new();
-        plain.insert(header::HOST, HeaderValue::from_static("app"));
-        plain.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        strip_hop_by_hop(&mut plain);
-        assert_eq!(plain.len(), 2, "nothing to drop, nothing dropped");
     }
 
     #[tokio::test]

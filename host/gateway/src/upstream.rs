@@ -1,32 +1,69 @@
-//! The upstream connections of one gateway worker: HTTP/1.1 connections to each endpoint, made
-//! on demand, kept alive, and reused only by the worker thread that made them.
+//! The upstream side of one gateway worker: an HTTP/1.1 client made for a reverse proxy. Each
+//! worker keeps its own connections to each endpoint, made on demand and kept alive.
 //!
-//! Why not hyper-util's pooling client: for every request it hashes a pool key, builds a lazy
-//! connect future and races it against the checkout, and spawns a task that waits for the
-//! connection to be idle again before putting it back. Here a connection goes back to its
-//! worker's idle list the moment the response body it carried ends (the gateway's response body
-//! hands its [`Lease`] back), with no task and no lookup but the endpoint's authority.
+//! The client runs inside the task of the request it serves. The request's own task writes the
+//! request head and body to the upstream socket and reads the response head. The response body
+//! reads the socket when the client's connection asks it for data. hyper's client instead needs
+//! a task per connection, fed through channels. On a 2-core box that was a fifth of the
+//! gateway's user-space CPU per request (see BENCHMARKS.md). Parsing is `httparse`'s, as in
+//! hyper.
 //!
-//! A request is never sent twice: a connection that closed while idle hands the request back
-//! unsent (hyper's `try_send_request`), and only then is it tried on another connection.
+//! - **Reuse:** a connection goes back to its worker's idle list when its response body was read
+//!   to its end. A small body that came with the head puts it back at once. A connection is not
+//!   reused when the upstream said `Connection: close`, spoke HTTP/1.0 without keep-alive, framed
+//!   its body by closing, or sent bytes after its response.
+//! - **Closed while idle:** a connection whose peer closed it while idle is dropped when taken,
+//!   if the event loop already saw the close. The request then goes out on another connection.
+//!   The close may also race the request. If a reused connection closes before any byte of
+//!   answer, the request is sent again on a new connection, but only when it has no body and an
+//!   idempotent method (as browsers and Go's client do). Any other request gets the error.
+//! - **Framing out:** the client's `Content-Length` is kept. A body of known size gets one.
+//!   Any other body is sent chunked. Trailers go out only with chunked bodies.
+//! - **Framing in:** RFC 9112 §6.3 decides. No body for `HEAD`, 204 and 304. Otherwise
+//!   `Transfer-Encoding: chunked` (trailers are passed on), then `Content-Length`, then the body
+//!   runs until the upstream closes. Interim 1xx answers are skipped. A 101 is refused: the
+//!   gateway does not proxy upgrades.
+//! - **Limits:** a response head larger than 64 KiB or with more than 100 headers, or a
+//!   malformed one, is an error (the gateway answers 502).
 //!
 //! What this module must never do: put back a connection whose response was not read to its end
-//! (the next request would wait behind it or read its leftovers), or share a connection between
-//! threads.
+//! (the next request would read its leftovers), send a request with a body twice, or share a
+//! connection between threads.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-use crate::GatewayBody;
+use crate::{BoxError, GatewayBody};
+
+/// Most headers in a response head.
+const MAX_HEADERS: usize = 100;
+/// Largest response head.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest trailer section of a chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Longest chunk-size line (with extensions).
+const MAX_CHUNK_LINE: usize = 1024;
+/// Room made in a connection's buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+/// Request body frames up to this size are copied next to their framing and written with it.
+const COPY_BELOW: usize = 16 * 1024;
 
 /// Why a request did not get a response head.
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +72,450 @@ pub(crate) enum UpstreamError {
     /// endpoint.
     #[error("connect failed: {message}")]
     Connect { message: String, unsent: Box<Request<GatewayBody>> },
-    /// The connection failed after the request went out (or while it was going out).
+    /// The exchange failed after a connection was made (the request may have been received).
     #[error("{0}")]
-    Request(hyper::Error),
+    Request(String),
+}
+
+/// A connection to an upstream and what was read from it but not yet used.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Carried a request before: a close before any answer may be a close of an idle connection.
+    reused: bool,
+}
+
+impl Conn {
+    /// Whether a connection taken from the idle list can carry a request: the event loop saw
+    /// nothing arrive (no close, no stray bytes) while it was idle. No system call unless it did.
+    fn still_open(&self) -> bool {
+        match self.stream.poll_read_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readable: a close, stray bytes, or readiness left from the last read; only the
+            // last is fine, and a read that would block tells it apart.
+            Poll::Ready(Ok(())) => {
+                matches!(self.stream.try_read(&mut [0u8; 1]), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Read more into the buffer; 0 at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    /// Write the request head, then its body framed as `framing` says.
+    async fn write_request(&mut self, head: &[u8], framing: Framing, body: &mut GatewayBody) -> Result<(), String> {
+        let io = |err: io::Error| format!("writing the request: {err}");
+        if framing == Framing::Empty {
+            return self.stream.write_all(head).await.map_err(io);
+        }
+        // The head waits in `out` for the first frame when that one is ready at once.
+        let mut out = Vec::with_capacity(head.len() + 512);
+        out.extend_from_slice(head);
+        let mut sent = 0u64;
+        loop {
+            let next = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    self.stream.write_all(&out).await.map_err(io)?;
+                    out.clear();
+                    body.frame().await
+                }
+            };
+            let frame = match next {
+                None => break,
+                Some(Err(err)) => return Err(format!("reading the request body: {err}")),
+                Some(Ok(frame)) => frame,
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    sent += data.len() as u64;
+                    if let Framing::Length(length) = framing
+                        && sent > length
+                    {
+                        return Err(format!("the request body is longer than its length, {length}"));
+                    }
+                    if framing == Framing::Chunked {
+                        let _ = write!(out, "{:x}\r\n", data.len());
+                    }
+                    if data.len() < COPY_BELOW {
+                        out.extend_from_slice(&data);
+                    } else {
+                        self.stream.write_all(&out).await.map_err(io)?;
+                        out.clear();
+                        self.stream.write_all(&data).await.map_err(io)?;
+                    }
+                    if framing == Framing::Chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            // Trailers end the body; a body of fixed length has no place for them.
+            if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in &trailers {
+                    out.extend_from_slice(name.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                return self.stream.write_all(&out).await.map_err(io);
+            }
+            break;
+        }
+        match framing {
+            Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Length(length) if sent != length => {
+                return Err(format!("the request body ended after {sent} of its {length} bytes"));
+            }
+            _ => {}
+        }
+        self.stream.write_all(&out).await.map_err(io)
+    }
+
+    /// Read the final response head (interim 1xx answers are skipped).
+    async fn read_head(&mut self, head_request: bool) -> Result<Head, HeadError> {
+        let mut answered = false;
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                match parse_head(&mut self.buf, head_request) {
+                    Ok(Some(head)) if head.status.is_informational() => {
+                        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(HeadError::fatal("the upstream switched protocols; upgrades are not proxied"));
+                        }
+                        continue;
+                    }
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) if self.buf.len() >= MAX_HEAD => {
+                        return Err(HeadError::fatal(format!("response head larger than {MAX_HEAD} bytes")));
+                    }
+                    Ok(None) => {}
+                    Err(message) => return Err(HeadError::fatal(message)),
+                }
+            }
+            let read = poll_fn(|cx| self.poll_fill(cx)).await;
+            match read {
+                Ok(0) if self.buf.is_empty() => {
+                    return Err(HeadError {
+                        message: "the upstream closed the connection without answering".into(),
+                        answered,
+                    });
+                }
+                Ok(0) => return Err(HeadError::fatal("the upstream closed the connection within its response head")),
+                Ok(_) => {}
+                Err(err) => return Err(HeadError { message: format!("reading the response: {err}"), answered }),
+            }
+        }
+    }
+}
+
+struct HeadError {
+    message: String,
+    /// Some answer arrived (so the request was received): never sent again.
+    answered: bool,
+}
+
+impl HeadError {
+    fn fatal(message: impl Into<String>) -> Self {
+        HeadError { message: message.into(), answered: true }
+    }
+}
+
+/// How a request body goes out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Decoder,
+    keep_alive: bool,
+}
+
+/// How the rest of a response body is delimited.
+#[derive(Clone, Copy, Debug)]
+enum Decoder {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// What the gateway says about a request it forwards, in headers that replace any of the same
+/// name the client sent (`X-Forwarded-For` is appended to instead).
+pub(crate) struct Forwarded<'a> {
+    /// The client's address.
+    pub(crate) client_ip: &'a str,
+    /// The host the client asked for.
+    pub(crate) host: &'a str,
+    /// `http` or `https`.
+    pub(crate) proto: &'static str,
+    pub(crate) request_id: &'a HeaderValue,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never passed on; `Transfer-Encoding` too, since each
+/// hop frames its own body.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The hop-by-hop headers of one message: the fixed list and those its `Connection` names.
+#[derive(Default)]
+pub(crate) struct HopByHop {
+    named: Vec<HeaderName>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl HopByHop {
+    /// From the values of the message's `Connection` headers.
+    fn of<'v>(connection: impl Iterator<Item = &'v [u8]>) -> Self {
+        let mut hop = HopByHop::default();
+        for token in connection.flat_map(|v| v.split(|b| *b == b',')).map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                hop.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                hop.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                hop.named.push(name);
+            }
+        }
+        hop
+    }
+
+    pub(crate) fn contains(&self, name: &HeaderName) -> bool {
+        HOP_BY_HOP.contains(name) || (!self.named.is_empty() && self.named.contains(name))
+    }
+}
+
+/// The request line and headers of `request` as it goes to `authority` (hop-by-hop headers
+/// dropped, `forwarded` added, `Host` set to `authority` when the client sent none), with the
+/// framing its body goes out in.
+fn encode_head(
+    request: &Request<GatewayBody>,
+    authority: &Authority,
+    forwarded: &Forwarded<'_>,
+) -> Result<(Vec<u8>, Framing), String> {
+    let headers = request.headers();
+    let body = request.body();
+    let mut extra: Option<(&'static str, String)> = None;
+    let framing = match headers.get(header::CONTENT_LENGTH) {
+        Some(value) => match parse_length(value.as_bytes()) {
+            Some(0) => Framing::Empty,
+            Some(length) => Framing::Length(length),
+            None => return Err(format!("invalid request content-length {value:?}")),
+        },
+        None if body.is_end_stream() => {
+            // Methods whose requests carry content say there is none, as hyper's client does.
+            if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+                extra = Some(("content-length", "0".into()));
+            }
+            Framing::Empty
+        }
+        None => match body.size_hint().exact() {
+            Some(length) => {
+                extra = Some(("content-length", length.to_string()));
+                if length == 0 { Framing::Empty } else { Framing::Length(length) }
+            }
+            None => {
+                extra = Some(("transfer-encoding", "chunked".into()));
+                Framing::Chunked
+            }
+        },
+    };
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let method = request.method().as_str();
+    let size = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+    let mut head = Vec::with_capacity(method.len() + target.len() + size + 256);
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    };
+    let hop = match headers.contains_key(header::CONNECTION) {
+        true => HopByHop::of(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes)),
+        false => HopByHop::default(),
+    };
+    let mut has_host = false;
+    let mut forwarded_for: Vec<u8> = Vec::new();
+    for (name, value) in headers {
+        if hop.contains(name) || *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO || *name == X_REQUEST_ID {
+            continue;
+        }
+        if *name == X_FORWARDED_FOR {
+            forwarded_for.extend_from_slice(value.as_bytes());
+            forwarded_for.extend_from_slice(b", ");
+            continue;
+        }
+        has_host |= *name == header::HOST;
+        line(name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_host {
+        line(b"host", authority.as_str().as_bytes());
+    }
+    forwarded_for.extend_from_slice(forwarded.client_ip.as_bytes());
+    line(X_FORWARDED_FOR.as_str().as_bytes(), &forwarded_for);
+    if !forwarded.host.is_empty() && forwarded.host.bytes().all(|b| b.is_ascii_graphic()) {
+        line(X_FORWARDED_HOST.as_str().as_bytes(), forwarded.host.as_bytes());
+    }
+    line(X_FORWARDED_PROTO.as_str().as_bytes(), forwarded.proto.as_bytes());
+    line(X_REQUEST_ID.as_str().as_bytes(), forwarded.request_id.as_bytes());
+    if let Some((name, value)) = extra {
+        line(name.as_bytes(), value.as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok((head, framing))
+}
+
+/// A `Content-Length` value: digits, or a list of the same digits repeated.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// Parse a response head at the start of `buf` and take it out; `None` while incomplete. The
+/// head's headers leave out the hop-by-hop ones.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, String> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    // Where each name and value lies in `buf`, so the values can share the head's memory.
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let (length, code, version, count, hop) = {
+        let parsed =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots);
+        let length = match parsed {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(format!("more than {MAX_HEADERS} response headers")),
+            Err(err) => return Err(format!("malformed response head: {err}")),
+        };
+        let base = buf.as_ptr() as usize;
+        for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = [name as u32, (name + h.name.len()) as u32, value as u32, (value + h.value.len()) as u32];
+        }
+        let connection = response.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection"));
+        let hop = HopByHop::of(connection.map(|h| h.value));
+        (length, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len(), hop)
+    };
+    let bytes = buf.split_to(length).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid response status {code}"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    // Whether the last transfer coding is chunked, when there is one; the content length.
+    let (mut chunked, mut content_length) = (None::<bool>, None::<u64>);
+    for [ns, ne, vs, ve] in spans[..count].iter().map(|s| s.map(|at| at as usize)) {
+        let name = HeaderName::from_bytes(&bytes[ns..ne]).map_err(|_| "invalid response header name".to_owned())?;
+        if name == header::TRANSFER_ENCODING {
+            let last = bytes[vs..ve].rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if hop.contains(&name) {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            match (parse_length(&bytes[vs..ve]), content_length) {
+                (Some(n), None) => content_length = Some(n),
+                (Some(n), Some(l)) if n == l => {}
+                _ => return Err("invalid response content-length".into()),
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..ve))
+            .map_err(|_| format!("invalid value of response header `{name}`"))?;
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = !hop.close && (version == 1 || hop.keep_alive);
+    let body = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Decoder::Length(0)
+    } else if let Some(chunked) = chunked {
+        if content_length.is_some() {
+            // Both framings: the transfer coding wins and the connection cannot be trusted after.
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        if chunked {
+            Decoder::Chunked(Chunk::Size)
+        } else {
+            keep_alive = false;
+            Decoder::Close
+        }
+    } else if let Some(length) = content_length {
+        Decoder::Length(length)
+    } else {
+        keep_alive = false;
+        Decoder::Close
+    };
+    let version = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    Ok(Some(Head { status, version, headers, body, keep_alive }))
 }
 
 struct Idle {
-    sender: SendRequest<GatewayBody>,
+    conn: Conn,
     /// Put back since the last sweep (so no clock is read per request).
     fresh: bool,
 }
@@ -54,71 +528,92 @@ pub(crate) struct Upstreams {
     max_idle: usize,
 }
 
-/// A connection lent to one request: give it back with [`Lease::release`] once the response was
-/// read to its end; dropping it closes the connection instead.
-pub(crate) struct Lease {
-    upstreams: Arc<Upstreams>,
-    authority: Authority,
-    sender: SendRequest<GatewayBody>,
-}
-
-impl Lease {
-    /// The response was read to its end: the connection can carry the next request.
-    pub(crate) fn release(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.upstreams.idle.lock();
-        let list = idle.entry(self.authority).or_default();
-        if list.len() < self.upstreams.max_idle {
-            list.push(Idle { sender: self.sender, fresh: true });
-        }
-    }
-}
-
 impl Upstreams {
     pub(crate) fn new(connect_timeout: Duration, max_idle: usize) -> Self {
         Upstreams { idle: Mutex::new(HashMap::new()), connect_timeout, max_idle }
     }
 
-    /// Send `request` (origin-form URI, `Host` set) to `authority` on an idle connection or a
-    /// new one; answers the response head and the lease of its connection.
+    /// Send `request` (origin-form URI) to `authority`, with `forwarded`'s headers, on an idle connection or a
+    /// new one; answers the response, whose body holds the connection until its end.
     pub(crate) async fn send(
         self: &Arc<Self>,
         authority: &Authority,
-        mut request: Request<GatewayBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        while let Some(mut sender) = self.take_idle(authority) {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.lease(authority, sender))),
-                Err(mut err) => match err.take_message() {
-                    // Not sent (the connection closed while idle, or is still busy): another.
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Request(err.into_error())),
-                },
-            }
+        request: Request<GatewayBody>,
+        forwarded: &Forwarded<'_>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if request.method() == Method::CONNECT {
+            return Err(UpstreamError::Request("CONNECT is not proxied".into()));
         }
-        let mut sender = match self.connect(authority).await {
-            Ok(sender) => sender,
-            Err(message) => return Err(UpstreamError::Connect { message, unsent: Box::new(request) }),
+        let (head, framing) = encode_head(&request, authority, forwarded).map_err(UpstreamError::Request)?;
+        let head_request = request.method() == Method::HEAD;
+        let replayable = framing == Framing::Empty && request.method().is_idempotent();
+        let mut conn = match self.take_idle(authority) {
+            Some(conn) => conn,
+            None => match self.connect(authority).await {
+                Ok(conn) => conn,
+                Err(message) => return Err(UpstreamError::Connect { message, unsent: Box::new(request) }),
+            },
         };
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, self.lease(authority, sender))),
-            Err(err) => Err(UpstreamError::Request(err.into_error())),
+        let mut body = request.into_body();
+        loop {
+            let exchanged = match conn.write_request(&head, framing, &mut body).await {
+                Ok(()) => conn.read_head(head_request).await,
+                Err(message) => Err(HeadError { message, answered: false }),
+            };
+            match exchanged {
+                Ok(head) => return Ok(self.response(authority, conn, head)),
+                // Closed while idle, or as the request went out: a request that can be sent
+                // again goes out on another connection.
+                Err(HeadError { answered: false, .. }) if conn.reused && replayable => {
+                    conn = match self.take_idle(authority) {
+                        Some(conn) => conn,
+                        None => self.connect(authority).await.map_err(UpstreamError::Request)?,
+                    };
+                }
+                Err(err) => return Err(UpstreamError::Request(err.message)),
+            }
         }
     }
 
-    fn lease(self: &Arc<Self>, authority: &Authority, sender: SendRequest<GatewayBody>) -> Lease {
-        Lease { upstreams: self.clone(), authority: authority.clone(), sender }
+    /// The response of `head`: a body that came whole with the head frees the connection now.
+    fn response(self: &Arc<Self>, authority: &Authority, mut conn: Conn, head: Head) -> Response<UpstreamBody> {
+        let Head { status, version, headers, body, keep_alive } = head;
+        let body = match body {
+            Decoder::Length(length) if length <= conn.buf.len() as u64 => {
+                let data = conn.buf.split_to(length as usize).freeze();
+                if keep_alive && conn.buf.is_empty() {
+                    self.release(authority, conn);
+                }
+                UpstreamBody { state: State::Whole((!data.is_empty()).then_some(data)) }
+            }
+            decoder => UpstreamBody {
+                state: State::Streaming { conn, decoder, keep_alive, home: (self.clone(), authority.clone()) },
+            },
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Put a connection whose response was read to its end on the idle list.
+    fn release(&self, authority: &Authority, mut conn: Conn) {
+        conn.reused = true;
+        let mut idle = self.idle.lock();
+        let list = idle.entry(authority.clone()).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle { conn, fresh: true });
+        }
     }
 
     /// The most recently used idle connection to `authority` that is still open.
-    fn take_idle(&self, authority: &Authority) -> Option<SendRequest<GatewayBody>> {
+    fn take_idle(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(authority)?;
-        while let Some(Idle { sender, .. }) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(Idle { conn, .. }) = list.pop() {
+            if conn.still_open() {
+                return Some(conn);
             }
         }
         None
@@ -131,7 +626,7 @@ impl Upstreams {
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle.lock();
         idle.retain(|_, list| {
-            list.retain_mut(|i| !i.sender.is_closed() && std::mem::replace(&mut i.fresh, false));
+            list.retain_mut(|i| std::mem::replace(&mut i.fresh, false) && i.conn.still_open());
             !list.is_empty()
         });
     }
@@ -142,14 +637,14 @@ impl Upstreams {
         self.idle.lock().values().map(Vec::len).sum()
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<GatewayBody>, String> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, String> {
         let port = authority.port_u16().unwrap_or(80);
         let host = authority.host();
         let connecting = async {
             // An address connects at once; a name is resolved first (on the blocking pool).
             match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-                Ok(ip) => tokio::net::TcpStream::connect((ip, port)).await,
-                Err(_) => tokio::net::TcpStream::connect((host, port)).await,
+                Ok(ip) => TcpStream::connect((ip, port)).await,
+                Err(_) => TcpStream::connect((host, port)).await,
             }
         };
         let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
@@ -161,129 +656,548 @@ impl Upstreams {
         };
         // Heads and small bodies go out at once instead of waiting for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| format!("{authority}: {err}"))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "upstream connection ended");
+        Ok(Conn { stream, buf: BytesMut::new(), reused: false })
+    }
+}
+
+/// A response body from an upstream, read from its connection as the client's side asks for
+/// it. The connection goes back to its worker's idle list once the body was read to its end;
+/// dropped before, the connection is closed.
+pub(crate) struct UpstreamBody {
+    state: State,
+}
+
+enum State {
+    /// The whole body, already read (`None` once taken, or for an empty body).
+    Whole(Option<Bytes>),
+    Streaming {
+        conn: Conn,
+        decoder: Decoder,
+        keep_alive: bool,
+        /// Where the connection goes back to.
+        home: (Arc<Upstreams>, Authority),
+    },
+    Done,
+}
+
+impl UpstreamBody {
+    /// The body's end was read: the connection goes back, if it may.
+    fn finish(&mut self) {
+        if let State::Streaming { conn, keep_alive, home, .. } = std::mem::replace(&mut self.state, State::Done)
+            && keep_alive
+            && conn.buf.is_empty()
+        {
+            home.0.release(&home.1, conn);
+        }
+    }
+}
+
+fn body_error(message: impl Into<String>) -> BoxError {
+    io::Error::other(message.into()).into()
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let (conn, decoder) = match &mut this.state {
+                State::Whole(data) => {
+                    let data = data.take();
+                    this.state = State::Done;
+                    return Poll::Ready(data.map(|data| Ok(Frame::data(data))));
+                }
+                State::Done => return Poll::Ready(None),
+                State::Streaming { conn, decoder, .. } => (conn, decoder),
+            };
+            // Take what the buffer holds of the current part; `None`: read more first.
+            let taken: Option<Result<Option<Frame<Bytes>>, BoxError>> = match decoder {
+                Decoder::Length(0) => Some(Ok(None)),
+                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) if !conn.buf.is_empty() => {
+                    let n = (*left).min(conn.buf.len() as u64);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    *left -= n;
+                    if let Decoder::Chunked(chunk @ Chunk::Data(0)) = decoder {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    if matches!(decoder, Decoder::Length(0)) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoder::Close if !conn.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                }
+                Decoder::Chunked(chunk) => match chunk_step(chunk, &mut conn.buf) {
+                    Ok(Step::More) => None,
+                    Ok(Step::Again) => continue,
+                    Ok(Step::End(trailers)) => Some(Ok(trailers.map(Frame::trailers))),
+                    Err(message) => Some(Err(body_error(message))),
+                },
+                _ => None,
+            };
+            match taken {
+                Some(Ok(frame)) => {
+                    this.finish();
+                    return Poll::Ready(frame.map(Ok));
+                }
+                Some(Err(err)) => {
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(err)));
+                }
+                None => {}
             }
-        });
-        Ok(sender)
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(decoder, Decoder::Close) => {
+                    // Delimited by the close: this is the end, and the connection is done.
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(body_error(
+                        "the upstream closed the connection before the body's end",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(body_error(format!("reading the response body: {err}")))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            State::Whole(data) => data.is_none(),
+            State::Done => true,
+            State::Streaming { decoder: Decoder::Length(0), .. } => true,
+            State::Streaming { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Whole(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            State::Done => SizeHint::with_exact(0),
+            State::Streaming { decoder: Decoder::Length(left), .. } => SizeHint::with_exact(*left),
+            State::Streaming { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// What a step of the chunked decoder came to.
+enum Step {
+    /// The buffer holds too little: read more.
+    More,
+    /// The state moved on: look again.
+    Again,
+    /// The body ended, with these trailers if any.
+    End(Option<HeaderMap>),
+}
+
+/// Move the chunked decoder on over what `buf` holds (chunk data itself is taken by the caller).
+fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, String> {
+    match *chunk {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                Ok(Step::Again)
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => Err("chunk-size line too long".into()),
+            Ok(httparse::Status::Partial) => Ok(Step::More),
+            Err(_) => Err("invalid chunk size".into()),
+        },
+        Chunk::Data(_) => Ok(Step::More),
+        Chunk::DataEnd => match buf.get(..2) {
+            None => Ok(Step::More),
+            Some(b"\r\n") => {
+                buf.advance(2);
+                *chunk = Chunk::Size;
+                Ok(Step::Again)
+            }
+            Some(_) => Err("chunk data not followed by CRLF".into()),
+        },
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                return Ok(Step::End(None));
+            }
+            let mut slots = [httparse::EMPTY_HEADER; 32];
+            match httparse::parse_headers(buf, &mut slots) {
+                Ok(httparse::Status::Complete((used, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for field in fields {
+                        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid trailer name")?;
+                        let value = HeaderValue::from_bytes(field.value).map_err(|_| "invalid trailer value")?;
+                        trailers.append(name, value);
+                    }
+                    buf.advance(used);
+                    Ok(Step::End(Some(trailers)))
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILERS => Err("trailer section too large".into()),
+                Ok(httparse::Status::Partial) => Ok(Step::More),
+                Err(err) => Err(format!("malformed trailers: {err}")),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, Empty};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-    fn get(path: &str, host: &str) -> Request<GatewayBody> {
-        let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
-        *request.uri_mut() = path.parse().expect("a path");
-        request.headers_mut().insert(http::header::HOST, host.parse().expect("a host"));
+    use http_body_util::{Empty, Full};
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn forwarded() -> Forwarded<'static> {
+        static REQUEST_ID: HeaderValue = HeaderValue::from_static("rid-1");
+        Forwarded { client_ip: "10.0.0.9", host: "app.example", proto: "http", request_id: &REQUEST_ID }
+    }
+
+    fn request(method: Method, body: GatewayBody) -> Request<GatewayBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = "/a?b=c".parse().expect("a path");
+        request.headers_mut().insert(header::HOST, HeaderValue::from_static("app"));
         request
     }
 
-    /// One request whose response is read to its end, its connection released; answers the body.
-    async fn round_trip(upstreams: &Arc<Upstreams>, authority: &Authority) -> bytes::Bytes {
-        let (response, lease) = upstreams.send(authority, get("/", "app")).await.expect("sent");
-        let body = response.into_body().collect().await.expect("body").to_bytes();
-        lease.release();
-        body
+    fn get() -> Request<GatewayBody> {
+        request(Method::GET, Empty::new().map_err(|never| match never {}).boxed_unsync())
     }
 
-    /// A server that answers every request on a connection with `hello` (and with `close`, closes
-    /// the connection after the first answer, without saying so), counting connections.
-    async fn server(close: bool) -> (Authority, Arc<std::sync::atomic::AtomicUsize>) {
+    /// A body of these frames, of unknown length.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn authority_of(listener: &tokio::net::TcpListener) -> Authority {
+        listener.local_addr().expect("addr").to_string().parse().expect("authority")
+    }
+
+    /// The end of the request at the start of `seen`, if all of it is there (a test server's
+    /// framing: `Content-Length` or chunked without trailers).
+    fn request_end(seen: &[u8]) -> Option<usize> {
+        let head = seen.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = String::from_utf8_lossy(&seen[..head]).to_ascii_lowercase();
+        if let Some(line) = text.lines().find(|l| l.starts_with("content-length:")) {
+            let length: usize = line["content-length:".len()..].trim().parse().ok()?;
+            return (seen.len() >= head + length).then_some(head + length);
+        }
+        if text.contains("transfer-encoding: chunked") {
+            // The last chunk, then the trailer section up to an empty line.
+            let body = &seen[head..];
+            let last = match body.starts_with(b"0\r\n") {
+                true => 0,
+                false => body.windows(5).position(|w| w == b"\r\n0\r\n")? + 2,
+            };
+            let rest = &body[last + 3..];
+            let end = match rest.starts_with(b"\r\n") {
+                true => 2,
+                false => rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4,
+            };
+            return Some(head + last + 3 + end);
+        }
+        Some(head)
+    }
+
+    /// A server whose answer to the `n`th request on its `c`th connection is `answer(c, n)`
+    /// (`None`: close the connection without answering; an answer whose head says `HTTP/1.0`
+    /// is followed by a close). Records each request's bytes.
+    async fn scripted(
+        answer: impl Fn(usize, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+    ) -> (Authority, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let authority: Authority = listener.local_addr().expect("addr").to_string().parse().expect("authority");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let authority = authority_of(&listener);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen_requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counter, requests, answer) = (accepted.clone(), seen_requests.clone(), Arc::new(answer));
         tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else { return };
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let c = counter.fetch_add(1, SeqCst);
+                let (requests, answer) = (requests.clone(), answer.clone());
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
+                    let (mut seen, mut buf, mut n) = (Vec::new(), vec![0u8; 4096], 0);
                     loop {
-                        let Ok(n) = stream.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-                            if stream.write_all(reply).await.is_err() || close {
+                        while let Some(end) = request_end(&seen) {
+                            requests.lock().expect("lock").push(seen.drain(..end).collect());
+                            let Some(reply) = answer(c, n) else { return };
+                            n += 1;
+                            if stream.write_all(&reply).await.is_err() || reply.starts_with(b"HTTP/1.0") {
                                 return;
                             }
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => seen.extend_from_slice(&buf[..read]),
                         }
                     }
                 });
             }
         });
-        (authority, accepted)
+        (authority, accepted, seen_requests)
+    }
+
+    fn hello() -> Option<Vec<u8>> {
+        Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_vec())
+    }
+
+    /// Send, read the body to its end; the body's data and trailers.
+    async fn round_trip(
+        upstreams: &Arc<Upstreams>,
+        authority: &Authority,
+        request: Request<GatewayBody>,
+    ) -> Result<(Response<()>, Bytes, Option<HeaderMap>), String> {
+        let response = upstreams.send(authority, request, &forwarded()).await.map_err(|err| err.to_string())?;
+        let (head, body) = response.into_parts();
+        let collected = body.collect().await.map_err(|err| err.to_string())?;
+        let trailers = collected.trailers().cloned();
+        Ok((Response::from_parts(head, ()), collected.to_bytes(), trailers))
+    }
+
+    fn upstreams() -> Arc<Upstreams> {
+        Arc::new(Upstreams::new(Duration::from_secs(1), 8))
     }
 
     #[tokio::test]
-    async fn a_released_connection_carries_the_next_request_and_an_unreleased_one_does_not() {
-        let (authority, accepted) = server(false).await;
-        let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
+    async fn a_connection_read_to_its_end_carries_the_next_request_and_one_dropped_early_is_closed() {
+        let (authority, accepted, _) = scripted(|_, _| hello()).await;
+        let upstreams = upstreams();
         for _ in 0..3 {
-            assert_eq!(&round_trip(&upstreams, &authority).await[..], b"hello");
+            assert_eq!(&round_trip(&upstreams, &authority, get()).await.expect("answered").1[..], b"hello");
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for three requests");
+        assert_eq!(accepted.load(SeqCst), 1, "one connection for three requests");
         assert_eq!(upstreams.idle_count(), 1);
 
-        // A lease dropped (the response was not read to its end) is not reused.
-        let (_response, lease) = upstreams.send(&authority, get("/", "app")).await.expect("sent");
-        drop(lease);
-        assert_eq!(upstreams.idle_count(), 0);
-        round_trip(&upstreams, &authority).await;
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection");
+        // A body that streams (here: chunked), dropped before its end: the connection is closed.
+        let (authority, accepted, _) = scripted(|_, _| {
+            Some(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec())
+        })
+        .await;
+        let response = upstreams.send(&authority, get(), &forwarded()).await.expect("sent");
+        drop(response);
+        assert_eq!(upstreams.idle_count(), 1, "only the first server's connection is idle");
+        round_trip(&upstreams, &authority, get()).await.expect("answered");
+        assert_eq!(accepted.load(SeqCst), 2, "a new connection after the dropped body");
+        assert_eq!(upstreams.idle_count(), 2);
     }
 
     #[tokio::test]
-    async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_failing_the_request() {
-        let (authority, accepted) = server(true).await;
-        let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
+    async fn a_connection_the_upstream_closed_is_replaced_without_failing_the_request() {
+        // The upstream closes each connection after one answer, without saying so.
+        let (authority, accepted, _) = scripted(|_, n| if n == 0 { hello() } else { None }).await;
+        let upstreams = upstreams();
         for n in 1..=5 {
-            assert_eq!(&round_trip(&upstreams, &authority).await[..], b"hello");
-            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n, "a new connection for request {n}");
+            let (_, body, _) = round_trip(&upstreams, &authority, get()).await.expect("answered");
+            assert_eq!(&body[..], b"hello");
+            assert!(accepted.load(SeqCst) >= n, "a new connection for request {n}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_or_an_unsafe_method_is_never_sent_twice() {
+        // The first request on each connection is answered; the second gets a close.
+        let (authority, accepted, requests) = scripted(|_, n| if n == 0 { hello() } else { None }).await;
+        let upstreams = upstreams();
+        let post =
+            || request(Method::POST, Full::new(Bytes::from_static(b"data")).map_err(|n| match n {}).boxed_unsync());
+        round_trip(&upstreams, &authority, post()).await.expect("answered");
+        let err = round_trip(&upstreams, &authority, post()).await.expect_err("the close is the answer");
+        assert!(err.contains("closed the connection without answering"), "{err}");
+        let empty_post = request(Method::POST, Empty::new().map_err(|n| match n {}).boxed_unsync());
+        round_trip(&upstreams, &authority, empty_post).await.expect("a new connection");
+        let empty_post = request(Method::POST, Empty::new().map_err(|n| match n {}).boxed_unsync());
+        round_trip(&upstreams, &authority, empty_post).await.expect_err("a POST is not idempotent");
+        assert_eq!(accepted.load(SeqCst), 2);
+        assert_eq!(requests.lock().expect("lock").len(), 4, "each request went out once");
     }
 
     #[tokio::test]
     async fn connections_unused_for_a_whole_sweep_period_are_closed() {
-        let (authority, accepted) = server(false).await;
-        let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
-        round_trip(&upstreams, &authority).await;
+        let (authority, accepted, _) = scripted(|_, _| hello()).await;
+        let upstreams = upstreams();
+        round_trip(&upstreams, &authority, get()).await.expect("answered");
         upstreams.sweep();
         assert_eq!(upstreams.idle_count(), 1, "used since the last sweep: kept");
         upstreams.sweep();
         assert_eq!(upstreams.idle_count(), 0, "unused for a whole period: closed");
-        round_trip(&upstreams, &authority).await;
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection after the sweep");
+        round_trip(&upstreams, &authority, get()).await.expect("answered");
+        assert_eq!(accepted.load(SeqCst), 2, "a new connection after the sweep");
     }
 
     #[tokio::test]
-    async fn nothing_listening_is_a_connect_error() {
+    async fn nothing_listening_is_a_connect_error_that_hands_the_request_back() {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("addr").port()
         };
-        let upstreams = Arc::new(Upstreams::new(Duration::from_secs(1), 8));
         let authority: Authority = format!("127.0.0.1:{port}").parse().expect("authority");
-        match upstreams.send(&authority, get("/", "app")).await {
+        match upstreams().send(&authority, get(), &forwarded()).await {
             Err(UpstreamError::Connect { message, unsent }) => {
                 assert!(message.contains(&authority.to_string()), "{message}");
-                assert_eq!(unsent.uri(), "/", "the request comes back unsent");
+                assert_eq!(unsent.uri(), "/a?b=c", "the request comes back unsent");
             }
             Err(other) => panic!("expected a connect error, got {other}"),
             Ok(_) => panic!("expected a connect error, got a response"),
         }
+    }
+
+    #[tokio::test]
+    async fn response_bodies_are_framed_by_length_chunks_or_close_and_interim_answers_are_skipped() {
+        let answers: Vec<&'static [u8]> = vec![
+            // Chunked, with an extension, a trailer, and hop-by-hop headers to drop.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Kept: 2\r\n\r\n\
+              3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Sum: 7\r\n\r\n",
+            // An interim answer, then the final one.
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            // No body for 204 and 304.
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+            // Until the close (and the connection is not reused).
+            b"HTTP/1.0 200 OK\r\n\r\nuntil the end",
+        ];
+        let (authority, accepted, _) = scripted(move |c, n| answers.get(c + n).map(|a| a.to_vec())).await;
+        let upstreams = upstreams();
+        let (head, body, trailers) = round_trip(&upstreams, &authority, get()).await.expect("chunked");
+        assert_eq!(&body[..], b"abcdefg");
+        assert_eq!(trailers.expect("trailers")["x-sum"], "7");
+        let names: Vec<&str> = head.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"], "hop-by-hop headers and those Connection names are dropped");
+        let (head, body, _) = round_trip(&upstreams, &authority, get()).await.expect("interim");
+        assert_eq!((head.status(), &body[..]), (StatusCode::CREATED, &b"ok"[..]));
+        let (head, body, _) = round_trip(&upstreams, &authority, get()).await.expect("204");
+        assert_eq!((head.status(), body.len()), (StatusCode::NO_CONTENT, 0));
+        let (head, body, _) = round_trip(&upstreams, &authority, get()).await.expect("304");
+        assert_eq!((head.status(), body.len()), (StatusCode::NOT_MODIFIED, 0));
+        assert_eq!(accepted.load(SeqCst), 1, "all on one connection so far");
+        let (head, body, _) = round_trip(&upstreams, &authority, get()).await.expect("close-delimited");
+        assert_eq!((head.version(), &body[..]), (Version::HTTP_10, &b"until the end"[..]));
+        assert_eq!(upstreams.idle_count(), 0, "a body that ends with the connection leaves nothing to reuse");
+    }
+
+    #[tokio::test]
+    async fn a_head_request_reads_no_body_and_a_close_header_ends_the_connection() {
+        let (authority, accepted, _) = scripted(|c, n| match (c, n) {
+            (0, 0) => Some(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec()),
+            _ => Some(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_vec()),
+        })
+        .await;
+        let upstreams = upstreams();
+        let head = request(Method::HEAD, Empty::new().map_err(|n| match n {}).boxed_unsync());
+        let (response, body, _) = round_trip(&upstreams, &authority, head).await.expect("HEAD");
+        assert_eq!((response.headers()["content-length"].as_bytes(), body.len()), (&b"5"[..], 0));
+        assert_eq!(upstreams.idle_count(), 1, "reused after a HEAD");
+        round_trip(&upstreams, &authority, get()).await.expect("GET");
+        assert_eq!(upstreams.idle_count(), 0, "`Connection: close` is not reused");
+        round_trip(&upstreams, &authority, get()).await.expect("GET");
+        assert_eq!(accepted.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_or_unsupported_answers_are_errors() {
+        let cases: Vec<(&'static [u8], &'static str)> = vec![
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "content-length"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "content-length"),
+            (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", "upgrades are not proxied"),
+            (b"NOT HTTP\r\n\r\n", "malformed response head"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunk size"),
+        ];
+        for (answer, expected) in cases {
+            let (authority, _, _) = scripted(move |_, _| Some(answer.to_vec())).await;
+            let err = round_trip(&upstreams(), &authority, get()).await.expect_err("an error");
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+        // A head that never ends is cut off.
+        let huge = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n", "a".repeat(MAX_HEAD));
+        let (authority, _, _) = scripted(move |_, _| Some(huge.clone().into_bytes())).await;
+        let err = round_trip(&upstreams(), &authority, get()).await.expect_err("too large");
+        assert!(err.contains("larger than"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_out_with_their_length_or_chunked_with_trailers() {
+        let (authority, _, requests) = scripted(|_, _| hello()).await;
+        let upstreams = upstreams();
+        let known =
+            request(Method::PUT, Full::new(Bytes::from_static(b"12345")).map_err(|n| match n {}).boxed_unsync());
+        round_trip(&upstreams, &authority, known).await.expect("known length");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-digest", HeaderValue::from_static("d1"));
+        let frames = Frames(VecDeque::from([
+            Frame::data(Bytes::from_static(b"abc")),
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::from(vec![b'z'; 20_000])),
+            Frame::trailers(trailers),
+        ]));
+        round_trip(&upstreams, &authority, request(Method::POST, frames.boxed_unsync())).await.expect("chunked");
+        let requests = requests.lock().expect("lock");
+        let first = String::from_utf8_lossy(&requests[0]);
+        assert!(first.starts_with("PUT /a?b=c HTTP/1.1\r\n"), "{first}");
+        assert!(first.contains("\r\ncontent-length: 5\r\n") && first.ends_with("\r\n\r\n12345"), "{first}");
+        let second = &requests[1];
+        let head_end = second.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        assert!(String::from_utf8_lossy(&second[..head_end]).contains("\r\ntransfer-encoding: chunked\r\n"));
+        let mut expected = b"3\r\nabc\r\n4e20\r\n".to_vec();
+        expected.extend_from_slice(&[b'z'; 20_000]);
+        expected.extend_from_slice(b"\r\n0\r\nx-digest: d1\r\n\r\n");
+        assert_eq!(&second[head_end..], &expected[..]);
+    }
+
+    #[test]
+    fn the_forwarded_head_drops_hop_by_hop_headers_and_says_who_asked() {
+        let mut request = get();
+        for (name, value) in [
+            ("connection", "close, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-host", "spoofed"),
+            ("x-request-id", "spoofed"),
+            ("content-type", "text/plain"),
+        ] {
+            request.headers_mut().append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let authority: Authority = "10.1.1.1:8080".parse().expect("authority");
+        let (head, framing) = encode_head(&request, &authority, &forwarded()).expect("encoded");
+        assert_eq!(framing, Framing::Empty);
+        let head = String::from_utf8(head).expect("text");
+        let mut lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines.remove(0), "GET /a?b=c HTTP/1.1");
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "",
+                "",
+                "content-type: text/plain",
+                "host: app",
+                "x-forwarded-for: 192.0.2.1, 10.0.0.9",
+                "x-forwarded-host: app.example",
+                "x-forwarded-proto: http",
+                "x-request-id: rid-1",
+            ]
+        );
+
+        // Without a `Host` (an HTTP/2 client), the upstream's address is the host.
+        request.headers_mut().remove(header::HOST);
+        let (head, _) = encode_head(&request, &authority, &forwarded()).expect("encoded");
+        assert!(String::from_utf8_lossy(&head).contains("\r\nhost: 10.1.1.1:8080\r\n"));
     }
 }
