@@ -792,7 +792,8 @@ impl Gateway {
         // upstream's address, as a client of it would send.
         let forwarded = Forwarded { client_ip: client.ip, host, proto: "http", request_id };
         let replayable = body.is_end_stream();
-        let timeout = Duration::from_millis(route.timeout_ms);
+        // The route's timeout counts from the request's start, over all attempts.
+        let deadline = tokio::time::Instant::from_std(started) + Duration::from_millis(route.timeout_ms);
         // Endpoints that refused a connection (filled only on a retry).
         let mut tried = Vec::new();
         let mut last_error = String::new();
@@ -816,7 +817,7 @@ impl Gateway {
             };
             let guard = ActiveGuard::new(table.active.clone(), index);
             let sent = wants_complete.then(Instant::now);
-            match tokio::time::timeout(timeout, local.upstreams.send(authority, upstream, &forwarded)).await {
+            match tokio::time::timeout_at(deadline, local.upstreams.send(authority, upstream, &forwarded)).await {
                 Ok(Ok(response)) => {
                     self.succeeded(&state, endpoint);
                     let status = response.status();

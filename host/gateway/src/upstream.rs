@@ -401,8 +401,12 @@ fn encode_head(
     if !has_host {
         line(b"host", authority.as_str().as_bytes());
     }
-    forwarded_for.extend_from_slice(forwarded.client_ip.as_bytes());
-    line(X_FORWARDED_FOR.as_str().as_bytes(), &forwarded_for);
+    if forwarded_for.is_empty() {
+        line(X_FORWARDED_FOR.as_str().as_bytes(), forwarded.client_ip.as_bytes());
+    } else {
+        forwarded_for.extend_from_slice(forwarded.client_ip.as_bytes());
+        line(X_FORWARDED_FOR.as_str().as_bytes(), &forwarded_for);
+    }
     if !forwarded.host.is_empty() && forwarded.host.bytes().all(|b| b.is_ascii_graphic()) {
         line(X_FORWARDED_HOST.as_str().as_bytes(), forwarded.host.as_bytes());
     }
@@ -522,7 +526,8 @@ struct Idle {
 
 /// The connections of one worker, by endpoint. Share it in an `Arc` among that worker's tasks.
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// Keyed with a fast hash: two lookups per request (SipHash was 1% of the CPU per request).
+    idle: Mutex<HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     /// Idle connections kept per endpoint; more are closed when they come back.
     max_idle: usize,
@@ -530,7 +535,7 @@ pub(crate) struct Upstreams {
 
 impl Upstreams {
     pub(crate) fn new(connect_timeout: Duration, max_idle: usize) -> Self {
-        Upstreams { idle: Mutex::new(HashMap::new()), connect_timeout, max_idle }
+        Upstreams { idle: Mutex::new(HashMap::default()), connect_timeout, max_idle }
     }
 
     /// Send `request` (origin-form URI) to `authority`, with `forwarded`'s headers, on an idle connection or a
