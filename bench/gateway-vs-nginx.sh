@@ -3,8 +3,11 @@
 # three upstreams, with the same load tool (wrk) in the same run.
 #
 #   cargo build --release --bin shoal --example bare-proxy
-#   bench/gateway-vs-nginx.sh                 # 15 s per run, 64 connections, 2 wrk threads
-#   DURATION=30s CONNECTIONS=128 bench/gateway-vs-nginx.sh
+#   bench/gateway-vs-nginx.sh                 # 5 rounds of 10 s per target, 64 connections, 2 wrk threads
+#   ROUNDS=3 DURATION=30s CONNECTIONS=128 bench/gateway-vs-nginx.sh
+#
+# The targets take turns within each round, so a slow spell of a shared machine hits all of them;
+# the summary gives each target's median and the median of the per-round gateway/nginx ratios.
 #
 # Needs nginx and wrk (apt-get install -y nginx wrk). Upstreams: one nginx with one worker serving
 # three ports (a 12-byte body). Proxies: nginx with 2 workers and keep-alive upstream connections;
@@ -17,7 +20,8 @@ cd "$(dirname "$0")/.."
 
 SHOAL=${SHOAL:-${CARGO_TARGET_DIR:-target}/release/shoal}
 BARE=${BARE:-$(dirname "$SHOAL")/examples/bare-proxy}
-DURATION=${DURATION:-15s}
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 ROUTER=${ROUTER:-round-robin}
@@ -123,19 +127,29 @@ run() { # name port pid-of-the-proxy (its CPU per request is measured; none for 
     fi
     printf '%-14s %10s req/s   p50 %-9s p99 %-9s %-18s %s\n' "$1" "$rps" "$p50" "$p99" "$cpu" "$errors"
     eval "RPS_$1=$rps"
+    eval "ALL_$1+=($rps)"
 }
 
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 3 upstreams (nginx, 1 worker), router $ROUTER"
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, 3 upstreams (nginx, 1 worker), router $ROUTER"
 run direct 18081
-for _ in 1 2; do
+ratios=() bare_ratios=()
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round"
     run nginx 18080 "$nginx_pid"
     run shoal 18090 "$shoal_pid"
-    if [ -x "$BARE" ]; then run bare_hyper 18095 "$bare_pid"; fi
+    ratios+=("$(awk -v s="$RPS_shoal" -v n="$RPS_nginx" 'BEGIN { printf "%.3f", s / n }')")
+    if [ -x "$BARE" ]; then
+        run bare_hyper 18095 "$bare_pid"
+        bare_ratios+=("$(awk -v s="$RPS_shoal" -v b="$RPS_bare_hyper" 'BEGIN { printf "%.3f", s / b }')")
+    fi
 done
-awk -v s="$RPS_shoal" -v n="$RPS_nginx" 'BEGIN { printf "gateway / nginx throughput (last runs): %.2f\n", s / n }'
+echo "median req/s: nginx $(median "${ALL_nginx[@]}"), gateway $(median "${ALL_shoal[@]}")$([ -x "$BARE" ] && echo ", bare hyper $(median "${ALL_bare_hyper[@]}")")"
+echo "gateway / nginx per round: ${ratios[*]}"
+echo "gateway / nginx throughput, median of the rounds: $(median "${ratios[@]}")"
 if [ -x "$BARE" ]; then
-    awk -v s="$RPS_shoal" -v b="$RPS_bare_hyper" -v n="$RPS_nginx" \
-        'BEGIN { printf "bare hyper / nginx: %.2f   gateway / bare hyper: %.2f\n", b / n, s / b }'
+    echo "gateway / bare hyper, median of the rounds: $(median "${bare_ratios[@]}")"
 fi
 # Memory of the whole `shoal dev` process after the load (no one scraped /metrics meanwhile).
 awk '/^(VmRSS|VmHWM)/ { printf "shoal dev %s %d MiB\n", $1, $2 / 1024 }' "/proc/$shoal_pid/status"
