@@ -38,7 +38,8 @@ pub struct Route {
     /// Remove the prefix from the path before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
-    /// Upstream timeout until the response head, in milliseconds.
+    /// Time from the request's arrival until the upstream's response head, over all attempts,
+    /// in milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
 }
