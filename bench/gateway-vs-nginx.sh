@@ -112,7 +112,7 @@ cpu_ticks() { # pid...
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 run() { # name port pid-of-the-proxy (its CPU per request is measured; none for `direct`)
-    wrk -t2 -c16 -d3s "http://127.0.0.1:$2/" > /dev/null # warm-up
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d3s "http://127.0.0.1:$2/" > /dev/null # warm-up, at the measured concurrency
     local before after=0; before=$([ -n "${3:-}" ] && cpu_ticks "$3" || echo 0)
     local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/")
     [ -n "${3:-}" ] && after=$(cpu_ticks "$3")
