@@ -43,7 +43,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
@@ -241,10 +241,10 @@ enum Framing {
     Chunked,
 }
 
-/// A parsed response head.
+/// A parsed response head (its HTTP version only decides whether the connection stays open: the
+/// gateway answers its clients in its own version, as RFC 9110 §6.2 asks of intermediaries).
 struct Head {
     status: StatusCode,
-    version: Version,
     headers: HeaderMap,
     body: Decoder,
     keep_alive: bool,
@@ -514,8 +514,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         keep_alive = false;
         Decoder::Close
     };
-    let version = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    Ok(Some(Head { status, version, headers, body, keep_alive }))
+    Ok(Some(Head { status, headers, body, keep_alive }))
 }
 
 struct Idle {
@@ -582,7 +581,7 @@ impl Upstreams {
 
     /// The response of `head`: a body that came whole with the head frees the connection now.
     fn response(self: &Arc<Self>, authority: &Authority, mut conn: Conn, head: Head) -> Response<UpstreamBody> {
-        let Head { status, version, headers, body, keep_alive } = head;
+        let Head { status, headers, body, keep_alive } = head;
         let body = match body {
             Decoder::Length(length) if length <= conn.buf.len() as u64 => {
                 let data = conn.buf.split_to(length as usize).freeze();
@@ -597,7 +596,6 @@ impl Upstreams {
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
-        *response.version_mut() = version;
         *response.headers_mut() = headers;
         response
     }
@@ -1091,7 +1089,8 @@ mod tests {
         assert_eq!((head.status(), body.len()), (StatusCode::NOT_MODIFIED, 0));
         assert_eq!(accepted.load(SeqCst), 1, "all on one connection so far");
         let (head, body, _) = round_trip(&upstreams, &authority, get()).await.expect("close-delimited");
-        assert_eq!((head.version(), &body[..]), (Version::HTTP_10, &b"until the end"[..]));
+        assert_eq!(&body[..], b"until the end");
+        assert_eq!(head.version(), http::Version::HTTP_11, "answered in the gateway's own version");
         assert_eq!(upstreams.idle_count(), 0, "a body that ends with the connection leaves nothing to reuse");
     }
 

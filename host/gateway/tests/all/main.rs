@@ -17,6 +17,7 @@ use shoal_discovery::{Discovery, Health, Registration};
 use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Route, Routes};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -317,6 +318,53 @@ async fn a_dead_instance_is_retried_around_then_ejected() {
         ejected |= e.action == "ejected" && e.data["instance"] == "b";
     }
     assert!(ejected, "an `ejected` event names the dead instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_keep_their_connection_when_the_upstream_speaks_http_1_0() {
+    // An HTTP/1.0 upstream that closes after each answer, as Python's `http.server` does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            });
+        }
+    });
+    let s = setup(GatewayConfig::default()).await;
+    let up = Upstream { name: "old".into(), addr, hits: Arc::default(), conns: Arc::default(), task: server };
+    register(&s.discovery, "web", &up, 1);
+    s.routes.put(route("web", "web", "round-robin", "/")).expect("route");
+
+    // Three requests on one client connection, each answered in HTTP/1.1.
+    let gateway = s.url.trim_start_matches("http://").to_owned();
+    let mut client = tokio::net::TcpStream::connect(&gateway).await.expect("connect");
+    let mut answers = String::new();
+    for _ in 0..3 {
+        client.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").await.expect("request");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "the gateway closed the client's connection after: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        answers.push_str(&String::from_utf8_lossy(&got));
+    }
+    assert_eq!(answers.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answers}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
