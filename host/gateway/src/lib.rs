@@ -14,7 +14,7 @@
 //!   unhealthy endpoint does not fail the request: a native round-robin over the healthy
 //!   endpoints serves it, and a `fallback` event (at most one per route every 5 s) says why.
 //! - **Retries and ejection:** a connect failure is retried on the next healthy endpoint (only
-//!   for requests without a body: a streamed body cannot be replayed); an endpoint that fails
+//!   for requests without a body, though a failed connect hands the request back untouched); an endpoint that fails
 //!   `eject_after` times in a row (connect failures, timeouts) is ejected for `eject_for`, then
 //!   tried again.
 //! - **Errors:** no route → 404, no healthy endpoint → 503, every endpoint unreachable → 502,
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -59,7 +59,7 @@ use shoal_registry::Registry;
 use shoal_runtime::CallError;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use upstream::{Forwarded, UpstreamBody, UpstreamError, Upstreams};
+use upstream::{Forwarded, UpstreamBody, UpstreamError, Upstreams, X_REQUEST_ID};
 
 pub use routes::{DEFAULT_ROUTER, DEFAULT_TIMEOUT_MS, Route, RouteError, Routes};
 
@@ -238,8 +238,6 @@ fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Res
         .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync())
         .expect("a valid response")
 }
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Gateway {
     /// A gateway over `routes`, `discovery` and the router plugins of `plugins`; events go to

@@ -4,8 +4,8 @@
 //! The client runs inside the task of the request it serves. The request's own task writes the
 //! request head and body to the upstream socket and reads the response head. The response body
 //! reads the socket when the client's connection asks it for data. hyper's client instead needs
-//! a task per connection, fed through channels. On a 2-core box that was a fifth of the
-//! gateway's user-space CPU per request (see BENCHMARKS.md). Parsing is `httparse`'s, as in
+//! a task per connection, fed through channels. On a 2-core box that task was more than a
+//! quarter of the gateway's user-space CPU per request (see BENCHMARKS.md). Parsing is `httparse`'s, as in
 //! hyper.
 //!
 //! - **Reuse:** a connection goes back to its worker's idle list when its response body was read
@@ -118,6 +118,7 @@ impl Conn {
         let mut out = Vec::with_capacity(head.len() + 512);
         out.extend_from_slice(head);
         let mut sent = 0u64;
+        let mut trailers = None;
         loop {
             let next = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
                 Poll::Ready(next) => next,
@@ -160,22 +161,19 @@ impl Conn {
                 }
                 Err(frame) => frame,
             };
-            // Trailers end the body; a body of fixed length has no place for them.
-            if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
-                out.extend_from_slice(b"0\r\n");
-                for (name, value) in &trailers {
-                    out.extend_from_slice(name.as_str().as_bytes());
-                    out.extend_from_slice(b": ");
-                    out.extend_from_slice(value.as_bytes());
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(b"\r\n");
-                return self.stream.write_all(&out).await.map_err(io);
-            }
+            // Trailers end the body.
+            trailers = frame.into_trailers().ok();
             break;
         }
         match framing {
-            Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Chunked => {
+                // The last chunk, then the trailers (a body of fixed length has no place for them).
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.iter().flatten() {
+                    push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
             Framing::Length(length) if sent != length => {
                 return Err(format!("the request body ended after {sent} of its {length} bytes"));
             }
@@ -287,7 +285,7 @@ pub(crate) struct Forwarded<'a> {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never passed on; `Transfer-Encoding` too, since each
 /// hop frames its own body.
@@ -304,7 +302,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// The hop-by-hop headers of one message: the fixed list and those its `Connection` names.
 #[derive(Default)]
-pub(crate) struct HopByHop {
+struct HopByHop {
     named: Vec<HeaderName>,
     close: bool,
     keep_alive: bool,
@@ -326,7 +324,7 @@ impl HopByHop {
         hop
     }
 
-    pub(crate) fn contains(&self, name: &HeaderName) -> bool {
+    fn contains(&self, name: &HeaderName) -> bool {
         HOP_BY_HOP.contains(name) || (!self.named.is_empty() && self.named.contains(name))
     }
 }
@@ -341,29 +339,18 @@ fn encode_head(
 ) -> Result<(Vec<u8>, Framing), String> {
     let headers = request.headers();
     let body = request.body();
-    let mut extra: Option<(&'static str, String)> = None;
-    let framing = match headers.get(header::CONTENT_LENGTH) {
+    let client_length = headers.get(header::CONTENT_LENGTH);
+    let framing = match client_length {
         Some(value) => match parse_length(value.as_bytes()) {
             Some(0) => Framing::Empty,
             Some(length) => Framing::Length(length),
             None => return Err(format!("invalid request content-length {value:?}")),
         },
-        None if body.is_end_stream() => {
-            // Methods whose requests carry content say there is none, as hyper's client does.
-            if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
-                extra = Some(("content-length", "0".into()));
-            }
-            Framing::Empty
-        }
+        None if body.is_end_stream() => Framing::Empty,
         None => match body.size_hint().exact() {
-            Some(length) => {
-                extra = Some(("content-length", length.to_string()));
-                if length == 0 { Framing::Empty } else { Framing::Length(length) }
-            }
-            None => {
-                extra = Some(("transfer-encoding", "chunked".into()));
-                Framing::Chunked
-            }
+            Some(0) => Framing::Empty,
+            Some(length) => Framing::Length(length),
+            None => Framing::Chunked,
         },
     };
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -374,16 +361,7 @@ fn encode_head(
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        head.extend_from_slice(name);
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
-        head.extend_from_slice(b"\r\n");
-    };
-    let hop = match headers.contains_key(header::CONNECTION) {
-        true => HopByHop::of(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes)),
-        false => HopByHop::default(),
-    };
+    let hop = HopByHop::of(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes));
     let mut has_host = false;
     let mut forwarded_for: Vec<u8> = Vec::new();
     for (name, value) in headers {
@@ -396,27 +374,44 @@ fn encode_head(
             continue;
         }
         has_host |= *name == header::HOST;
-        line(name.as_str().as_bytes(), value.as_bytes());
+        push_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     if !has_host {
-        line(b"host", authority.as_str().as_bytes());
+        push_field(&mut head, b"host", authority.as_str().as_bytes());
     }
     if forwarded_for.is_empty() {
-        line(X_FORWARDED_FOR.as_str().as_bytes(), forwarded.client_ip.as_bytes());
+        // The usual case, without allocating.
+        push_field(&mut head, X_FORWARDED_FOR.as_str().as_bytes(), forwarded.client_ip.as_bytes());
     } else {
         forwarded_for.extend_from_slice(forwarded.client_ip.as_bytes());
-        line(X_FORWARDED_FOR.as_str().as_bytes(), &forwarded_for);
+        push_field(&mut head, X_FORWARDED_FOR.as_str().as_bytes(), &forwarded_for);
     }
     if !forwarded.host.is_empty() && forwarded.host.bytes().all(|b| b.is_ascii_graphic()) {
-        line(X_FORWARDED_HOST.as_str().as_bytes(), forwarded.host.as_bytes());
+        push_field(&mut head, X_FORWARDED_HOST.as_str().as_bytes(), forwarded.host.as_bytes());
     }
-    line(X_FORWARDED_PROTO.as_str().as_bytes(), forwarded.proto.as_bytes());
-    line(X_REQUEST_ID.as_str().as_bytes(), forwarded.request_id.as_bytes());
-    if let Some((name, value)) = extra {
-        line(name.as_bytes(), value.as_bytes());
+    push_field(&mut head, X_FORWARDED_PROTO.as_str().as_bytes(), forwarded.proto.as_bytes());
+    push_field(&mut head, X_REQUEST_ID.as_str().as_bytes(), forwarded.request_id.as_bytes());
+    // The body's framing, unless the client's `Content-Length` already says it.
+    match framing {
+        _ if client_length.is_some() => {}
+        Framing::Chunked => push_field(&mut head, b"transfer-encoding", b"chunked"),
+        Framing::Length(length) => push_field(&mut head, b"content-length", length.to_string().as_bytes()),
+        // Methods whose requests carry content say there is none, as hyper's client does.
+        Framing::Empty if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) => {
+            push_field(&mut head, b"content-length", b"0");
+        }
+        Framing::Empty => {}
     }
     head.extend_from_slice(b"\r\n");
     Ok((head, framing))
+}
+
+/// One header line.
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A `Content-Length` value: digits, or a list of the same digits repeated.
@@ -716,8 +711,9 @@ impl Body for UpstreamBody {
                 State::Streaming { conn, decoder, .. } => (conn, decoder),
             };
             // Take what the buffer holds of the current part; `None`: read more first.
+            // (A streamed `Length` body never sits at 0: reaching it finishes the body at once, and
+            // a body that fits in the buffer at the head is `Whole`.)
             let taken: Option<Result<Option<Frame<Bytes>>, BoxError>> = match decoder {
-                Decoder::Length(0) => Some(Ok(None)),
                 Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) if !conn.buf.is_empty() => {
                     let n = (*left).min(conn.buf.len() as u64);
                     let data = conn.buf.split_to(n as usize).freeze();
@@ -752,24 +748,15 @@ impl Body for UpstreamBody {
                 }
                 None => {}
             }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if matches!(decoder, Decoder::Close) => {
-                    // Delimited by the close: this is the end, and the connection is done.
-                    this.state = State::Done;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    this.state = State::Done;
-                    return Poll::Ready(Some(Err(body_error(
-                        "the upstream closed the connection before the body's end",
-                    ))));
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    this.state = State::Done;
-                    return Poll::Ready(Some(Err(body_error(format!("reading the response body: {err}")))));
-                }
-            }
+            let failed = match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(decoder, Decoder::Close) => None,
+                Ok(0) => Some(body_error("the upstream closed the connection before the body's end")),
+                Ok(_) => continue,
+                Err(err) => Some(body_error(format!("reading the response body: {err}"))),
+            };
+            // The end of a body delimited by the close, or a failure: the connection is done.
+            this.state = State::Done;
+            return Poll::Ready(failed.map(Err));
         }
     }
 
@@ -777,7 +764,6 @@ impl Body for UpstreamBody {
         match &self.state {
             State::Whole(data) => data.is_none(),
             State::Done => true,
-            State::Streaming { decoder: Decoder::Length(0), .. } => true,
             State::Streaming { .. } => false,
         }
     }
