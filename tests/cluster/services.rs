@@ -9,7 +9,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Dev, expect_event};
+use shoal_testkit::eventually_sync;
+
+use super::{Dev, expect_event, showing_last};
 
 /// `python3 -m http.server` serving a directory that holds `whoami` (its name) and `health`.
 struct Upstream {
@@ -31,12 +33,12 @@ impl Upstream {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 runs (CI installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "python3 http.server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Upstream { child, port, _dir: dir }
+        // Built first, so that giving up kills the server.
+        let upstream = Upstream { child, port, _dir: dir };
+        eventually_sync(&format!("python3 http.server to listen on {port}"), Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok().then_some(())
+        });
+        upstream
     }
 }
 
@@ -86,7 +88,6 @@ fn three_instances_behind_the_gateway_one_killed() {
     let mut upstreams: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
 
     let (mut tail, events) = dev.tail("shoal.evt.health.>");
-    std::thread::sleep(Duration::from_millis(300));
 
     let check = r#"{"type":"http","path":"/health","grace_ms":0,"interval_ms":500,"timeout_ms":400,"max_failures":2}"#;
     for (name, upstream) in ["a", "b", "c"].iter().zip(&upstreams) {
@@ -122,11 +123,16 @@ fn three_instances_behind_the_gateway_one_killed() {
     assert!(ok, "{out}{err}");
 
     // Checked instances start unknown and are routed to once their check passes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ["a", "b", "c"].iter().any(|id| health_of(&dev, id) != "passing") {
-        assert!(Instant::now() < deadline, "instances not passing: {:?}", dev.cli(&["service", "show", "shop"]).1);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync(
+        "instances a, b and c to pass their checks",
+        Duration::from_secs(10),
+        showing_last(|| {
+            if ["a", "b", "c"].iter().all(|id| health_of(&dev, id) == "passing") {
+                return Ok(());
+            }
+            Err(format!("instances not passing: {:?}", dev.cli(&["service", "show", "shop"]).1))
+        }),
+    );
     for _ in 0..3 {
         let passing = expect_event(&events, "io.shoal.health.passing");
         assert_eq!(passing["data"]["check"], "http");
@@ -281,27 +287,27 @@ fn a_standalone_gateway_follows_the_control_plane_and_outlives_it() {
 
     let edge = EdgeGateway::start(&dev, data.path());
     // It mirrors the table within a sync round.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&edge.url, "/shop/whoami").0 != 200 {
-        assert!(Instant::now() < deadline, "the standalone gateway never served the route");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync("the standalone gateway to serve the route", Duration::from_secs(10), || {
+        (get(&edge.url, "/shop/whoami").0 == 200).then_some(())
+    });
     assert_eq!(spread_via(&edge.url, 10).values().copied().collect::<Vec<_>>(), [5, 5]);
 
     // A change on the control plane reaches it: c joins with weight 2.
     let address = format!("127.0.0.1:{}", upstreams[2].port);
     let (ok, _, err) = dev.cli(&["service", "register", "shop", "c", "--address", &address, "--weight", "2"]);
     assert!(ok, "{err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen = spread_via(&edge.url, 8);
-        if seen.get("c") == Some(&4) {
-            assert_eq!((seen["a"], seen["b"]), (2, 2), "{seen:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the weight change never reached the standalone gateway: {seen:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_sync(
+        "the weight change to reach the standalone gateway",
+        Duration::from_secs(10),
+        showing_last(|| {
+            let seen = spread_via(&edge.url, 8);
+            if seen.get("c") == Some(&4) {
+                assert_eq!((seen["a"], seen["b"]), (2, 2), "{seen:?}");
+                return Ok(());
+            }
+            Err(format!("the weight change never reached the standalone gateway: {seen:?}"))
+        }),
+    );
 
     // The control plane dies: the gateway keeps serving its last table…
     dev.kill_9();
@@ -331,11 +337,16 @@ fn a_wasm_health_check_plugin_checks_an_instance() {
     assert!(ok, "{out}{err}");
 
     let wait_for = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while health_of(&dev, "a") != want {
-            assert!(Instant::now() < deadline, "never {want}: {}", dev.cli(&["service", "show", "shop"]).1);
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually_sync(
+            &format!("instance a to be {want}"),
+            Duration::from_secs(10),
+            showing_last(|| {
+                if health_of(&dev, "a") == want {
+                    return Ok(());
+                }
+                Err(format!("never {want}: {}", dev.cli(&["service", "show", "shop"]).1))
+            }),
+        );
     };
     // The plugin probes the instance's own address (its only network capability) and passes.
     wait_for("passing");

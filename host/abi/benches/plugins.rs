@@ -123,18 +123,7 @@ impl NativeSourceHash {
     }
 
     fn route(&mut self, request: &RouteRequest) -> Option<u32> {
-        fn fnv1a(bytes: &[u8]) -> u64 {
-            bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
-        }
-        fn jump_hash(mut key: u64, buckets: u32) -> u32 {
-            let (mut b, mut j) = (-1i64, 0i64);
-            while j < i64::from(buckets) {
-                b = j;
-                key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-                j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
-            }
-            b as u32
-        }
+        use shoal_keyspace::{fnv1a64 as fnv1a, jump_hash};
         let n = self.healthy.len() as u32;
         let key = match request.headers.get("x-hash-key").and_then(|v| v.to_str().ok()) {
             Some(key) => key.to_owned(),

@@ -50,12 +50,26 @@ pub enum CaseError {
     #[error("{mismatch}\n  expected: {expected}\n  answered: {answered}")]
     Mismatch {
         /// Where and how the answers differ.
-        mismatch: String,
+        mismatch: Mismatch,
         /// The expectation.
         expected: Value,
         /// The plugin's whole answer.
         answered: Value,
     },
+}
+
+/// Where an answer first differs from its expectation, as a JSON path, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {problem}")]
+pub struct Mismatch {
+    /// JSON path from the root (`$.result.status`).
+    pub at: String,
+    /// How it differs.
+    pub problem: String,
+}
+
+fn mismatch(at: &str, problem: String) -> Mismatch {
+    Mismatch { at: at.to_owned(), problem }
 }
 
 /// Run `case` on `plugin`: `Ok(answer)` when the answer matches the expectation.
@@ -71,46 +85,51 @@ pub fn run(plugin: &AnyPlugin, case: &Case) -> Result<Value, CaseError> {
 
 /// Whether `actual` matches `expected` (see the module docs); the error names the first place,
 /// as a JSON path from `at`, where it does not.
-pub fn matches(expected: &Value, actual: &Value, at: &str) -> Result<(), String> {
+pub fn matches(expected: &Value, actual: &Value, at: &str) -> Result<(), Mismatch> {
     match expected {
         Value::Object(map) if map.len() == 1 && map.contains_key("$one_of") => {
-            let alternatives = map["$one_of"].as_array().ok_or_else(|| format!("{at}: `$one_of` needs an array"))?;
+            let alternatives =
+                map["$one_of"].as_array().ok_or_else(|| mismatch(at, "`$one_of` needs an array".into()))?;
             if alternatives.iter().any(|alt| matches(alt, actual, at).is_ok()) {
                 Ok(())
             } else {
-                Err(format!("{at}: {actual} is none of {}", map["$one_of"]))
+                Err(mismatch(at, format!("{actual} is none of {}", map["$one_of"])))
             }
         }
         Value::Object(map) => {
-            let Value::Object(got) = actual else { return Err(format!("{at}: expected an object, got {actual}")) };
+            let Value::Object(got) = actual else {
+                return Err(mismatch(at, format!("expected an object, got {actual}")));
+            };
             for (key, want) in map {
                 let path = format!("{at}.{key}");
                 match got.get(key) {
                     Some(value) => matches(want, value, &path)?,
-                    None => return Err(format!("{path}: missing")),
+                    None => return Err(mismatch(&path, "missing".into())),
                 }
             }
             Ok(())
         }
         Value::Array(want) => {
-            let Value::Array(got) = actual else { return Err(format!("{at}: expected an array, got {actual}")) };
+            let Value::Array(got) = actual else {
+                return Err(mismatch(at, format!("expected an array, got {actual}")));
+            };
             if want.len() != got.len() {
-                return Err(format!("{at}: expected {} elements, got {}", want.len(), got.len()));
+                return Err(mismatch(at, format!("expected {} elements, got {}", want.len(), got.len())));
             }
             want.iter().zip(got).enumerate().try_for_each(|(i, (w, g))| matches(w, g, &format!("{at}[{i}]")))
         }
         Value::Number(want) => match (want.as_f64(), actual.as_f64()) {
             (Some(w), Some(g)) if w == g => Ok(()),
-            _ => Err(format!("{at}: expected {want}, got {actual}")),
+            _ => Err(mismatch(at, format!("expected {want}, got {actual}"))),
         },
         _ if expected == actual => Ok(()),
-        _ => Err(format!("{at}: expected {expected}, got {actual}")),
+        _ => Err(mismatch(at, format!("expected {expected}, got {actual}"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{Mismatch, matches};
     use serde_json::json;
 
     #[test]
@@ -118,7 +137,7 @@ mod tests {
         let answer = json!({"result": {"status": "healthy", "message": "200 OK"}});
         assert!(matches(&json!({"result": {"status": "healthy"}}), &answer, "$").is_ok());
         assert_eq!(
-            matches(&json!({"result": {"status": "unhealthy"}}), &answer, "$"),
+            matches(&json!({"result": {"status": "unhealthy"}}), &answer, "$").map_err(|m| m.to_string()),
             Err("$.result.status: expected \"unhealthy\", got \"healthy\"".into())
         );
         assert!(
@@ -126,7 +145,7 @@ mod tests {
         );
         assert_eq!(
             matches(&json!({"picks": [{"$one_of": [0, 2]}]}), &json!({"picks": [1]}), "$"),
-            Err("$.picks[0]: 1 is none of [0,2]".into())
+            Err(Mismatch { at: "$.picks[0]".into(), problem: "1 is none of [0,2]".into() })
         );
         assert!(matches(&json!({"picks": [0]}), &json!({"picks": [0, 0]}), "$").is_err());
         assert!(matches(&json!({"cpus": 1}), &json!({"cpus": 1.0}), "$").is_ok());

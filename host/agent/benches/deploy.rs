@@ -16,7 +16,8 @@ use futures::{FutureExt, StreamExt};
 use shoal_abi::{HttpRequest, PluginKind};
 use shoal_agent::{Agent, AgentConfig};
 use shoal_bus::{LocalBus, SharedBus};
-use shoal_master::{AgentRegistration, Master, MasterConfig, MasterParts, Resources};
+use shoal_master::{Master, MasterConfig, MasterParts};
+use shoal_protocol::{AgentRegistration, Resources};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
@@ -56,7 +57,7 @@ async fn main() {
         MasterParts { registry: Some(registry.clone()), ..MasterParts::default() },
     );
     tokio::spawn(master.clone().run());
-    let artifacts = shoal_master::artifacts::ArtifactStore::open(&dir.path().join("artifacts")).expect("artifacts");
+    let artifacts = shoal_task_io::ArtifactStore::open(&dir.path().join("artifacts")).expect("artifacts");
     let digest = artifacts.put(shoal_artifacts::WASM_HTTP).expect("artifact").digest;
     tokio::spawn(artifacts.serve(bus.clone()));
     let registration = AgentRegistration {

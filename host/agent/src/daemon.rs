@@ -1,4 +1,4 @@
-//! The agent daemon: registers with the master (through [`shoal_master::run_agent_with`]), runs
+//! The agent daemon: registers with the master (through [`crate::run_agent_with`]), runs
 //! the tasks the master launches on it, checks their health, and reports every change as a status
 //! update that it sends again until the master acknowledges it.
 //!
@@ -26,14 +26,27 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use shoal_bus::{SharedBus, subject};
 use shoal_health::{CheckSpec, HealthChecker, HealthUpdate, Status, Target, WasmCheck};
-use shoal_master::protocol::{
-    AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, LogsReply, LogsRequest, StatusAck, StatusUpdate,
-    TaskCommand, TaskInfo, TaskState,
+use shoal_protocol::{
+    AgentRegistration, AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, LogsReply, LogsRequest,
+    StatusAck, StatusUpdate, TaskCommand, TaskInfo, TaskState, labels,
 };
-use shoal_master::{AgentHooks, AgentRegistration};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::{DEFAULT_GRACE, ProcessExit, ProcessSpec, TaskLogs};
+use crate::{AgentHooks, DEFAULT_GRACE, ProcessExit, ProcessSpec, TaskLogs};
+
+/// Why an agent stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The bus refused a subscription or is gone.
+    #[error(transparent)]
+    Bus(#[from] shoal_bus::BusError),
+    /// The master refused the registration.
+    #[error(transparent)]
+    Refused(crate::RegistrationError),
+    /// The registration loop ended abnormally (it panicked).
+    #[error("the registration loop stopped: {0}")]
+    Stopped(tokio::task::JoinError),
+}
 
 /// How an agent runs.
 #[derive(Clone)]
@@ -56,7 +69,7 @@ impl AgentConfig {
         AgentConfig {
             registration,
             work_dir,
-            log_limit: shoal_wasm_executor::DEFAULT_LOG_LIMIT,
+            log_limit: shoal_task_io::DEFAULT_LOG_LIMIT,
             grace: DEFAULT_GRACE,
             wasm_checks: None,
         }
@@ -144,22 +157,17 @@ impl Agent {
     }
 
     /// Serve the master until the bus closes, or return the master's refusal.
-    pub async fn run(self: Arc<Self>) -> Result<(), String> {
+    pub async fn run(self: Arc<Self>) -> Result<(), AgentError> {
         let id = self.id().to_owned();
-        let bus = self.bus.clone();
-        let sub = |s: String| {
-            let bus = bus.clone();
-            async move { bus.subscribe(&s).await.map_err(|e| e.to_string()) }
-        };
-        let mut launches = sub(subject::agent_launch(&id)).await?;
-        let mut kills = sub(subject::agent_kill(&id)).await?;
-        let mut logs = sub(subject::agent_logs(&id)).await?;
-        self.bus.flush().await.map_err(|e| e.to_string())?;
+        let mut launches = self.bus.subscribe(&subject::agent_launch(&id)).await?;
+        let mut kills = self.bus.subscribe(&subject::agent_kill(&id)).await?;
+        let mut logs = self.bus.subscribe(&subject::agent_logs(&id)).await?;
+        self.bus.flush().await?;
         tokio::spawn(self.clone().send_statuses());
         if let Some(rx) = self.health_rx.lock().take() {
             tokio::spawn(self.clone().health_verdicts(rx));
         }
-        let registration = tokio::spawn(shoal_master::run_agent_with(
+        let registration = tokio::spawn(crate::run_agent_with(
             self.bus.clone(),
             self.config.registration.clone(),
             self.clone() as Arc<dyn AgentHooks>,
@@ -169,8 +177,8 @@ impl Agent {
             tokio::select! {
                 done = &mut registration => {
                     return match done {
-                        Ok(result) => result,
-                        Err(e) => Err(format!("the registration loop stopped: {e}")),
+                        Ok(result) => result.map_err(AgentError::Refused),
+                        Err(e) => Err(AgentError::Stopped(e)),
                     };
                 }
                 msg = launches.next() => {
@@ -265,7 +273,7 @@ impl Agent {
         let _ = std::fs::write(&pid_file, process.pid().to_string());
         let note = process.limits_note.clone().map(|n| format!(" ({n})")).unwrap_or_default();
         self.set_state(&info.id, TaskState::Running, None, format!("pid {}{note}", process.pid()));
-        let check = info.labels.get("shoal.health").map(|text| serde_json::from_str::<CheckSpec>(text));
+        let check = info.labels.get(labels::HEALTH).map(|text| serde_json::from_str::<CheckSpec>(text));
         let mut checked = false;
         match check {
             Some(Ok(spec)) => {
@@ -310,7 +318,7 @@ impl Agent {
         mut kill_rx: oneshot::Receiver<Duration>,
     ) {
         let cache = self.config.work_dir.join("artifacts");
-        let prepared = match shoal_master::artifacts::fetch(&self.bus, &digest, &cache).await {
+        let prepared = match shoal_task_io::fetch(&self.bus, &digest, &cache).await {
             Ok(bytes) => {
                 let wasm = self.wasm.clone();
                 match tokio::task::spawn_blocking(move || wasm.prepare(&bytes)).await {
@@ -319,7 +327,7 @@ impl Agent {
                     Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e.to_string()),
                 }
             }
-            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e),
+            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e.to_string()),
         };
         let ports = info.ports();
         let ip: std::net::IpAddr =
@@ -334,7 +342,7 @@ impl Agent {
         }
         let kv = match crate::kv::access(&info.labels, self.kv.clone()) {
             Ok(kv) => kv,
-            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e),
+            Err(e) => return self.set_state(&info.id, TaskState::Failed, None, e.to_string()),
         };
         let spec = shoal_wasm_executor::TaskSpec {
             task_id: info.id.clone(),

@@ -10,11 +10,11 @@ use std::sync::{Arc, OnceLock};
 use shoal_bus::SharedBus;
 use shoal_store::client::StoreClient;
 use shoal_store::{MAX_BATCH_OPS, MAX_LIST_LIMIT, Op, PutOptions, StoreError};
-use shoal_wasm_executor::kv::increment_value;
+use shoal_wasm_executor::kv::{TaskKvError, increment_value};
 use shoal_wasm_executor::{TaskKv, TaskKvAccess};
 
 /// The label that names the store namespaces a Wasm task may open.
-pub const KV_LABEL: &str = "shoal.kv";
+pub use shoal_protocol::labels::KV as KV_LABEL;
 /// Compare-and-set rounds an `increment` tries before giving up (each lost round means another
 /// writer changed the counter in between).
 const INCREMENT_ATTEMPTS: usize = 64;
@@ -38,36 +38,41 @@ impl StoreTaskKv {
     }
 }
 
+/// A `shoal.kv` label that names something other than store namespaces.
+#[derive(Debug, thiserror::Error)]
+#[error("label {KV_LABEL}: {0}")]
+pub struct KvLabelError(pub StoreError);
+
 /// The buckets a task may open, from its `shoal.kv` label: `Ok(None)` without the label, an
 /// error naming the bad namespace otherwise.
 pub fn access(
     labels: &std::collections::BTreeMap<String, String>,
     backend: Arc<StoreTaskKv>,
-) -> Result<Option<TaskKvAccess>, String> {
+) -> Result<Option<TaskKvAccess>, KvLabelError> {
     let Some(text) = labels.get(KV_LABEL) else { return Ok(None) };
     let mut buckets = Vec::new();
     for ns in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        shoal_store::validate_namespace(ns).map_err(|e| format!("label {KV_LABEL}: {e}"))?;
+        shoal_store::validate_namespace(ns).map_err(KvLabelError)?;
         buckets.push(ns.to_owned());
     }
     Ok(Some(TaskKvAccess { backend, buckets }))
 }
 
-fn text(e: StoreError) -> String {
-    e.to_string()
+fn text(e: StoreError) -> TaskKvError {
+    TaskKvError::backend(e)
 }
 
 #[async_trait::async_trait]
 impl TaskKv for StoreTaskKv {
-    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, TaskKvError> {
         Ok(self.client().get(bucket, key).await.map_err(text)?.map(|e| e.value))
     }
 
-    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), TaskKvError> {
         self.client().put(bucket, key, &value, PutOptions::default()).await.map(|_| ()).map_err(text)
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), String> {
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), TaskKvError> {
         // `wasi:keyvalue` deletes are idempotent: an absent key is not an error.
         match self.client().delete(bucket, key, None).await {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
@@ -75,12 +80,16 @@ impl TaskKv for StoreTaskKv {
         }
     }
 
-    async fn list_keys(&self, bucket: &str, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), String> {
+    async fn list_keys(
+        &self,
+        bucket: &str,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), TaskKvError> {
         let page = self.client().list(bucket, "", cursor, MAX_LIST_LIMIT).await.map_err(text)?;
         Ok((page.entries.into_iter().map(|e| e.key).collect(), page.cursor))
     }
 
-    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, String> {
+    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, TaskKvError> {
         let client = self.client();
         for _ in 0..INCREMENT_ATTEMPTS {
             let entry = client.get(bucket, key).await.map_err(text)?;
@@ -92,10 +101,10 @@ impl TaskKv for StoreTaskKv {
                 Err(e) => return Err(text(e)),
             }
         }
-        Err(format!("increment of `{key}` lost {INCREMENT_ATTEMPTS} races with other writers; try again"))
+        Err(TaskKvError::Contended { key: key.to_owned(), attempts: INCREMENT_ATTEMPTS })
     }
 
-    async fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    async fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), TaskKvError> {
         let ops: Vec<Op> =
             pairs.into_iter().map(|(key, value)| Op::Put { key, value, options: PutOptions::default() }).collect();
         for chunk in ops.chunks(MAX_BATCH_OPS) {

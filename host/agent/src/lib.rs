@@ -1,5 +1,8 @@
-//! The agent's executors. This crate holds the process executor; the Wasm executor is
-//! `shoal-wasm-executor` (whose bounded [`TaskLogs`] both use).
+//! The agent: its side of the registry ([`registration`]), the daemon that runs what the master
+//! launches ([`daemon`]), the store behind Wasm tasks' `wasi:keyvalue` ([`kv`]), and the process
+//! executor (this file). The Wasm executor is `shoal-wasm-executor`; both capture output into
+//! `shoal-task-io`'s bounded [`TaskLogs`]. The messages to and from the master are
+//! `shoal-protocol`'s: this crate depends on no other role.
 //!
 //! The process executor runs a task as `sh -c <command>` in its own process group, in its
 //! sandbox directory, with the agent-assigned ports as `PORT0…PORTn` (and `PORT` = `PORT0`),
@@ -17,14 +20,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use shoal_wasm_executor::{LogTail, TaskLogs};
+pub use shoal_task_io::{LogTail, TaskLogs};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 pub mod daemon;
 pub mod kv;
+pub mod registration;
 
-pub use daemon::{Agent, AgentConfig};
+pub use daemon::{Agent, AgentConfig, AgentError};
+pub use registration::{AgentHooks, RegistrationError, run_agent, run_agent_with};
 
 /// Default grace between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -73,25 +78,35 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// Why this executor cannot enforce resource limits here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsUnsupported {
+    /// The machine has no cgroup v2 hierarchy where one was looked for.
+    #[error("{0} is not a cgroup v2 hierarchy (cgroup v1 or hybrid): cpu and memory limits are not enforced")]
+    NoCgroupV2(PathBuf),
+    /// The hierarchy lacks a controller.
+    #[error("the cgroup v2 hierarchy has no `{0}` controller: limits are not enforced")]
+    MissingController(&'static str),
+    /// The executor does not apply limits yet.
+    #[error("cgroup v2 limits are not implemented yet in this executor: limits are not enforced")]
+    NotImplemented,
+}
+
 /// Whether resource limits can be enforced here: `Ok(())`, or why not.
-pub fn limits_support() -> Result<(), String> {
+pub fn limits_support() -> Result<(), LimitsUnsupported> {
     limits_support_at(Path::new("/sys/fs/cgroup"))
 }
 
-fn limits_support_at(root: &Path) -> Result<(), String> {
-    let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).map_err(|_| {
-        format!(
-            "{} is not a cgroup v2 hierarchy (cgroup v1 or hybrid): cpu and memory limits are not enforced",
-            root.display()
-        )
-    })?;
+fn limits_support_at(root: &Path) -> Result<(), LimitsUnsupported> {
+    let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
+        .map_err(|_| LimitsUnsupported::NoCgroupV2(root.to_owned()))?;
     let have: Vec<&str> = controllers.split_whitespace().collect();
     for needed in ["cpu", "memory"] {
         if !have.contains(&needed) {
-            return Err(format!("the cgroup v2 hierarchy has no `{needed}` controller: limits are not enforced"));
+            return Err(LimitsUnsupported::MissingController(needed));
         }
     }
-    Err("cgroup v2 limits are not implemented yet in this executor: limits are not enforced".into())
+    Err(LimitsUnsupported::NotImplemented)
 }
 
 /// A running (or finished) process task.
@@ -157,7 +172,14 @@ pub fn start_with_logs(spec: &ProcessSpec, logs: Arc<TaskLogs>) -> Result<Proces
             }
         }));
     }
-    Ok(ProcessTask { child, pgid, logs, exit: None, readers, limits_note: limits_support().err() })
+    Ok(ProcessTask {
+        child,
+        pgid,
+        logs,
+        exit: None,
+        readers,
+        limits_note: limits_support().err().map(|e| e.to_string()),
+    })
 }
 
 impl ProcessTask {
@@ -232,8 +254,9 @@ mod tests {
     #[test]
     fn limits_need_cgroup_v2_with_cpu_and_memory() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(limits_support_at(dir.path()).unwrap_err().contains("not a cgroup v2"));
+        assert!(limits_support_at(dir.path()).unwrap_err().to_string().contains("not a cgroup v2"));
         std::fs::write(dir.path().join("cgroup.controllers"), "cpuset io pids").unwrap();
-        assert!(limits_support_at(dir.path()).unwrap_err().contains("no `cpu` controller"));
+        assert_eq!(limits_support_at(dir.path()), Err(LimitsUnsupported::MissingController("cpu")));
+        assert!(limits_support_at(dir.path()).unwrap_err().to_string().contains("no `cpu` controller"));
     }
 }

@@ -20,7 +20,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use shoal_bus::subject;
-use shoal_master::{Master, Resources};
+use shoal_master::{Master, MasterError};
+use shoal_protocol::Resources;
 
 use crate::AppState;
 use crate::dto::ErrorBody;
@@ -91,7 +92,7 @@ pub async fn kill_task(
     if master.task(&id).is_none() {
         return Err(ApiError::not_found(format!("no task `{id}`")));
     }
-    master.kill_task(&id).await.map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    master.kill_task(&id).await.map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()))?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "kill": "sent" }))))
 }
 
@@ -123,8 +124,10 @@ pub async fn task_logs(
     if master.task(&id).is_none() {
         return Err(ApiError::not_found(format!("no task `{id}`")));
     }
-    let logs =
-        master.task_logs(&id, &stream, q.tail).await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent", e))?;
+    let logs = master
+        .task_logs(&id, &stream, q.tail)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent", e.to_string()))?;
     if !logs.found {
         return Err(ApiError::not_found(format!("the agent of task `{id}` no longer keeps its output")));
     }
@@ -269,12 +272,9 @@ async fn forward(
         body: body.to_vec(),
     };
     let master = master(state)?;
-    let response = master.framework_request(framework, request).await.map_err(|e| {
-        if e.starts_with("no framework") {
-            ApiError::not_found(e)
-        } else {
-            ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", format!("framework `{framework}`: {e}"))
-        }
+    let response = master.framework_request(framework, request).await.map_err(|e| match e {
+        MasterError::NoFramework(_) => ApiError::not_found(e.to_string()),
+        e => ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", format!("framework `{framework}`: {e}")),
     })?;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = Response::builder().status(status);
@@ -333,7 +333,7 @@ fn fits_some_agent(master: &Master, body: &[u8], what: &str) -> Result<(), ApiEr
     ))
 }
 
-fn artifacts(state: &AppState) -> Result<&std::sync::Arc<shoal_master::artifacts::ArtifactStore>, ApiError> {
+fn artifacts(state: &AppState) -> Result<&std::sync::Arc<shoal_task_io::ArtifactStore>, ApiError> {
     state
         .artifacts
         .as_ref()
@@ -364,7 +364,12 @@ pub async fn push_artifact(
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     state.auth.operator(&headers)?;
-    let info = artifacts(&state)?.put(&body).map_err(ApiError::bad_request)?;
+    let info = artifacts(&state)?.put(&body).map_err(|e| match e {
+        shoal_task_io::ArtifactError::Io { .. } => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+        }
+        e => ApiError::bad_request(e.to_string()),
+    })?;
     Ok((StatusCode::CREATED, Json(json!(info))))
 }
 
@@ -414,7 +419,7 @@ pub async fn put_allocator(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.auth.admin(&headers)?;
     let choice: AllocatorChoice = crate::error::json_body(&body)?;
-    let previous = master(&state)?.set_allocator(&choice.plugin).map_err(ApiError::not_found)?;
+    let previous = master(&state)?.set_allocator(&choice.plugin).map_err(|e| ApiError::not_found(e.to_string()))?;
     let event = shoal_bus::event::CloudEvent::new(
         "/shoal/api",
         "io.shoal.allocator.switched",

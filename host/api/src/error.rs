@@ -70,7 +70,9 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::VersionActive { .. } => (StatusCode::CONFLICT, "version_active"),
             RegistryError::NothingToRollBack { .. } => (StatusCode::CONFLICT, "nothing_to_roll_back"),
-            RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            RegistryError::Storage(_) | RegistryError::PluginKv { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage")
+            }
         };
         ApiError::new(status, code, message)
     }

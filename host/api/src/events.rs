@@ -35,13 +35,13 @@ pub async fn stream(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filter = query.subject.unwrap_or_else(|| subject::EVENTS_ALL.to_owned());
     subject::validate_filter(&filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if !(filter == "shoal.evt.>" || filter.starts_with("shoal.evt.") || filter == ">" || filter == "shoal.>") {
+    if !subject::within_events(&filter) {
         return Err(ApiError::bad_request(format!(
             "subject filter `{filter}` is outside the event tree `shoal.evt.>`"
         )));
     }
     // Wider filters are narrowed to the event tree: control traffic is not for API clients.
-    let filter = if filter == ">" || filter == "shoal.>" { subject::EVENTS_ALL.to_owned() } else { filter };
+    let filter = if subject::covers_events(&filter) { subject::EVENTS_ALL.to_owned() } else { filter };
     let subscription =
         state.bus.subscribe(&filter).await.map_err(|e| {
             ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())

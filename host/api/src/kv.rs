@@ -387,7 +387,7 @@ fn page_index(entries: &[Entry]) -> u64 {
         bytes.push(0);
         bytes.extend_from_slice(&e.version.to_be_bytes());
     }
-    shoal_store::hash::fnv1a64(&bytes).max(1)
+    shoal_keyspace::fnv1a64(&bytes).max(1)
 }
 
 /// Apply a batch of puts and deletes: all of them or none (see the store's documentation for

@@ -65,7 +65,7 @@ pub struct AppState {
     /// The resource master, if this node runs it (without one, `/v1/agents` answers 503).
     pub master: Option<Arc<shoal_master::Master>>,
     /// Artifacts of Wasm tasks, if this node runs the master (without, `/v1/artifacts` answers 503).
-    pub artifacts: Option<Arc<shoal_master::artifacts::ArtifactStore>>,
+    pub artifacts: Option<Arc<shoal_task_io::ArtifactStore>>,
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes /metrics.

@@ -40,6 +40,8 @@
 //! | `shoal.ctl.agent.<id>.launch` | [`agent_launch`] | request: the master asks an agent to start tasks |
 //! | `shoal.ctl.agent.<id>.kill` | [`agent_kill`] | request: the master asks an agent to kill a task |
 //! | `shoal.ctl.agent.<id>.logs` | [`agent_logs`] | request: read a task's captured output from its agent |
+//! | `shoal.ctl.artifact.stat` | [`ARTIFACT_STAT`] | request: the size of a Wasm task's artifact (body: its digest), from the master |
+//! | `shoal.ctl.artifact.read` | [`ARTIFACT_READ`] | request: a chunk of an artifact (see `shoal_protocol::artifact`), from the master |
 //! | `shoal.ctl.task.status` | [`TASK_STATUS`] | request: an agent reports a task's new state; the reply acknowledges it |
 //! | `shoal.evt.framework.<name>.<action>` | [`framework_event`] | a framework plugin `failed` a call, or its answer was `invalid` |
 //! | `shoal.evt.allocator.switched` | [`allocator_switched`] | the master's allocator plugin was switched |
@@ -75,6 +77,10 @@ pub const STORE_REGISTER: &str = "shoal.ctl.store.register";
 pub const STORE_MAP: &str = "shoal.ctl.store.map";
 /// Store nodes report the progress of a move here.
 pub const STORE_PROGRESS: &str = "shoal.ctl.store.progress";
+/// Request subject on which the master answers the size of an artifact.
+pub const ARTIFACT_STAT: &str = "shoal.ctl.artifact.stat";
+/// Request subject on which the master answers a chunk of an artifact.
+pub const ARTIFACT_READ: &str = "shoal.ctl.artifact.read";
 /// Filter matching every control message.
 pub const CONTROL_ALL: &str = "shoal.ctl.>";
 /// Request subject on which agents register with the master.
@@ -328,9 +334,47 @@ pub fn agent_heartbeat(id: &str) -> String {
     format!("{CONTROL_PREFIX}.agent.{}.heartbeat", token(id))
 }
 
+/// The agent id of a heartbeat subject ([`agent_heartbeat`]), if it is one.
+pub fn heartbeat_agent(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(CONTROL_PREFIX)?
+        .strip_prefix(".agent.")?
+        .strip_suffix(".heartbeat")
+        .filter(|id| !id.contains('.'))
+}
+
+/// Whether `filter` selects only events: inside the event tree (`shoal.evt.…`), or one of the
+/// wildcards (`>`, `shoal.>`) that cover it and are narrowed to it ([`EVENTS_ALL`]).
+pub fn within_events(filter: &str) -> bool {
+    filter == EVENTS_ALL || filter.starts_with(&format!("{EVENTS_PREFIX}.")) || covers_events(filter)
+}
+
+/// Whether `filter` is a wildcard wider than the event tree that should be narrowed to it.
+pub fn covers_events(filter: &str) -> bool {
+    filter == ">" || filter == "shoal.>"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_subjects_round_trip() {
+        assert_eq!(heartbeat_agent(&agent_heartbeat("a-1")), Some("a-1"));
+        assert_eq!(heartbeat_agent("shoal.ctl.agent.a.b.heartbeat"), None);
+        assert_eq!(heartbeat_agent("shoal.ctl.agent.a.launch"), None);
+    }
+
+    #[test]
+    fn the_event_tree_and_what_covers_it() {
+        for inside in [EVENTS_ALL, "shoal.evt.kv.orders.*", ">", "shoal.>"] {
+            assert!(within_events(inside), "{inside}");
+        }
+        for outside in ["shoal.ctl.>", "shoal.evtx.a", "foo.>"] {
+            assert!(!within_events(outside), "{outside}");
+        }
+        assert!(covers_events(">") && !covers_events(EVENTS_ALL));
+    }
 
     #[test]
     fn matching_follows_nats_rules() {

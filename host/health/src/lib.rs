@@ -1,5 +1,5 @@
-//! Health checks, run next to what they check: today by the node, for the instances registered
-//! with a check; agents are to run their tasks' checks with the same checker.
+//! Health checks, run next to what they check: by agents for their tasks (the `shoal.health`
+//! label), and by the node for the instances registered with a check.
 //!
 //! A [`HealthChecker`] runs any number of checks, each on its own schedule: the first run is
 //! spread over the first interval (so ten thousand checks added at once do not fire together),
@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use probe::{Outcome, WasmCheck};
+pub use probe::{Outcome, WasmCheck, WasmCheckError};
 pub use spec::{
     CheckKind, CheckSpec, DEFAULT_GRACE_MS, DEFAULT_INTERVAL_MS, DEFAULT_MAX_FAILURES, DEFAULT_TIMEOUT_MS,
     MIN_INTERVAL_MS, SpecError,

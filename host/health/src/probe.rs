@@ -31,6 +31,22 @@ impl Outcome {
     }
 }
 
+/// Why a `wasm` check could not be run (it counts as a failed check).
+#[derive(Debug, thiserror::Error)]
+pub enum WasmCheckError {
+    /// No active health-check plugin of that name.
+    #[error("no active health-check plugin `{0}`")]
+    NoPlugin(String),
+    /// The plugin's call failed (trap, deadline, bad answer).
+    #[error("health-check plugin `{plugin}` failed: {cause}")]
+    Failed {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// How a `wasm` check is run: the node supplies this, calling the named health-check plugin from
 /// its registry. It is called on a blocking thread; plugin calls have their own deadline, and the
 /// check's timeout bounds the wait as well.
@@ -44,7 +60,7 @@ pub trait WasmCheck: Send + Sync + 'static {
         target: &Target,
         config: &str,
         timeout: Duration,
-    ) -> Result<Outcome, String>;
+    ) -> Result<Outcome, WasmCheckError>;
 }
 
 /// What every check of one checker shares: a pooled HTTP client (connections kept alive between
@@ -128,7 +144,7 @@ impl Probes {
         let task = tokio::task::spawn_blocking(move || wasm.check(&plugin, &id, &target, &config, timeout));
         match task.await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => Outcome::fail(e),
+            Ok(Err(e)) => Outcome::fail(e.to_string()),
             Err(e) => Outcome::fail(format!("the check panicked: {e}")),
         }
     }

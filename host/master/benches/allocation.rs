@@ -15,7 +15,8 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use shoal_abi::PluginKind;
 use shoal_bus::{LocalBus, SharedBus};
-use shoal_master::{AgentRegistration, FrameworkSpec, Master, MasterConfig, Resources};
+use shoal_master::{FrameworkSpec, Master, MasterConfig};
+use shoal_protocol::{AgentRegistration, Resources};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use shoal_abi::{HttpRequest, PluginKind};
 use shoal_bus::{LocalBus, SharedBus};
-use shoal_master::{AgentRegistration, Master, MasterConfig, MasterParts, Resources};
+use shoal_master::{Master, MasterConfig, MasterParts};
+use shoal_protocol::{AgentRegistration, Resources};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 

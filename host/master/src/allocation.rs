@@ -9,7 +9,17 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use shoal_abi as abi;
 
-use crate::Resources;
+use shoal_protocol::{PortRange, Resources, TaskState};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use shoal_abi::{AnyPlugin, PluginKind};
+use shoal_bus::subject;
+
+use crate::{AgentState, Master, MasterError};
 
 /// A framework as the master accounts it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -63,9 +73,18 @@ pub struct AllocationReport {
     pub revived: BTreeMap<String, u64>,
 }
 
-impl Resources {
-    /// The WIT record.
-    pub fn to_wit(&self) -> abi::Resources {
+/// The WIT form of the protocol's values, as the master hands them to plugins (`shoal-abi`
+/// names the generated types; `shoal-protocol` knows nothing of WIT).
+pub(crate) trait ToWit {
+    /// The WIT type.
+    type Wit;
+    /// Convert.
+    fn to_wit(&self) -> Self::Wit;
+}
+
+impl ToWit for Resources {
+    type Wit = abi::Resources;
+    fn to_wit(&self) -> abi::Resources {
         abi::Resources {
             cpus: self.cpus,
             mem_mb: self.mem_mb,
@@ -74,15 +93,226 @@ impl Resources {
             scalars: self.scalars.iter().map(|(k, v)| abi::Scalar { name: k.clone(), value: *v }).collect(),
         }
     }
+}
 
-    /// From the WIT record (not validated).
-    pub fn from_wit(r: &abi::Resources) -> Resources {
-        Resources {
-            cpus: r.cpus,
-            mem_mb: r.mem_mb,
-            disk_mb: r.disk_mb,
-            ports: r.ports.iter().map(|p| crate::PortRange { begin: p.begin, end: p.end }).collect(),
-            scalars: r.scalars.iter().map(|s| (s.name.clone(), s.value)).collect(),
+impl ToWit for TaskState {
+    type Wit = abi::TaskState;
+    fn to_wit(&self) -> abi::TaskState {
+        match self {
+            TaskState::Staging => abi::TaskState::Staging,
+            TaskState::Starting => abi::TaskState::Starting,
+            TaskState::Running => abi::TaskState::Running,
+            TaskState::Finished => abi::TaskState::Finished,
+            TaskState::Failed => abi::TaskState::Failed,
+            TaskState::Killed => abi::TaskState::Killed,
+            TaskState::Lost => abi::TaskState::Lost,
+        }
+    }
+}
+
+/// Resources from the WIT record (not validated).
+pub(crate) fn resources_from_wit(r: &abi::Resources) -> Resources {
+    Resources {
+        cpus: r.cpus,
+        mem_mb: r.mem_mb,
+        disk_mb: r.disk_mb,
+        ports: r.ports.iter().map(|p| PortRange { begin: p.begin, end: p.end }).collect(),
+        scalars: r.scalars.iter().map(|s| (s.name.clone(), s.value)).collect(),
+    }
+}
+
+impl Master {
+    /// Name of the allocator plugin the cycles call.
+    pub fn allocator(&self) -> String {
+        let name = self.allocator.lock();
+        if name.is_empty() { self.config.allocator.clone() } else { name.clone() }
+    }
+
+    /// Use another allocator plugin from the next cycle on (it must be active in the registry),
+    /// and run a cycle soon. Returns the previous one.
+    pub fn set_allocator(&self, name: &str) -> Result<String, MasterError> {
+        let registry = self.registry.as_ref().ok_or(MasterError::NoRegistry)?;
+        if registry.active(PluginKind::Allocator, name).is_none() {
+            return Err(MasterError::NoAllocator(name.to_owned()));
+        }
+        let previous = self.allocator();
+        *self.allocator.lock() = name.to_owned();
+        if let Some(j) = &self.journal
+            && let Err(e) = j.set("allocator", name.as_bytes())
+        {
+            tracing::error!(cause = %e, "could not record the allocator choice; a restart returns to the configured one");
+        }
+        tracing::info!(allocator = name, %previous, "allocator switched");
+        self.kick.notify_one();
+        Ok(previous)
+    }
+
+    /// One allocation cycle: snapshot, allocator plugin, checked offers (see [`check_offers`]).
+    /// Blocks on the plugin call: call it from a blocking thread.
+    pub fn allocate_once(&self) -> Result<AllocationReport, MasterError> {
+        let registry = self.registry.as_ref().ok_or(MasterError::NoRegistry)?;
+        let now = self.clock.now_ms();
+        let (task_agents, task_frameworks) = self.task_usage();
+        let filters: BTreeMap<String, (Vec<shoal_abi::DeclineFilter>, bool, u64)> =
+            self.frameworks.lock().keys().map(|f| (f.clone(), self.filters_of(f, now))).collect();
+        let (snapshot, mut free, frameworks, mut allocated) = {
+            let agents = self.agents.lock();
+            let offers = self.offers.lock();
+            let frameworks = self.frameworks.lock().clone();
+            let mut offered: BTreeMap<&str, Resources> =
+                task_agents.iter().map(|(a, r)| (a.as_str(), r.clone())).collect();
+            let mut allocated: BTreeMap<String, Resources> = task_frameworks;
+            for o in offers.by_id.values() {
+                let held = offered.entry(o.agent_id.as_str()).or_default();
+                *held = held.plus(&o.resources);
+                let f = allocated.entry(o.framework.clone()).or_default();
+                *f = f.plus(&o.resources);
+            }
+            let mut free = BTreeMap::new();
+            let mut wit_agents = Vec::with_capacity(agents.len());
+            for e in agents.values().filter(|e| e.state == AgentState::Active) {
+                let taken = offered.get(e.reg.id.as_str()).cloned().unwrap_or_default();
+                let left = e.reg.resources.minus(&taken).unwrap_or_default();
+                wit_agents.push(shoal_abi::Agent {
+                    id: e.reg.id.clone(),
+                    hostname: e.reg.hostname.clone(),
+                    attributes: e
+                        .reg
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| shoal_abi::Attribute { name: k.clone(), value: v.clone() })
+                        .collect(),
+                    total: e.reg.resources.to_wit(),
+                    free: left.to_wit(),
+                });
+                free.insert(e.reg.id.clone(), left);
+            }
+            let wit_frameworks = frameworks
+                .values()
+                .map(|f| shoal_abi::FrameworkInfo {
+                    name: f.name.clone(),
+                    role: f.role.clone(),
+                    weight: f.weight,
+                    quota: f.quota.as_ref().map(Resources::to_wit),
+                    allocated: allocated.get(&f.name).cloned().unwrap_or_default().to_wit(),
+                    filters: filters.get(&f.name).map(|x| x.0.clone()).unwrap_or_default(),
+                    suppressed: filters.get(&f.name).is_some_and(|x| x.1),
+                })
+                .collect();
+            let snapshot = shoal_abi::ClusterSnapshot { now_ms: now, agents: wit_agents, frameworks: wit_frameworks };
+            (snapshot, free, frameworks, allocated)
+        };
+        let allocator = self.allocator();
+        let answer = registry.call(PluginKind::Allocator, &allocator, |p| match p {
+            AnyPlugin::Allocator(a) => shoal_abi::allocate(a, &snapshot),
+            _ => unreachable!("the registry keys plugins by kind"),
+        });
+        let proposals = match answer {
+            None => return Err(MasterError::NoAllocator(allocator)),
+            Some(Err(source)) => return Err(MasterError::AllocatorFailed { name: allocator, source }),
+            Some(Ok(p)) => p,
+        };
+        // Decline filters and suppression are the frameworks' wishes: proposals against them are
+        // dropped (and reported), whatever the allocator thinks.
+        let (proposals, mut filtered): (Vec<_>, Vec<_>) = proposals.into_iter().partition(|p| {
+            filters.get(&p.framework).is_none_or(|(f, suppressed, _)| {
+                !*suppressed && !f.iter().any(|d| d.agent_id == p.agent_id && d.until_ms > now)
+            })
+        });
+        let (accepted, mut rejected) = check_offers(proposals, &mut free, &frameworks, &mut allocated);
+        rejected.extend(filtered.drain(..).map(|p| Rejected {
+            framework: p.framework,
+            agent_id: p.agent_id,
+            reason: "the framework declined this agent or suppressed offers".into(),
+        }));
+        let mut offers = self.offers.lock();
+        // Agents lost during the plugin call: their offers are not made.
+        let agents = self.agents.lock();
+        let mut made = Vec::with_capacity(accepted.len());
+        for (framework, agent_id, resources) in accepted {
+            if agents.get(&agent_id).is_none_or(|e| e.state != AgentState::Active) {
+                continue;
+            }
+            offers.next_id += 1;
+            let offer = OfferView { id: offers.next_id, framework, agent_id, resources };
+            offers.by_id.insert(offer.id, offer.clone());
+            made.push(offer);
+        }
+        let revived = filters.into_iter().map(|(f, (_, _, n))| (f, n)).collect();
+        Ok(AllocationReport {
+            offers: made,
+            rejected,
+            agents: snapshot.agents.len(),
+            frameworks: frameworks.len(),
+            revived,
+        })
+    }
+
+    /// Allocation cycles, one at a time, apart from the loop that serves agents (a cycle over
+    /// many agents must not delay their registrations and heartbeats): every interval, and soon
+    /// after a change (launches, ended tasks, revives, new agents), gathering whatever else
+    /// happens in the next few milliseconds.
+    pub(crate) async fn allocation_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.config.allocation_interval.unwrap_or(Duration::from_secs(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = self.kick.notified() => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+            // Nobody to offer to: no cycle (and no allocator call over every agent).
+            let wanted = {
+                let frameworks = self.frameworks.lock();
+                let state = self.fw_state.lock();
+                frameworks.keys().any(|f| !state.get(f).is_some_and(|s| s.suppressed))
+                    || state.values().any(|s| !s.held.is_empty())
+            };
+            if wanted {
+                self.cycle().await;
+            }
+        }
+    }
+
+    /// One allocation cycle, its events, and its offers handed to the frameworks.
+    pub(crate) async fn cycle(self: &Arc<Self>) {
+        let me = self.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || me.allocate_once()).await;
+        metrics::histogram!("shoal_allocation_cycle_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(report)) => {
+                metrics::counter!("shoal_offers_made_total").increment(report.offers.len() as u64);
+                metrics::counter!("shoal_offers_refused_total").increment(report.rejected.len() as u64);
+                self.dispatch_offers(&report);
+                self.publish_report(&report).await;
+            }
+            Ok(Err(e)) => tracing::warn!(cause = %e, "allocation cycle failed"),
+            Err(e) => tracing::error!(cause = %e, "allocation cycle panicked"),
+        }
+    }
+
+    /// Events of one cycle: one per offer made, one per proposal refused.
+    pub async fn publish_report(&self, report: &AllocationReport) {
+        for offer in &report.offers {
+            self.events
+                .emit(
+                    subject::offer_event(&offer.framework, "made"),
+                    "io.shoal.offer.made",
+                    &format!("offers/{}", offer.id),
+                    serde_json::json!(offer),
+                )
+                .await;
+        }
+        for r in &report.rejected {
+            tracing::warn!(framework = %r.framework, agent = %r.agent_id, reason = %r.reason, "allocator proposal refused");
+            self.events
+                .emit(
+                    subject::offer_event(&r.framework, "refused"),
+                    "io.shoal.offer.refused",
+                    &format!("allocators/{}", self.allocator()),
+                    serde_json::json!({ "allocator": self.allocator(), "proposal": r }),
+                )
+                .await;
         }
     }
 }
@@ -107,7 +337,7 @@ pub fn check_offers(
             rejected.push(reject(format!("no active agent `{}`", p.agent_id)));
             continue;
         };
-        let resources = match Resources::from_wit(&p.resources).validate() {
+        let resources = match resources_from_wit(&p.resources).validate() {
             Ok(r) => r,
             Err(e) => {
                 rejected.push(reject(e.to_string()));

@@ -1,21 +1,15 @@
-//! Tasks and frameworks: the master's half of two-level scheduling.
+//! Tasks: what the master knows of each (launched, running, ended), the status updates agents
+//! send about them, and the commands it sends agents.
 //!
-//! - Every framework plugin (kind `framework`) with an active version is a framework. Each has a
-//!   **worker**: one async task that calls the plugin one call at a time (offers, status updates,
-//!   ticks, HTTP requests), so a framework's key-value state is never raced, and applies the
-//!   operations it answers. A call that traps or times out is an event
-//!   (`shoal.evt.framework.<name>.failed`) and its offers are declined; the master goes on.
-//! - **Launch**: the tasks must fit in the offer they quote (ports included), with fresh,
-//!   well-formed ids; then they are `staging`, journaled, and sent to the agent. An invalid launch
-//!   returns the offer to the pool and fails its tasks with the reason.
+//! - **Launch** and **kill** commands go to the task's agent as requests (`shoal_protocol::task`);
+//!   a launch the agent does not answer fails its tasks, which the framework then replaces.
 //! - **Status updates** from agents are acknowledged after they are applied. A duplicate, or a
 //!   move backwards or out of a terminal state, changes nothing. Each change reaches the
 //!   framework, the service registry (tasks with ports and a `shoal.service` label), and the bus
 //!   (`shoal.evt.task.<service>.<state>`).
-//! - **Journal**: every live task is kept in the master's key-value journal, so a restarted master
-//!   knows what ran where. Re-registering agents confirm their tasks (and the framework receives
-//!   their status again: reconciliation); tasks the cluster gave up are killed on their agent;
-//!   tasks whose agent does not come back within the recovery window are `lost`.
+//! - **Reconciliation**: re-registering agents confirm their tasks (and the framework receives
+//!   their status again); tasks the cluster gave up are killed on their agent; tasks whose agent
+//!   does not come back within the recovery window are `lost` (see [`crate::journal`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -23,27 +17,23 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
-use shoal_abi::{AnyPlugin, FrameworkInput, FrameworkOutput, PluginKind, scheduling};
 use shoal_bus::subject;
-use tokio::sync::{mpsc, oneshot};
-
-use crate::protocol::{
-    AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, StatusUpdate, TaskCommand, TaskInfo, TaskState,
-    validate_task_id,
+use shoal_protocol::{
+    AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, Resources, StatusUpdate, TaskInfo, TaskState, labels,
 };
-use crate::{AgentState, AllocationReport, FrameworkSpec, Master, OfferView, Resources, now_ms};
+
+use crate::allocation::ToWit;
+use crate::frameworks::{FwInput, Outgoing};
+use crate::{AgentState, Master, MasterError};
 
 /// Journal key prefix of tasks.
-const JOURNAL_TASKS: &str = "task/";
+pub(crate) const JOURNAL_TASKS: &str = "task/";
 /// How long finished tasks stay listed.
-const KEEP_TERMINAL: Duration = Duration::from_secs(300);
+pub(crate) const KEEP_TERMINAL: Duration = Duration::from_secs(300);
 /// Default refusal of offers a framework neither used nor declined, and of offers of a failed call.
-const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
 /// Inputs one worker call batch handles at most.
-const BATCH: usize = 256;
-/// Task labels the host reads itself and does not copy onto the service instance.
-const CONSUMED_LABELS: [&str; 5] =
-    ["shoal.service", "shoal.health", "shoal.framework", "shoal.version", "shoal.weight"];
+pub(crate) const BATCH: usize = 256;
 
 /// A task as the master knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -72,7 +62,7 @@ pub struct TaskEntry {
 impl TaskEntry {
     /// The service the task is an instance of (label `shoal.service`), if any.
     pub fn service(&self) -> Option<&str> {
-        self.info.labels.get("shoal.service").map(String::as_str)
+        self.info.labels.get(labels::SERVICE).map(String::as_str)
     }
 
     fn wit_status(&self) -> shoal_abi::TaskStatus {
@@ -87,81 +77,6 @@ impl TaskEntry {
     }
 }
 
-/// What a framework worker is asked to do.
-pub(crate) enum FwInput {
-    Offers(OfferBatch),
-    Status(shoal_abi::TaskStatus),
-    Tick(u64),
-    Request(shoal_abi::HttpRequest, oneshot::Sender<Result<shoal_abi::HttpResponse, String>>),
-}
-
-/// Offers of one cycle for one framework.
-pub(crate) struct OfferBatch {
-    pub offers: Vec<OfferView>,
-    /// The framework's revive count when the cycle took its snapshot.
-    pub revived: u64,
-    /// It includes offers held back once already (see [`Master::offers_to_use`]).
-    pub held_before: bool,
-}
-
-/// Per-framework scheduling state.
-#[derive(Default)]
-pub(crate) struct FwState {
-    /// Agent → declined until (ms since the epoch).
-    pub filters: BTreeMap<String, u64>,
-    pub suppressed: bool,
-    /// The worker of a framework plugin.
-    pub worker: Option<mpsc::UnboundedSender<FwInput>>,
-    /// A tick is queued (ticks do not pile up behind a slow framework).
-    pub tick_queued: Arc<std::sync::atomic::AtomicBool>,
-    /// Configuration handed to `init`.
-    pub config: String,
-    /// How many times the framework revived (asked for offers again, its filters cleared). A
-    /// cycle whose snapshot saw an older count computed its offers against filters that no
-    /// longer hold: they wait for the next cycle (see [`Master::offers_to_use`]).
-    pub revived: u64,
-    /// Offers of such a cycle, still outstanding, handed over with the next cycle's.
-    pub held: Vec<OfferView>,
-}
-
-impl FwState {
-    /// The framework wants offers again: its filters and suppression end.
-    fn revive(&mut self) {
-        self.filters.clear();
-        self.suppressed = false;
-        self.revived += 1;
-    }
-}
-
-/// Something to send once the master's locks are released.
-enum Outgoing {
-    Launch(String, Vec<TaskInfo>),
-    Kill(String, String),
-    /// A status the master made up itself (failed launch, unknown task): goes to the framework.
-    Status(String, shoal_abi::TaskStatus),
-    Event(String, &'static str, String, serde_json::Value),
-}
-
-/// A framework as `/v1/frameworks` lists it.
-#[derive(Clone, Debug, Serialize)]
-pub struct FrameworkView {
-    /// Name, role, weight, quota.
-    #[serde(flatten)]
-    pub spec: FrameworkSpec,
-    /// Backed by a framework plugin.
-    pub plugin: bool,
-    /// Asked for no offers.
-    pub suppressed: bool,
-    /// Agents it declined, with the time (ms since the epoch) the refusal ends.
-    pub filters: BTreeMap<String, u64>,
-    /// Live tasks.
-    pub tasks: usize,
-    /// Outstanding offers.
-    pub offers: usize,
-    /// Resources held by live tasks and offers.
-    pub allocated: Resources,
-}
-
 impl Master {
     // ---- queries -------------------------------------------------------------------------
 
@@ -173,40 +88,6 @@ impl Master {
     /// One task.
     pub fn task(&self, id: &str) -> Option<TaskEntry> {
         self.tasks.lock().get(id).cloned()
-    }
-
-    /// Frameworks with their state.
-    pub fn framework_views(&self) -> Vec<FrameworkView> {
-        let specs = self.frameworks.lock().clone();
-        let state = self.fw_state.lock();
-        let tasks = self.tasks.lock();
-        let offers = self.offers.lock();
-        specs
-            .into_values()
-            .map(|spec| {
-                let st = state.get(&spec.name);
-                let mut allocated = Resources::default();
-                let mut live = 0;
-                for t in tasks.values().filter(|t| t.info.framework == spec.name && !t.state.is_terminal()) {
-                    live += 1;
-                    allocated = allocated.plus(&t.info.resources);
-                }
-                let mut n_offers = 0;
-                for o in offers.by_id.values().filter(|o| o.framework == spec.name) {
-                    n_offers += 1;
-                    allocated = allocated.plus(&o.resources);
-                }
-                FrameworkView {
-                    plugin: st.is_some_and(|s| s.worker.is_some()),
-                    suppressed: st.is_some_and(|s| s.suppressed),
-                    filters: st.map(|s| s.filters.clone()).unwrap_or_default(),
-                    tasks: live,
-                    offers: n_offers,
-                    allocated,
-                    spec,
-                }
-            })
-            .collect()
     }
 
     /// Resources held per agent by live tasks.
@@ -224,438 +105,7 @@ impl Master {
 
     // ---- frameworks ----------------------------------------------------------------------
 
-    /// Make every framework plugin with an active version a framework with a worker.
-    pub fn sync_framework_plugins(self: &Arc<Self>) {
-        let Some(registry) = &self.registry else { return };
-        let Ok(plugins) = registry.list() else { return };
-        for p in plugins.into_iter().filter(|p| p.kind == PluginKind::Framework && p.active.is_some()) {
-            let mut state = self.fw_state.lock();
-            let st = state.entry(p.name.clone()).or_default();
-            if st.worker.is_some() {
-                continue;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            st.worker = Some(tx);
-            drop(state);
-            self.frameworks.lock().entry(p.name.clone()).or_insert_with(|| FrameworkSpec {
-                name: p.name.clone(),
-                role: p.name.clone(),
-                weight: 1.0,
-                quota: None,
-            });
-            tracing::info!(framework = %p.name, "framework plugin attached");
-            tokio::spawn(self.clone().framework_worker(p.name.clone(), rx));
-        }
-    }
-
-    /// Set a framework's configuration (handed to `init` of new instances).
-    pub fn set_framework_config(&self, name: &str, config: String) {
-        self.fw_state.lock().entry(name.to_owned()).or_default().config = config;
-    }
-
-    /// Route an HTTP request to a framework plugin.
-    pub async fn framework_request(
-        &self,
-        name: &str,
-        request: shoal_abi::HttpRequest,
-    ) -> Result<shoal_abi::HttpResponse, String> {
-        let worker = self.fw_state.lock().get(name).and_then(|s| s.worker.clone());
-        let Some(worker) = worker else { return Err(format!("no framework `{name}`")) };
-        let (tx, rx) = oneshot::channel();
-        worker.send(FwInput::Request(request, tx)).map_err(|_| format!("framework `{name}` stopped"))?;
-        rx.await.map_err(|_| format!("framework `{name}` dropped the request"))?
-    }
-
-    /// Queue a tick for every framework worker that has none queued.
-    pub(crate) fn tick_frameworks(&self) {
-        let now = now_ms();
-        for st in self.fw_state.lock().values() {
-            if let Some(worker) = &st.worker
-                && !st.tick_queued.swap(true, Ordering::Relaxed)
-            {
-                let _ = worker.send(FwInput::Tick(now));
-            }
-        }
-    }
-
-    /// Hand the offers a cycle made to their frameworks' workers, with the offers held back
-    /// since the last cycle (see [`Master::offers_to_use`]); offers of frameworks without a
-    /// plugin stay outstanding (simulations hold them).
-    pub fn dispatch_offers(&self, report: &AllocationReport) {
-        let mut per: BTreeMap<&str, Vec<OfferView>> = BTreeMap::new();
-        for o in &report.offers {
-            per.entry(o.framework.as_str()).or_default().push(o.clone());
-        }
-        let mut state = self.fw_state.lock();
-        for (fw, st) in state.iter_mut() {
-            if st.worker.is_none() {
-                continue;
-            }
-            let held_before = !st.held.is_empty();
-            let mut offers = self.take_held(st);
-            offers.extend(per.remove(fw.as_str()).unwrap_or_default());
-            if let (false, Some(worker)) = (offers.is_empty(), &st.worker) {
-                let revived = report.revived.get(fw).copied().unwrap_or(st.revived);
-                let _ = worker.send(FwInput::Offers(OfferBatch { offers, revived, held_before }));
-            }
-        }
-    }
-
-    /// The framework wants offers again (a `Revive` operation, or a request that may change what
-    /// it wants, once it has answered it): filters and suppression end, and offers computed
-    /// before are held back once (see [`Master::offers_to_use`]).
-    pub(crate) fn revive(&self, framework: &str) {
-        self.fw_state.lock().entry(framework.to_owned()).or_default().revive();
-        self.kick.notify_one();
-    }
-
-    /// What the worker of `framework` hands to the framework out of `batch`, as it is about to
-    /// call it: all of it, or nothing when the framework revived after the cycle took its
-    /// snapshot. That snapshot still had filters the revive cleared, so these offers alone are a
-    /// partial view of the cluster (a deploy would land on the agents whose filters happened to
-    /// have expired while the others were still declined). They stay outstanding, so nothing
-    /// else is offered their resources, and go out with the next cycle's; offers are held back
-    /// once, never twice.
-    pub(crate) fn offers_to_use(&self, framework: &str, batch: OfferBatch) -> Vec<OfferView> {
-        let mut state = self.fw_state.lock();
-        let st = state.entry(framework.to_owned()).or_default();
-        if !batch.held_before && batch.revived != st.revived {
-            st.held.extend(batch.offers);
-            drop(state);
-            self.kick.notify_one();
-            return Vec::new();
-        }
-        // Offers held back before this batch arrived go with it (a later cycle may have been
-        // dispatched before the worker got to the stale batch).
-        let mut offers = self.take_held(st);
-        offers.extend(batch.offers);
-        offers
-    }
-
-    /// The offers held back for a framework, minus those taken back meanwhile (their agent was
-    /// lost).
-    fn take_held(&self, st: &mut FwState) -> Vec<OfferView> {
-        let mut held = std::mem::take(&mut st.held);
-        if !held.is_empty() {
-            let outstanding = self.offers.lock();
-            held.retain(|o| outstanding.by_id.contains_key(&o.id));
-        }
-        held
-    }
-
-    /// Decline filters, suppression and revive count of `framework`, for the allocator's
-    /// snapshot.
-    pub(crate) fn filters_of(&self, framework: &str, now: u64) -> (Vec<shoal_abi::DeclineFilter>, bool, u64) {
-        let mut state = self.fw_state.lock();
-        let Some(st) = state.get_mut(framework) else { return (Vec::new(), false, 0) };
-        st.filters.retain(|_, until| *until > now);
-        let filters = st
-            .filters
-            .iter()
-            .map(|(agent, until)| shoal_abi::DeclineFilter { agent_id: agent.clone(), until_ms: *until })
-            .collect();
-        (filters, st.suppressed, st.revived)
-    }
-
-    async fn framework_worker(self: Arc<Self>, name: String, mut rx: mpsc::UnboundedReceiver<FwInput>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(input) => batch.push(input),
-                    Err(_) => break,
-                }
-            }
-            let me = self.clone();
-            let fw = name.clone();
-            let outgoing = match tokio::task::spawn_blocking(move || me.run_batch(&fw, batch)).await {
-                Ok(outgoing) => outgoing,
-                Err(e) => {
-                    tracing::error!(framework = %name, cause = %e, "framework batch panicked");
-                    continue;
-                }
-            };
-            self.send_outgoing(outgoing).await;
-        }
-    }
-
-    /// Run a batch of inputs through the framework, one call each, in order.
-    fn run_batch(self: &Arc<Self>, name: &str, batch: Vec<FwInput>) -> Vec<Outgoing> {
-        let Some(registry) = self.registry.clone() else { return Vec::new() };
-        let (config, tick_flag) = {
-            let state = self.fw_state.lock();
-            let st = state.get(name);
-            (st.map(|s| s.config.clone()).unwrap_or_default(), st.map(|s| s.tick_queued.clone()))
-        };
-        let mut out = Vec::new();
-        for input in batch {
-            let (wit_input_offers, offers, status, tick, request) = match input {
-                FwInput::Offers(batch) => {
-                    let offers = self.offers_to_use(name, batch);
-                    if offers.is_empty() {
-                        continue;
-                    }
-                    (Some(offer_infos(self, &offers)), offers, None, None, None)
-                }
-                FwInput::Status(s) => (None, Vec::new(), Some(s), None, None),
-                FwInput::Tick(now) => {
-                    if let Some(f) = &tick_flag {
-                        f.store(false, Ordering::Relaxed);
-                    }
-                    (None, Vec::new(), None, Some(now), None)
-                }
-                FwInput::Request(r, tx) => (None, Vec::new(), None, None, Some((r, tx))),
-            };
-            let input = match (&wit_input_offers, &status, tick, &request) {
-                (Some(o), _, _, _) => FrameworkInput::Offers(o),
-                (_, Some(s), _, _) => FrameworkInput::Status(s),
-                (_, _, Some(now), _) => FrameworkInput::Tick(now),
-                (_, _, _, Some((r, _))) => FrameworkInput::Request(r),
-                _ => continue,
-            };
-            let answer = registry.call(PluginKind::Framework, name, |p| match p {
-                AnyPlugin::Framework(f) => shoal_abi::framework_call(f, &config, input),
-                _ => unreachable!("the registry keys plugins by kind"),
-            });
-            let answer = match answer {
-                None => Err(format!("no active framework plugin `{name}`")),
-                Some(Err(e)) => Err(e.to_string()),
-                Some(Ok(a)) => Ok(a),
-            };
-            // A deploy or a scale wants offers now, not after its decline filters expire or at
-            // the next interval: a request that may change what the framework wants counts as
-            // `revive` (`handle-request` cannot answer operations itself), in the worker, so
-            // that offers queued behind the request and computed before it are held back.
-            if request.as_ref().is_some_and(|(r, _)| r.method != "GET" && r.method != "HEAD") {
-                self.revive(name);
-            }
-            match (answer, request) {
-                (Ok(FrameworkOutput::Response(r)), Some((_, tx))) => {
-                    let _ = tx.send(Ok(r));
-                }
-                (Err(e), Some((_, tx))) => {
-                    out.push(failed_event(name, "handle-request", &e));
-                    let _ = tx.send(Err(e));
-                }
-                (Ok(FrameworkOutput::Operations(ops)), _) => {
-                    let offered: HashSet<u64> = offers.iter().map(|o| o.id).collect();
-                    self.apply_operations(name, ops, &offered, &mut out);
-                    // Offers neither used nor declined: declined with the default refusal.
-                    self.decline_remaining(name, &offered, DEFAULT_REFUSE);
-                }
-                (Err(e), None) => {
-                    let call = if !offers.is_empty() {
-                        "resource-offers"
-                    } else if status.is_some() {
-                        "status-update"
-                    } else {
-                        "tick"
-                    };
-                    tracing::warn!(framework = %name, call, cause = %e, "framework call failed");
-                    out.push(failed_event(name, call, &e));
-                    let offered: HashSet<u64> = offers.iter().map(|o| o.id).collect();
-                    self.decline_remaining(name, &offered, DEFAULT_REFUSE);
-                }
-                (Ok(FrameworkOutput::Response(_)), None) => {}
-            }
-        }
-        out
-    }
-
-    fn decline_remaining(&self, framework: &str, offered: &HashSet<u64>, refuse: Duration) {
-        if offered.is_empty() {
-            return;
-        }
-        let until = now_ms() + refuse.as_millis() as u64;
-        let removed: Vec<OfferView> = {
-            let mut offers = self.offers.lock();
-            offered.iter().filter_map(|id| offers.by_id.remove(id)).collect()
-        };
-        if removed.is_empty() {
-            return;
-        }
-        let mut state = self.fw_state.lock();
-        let st = state.entry(framework.to_owned()).or_default();
-        for o in removed {
-            st.filters.insert(o.agent_id, until);
-        }
-    }
-
-    fn apply_operations(
-        self: &Arc<Self>,
-        framework: &str,
-        ops: Vec<scheduling::Operation>,
-        offered: &HashSet<u64>,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let mut launched = false;
-        for op in ops {
-            match op {
-                scheduling::Operation::Launch(l) => {
-                    launched = true;
-                    self.apply_launch(framework, l, out);
-                }
-                scheduling::Operation::Decline(d) => {
-                    let Some(id) = parse_offer_id(&d.offer_id) else { continue };
-                    if !offered.contains(&id) {
-                        continue;
-                    }
-                    let refuse = if d.refuse_seconds.is_finite() { d.refuse_seconds.clamp(0.0, 3600.0) } else { 5.0 };
-                    self.decline_remaining(
-                        framework,
-                        &HashSet::from([id]),
-                        Duration::from_millis((refuse * 1000.0) as u64),
-                    );
-                }
-                scheduling::Operation::Kill(task_id) => self.apply_kill(framework, &task_id, out),
-                scheduling::Operation::Suppress => {
-                    self.fw_state.lock().entry(framework.to_owned()).or_default().suppressed = true;
-                }
-                scheduling::Operation::Revive => self.revive(framework),
-            }
-        }
-        if launched {
-            self.kick.notify_one();
-        }
-    }
-
-    fn apply_launch(&self, framework: &str, launch: scheduling::Launch, out: &mut Vec<Outgoing>) {
-        let offer = parse_offer_id(&launch.offer_id).and_then(|id| {
-            let mut offers = self.offers.lock();
-            match offers.by_id.get(&id) {
-                Some(o) if o.framework == framework => offers.by_id.remove(&id),
-                _ => None,
-            }
-        });
-        let fail_all = |why: String, out: &mut Vec<Outgoing>| {
-            tracing::warn!(%framework, offer = %launch.offer_id, cause = %why, "launch refused");
-            out.push(Outgoing::Event(
-                subject::framework_event(framework, "invalid"),
-                "io.shoal.framework.invalid",
-                format!("frameworks/{framework}"),
-                serde_json::json!({ "operation": "launch", "offer": launch.offer_id, "reason": why }),
-            ));
-            for t in &launch.tasks {
-                out.push(Outgoing::Status(
-                    framework.to_owned(),
-                    shoal_abi::TaskStatus {
-                        task_id: t.task_id.clone(),
-                        agent_id: String::new(),
-                        state: shoal_abi::TaskState::Failed,
-                        healthy: None,
-                        message: format!("launch refused: {why}"),
-                        timestamp_ms: now_ms(),
-                    },
-                ));
-            }
-        };
-        let Some(offer) = offer else {
-            return fail_all(format!("offer `{}` is not an outstanding offer of this framework", launch.offer_id), out);
-        };
-        let hostname = self.agents.lock().get(&offer.agent_id).map(|a| a.reg.hostname.clone());
-        let Some(hostname) = hostname else {
-            return fail_all(format!("agent {} is gone", offer.agent_id), out);
-        };
-        let mut left = offer.resources.clone();
-        let mut infos = Vec::with_capacity(launch.tasks.len());
-        let mut ids = HashSet::new();
-        {
-            let tasks = self.tasks.lock();
-            for t in &launch.tasks {
-                if let Err(e) = validate_task_id(&t.task_id) {
-                    return fail_all(e, out);
-                }
-                if tasks.contains_key(&t.task_id) || !ids.insert(t.task_id.clone()) {
-                    return fail_all(format!("task id `{}` is already taken", t.task_id), out);
-                }
-                let command = match &t.command {
-                    scheduling::TaskCommand::Shell(c) if !c.trim().is_empty() && !c.contains('\0') => {
-                        TaskCommand::Shell(c.clone())
-                    }
-                    scheduling::TaskCommand::Shell(_) => {
-                        return fail_all(format!("task `{}`: empty or malformed command", t.task_id), out);
-                    }
-                    scheduling::TaskCommand::Wasm(d) if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                        TaskCommand::Wasm(d.to_ascii_lowercase())
-                    }
-                    scheduling::TaskCommand::Wasm(d) => {
-                        return fail_all(format!("task `{}`: `{d}` is not a sha256 digest", t.task_id), out);
-                    }
-                };
-                let resources = match Resources::from_wit(&t.resources).validate() {
-                    Ok(r) if r.cpus > 0.0 || r.mem_mb > 0.0 => r,
-                    Ok(_) => return fail_all(format!("task `{}` asks for no cpus and no memory", t.task_id), out),
-                    Err(e) => return fail_all(format!("task `{}`: {e}", t.task_id), out),
-                };
-                let Some(rest) = left.minus(&resources) else {
-                    return fail_all(
-                        format!("task `{}` needs {resources}, more than is left of the offer: {left}", t.task_id),
-                        out,
-                    );
-                };
-                left = rest;
-                if t.env.iter().any(|(k, _)| k.is_empty() || k.contains(['=', '\0'])) {
-                    return fail_all(format!("task `{}`: malformed environment variable name", t.task_id), out);
-                }
-                let mut labels: BTreeMap<String, String> =
-                    t.labels.iter().map(|a| (a.name.clone(), a.value.clone())).collect();
-                labels.insert("shoal.framework".into(), framework.to_owned());
-                infos.push(TaskInfo {
-                    id: t.task_id.clone(),
-                    framework: framework.to_owned(),
-                    agent_id: offer.agent_id.clone(),
-                    command,
-                    resources,
-                    env: t.env.iter().cloned().collect(),
-                    labels,
-                });
-            }
-        }
-        if infos.is_empty() {
-            return;
-        }
-        let now = now_ms();
-        let mut tasks = self.tasks.lock();
-        for info in &infos {
-            let entry = TaskEntry {
-                info: info.clone(),
-                hostname: hostname.clone(),
-                state: TaskState::Staging,
-                healthy: None,
-                message: "launched".into(),
-                created_ms: now,
-                updated_ms: now,
-                confirmed: true,
-            };
-            self.journal_put(&entry);
-            tasks.insert(info.id.clone(), entry);
-        }
-        drop(tasks);
-        out.push(Outgoing::Launch(offer.agent_id.clone(), infos));
-    }
-
-    fn apply_kill(&self, framework: &str, task_id: &str, out: &mut Vec<Outgoing>) {
-        let task = self.tasks.lock().get(task_id).cloned();
-        match task {
-            Some(t) if t.info.framework == framework && !t.state.is_terminal() => {
-                out.push(Outgoing::Kill(t.info.agent_id.clone(), task_id.to_owned()));
-            }
-            Some(t) if t.info.framework == framework => {} // already over
-            _ => out.push(Outgoing::Status(
-                framework.to_owned(),
-                shoal_abi::TaskStatus {
-                    task_id: task_id.to_owned(),
-                    agent_id: String::new(),
-                    state: shoal_abi::TaskState::Lost,
-                    healthy: None,
-                    message: "no such task in the cluster".into(),
-                    timestamp_ms: now_ms(),
-                },
-            )),
-        }
-    }
-
-    async fn send_outgoing(self: &Arc<Self>, outgoing: Vec<Outgoing>) {
+    pub(crate) async fn send_outgoing(self: &Arc<Self>, outgoing: Vec<Outgoing>) {
         for o in outgoing {
             match o {
                 Outgoing::Launch(agent, tasks) => {
@@ -678,7 +128,7 @@ impl Master {
         }
     }
 
-    async fn send_launch(self: Arc<Self>, agent: String, tasks: Vec<TaskInfo>) {
+    pub(crate) async fn send_launch(self: Arc<Self>, agent: String, tasks: Vec<TaskInfo>) {
         let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let body = serde_json::to_vec(&LaunchRequest { tasks }).expect("a launch serialises");
         let reply = self.bus.request(&subject::agent_launch(&agent), body.into(), Duration::from_secs(5)).await;
@@ -713,7 +163,7 @@ impl Master {
         }
     }
 
-    async fn send_kill(self: Arc<Self>, agent: String, task: String) {
+    pub(crate) async fn send_kill(self: Arc<Self>, agent: String, task: String) {
         let body = serde_json::to_vec(&KillRequest { task_id: task.clone(), grace_ms: None }).expect("serialises");
         match self.bus.request(&subject::agent_kill(&agent), body.into(), Duration::from_secs(5)).await {
             Ok(m) => {
@@ -736,7 +186,7 @@ impl Master {
             state,
             healthy: None,
             message,
-            timestamp_ms: now_ms(),
+            timestamp_ms: self.clock.now_ms(),
         };
         self.apply_status(&update, true).await;
     }
@@ -801,7 +251,7 @@ impl Master {
             .await;
     }
 
-    fn sync_discovery(&self, t: &TaskEntry) {
+    pub(crate) fn sync_discovery(&self, t: &TaskEntry) {
         let Some(discovery) = &self.discovery else { return };
         let Some(service) = t.service() else { return };
         let ports = t.info.ports();
@@ -819,7 +269,7 @@ impl Master {
             .get(&t.info.agent_id)
             .map(|a| a.reg.address.clone().unwrap_or_else(|| a.reg.hostname.clone()))
             .unwrap_or_else(|| t.hostname.clone());
-        let has_check = t.info.labels.contains_key("shoal.health");
+        let has_check = t.info.labels.contains_key(labels::HEALTH);
         let health = match t.healthy {
             Some(true) => shoal_discovery::Health::Passing,
             Some(false) => shoal_discovery::Health::Critical,
@@ -829,16 +279,16 @@ impl Master {
         let registration = shoal_discovery::Registration {
             address: format!("{address}:{first}"),
             ports: ports.iter().enumerate().map(|(i, p)| (format!("port{i}"), *p)).collect(),
-            weight: t.info.labels.get("shoal.weight").and_then(|w| w.parse().ok()).unwrap_or(1),
+            weight: t.info.labels.get(labels::WEIGHT).and_then(|w| w.parse().ok()).unwrap_or(1),
             // Labels the host consumed stay out; the rest (`shoal.route.*` included) describe the instance.
             labels: t
                 .info
                 .labels
                 .iter()
-                .filter(|(k, _)| !CONSUMED_LABELS.contains(&k.as_str()))
+                .filter(|(k, _)| !labels::is_consumed(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            version: t.info.labels.get("shoal.version").cloned().unwrap_or_default(),
+            version: t.info.labels.get(labels::VERSION).cloned().unwrap_or_default(),
             health: Some(health),
             ttl_seconds: None,
             check: None,
@@ -891,7 +341,7 @@ impl Master {
                 state,
                 healthy,
                 message,
-                timestamp_ms: now_ms(),
+                timestamp_ms: self.clock.now_ms(),
             };
             self.apply_status(&update, force).await;
         }
@@ -934,7 +384,7 @@ impl Master {
 
     pub(crate) async fn tasks_housekeeping(&self) {
         let recovery_over = self.started.elapsed() > self.config.agent_timeout * 2;
-        let cutoff = now_ms().saturating_sub(KEEP_TERMINAL.as_millis() as u64);
+        let cutoff = self.clock.now_ms().saturating_sub(KEEP_TERMINAL.as_millis() as u64);
         let mut orphans = Vec::new();
         {
             let mut tasks = self.tasks.lock();
@@ -958,97 +408,14 @@ impl Master {
             .await;
         }
     }
-
-    // ---- journal -------------------------------------------------------------------------
-
-    fn journal_put(&self, t: &TaskEntry) {
-        if let Some(j) = &self.journal
-            && let Err(e) = j.set(&format!("{JOURNAL_TASKS}{}", t.info.id), &serde_json::to_vec(t).expect("serialises"))
-        {
-            tracing::error!(task = %t.info.id, cause = %e, "could not journal a task");
-        }
-    }
-
-    fn journal_delete(&self, id: &str) {
-        if let Some(j) = &self.journal {
-            let _ = j.delete(&format!("{JOURNAL_TASKS}{id}"));
-        }
-    }
-
-    /// Load the journal of a previous run: its live tasks, unconfirmed until their agents register.
-    pub(crate) fn load_journal(&self) -> usize {
-        let Some(j) = &self.journal else { return 0 };
-        let mut after: Option<String> = None;
-        let mut loaded = 0;
-        loop {
-            let keys = match j.list(JOURNAL_TASKS, after.as_deref(), 1000) {
-                Ok(keys) => keys,
-                Err(e) => {
-                    tracing::error!(cause = %e, "could not read the task journal");
-                    return loaded;
-                }
-            };
-            let Some(last) = keys.last().cloned() else { return loaded };
-            let mut tasks = self.tasks.lock();
-            for key in keys {
-                let Ok(Some(bytes)) = j.get(&key) else { continue };
-                match serde_json::from_slice::<TaskEntry>(&bytes) {
-                    Ok(t) if !t.state.is_terminal() => {
-                        tasks.insert(t.info.id.clone(), TaskEntry { confirmed: false, ..t });
-                        loaded += 1;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(%key, cause = %e, "unreadable journal entry; skipped"),
-                }
-            }
-            after = Some(last);
-        }
-    }
-}
-
-fn parse_offer_id(id: &str) -> Option<u64> {
-    id.parse().ok()
-}
-
-fn failed_event(framework: &str, call: &str, error: &str) -> Outgoing {
-    Outgoing::Event(
-        subject::framework_event(framework, "failed"),
-        "io.shoal.framework.failed",
-        format!("frameworks/{framework}"),
-        serde_json::json!({ "framework": framework, "call": call, "error": error }),
-    )
-}
-
-fn offer_infos(master: &Master, offers: &[OfferView]) -> Vec<scheduling::OfferInfo> {
-    let agents = master.agents.lock();
-    offers
-        .iter()
-        .filter_map(|o| {
-            let a = agents.get(&o.agent_id)?;
-            let mut attributes: Vec<shoal_abi::Attribute> = a
-                .reg
-                .attributes
-                .iter()
-                .map(|(k, v)| shoal_abi::Attribute { name: k.clone(), value: v.clone() })
-                .collect();
-            attributes.sort_by(|x, y| x.name.cmp(&y.name));
-            Some(scheduling::OfferInfo {
-                id: o.id.to_string(),
-                agent_id: o.agent_id.clone(),
-                hostname: a.reg.hostname.clone(),
-                attributes,
-                resources: o.resources.to_wit(),
-            })
-        })
-        .collect()
 }
 
 impl Master {
     /// Ask the agent of a live task to kill it; the end arrives as a `killed` status update.
-    pub async fn kill_task(self: &Arc<Self>, id: &str) -> Result<(), String> {
-        let task = self.task(id).ok_or_else(|| format!("no task `{id}`"))?;
+    pub async fn kill_task(self: &Arc<Self>, id: &str) -> Result<(), MasterError> {
+        let task = self.task(id).ok_or_else(|| MasterError::NoTask(id.to_owned()))?;
         if task.state.is_terminal() {
-            return Err(format!("task `{id}` is already {}", task.state));
+            return Err(MasterError::TaskEnded { id: id.to_owned(), state: task.state });
         }
         self.clone().send_kill(task.info.agent_id.clone(), id.to_owned()).await;
         Ok(())
@@ -1060,16 +427,17 @@ impl Master {
         id: &str,
         stream: &str,
         tail: Option<usize>,
-    ) -> Result<crate::protocol::LogsReply, String> {
-        let task = self.task(id).ok_or_else(|| format!("no task `{id}`"))?;
-        let request = crate::protocol::LogsRequest { task_id: id.to_owned(), stream: stream.to_owned(), tail };
+    ) -> Result<shoal_protocol::LogsReply, MasterError> {
+        let task = self.task(id).ok_or_else(|| MasterError::NoTask(id.to_owned()))?;
+        let request = shoal_protocol::LogsRequest { task_id: id.to_owned(), stream: stream.to_owned(), tail };
         let body = serde_json::to_vec(&request).expect("serialises");
         let reply = self
             .bus
             .request(&subject::agent_logs(&task.info.agent_id), body.into(), Duration::from_secs(5))
             .await
-            .map_err(|e| format!("agent {} did not answer: {e}", task.info.agent_id))?;
-        serde_json::from_slice(&reply.payload).map_err(|e| format!("agent {} answered {e}", task.info.agent_id))
+            .map_err(|source| MasterError::AgentUnreachable { agent: task.info.agent_id.clone(), source })?;
+        serde_json::from_slice(&reply.payload)
+            .map_err(|source| MasterError::AgentMalformed { agent: task.info.agent_id.clone(), source })
     }
 
     /// Total resources and host name of every active agent.
@@ -1080,21 +448,5 @@ impl Master {
             .filter(|a| a.state == AgentState::Active)
             .map(|a| (a.reg.id.clone(), a.reg.resources.clone()))
             .collect()
-    }
-}
-
-impl Master {
-    /// For simulations and benchmarks: one allocation cycle, then `framework`'s answer to the
-    /// offers it got, applied — launches are checked and recorded (`staging`) but not sent to any
-    /// agent. Returns the number of tasks launched. Call from a blocking thread.
-    pub fn place_once(self: &Arc<Self>, framework: &str) -> Result<usize, String> {
-        let report = self.allocate_once()?;
-        let offers: Vec<OfferView> = report.offers.into_iter().filter(|o| o.framework == framework).collect();
-        if offers.is_empty() {
-            return Ok(0);
-        }
-        let revived = report.revived.get(framework).copied().unwrap_or_default();
-        let out = self.run_batch(framework, vec![FwInput::Offers(OfferBatch { offers, revived, held_before: false })]);
-        Ok(out.iter().map(|o| if let Outgoing::Launch(_, tasks) = o { tasks.len() } else { 0 }).sum())
     }
 }

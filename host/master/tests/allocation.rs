@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use shoal_abi::PluginKind;
 use shoal_bus::{LocalBus, SharedBus};
-use shoal_master::{AgentRegistration, FrameworkSpec, Master, MasterConfig, Resources};
+use shoal_master::{FrameworkSpec, Master, MasterConfig};
+use shoal_protocol::{AgentRegistration, Resources};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
@@ -49,7 +50,7 @@ async fn drf_offers_every_free_agent_once_and_never_twice() {
     }
     master.add_framework(framework("web", 1.0)).expect("framework");
     master.add_framework(framework("batch", 1.0)).expect("framework");
-    assert!(master.add_framework(framework("zero", 0.0)).unwrap_err().contains("weight"));
+    assert!(master.add_framework(framework("zero", 0.0)).unwrap_err().to_string().contains("weight"));
     assert!(master.add_framework(framework("Bad Name", 1.0)).is_err());
 
     let report = tokio::task::spawn_blocking({
@@ -88,8 +89,8 @@ async fn offers_of_a_lost_agent_are_rescinded() {
     let master = Master::new(bus.clone(), config, Some(registry));
     master.add_framework(framework("web", 1.0)).expect("framework");
     tokio::spawn(master.clone().run());
-    let a1 = tokio::spawn(shoal_master::run_agent(bus.clone(), agent("a1", "cpus:2;mem:1024")));
-    let _a2 = tokio::spawn(shoal_master::run_agent(bus.clone(), agent("a2", "cpus:2;mem:1024")));
+    let a1 = tokio::spawn(shoal_agent::run_agent(bus.clone(), agent("a1", "cpus:2;mem:1024")));
+    let _a2 = tokio::spawn(shoal_agent::run_agent(bus.clone(), agent("a2", "cpus:2;mem:1024")));
 
     // The allocation loop offers both agents to `web`.
     let mut made = 0;

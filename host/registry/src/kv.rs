@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rocksdb::{DB, Direction, IteratorMode};
 use shoal_abi::PluginKind;
-use shoal_runtime::KvBackend;
+use shoal_runtime::{KvBackend, KvError};
 
 use crate::store::CF_KV;
 
@@ -25,8 +25,8 @@ impl RocksKv {
         RocksKv { db, prefix: format!("{kind}/{name}/") }
     }
 
-    fn cf(&self) -> Result<&rocksdb::ColumnFamily, String> {
-        self.db.cf_handle(CF_KV).ok_or_else(|| "plugin store unavailable".to_owned())
+    fn cf(&self) -> Result<&rocksdb::ColumnFamily, KvError> {
+        self.db.cf_handle(CF_KV).ok_or(KvError::Unavailable("no plugin column family in the registry"))
     }
 
     fn key(&self, key: &str) -> String {
@@ -35,19 +35,19 @@ impl RocksKv {
 }
 
 impl KvBackend for RocksKv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.db.get_cf(self.cf()?, self.key(key)).map_err(|e| e.to_string())
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.db.get_cf(self.cf()?, self.key(key)).map_err(KvError::backend)
     }
 
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.db.put_cf(self.cf()?, self.key(key), value).map_err(|e| e.to_string())
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.db.put_cf(self.cf()?, self.key(key), value).map_err(KvError::backend)
     }
 
-    fn delete(&self, key: &str) -> Result<(), String> {
-        self.db.delete_cf(self.cf()?, self.key(key)).map_err(|e| e.to_string())
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.db.delete_cf(self.cf()?, self.key(key)).map_err(KvError::backend)
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError> {
         let full_prefix = self.key(prefix);
         // Seek to just after `start_after` (appending a 0 byte gives the next key in order).
         let start = match start_after {
@@ -60,7 +60,7 @@ impl KvBackend for RocksKv {
         };
         let mut keys = Vec::new();
         for item in self.db.iterator_cf(self.cf()?, IteratorMode::From(&start, Direction::Forward)) {
-            let (k, _) = item.map_err(|e| e.to_string())?;
+            let (k, _) = item.map_err(KvError::backend)?;
             if !k.starts_with(full_prefix.as_bytes()) || keys.len() >= limit {
                 break;
             }

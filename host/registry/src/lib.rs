@@ -25,7 +25,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use shoal_abi::{AnyPlugin, PluginKind};
-use shoal_runtime::{CallError, KvBackend, LoadError, PluginScope, Runtime};
+use shoal_runtime::{CallError, KvBackend, KvError, LoadError, PluginScope, Runtime};
 use tokio::sync::mpsc;
 
 pub use kv::RocksKv;
@@ -177,6 +177,16 @@ pub enum RegistryError {
     /// The store failed.
     #[error("plugin store: {0}")]
     Storage(String),
+    /// A plugin's key-value store failed.
+    #[error("{kind} plugin `{name}`'s key-value store: {source}")]
+    PluginKv {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+        /// What the store said.
+        source: KvError,
+    },
 }
 
 impl From<rocksdb::Error> for RegistryError {
@@ -262,7 +272,7 @@ fn now_rfc3339() -> String {
 }
 
 /// Delete every key of `kv`; returns how many.
-fn purge(kv: &dyn KvBackend) -> Result<usize, String> {
+fn purge(kv: &dyn KvBackend) -> Result<usize, KvError> {
     let mut n = 0;
     loop {
         let keys = kv.list("", None, 500)?;
@@ -356,11 +366,11 @@ impl Registry {
     /// key, then delete the local copies in one write. Idempotent: an interrupted run is finished
     /// by the next one. Returns the number of keys moved; 0 without a provider. Synchronous (the
     /// provider's stores may block): call it from a blocking thread, before plugins run.
-    pub fn migrate_local_kv(&self) -> Result<usize, String> {
+    pub fn migrate_local_kv(&self) -> Result<usize, RegistryError> {
         if self.kv.is_none() {
             return Ok(0);
         }
-        let entries = self.store.local_kv_entries().map_err(|e| e.to_string())?;
+        let entries = self.store.local_kv_entries()?;
         let mut moved = 0;
         let mut i = 0;
         while i < entries.len() {
@@ -371,11 +381,15 @@ impl Registry {
                 && *k == kind
                 && *nm == name
             {
-                target.set(key, value).map_err(|e| format!("{kind} `{name}`, key {key:?}: {e}"))?;
+                target.set(key, value).map_err(|source| RegistryError::PluginKv {
+                    kind,
+                    name: name.clone(),
+                    source,
+                })?;
                 i += 1;
                 n += 1;
             }
-            self.store.delete_local_kv(kind, &name).map_err(|e| e.to_string())?;
+            self.store.delete_local_kv(kind, &name)?;
             tracing::info!(%kind, %name, keys = n, "plugin data moved into the state store");
             moved += n;
         }

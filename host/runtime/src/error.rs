@@ -86,3 +86,25 @@ impl CallError {
         }
     }
 }
+
+/// Why a plugin's key-value store could not do what was asked. The plugin sees the message as a
+/// `keyvalue` error (a value it can handle, never a trap).
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The store did not answer in time.
+    #[error("the key-value store did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The store cannot be reached from where the plugin runs.
+    #[error("the key-value store is unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The store failed the operation (its own error, kept as the source).
+    #[error("{0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl KvError {
+    /// The store's own error (anything that converts into a boxed error, `String` included).
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> KvError {
+        KvError::Backend(e.into())
+    }
+}

@@ -32,10 +32,9 @@ use shoal::plugin::{clock, keyvalue, log, probe, route_request, types};
 /// Longest log line a plugin can write; longer lines are cut. A plugin must not be able to fill
 /// the host's logs (or memory) with one call.
 pub const MAX_LOG_LINE: usize = 4096;
-/// Longest key a plugin may use in its store.
-pub const MAX_KEY_BYTES: usize = 1024;
-/// Largest value a plugin may store.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Longest key a plugin may use in its store, and largest value: the limits of every key-value
+/// surface, owned by `shoal-keyspace`.
+pub use shoal_keyspace::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 /// Most keys a `list-keys` page returns.
 pub const LIST_PAGE: usize = 1000;
 /// How much of an HTTP probe's body is returned to the plugin.
@@ -153,8 +152,8 @@ impl clock::Host for HostState {
     }
 }
 
-fn kv_err(message: String) -> keyvalue::Error {
-    keyvalue::Error::Other(message)
+fn kv_err(error: crate::KvError) -> keyvalue::Error {
+    keyvalue::Error::Other(error.to_string())
 }
 
 impl keyvalue::Host for HostState {

@@ -25,7 +25,7 @@ mod state;
 pub mod wasi;
 
 pub use engine::{CallLimits, Runtime, RuntimeConfig, SetupError};
-pub use error::{CallError, LoadError};
+pub use error::{CallError, KvError, LoadError};
 pub use pool::{Instance, Plugin, PluginStats, World};
 pub use state::{HostState, KvBackend, MemoryKv, PluginScope, ProbeTarget, RouteRequest};
 

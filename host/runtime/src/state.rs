@@ -11,17 +11,19 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::KvError;
+
 /// The storage behind a plugin's `keyvalue` import. Keys arrive already scoped: the host hands
 /// each plugin a backend that sees only that plugin's keys.
 pub trait KvBackend: Send + Sync + 'static {
     /// Value of `key`.
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// Store `value` under `key`.
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError>;
     /// Remove `key`.
-    fn delete(&self, key: &str) -> Result<(), String>;
+    fn delete(&self, key: &str) -> Result<(), KvError>;
     /// Up to `limit` keys starting with `prefix` and greater than `start_after`, in byte order.
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String>;
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError>;
 }
 
 /// An in-memory [`KvBackend`], for `shoal plugin check` and for hosts without a data directory.
@@ -31,18 +33,18 @@ pub struct MemoryKv {
 }
 
 impl KvBackend for MemoryKv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         Ok(self.map.read().get(key).cloned())
     }
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.map.write().insert(key.to_owned(), value.to_vec());
         Ok(())
     }
-    fn delete(&self, key: &str) -> Result<(), String> {
+    fn delete(&self, key: &str) -> Result<(), KvError> {
         self.map.write().remove(key);
         Ok(())
     }
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError> {
         let map = self.map.read();
         Ok(map
             .range(prefix.to_owned()..)

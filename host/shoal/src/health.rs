@@ -1,7 +1,7 @@
 //! The node's health checks of registered instances: every instance registered with a `check`
 //! is checked by a [`HealthChecker`]; verdicts become the instance's health in the service
 //! registry (so the gateway routes only to passing instances) and `io.shoal.health.*` events on
-//! the bus. (Tasks' checks, run by their agent, come with task launch.)
+//! the bus. (Tasks' checks are run by their agent, next to the task.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use shoal_abi::{AnyPlugin, PluginKind, health};
 use shoal_bus::event::CloudEvent;
 use shoal_bus::{SharedBus, subject};
 use shoal_discovery::{Discovery, Health};
-use shoal_health::{CheckSpec, HealthChecker, HealthUpdate, Outcome, Status, Target, WasmCheck};
+use shoal_health::{CheckSpec, HealthChecker, HealthUpdate, Outcome, Status, Target, WasmCheck, WasmCheckError};
 use shoal_registry::Registry;
 use tokio::sync::mpsc;
 
@@ -26,7 +26,7 @@ impl WasmCheck for RegistryChecks {
         target: &Target,
         config: &str,
         _timeout: Duration,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, WasmCheckError> {
         let target = health::CheckTarget {
             task_id: task_id.to_owned(),
             address: target.address.clone(),
@@ -38,8 +38,8 @@ impl WasmCheck for RegistryChecks {
             _ => unreachable!("the registry keys plugins by kind"),
         });
         match answer {
-            None => Err(format!("no active health-check plugin `{plugin}`")),
-            Some(Err(e)) => Err(format!("health-check plugin `{plugin}` failed: {e}")),
+            None => Err(WasmCheckError::NoPlugin(plugin.to_owned())),
+            Some(Err(e)) => Err(WasmCheckError::Failed { plugin: plugin.to_owned(), cause: Box::new(e) }),
             Some(Ok(r)) => Ok(Outcome { passed: r.status == health::CheckStatus::Healthy, message: r.message }),
         }
     }

@@ -1,6 +1,7 @@
 //! A Shoal node in one process: the kernel (runtime, registry, bus, API), the state store, the
-//! service registry and the gateway wired together. This is what `shoal dev` runs; the distributed roles of later issues reuse the
-//! same pieces.
+//! service registry and the gateway wired together. This is what `shoal dev` runs, and what
+//! `shoal master` runs without the local agent and gateway; the other roles reuse the same
+//! pieces.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use shoal_bus::event::CloudEvent;
 use shoal_bus::{LocalBus, NatsBus, SharedBus, subject};
 use shoal_discovery::Discovery;
 use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Routes};
+use shoal_protocol::labels;
 use shoal_registry::{Registry, RegistryConfig, RegistryEvent};
 use shoal_runtime::{Runtime, RuntimeConfig};
 use shoal_store::StoreConfig;
@@ -43,7 +45,7 @@ pub struct NodeConfig {
     /// Time without a heartbeat after which the master declares an agent lost.
     pub agent_timeout: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
-    pub local_agent: Option<shoal_master::AgentRegistration>,
+    pub local_agent: Option<shoal_protocol::AgentRegistration>,
     /// Time between allocation cycles (changes also trigger one).
     pub allocation_interval: std::time::Duration,
 }
@@ -143,8 +145,7 @@ async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
             Err(_) => return,
         };
         let (instances, _) = discovery.instances(&service, false);
-        let Some(labels) = instances.iter().rev().map(|i| &i.labels).find(|l| l.contains_key("shoal.route.path"))
-        else {
+        let Some(found) = instances.iter().rev().map(|i| &i.labels).find(|l| l.contains_key(labels::ROUTE_PATH)) else {
             continue;
         };
         let name: String = service
@@ -154,11 +155,11 @@ async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
             .collect();
         let mut route = shoal_gateway::Route {
             name: name.clone(),
-            host: labels.get("shoal.route.host").map(|h| h.to_ascii_lowercase()),
-            path_prefix: labels["shoal.route.path"].clone(),
+            host: found.get(labels::ROUTE_HOST).map(|h| h.to_ascii_lowercase()),
+            path_prefix: found[labels::ROUTE_PATH].clone(),
             service: service.clone(),
-            router: labels.get("shoal.route.router").cloned().unwrap_or_else(|| shoal_gateway::DEFAULT_ROUTER.into()),
-            strip_prefix: labels.get("shoal.route.strip_prefix").is_some_and(|v| v == "true"),
+            router: found.get(labels::ROUTE_ROUTER).cloned().unwrap_or_else(|| shoal_gateway::DEFAULT_ROUTER.into()),
+            strip_prefix: found.get(labels::ROUTE_STRIP_PREFIX).is_some_and(|v| v == "true"),
             timeout_ms: shoal_gateway::DEFAULT_TIMEOUT_MS,
         };
         if let Some(existing) = routes.get(&name) {
@@ -209,28 +210,7 @@ pub async fn run(
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
-    // The store's shard map lives with the master; the node's shards (when it serves any) under
-    // `store/`, where a store made by an earlier version (every shard in one process) is found
-    // as it is.
-    let store = shoal_store::service::start(
-        bus.clone(),
-        shoal_store::service::ServiceOptions {
-            node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
-                id: id.clone(),
-                dir: config.data_dir.join("store"),
-                durability: config.store.durability,
-                sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
-            }),
-            coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
-                path: config.data_dir.join("store-map.json"),
-                initial_shards: config.store.shards,
-                auto_scale_out: true,
-                source: "/shoal/master/store".into(),
-            }),
-        },
-    )
-    .await
-    .context("starting the state store")?;
+    let store = start_store(&bus, &config).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
     let (registry, events) = Registry::open_with_kv(
@@ -261,53 +241,18 @@ pub async fn run(
     let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
     tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
-    let mut gateway_task = None;
-    let gateway_addr = match config.gateway {
+    let (gateway_addr, gateway_task) = match config.gateway {
         Some(addr) => {
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the gateway to {addr}"))?;
-            let local = listener.local_addr()?;
-            let (events_tx, events_rx) = mpsc::unbounded_channel();
-            tokio::spawn(forward_gateway_events(events_rx, bus.clone(), "/shoal/dev/gateway".to_owned()));
-            let gateway = Gateway::new(
-                routes.clone(),
-                discovery.clone(),
-                registry.clone(),
-                GatewayConfig { workers: config.gateway_workers, ..GatewayConfig::default() },
-                Some(events_tx),
-            );
-            let mut stop = shutdown_tx.subscribe();
-            gateway_task = Some(tokio::spawn(gateway.serve(listener, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })));
-            Some(local)
+            let (local, task) =
+                start_gateway(addr, &config, &bus, &routes, &discovery, &registry, shutdown_tx.subscribe()).await?;
+            (Some(local), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
 
-    let master = shoal_master::Master::with_parts(
-        bus.clone(),
-        shoal_master::MasterConfig {
-            agent_timeout: config.agent_timeout,
-            source: "/shoal/master".into(),
-            allocation_interval: Some(config.allocation_interval),
-            ..shoal_master::MasterConfig::default()
-        },
-        shoal_master::MasterParts {
-            registry: Some(registry.clone()),
-            journal: Some(registry.local_kv(PluginKind::Framework, "_master")),
-            discovery: Some(discovery.clone()),
-        },
-    );
-    tokio::spawn({
-        let master = master.clone();
-        async move {
-            if let Err(e) = master.run().await {
-                tracing::error!(cause = %e, "the master stopped serving the bus");
-            }
-        }
-    });
-    let artifacts = shoal_master::artifacts::ArtifactStore::open(&config.data_dir.join("artifacts"))
-        .context("opening the artifact store")?;
+    let master = start_master(&config, &bus, &registry, &discovery);
+    let artifacts =
+        shoal_task_io::ArtifactStore::open(&config.data_dir.join("artifacts")).context("opening the artifact store")?;
     tokio::spawn({
         let (artifacts, bus) = (artifacts.clone(), bus.clone());
         async move {
@@ -316,19 +261,10 @@ pub async fn run(
             }
         }
     });
-    let mut local_agent = None;
-    if let Some(registration) = config.local_agent.clone() {
-        let mut agent_config = shoal_agent::AgentConfig::new(registration, config.data_dir.join("agent"));
-        agent_config.wasm_checks = Some(Arc::new(crate::health::RegistryChecks(registry.clone())));
-        agent_config.grace = std::time::Duration::from_secs(2);
-        let agent = shoal_agent::Agent::new(bus.clone(), agent_config).context("starting the local agent")?;
-        local_agent = Some(agent.clone());
-        tokio::spawn(async move {
-            if let Err(e) = agent.run().await {
-                tracing::error!(cause = %e, "the local agent was refused");
-            }
-        });
-    }
+    let local_agent = match config.local_agent.clone() {
+        Some(registration) => Some(start_local_agent(registration, &config, &bus, &registry)?),
+        None => None,
+    };
 
     let (token, token_file) = admin_token(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -368,6 +304,111 @@ pub async fn run(
     Ok(())
 }
 
+/// The state store's parts this node runs: the coordinator (the shard map lives with the
+/// master), and a store node when the config names one. The node's shards live under `store/`,
+/// where a store made by an earlier version (every shard in one process) is found as it is.
+async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<shoal_store::service::StoreService> {
+    let options = shoal_store::service::ServiceOptions {
+        node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
+            id: id.clone(),
+            dir: config.data_dir.join("store"),
+            durability: config.store.durability,
+            sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
+        }),
+        coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
+            path: config.data_dir.join("store-map.json"),
+            initial_shards: config.store.shards,
+            auto_scale_out: true,
+            source: "/shoal/master/store".into(),
+        }),
+    };
+    shoal_store::service::start(bus.clone(), options).await.context("starting the state store")
+}
+
+/// Bind and start the gateway; it drains when `stop` turns true. Returns its address and the
+/// task to wait for.
+async fn start_gateway(
+    addr: SocketAddr,
+    config: &NodeConfig,
+    bus: &SharedBus,
+    routes: &Arc<Routes>,
+    discovery: &Arc<Discovery>,
+    registry: &Arc<Registry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the gateway to {addr}"))?;
+    let local = listener.local_addr()?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(forward_gateway_events(events_rx, bus.clone(), "/shoal/dev/gateway".to_owned()));
+    let gateway = Gateway::new(
+        routes.clone(),
+        discovery.clone(),
+        registry.clone(),
+        GatewayConfig { workers: config.gateway_workers, ..GatewayConfig::default() },
+        Some(events_tx),
+    );
+    let task = tokio::spawn(gateway.serve(listener, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    Ok((local, task))
+}
+
+/// The master, serving the bus in its own task: allocator and frameworks from the registry, its
+/// journal in the registry's local key-value store, running tasks joining discovery.
+fn start_master(
+    config: &NodeConfig,
+    bus: &SharedBus,
+    registry: &Arc<Registry>,
+    discovery: &Arc<Discovery>,
+) -> Arc<shoal_master::Master> {
+    let master = shoal_master::Master::with_parts(
+        bus.clone(),
+        shoal_master::MasterConfig {
+            agent_timeout: config.agent_timeout,
+            source: "/shoal/master".into(),
+            allocation_interval: Some(config.allocation_interval),
+            ..shoal_master::MasterConfig::default()
+        },
+        shoal_master::MasterParts {
+            registry: Some(registry.clone()),
+            journal: Some(registry.local_kv(PluginKind::Framework, "_master")),
+            discovery: Some(discovery.clone()),
+        },
+    );
+    tokio::spawn({
+        let master = master.clone();
+        async move {
+            if let Err(e) = master.run().await {
+                tracing::error!(cause = %e, "the master stopped serving the bus");
+            }
+        }
+    });
+    master
+}
+
+/// `shoal dev`'s own agent, running in its own task, with `wasm` health checks through the
+/// registry.
+fn start_local_agent(
+    registration: shoal_protocol::AgentRegistration,
+    config: &NodeConfig,
+    bus: &SharedBus,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<Arc<shoal_agent::Agent>> {
+    let mut agent_config = shoal_agent::AgentConfig::new(registration, config.data_dir.join("agent"));
+    agent_config.wasm_checks = Some(Arc::new(crate::health::RegistryChecks(registry.clone())));
+    agent_config.grace = std::time::Duration::from_secs(2);
+    let agent = shoal_agent::Agent::new(bus.clone(), agent_config).context("starting the local agent")?;
+    tokio::spawn({
+        let agent = agent.clone();
+        async move {
+            if let Err(e) = agent.run().await {
+                tracing::error!(cause = %e, "the local agent was refused");
+            }
+        }
+    });
+    Ok(agent)
+}
+
 /// Register each default plugin that is not there yet (an operator's own versions win).
 pub(crate) async fn register_defaults(registry: &Registry) -> anyhow::Result<()> {
     for &(kind, name, bytes) in shoal_artifacts::DEFAULT_PLUGINS {
@@ -392,10 +433,10 @@ pub fn local_agent(
     address: Option<String>,
     resources: Option<&str>,
     attributes: &[String],
-) -> anyhow::Result<shoal_master::AgentRegistration> {
+) -> anyhow::Result<shoal_protocol::AgentRegistration> {
     let hostname = hostname.filter(|h| !h.is_empty()).unwrap_or_else(host_name);
     let resources = match resources {
-        Some(text) => shoal_master::Resources::parse(text)?,
+        Some(text) => shoal_protocol::Resources::parse(text)?,
         None => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             let mem_mb = std::fs::read_to_string("/proc/meminfo")
@@ -407,7 +448,7 @@ pub fn local_agent(
                         .and_then(|kb| kb.parse::<f64>().ok())
                 })
                 .map_or(1024.0, |kb| (kb / 1024.0).floor());
-            shoal_master::Resources::parse(&format!("cpus:{cpus};mem:{mem_mb};disk:10240;ports:[31000-32000]"))?
+            shoal_protocol::Resources::parse(&format!("cpus:{cpus};mem:{mem_mb};disk:10240;ports:[31000-32000]"))?
         }
     };
     let mut attrs = std::collections::BTreeMap::new();
@@ -416,8 +457,8 @@ pub fn local_agent(
         attrs.insert(k.to_owned(), v.to_owned());
     }
     let id = id.unwrap_or_else(|| clean_id(&hostname));
-    shoal_master::validate_agent_id(&id).map_err(anyhow::Error::msg)?;
-    Ok(shoal_master::AgentRegistration { id, hostname, address, attributes: attrs, resources, tasks: Vec::new() })
+    shoal_protocol::validate_agent_id(&id)?;
+    Ok(shoal_protocol::AgentRegistration { id, hostname, address, attributes: attrs, resources, tasks: Vec::new() })
 }
 
 /// This machine's host name (`localhost` when the kernel does not say).

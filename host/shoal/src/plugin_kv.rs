@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use shoal_abi::PluginKind;
 use shoal_registry::{KvProvider, Registry};
-use shoal_runtime::KvBackend;
+use shoal_runtime::{KvBackend, KvError};
 use shoal_store::client::StoreClient;
 use shoal_store::{PutOptions, StoreError};
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -51,9 +51,11 @@ impl StoreKv {
         &self.namespace
     }
 
-    fn run<T: Send>(&self, call: impl Future<Output = Result<T, StoreError>> + Send) -> Result<T, String> {
+    fn run<T: Send>(&self, call: impl Future<Output = Result<T, StoreError>> + Send) -> Result<T, KvError> {
         if self.handle.runtime_flavor() != RuntimeFlavor::MultiThread {
-            return Err("the state store is reachable from plugins only on a multi-thread runtime".into());
+            return Err(KvError::Unavailable(
+                "the state store is reachable from plugins only on a multi-thread runtime",
+            ));
         }
         let bounded = async { tokio::time::timeout(CALL_TIMEOUT, call).await };
         let answer = match Handle::try_current().ok().map(|h| h.runtime_flavor()) {
@@ -63,31 +65,31 @@ impl StoreKv {
             // cannot leave its runtime, so the call waits on a helper thread of its own.
             Some(_) => match std::thread::scope(|scope| scope.spawn(|| self.handle.block_on(bounded)).join()) {
                 Ok(answer) => answer,
-                Err(_) => return Err("the thread waiting on the state store panicked".into()),
+                Err(_) => return Err(KvError::Unavailable("the thread waiting on the state store panicked")),
             },
             None => self.handle.block_on(bounded),
         };
         match answer {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("the state store did not answer within {} ms", CALL_TIMEOUT.as_millis())),
+            Ok(result) => result.map_err(KvError::backend),
+            Err(_) => Err(KvError::Timeout(CALL_TIMEOUT)),
         }
     }
 }
 
 impl KvBackend for StoreKv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.run(self.client.get(&self.namespace, key)).map(|e| e.map(|e| e.value))
     }
 
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.run(self.client.put(&self.namespace, key, value, PutOptions::default())).map(drop)
     }
 
-    fn delete(&self, key: &str) -> Result<(), String> {
+    fn delete(&self, key: &str) -> Result<(), KvError> {
         self.run(self.client.delete(&self.namespace, key, None)).map(drop)
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError> {
         let mut keys = Vec::new();
         let mut cursor = start_after.map(shoal_store::cursor_after);
         while keys.len() < limit {
@@ -265,9 +267,9 @@ mod tests {
         let store = rt.block_on(store(dir.path()));
         let kv = rt.block_on(async { StoreKv::new(store.client.clone(), PluginKind::Router, "r") });
         let err = rt.block_on(async { kv.get("k") }).expect_err("refused");
-        assert!(err.contains("multi-thread"), "{err}");
+        assert!(matches!(err, KvError::Unavailable(m) if m.contains("multi-thread")), "{err}");
         let err = kv.set("k", b"v").expect_err("refused outside the runtime too");
-        assert!(err.contains("multi-thread"), "{err}");
+        assert!(matches!(err, KvError::Unavailable(m) if m.contains("multi-thread")), "{err}");
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl Coordinator {
     }
 
     async fn register(self: &Arc<Self>, r: Registration) -> Result<ShardMap, String> {
-        validate_node_id(&r.node)?;
+        validate_node_id(&r.node).map_err(|e| e.to_string())?;
         let (map, created, grow) = {
             let mut state = self.state.lock();
             if let Some(known) = state.boots.get(&r.node)

@@ -1,7 +1,7 @@
 //! Shoal's sharded state store: the key-value store apps keep their state in.
 //!
 //! - **Routing.** A key lives in namespace `ns`; its shard is the jump consistent hash (Lamping &
-//!   Veach) of FNV-1a 64 of `ns/key` over the shard count ([`hash`]). A [`ShardMap`] (epoch +
+//!   Veach) of FNV-1a 64 of `ns/key` over the shard count ([`shoal_keyspace`]). A [`ShardMap`] (epoch +
 //!   shard → node), owned by the master ([`coordinator`]) and published on the bus, says which store
 //!   node serves each shard. Clients ([`client`]) route by the map they hold; a node that does not
 //!   serve the key under its own map answers [`StoreError::NotOwner`] with its epoch, and the client
@@ -31,14 +31,13 @@
 //!   write survives `kill -9` of the process (the log is in the kernel's page cache) but not
 //!   necessarily a power loss; [`Durability::Sync`] fsyncs the log on every write.
 //!
-//! What this crate must never do: hash with anything but [`hash::key_hash`] and
-//! [`hash::jump_hash`] (that would move keys between shards), or write anything on a refused
+//! What this crate must never do: hash with anything but [`shoal_keyspace::key_hash`] and
+//! [`shoal_keyspace::jump_hash`] (that would move keys between shards), or write anything on a refused
 //! operation.
 
 pub mod client;
 pub mod coordinator;
 pub mod engine;
-pub mod hash;
 pub mod node;
 pub mod service;
 pub mod wire;
@@ -57,12 +56,14 @@ pub const MAX_NAMESPACE_LEN: usize = 63;
 /// Longest system namespace: `_` and up to 127 of `[a-z0-9-]`, room for
 /// `_plugin-<kind>-<name>` with a 63-character plugin name.
 pub const MAX_SYSTEM_NAMESPACE_LEN: usize = 128;
-/// Longest key, in bytes of UTF-8. Keys are copied into every index and listing; 1 KiB keeps a
-/// page of 1,000 keys at most 1 MiB.
-pub const MAX_KEY_LEN: usize = 1024;
-/// Largest value, in bytes. The store is for state, not blobs: larger values would make one write
-/// stall its whole shard (writes of a shard are serialized) and bloat the write-ahead log.
-pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// Longest key, in bytes of UTF-8 (the one limit of every key-value surface, see
+/// [`shoal_keyspace::MAX_KEY_BYTES`]). Keys are copied into every index and listing; 1 KiB keeps
+/// a page of 1,000 keys at most 1 MiB.
+pub const MAX_KEY_LEN: usize = shoal_keyspace::MAX_KEY_BYTES;
+/// Largest value, in bytes ([`shoal_keyspace::MAX_VALUE_BYTES`]). The store is for state, not
+/// blobs: larger values would make one write stall its whole shard (writes of a shard are
+/// serialized) and bloat the write-ahead log.
+pub const MAX_VALUE_LEN: usize = shoal_keyspace::MAX_VALUE_BYTES;
 /// Most operations in one batch: bounds the time a batch holds its shards' locks.
 pub const MAX_BATCH_OPS: usize = 128;
 /// Longest time to live: ten years; longer is a mistake (or a unit error).
@@ -127,7 +128,7 @@ impl ShardMap {
 
     /// The shard of `namespace/key`.
     pub fn shard_of(&self, namespace: &str, key: &str) -> u32 {
-        hash::shard_of(namespace, key, self.shard_count())
+        shoal_keyspace::shard_of(namespace, key, self.shard_count())
     }
 
     /// The node serving `shard`.

@@ -43,12 +43,17 @@ const CATCH_UP_ENOUGH: usize = 64;
 /// How often a node re-registers (its heartbeat).
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(3);
 
+/// A store node id that cannot be used (it becomes a subject token and a file name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid store node id `{0}`: use 1 to 63 of a-z, 0-9 and -")]
+pub struct InvalidNodeId(pub String);
+
 /// Check a store node id: `[a-z0-9-]{1,63}`.
-pub fn validate_node_id(id: &str) -> Result<(), String> {
+pub fn validate_node_id(id: &str) -> Result<(), InvalidNodeId> {
     let ok = !id.is_empty()
         && id.len() <= 63
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok { Ok(()) } else { Err(format!("invalid store node id `{id}`: use 1 to 63 of a-z, 0-9 and -")) }
+    if ok { Ok(()) } else { Err(InvalidNodeId(id.to_owned())) }
 }
 
 /// A store node.

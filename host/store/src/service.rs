@@ -71,7 +71,7 @@ pub async fn start(bus: SharedBus, options: ServiceOptions) -> Result<StoreServi
     };
     let (node, sweeper) = match options.node {
         Some(n) => {
-            validate_node_id(&n.id).map_err(StoreError::Config)?;
+            validate_node_id(&n.id).map_err(|e| StoreError::Config(e.to_string()))?;
             let store = Store::open_node(&n.dir, &n.id, n.durability)?;
             let node = StoreNode::new(store.clone(), bus.clone());
             // Expired entries are invisible at once; the sweeper deletes them and says so.

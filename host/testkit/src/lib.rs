@@ -2,7 +2,9 @@
 //!
 //! - [`NatsServer`]: a real `nats-server` (JetStream on) on a free loopback port, killed on drop;
 //! - [`free_port`]: a loopback TCP port nobody is listening on right now;
-//! - [`eventually`]: poll a condition with bounded patience instead of sleeping;
+//! - [`eventually`] (async, on Tokio's clock, so it works under paused time) and
+//!   [`eventually_sync`] (for plain `#[test]`s and threads): poll a condition with bounded
+//!   patience instead of sleeping;
 //! - [`init_tracing`]: a test log subscriber honouring `RUST_LOG`, so a failing test can be re-run
 //!   loud.
 //!
@@ -52,6 +54,21 @@ where
     }
 }
 
+/// [`eventually`] for code that is not async: polls `f` every 20 ms on this thread until it
+/// returns `Some`, and returns that value; panics with `what` once `patience` has passed.
+pub fn eventually_sync<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("gave up after {patience:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// Installs a `tracing` subscriber that writes through the test harness (captured unless the test
 /// fails or `--nocapture` is given). Filter with `RUST_LOG` (default `warn`). Safe to call from
 /// every test: only the first call installs anything.
@@ -88,6 +105,20 @@ mod tests {
         })
         .await;
         assert_eq!(value, 30);
+    }
+
+    #[test]
+    fn eventually_sync_returns_the_first_success_and_gives_up_after_its_patience() {
+        let mut calls = 0;
+        let value = eventually_sync("the second call", Duration::from_secs(5), || {
+            calls += 1;
+            (calls >= 2).then_some(calls)
+        });
+        assert_eq!(value, 2);
+        let panic = std::panic::catch_unwind(|| eventually_sync("never", Duration::from_millis(50), || None::<()>))
+            .expect_err("eventually_sync should panic");
+        let message = panic.downcast_ref::<String>().expect("a formatted panic message");
+        assert!(message.contains("waiting for never"), "{message}");
     }
 
     #[tokio::test(start_paused = true)]

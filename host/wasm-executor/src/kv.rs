@@ -37,10 +37,9 @@ mod generated {
 
 use generated::wasi::keyvalue::{atomics, batch, store};
 
-/// Longest key a task may use, in bytes (the state store's limit too).
-pub const MAX_KEY_BYTES: usize = 1024;
-/// Largest value a task may store, in bytes (the state store's limit too).
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Longest key a task may use and largest value, in bytes: the limits of every key-value surface
+/// (the state store's too), owned by `shoal-keyspace`.
+pub use shoal_keyspace::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 /// Most keys in one `get-many`, `set-many` or `delete-many`.
 pub const MAX_BATCH_KEYS: usize = 1000;
 /// Most bytes of keys and values one `set-many` may write or one `get-many` may return.
@@ -64,31 +63,32 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[async_trait::async_trait]
 pub trait TaskKv: Send + Sync + 'static {
     /// The value under `key`.
-    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, TaskKvError>;
 
     /// Store `value` under `key`.
-    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), String>;
+    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), TaskKvError>;
 
     /// Remove `key` (absent is no error).
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), String>;
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), TaskKvError>;
 
     /// Whether `key` has a value. The default reads the value.
-    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, String> {
+    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, TaskKvError> {
         Ok(self.get(bucket, key).await?.is_some())
     }
 
     /// One page of keys after `cursor` (`None`: from the start), and the cursor of the next page
     /// (`None` on the last). The page size is the backend's choice.
-    async fn list_keys(&self, bucket: &str, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), String>;
+    async fn list_keys(&self, bucket: &str, cursor: Option<&str>)
+    -> Result<(Vec<String>, Option<String>), TaskKvError>;
 
     /// Atomically add `delta` to the counter under `key` and return the sum. Counters are stored
     /// as decimal text (what wasmtime's own `wasi:keyvalue` host does), so tasks and operators
     /// can read them; [`increment_value`] does the arithmetic. Atomic against every other writer
     /// of the key, e.g. a compare-and-set loop.
-    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, String>;
+    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, TaskKvError>;
 
     /// The values of `keys`, in order. The default reads them one by one.
-    async fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+    async fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, TaskKvError> {
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
             values.push(self.get(bucket, key).await?);
@@ -98,7 +98,7 @@ pub trait TaskKv: Send + Sync + 'static {
 
     /// Store every pair. Not atomic (`wasi:keyvalue/batch` promises no atomicity). The default
     /// writes them one by one.
-    async fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    async fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), TaskKvError> {
         for (key, value) in pairs {
             self.set(bucket, &key, value).await?;
         }
@@ -106,7 +106,7 @@ pub trait TaskKv: Send + Sync + 'static {
     }
 
     /// Remove every key. Not atomic. The default removes them one by one.
-    async fn delete_many(&self, bucket: &str, keys: &[String]) -> Result<(), String> {
+    async fn delete_many(&self, bucket: &str, keys: &[String]) -> Result<(), TaskKvError> {
         for key in keys {
             self.delete(bucket, key).await?;
         }
@@ -125,15 +125,14 @@ pub struct TaskKvAccess {
 
 /// `current + delta` for a counter stored as decimal text (`None`: no value yet, i.e. 0); the
 /// arithmetic of [`TaskKv::increment`], shared so every backend encodes counters alike.
-pub fn increment_value(current: Option<&[u8]>, delta: u64) -> Result<u64, String> {
+pub fn increment_value(current: Option<&[u8]>, delta: u64) -> Result<u64, TaskKvError> {
     let now = match current {
         None => 0,
-        Some(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| text.parse::<u64>().ok())
-            .ok_or_else(|| "the value is not a counter (a decimal number from 0 to 2^64-1)".to_owned())?,
+        Some(bytes) => {
+            std::str::from_utf8(bytes).ok().and_then(|text| text.parse::<u64>().ok()).ok_or(TaskKvError::NotACounter)?
+        }
     };
-    now.checked_add(delta).ok_or_else(|| format!("incrementing {now} by {delta} overflows the counter"))
+    now.checked_add(delta).ok_or(TaskKvError::Overflow { now, delta })
 }
 
 /// A [`TaskKv`] in memory: buckets are created on first write and live as long as the value.
@@ -162,23 +161,27 @@ impl MemoryTaskKv {
 
 #[async_trait::async_trait]
 impl TaskKv for MemoryTaskKv {
-    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, TaskKvError> {
         Ok(self.buckets.lock().get(bucket).and_then(|b| b.get(key)).cloned())
     }
 
-    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+    async fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), TaskKvError> {
         self.buckets.lock().entry(bucket.to_owned()).or_default().insert(key.to_owned(), value);
         Ok(())
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), String> {
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), TaskKvError> {
         if let Some(b) = self.buckets.lock().get_mut(bucket) {
             b.remove(key);
         }
         Ok(())
     }
 
-    async fn list_keys(&self, bucket: &str, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), String> {
+    async fn list_keys(
+        &self,
+        bucket: &str,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), TaskKvError> {
         use std::ops::Bound;
         let buckets = self.buckets.lock();
         let Some(b) = buckets.get(bucket) else { return Ok((Vec::new(), None)) };
@@ -196,13 +199,48 @@ impl TaskKv for MemoryTaskKv {
         Ok((keys, next))
     }
 
-    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, String> {
+    async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64, TaskKvError> {
         // Read and write under one lock: that is what makes it atomic.
         let mut buckets = self.buckets.lock();
         let b = buckets.entry(bucket.to_owned()).or_default();
         let sum = increment_value(b.get(key).map(Vec::as_slice), delta)?;
         b.insert(key.to_owned(), sum.to_string().into_bytes());
         Ok(sum)
+    }
+}
+
+/// Why a task's key-value call failed. It reaches the task as `error::other(message)`, a value
+/// the task can handle, never a trap.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskKvError {
+    /// The value under the key is not a counter (`increment`).
+    #[error("the value is not a counter (a decimal number from 0 to 2^64-1)")]
+    NotACounter,
+    /// The counter would pass 2^64-1.
+    #[error("incrementing {now} by {delta} overflows the counter")]
+    Overflow {
+        /// The counter now.
+        now: u64,
+        /// What was to be added.
+        delta: u64,
+    },
+    /// Other writers changed the key every time (`increment` by compare-and-set).
+    #[error("increment of `{key}` lost {attempts} races with other writers; try again")]
+    Contended {
+        /// The key.
+        key: String,
+        /// Rounds tried.
+        attempts: usize,
+    },
+    /// The store failed the operation (its own error, kept as the source).
+    #[error("{0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl TaskKvError {
+    /// The store's own error.
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> TaskKvError {
+        TaskKvError::Backend(e.into())
     }
 }
 
@@ -232,7 +270,7 @@ impl KvCtx {
     /// Run one backend call, bounded: `error::other` past [`CALL_TIMEOUT`]; a trap once the task
     /// is killed or its request's deadline passes, as if the guest had been running — the
     /// executor's epoch callback cannot stop a task that waits in a host call.
-    async fn call<T>(&self, call: impl Future<Output = Result<T, String>> + Send) -> KvResult<T> {
+    async fn call<T>(&self, call: impl Future<Output = Result<T, TaskKvError>> + Send) -> KvResult<T> {
         let killed = self.killed.clone();
         let deadline = self.deadline;
         let watch = async move {
@@ -249,7 +287,7 @@ impl KvCtx {
         tokio::select! {
             // The backend first: a call that is ready at once never arms the timers.
             biased;
-            result = call => Ok(result.map_err(store::Error::Other)),
+            result = call => Ok(result.map_err(|e| other(e.to_string()))),
             err = watch => Err(err),
             () = tokio::time::sleep(CALL_TIMEOUT) => {
                 Ok(Err(other(format!("the state store did not answer within {}s", CALL_TIMEOUT.as_secs()))))
@@ -490,10 +528,13 @@ mod tests {
 
     #[test]
     fn counters_are_decimal_text() {
-        assert_eq!(increment_value(None, 5), Ok(5));
-        assert_eq!(increment_value(Some(b"41"), 1), Ok(42));
-        assert!(increment_value(Some(b"forty"), 1).is_err());
-        assert!(increment_value(Some(u64::MAX.to_string().as_bytes()), 1).is_err());
+        assert_eq!(increment_value(None, 5).unwrap(), 5);
+        assert_eq!(increment_value(Some(b"41"), 1).unwrap(), 42);
+        assert!(matches!(increment_value(Some(b"forty"), 1), Err(TaskKvError::NotACounter)));
+        assert!(matches!(
+            increment_value(Some(u64::MAX.to_string().as_bytes()), 1),
+            Err(TaskKvError::Overflow { now: u64::MAX, delta: 1 })
+        ));
     }
 
     #[tokio::test]

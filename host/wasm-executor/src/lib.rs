@@ -37,7 +37,7 @@ pub mod kv;
 mod logs;
 
 pub use kv::{MemoryTaskKv, TaskKv, TaskKvAccess};
-pub use logs::{DEFAULT_LIMIT as DEFAULT_LOG_LIMIT, LogTail, TaskLogs};
+pub use shoal_task_io::{DEFAULT_LOG_LIMIT, LogTail, TaskLogs};
 
 /// How often the executor's epoch advances: the granularity of yielding, killing and deadlines.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -380,7 +380,7 @@ impl WasmExecutor {
         let mut args = vec![spec.task_id.clone()];
         args.extend(spec.args.iter().cloned());
         wasi.args(&args).envs(&spec.env).env("TASK_ID", &spec.task_id);
-        wasi.stdout(spec.logs.stdout_sink()).stderr(spec.logs.stderr_sink());
+        wasi.stdout(logs::stdout_sink(&spec.logs)).stderr(logs::stderr_sink(&spec.logs));
         if let Some(dir) = &spec.sandbox {
             wasi.preopened_dir(dir, "/", FsPerms::ReadWrite)
                 .map_err(|e| ExecError::Setup(format!("sandbox {}: {e:#}", dir.display())))?;

@@ -267,7 +267,7 @@ fn offers(store: &mut dyn Store, offers: Vec<OfferInfo>) -> Result<Vec<Operation
             env.push(("SHOAL_RUN".into(), run.run.to_string()));
             let mut labels: Vec<Attribute> =
                 job.template.labels.iter().map(|(k, v)| Attribute { name: k.clone(), value: v.clone() }).collect();
-            labels.push(Attribute { name: "shoal.job".into(), value: job.id.clone() });
+            labels.push(Attribute { name: shoal_sdk::labels::JOB.into(), value: job.id.clone() });
             slot.tasks.push(TaskSpec {
                 task_id: task_id.clone(),
                 command: job.template.command(),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use shoal_sdk::labels;
 use shoal_sdk::scheduling::TaskCommand;
 
 use crate::constraint::Constraint;
@@ -14,9 +15,6 @@ use crate::place::Demand;
 pub const MAX_CMD: usize = 64 * 1024;
 /// Most environment variables or labels.
 pub const MAX_ENTRIES: usize = 256;
-/// Labels the frameworks set themselves; an app may not set them.
-pub const RESERVED_LABELS: &[&str] =
-    &["shoal.service", "shoal.version", "shoal.health", "shoal.framework", "shoal.job"];
 
 /// Checks an app or job id: `[a-z0-9-]{1,63}`.
 pub fn check_id(id: &str) -> Result<(), String> {
@@ -107,10 +105,10 @@ impl TaskTemplate {
             if k.is_empty() || k.len() > 256 || v.len() > 4096 || k.contains('\0') || v.contains('\0') {
                 return Err(format!("labels: invalid label {k:?} (names 1..=256 bytes, values up to 4096, no NUL)"));
             }
-            if RESERVED_LABELS.contains(&k.as_str()) {
+            if labels::is_reserved(k) {
                 return Err(format!("labels: {k} is set by the framework, not by the definition"));
             }
-            if k == "shoal.weight" && v.parse::<u32>().is_err() {
+            if k == labels::WEIGHT && v.parse::<u32>().is_err() {
                 return Err(format!("labels: shoal.weight must be a non-negative integer, got {v:?}"));
             }
         }

@@ -7,6 +7,7 @@ use shoal_framework_common::constraint::ConstraintCounts;
 use shoal_framework_common::place::{self, Diagnosis, REFUSE_IDLE, REFUSE_WAITING, Slot};
 use shoal_framework_common::state::State as TaskState;
 use shoal_framework_common::time::iso8601;
+use shoal_sdk::labels as label;
 use shoal_sdk::scheduling::{OfferInfo, Operation, TaskSpec};
 use shoal_sdk::{Attribute, Resources, TaskStatus};
 
@@ -190,10 +191,10 @@ pub fn task_spec(app: &AppRecord, record: &TaskRecord, resources: Resources) -> 
     env.push(("SHOAL_TASK_ID".into(), record.id.clone()));
     let mut labels: Vec<Attribute> =
         def.task.labels.iter().map(|(k, v)| Attribute { name: k.clone(), value: v.clone() }).collect();
-    labels.push(Attribute { name: "shoal.service".into(), value: def.id.clone() });
-    labels.push(Attribute { name: "shoal.version".into(), value: record.version.clone() });
+    labels.push(Attribute { name: label::SERVICE.into(), value: def.id.clone() });
+    labels.push(Attribute { name: label::VERSION.into(), value: record.version.clone() });
     if let Some(hc) = def.health_checks.first() {
-        labels.push(Attribute { name: "shoal.health".into(), value: hc.spec_json(&record.ports) });
+        labels.push(Attribute { name: label::HEALTH.into(), value: hc.spec_json(&record.ports) });
     }
     TaskSpec { task_id: record.id.clone(), command: def.task.command(), resources, env, labels }
 }

@@ -7,18 +7,13 @@
 
 use std::cell::RefCell;
 
-use shoal_sdk::{Endpoint, Request, Router, jump_hash};
+use shoal_sdk::{Endpoint, Request, Router, fnv1a64, jump_hash};
 
 /// The request header whose value, when present, is the hash key instead of the client IP.
 pub const KEY_HEADER: &str = "x-hash-key";
 
 thread_local! {
     static HEALTHY: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
-}
-
-/// FNV-1a, 64 bit: stable across hosts and versions, unlike std's randomly seeded hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 struct SourceHash;
@@ -37,7 +32,7 @@ impl Router for SourceHash {
                 return None;
             }
             let key = request.header(KEY_HEADER).unwrap_or_else(|| request.client_ip());
-            let mut hash = fnv1a(key.as_bytes());
+            let mut hash = fnv1a64(key.as_bytes());
             for _ in 0..n.max(8) {
                 let pick = jump_hash(hash, n);
                 if healthy[pick as usize] {
@@ -46,7 +41,7 @@ impl Router for SourceHash {
                 hash = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
             }
             // Unlucky rehashes: take the first healthy endpoint after the key's own.
-            let start = jump_hash(fnv1a(key.as_bytes()), n);
+            let start = jump_hash(fnv1a64(key.as_bytes()), n);
             (0..n).map(|k| (start + k) % n).find(|&i| healthy[i as usize])
         })
     }

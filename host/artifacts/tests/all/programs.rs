@@ -108,17 +108,17 @@ fn hostile_router() {
 struct ThreadKv(std::sync::Mutex<Option<std::thread::ThreadId>>);
 
 impl KvBackend for ThreadKv {
-    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, shoal_runtime::KvError> {
         Ok(None)
     }
-    fn set(&self, _: &str, _: &[u8]) -> Result<(), String> {
+    fn set(&self, _: &str, _: &[u8]) -> Result<(), shoal_runtime::KvError> {
         *self.0.lock().expect("lock") = Some(std::thread::current().id());
         Ok(())
     }
-    fn delete(&self, _: &str) -> Result<(), String> {
+    fn delete(&self, _: &str) -> Result<(), shoal_runtime::KvError> {
         Ok(())
     }
-    fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<String>, String> {
+    fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<String>, shoal_runtime::KvError> {
         Ok(vec![])
     }
 }

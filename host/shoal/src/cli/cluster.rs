@@ -238,7 +238,7 @@ pub(super) async fn framework(cmd: FrameworkCommand) -> anyhow::Result<()> {
                 "NAME", "ROLE", "WEIGHT", "TASKS", "OFFERS", "STATE"
             );
             for f in v["frameworks"].as_array().into_iter().flatten() {
-                let allocated: shoal_master::Resources =
+                let allocated: shoal_protocol::Resources =
                     serde_json::from_value(f["allocated"].clone()).unwrap_or_default();
                 println!(
                     "{:<16} {:<12} {:>6} {:>6} {:>7} {:<10} {}",

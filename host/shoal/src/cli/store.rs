@@ -104,7 +104,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => crate::node::clean_id(&crate::node::host_name()),
     };
-    shoal_store::node::validate_node_id(&id).map_err(anyhow::Error::msg)?;
+    shoal_store::node::validate_node_id(&id)?;
     let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-store-{id}")));
     let bus: shoal_bus::SharedBus = std::sync::Arc::new(
         shoal_bus::NatsBus::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?,

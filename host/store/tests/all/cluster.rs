@@ -224,7 +224,7 @@ async fn scale_out_moves_only_the_keys_whose_hash_changed() {
     let started = cluster.coordinator.scale_out(Some("b".into())).expect("scale out");
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "finished", "{:?}", done.error);
-    let expected = before.keys().filter(|k| shoal_store::hash::shard_of("moves", k, 5) == 4).count();
+    let expected = before.keys().filter(|k| shoal_keyspace::shard_of("moves", k, 5) == 4).count();
     // Only the moving keys were copied (the catch-up finds no writes here).
     assert_eq!(done.keys_copied, expected as u64, "copied exactly the keys whose jump hash changed");
     let share = expected as f64 / n as f64;
@@ -234,7 +234,7 @@ async fn scale_out_moves_only_the_keys_whose_hash_changed() {
     for (key, version) in &before {
         assert_eq!(listed.get(key).map(|e| e.1), Some(*version), "{key} kept its version");
     }
-    let moved = before.keys().find(|k| shoal_store::hash::shard_of("moves", k, 5) == 4).expect("a moved key");
+    let moved = before.keys().find(|k| shoal_keyspace::shard_of("moves", k, 5) == 4).expect("a moved key");
     let v = client.put("moves", moved, b"y", PutOptions::default()).await.expect("put");
     assert!(v > before[moved]);
     // Compare-and-set against the version from before the move still works.
@@ -269,7 +269,7 @@ async fn a_node_that_is_down_fails_only_its_shards() {
     for k in &keys {
         match client.get("ns", k).await {
             Ok(Some(_)) => {
-                assert_ne!(shoal_store::hash::shard_of("ns", k, 3), 2);
+                assert_ne!(shoal_keyspace::shard_of("ns", k, 3), 2);
                 served += 1;
             }
             Err(StoreError::Unavailable { shard, node, .. }) => {
@@ -287,6 +287,6 @@ async fn a_node_that_is_down_fails_only_its_shards() {
     assert_eq!(done.phase, "failed", "a move whose source is down fails");
     assert_eq!(cluster.coordinator.map().shard_count(), 3, "the map did not change");
     // The shards on a keep serving.
-    let k = keys.iter().find(|k| shoal_store::hash::shard_of("ns", k, 3) != 2).expect("a key on a");
+    let k = keys.iter().find(|k| shoal_keyspace::shard_of("ns", k, 3) != 2).expect("a key on a");
     assert!(client.get("ns", k).await.expect("get").is_some());
 }

@@ -64,7 +64,7 @@ impl Framework for Keeper {
         let command = get("command").unwrap_or_default();
         let mut missing = count.saturating_sub(live().len());
         let mut next: u64 = get("next").and_then(|n| n.parse().ok()).unwrap_or(0);
-        let mut labels = vec![Attribute { name: "shoal.service".into(), value: "keep".into() }];
+        let mut labels = vec![Attribute { name: shoal_sdk::labels::SERVICE.into(), value: "keep".into() }];
         for line in get("labels").unwrap_or_default().lines() {
             if let Some((k, v)) = line.split_once('=') {
                 labels.push(Attribute { name: k.into(), value: v.into() });

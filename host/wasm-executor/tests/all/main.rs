@@ -200,8 +200,8 @@ async fn tasks_keep_their_state_in_the_backend_between_runs() {
     assert_eq!(run(&["set", "greeting", "ahoy"]).await, ok("ok\n"));
     // A second task, a fresh instance: what it reads comes from the backend.
     assert_eq!(run(&["get", "greeting"]).await, ok("ahoy\n"));
-    assert_eq!(kv.get("tasks", "greeting").await, Ok(Some(b"ahoy".to_vec())));
-    assert_eq!(kv.get("other", "greeting").await, Ok(None), "buckets are separate");
+    assert_eq!(kv.get("tasks", "greeting").await.expect("the memory store answers"), Some(b"ahoy".to_vec()));
+    assert_eq!(kv.get("other", "greeting").await.expect("the memory store answers"), None, "buckets are separate");
     assert_eq!(run(&["exists", "greeting"]).await, ok("true\n"));
     assert_eq!(run(&["delete", "greeting"]).await, ok("ok\n"));
     assert_eq!(run(&["exists", "greeting"]).await, ok("false\n"));
@@ -209,7 +209,7 @@ async fn tasks_keep_their_state_in_the_backend_between_runs() {
     // Counters: decimal text, absent counts as 0.
     assert_eq!(run(&["incr", "runs"]).await, ok("1\n"));
     assert_eq!(run(&["incr", "runs", "41"]).await, ok("42\n"));
-    assert_eq!(kv.get("tasks", "runs").await, Ok(Some(b"42".to_vec())));
+    assert_eq!(kv.get("tasks", "runs").await.expect("the memory store answers"), Some(b"42".to_vec()));
     assert_eq!(run(&["set", "word", "ahoy"]).await, ok("ok\n"));
     let (exit, out) = run(&["incr", "word"]).await;
     assert_eq!(exit, Exit::Code(1));
@@ -278,7 +278,7 @@ async fn oversized_keys_and_values_are_errors_not_traps() {
     let (exit, out) = at(args(&["set-big", "bigger", "1048577"])).await;
     assert_eq!(exit, Exit::Code(1));
     assert_eq!(out, "error: other: value of 1048577 bytes is over the limit of 1048576 bytes\n");
-    assert_eq!(kv.get("tasks", "bigger").await, Ok(None));
+    assert_eq!(kv.get("tasks", "bigger").await.expect("the memory store answers"), None);
 
     let long = "k".repeat(1025);
     let (exit, out) = at(vec!["set".into(), long.clone(), "v".into()]).await;
@@ -292,7 +292,7 @@ async fn oversized_keys_and_values_are_errors_not_traps() {
     // A batch is checked whole: one bad key and nothing is written.
     let (exit, out) = at(args(&["set-many", "fine=1", "=2"])).await;
     assert_eq!((exit, out.as_str()), (Exit::Code(1), "error: other: empty key\n"));
-    assert_eq!(kv.get("tasks", "fine").await, Ok(None));
+    assert_eq!(kv.get("tasks", "fine").await.expect("the memory store answers"), None);
 }
 
 /// A backend that never answers: the state store is unreachable.
@@ -300,19 +300,23 @@ struct Hanging;
 
 #[async_trait::async_trait]
 impl TaskKv for Hanging {
-    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, shoal_wasm_executor::kv::TaskKvError> {
         std::future::pending().await
     }
-    async fn set(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), String> {
+    async fn set(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), shoal_wasm_executor::kv::TaskKvError> {
         std::future::pending().await
     }
-    async fn delete(&self, _: &str, _: &str) -> Result<(), String> {
+    async fn delete(&self, _: &str, _: &str) -> Result<(), shoal_wasm_executor::kv::TaskKvError> {
         std::future::pending().await
     }
-    async fn list_keys(&self, _: &str, _: Option<&str>) -> Result<(Vec<String>, Option<String>), String> {
+    async fn list_keys(
+        &self,
+        _: &str,
+        _: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), shoal_wasm_executor::kv::TaskKvError> {
         std::future::pending().await
     }
-    async fn increment(&self, _: &str, _: &str, _: u64) -> Result<u64, String> {
+    async fn increment(&self, _: &str, _: &str, _: u64) -> Result<u64, shoal_wasm_executor::kv::TaskKvError> {
         std::future::pending().await
     }
 }

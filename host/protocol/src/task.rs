@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Resources;
+use crate::{InvalidId, Resources};
 
 /// Life cycle of a task (the WIT `task-state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -57,19 +57,6 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::Killed => "killed",
             TaskState::Lost => "lost",
-        }
-    }
-
-    /// The WIT value.
-    pub fn to_wit(self) -> shoal_abi::TaskState {
-        match self {
-            TaskState::Staging => shoal_abi::TaskState::Staging,
-            TaskState::Starting => shoal_abi::TaskState::Starting,
-            TaskState::Running => shoal_abi::TaskState::Running,
-            TaskState::Finished => shoal_abi::TaskState::Finished,
-            TaskState::Failed => shoal_abi::TaskState::Failed,
-            TaskState::Killed => shoal_abi::TaskState::Killed,
-            TaskState::Lost => shoal_abi::TaskState::Lost,
         }
     }
 
@@ -223,8 +210,9 @@ pub struct LogsReply {
     pub dropped: u64,
 }
 
-/// `[A-Za-z0-9._-]{1,128}`, not starting with `.` or `-`.
-pub fn validate_task_id(id: &str) -> Result<(), String> {
+/// `[A-Za-z0-9._-]{1,128}`, not starting with `.` or `-`: safe as a file name, a process
+/// argument and a bus subject token.
+pub fn validate_task_id(id: &str) -> Result<(), InvalidId> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -232,7 +220,11 @@ pub fn validate_task_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("task id `{id}` must be 1-128 of [A-Za-z0-9._-], not starting with `.` or `-`"))
+        Err(InvalidId {
+            what: "task id",
+            id: id.to_owned(),
+            rule: "1-128 of [A-Za-z0-9._-], not starting with `.` or `-`",
+        })
     }
 }
 

@@ -1,0 +1,317 @@
+//! The roles a `shoal` process runs: `dev` (everything in one process), `master`, `agent` and
+//! `gateway`, each a thin layer of flags over a library function.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::*;
+use crate::node::{NodeConfig, NodeInfo};
+
+#[derive(Args, Debug)]
+pub(super) struct DevArgs {
+    /// Where data lives.
+    #[arg(long, default_value = ".shoal")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Use this NATS server (e.g. nats://127.0.0.1:4222) instead of the in-process bus.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Shards of a new state store (under <data-dir>/store); later, `shoal store scale-out`
+    /// and `scale-in` change the count online.
+    #[arg(long, default_value_t = shoal_store::DEFAULT_SHARDS)]
+    shards: u32,
+    /// fsync the state store's write-ahead log on every write (survives power loss); without it
+    /// acknowledged writes survive a crash of the process (`kill -9`) but not of the machine.
+    #[arg(long)]
+    sync: bool,
+    /// Address of the gateway (the reverse proxy in front of services).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    gateway: SocketAddr,
+    /// Run no gateway.
+    #[arg(long)]
+    no_gateway: bool,
+    /// Worker threads of the gateway, each with its own event loop and upstream connections
+    /// (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    gateway_workers: usize,
+    /// Milliseconds without a heartbeat after which an agent is lost.
+    #[arg(long, default_value_t = 5000)]
+    agent_timeout_ms: u64,
+    /// Resources of the local agent (default: this machine's cores and memory, 10 GiB disk,
+    /// ports 31000-32000), e.g. `cpus:2;mem:2048;ports:[34000-34099]`.
+    #[arg(long)]
+    agent_resources: Option<String>,
+    /// Milliseconds between allocation cycles (launches, ended tasks, new agents and revives
+    /// also start one).
+    #[arg(long, default_value_t = 1000)]
+    allocation_interval_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct MasterArgs {
+    /// The NATS server agents and the master talk through.
+    #[arg(long)]
+    nats: String,
+    /// Where data lives.
+    #[arg(long, default_value = ".shoal-master")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Milliseconds without a heartbeat after which an agent is lost.
+    #[arg(long, default_value_t = 5000)]
+    agent_timeout_ms: u64,
+    /// Also serve a gateway at this address.
+    #[arg(long)]
+    gateway: Option<SocketAddr>,
+    /// Worker threads of the gateway, each with its own event loop and upstream connections
+    /// (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    gateway_workers: usize,
+    /// Milliseconds between allocation cycles (changes also start one).
+    #[arg(long, default_value_t = 1000)]
+    allocation_interval_ms: u64,
+    /// Shards of a new state store (the master owns the shard map; nodes serve the shards).
+    #[arg(long, default_value_t = shoal_store::DEFAULT_SHARDS)]
+    shards: u32,
+    /// Serve no shards in the master's process: only `shoal store` nodes do.
+    #[arg(long)]
+    no_store: bool,
+    /// Id of the master's own store node.
+    #[arg(long, default_value = "master")]
+    store_id: String,
+    /// fsync the master's store node's write-ahead log on every write.
+    #[arg(long)]
+    sync: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(super) struct AgentCli {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: AgentRunArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AgentRunArgs {
+    /// The NATS server the master listens on.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Agent id (default: the host name, cleaned).
+    #[arg(long)]
+    id: Option<String>,
+    /// Resources to offer, e.g. `cpus:4;mem:8192;disk:20000;ports:[31000-32000];gpus:1`
+    /// (default: this machine's cores and memory, 10 GiB disk, ports 31000-32000).
+    #[arg(long)]
+    resources: Option<String>,
+    /// Attributes, `name=value`, repeatable (e.g. `rack=r1`).
+    #[arg(long = "attribute")]
+    attributes: Vec<String>,
+    /// Host name to register (the `@hostname` of constraints; default this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Address tasks on this agent are reachable at (default the host name).
+    #[arg(long)]
+    address: Option<String>,
+    /// Where task sandboxes live (default `.shoal-agent-<id>`).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Milliseconds between SIGTERM and SIGKILL when a task is killed.
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum AgentCommand {
+    /// Every agent the master knows.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One agent, as JSON.
+    Show {
+        /// Agent id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(super) struct GatewayArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Where the mirrored table and plugins live.
+    #[arg(long, default_value = ".shoal-gateway")]
+    data_dir: PathBuf,
+    /// Worker threads, each with its own event loop and upstream connections (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let durability = if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal };
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        nats: args.nats,
+        default_plugins: true,
+        store: shoal_store::StoreConfig { shards: args.shards, durability },
+        store_node: Some("local".into()),
+        gateway: (!args.no_gateway).then_some(args.gateway),
+        gateway_workers: args.gateway_workers,
+        agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
+        local_agent: Some(crate::node::local_agent(
+            None,
+            None,
+            Some("127.0.0.1".into()),
+            args.agent_resources.as_deref(),
+            &[],
+        )?),
+        allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    let data_dir = config.data_dir.clone();
+    crate::node::run(config, shutdown, |info: &NodeInfo| {
+        println!("Shoal dev is running (bus: {}, data: {})", info.bus, data_dir.display());
+        println!("  API:      http://{}/v1", info.api);
+        println!("  OpenAPI:  http://{}/v1/openapi.json", info.api);
+        println!("  metrics:  http://{}/metrics", info.api);
+        if let Some(gateway) = info.gateway {
+            println!("  gateway:  http://{gateway}/  (routes: shoal route put …)");
+        }
+        println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
+        println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
+    })
+    .await
+}
+
+pub(super) async fn master(args: MasterArgs) -> anyhow::Result<()> {
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        nats: Some(args.nats),
+        default_plugins: true,
+        store: shoal_store::StoreConfig {
+            shards: args.shards,
+            durability: if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal },
+        },
+        store_node: (!args.no_store).then_some(args.store_id),
+        gateway: args.gateway,
+        gateway_workers: args.gateway_workers,
+        agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
+        local_agent: None,
+        allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    crate::node::run(config, shutdown, |info: &NodeInfo| {
+        println!("Shoal master is running (bus: {})", info.bus);
+        println!("  API:      http://{}/v1", info.api);
+        if let Some(gateway) = info.gateway {
+            println!("  gateway:  http://{gateway}/");
+        }
+        println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
+    })
+    .await
+}
+
+pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(AgentCommand::List { remote }) => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url("/v1/agents"))).await?;
+            println!("{:<20} {:<20} {:<7} {:>5} {:<44} ATTRIBUTES", "ID", "HOSTNAME", "STATE", "TASKS", "RESOURCES");
+            for a in v["agents"].as_array().into_iter().flatten() {
+                let total: shoal_protocol::Resources = serde_json::from_value(a["total"].clone()).unwrap_or_default();
+                println!(
+                    "{:<20} {:<20} {:<7} {:>5} {:<44} {}",
+                    a["id"].as_str().unwrap_or(""),
+                    a["hostname"].as_str().unwrap_or(""),
+                    a["state"].as_str().unwrap_or(""),
+                    a["tasks"].as_array().map_or(0, Vec::len),
+                    total.to_string(),
+                    name_values(&a["attributes"])
+                );
+            }
+            Ok(())
+        }
+        Some(AgentCommand::Show { id, remote }) => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url(&format!("/v1/agents/{id}")))).await?;
+            print(&v);
+            Ok(())
+        }
+        None => {
+            let args = cli.run;
+            let nats =
+                args.nats.context("an agent needs --nats URL (the master's bus), or a command: shoal agent list")?;
+            let registration = crate::node::local_agent(
+                args.id,
+                args.hostname,
+                args.address,
+                args.resources.as_deref(),
+                &args.attributes,
+            )?;
+            let bus: shoal_bus::SharedBus = std::sync::Arc::new(
+                shoal_bus::NatsBus::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?,
+            );
+            let work_dir = args.work_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-agent-{}", registration.id)));
+            println!(
+                "Shoal agent {} is running (host {}, resources {}, bus {nats}, work dir {})",
+                registration.id,
+                registration.hostname,
+                registration.resources,
+                work_dir.display()
+            );
+            let mut config = shoal_agent::AgentConfig::new(registration, work_dir);
+            config.grace = std::time::Duration::from_millis(args.grace_ms);
+            let agent = shoal_agent::Agent::new(bus, config).context("preparing the agent's work dir")?;
+            tokio::select! {
+                result = agent.run() => {
+                    result.map_err(|e| anyhow::anyhow!("the master refused this agent: {e}"))
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("shutting down");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let client = Client::new(args.remote.clone())?;
+    let config = crate::edge::EdgeConfig {
+        api: client.api.clone(),
+        token: client.token.clone(),
+        listen: args.listen,
+        data_dir: args.data_dir,
+        workers: args.workers,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    };
+    crate::edge::run(config, shutdown, |info| {
+        println!("Shoal gateway is running (control plane: {})", client.api);
+        println!("  gateway:  http://{}/", info.listen);
+        println!("  last table: {} routes, {} instances", info.routes, info.instances);
+    })
+    .await
+}

@@ -1,0 +1,309 @@
+//! The cluster of the multi-process tests: `shoal master`, `shoal agent`s and `shoal store` nodes
+//! as separate processes over a real `nats-server`, in one temporary directory. A test says what
+//! to start with [`Cluster::builder`], kills and restarts the master, agents and store nodes as
+//! its scenario needs, and dropping the [`Cluster`] tears it all down (the tasks agents left
+//! running too).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use shoal_testkit::eventually_sync;
+
+use super::{shoal, showing_last, tail_events};
+
+/// A child process, killed with SIGKILL and reaped when dropped.
+struct Process(Child);
+
+impl Process {
+    /// SIGKILL: no chance to flush or close anything.
+    fn kill_9(mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().expect("wait");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `shoal master`: its API (`http://host:port`) and admin token.
+struct Master {
+    process: Process,
+    api: String,
+    token: String,
+}
+
+impl Master {
+    /// `shoal master` on `data` (agents time out after 1.5 s, allocation every 300 ms) with extra
+    /// flags; returns once it has printed its API address and admin token.
+    fn start(nats: &str, data: &Path, extra: &[String]) -> Master {
+        let mut child = Command::new(shoal())
+            .args(["master", "--nats", nats, "--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
+            .args(["--allocation-interval-ms", "300", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal master");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let process = Process(child);
+        let (mut api, mut token) = (None, None);
+        while api.is_none() || token.is_none() {
+            let line = lines.next().expect("shoal master printed its API and token").expect("read");
+            if let Some(rest) = line.trim().strip_prefix("API:") {
+                api = Some(rest.trim().trim_end_matches("/v1").to_owned());
+            }
+            if let Some(rest) = line.trim().strip_prefix("admin token:") {
+                token = rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Master { process, api: api.expect("api"), token: token.expect("token") }
+    }
+}
+
+/// `shoal agent` with id `id` on host `host-<id>` (reachable at 127.0.0.1) with the attribute
+/// `rack=<rack>`, 2 cpus, 2 GiB, and ports 31000-31099 shifted by 100 per agent number (agents
+/// share this machine), working in `<dir>/agent-<id>`.
+fn spawn_agent(nats: &str, dir: &Path, id: &str, rack: &str) -> Process {
+    let n: u16 = id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+    let ports = format!("ports:[{}-{}]", 31000 + n * 100, 31099 + n * 100);
+    let child = Command::new(shoal())
+        .args(["agent", "--nats", nats, "--id", id, "--resources", &format!("cpus:2;mem:2048;disk:4096;{ports}")])
+        .args(["--attribute", &format!("rack={rack}"), "--hostname", &format!("host-{id}"), "--address", "127.0.0.1"])
+        .args(["--grace-ms", "1000", "--work-dir"])
+        .arg(dir.join(format!("agent-{id}")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn shoal agent");
+    Process(child)
+}
+
+/// `shoal store` node `id` with its data in `data`.
+fn spawn_store_node(nats: &str, id: &str, data: &Path) -> Process {
+    let child = Command::new(shoal())
+        .args(["store", "--nats", nats, "--id", id, "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn shoal store");
+    Process(child)
+}
+
+/// Kill what agents left running under `dir` (a SIGKILLed agent's tasks outlive it, as on a real
+/// machine): the process groups recorded in `<dir>/*/run/*`.
+fn reap(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let run = entry.path().join("run");
+        for pid_file in std::fs::read_dir(run).into_iter().flatten().flatten() {
+            if let Some(pgid) = std::fs::read_to_string(pid_file.path()).ok().and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
+            }
+        }
+    }
+}
+
+/// Kills the tasks `shoal dev`'s agent left under its data directory, whatever the test's outcome.
+pub(crate) struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        reap(&self.0);
+    }
+}
+
+/// What a [`Cluster`] starts with: see [`Cluster::builder`].
+pub(crate) struct ClusterBuilder {
+    nats: String,
+    master_flags: Vec<String>,
+    agents: Vec<(String, String)>,
+}
+
+impl ClusterBuilder {
+    /// Extra flags for `shoal master`.
+    pub fn master_flags(mut self, flags: &[&str]) -> Self {
+        self.master_flags.extend(flags.iter().map(|f| (*f).to_owned()));
+        self
+    }
+
+    /// Agents to start with the master, as (id, rack) pairs (see [`Cluster::start_agent`]).
+    pub fn agents(mut self, agents: &[(&str, &str)]) -> Self {
+        self.agents.extend(agents.iter().map(|(id, rack)| ((*id).to_owned(), (*rack).to_owned())));
+        self
+    }
+
+    /// Starts the master (returning once it serves its API), then the agents, without waiting
+    /// for them to register: tests wait for that with [`Cluster::wait_for_agents`].
+    pub fn start(self) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Master::start(&self.nats, &dir.path().join("master"), &self.master_flags);
+        let mut cluster = Cluster {
+            nats: self.nats,
+            master_flags: self.master_flags,
+            master: Some(master),
+            agents: Vec::new(),
+            store_nodes: Vec::new(),
+            dir,
+        };
+        for (id, rack) in &self.agents {
+            cluster.start_agent(id, rack);
+        }
+        cluster
+    }
+}
+
+/// A master, agents and store nodes over one `nats-server`, all in one temporary directory: the
+/// master in `master/`, agent `a1` in `agent-a1/`, store node `s1` in `s1/`. Each keeps its
+/// directory across kills and restarts; dropping the cluster kills every process.
+pub(crate) struct Cluster {
+    nats: String,
+    master_flags: Vec<String>,
+    /// `None` between [`Cluster::kill_master`] and [`Cluster::start_master`].
+    master: Option<Master>,
+    agents: Vec<(String, Process)>,
+    store_nodes: Vec<(String, Process)>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A cluster on the `nats-server` at `nats`: a `shoal master`, and what the builder adds.
+    pub fn builder(nats: &str) -> ClusterBuilder {
+        ClusterBuilder { nats: nats.to_owned(), master_flags: Vec::new(), agents: Vec::new() }
+    }
+
+    /// The directory the cluster runs in; tests may keep their own files there too.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn master(&self) -> &Master {
+        self.master.as_ref().expect("the master is running (it was killed and not started again)")
+    }
+
+    /// The master's API, `http://host:port`.
+    pub fn api(&self) -> &str {
+        &self.master().api
+    }
+
+    /// The master's admin token.
+    pub fn token(&self) -> &str {
+        &self.master().token
+    }
+
+    /// `shoal <args>` against the master's API, whatever its outcome.
+    pub fn run_cli(&self, args: &[&str]) -> Output {
+        Command::new(shoal())
+            .args(args)
+            .env("SHOAL_API", self.api())
+            .env("SHOAL_TOKEN", self.token())
+            .output()
+            .expect("run the cli")
+    }
+
+    /// `shoal <args>` against the master's API, which must succeed: its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.run_cli(args);
+        assert!(out.status.success(), "shoal {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `shoal events tail subject` against the master (see [`tail_events`]).
+    pub fn tail(&self, subject: &str) -> (Child, mpsc::Receiver<String>) {
+        tail_events(self.api(), self.token(), subject)
+    }
+
+    /// `shoal agent list` as (id, state) pairs.
+    pub fn agents(&self) -> Vec<(String, String)> {
+        self.cli(&["agent", "list"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_owned(), f.nth(1)?.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Waits (15 s at most) until `shoal agent list` says exactly `want`; `what` names the moment.
+    pub fn wait_for_agents(&self, what: &str, want: &[(&str, &str)]) {
+        eventually_sync(
+            &format!("{what}: agents {want:?}"),
+            Duration::from_secs(15),
+            showing_last(|| {
+                let agents = self.agents();
+                let got: Vec<(&str, &str)> = agents.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                if got == want { Ok(()) } else { Err(format!("{what}: agents are {got:?}, expected {want:?}")) }
+            }),
+        );
+    }
+
+    /// Starts agent `id` in rack `rack` (see [`spawn_agent`]), on its directory of any previous
+    /// run; a process of the same agent still running is killed first.
+    pub fn start_agent(&mut self, id: &str, rack: &str) {
+        self.agents.retain(|(running, _)| running != id);
+        let process = spawn_agent(&self.nats, self.dir.path(), id, rack);
+        self.agents.push((id.to_owned(), process));
+    }
+
+    /// SIGKILLs agent `id`; its tasks live on, as on a real machine.
+    pub fn kill_agent(&mut self, id: &str) {
+        let index = self.agents.iter().position(|(running, _)| running == id).expect("a running agent of this cluster");
+        self.agents.remove(index).1.kill_9();
+    }
+
+    /// Starts store node `id` on `<dir>/<id>`: the data of a previous run, if any.
+    pub fn start_store_node(&mut self, id: &str) {
+        self.store_nodes.retain(|(running, _)| running != id);
+        let process = spawn_store_node(&self.nats, id, &self.dir.path().join(id));
+        self.store_nodes.push((id.to_owned(), process));
+    }
+
+    /// SIGKILLs store node `id`.
+    pub fn kill_store_node(&mut self, id: &str) {
+        let index = self
+            .store_nodes
+            .iter()
+            .position(|(running, _)| running == id)
+            .expect("a running store node of this cluster");
+        self.store_nodes.remove(index).1.kill_9();
+    }
+
+    /// SIGKILLs the master.
+    pub fn kill_master(&mut self) {
+        self.master.take().expect("the master is running").process.kill_9();
+    }
+
+    /// Starts the master again after [`Cluster::kill_master`]: same data, flags and bus (its API
+    /// may listen on another port: read [`Cluster::api`] again).
+    pub fn start_master(&mut self) {
+        assert!(self.master.is_none(), "the master is already running");
+        self.master = Some(Master::start(&self.nats, &self.dir.path().join("master"), &self.master_flags));
+    }
+
+    /// SIGKILLs the master and starts it again (see [`Cluster::start_master`]).
+    pub fn restart_master(&mut self) {
+        self.kill_master();
+        self.start_master();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The agents first, then the tasks they leave behind, the store nodes and the master; the
+        // directory goes last, with the fields.
+        self.agents.clear();
+        reap(self.dir.path());
+        self.store_nodes.clear();
+        self.master = None;
+    }
+}
