@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_bus::{NatsBus, SharedBus, subject};
-use shoal_master::{AgentRegistration, HeartbeatReply, RegisterReply, Resources};
+use shoal_protocol::{AgentRegistration, HeartbeatReply, RegisterReply, Resources};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

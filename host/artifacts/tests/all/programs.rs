@@ -21,13 +21,11 @@ macro_rules! assert_test_exists {
 shoal_artifacts::foreach_test_program!(assert_test_exists);
 
 fn hostile(scope: PluginScope) -> Arc<Plugin<RouterWorld>> {
-    match AnyPlugin::load(
-        runtime(),
-        PluginKind::Router,
-        shoal_artifacts::HOSTILE_ROUTER,
-        scope,
-        PluginKind::Router.default_limits(),
-    ) {
+    hostile_with(scope, PluginKind::Router.default_limits())
+}
+
+fn hostile_with(scope: PluginScope, limits: shoal_runtime::CallLimits) -> Arc<Plugin<RouterWorld>> {
+    match AnyPlugin::load(runtime(), PluginKind::Router, shoal_artifacts::HOSTILE_ROUTER, scope, limits) {
         Ok(AnyPlugin::Router(p)) => p,
         _ => panic!("hostile router did not load"),
     }
@@ -65,7 +63,13 @@ fn hostile_router() {
     assert!(matches!(err, CallError::Timeout(d) if d == Duration::from_millis(50)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "interrupted only after {:?}", started.elapsed());
 
-    let err = call(&p, "/oom").expect_err("a memory bomb must be stopped");
+    // The memory bomb runs with a deadline it cannot reach first, even on a loaded machine (CI
+    // saw it pass the router's 50 ms before it had grown to the cap): what stops it is the cap.
+    let roomy = hostile_with(
+        PluginScope::detached("router", "hostile", "1"),
+        shoal_runtime::CallLimits { deadline: Duration::from_secs(10), ..PluginKind::Router.default_limits() },
+    );
+    let err = call(&roomy, "/oom").expect_err("a memory bomb must be stopped");
     assert!(matches!(err, CallError::OutOfMemory { limit } if limit == 32 << 20), "{err:?}");
 
     let err = call(&p, "/trap").expect_err("a panic is a trap");
