@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use shoal_agent::{ProcessExit, ProcessSpec, StartError, start};
+use shoal_testkit::eventually;
 
 fn spec(dir: &std::path::Path, command: &str) -> ProcessSpec {
     ProcessSpec {
@@ -52,27 +53,48 @@ async fn kill_sends_term_then_kill_to_the_whole_group() {
     let dir = tempfile::tempdir().unwrap();
     // Handles SIGTERM: exits cleanly within the grace period.
     let mut polite = start(&spec(dir.path(), "trap 'echo bye; exit 0' TERM; while true; do sleep 0.05; done")).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait for the shell to have installed its trap (SIGTERM shows up in its caught-signal mask).
+    let polite_pid = polite.pid();
+    eventually("the polite task to trap SIGTERM", Duration::from_secs(10), || {
+        std::future::ready(catches_sigterm(polite_pid).then_some(()))
+    })
+    .await;
     assert_eq!(polite.kill(Duration::from_secs(5)).await, ProcessExit::Code(0));
     assert_eq!(polite.logs().stdout().bytes, b"bye\n");
 
     // Ignores SIGTERM and leaves a child in its group: both are gone after the grace period.
     let mut stubborn = start(&spec(dir.path(), "trap '' TERM; sleep 1000 & echo $!; wait")).unwrap();
-    let child_pid = loop {
+    let child_pid = eventually("the stubborn task to print its child's pid", Duration::from_secs(10), || {
         let out = String::from_utf8(stubborn.logs().stdout().bytes).unwrap();
-        if let Ok(pid) = out.trim().parse::<i32>() {
-            break pid;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        std::future::ready(out.trim().parse::<i32>().ok())
+    })
+    .await;
     let t0 = Instant::now();
     let exit = stubborn.kill(Duration::from_millis(300)).await;
     assert_eq!(exit, ProcessExit::Signal(libc_sigkill()), "{exit:?}");
     assert!(t0.elapsed() >= Duration::from_millis(300));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let alive = std::path::Path::new(&format!("/proc/{child_pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{child_pid}/stat")).unwrap_or_default().contains(") Z");
-    assert!(!alive, "the group's background child survived");
+    // The SIGKILL has been sent; wait for it to take effect (gone, or a zombie awaiting its reaper).
+    eventually(
+        &format!("the group's background child (pid {child_pid}) to die; it survived"),
+        Duration::from_secs(5),
+        || {
+            let alive = std::path::Path::new(&format!("/proc/{child_pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{child_pid}/stat")).unwrap_or_default().contains(") Z");
+            std::future::ready((!alive).then_some(()))
+        },
+    )
+    .await;
+}
+
+/// Whether process `pid` has a handler installed for SIGTERM (signal 15, bit 14 of the `SigCgt`
+/// mask in its status).
+fn catches_sigterm(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }
 
 fn libc_sigkill() -> i32 {

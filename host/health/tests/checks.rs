@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shoal_health::{CheckKind, CheckSpec, HealthChecker, HealthUpdate, Status, Target};
+use shoal_testkit::eventually;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -76,7 +77,10 @@ async fn http_check_follows_the_status_and_gives_up_on_a_dead_server() {
 
     // 3xx passes, 5xx fails.
     status.store(302, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    eventually("a check to see the HTTP 302", Duration::from_secs(10), || {
+        std::future::ready((checker.state("web-1").unwrap().message == "HTTP 302").then_some(()))
+    })
+    .await;
     assert_eq!(checker.state("web-1").unwrap().status, Status::Healthy);
     status.store(503, Ordering::Relaxed);
     let u = next(&mut rx).await;
@@ -109,8 +113,11 @@ async fn tcp_check_and_grace_period() {
     let spec = CheckSpec { grace_ms: 600, ..fast(CheckKind::Tcp { port: None }) };
     checker.start("db-1", target, spec).unwrap();
     // During the grace period failures do not count: no update, state unknown.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let s = checker.state("db-1").unwrap();
+    let s = eventually("two checks within the grace period", Duration::from_secs(10), || {
+        let s = checker.state("db-1").unwrap();
+        std::future::ready((s.runs >= 2).then_some(s))
+    })
+    .await;
     assert_eq!((s.status, s.consecutive_failures), (Status::Unknown, 0), "{s:?}");
     assert!(s.runs >= 2, "{s:?}");
     assert!(rx.try_recv().is_err());
@@ -180,6 +187,7 @@ async fn many_checks_keep_their_schedule() {
             CheckSpec { interval_ms: 200, timeout_ms: 200, ..fast(CheckKind::Http { port: None, path: "/".into() }) };
         checker.start(format!("t{i}"), target, spec).unwrap();
     }
+    // Time passing is the point here: the checks run on their schedule for 2 seconds.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = checker.stats();
     checker.stop_all();

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is the failure report
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,19 @@ use shoal_master::{FrameworkSpec, Master, MasterConfig};
 use shoal_protocol::{AgentRegistration, Resources};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
+use shoal_testkit::eventually;
+
+/// Runs its closure if the test panics while the guard lives: a wait that gives up can then say
+/// what it saw last (`eventually` only knows what it was waiting for).
+struct OnPanic<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnPanic<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
+}
 
 async fn registry(dir: &std::path::Path) -> Arc<Registry> {
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
@@ -142,11 +156,15 @@ async fn a_deploy_placed_during_a_cycle_sees_every_agent() {
     let first = cycle().await;
     assert_eq!(first.offers.len(), 1);
     master.dispatch_offers(&first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !view(&master).filters.contains_key("a6") {
-        assert!(std::time::Instant::now() < deadline, "a6 was not declined: {:?}", view(&master).filters);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let filters = RefCell::new(String::new());
+    let report = OnPanic(|| eprintln!("a6 was not declined: {}", filters.borrow()));
+    eventually("the service framework to decline a6", Duration::from_secs(20), || {
+        let seen = view(&master).filters;
+        *filters.borrow_mut() = format!("{seen:?}");
+        std::future::ready(seen.contains_key("a6").then_some(()))
+    })
+    .await;
+    drop(report);
 
     // A cycle offers a4 and a5 only; before its offers arrive, an app of 5 is deployed.
     for id in ["a4", "a5"] {
@@ -176,15 +194,18 @@ async fn a_deploy_placed_during_a_cycle_sees_every_agent() {
     let after = cycle().await;
     assert_eq!(after.offers.iter().map(|o| o.agent_id.as_str()).collect::<Vec<_>>(), ["a6"]);
     master.dispatch_offers(&after);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let tasks = loop {
+    let placed = RefCell::new(String::new());
+    let report = OnPanic(|| eprintln!("placed only {}", placed.borrow()));
+    let tasks = eventually("the 5 tasks of the app to be placed", Duration::from_secs(20), || {
         let tasks = master.tasks();
         if tasks.len() >= 5 {
-            break tasks;
+            return std::future::ready(Some(tasks));
         }
-        assert!(std::time::Instant::now() < deadline, "placed only {tasks:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        *placed.borrow_mut() = format!("{tasks:?}");
+        std::future::ready(None)
+    })
+    .await;
+    drop(report);
     let mut per_agent: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &tasks {
         *per_agent.entry(t.info.agent_id.as_str()).or_default() += 1;

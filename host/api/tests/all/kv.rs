@@ -1,12 +1,14 @@
 //! `/v1/kv` over real HTTP with a real 4-shard store: versions, compare-and-set, TTL, listings,
 //! batches, namespace isolation by token, and refusals that write nothing.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shoal_testkit::eventually;
 
-use super::{ADMIN, Server, assert_error};
+use super::{ADMIN, OnPanic, Server, assert_error};
 
 /// A request with a raw body; returns status, the `X-Shoal-Version` header and the body.
 async fn raw(s: &Server, method: Method, path: &str, token: &str, body: &[u8]) -> (StatusCode, Option<u64>, Vec<u8>) {
@@ -90,7 +92,7 @@ async fn kv_ttl_expires_entries() {
     assert_eq!(raw(&s, Method::PUT, "/v1/kv/shop/keep?ttl=3600", ADMIN, b"k").await.0, StatusCode::OK);
     let (_, list) = s.get("/v1/kv/shop").await;
     assert!(list["entries"][0]["expires_at_ms"].as_u64().is_some(), "{list}");
-    shoal_testkit::eventually("the entry to expire", Duration::from_secs(10), || async {
+    eventually("the entry to expire", Duration::from_secs(10), || async {
         (raw(&s, Method::GET, "/v1/kv/shop/session", ADMIN, b"").await.0 == StatusCode::NOT_FOUND).then_some(())
     })
     .await;
@@ -339,6 +341,8 @@ async fn kv_blocking_queries_answer_on_the_next_write() {
         let index: u64 = response.headers()["x-shoal-index"].to_str().expect("ascii").parse().expect("u64");
         (response.status(), index, response.bytes().await.expect("body"), started.elapsed())
     });
+    // Time passing is the point here: the blocking query must still be waiting after a while
+    // without a change.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "the blocking query waits while nothing changes");
     let (_, v1, _) = raw(&s, Method::PUT, "/v1/kv/shop/counter", ADMIN, b"1").await;
@@ -369,6 +373,8 @@ async fn kv_blocking_queries_answer_on_the_next_write() {
         let index: u64 = response.headers()["x-shoal-index"].to_str().expect("ascii").parse().expect("u64");
         (index, response.json::<Value>().await.expect("json"))
     });
+    // Time passing is the point here: the listing's wait must be parked before the unrelated write
+    // (the API shows nothing to wait for), and must still be unanswered a while after it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     raw(&s, Method::PUT, "/v1/kv/shop/other", ADMIN, b"x").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -471,15 +477,18 @@ async fn store_status_and_an_online_scale_out_through_the_api() {
     let (status, started) = s.req(Method::POST, "/v1/store/scale-out", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{started}");
     let id = started["id"].as_u64().expect("id");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let last = loop {
+    let seen = RefCell::new(Value::Null);
+    let report = OnPanic(|| eprintln!("the move did not end: {}", seen.borrow()));
+    let last = eventually("the move to end", Duration::from_secs(30), || async {
         let (_, v) = s.get("/v1/store").await;
         if v["last_move"]["id"].as_u64() == Some(id) {
-            break v;
+            return Some(v);
         }
-        assert!(tokio::time::Instant::now() < deadline, "the move did not end: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        *seen.borrow_mut() = v;
+        None
+    })
+    .await;
+    drop(report);
     assert_eq!(last["last_move"]["phase"], "finished", "{last}");
     assert_eq!(last["map"]["shards"].as_array().expect("shards").len(), 5);
     for i in 0..200 {

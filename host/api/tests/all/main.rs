@@ -16,6 +16,18 @@ mod kv;
 
 const ADMIN: &str = "admin-token-for-tests";
 
+/// Runs its closure if the test panics while the guard lives: a wait that gives up can then say
+/// what it saw last (`eventually` only knows what it was waiting for).
+struct OnPanic<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnPanic<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
+}
+
 struct Server {
     url: String,
     http: reqwest::Client,
@@ -350,8 +362,8 @@ async fn events_stream_as_cloudevents_over_sse() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"].to_str().expect("ct").starts_with("text/event-stream"));
     let mut stream = response.bytes_stream();
-    // Give the subscription a moment to exist on the bus before the change happens.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The subscription is on the bus already: the handler subscribes before it answers, and the
+    // response's headers are in.
     assert_eq!(s.post("/v1/plugins/router/rr", shoal_artifacts::ROUND_ROBIN).await.0, StatusCode::CREATED);
     let mut buf = String::new();
     let event = next_event(&mut stream, &mut buf).await;
@@ -458,6 +470,7 @@ async fn services_register_watch_block_and_refuse_bad_input() {
             (header, r.json::<Value>().await.expect("json"))
         }
     });
+    // Time passing is the point here: the blocking query must not answer while nothing changes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!blocked.is_finished(), "the blocking query answered without a change");
     let (status, _) = put(&s, "/v1/services/web/instances/w2", r#"{"address": "127.0.0.1:8082", "weight": 3}"#).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use shoal_bus::{Bus, BusError, NatsBus};
-use shoal_testkit::{NatsServer, free_port, init_tracing};
+use shoal_testkit::{NatsServer, eventually, free_port, init_tracing};
 
 #[tokio::test]
 async fn connecting_to_nothing_fails_with_a_nats_error() {
@@ -41,21 +41,18 @@ async fn subscriptions_survive_a_server_restart() {
     init_tracing();
     let mut server = NatsServer::start().expect("nats-server starts");
     let bus = NatsBus::connect(&server.url()).await.expect("connect");
-    let mut subscription = bus.subscribe("survive.>").await.expect("subscribe");
+    let subscription = bus.subscribe("survive.>").await.expect("subscribe");
     bus.flush().await.expect("flush");
 
     server.restart().expect("restart");
     // The client reconnects and re-subscribes on its own; keep publishing until a message makes
     // the round trip, since publishes made while disconnected may be lost.
-    let message = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let _ = bus.publish("survive.it", Bytes::from_static(b"back")).await;
-            if let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(100), subscription.next()).await {
-                return message;
-            }
-        }
+    let subscription = tokio::sync::Mutex::new(subscription);
+    let message = eventually("a message to make the round trip after the restart", Duration::from_secs(20), || async {
+        let _ = bus.publish("survive.it", Bytes::from_static(b"back")).await;
+        let mut subscription = subscription.lock().await;
+        tokio::time::timeout(Duration::from_millis(100), subscription.next()).await.ok().flatten()
     })
-    .await
-    .expect("a message makes the round trip after the restart");
+    .await;
     assert_eq!(message.subject, "survive.it");
 }

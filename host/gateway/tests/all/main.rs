@@ -17,6 +17,7 @@ use shoal_discovery::{Discovery, Health, Registration};
 use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Route, Routes};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
+use shoal_testkit::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -64,6 +65,7 @@ impl Upstream {
                         async move {
                             hits.fetch_add(1, Ordering::SeqCst);
                             let path = req.uri().path().to_owned();
+                            // Time passing is the point here: a slow upstream (or instance) must be slow.
                             if path == "/slow" {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
                             } else if !delay.is_zero() {
@@ -239,12 +241,10 @@ async fn upstream_connections_are_kept_alive_and_reused_after_each_body_ends() {
     // The upstream closes its connections (a restart): the next requests get new ones, no error.
     let addr = up.addr;
     up.task.abort();
-    let again = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => break listener,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let again = eventually("the aborted upstream to release its address", Duration::from_secs(10), || async {
+        tokio::net::TcpListener::bind(addr).await.ok()
+    })
+    .await;
     drop(again);
     let up = Upstream::start_on(addr, "a2").await;
     for _ in 0..5 {
@@ -301,7 +301,11 @@ async fn a_dead_instance_is_retried_around_then_ejected() {
     }
     // Instance b dies (its process and every connection).
     ups[1].task.abort();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once its task has finished, its listener is closed and its connections are cancelled.
+    eventually("the aborted instance b to stop", Duration::from_secs(10), || {
+        std::future::ready(ups[1].task.is_finished().then_some(()))
+    })
+    .await;
     let before = ups[1].hits.load(Ordering::SeqCst);
     let mut bodies = Vec::new();
     for _ in 0..60 {
@@ -416,6 +420,7 @@ async fn weighted_source_hash_and_least_connections_rules_on_real_traffic() {
     for _ in 0..30 {
         let (http, url) = (http.clone(), format!("{}/lc", s.url));
         handles.push(tokio::spawn(async move { get(&http, &url).await }));
+        // Time passing is the point here: requests arrive paced, while the slow ones are in flight.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut bodies = Vec::new();
@@ -469,6 +474,8 @@ async fn a_failing_router_falls_back_and_swapping_the_rule_drops_nothing() {
             (ok, failed)
         }));
     }
+    // Time passing is the point here: the load runs for a while before, between and after the swap
+    // and the rollback.
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.registry.push(PluginKind::Router, "live", Some("random"), shoal_artifacts::RANDOM, true).await.expect("swap");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -539,7 +546,10 @@ async fn on_shutdown_the_request_in_flight_finishes_then_the_gateway_stops_accep
         let (http, url) = (http.clone(), url.clone());
         async move { get(&http, &format!("{url}/slow")).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the /slow request to reach the upstream", Duration::from_secs(10), || {
+        std::future::ready((upstream.hits.load(Ordering::SeqCst) >= 2).then_some(()))
+    })
+    .await;
     stop.send(()).expect("stop");
     assert_eq!(in_flight.await.expect("join"), (200, "a /slow".to_owned()), "the request in flight was cut");
     tokio::time::timeout(Duration::from_secs(5), serving)

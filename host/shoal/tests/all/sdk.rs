@@ -10,15 +10,30 @@
 //! A missing tool chain (componentize-py, componentize-js, wit-bindgen, clang for wasm32-wasi…)
 //! fails these tests with the build script's message: `.ci/run` installs them all.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_testkit::eventually_sync;
 
 use super::SHOAL;
+
+/// Runs its closure if the test panics while the guard lives: a wait that gives up can then say
+/// what it saw last (`eventually_sync` only knows what it was waiting for).
+struct OnPanic<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnPanic<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
@@ -343,11 +358,9 @@ fn example_routers_route_real_traffic() {
 
     // Routes and instances reach the gateway asynchronously, and a Python or JavaScript
     // component takes seconds to compile on a busy machine: wait for the first answer.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while get(&gateway, "/shop", &[("x-canary", "always")]) != (200, "canary-1".to_owned()) {
-        assert!(Instant::now() < deadline, "the canary route never answered through the Python router");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_sync("the canary route to answer through the Python router", Duration::from_secs(90), || {
+        (get(&gateway, "/shop", &[("x-canary", "always")]) == (200, "canary-1".to_owned())).then_some(())
+    });
 
     // Python canary router: the header forces the pool; without it the canary gets its share.
     for _ in 0..10 {
@@ -369,15 +382,15 @@ fn example_routers_route_real_traffic() {
     // JavaScript sticky router: a session stays on one upstream; sessions spread. Wait until the
     // router answers (the gateway serves round-robin until it can call it): six answers in a row
     // for one session from the same upstream, which round-robin over three cannot give.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let last = RefCell::new(BTreeSet::<(u16, String)>::new());
+    let report = OnPanic(|| eprintln!("the cart route's last answers: {:?}", last.borrow()));
+    eventually_sync("the cart route to answer through the JavaScript router", Duration::from_secs(90), || {
         let answers: BTreeSet<_> = (0..6).map(|_| get(&gateway, "/cart", &[("x-session-id", "alice")])).collect();
-        if answers.len() == 1 && answers.iter().all(|(status, _)| *status == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cart route never answered through the JavaScript router: {answers:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let routed = answers.len() == 1 && answers.iter().all(|(status, _)| *status == 200);
+        *last.borrow_mut() = answers;
+        routed.then_some(())
+    });
+    drop(report);
     let mut seen = BTreeSet::new();
     for session in ["alice", "ivan", "dave"] {
         let first = get(&gateway, "/cart", &[("x-session-id", session)]);

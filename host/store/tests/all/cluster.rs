@@ -56,9 +56,11 @@ impl Cluster {
         .await;
     }
 
-    fn stop_node(&mut self, id: &str) {
+    /// Aborts node `id` and waits until its task is gone (and with it the node's subscriptions).
+    async fn stop_node(&mut self, id: &str) {
         if let Some(handle) = self.nodes.remove(id) {
             handle.abort();
+            let _ = handle.await;
         }
     }
 
@@ -105,6 +107,16 @@ async fn writer(
         }
     }
     last
+}
+
+/// Waits until the writers have acknowledged `writes` more writes than when it was called: the
+/// load is running on the current map.
+async fn load_progress(acked: &AtomicU64, writes: u64, what: &str) {
+    let from = acked.load(Ordering::Relaxed);
+    eventually(what, Duration::from_secs(20), || {
+        std::future::ready((acked.load(Ordering::Relaxed) >= from + writes).then_some(()))
+    })
+    .await;
 }
 
 async fn count_all(client: &StoreClient, namespace: &str) -> BTreeMap<String, (Vec<u8>, u64)> {
@@ -161,7 +173,7 @@ async fn scale_out_and_in_under_load_lose_nothing() {
 
     // Grow onto a second node while the load runs.
     cluster.start_node("b").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    load_progress(&acked, 200, "the writers to write before the scale-out").await;
     let started = cluster.coordinator.scale_out(Some("b".into())).expect("scale out");
     assert_eq!((started.from_shards, started.to_shards), (2, 3));
     // One move at a time.
@@ -172,14 +184,14 @@ async fn scale_out_and_in_under_load_lose_nothing() {
     let map = cluster.coordinator.map();
     assert_eq!(map.shard_count(), 3);
     assert_eq!(map.node_of(2), Some("b"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load_progress(&acked, 200, "the writers to write on the map of 3 shards").await;
 
     // And back in.
     let started = cluster.coordinator.scale_in().expect("scale in");
     assert_eq!((started.from_shards, started.to_shards), (3, 2));
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "finished", "move failed: {:?}", done.error);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load_progress(&acked, 200, "the writers to write on the map of 2 shards again").await;
 
     stop.store(true, Ordering::Relaxed);
     let mut last = BTreeMap::new();
@@ -263,8 +275,7 @@ async fn a_node_that_is_down_fails_only_its_shards() {
     for k in &keys {
         client.put("ns", k, b"v", PutOptions::default()).await.expect("put");
     }
-    cluster.stop_node("b");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    cluster.stop_node("b").await;
     let (mut served, mut refused) = (0, 0);
     for k in &keys {
         match client.get("ns", k).await {

@@ -4,12 +4,13 @@
 mod cluster;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_store::{
     Durability, Entry, MAX_BATCH_OPS, MAX_KEY_LEN, MAX_VALUE_LEN, Op, PutOptions, Store, StoreConfig, StoreError,
     Sweeper,
 };
+use shoal_testkit::eventually_sync;
 
 fn open(dir: &tempfile::TempDir, shards: u32) -> Arc<Store> {
     Store::open(&dir.path().join("store"), StoreConfig { shards, durability: Durability::Wal }).expect("open store")
@@ -34,15 +35,6 @@ fn dump(store: &Store, ns: &str) -> Vec<(String, Vec<u8>, u64)> {
             Some(c) => cursor = Some(c),
             None => return all,
         }
-    }
-}
-
-/// Polls `f` every 10 ms for up to 10 s.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -310,7 +302,9 @@ fn expired_entries_are_invisible_and_swept() {
     let entry = store.get("app", "session").expect("get").expect("live before expiry");
     assert!(entry.expires_at.is_some());
     assert_eq!(store.sweep_expired().expect("sweep"), 0, "nothing has expired yet");
-    eventually("the entry to expire", || store.get("app", "session").expect("get").is_none());
+    eventually_sync("the entry to expire", Duration::from_secs(10), || {
+        store.get("app", "session").expect("get").is_none().then_some(())
+    });
     assert_eq!(dump(&store, "app").len(), 1, "an expired entry is not listed");
     assert!(matches!(store.delete("app", "session", None), Err(StoreError::NotFound { .. })));
     // An expired key counts as absent for create-only, and the new entry's version is higher.
@@ -319,8 +313,9 @@ fn expired_entries_are_invisible_and_swept() {
     assert!(again.expect("create over an expired key") > v);
     // The sweeper deletes expired entries from disk.
     let sweeper = Sweeper::spawn(&store, Duration::from_millis(20));
-    eventually("the sweeper to delete the expired entry", || {
-        store.sweep_expired().expect("sweep") == 0 && store.get("app", "session").expect("get").is_none()
+    eventually_sync("the sweeper to delete the expired entry", Duration::from_secs(10), || {
+        (store.sweep_expired().expect("sweep") == 0 && store.get("app", "session").expect("get").is_none())
+            .then_some(())
     });
     drop(sweeper);
     assert_eq!(value(&store, "app", "keep").as_deref(), Some("k"));

@@ -2,8 +2,10 @@
 //! programs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use shoal_testkit::eventually;
 use shoal_wasm_executor::{
     ExecError, ExecutorConfig, Exit, MemoryTaskKv, TaskKind, TaskKv, TaskKvAccess, TaskLogs, TaskSpec, WasmExecutor,
 };
@@ -127,15 +129,12 @@ async fn an_http_service_serves_each_request_in_a_fresh_instance_and_survives_ba
     task.kill();
     assert_eq!(finish(&mut task).await, Exit::Killed);
     // Stopped: nobody listens any more.
-    let mut refused = false;
-    for _ in 0..50 {
-        if http.get(format!("{url}/")).send().await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "the service still answers after being killed");
+    eventually(
+        "the killed service to refuse connections (it still answers after being killed)",
+        Duration::from_secs(1),
+        || async { http.get(format!("{url}/")).send().await.is_err().then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -295,18 +294,22 @@ async fn oversized_keys_and_values_are_errors_not_traps() {
     assert_eq!(kv.get("tasks", "fine").await.expect("the memory store answers"), None);
 }
 
-/// A backend that never answers: the state store is unreachable.
-struct Hanging;
+/// A backend that never answers: the state store is unreachable. Its flag is raised once a call
+/// is waiting on it.
+struct Hanging(Arc<AtomicBool>);
 
 #[async_trait::async_trait]
 impl TaskKv for Hanging {
     async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, shoal_wasm_executor::kv::TaskKvError> {
+        self.0.store(true, Ordering::SeqCst);
         std::future::pending().await
     }
     async fn set(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), shoal_wasm_executor::kv::TaskKvError> {
+        self.0.store(true, Ordering::SeqCst);
         std::future::pending().await
     }
     async fn delete(&self, _: &str, _: &str) -> Result<(), shoal_wasm_executor::kv::TaskKvError> {
+        self.0.store(true, Ordering::SeqCst);
         std::future::pending().await
     }
     async fn list_keys(
@@ -314,9 +317,11 @@ impl TaskKv for Hanging {
         _: &str,
         _: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>), shoal_wasm_executor::kv::TaskKvError> {
+        self.0.store(true, Ordering::SeqCst);
         std::future::pending().await
     }
     async fn increment(&self, _: &str, _: &str, _: u64) -> Result<u64, shoal_wasm_executor::kv::TaskKvError> {
+        self.0.store(true, Ordering::SeqCst);
         std::future::pending().await
     }
 }
@@ -327,9 +332,13 @@ async fn a_task_waiting_on_the_store_can_still_be_killed() {
     let prepared = exec.prepare(shoal_artifacts::WASM_KV).expect("prepare");
     let logs = TaskLogs::new(4096);
     let mut s = spec("stuck", &["get", "k"], &logs);
-    s.kv = Some(TaskKvAccess { backend: Arc::new(Hanging), buckets: vec!["tasks".into()] });
+    let waiting = Arc::new(AtomicBool::new(false));
+    s.kv = Some(TaskKvAccess { backend: Arc::new(Hanging(waiting.clone())), buckets: vec!["tasks".into()] });
     let mut task = exec.start(&prepared, s).await.expect("start");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the task to call the store", Duration::from_secs(10), || {
+        std::future::ready(waiting.load(Ordering::SeqCst).then_some(()))
+    })
+    .await;
     assert!(task.try_exit().is_none(), "the task waits for the store");
     let killed = Instant::now();
     task.kill();
