@@ -6,13 +6,14 @@
 //!   types they carry ([`TaskInfo`], [`TaskState`], …);
 //! - [`resources`] — [`Resources`], their arithmetic and the `cpus:4;mem:8192;ports:[…]` text form;
 //! - [`artifact`] — how agents fetch the components Wasm tasks run;
+//! - [`store`] — the state store's control plane: the shard map, node registrations, move
+//!   progress, and the data of key-value events;
 //! - [`labels`] — the task-label contract (`shoal.service`, `shoal.route.path`, …), with the one
 //!   list of labels apps may not set;
 //! - [`limits`] — the key-value limits every surface enforces.
 //!
-//! The subjects these messages travel on are built by `shoal_bus::subject`; the store's own
-//! protocol (clients, nodes and the master's coordinator, all in `shoal-store`) is
-//! `shoal_store::wire`. Every role depends on this crate, and it depends on no role: a change to
+//! The subjects these messages travel on are built by `shoal_bus::subject`; the store's binary
+//! data-plane protocol (reads, writes and move steps to one node) is `shoal_store::wire`. Every role depends on this crate, and it depends on no role: a change to
 //! a message is a change here, seen by both sides at compile time.
 //!
 //! What this crate must never do: perform I/O, or depend on the bus, the runtime or a role's
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod artifact;
 pub mod labels;
 pub mod resources;
+pub mod store;
 pub mod task;
 
 pub use agent::{AgentRegistration, HeartbeatReply, RegisterReply, validate_agent_id};

@@ -105,37 +105,9 @@ impl Default for StoreConfig {
     }
 }
 
-/// Which node serves each shard, at an epoch. The master will own and publish it; a client that
-/// hears of a newer epoch refreshes its copy.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardMap {
-    /// Grows by one on every change of the map.
-    pub epoch: u64,
-    /// `shards[i]` is the node serving shard `i`; the length is the shard count.
-    pub shards: Vec<String>,
-}
-
-impl ShardMap {
-    /// A map of `shards` shards all served by `node`, at epoch 1.
-    pub fn local(shards: u32, node: &str) -> ShardMap {
-        ShardMap { epoch: 1, shards: vec![node.to_owned(); shards as usize] }
-    }
-
-    /// Number of shards.
-    pub fn shard_count(&self) -> u32 {
-        u32::try_from(self.shards.len()).unwrap_or(u32::MAX)
-    }
-
-    /// The shard of `namespace/key`.
-    pub fn shard_of(&self, namespace: &str, key: &str) -> u32 {
-        shoal_keyspace::shard_of(namespace, key, self.shard_count())
-    }
-
-    /// The node serving `shard`.
-    pub fn node_of(&self, shard: u32) -> Option<&str> {
-        self.shards.get(shard as usize).map(String::as_str)
-    }
-}
+/// Which node serves each shard, at an epoch: a message of the master to store nodes and
+/// clients, owned by `shoal-protocol`.
+pub use shoal_protocol::store::ShardMap;
 
 /// Why the store refused or failed an operation. Every refusal happens before anything is written.
 #[derive(Debug, thiserror::Error)]

@@ -208,47 +208,9 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> 
     postcard::from_bytes(bytes).map_err(|e| StoreError::Protocol(format!("undecodable message: {e}")))
 }
 
-/// A store node's registration (JSON on `shoal.ctl.store.register`), sent at start and every
-/// few seconds after.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Registration {
-    /// The node's id.
-    pub node: String,
-    /// Changes on every start of the node process: a coordinator running a move with this node
-    /// gives the move up when it restarted (its export state is gone).
-    pub boot: String,
-    /// The shards the node holds on disk.
-    pub held: Vec<u32>,
-}
-
-/// Progress of a move's copy (JSON on `shoal.ctl.store.progress`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Progress {
-    /// The move.
-    pub move_id: u64,
-    /// The source shard.
-    pub shard: u32,
-    /// Keys of that shard copied so far.
-    pub copied: u64,
-}
-
-/// The data of a `shoal.evt.kv.<namespace>.<put|delete>` event: a key was written. Watches
-/// (`/v1/kv/...?index=`, SSE) wake on these and read the key again; the bus delivers them at most
-/// once, so a watcher that misses one still sees the change when its wait times out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvChange {
-    /// The namespace.
-    pub namespace: String,
-    /// The key.
-    pub key: String,
-    /// The version the write got.
-    pub version: u64,
-    /// `put` or `delete`.
-    pub op: String,
-    /// A `delete` by expiry (the entry's TTL ran out; `version` is the entry's).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub expired: bool,
-}
+/// The JSON messages between store nodes and the master (registration, move progress) and the
+/// data of key-value events: `shoal-protocol`'s, re-exported where the store's own protocol is.
+pub use shoal_protocol::store::{KvChange, Progress, Registration};
 
 /// The map carried by a `shoal.evt.store.shardmap` event, if the payload is one.
 pub fn shard_map_of_event(payload: &[u8]) -> Option<ShardMap> {

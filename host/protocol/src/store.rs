@@ -1,0 +1,104 @@
+//! What the master (the store's coordinator), store nodes and clients say to each other about
+//! the store itself, as JSON: the [`ShardMap`] (`shoal.ctl.store.map`, pushed to nodes,
+//! published as `shoal.evt.store.shardmap`), a node's [`Registration`] (`shoal.ctl.store.register`,
+//! its heartbeat), a move's [`Progress`] (`shoal.ctl.store.progress`), and the data of key-value
+//! events ([`KvChange`], `shoal.evt.kv.<namespace>.<put|delete>`).
+//!
+//! The binary data-plane protocol of reads, writes and move steps sent to one node
+//! (`shoal.ctl.store.node.<id>`, postcard) is `shoal_store::wire`'s: it carries the engine's own
+//! types and only the store's parts speak it.
+
+use serde::{Deserialize, Serialize};
+
+/// Which node serves each shard, at an epoch. The master owns and publishes it; a store node
+/// serves by the newest it got from the master, and a client that hears of a newer epoch
+/// refreshes its copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    /// Grows by one on every change of the map.
+    pub epoch: u64,
+    /// `shards[i]` is the node serving shard `i`; the length is the shard count.
+    pub shards: Vec<String>,
+}
+
+impl ShardMap {
+    /// A map of `shards` shards all served by `node`, at epoch 1.
+    pub fn local(shards: u32, node: &str) -> ShardMap {
+        ShardMap { epoch: 1, shards: vec![node.to_owned(); shards as usize] }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        u32::try_from(self.shards.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The shard of `namespace/key`.
+    pub fn shard_of(&self, namespace: &str, key: &str) -> u32 {
+        shoal_keyspace::shard_of(namespace, key, self.shard_count())
+    }
+
+    /// The node serving `shard`.
+    pub fn node_of(&self, shard: u32) -> Option<&str> {
+        self.shards.get(shard as usize).map(String::as_str)
+    }
+}
+
+/// A store node's registration (JSON on `shoal.ctl.store.register`), sent at start and every
+/// few seconds after.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node's id.
+    pub node: String,
+    /// Changes on every start of the node process: a coordinator running a move with this node
+    /// gives the move up when it restarted (its export state is gone).
+    pub boot: String,
+    /// The shards the node holds on disk.
+    pub held: Vec<u32>,
+}
+
+/// Progress of a move's copy (JSON on `shoal.ctl.store.progress`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Progress {
+    /// The move.
+    pub move_id: u64,
+    /// The source shard.
+    pub shard: u32,
+    /// Keys of that shard copied so far.
+    pub copied: u64,
+}
+
+/// The data of a `shoal.evt.kv.<namespace>.<put|delete>` event: a key was written. Watches
+/// (`/v1/kv/...?index=`, SSE) wake on these and read the key again; the bus delivers them at most
+/// once, so a watcher that misses one still sees the change when its wait times out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvChange {
+    /// The namespace.
+    pub namespace: String,
+    /// The key.
+    pub key: String,
+    /// The version the write got.
+    pub version: u64,
+    /// `put` or `delete`.
+    pub op: String,
+    /// A `delete` by expiry (the entry's TTL ran out; `version` is the entry's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_places_keys_by_the_keyspace_and_reads_as_json() {
+        let map = ShardMap { epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()] };
+        assert_eq!(map.shard_count(), 3);
+        assert_eq!(map.shard_of("app", "user-2"), shoal_keyspace::shard_of("app", "user-2", 3));
+        assert_eq!(map.node_of(1), Some("b"));
+        assert_eq!(map.node_of(3), None);
+        let json = serde_json::to_string(&map).expect("serialises");
+        assert_eq!(json, r#"{"epoch":3,"shards":["a","b","a"]}"#);
+        assert_eq!(serde_json::from_str::<ShardMap>(&json).expect("parses"), map);
+        assert_eq!(ShardMap::local(2, "n"), ShardMap { epoch: 1, shards: vec!["n".into(), "n".into()] });
+    }
+}
