@@ -216,7 +216,7 @@ fn view(e: &AgentEntry) -> AgentView {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -229,7 +229,8 @@ mod tests {
     use super::*;
     use crate::MasterConfig;
 
-    fn reg(id: &str, host: &str) -> AgentRegistration {
+    /// A registration of agent `id` on `host`: 2 cpus, 1 GiB, 11 ports, `rack=r1`.
+    pub(crate) fn reg(id: &str, host: &str) -> AgentRegistration {
         AgentRegistration {
             id: id.into(),
             hostname: host.into(),

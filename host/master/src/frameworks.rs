@@ -628,9 +628,11 @@ impl Master {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use shoal_bus::{LocalBus, SharedBus};
+    use shoal_registry::Registry;
 
     use super::*;
     use crate::MasterConfig;
+    use crate::agents::tests::reg;
 
     /// A declined offer filters its agent out for the refuse time on the master's clock, which
     /// the test moves: the filter holds just before it ends and is gone just after.
@@ -655,5 +657,59 @@ mod tests {
         assert_eq!(filtered(&master), ["a1"]);
         tokio::time::advance(Duration::from_millis(2)).await;
         assert!(filtered(&master).is_empty(), "the filter ended");
+    }
+
+    /// Offers held back by a worker (the framework revived after their cycle's snapshot) go
+    /// out with the next cycle's even when that cycle makes none (the framework suppressed
+    /// offers meanwhile), without those of an agent lost in between, and are never held twice.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn held_offers_go_out_with_the_next_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig::default()).unwrap();
+        let (registry, _events) =
+            Registry::open(&dir.path().join("registry"), runtime, shoal_registry::RegistryConfig::default()).unwrap();
+        registry.push(PluginKind::Allocator, "drf", Some("1"), shoal_artifacts::DRF, true).await.unwrap();
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        let master = Master::new(bus, MasterConfig::default(), Some(registry));
+        for id in ["a1", "a2"] {
+            master.admit(reg(id, &format!("{id}.local"))).unwrap();
+        }
+        master
+            .add_framework(FrameworkSpec { name: "svc".into(), role: "svc".into(), weight: 1.0, quota: None })
+            .unwrap();
+        // The test is the framework's worker.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        master.fw_state.lock().entry("svc".into()).or_default().worker = Some(tx);
+        let cycle = || {
+            let m = master.clone();
+            async move { tokio::task::spawn_blocking(move || m.allocate_once()).await.unwrap().unwrap() }
+        };
+        let next_batch = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<FwInput>| match rx.try_recv() {
+            Ok(FwInput::Offers(batch)) => batch,
+            _ => panic!("expected offers"),
+        };
+
+        let before = cycle().await;
+        assert_eq!(before.offers.len(), 2);
+        master.dispatch_offers(&before);
+        let batch = next_batch(&mut rx);
+        // The framework revives before it gets to these offers: they are held back.
+        master.revive("svc");
+        assert!(master.offers_to_use("svc", batch).is_empty());
+        assert_eq!(master.offers().len(), 2, "held offers stay outstanding");
+
+        master.fw_state.lock().get_mut("svc").unwrap().suppressed = true;
+        assert_eq!(master.rescind_agent("a2").len(), 1);
+        let after = cycle().await;
+        assert!(after.offers.is_empty(), "{:?}", after.offers);
+        master.dispatch_offers(&after);
+        let batch = next_batch(&mut rx);
+        assert!(batch.held_before);
+        // Another revive: held once already, these are used.
+        master.revive("svc");
+        let used = master.offers_to_use("svc", batch);
+        assert_eq!(used.iter().map(|o| o.agent_id.as_str()).collect::<Vec<_>>(), ["a1"]);
+        assert!(master.fw_state.lock()["svc"].held.is_empty());
+        assert!(rx.try_recv().is_err());
     }
 }
