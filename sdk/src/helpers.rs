@@ -1,7 +1,7 @@
 //! Ergonomic helpers on the generated WIT types: resource arithmetic and hashing that every
 //! policy needs and nobody should write twice.
 
-use crate::{Resources, Scalar};
+use crate::{Resources, Scalar, TaskState};
 
 impl Resources {
     /// No resources at all.
@@ -66,9 +66,36 @@ impl Resources {
     }
 }
 
+impl From<TaskState> for shoal_protocol::TaskState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Staging => shoal_protocol::TaskState::Staging,
+            TaskState::Starting => shoal_protocol::TaskState::Starting,
+            TaskState::Running => shoal_protocol::TaskState::Running,
+            TaskState::Finished => shoal_protocol::TaskState::Finished,
+            TaskState::Failed => shoal_protocol::TaskState::Failed,
+            TaskState::Killed => shoal_protocol::TaskState::Killed,
+            TaskState::Lost => shoal_protocol::TaskState::Lost,
+        }
+    }
+}
+
+impl TaskState {
+    /// Lower-case name (`running`), as the host writes it in JSON and events.
+    pub fn name(self) -> &'static str {
+        shoal_protocol::TaskState::from(self).as_str()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_states_are_named_as_the_host_names_them() {
+        assert_eq!(TaskState::Running.name(), "running");
+        assert_eq!(TaskState::Lost.name(), "lost");
+    }
 
     #[test]
     fn resources_fit_and_share() {

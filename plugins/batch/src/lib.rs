@@ -316,29 +316,17 @@ fn status(store: &mut dyn Store, s: &TaskStatus) -> Result<Vec<Operation>, Strin
             run.state = "pending".into();
             run.task_id = None;
             run.not_before_ms = now() + (job.retry_backoff_seconds * 1000.0) as u64;
-            run.message = format!("attempt {} {}: {}; retrying", run.attempts, state_name(s.state), s.message);
+            run.message = format!("attempt {} {}: {}; retrying", run.attempts, s.state.name(), s.message);
             ops.push(Operation::Revive);
         }
         _ => {
             run.state = "failed".into();
             run.finished_ms = Some(now());
-            run.message = format!("attempt {} {}: {}", run.attempts, state_name(s.state), s.message);
+            run.message = format!("attempt {} {}: {}", run.attempts, s.state.name(), s.message);
         }
     }
     set_json(store, &key, &run)?;
     Ok(ops)
-}
-
-fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Staging => "staging",
-        TaskState::Starting => "starting",
-        TaskState::Running => "running",
-        TaskState::Finished => "finished",
-        TaskState::Failed => "failed",
-        TaskState::Killed => "killed",
-        TaskState::Lost => "lost",
-    }
 }
 
 fn tick(store: &mut dyn Store, now_ms: u64) -> Result<Vec<Operation>, String> {

@@ -118,19 +118,10 @@ impl Client {
         Ok((body, headers))
     }
 
+    /// Send and return the JSON of a successful answer (`null` for an empty body).
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text).ok().and_then(|v| error_message(&v)).unwrap_or(text);
-            bail!("{status}: {message}");
-        }
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+        let (body, _) = self.send_raw(request).await?;
+        Ok(if body.is_empty() { Value::Null } else { serde_json::from_slice(&body)? })
     }
 }
 

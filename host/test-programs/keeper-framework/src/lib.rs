@@ -38,18 +38,6 @@ fn live() -> Vec<(String, String)> {
     }
 }
 
-fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Staging => "staging",
-        TaskState::Starting => "starting",
-        TaskState::Running => "running",
-        TaskState::Finished => "finished",
-        TaskState::Failed => "failed",
-        TaskState::Killed => "killed",
-        TaskState::Lost => "lost",
-    }
-}
-
 impl Framework for Keeper {
     fn init(_config: String) -> Result<(), String> {
         Ok(())
@@ -119,7 +107,7 @@ impl Framework for Keeper {
         if terminal {
             let _ = kv::delete(&key);
             let log = get("ended").unwrap_or_default();
-            set("ended", &format!("{log}{} {}\n", status.task_id, state_name(status.state)));
+            set("ended", &format!("{log}{} {}\n", status.task_id, status.state.name()));
             return vec![Operation::Revive];
         }
         if !known {
@@ -130,7 +118,7 @@ impl Framework for Keeper {
             Some(false) => "unhealthy",
             None => "-",
         };
-        set(&key, &format!("{} {healthy}", state_name(status.state)));
+        set(&key, &format!("{} {healthy}", status.state.name()));
         Vec::new()
     }
 
