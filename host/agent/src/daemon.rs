@@ -453,7 +453,7 @@ impl Agent {
                 continue;
             };
             let body = json(&update);
-            match self.bus.request(subject::TASK_STATUS, body, Duration::from_secs(2)).await {
+            match self.bus.request(&subject::agent_status(&update.agent_id), body, Duration::from_secs(2)).await {
                 Ok(msg) => match serde_json::from_slice::<StatusAck>(&msg.payload) {
                     Ok(ack) if ack.uuid == update.uuid => {
                         let mut outbox = self.outbox.lock();

@@ -59,12 +59,13 @@ pub async fn run_agent_with(
     hooks: Arc<dyn AgentHooks>,
 ) -> Result<(), RegistrationError> {
     let heartbeat_subject = subject::agent_heartbeat(&registration.id);
+    let register_subject = subject::agent_register(&registration.id);
     let mut waiting_logged = false;
     loop {
         // Register.
         registration.tasks = hooks.tasks();
         let payload: Bytes = serde_json::to_vec(&registration).map_err(RegistrationError::Encode)?.into();
-        let interval = match bus.request(subject::AGENT_REGISTER, payload.clone(), Duration::from_secs(2)).await {
+        let interval = match bus.request(&register_subject, payload.clone(), Duration::from_secs(2)).await {
             Ok(msg) => match serde_json::from_slice::<RegisterReply>(&msg.payload) {
                 Ok(reply) if reply.accepted => {
                     tracing::info!(agent = %registration.id, tasks = registration.tasks.len(), "registered with the master");

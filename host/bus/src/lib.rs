@@ -8,6 +8,7 @@
 //! This crate must never learn what the messages *mean*: payloads are opaque bytes, and the roles own
 //! their control protocols. Publishing never blocks on a slow subscriber (see [`LocalBus`]).
 
+pub mod auth;
 pub mod event;
 mod local;
 mod nats;
@@ -24,7 +25,7 @@ use futures::Stream;
 
 pub use event::{CloudEvent, EventPublisher, publish_event};
 pub use local::LocalBus;
-pub use nats::NatsBus;
+pub use nats::{NatsBus, NatsOptions};
 
 /// A message as delivered to a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +83,9 @@ pub enum BusError {
     /// An event could not be encoded as JSON.
     #[error("cannot encode event: {0}")]
     Encode(String),
+    /// Credentials that cannot be read or used.
+    #[error("nats credentials: {0}")]
+    Credentials(String),
     /// Any other error reported by the NATS client.
     #[error("nats: {0}")]
     Nats(String),

@@ -5,6 +5,7 @@
 //! validates subjects with the same rules as [`crate::LocalBus`], so both buses reject the same input
 //! with the same error, and maps async-nats errors onto [`BusError`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,15 +24,41 @@ pub struct NatsBus {
     client: async_nats::Client,
 }
 
+/// How to prove who we are to the server, beyond its URL (whose user info, `nats://user:pass@…`,
+/// and scheme, `tls://…`, async-nats honours by itself).
+#[derive(Clone, Debug, Default)]
+pub struct NatsOptions {
+    /// An nkey credentials file (see [`crate::auth::read_seed`]); replies then arrive under the
+    /// identity's own inbox prefix ([`crate::auth::inbox_prefix`]), the only one it may read.
+    pub creds: Option<PathBuf>,
+    /// A PEM file of certificate authorities to trust for `tls://` servers (besides the system's).
+    pub ca: Option<PathBuf>,
+}
+
 impl NatsBus {
     /// Connects to the NATS server(s) at `url` (e.g. `nats://127.0.0.1:4222`; a comma-separated
-    /// list is accepted by async-nats). Fails at once when no server answers.
+    /// list is accepted by async-nats) with no credentials. Fails at once when no server answers.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("shoal")
-            .connect(url)
-            .await
-            .map_err(|err| BusError::Nats(format!("cannot connect to {url}: {err}")))?;
+        Self::connect_with(url, &NatsOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`. Fails at once when no server answers or the server
+    /// refuses the credentials.
+    pub async fn connect_with(url: &str, options: &NatsOptions) -> Result<Self, BusError> {
+        let mut connect = async_nats::ConnectOptions::new().name("shoal");
+        if let Some(path) = &options.creds {
+            let seed = crate::auth::read_seed(path)?;
+            let inbox = crate::auth::inbox_prefix(&crate::auth::public_key_of(&seed)?);
+            connect = connect.nkey(seed).custom_inbox_prefix(inbox);
+        }
+        if let Some(ca) = &options.ca {
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        if url.starts_with("tls://") {
+            connect = connect.require_tls(true);
+        }
+        let client =
+            connect.connect(url).await.map_err(|err| BusError::Nats(format!("cannot connect to {url}: {err}")))?;
         Ok(NatsBus { client })
     }
 

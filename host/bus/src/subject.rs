@@ -30,23 +30,29 @@
 //! | `shoal.evt.store.shardmap` | [`STORE_SHARDMAP`] | the store's shard map changed (the data is the new map) |
 //! | `shoal.evt.kv.<namespace>.<action>` | [`kv_event`] | a key of the state store was written: `put` or `delete` (the data names the key and its version) |
 //! | `shoal.evt.store.move.<action>` | [`store_move_event`] | a move of keys between store shards `started`, made `progress`, `finished` or `failed` |
-//! | `shoal.ctl.store.register` | [`STORE_REGISTER`] | request: a store node registers (and re-registers, as a heartbeat) with the master; the reply is the shard map |
+//! | `shoal.ctl.store.register.<id>` | [`store_register`] | request: store node `<id>` registers (and re-registers, as a heartbeat) with the master; the reply is the shard map |
 //! | `shoal.ctl.store.map` | [`STORE_MAP`] | request: the current shard map, from the master |
-//! | `shoal.ctl.store.progress` | [`STORE_PROGRESS`] | a store node reports keys copied by a move |
-//! | `shoal.ctl.store.node.<id>` | [`store_node`] | request: reads, writes and move steps for store node `<id>` (binary, see `shoal_store::wire`) |
+//! | `shoal.ctl.store.progress.<id>` | [`store_progress`] | store node `<id>` reports keys copied by a move |
+//! | `shoal.ctl.store.node.<id>` | [`store_node`] | request: reads and writes for store node `<id>` (binary, see `shoal_store::wire`) |
+//! | `shoal.ctl.store.ingest.<id>` | [`store_ingest`] | request: another store node copies moving keys into node `<id>` |
+//! | `shoal.ctl.store.admin.<id>` | [`store_admin`] | request: the master's commands to store node `<id>` (shards, moves, maps) |
 //! | `shoal.ctl.>` | [`CONTROL_ALL`] | filter: every control message (reserved for the roles) |
-//! | `shoal.ctl.agent.register` | [`AGENT_REGISTER`] | request: an agent registers with the master |
+//! | `shoal.ctl.agent.<id>.register` | [`agent_register`] | request: agent `<id>` registers with the master |
 //! | `shoal.ctl.agent.<id>.heartbeat` | [`agent_heartbeat`] | an agent's periodic heartbeat |
+//! | `shoal.ctl.agent.<id>.status` | [`agent_status`] | request: agent `<id>` reports a task's new state; the reply acknowledges it |
 //! | `shoal.ctl.agent.<id>.launch` | [`agent_launch`] | request: the master asks an agent to start tasks |
 //! | `shoal.ctl.agent.<id>.kill` | [`agent_kill`] | request: the master asks an agent to kill a task |
 //! | `shoal.ctl.agent.<id>.logs` | [`agent_logs`] | request: read a task's captured output from its agent |
 //! | `shoal.ctl.artifact.stat` | [`ARTIFACT_STAT`] | request: the size of a Wasm task's artifact (body: its digest), from the master |
 //! | `shoal.ctl.artifact.read` | [`ARTIFACT_READ`] | request: a chunk of an artifact (see `shoal_protocol::artifact`), from the master |
-//! | `shoal.ctl.task.status` | [`TASK_STATUS`] | request: an agent reports a task's new state; the reply acknowledges it |
 //! | `shoal.evt.framework.<name>.<action>` | [`framework_event`] | a framework plugin `failed` a call, or its answer was `invalid` |
 //! | `shoal.evt.allocator.switched` | [`allocator_switched`] | the master's allocator plugin was switched |
 //! | `shoal.evt.app.<id>.<action>` | [`app_event`] | an app was `deployed`, `scaled`, `restarted` or `deleted` through `/v1/apps` (jobs: `shoal.evt.job.<id>.<action>`, [`job_event`]) |
 //! | `_INBOX.<unique>` | — | reply subjects of requests (owned by the bus implementations) |
+//!
+//! Every subject a role publishes on its own behalf names the role's id (`agent.<id>.…`,
+//! `store.register.<id>`): with bus authorization on, the server lets each identity publish only
+//! under its own id ([`grants`]), so the receiver knows who sent a message by its subject alone.
 //!
 //! Events (`shoal.evt.…`) carry a CloudEvents 1.0 JSON body (see [`crate::event`]); control subjects
 //! (`shoal.ctl.…`) carry whatever the role that owns them defines.
@@ -71,22 +77,24 @@ pub const TASK_EVENTS_ALL: &str = "shoal.evt.task.>";
 pub const SERVICE_EVENTS_ALL: &str = "shoal.evt.service.>";
 /// Published when the state store's shard map changes.
 pub const STORE_SHARDMAP: &str = "shoal.evt.store.shardmap";
-/// Request subject on which store nodes register with the master.
-pub const STORE_REGISTER: &str = "shoal.ctl.store.register";
+/// Filter matching every store node's registration ([`store_register`]).
+pub const STORE_REGISTER_ALL: &str = "shoal.ctl.store.register.*";
 /// Request subject on which the master answers with the current shard map.
 pub const STORE_MAP: &str = "shoal.ctl.store.map";
-/// Store nodes report the progress of a move here.
-pub const STORE_PROGRESS: &str = "shoal.ctl.store.progress";
+/// Filter matching every store node's progress reports ([`store_progress`]).
+pub const STORE_PROGRESS_ALL: &str = "shoal.ctl.store.progress.*";
 /// Request subject on which the master answers the size of an artifact.
 pub const ARTIFACT_STAT: &str = "shoal.ctl.artifact.stat";
 /// Request subject on which the master answers a chunk of an artifact.
 pub const ARTIFACT_READ: &str = "shoal.ctl.artifact.read";
 /// Filter matching every control message.
 pub const CONTROL_ALL: &str = "shoal.ctl.>";
-/// Request subject on which agents register with the master.
-pub const AGENT_REGISTER: &str = "shoal.ctl.agent.register";
+/// Filter matching every agent's registration ([`agent_register`]).
+pub const AGENT_REGISTER_ALL: &str = "shoal.ctl.agent.*.register";
 /// Filter matching every agent's heartbeat.
 pub const AGENT_HEARTBEATS_ALL: &str = "shoal.ctl.agent.*.heartbeat";
+/// Filter matching every agent's status updates ([`agent_status`]).
+pub const AGENT_STATUS_ALL: &str = "shoal.ctl.agent.*.status";
 
 /// Checks a subject that will be published to: non-empty tokens separated by `.`, no whitespace and
 /// no wildcard characters.
@@ -271,8 +279,15 @@ pub fn offer_event(framework: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.offer.{}.{}", token(framework), token(action))
 }
 
-/// Request from agents to the master: a task's status update, acknowledged by the reply.
-pub const TASK_STATUS: &str = "shoal.ctl.task.status";
+/// `shoal.ctl.agent.<id>.register`: agent `id` registers with the master.
+pub fn agent_register(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.agent.{}.register", token(id))
+}
+
+/// `shoal.ctl.agent.<id>.status`: agent `id` reports a task's status, acknowledged by the reply.
+pub fn agent_status(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.agent.{}.status", token(id))
+}
 
 /// `shoal.ctl.agent.<id>.launch`.
 pub fn agent_launch(id: &str) -> String {
@@ -309,9 +324,29 @@ pub fn job_event(id: &str, action: &str) -> String {
     format!("{EVENTS_PREFIX}.job.{}.{}", token(id), token(action))
 }
 
-/// `shoal.ctl.store.node.<id>`: requests to store node `id`.
+/// `shoal.ctl.store.node.<id>`: reads and writes for store node `id`.
 pub fn store_node(id: &str) -> String {
     format!("{CONTROL_PREFIX}.store.node.{}", token(id))
+}
+
+/// `shoal.ctl.store.ingest.<id>`: moving keys copied into store node `id` by another node.
+pub fn store_ingest(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.store.ingest.{}", token(id))
+}
+
+/// `shoal.ctl.store.admin.<id>`: the master's commands to store node `id`.
+pub fn store_admin(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.store.admin.{}", token(id))
+}
+
+/// `shoal.ctl.store.register.<id>`: store node `id` registers with the master.
+pub fn store_register(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.store.register.{}", token(id))
+}
+
+/// `shoal.ctl.store.progress.<id>`: store node `id` reports a move's progress.
+pub fn store_progress(id: &str) -> String {
+    format!("{CONTROL_PREFIX}.store.progress.{}", token(id))
 }
 
 /// `shoal.evt.kv.<namespace>.<action>`: a write of a key in the state store.
@@ -336,11 +371,29 @@ pub fn agent_heartbeat(id: &str) -> String {
 
 /// The agent id of a heartbeat subject ([`agent_heartbeat`]), if it is one.
 pub fn heartbeat_agent(subject: &str) -> Option<&str> {
+    agent_of(subject, "heartbeat")
+}
+
+/// The agent id of `shoal.ctl.agent.<id>.<verb>` ([`agent_register`], [`agent_heartbeat`],
+/// [`agent_status`], …), if `subject` is one.
+pub fn agent_of<'a>(subject: &'a str, verb: &str) -> Option<&'a str> {
     subject
         .strip_prefix(CONTROL_PREFIX)?
         .strip_prefix(".agent.")?
-        .strip_suffix(".heartbeat")
-        .filter(|id| !id.contains('.'))
+        .strip_suffix(verb)?
+        .strip_suffix('.')
+        .filter(|id| !id.is_empty() && !id.contains('.'))
+}
+
+/// The store node id of `shoal.ctl.store.<verb>.<id>` ([`store_register`], [`store_progress`]),
+/// if `subject` is one.
+pub fn store_node_of<'a>(subject: &'a str, verb: &str) -> Option<&'a str> {
+    subject
+        .strip_prefix(CONTROL_PREFIX)?
+        .strip_prefix(".store.")?
+        .strip_prefix(verb)?
+        .strip_prefix('.')
+        .filter(|id| !id.is_empty() && !id.contains('.'))
 }
 
 /// Whether `filter` selects only events: inside the event tree (`shoal.evt.…`), or one of the
@@ -359,8 +412,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_subjects_round_trip() {
+    fn senders_are_read_back_from_their_subjects() {
         assert_eq!(heartbeat_agent(&agent_heartbeat("a-1")), Some("a-1"));
+        assert_eq!(agent_of(&agent_register("a-1"), "register"), Some("a-1"));
+        assert_eq!(agent_of(&agent_status("a-1"), "status"), Some("a-1"));
+        assert_eq!(agent_of(&agent_status("a-1"), "register"), None);
+        assert_eq!(agent_of("shoal.ctl.agent..status", "status"), None);
+        assert_eq!(store_node_of(&store_register("s1"), "register"), Some("s1"));
+        assert_eq!(store_node_of(&store_progress("s1"), "progress"), Some("s1"));
+        assert_eq!(store_node_of(&store_progress("s1"), "register"), None);
+        assert_eq!(store_node_of("shoal.ctl.store.register.a.b", "register"), None);
         assert_eq!(heartbeat_agent("shoal.ctl.agent.a.b.heartbeat"), None);
         assert_eq!(heartbeat_agent("shoal.ctl.agent.a.launch"), None);
     }
@@ -454,7 +515,12 @@ mod tests {
             service_changed(hostile),
             agent_heartbeat(hostile),
             STORE_SHARDMAP.to_owned(),
-            AGENT_REGISTER.to_owned(),
+            agent_register(hostile),
+            agent_status(hostile),
+            store_register(hostile),
+            store_progress(hostile),
+            store_admin(hostile),
+            store_ingest(hostile),
         ];
         for subject in &built {
             validate_subject(subject).expect("builder output is a valid subject");
@@ -477,7 +543,13 @@ mod tests {
             assert!(matches(all, subject), "{all} should match {subject}");
         }
         assert!(matches(EVENTS_ALL, STORE_SHARDMAP));
-        assert!(matches(CONTROL_ALL, AGENT_REGISTER));
+        assert!(matches(AGENT_REGISTER_ALL, &agent_register("a1")));
+        assert!(matches(AGENT_STATUS_ALL, &agent_status("a1")));
+        assert!(matches(STORE_REGISTER_ALL, &store_register("s1")));
+        assert!(matches(STORE_PROGRESS_ALL, &store_progress("s1")));
+        for subject in &built[6..] {
+            assert!(matches(CONTROL_ALL, subject), "{subject}");
+        }
         assert!(matches(AGENT_HEARTBEATS_ALL, &agent_heartbeat("a1")));
         assert!(matches(&task_events_of("web"), &task_event("web", "failed")));
         assert!(matches(
@@ -492,6 +564,10 @@ mod tests {
             SERVICE_EVENTS_ALL,
             CONTROL_ALL,
             AGENT_HEARTBEATS_ALL,
+            AGENT_REGISTER_ALL,
+            AGENT_STATUS_ALL,
+            STORE_REGISTER_ALL,
+            STORE_PROGRESS_ALL,
         ] {
             validate_filter(filter).expect("filter constants are valid");
         }

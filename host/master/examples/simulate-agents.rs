@@ -20,7 +20,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = args.next().unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let agents: usize = args.next().map_or(Ok(10_000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(60), |a| a.parse())?;
-    let bus: SharedBus = Arc::new(NatsBus::connect(&url).await?);
+    // The master's credentials (`shoal nats init`): one connection speaks for every simulated agent.
+    let options = shoal_bus::NatsOptions { creds: args.next().map(Into::into), ..Default::default() };
+    let bus: SharedBus = Arc::new(NatsBus::connect_with(&url, &options).await?);
     let answered = Arc::new(AtomicU64::new(0));
     let unanswered = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -34,8 +36,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             resources: Resources::parse("cpus:16;mem:65536;disk:100000;ports:[31000-32000]")?,
             tasks: Vec::new(),
         };
-        let reply =
-            bus.request(subject::AGENT_REGISTER, serde_json::to_vec(&reg)?.into(), Duration::from_secs(10)).await?;
+        let reply = bus
+            .request(&subject::agent_register(&reg.id), serde_json::to_vec(&reg)?.into(), Duration::from_secs(10))
+            .await?;
         let reply: RegisterReply = serde_json::from_slice(&reply.payload)?;
         if !reply.accepted {
             return Err(format!("registration refused: {:?}", reply.error).into());

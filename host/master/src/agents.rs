@@ -79,7 +79,8 @@ impl Master {
         self.agents.lock().get(id).map(view)
     }
 
-    pub(crate) async fn register(&self, payload: &[u8]) -> RegisterReply {
+    /// Agent `sender` (the id its subject names) registers with `payload`.
+    pub(crate) async fn register(&self, sender: &str, payload: &[u8]) -> RegisterReply {
         let heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64;
         let refuse =
             |error: String| RegisterReply { accepted: false, error: Some(error), heartbeat_ms, kill: Vec::new() };
@@ -87,6 +88,10 @@ impl Master {
             Ok(reg) => reg,
             Err(e) => return refuse(format!("malformed registration: {e}")),
         };
+        if subject::token(&reg.id) != sender {
+            tracing::warn!(agent = %sender, claimed = %reg.id, "registration for another agent refused");
+            return refuse(format!("agent {sender:?} may not register as {:?}", reg.id));
+        }
         let (action, data) = match self.admit_inner(reg.clone()) {
             Ok(x) => x,
             Err(e) => return refuse(e.to_string()),
@@ -339,10 +344,18 @@ pub(crate) mod tests {
         assert!(err.contains("agent id"), "{err}");
         let err = run_agent(bus.clone(), reg("a1", "host-9")).await.unwrap_err().to_string();
         assert!(err.contains("held by a live agent on host-1"), "{err}");
-        let reply =
-            bus.request(subject::AGENT_REGISTER, Bytes::from_static(b"{nope"), Duration::from_secs(2)).await.unwrap();
+        let reply = bus
+            .request(&subject::agent_register("a2"), Bytes::from_static(b"{nope"), Duration::from_secs(2))
+            .await
+            .unwrap();
         let reply: RegisterReply = serde_json::from_slice(&reply.payload).unwrap();
         assert!(!reply.accepted && reply.error.unwrap().contains("malformed"));
+        // An agent registers only as itself: the subject names the sender.
+        let impostor = serde_json::to_vec(&reg("a9", "host-9")).unwrap();
+        let reply = bus.request(&subject::agent_register("a2"), impostor.into(), Duration::from_secs(2)).await.unwrap();
+        let reply: RegisterReply = serde_json::from_slice(&reply.payload).unwrap();
+        assert!(!reply.accepted, "{reply:?}");
+        assert!(reply.error.as_deref().unwrap_or_default().contains("may not register as"), "{reply:?}");
         let agents = master.agents();
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].hostname, "host-1");

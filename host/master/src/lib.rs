@@ -217,9 +217,9 @@ impl Master {
     /// Serve registrations, heartbeats and status updates, declare silent agents lost, run
     /// allocation cycles and drive the frameworks, until the bus closes.
     pub async fn run(self: Arc<Self>) -> Result<(), shoal_bus::BusError> {
-        let mut registrations = self.bus.subscribe(subject::AGENT_REGISTER).await?;
+        let mut registrations = self.bus.subscribe(subject::AGENT_REGISTER_ALL).await?;
         let mut heartbeats = self.bus.subscribe(subject::AGENT_HEARTBEATS_ALL).await?;
-        let mut statuses = self.bus.subscribe(subject::TASK_STATUS).await?;
+        let mut statuses = self.bus.subscribe(subject::AGENT_STATUS_ALL).await?;
         let mut second = tokio::time::interval(Duration::from_secs(1));
         second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.sync_framework_plugins();
@@ -232,7 +232,10 @@ impl Master {
             tokio::select! {
                 msg = registrations.next() => {
                     let Some(msg) = msg else { return Ok(()) };
-                    let reply = self.register(&msg.payload).await;
+                    // The subject names the sender: with bus authorization on, only agent `<id>`
+                    // may publish on `shoal.ctl.agent.<id>.register`.
+                    let sender = subject::agent_of(&msg.subject, "register").unwrap_or_default();
+                    let reply = self.register(sender, &msg.payload).await;
                     let body = serde_json::to_vec(&reply).expect("a reply serialises");
                     if let Err(e) = msg.respond(self.bus.as_ref(), body.into()).await {
                         tracing::warn!(cause = %e, "could not answer a registration");
@@ -248,7 +251,12 @@ impl Master {
                 }
                 msg = statuses.next() => {
                     let Some(msg) = msg else { return Ok(()) };
+                    let sender = subject::agent_of(&msg.subject, "status").unwrap_or_default();
                     match serde_json::from_slice::<StatusUpdate>(&msg.payload) {
+                        Ok(update) if subject::token(&update.agent_id) != sender => {
+                            tracing::warn!(agent = %sender, claimed = %update.agent_id, task = %update.task_id,
+                                "status update for another agent's task refused");
+                        }
                         Ok(update) => {
                             self.apply_status(&update, false).await;
                             let ack = serde_json::to_vec(&StatusAck { uuid: update.uuid }).expect("serialises");

@@ -6,6 +6,7 @@ mod client;
 mod cluster;
 mod events;
 mod kv;
+mod nats;
 mod plugin;
 mod plugin_sdk;
 mod roles;
@@ -15,6 +16,8 @@ mod store;
 pub(crate) use client::{Client, kind_of, name_values, print};
 use events::{EventsCommand, tail};
 use kv::{KvCommand, kv};
+pub use nats::NatsTarget;
+pub(crate) use nats::{NatsArgs, NatsCommand};
 use plugin::{PluginCommand, plugin};
 use roles::{AgentCli, DevArgs, GatewayArgs, MasterArgs, agent, dev, gateway, master};
 
@@ -74,6 +77,9 @@ enum Command {
     /// Show or switch (live) the master's allocator plugin.
     #[command(subcommand)]
     Allocator(cluster::AllocatorCommand),
+    /// Credentials of the roles and the `nats-server` configuration that enforces them.
+    #[command(subcommand)]
+    Nats(NatsCommand),
 }
 
 /// How the CLI reaches the API.
@@ -106,5 +112,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(cmd) => cluster::job(cmd).await,
         Command::Artifact(cmd) => cluster::artifact(cmd).await,
         Command::Allocator(cmd) => cluster::allocator(cmd).await,
+        Command::Nats(cmd) => nats::nats(cmd),
     }
 }

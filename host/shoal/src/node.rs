@@ -12,7 +12,7 @@ use anyhow::Context;
 use shoal_abi::PluginKind;
 use shoal_api::{AppState, Auth};
 use shoal_bus::event::CloudEvent;
-use shoal_bus::{LocalBus, NatsBus, SharedBus, subject};
+use shoal_bus::{LocalBus, SharedBus, subject};
 use shoal_discovery::Discovery;
 use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Routes};
 use shoal_protocol::labels;
@@ -30,7 +30,7 @@ pub struct NodeConfig {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
     /// A NATS server to use instead of the in-process bus.
-    pub nats: Option<String>,
+    pub nats: Option<crate::cli::NatsTarget>,
     /// Register the default plugins when they are missing.
     pub default_plugins: bool,
     /// The state store: shard count of a new store and sync policy of this node's shards.
@@ -204,7 +204,7 @@ pub async fn run(
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
     let bus: SharedBus = match &config.nats {
-        Some(url) => Arc::new(NatsBus::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?),
+        Some(target) => target.connect().await?,
         None => Arc::new(LocalBus::new()),
     };
     let runtime =

@@ -46,7 +46,7 @@ pub struct StoreClient {
 
 impl StoreClient {
     /// A client on `bus`; `local` is a node in this process, called directly. Follows the map the
-    /// master publishes from now on.
+    /// master publishes from now on (fetching it from the master when an event says it changed).
     pub fn new(bus: SharedBus, local: Option<Arc<StoreNode>>) -> Arc<StoreClient> {
         let client = Arc::new(StoreClient { bus, map: RwLock::new(Arc::new(ShardMap::default())), local });
         let weak = Arc::downgrade(&client);
@@ -55,8 +55,12 @@ impl StoreClient {
             let Ok(mut maps) = bus.subscribe(subject::STORE_SHARDMAP).await else { return };
             while let Some(event) = maps.next().await {
                 let Some(client) = weak.upgrade() else { return };
-                if let Some(map) = wire::shard_map_of_event(&event.payload) {
-                    client.take(map);
+                // The event is a hint, whoever sent it: the map comes from the master, the only
+                // one who may answer `shoal.ctl.store.map`.
+                if wire::shard_map_of_event(&event.payload).is_some_and(|map| map.epoch > client.map().epoch)
+                    && let Err(e) = client.refresh().await
+                {
+                    tracing::warn!(cause = %e, "cannot fetch the shard map after a change");
                 }
             }
         });

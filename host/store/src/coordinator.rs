@@ -230,9 +230,9 @@ impl Coordinator {
     /// Serve registrations, map requests and progress reports until the bus closes. Finishes or
     /// gives up a move that a previous run left.
     pub async fn run(self: Arc<Self>) -> Result<(), BusError> {
-        let mut registrations = self.bus.subscribe(subject::STORE_REGISTER).await?;
+        let mut registrations = self.bus.subscribe(subject::STORE_REGISTER_ALL).await?;
         let mut maps = self.bus.subscribe(subject::STORE_MAP).await?;
-        let mut progress = self.bus.subscribe(subject::STORE_PROGRESS).await?;
+        let mut progress = self.bus.subscribe(subject::STORE_PROGRESS_ALL).await?;
         self.bus.flush().await?;
         let pending = self.state.lock().persisted.pending.clone();
         if let Some((id, from, to)) = pending {
@@ -243,7 +243,13 @@ impl Coordinator {
             tokio::select! {
                 m = registrations.next() => {
                     let Some(m) = m else { return Ok(()) };
+                    // The subject names the sender: with bus authorization on, only node `<id>`
+                    // may publish on `shoal.ctl.store.register.<id>`.
+                    let sender = subject::store_node_of(&m.subject, "register").unwrap_or_default();
                     let answer = match serde_json::from_slice::<Registration>(&m.payload) {
+                        Ok(r) if subject::token(&r.node) != sender => {
+                            format!("refused: store node {sender:?} may not register as {:?}", r.node).into_bytes()
+                        }
                         Ok(r) => match self.register(r).await {
                             Ok(map) => serde_json::to_vec(&map).unwrap_or_default(),
                             Err(e) => format!("refused: {e}").into_bytes(),
@@ -259,8 +265,9 @@ impl Coordinator {
                 }
                 m = progress.next() => {
                     let Some(m) = m else { return Ok(()) };
+                    let sender = subject::store_node_of(&m.subject, "progress").unwrap_or_default();
                     if let Ok(p) = serde_json::from_slice::<Progress>(&m.payload) {
-                        self.progress(p).await;
+                        self.progress(sender, p).await;
                     }
                 }
             }
@@ -315,10 +322,13 @@ impl Coordinator {
         Ok(map)
     }
 
-    async fn progress(&self, p: Progress) {
+    /// Node `sender` reports `p`; only the node that serves the source shard may.
+    async fn progress(&self, sender: &str, p: Progress) {
         let event = {
             let mut state = self.state.lock();
-            if state.moving.as_ref().map(|m| m.id) != Some(p.move_id) {
+            if state.moving.as_ref().map(|m| m.id) != Some(p.move_id)
+                || state.persisted.map.node_of(p.shard).map(subject::token).as_deref() != Some(sender)
+            {
                 return;
             }
             state.copied.insert(p.shard, p.copied);
@@ -461,7 +471,7 @@ impl Coordinator {
         let payload = Bytes::from(wire::encode(&request));
         let reply = self
             .bus
-            .request(&subject::store_node(node), payload, timeout)
+            .request(&request.channel().subject(node), payload, timeout)
             .await
             .map_err(|e| format!("store node `{node}`: {e}"))?;
         match wire::decode::<Reply>(&reply.payload).map_err(|e| e.to_string())? {

@@ -30,7 +30,7 @@ use shoal_bus::{BusError, SharedBus, subject};
 use tokio::sync::mpsc;
 
 use crate::engine::RawEntry;
-use crate::wire::{self, KvChange, Progress, Registration, Reply, Request, WireError};
+use crate::wire::{self, Channel, KvChange, Progress, Registration, Reply, Request, WireError};
 use crate::{ShardMap, Store, StoreError};
 use shoal_bus::event::CloudEvent;
 
@@ -100,7 +100,9 @@ impl StoreNode {
     /// Serve requests and follow the map until the bus closes. Registers with the master at once
     /// and every [`REGISTER_INTERVAL`].
     pub async fn run(self: Arc<Self>) -> Result<(), BusError> {
-        let mut requests = self.bus.subscribe(&subject::store_node(self.id())).await?;
+        let mut data = self.bus.subscribe(&Channel::Data.subject(self.id())).await?;
+        let mut ingest = self.bus.subscribe(&Channel::Ingest.subject(self.id())).await?;
+        let mut admin = self.bus.subscribe(&Channel::Admin.subject(self.id())).await?;
         let mut maps = self.bus.subscribe(subject::STORE_SHARDMAP).await?;
         self.bus.flush().await?;
         tokio::spawn({
@@ -108,30 +110,43 @@ impl StoreNode {
             async move { node.register_loop().await }
         });
         loop {
-            tokio::select! {
-                message = requests.next() => {
-                    let Some(message) = message else { return Ok(()) };
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        let reply = match wire::decode::<Request>(&message.payload) {
-                            Ok(request) => node.handle(request).await,
-                            Err(e) => Reply::Error(WireError::Internal(e.to_string())),
-                        };
-                        if let Err(e) = message.respond(node.bus.as_ref(), Bytes::from(wire::encode(&reply))).await {
-                            tracing::debug!(cause = %e, "could not answer a store request");
-                        }
-                    });
-                }
+            let (channel, message) = tokio::select! {
+                message = data.next() => (Channel::Data, message),
+                message = ingest.next() => (Channel::Ingest, message),
+                message = admin.next() => (Channel::Admin, message),
                 event = maps.next() => {
                     let Some(event) = event else { return Ok(()) };
                     match wire::shard_map_of_event(&event.payload) {
-                        Some(map) => {
-                            self.take_pushed_map(map).await;
+                        // The event is a hint, whoever sent it: the map comes from the master.
+                        Some(map) if map.epoch > self.store.shard_map().epoch => {
+                            tokio::spawn(self.clone().fetch_map());
                         }
+                        Some(_) => {}
                         None => tracing::warn!("unreadable shard map event"),
                     }
+                    continue;
                 }
-            }
+            };
+            let Some(message) = message else { return Ok(()) };
+            let node = self.clone();
+            tokio::spawn(async move {
+                let reply = match wire::decode::<Request>(&message.payload) {
+                    Ok(request) if request.channel() != channel => {
+                        tracing::warn!(subject = %message.subject, channel = ?request.channel(), "store request on the wrong subject refused");
+                        Reply::Error(WireError::Internal(format!(
+                            "a {:?} request is not accepted on {} (it belongs on {})",
+                            request.channel(),
+                            message.subject,
+                            request.channel().subject(node.id())
+                        )))
+                    }
+                    Ok(request) => node.handle(request).await,
+                    Err(e) => Reply::Error(WireError::Internal(e.to_string())),
+                };
+                if let Err(e) = message.respond(node.bus.as_ref(), Bytes::from(wire::encode(&reply))).await {
+                    tracing::debug!(cause = %e, "could not answer a store request");
+                }
+            });
         }
     }
 
@@ -191,6 +206,25 @@ impl StoreNode {
         true
     }
 
+    /// Ask the master for its map after a `shoal.evt.store.shardmap` event, and take it once this
+    /// process has registered (see [`StoreNode::take_pushed_map`]). Only the master may answer
+    /// `shoal.ctl.store.map`, so a forged event cannot hand this node a map.
+    async fn fetch_map(self: Arc<Self>) {
+        let map = match self.bus.request(subject::STORE_MAP, Bytes::new(), Duration::from_secs(2)).await {
+            Ok(reply) => serde_json::from_slice::<ShardMap>(&reply.payload),
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot fetch the shard map after a change");
+                return;
+            }
+        };
+        match map {
+            Ok(map) => {
+                self.take_pushed_map(map).await;
+            }
+            Err(e) => tracing::warn!(cause = %e, "unreadable shard map from the master"),
+        }
+    }
+
     /// Register once; the answer is the current map. Nodes get maps only this way (and from the
     /// master's own pushes), so the master always knows of a restarted node before it serves.
     async fn register_once(&self) -> Result<ShardMap, String> {
@@ -199,7 +233,7 @@ impl StoreNode {
         let payload = Bytes::from(serde_json::to_vec(&registration).unwrap_or_default());
         let reply = self
             .bus
-            .request(subject::STORE_REGISTER, payload, Duration::from_secs(2))
+            .request(&subject::store_register(self.id()), payload, Duration::from_secs(2))
             .await
             .map_err(|e| format!("no master to register with: {e}"))?;
         let map = serde_json::from_slice::<ShardMap>(&reply.payload)
@@ -325,7 +359,7 @@ impl StoreNode {
             return Ok(());
         }
         let payload = Bytes::from(wire::encode(&Request::Ingest { shard: to, entries }));
-        let reply = self.bus.request(&subject::store_node(node), payload, INGEST_TIMEOUT).await.map_err(|e| {
+        let reply = self.bus.request(&Channel::Ingest.subject(node), payload, INGEST_TIMEOUT).await.map_err(|e| {
             StoreError::Unavailable { shard: to, node: node.to_owned(), reason: format!("taking moved keys: {e}") }
         })?;
         match wire::decode::<Reply>(&reply.payload)? {
@@ -412,7 +446,7 @@ impl StoreNode {
     async fn report(&self, move_id: u64, shard: u32, copied: u64) {
         let progress = Progress { move_id, shard, copied };
         let payload = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
-        if let Err(e) = self.bus.publish(subject::STORE_PROGRESS, payload).await {
+        if let Err(e) = self.bus.publish(&subject::store_progress(self.id()), payload).await {
             tracing::debug!(cause = %e, "could not report a move's progress");
         }
     }

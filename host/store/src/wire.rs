@@ -1,9 +1,13 @@
 //! What store nodes, their clients and the master say to each other on the bus.
 //!
-//! Requests to a node (`shoal.ctl.store.node.<id>`) and their replies are [postcard]-encoded
-//! [`Request`] and [`Reply`] values (values are bytes; JSON would inflate them). Registrations,
-//! the map and progress reports (`shoal.ctl.store.register|map|progress`) are JSON: they are small
-//! and tools may want to read them.
+//! Requests to a node and their replies are [postcard]-encoded [`Request`] and [`Reply`] values
+//! (values are bytes; JSON would inflate them). A node hears requests on three subjects, one per
+//! [`Channel`] — reads and writes on `shoal.ctl.store.node.<id>`, keys moved in by other nodes on
+//! `shoal.ctl.store.ingest.<id>`, the master's commands on `shoal.ctl.store.admin.<id>` — and
+//! answers a request only on its own channel, so the bus's permissions decide who may send what.
+//! Registrations, the map and progress reports (`shoal.ctl.store.register.<id>`,
+//! `shoal.ctl.store.map`, `shoal.ctl.store.progress.<id>`) are JSON: they are small and tools may
+//! want to read them.
 
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +114,46 @@ pub enum Request {
         /// The entries (a `None` value deletes).
         entries: Vec<RawEntry>,
     },
+}
+
+/// Who may send a [`Request`], by the subject it arrives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// Reads and writes, from any client of the store (`shoal.ctl.store.node.<id>`).
+    Data,
+    /// Moved keys, from another store node (`shoal.ctl.store.ingest.<id>`).
+    Ingest,
+    /// Shards, moves and maps, from the master (`shoal.ctl.store.admin.<id>`).
+    Admin,
+}
+
+impl Channel {
+    /// The subject of node `id` for this channel.
+    pub fn subject(self, id: &str) -> String {
+        match self {
+            Channel::Data => shoal_bus::subject::store_node(id),
+            Channel::Ingest => shoal_bus::subject::store_ingest(id),
+            Channel::Admin => shoal_bus::subject::store_admin(id),
+        }
+    }
+}
+
+impl Request {
+    /// The channel this request must arrive on.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Request::Get { .. } | Request::Batch { .. } | Request::Check { .. } | Request::List { .. } => Channel::Data,
+            Request::Ingest { .. } => Channel::Ingest,
+            Request::Map { .. }
+            | Request::CreateShard { .. }
+            | Request::DropShard { .. }
+            | Request::Export { .. }
+            | Request::Freeze { .. }
+            | Request::EndExport { .. }
+            | Request::Cleanup { .. }
+            | Request::Count { .. } => Channel::Admin,
+        }
+    }
 }
 
 /// A node's answer.

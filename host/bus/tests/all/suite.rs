@@ -112,12 +112,13 @@ pub async fn event_tree_filters_select_their_subtree(fixture: &Fixture) {
     let web_running = subject::task_event("web", "running");
     let api_running = subject::task_event("api", "running");
     let heartbeat = subject::agent_heartbeat("agent-1");
+    let register = subject::agent_register("agent-1");
     for subject in [
         activated.as_str(),
         heartbeat.as_str(),
         api_running.as_str(),
         web_running.as_str(),
-        subject::AGENT_REGISTER,
+        register.as_str(),
         subject::STORE_SHARDMAP,
     ] {
         publish(publisher.as_ref(), subject, "").await;
@@ -128,10 +129,7 @@ pub async fn event_tree_filters_select_their_subtree(fixture: &Fixture) {
         [activated.as_str(), api_running.as_str(), web_running.as_str(), subject::STORE_SHARDMAP]
     );
     assert_eq!(next(&mut web_tasks).await.subject, web_running);
-    assert_eq!(
-        subjects_until(&mut control, subject::AGENT_REGISTER).await,
-        [heartbeat.as_str(), subject::AGENT_REGISTER]
-    );
+    assert_eq!(subjects_until(&mut control, &register).await, [heartbeat.as_str(), register.as_str()]);
 }
 
 /// Collects `count` messages from queue members, tagging each with the member that got it.

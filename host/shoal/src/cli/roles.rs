@@ -18,9 +18,9 @@ pub(super) struct DevArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Use this NATS server (e.g. nats://127.0.0.1:4222) instead of the in-process bus.
-    #[arg(long)]
-    nats: Option<String>,
+    /// A NATS server instead of the in-process bus (with the master's credentials, if any).
+    #[command(flatten)]
+    nats: super::NatsArgs,
     /// Shards of a new state store (under <data-dir>/store); later, `shoal store scale-out`
     /// and `scale-in` change the count online.
     #[arg(long, default_value_t = shoal_store::DEFAULT_SHARDS)]
@@ -54,9 +54,9 @@ pub(super) struct DevArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct MasterArgs {
-    /// The NATS server agents and the master talk through.
-    #[arg(long)]
-    nats: String,
+    /// The NATS server agents and the master talk through (required).
+    #[command(flatten)]
+    nats: super::NatsArgs,
     /// Where data lives.
     #[arg(long, default_value = ".shoal-master")]
     data_dir: PathBuf,
@@ -102,8 +102,8 @@ pub(super) struct AgentCli {
 #[derive(Args, Debug)]
 pub(super) struct AgentRunArgs {
     /// The NATS server the master listens on.
-    #[arg(long)]
-    nats: Option<String>,
+    #[command(flatten)]
+    nats: super::NatsArgs,
     /// Agent id (default: the host name, cleaned).
     #[arg(long)]
     id: Option<String>,
@@ -164,7 +164,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
         data_dir: args.data_dir,
         listen: args.listen,
-        nats: args.nats,
+        nats: args.nats.target("dev", true)?,
         default_plugins: true,
         store: shoal_store::StoreConfig { shards: args.shards, durability },
         store_node: Some("local".into()),
@@ -203,7 +203,7 @@ pub(super) async fn master(args: MasterArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
         data_dir: args.data_dir,
         listen: args.listen,
-        nats: Some(args.nats),
+        nats: Some(args.nats.target("master", false)?.context("`shoal master` needs --nats URL")?),
         default_plugins: true,
         store: shoal_store::StoreConfig {
             shards: args.shards,
@@ -259,8 +259,10 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
         }
         None => {
             let args = cli.run;
-            let nats =
-                args.nats.context("an agent needs --nats URL (the master's bus), or a command: shoal agent list")?;
+            let nats = args
+                .nats
+                .target("agent", false)?
+                .context("an agent needs --nats URL (the master's bus), or a command: shoal agent list")?;
             let registration = crate::node::local_agent(
                 args.id,
                 args.hostname,
@@ -268,15 +270,14 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
                 args.resources.as_deref(),
                 &args.attributes,
             )?;
-            let bus: shoal_bus::SharedBus = std::sync::Arc::new(
-                shoal_bus::NatsBus::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?,
-            );
+            let bus = nats.connect().await?;
             let work_dir = args.work_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-agent-{}", registration.id)));
             println!(
-                "Shoal agent {} is running (host {}, resources {}, bus {nats}, work dir {})",
+                "Shoal agent {} is running (host {}, resources {}, bus {}, work dir {})",
                 registration.id,
                 registration.hostname,
                 registration.resources,
+                nats.url,
                 work_dir.display()
             );
             let mut config = shoal_agent::AgentConfig::new(registration, work_dir);

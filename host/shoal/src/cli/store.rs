@@ -22,8 +22,8 @@ pub struct StoreCli {
 #[derive(Args, Debug)]
 struct StoreRunArgs {
     /// The NATS server the master listens on.
-    #[arg(long)]
-    nats: Option<String>,
+    #[command(flatten)]
+    nats: super::NatsArgs,
     /// This node's id in the shard map, `[a-z0-9-]{1,63}` (default: the host name, cleaned).
     #[arg(long)]
     id: Option<String>,
@@ -97,7 +97,7 @@ pub async fn store(cli: StoreCli) -> anyhow::Result<()> {
 }
 
 async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
-    let Some(nats) = args.nats else {
+    let Some(nats) = args.nats.target("store", false)? else {
         bail!("`shoal store` runs a store node: pass --nats URL (or use `shoal store status|scale-out|scale-in`)");
     };
     let id = match args.id {
@@ -106,9 +106,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
     };
     shoal_store::node::validate_node_id(&id)?;
     let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-store-{id}")));
-    let bus: shoal_bus::SharedBus = std::sync::Arc::new(
-        shoal_bus::NatsBus::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?,
-    );
+    let bus = nats.connect().await?;
     let durability = if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal };
     let service = shoal_store::service::start(
         bus,
