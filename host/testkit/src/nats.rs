@@ -45,6 +45,10 @@ pub struct NatsServer {
     name: String,
     /// Numbers the log files, so a restart does not overwrite the previous run's log.
     runs: u32,
+    /// A configuration file, e.g. the users and permissions of `shoal nats init`. The server
+    /// reads a copy with this server's name added (`-n` would not survive a reload); the address
+    /// and JetStream flags still come from here and override it.
+    config: Option<PathBuf>,
 }
 
 /// Distinguishes servers started by one test process.
@@ -60,6 +64,16 @@ impl NatsServer {
     /// Starts `nats-server` (from `$SHOAL_NATS_SERVER` or `PATH`) on a free loopback port and waits
     /// until it accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
+        Self::start_inner(None)
+    }
+
+    /// [`NatsServer::start`] with the configuration file `config` (its `listen` and `jetstream`
+    /// settings are overridden: loopback, a free port, a temporary store).
+    pub fn start_with_config(config: &Path) -> anyhow::Result<NatsServer> {
+        Self::start_inner(Some(config.to_owned()))
+    }
+
+    fn start_inner(config: Option<PathBuf>) -> anyhow::Result<NatsServer> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("shoal-nats-")
@@ -72,6 +86,7 @@ impl NatsServer {
             child: None,
             name: format!("shoal-test-{}-{}", std::process::id(), SERVERS_STARTED.fetch_add(1, Ordering::Relaxed)),
             runs: 0,
+            config,
         };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -143,6 +158,37 @@ impl NatsServer {
         }
     }
 
+    /// Makes the server read its configuration file again (SIGHUP, as `nats-server --signal
+    /// reload` does) and waits until it says it has.
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        const DONE: &str = "Reloaded server configuration";
+        let before = self.log().matches(DONE).count();
+        self.copy_config()?;
+        let pid = self.child.as_ref().context("the server is not running")?.id();
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().context("running kill")?;
+        if !status.success() {
+            bail!("kill -HUP {pid} failed: {status}");
+        }
+        let deadline = Instant::now() + STARTUP_PATIENCE;
+        while self.log().matches(DONE).count() == before {
+            if Instant::now() >= deadline {
+                bail!("nats-server did not reload within {STARTUP_PATIENCE:?}; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Writes the configuration the server reads: the given one plus this server's name.
+    fn copy_config(&self) -> anyhow::Result<Option<PathBuf>> {
+        let Some(config) = &self.config else { return Ok(None) };
+        let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+        let copy = self.dir.path().join("server.conf");
+        std::fs::write(&copy, format!("{text}\nserver_name: \"{}\"\n", self.name))
+            .with_context(|| format!("writing {}", copy.display()))?;
+        Ok(Some(copy))
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join(format!("nats-server-{}.log", self.runs))
     }
@@ -158,8 +204,13 @@ impl NatsServer {
             log.try_clone().context("cannot share the nats-server log file").map_err(StartError::Fatal)?;
         let port = self.port.to_string();
         let store = self.store_dir();
-        let mut child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &port, "-n", &self.name, "-js", "-sd"])
+        let mut command = Command::new(&self.binary);
+        match self.copy_config().map_err(StartError::Fatal)? {
+            Some(config) => command.arg("-c").arg(config),
+            None => command.args(["-n", &self.name]),
+        };
+        let mut child = command
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(&store)
             .stdin(Stdio::null())
             .stdout(log_for_stdout)

@@ -157,7 +157,10 @@ pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
                 listen,
                 // nats-server keeps its streams in `<store_dir>/jetstream`.
                 jetstream: (!no_jetstream).then_some(absolute),
-                tls: tls_cert.zip(tls_key),
+                tls: match tls_cert.zip(tls_key) {
+                    Some((cert, key)) => Some((std::path::absolute(cert)?, std::path::absolute(key)?)),
+                    None => None,
+                },
                 users: Vec::new(),
             };
             let wanted = identities(&agents, &stores)?;

@@ -1,0 +1,227 @@
+//! Issue 21, the bus: attacks on a running cluster's `nats-server`, configured and credentialed by
+//! `shoal nats init`, each performed as written in the issue and each refused. A client without
+//! credentials cannot connect; with agent `a1`'s credentials it cannot launch on agent `a2`,
+//! listen to `a2`'s commands, forge `a2`'s status or registration, or publish a shard map. What it
+//! is granted (its own heartbeat) still works, so the refusals are the permissions' doing. A
+//! `tls://` URL gets TLS, checked against the CA given with `--nats-ca`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use shoal_bus::auth;
+use shoal_testkit::eventually;
+
+use super::fixture::Cluster;
+
+/// A raw NATS client with `creds`, and the errors the server sent it.
+async fn connect_as(url: &str, creds: &std::path::Path) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+    let seed = auth::read_seed(creds).expect("a credentials file");
+    let public = auth::public_key_of(&seed).expect("a user seed");
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    let client = async_nats::ConnectOptions::with_nkey(seed)
+        .custom_inbox_prefix(auth::inbox_prefix(&public))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(err) = event {
+                    seen.lock().expect("lock").push(err.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .expect("connects with its credentials");
+    (client, errors)
+}
+
+/// Waits until the server has told `errors`' client that `what` on `subject` was refused.
+async fn refused(errors: &Arc<Mutex<Vec<String>>>, what: &str, subject: &str) {
+    let want = format!("Permissions Violation for {what} to \"{subject}\"");
+    let said = || errors.lock().expect("lock").clone();
+    eventually(&format!("the server refuses: {want} (it said {:?} so far)", said()), Duration::from_secs(10), || {
+        let found = said().iter().any(|e| e.contains(&want));
+        async move { found.then_some(()) }
+    })
+    .await;
+}
+
+#[test]
+fn the_bus_lets_each_role_speak_only_for_itself() {
+    let mut cluster = Cluster::builder().agents(&[("a1", "r1"), ("a2", "r1")]).start();
+    cluster.wait_for_agents("registration", &[("a1", "active"), ("a2", "active")]);
+    let url = cluster.nats_url();
+    let a1_creds = cluster.creds("agent", "a1");
+    let master_creds = cluster.nats_dir().join("creds/master.nk");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        // No credentials: not even a connection.
+        let err = shoal_bus::NatsBus::connect(&url).await.expect_err("anonymous clients are refused");
+        assert!(err.to_string().to_lowercase().contains("authorization"), "{err}");
+
+        // The master's view of a2's launch subject, to see what reaches it.
+        let (master, _) = connect_as(&url, &master_creds).await;
+        let a2_launch = shoal_bus::subject::agent_launch("a2");
+        let mut watch = master.subscribe(a2_launch.clone()).await.expect("subscribe");
+        master.flush().await.expect("flush");
+
+        let (a1, errors) = connect_as(&url, &a1_creds).await;
+        // What a1 is granted works: its own heartbeat is answered.
+        let beat =
+            a1.request(shoal_bus::subject::agent_heartbeat("a1"), "".into()).await.expect("a1 may heartbeat as itself");
+        let beat: serde_json::Value = serde_json::from_slice(&beat.payload).expect("JSON");
+        assert_eq!(beat["known"], true, "{beat}");
+
+        // Launch on a2: refused by the server, and never delivered.
+        let launch = serde_json::json!({"tasks": [{"id": "evil", "command": {"shell": "touch /tmp/pwned"}}]});
+        a1.publish(a2_launch.clone(), launch.to_string().into()).await.expect("sent");
+        refused(&errors, "Publish", &a2_launch).await;
+        master.publish(a2_launch.clone(), "marker".into()).await.expect("marker");
+        let first =
+            tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("a message").expect("open");
+        assert_eq!(&first.payload[..], b"marker", "a forged launch reached agent a2's subject");
+
+        // Listen to a2's commands, forge its status, register as a2, publish a shard map, talk to
+        // a store node's admin subject: each refused.
+        let _spy = a1.subscribe(a2_launch.clone()).await.expect("the client sends the SUB");
+        refused(&errors, "Subscription", &a2_launch).await;
+        let forged_status = serde_json::json!({"uuid": "u", "task_id": "t", "agent_id": "a2", "state": "failed",
+            "timestamp_ms": 1});
+        let a2_status = shoal_bus::subject::agent_status("a2");
+        a1.publish(a2_status.clone(), forged_status.to_string().into()).await.expect("sent");
+        refused(&errors, "Publish", &a2_status).await;
+        let a2_register = shoal_bus::subject::agent_register("a2");
+        a1.publish(a2_register.clone(), "{}".into()).await.expect("sent");
+        refused(&errors, "Publish", &a2_register).await;
+        let map = serde_json::json!({"data": {"epoch": u64::MAX, "shards": ["a1"]}});
+        a1.publish(shoal_bus::subject::STORE_SHARDMAP, map.to_string().into()).await.expect("sent");
+        refused(&errors, "Publish", shoal_bus::subject::STORE_SHARDMAP).await;
+        let admin = shoal_bus::subject::store_admin("master");
+        a1.publish(admin.clone(), "x".into()).await.expect("sent");
+        refused(&errors, "Publish", &admin).await;
+
+        // On its own subject, a1 still cannot register as someone else: the master checks the
+        // payload against the subject.
+        let registration = serde_json::json!({"id": "a2", "hostname": "host-a1",
+            "resources": {"cpus": 1.0, "mem_mb": 64.0}});
+        let reply = a1
+            .request(shoal_bus::subject::agent_register("a1"), registration.to_string().into())
+            .await
+            .expect("the master answers");
+        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+        assert_eq!(reply["accepted"], false, "{reply}");
+        assert!(reply["error"].as_str().unwrap_or_default().contains("may not register as"), "{reply}");
+    });
+    // Nothing of it changed the cluster.
+    cluster.wait_for_agents("after the attacks", &[("a1", "active"), ("a2", "active")]);
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}
+
+#[test]
+fn roles_refuse_to_start_on_nats_without_credentials_unless_told_to() {
+    let out = std::process::Command::new(super::shoal())
+        .args(["agent", "--nats", "nats://127.0.0.1:1", "--id", "a1"])
+        .output()
+        .expect("run shoal agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--nats-creds") && err.contains("--nats-insecure"), "{err}");
+}
+
+/// `openssl`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tls_urls_connect_with_tls_to_the_server_nats_init_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // A certificate authority and a certificate for 127.0.0.1 signed by it.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=shoal test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("write");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let nats_dir = d.join("nats");
+    let out = std::process::Command::new(super::shoal())
+        .args(["nats", "init", "--no-jetstream", "--dir"])
+        .arg(&nats_dir)
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .output()
+        .expect("shoal nats init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = shoal_testkit::NatsServer::start_with_config(&nats_dir.join("nats-server.conf")).expect("nats-server");
+    let url = format!("tls://127.0.0.1:{}", server.port());
+    let creds = nats_dir.join("creds/master.nk");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        use shoal_bus::Bus;
+        let trusted = shoal_bus::NatsOptions { creds: Some(creds.clone()), ca: Some(d.join("ca.pem")) };
+        let bus = shoal_bus::NatsBus::connect_with(&url, &trusted).await.expect("TLS with the CA");
+        let mut echo = bus.subscribe("shoal.evt.test.tls").await.expect("subscribe");
+        bus.flush().await.expect("flush");
+        bus.publish("shoal.evt.test.tls", "over tls".into()).await.expect("publish");
+        let got =
+            tokio::time::timeout(Duration::from_secs(10), echo.next()).await.expect("in time").expect("a message");
+        assert_eq!(&got.payload[..], b"over tls");
+
+        let untrusted = shoal_bus::NatsOptions { creds: Some(creds), ca: None };
+        let err = shoal_bus::NatsBus::connect_with(&url, &untrusted).await.expect_err("an unknown CA is refused");
+        assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    });
+}
