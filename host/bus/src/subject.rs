@@ -343,6 +343,17 @@ pub fn heartbeat_agent(subject: &str) -> Option<&str> {
         .filter(|id| !id.contains('.'))
 }
 
+/// The family and the name of an event subject with one name and one action,
+/// `shoal.evt.<family>.<name>.<action>` (`("kv", "orders")` for
+/// `shoal.evt.kv.orders.put`, `("task", "web")` for [`task_event`]); `None` for any other shape.
+/// The API decides with it which events an app token sees.
+pub fn event_family(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix(EVENTS_PREFIX)?.strip_prefix('.')?;
+    let mut tokens = rest.split('.');
+    let (family, name, _action) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    tokens.next().is_none().then_some((family, name))
+}
+
 /// Whether `filter` selects only events: inside the event tree (`shoal.evt.…`), or one of the
 /// wildcards (`>`, `shoal.>`) that cover it and are narrowed to it ([`EVENTS_ALL`]).
 pub fn within_events(filter: &str) -> bool {
@@ -357,6 +368,16 @@ pub fn covers_events(filter: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_families_are_read_back() {
+        assert_eq!(event_family(&kv_event("orders", "put")), Some(("kv", "orders")));
+        assert_eq!(event_family(&task_event("web", "running")), Some(("task", "web")));
+        assert_eq!(event_family(&app_event("shop", "deployed")), Some(("app", "shop")));
+        assert_eq!(event_family(STORE_SHARDMAP), None);
+        assert_eq!(event_family(&plugin_event("router", "rr", PluginAction::Uploaded)), None);
+        assert_eq!(event_family("shoal.ctl.kv.orders.put"), None);
+    }
 
     #[test]
     fn heartbeat_subjects_round_trip() {

@@ -11,6 +11,7 @@ mod plugin_sdk;
 mod roles;
 mod services;
 mod store;
+mod tokens;
 
 pub(crate) use client::{Client, kind_of, name_values, print};
 use events::{EventsCommand, tail};
@@ -74,6 +75,9 @@ enum Command {
     /// Show or switch (live) the master's allocator plugin.
     #[command(subcommand)]
     Allocator(cluster::AllocatorCommand),
+    /// Issue, list and revoke API tokens (admin only).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
 }
 
 /// How the CLI reaches the API.
@@ -106,5 +110,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(cmd) => cluster::job(cmd).await,
         Command::Artifact(cmd) => cluster::artifact(cmd).await,
         Command::Allocator(cmd) => cluster::allocator(cmd).await,
+        Command::Token(cmd) => tokens::token(cmd).await,
     }
 }
