@@ -114,8 +114,8 @@ impl Dev {
             if let Some(rest) = line.trim().strip_prefix("gateway:") {
                 gateway = rest.split_whitespace().next().map(|g| g.trim_end_matches('/').to_owned());
             }
-            if let Some(rest) = line.trim().strip_prefix("admin token:") {
-                token = rest.split_whitespace().next().map(str::to_owned);
+            if let Some(path) = line.trim().strip_prefix("admin token: in ") {
+                token = Some(std::fs::read_to_string(path).expect("the admin token file").trim().to_owned());
             }
         }
         Dev {
