@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use shoal_testkit::eventually_sync;
 
+mod api_security;
 mod apps;
 mod fixture;
 mod master;
