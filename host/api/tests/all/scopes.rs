@@ -84,6 +84,11 @@ async fn tokens_expire_are_listed_without_secrets_and_revoked_at_once() {
     let node = s.req(Method::DELETE, &format!("/v1/tokens/{node_id}"), Some(ADMIN), None).await;
     assert_error(&node, StatusCode::CONFLICT, "node_token");
     assert_eq!(s.get("/v1/plugins").await.0, StatusCode::OK);
+
+    // The served OpenAPI document describes it.
+    let (_, doc) = s.req(Method::GET, "/v1/openapi.json", None, None).await;
+    assert!(doc["paths"]["/v1/tokens"]["get"].is_object() && doc["paths"]["/v1/tokens/{id}"]["delete"].is_object());
+    assert!(doc["components"]["schemas"]["TokenRequest"]["properties"]["ttl"].is_object(), "{doc}");
 }
 
 #[test]
