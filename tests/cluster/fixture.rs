@@ -67,8 +67,8 @@ impl Master {
             if let Some(rest) = line.trim().strip_prefix("API:") {
                 api = Some(rest.trim().trim_end_matches("/v1").to_owned());
             }
-            if let Some(rest) = line.trim().strip_prefix("admin token:") {
-                token = rest.split_whitespace().next().map(str::to_owned);
+            if let Some(path) = line.trim().strip_prefix("admin token: in ") {
+                token = Some(std::fs::read_to_string(path).expect("the admin token file").trim().to_owned());
             }
         }
         std::thread::spawn(move || for _ in lines {});

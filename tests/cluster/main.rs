@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use shoal_testkit::eventually_sync;
 
+mod api_security;
 mod apps;
 mod fixture;
 mod master;
@@ -115,8 +116,8 @@ impl Dev {
             if let Some(rest) = line.trim().strip_prefix("gateway:") {
                 gateway = rest.split_whitespace().next().map(|g| g.trim_end_matches('/').to_owned());
             }
-            if let Some(rest) = line.trim().strip_prefix("admin token:") {
-                token = rest.split_whitespace().next().map(str::to_owned);
+            if let Some(path) = line.trim().strip_prefix("admin token: in ") {
+                token = Some(std::fs::read_to_string(path).expect("the admin token file").trim().to_owned());
             }
         }
         Dev {

@@ -38,10 +38,17 @@ impl StoreTaskKv {
     }
 }
 
-/// A `shoal.kv` label that names something other than store namespaces.
+/// A `shoal.kv` label the agent refuses: it names something other than store namespaces, or a
+/// system namespace (the master refuses those at launch already; this is the second line).
 #[derive(Debug, thiserror::Error)]
-#[error("label {KV_LABEL}: {0}")]
-pub struct KvLabelError(pub StoreError);
+pub enum KvLabelError {
+    /// Not a namespace name.
+    #[error("label {KV_LABEL}: {0}")]
+    Invalid(StoreError),
+    /// A system namespace (`_…`).
+    #[error(transparent)]
+    System(#[from] shoal_protocol::labels::LabelError),
+}
 
 /// The buckets a task may open, from its `shoal.kv` label: `Ok(None)` without the label, an
 /// error naming the bad namespace otherwise.
@@ -50,9 +57,10 @@ pub fn access(
     backend: Arc<StoreTaskKv>,
 ) -> Result<Option<TaskKvAccess>, KvLabelError> {
     let Some(text) = labels.get(KV_LABEL) else { return Ok(None) };
+    shoal_protocol::labels::check_launch(labels)?;
     let mut buckets = Vec::new();
-    for ns in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        shoal_store::validate_namespace(ns).map_err(KvLabelError)?;
+    for ns in shoal_protocol::labels::kv_namespaces(text) {
+        shoal_store::validate_namespace(ns).map_err(KvLabelError::Invalid)?;
         buckets.push(ns.to_owned());
     }
     Ok(Some(TaskKvAccess { backend, buckets }))
@@ -111,5 +119,21 @@ impl TaskKv for StoreTaskKv {
             self.client().batch(bucket, chunk.to_vec()).await.map_err(text)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_refuses_a_system_namespace_too() {
+        let backend = StoreTaskKv::new(Arc::new(shoal_bus::LocalBus::new()));
+        let labels = |kv: &str| std::collections::BTreeMap::from([(KV_LABEL.to_owned(), kv.to_owned())]);
+        let err = access(&labels("orders,_plugin-framework-service"), backend.clone()).err().expect("refused");
+        assert!(matches!(err, KvLabelError::System(_)), "{err}");
+        assert!(err.to_string().contains("`_plugin-framework-service`, a system namespace"), "{err}");
+        let granted = access(&labels("orders, sessions"), backend).expect("app namespaces").expect("a grant");
+        assert_eq!(granted.buckets, ["orders", "sessions"]);
     }
 }

@@ -9,6 +9,10 @@
 //!   asks for more than any active agent has (422), since a framework only ever sees offers.
 //!
 //! Reads need any token; kills and framework requests other than `GET` need an operator token.
+//! An `app:<namespace>` token sees only what belongs to its namespace (`crate::scoped`): its own
+//! tasks (others are left out of listings and are 403, logs included), `/v1/apps/<namespace>…`
+//! and `/v1/jobs/<namespace>…` (listings of all and frameworks' own APIs are 403), and no
+//! artifact downloads.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +30,7 @@ use shoal_protocol::Resources;
 use crate::AppState;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
+use crate::scoped;
 
 fn master(state: &AppState) -> Result<&std::sync::Arc<Master>, ApiError> {
     state
@@ -52,10 +57,12 @@ pub async fn list_tasks(
     headers: HeaderMap,
     Query(filter): Query<TaskFilter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    state.auth.reader(&headers)?;
+    let scope = state.auth.reader(&headers)?;
     let tasks: Vec<_> = master(&state)?
         .tasks()
         .into_iter()
+        .filter(|t| scoped::may_read_task(&scope, t))
+        .map(|t| scoped::task_for(&scope, t))
         .filter(|t| filter.framework.as_ref().is_none_or(|f| *f == t.info.framework))
         .filter(|t| filter.service.as_ref().is_none_or(|s| Some(s.as_str()) == t.service()))
         .filter(|t| filter.state.as_ref().is_none_or(|s| *s == t.state.as_str()))
@@ -65,16 +72,17 @@ pub async fn list_tasks(
 
 /// One task.
 #[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path)),
-    responses((status = 200, description = "the task"), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "the task"), (status = 403, body = ErrorBody, description = "an app token and a task of another namespace"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn show_task(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    state.auth.reader(&headers)?;
+    let scope = state.auth.reader(&headers)?;
     let task = master(&state)?.task(&id).ok_or_else(|| ApiError::not_found(format!("no task `{id}`")))?;
-    Ok(Json(json!(task)))
+    scoped::check_task(&scope, &task)?;
+    Ok(Json(json!(scoped::task_for(&scope, task))))
 }
 
 /// Kill a task (SIGTERM, then SIGKILL after the agent's grace period). Its framework learns it
@@ -107,7 +115,7 @@ pub struct LogsQuery {
 /// `x-shoal-dropped` says how many older bytes are gone.
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs",
     params(("id" = String, Path), ("stream" = Option<String>, Query, description = "`stdout` (default) or `stderr`"), ("tail" = Option<usize>, Query, description = "at most this many bytes")),
-    responses((status = 200, description = "the output, text/plain"), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)),
+    responses((status = 200, description = "the output, text/plain"), (status = 403, body = ErrorBody, description = "an app token and a task of another namespace"), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn task_logs(
     State(state): State<AppState>,
@@ -115,15 +123,14 @@ pub async fn task_logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    state.auth.reader(&headers)?;
+    let scope = state.auth.reader(&headers)?;
     let stream = q.stream.unwrap_or_else(|| "stdout".into());
     if stream != "stdout" && stream != "stderr" {
         return Err(ApiError::bad_request(format!("stream `{stream}` is neither `stdout` nor `stderr`")));
     }
     let master = master(&state)?;
-    if master.task(&id).is_none() {
-        return Err(ApiError::not_found(format!("no task `{id}`")));
-    }
+    let task = master.task(&id).ok_or_else(|| ApiError::not_found(format!("no task `{id}`")))?;
+    scoped::check_task(&scope, &task)?;
     let logs = master
         .task_logs(&id, &stream, q.tail)
         .await
@@ -160,6 +167,7 @@ pub async fn framework_request(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    scoped::check_operator(&state.auth.reader(&headers)?, "a framework's own API")?;
     forward(&state, &name, method, &headers, format!("/{rest}"), query, body).await
 }
 
@@ -173,6 +181,8 @@ pub async fn apps(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let rest = rest.map(|Path(r)| r);
+    let scope = state.auth.reader(&headers)?;
+    scoped::check_definition(&scope, "app", rest.as_deref().map(|r| r.split('/').next().unwrap_or_default()))?;
     let path = match &rest {
         Some(rest) => format!("/apps/{rest}"),
         None => "/apps".to_owned(),
@@ -224,6 +234,8 @@ pub async fn jobs(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let rest = rest.map(|Path(r)| r);
+    let scope = state.auth.reader(&headers)?;
+    scoped::check_definition(&scope, "job", rest.as_deref().map(|r| r.split('/').next().unwrap_or_default()))?;
     let path = match &rest {
         Some(rest) => format!("/jobs/{rest}"),
         None => "/jobs".to_owned(),
@@ -375,14 +387,14 @@ pub async fn push_artifact(
 
 /// Download an artifact.
 #[utoipa::path(get, path = "/v1/artifacts/{digest}", params(("digest" = String, Path)),
-    responses((status = 200, description = "the component"), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "the component"), (status = 403, body = ErrorBody, description = "an app token"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_artifact(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.auth.reader(&headers)?;
+    scoped::check_operator(&state.auth.reader(&headers)?, "downloading an artifact")?;
     let bytes =
         artifacts(&state)?.get(&digest).ok_or_else(|| ApiError::not_found(format!("no artifact `{digest}`")))?;
     Ok(([("content-type", "application/wasm")], bytes).into_response())

@@ -105,15 +105,44 @@ pub struct ActivateRequest {
 pub struct TokenRequest {
     /// `admin`, `operator` or `app:<namespace>`.
     pub scope: String,
+    /// How long the token works: a whole number and `s`, `m`, `h` or `d` (`30m`, `1h`, `7d`), at
+    /// most `3650d`; without it, until revoked.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// A token as listed: never its secret, nor its whole digest.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TokenInfo {
+    /// The first 12 hex digits of the token's sha256: what `DELETE /v1/tokens/{id}` takes.
+    pub id: String,
+    /// Its scope.
+    pub scope: String,
+    /// Issued at, ms since the Unix epoch (absent for tokens issued before this was recorded).
+    pub created_ms: Option<u64>,
+    /// Stops working at, ms since the Unix epoch; absent: until revoked.
+    pub expires_ms: Option<u64>,
+    /// Past its expiry (answered 401).
+    pub expired: bool,
+    /// The node's admin token (from `admin.token`): rotated with that file, never revoked.
+    pub node: bool,
 }
 
 /// A new token.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
-    /// The token; shown once.
+    /// The token; shown once, in this answer only.
     pub token: String,
-    /// Its scope.
-    pub scope: String,
+    /// What `GET /v1/tokens` lists for it.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `GET /v1/tokens`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    /// Every token: the node's admin token first, then by age.
+    pub tokens: Vec<TokenInfo>,
 }
 
 /// An entry of a listing. Values that are UTF-8 come as `value`, others hex-encoded as
@@ -214,7 +243,7 @@ impl Modify for BearerAuth {
     paths(
         crate::plugins::list, crate::plugins::show, crate::plugins::push, crate::plugins::delete,
         crate::plugins::activate, crate::plugins::rollback, crate::plugins::download,
-        crate::events::stream, crate::auth::issue,
+        crate::events::stream, crate::auth::issue, crate::auth::list, crate::auth::revoke,
         crate::kv::get, crate::kv::put, crate::kv::delete, crate::kv::list, crate::kv::batch,
         crate::kv::status, crate::kv::scale_out, crate::kv::scale_in,
         crate::services::list, crate::services::show, crate::services::watch, crate::services::register,
@@ -225,7 +254,7 @@ impl Modify for BearerAuth {
         crate::cluster::list_frameworks, crate::cluster::list_artifacts, crate::cluster::push_artifact,
         crate::cluster::get_artifact, crate::cluster::get_allocator, crate::cluster::put_allocator,
     ),
-    components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse,
+    components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse, TokenInfo, TokenList,
         KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse, crate::kv::ScaleOutRequest, crate::cluster::AllocatorChoice)),
     modifiers(&BearerAuth),
 )]

@@ -1,4 +1,5 @@
-//! `GET /v1/events`: the bus's CloudEvents as Server-Sent Events, filtered by subject.
+//! `GET /v1/events`: the bus's CloudEvents as Server-Sent Events, filtered by subject, and for
+//! `app:<namespace>` tokens by what belongs to the namespace (`crate::scoped::event_for_app`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use shoal_bus::subject;
 
 use crate::AppState;
+use crate::auth::Scope;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
 
@@ -23,7 +25,9 @@ pub struct EventsQuery {
     subject: Option<String>,
 }
 
-/// Stream events as SSE; each `data:` line is one CloudEvents 1.0 JSON event.
+/// Stream events as SSE; each `data:` line is one CloudEvents 1.0 JSON event. An `app:<ns>`
+/// token gets only `shoal.evt.kv.<ns>.*`, `shoal.evt.app.<ns>.*`, `shoal.evt.job.<ns>.*`,
+/// `shoal.evt.service.<ns>.*` and the events of tasks of its namespace (check output redacted).
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery),
     responses((status = 200, content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn stream(
@@ -31,7 +35,7 @@ pub async fn stream(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    state.auth.reader(&headers)?;
+    let scope = state.auth.reader(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filter = query.subject.unwrap_or_else(|| subject::EVENTS_ALL.to_owned());
     subject::validate_filter(&filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -46,9 +50,13 @@ pub async fn stream(
         state.bus.subscribe(&filter).await.map_err(|e| {
             ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())
         })?;
-    let events = subscription.map(|message| {
-        let data = String::from_utf8_lossy(&message.payload).into_owned();
-        Ok(Event::default().event(message.subject).data(data))
+    let master = state.master.clone();
+    let events = subscription.filter_map(move |message| {
+        let data = match &scope {
+            Scope::Admin | Scope::Operator => Some(String::from_utf8_lossy(&message.payload).into_owned()),
+            Scope::App(ns) => crate::scoped::event_for_app(ns, &message.subject, &message.payload, master.as_deref()),
+        };
+        std::future::ready(data.map(|data| Ok(Event::default().event(message.subject).data(data))))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -8,6 +8,7 @@
 //!   `/v1/store`;
 //! - [`services`] serves the service registry (`/v1/services`) and the gateway's routes
 //!   (`/v1/routes`);
+//! - [`scoped`] narrows what `app:<namespace>` tokens read to what belongs to their namespace;
 //! - handlers validate every input at the edge and change nothing when they answer 4xx.
 //!
 //! What this crate must never do: hold state of its own beyond tokens. Plugins live in the
@@ -24,6 +25,7 @@ pub mod error;
 mod events;
 pub mod kv;
 mod plugins;
+pub mod scoped;
 pub mod services;
 
 use std::future::Future;
@@ -116,7 +118,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins/{kind}/{name}/rollback", post(plugins::rollback))
         .route("/v1/plugins/{kind}/{name}/versions/{version}/component", get(plugins::download))
         .route("/v1/events", get(events::stream))
-        .route("/v1/tokens", post(auth::issue))
+        .route("/v1/tokens", get(auth::list).post(auth::issue))
+        .route("/v1/tokens/{id}", axum::routing::delete(auth::revoke))
         .route("/v1/kv/{ns}", get(kv::list).post(kv::batch))
         .route("/v1/kv/{ns}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/store", get(kv::status))

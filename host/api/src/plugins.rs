@@ -134,16 +134,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The component bytes of a version.
+/// The component bytes of a version (admin and operator tokens).
 #[utoipa::path(get, path = "/v1/plugins/{kind}/{name}/versions/{version}/component",
     params(("kind" = String, Path), ("name" = String, Path), ("version" = String, Path)),
-    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 403, body = ErrorBody, description = "an app token"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((k, name, version)): Path<(String, String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.auth.reader(&headers)?;
+    crate::scoped::check_operator(&state.auth.reader(&headers)?, "downloading a plugin's component")?;
     let bytes = state.registry.bytes(kind(&k)?, &name, &version)?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes))
 }

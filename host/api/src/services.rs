@@ -12,7 +12,9 @@
 //!   `PUT …/{id}/heartbeat` renews it; `DELETE …/{id}` removes it;
 //! - `GET /v1/routes`, `GET|PUT|DELETE /v1/routes/{name}`.
 //!
-//! Reading needs any token; writing needs `admin` or `operator`.
+//! Reading needs any token; writing needs `admin` or `operator`, and a registration with a
+//! `command` check `admin` (the node runs it with `sh -c`). An instance's `health_output` (at most
+//! 4 KiB, then a truncation marker) is shown to admin and operator tokens only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,10 +29,12 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use shoal_discovery::{Discovery, DiscoveryError, Registration};
+use shoal_discovery::{Discovery, DiscoveryError, Instance, Registration};
 use shoal_gateway::{Route, RouteError, Routes};
+use shoal_health::CheckKind;
 
 use crate::AppState;
+use crate::auth::Scope;
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, json_body};
 
@@ -106,6 +110,17 @@ fn with_index(index: u64, body: serde_json::Value) -> Response {
     response
 }
 
+/// Instances as `scope` may read them: the output of their health checks (bounded to
+/// `shoal_health::MAX_OUTPUT` bytes by the registry) only for admin and operator tokens.
+fn for_scope(scope: &Scope, mut instances: Vec<Instance>) -> Vec<Instance> {
+    if !scope.sees_everything() {
+        for instance in &mut instances {
+            instance.health_output.clear();
+        }
+    }
+    instances
+}
+
 /// Every service, with instance counts.
 #[utoipa::path(get, path = "/v1/services", params(ServiceQuery),
     responses((status = 200, description = "`{index, self_preservation, services: [{name, instances, passing}]}`"), (status = 400, body = ErrorBody)),
@@ -132,7 +147,7 @@ pub async fn list(
 
 /// The instances of one service.
 #[utoipa::path(get, path = "/v1/services/{svc}", params(("svc" = String, Path), ServiceQuery),
-    responses((status = 200, description = "`{index, service, instances: [Instance]}`"), (status = 400, body = ErrorBody)),
+    responses((status = 200, description = "`{index, service, instances: [Instance]}`; an instance's `health_output` (at most 4096 bytes of the last check's output, then ` [… truncated]`) is absent for app tokens"), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -140,7 +155,7 @@ pub async fn show(
     Path(svc): Path<String>,
     query: Result<Query<ServiceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.auth.reader(&headers)?;
+    let scope = state.auth.reader(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     shoal_discovery::validate_service(&svc)?;
     let d = discovery(&state)?;
@@ -148,6 +163,7 @@ pub async fn show(
         d.wait(index, parse_wait(query.wait.as_deref())?).await;
     }
     let (instances, index) = d.instances(&svc, query.healthy.unwrap_or(false));
+    let instances = for_scope(&scope, instances);
     Ok(with_index(index, json!({"index": index, "service": svc, "instances": instances})))
 }
 
@@ -160,13 +176,14 @@ pub async fn watch(
     headers: HeaderMap,
     Path(svc): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    state.auth.reader(&headers)?;
+    let scope = state.auth.reader(&headers)?;
     shoal_discovery::validate_service(&svc)?;
     let d = discovery(&state)?.clone();
     let mut changes = d.subscribe();
     let stream = async_stream_of(move |tx| async move {
         let snapshot = |d: &Discovery| {
             let (instances, index) = d.instances(&svc, false);
+            let instances = for_scope(&scope, instances);
             Event::default()
                 .event("instances")
                 .id(index.to_string())
@@ -209,8 +226,8 @@ where
 
 /// Register (or update) an external instance.
 #[utoipa::path(put, path = "/v1/services/{svc}/instances/{id}", params(("svc" = String, Path), ("id" = String, Path)),
-    request_body(content = String, description = "`{address, ports?, weight?, labels?, version?, health?, ttl_seconds?, check?}`: `check` is a health check the node runs (`{\"type\": \"http\", \"path\": \"/health\", \"interval_ms\": 1000, \"timeout_ms\": 500}`)"),
-    responses((status = 200, description = "`{index}`"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    request_body(content = String, description = "`{address, ports?, weight?, labels?, version?, health?, ttl_seconds?, check?}`: `check` is a health check the node runs (`{\"type\": \"http\", \"path\": \"/health\", \"interval_ms\": 1000, \"timeout_ms\": 500}`); a `command` check needs an admin token"),
+    responses((status = 200, description = "`{index}`"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "a `command` check with a token that is not admin"), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn register(
     State(state): State<AppState>,
@@ -218,8 +235,19 @@ pub async fn register(
     Path((svc, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.auth.operator(&headers)?;
+    let scope = state.auth.operator(&headers)?;
     let registration: Registration = json_body(&body)?;
+    let command_check = registration.check.as_ref().is_some_and(|c| matches!(c.kind, CheckKind::Command { .. }));
+    if command_check && scope != Scope::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a `command` health check runs `sh -c` on the control-plane node, so only an admin token may register \
+                 one (the token has `{scope}`); use an `http`, `tcp` or `wasm` check"
+            ),
+        ));
+    }
     let index = discovery(&state)?.register(&svc, &id, registration)?;
     Ok(with_index(index, json!({"index": index})))
 }

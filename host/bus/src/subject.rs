@@ -396,6 +396,17 @@ pub fn store_node_of<'a>(subject: &'a str, verb: &str) -> Option<&'a str> {
         .filter(|id| !id.is_empty() && !id.contains('.'))
 }
 
+/// The family and the name of an event subject with one name and one action,
+/// `shoal.evt.<family>.<name>.<action>` (`("kv", "orders")` for
+/// `shoal.evt.kv.orders.put`, `("task", "web")` for [`task_event`]); `None` for any other shape.
+/// The API decides with it which events an app token sees.
+pub fn event_family(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix(EVENTS_PREFIX)?.strip_prefix('.')?;
+    let mut tokens = rest.split('.');
+    let (family, name, _action) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    tokens.next().is_none().then_some((family, name))
+}
+
 /// Whether `filter` selects only events: inside the event tree (`shoal.evt.…`), or one of the
 /// wildcards (`>`, `shoal.>`) that cover it and are narrowed to it ([`EVENTS_ALL`]).
 pub fn within_events(filter: &str) -> bool {
@@ -410,6 +421,16 @@ pub fn covers_events(filter: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_families_are_read_back() {
+        assert_eq!(event_family(&kv_event("orders", "put")), Some(("kv", "orders")));
+        assert_eq!(event_family(&task_event("web", "running")), Some(("task", "web")));
+        assert_eq!(event_family(&app_event("shop", "deployed")), Some(("app", "shop")));
+        assert_eq!(event_family(STORE_SHARDMAP), None);
+        assert_eq!(event_family(&plugin_event("router", "rr", PluginAction::Uploaded)), None);
+        assert_eq!(event_family("shoal.ctl.kv.orders.put"), None);
+    }
 
     #[test]
     fn senders_are_read_back_from_their_subjects() {

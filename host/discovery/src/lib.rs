@@ -120,7 +120,8 @@ pub struct Instance {
     /// The instance's health check, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckSpec>,
-    /// What the last health check saw.
+    /// What the last health check saw: at most `shoal_health::MAX_OUTPUT` bytes, then
+    /// `shoal_health::TRUNCATED`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub health_output: String,
     /// Index of the instance's last change.
@@ -400,7 +401,7 @@ impl Discovery {
             .and_then(|s| s.get_mut(id))
             .ok_or_else(|| DiscoveryError::NotFound { service: service.into(), instance: id.into() })?;
         if let Some(output) = output {
-            instance.health_output = output.chars().take(1024).collect();
+            instance.health_output = shoal_health::bound_output(output);
         }
         if instance.health == health {
             return Ok(state.index);
@@ -578,5 +579,19 @@ mod tests {
         assert!(matches!(d.register("web", "task-1", reg(3, None)), Err(DiscoveryError::NotExternal(_))));
         assert!(matches!(d.heartbeat("web", "task-1"), Err(DiscoveryError::NotExternal(_))));
         assert_eq!(d.instances("web", false).0[0].address, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn check_output_is_bounded_with_a_marker() {
+        let d = Discovery::default();
+        d.register("web", "a", reg(1, None)).expect("register");
+        // Multi-byte characters across the cut: it falls on a character boundary.
+        let long = "é".repeat(shoal_health::MAX_OUTPUT);
+        d.report("web", "a", Health::Critical, &long).expect("report");
+        let kept = d.instances("web", false).0[0].health_output.clone();
+        assert!(kept.ends_with(shoal_health::TRUNCATED), "{kept}");
+        assert_eq!(kept.len(), shoal_health::MAX_OUTPUT + shoal_health::TRUNCATED.len());
+        d.report("web", "a", Health::Passing, "ok").expect("report");
+        assert_eq!(d.instances("web", false).0[0].health_output, "ok");
     }
 }

@@ -42,6 +42,25 @@ pub use spec::{
     MIN_INTERVAL_MS, SpecError,
 };
 
+/// Most bytes of a check's output kept (a command's stdout and stderr, an HTTP body, a plugin's
+/// message): what an operator needs to see why a check fails, and no more. Output is shown to
+/// people (an instance's `health_output`, a task's message, health events), so it must not grow
+/// without bound, nor carry a whole file out of the checking machine.
+pub const MAX_OUTPUT: usize = 4096;
+
+/// What follows output cut at [`MAX_OUTPUT`] bytes.
+pub const TRUNCATED: &str = " [… truncated]";
+
+/// `text` cut to its first [`MAX_OUTPUT`] bytes (at a character boundary) followed by
+/// [`TRUNCATED`] when it is longer; unchanged otherwise.
+pub fn bound_output(text: &str) -> String {
+    if text.len() <= MAX_OUTPUT {
+        return text.to_owned();
+    }
+    let cut = (0..=MAX_OUTPUT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}{TRUNCATED}", &text[..cut])
+}
+
 /// What a check checks: an address and its ports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Target {

@@ -71,9 +71,6 @@ pub(crate) struct Probes {
     pub(crate) wasm: Option<Arc<dyn WasmCheck>>,
 }
 
-/// Most output of a command or body kept in a message.
-const MAX_MESSAGE: usize = 512;
-
 impl Probes {
     pub(crate) fn new(wasm: Option<Arc<dyn WasmCheck>>) -> Self {
         let mut connector = HttpConnector::new();
@@ -190,11 +187,7 @@ async fn command_check(target: &Target, command: &str) -> Outcome {
         Ok(status) => status,
         Err(e) => return Outcome::fail(format!("wait: {e}")),
     };
-    let mut text = String::from_utf8_lossy(&output).trim().to_owned();
-    if text.len() > MAX_MESSAGE {
-        let cut = (0..=MAX_MESSAGE).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-        text.truncate(cut);
-    }
+    let text = crate::bound_output(String::from_utf8_lossy(&output).trim());
     let message = if text.is_empty() { format!("{status}") } else { format!("{status}: {text}") };
     if status.success() { Outcome::pass(message) } else { Outcome::fail(message) }
 }

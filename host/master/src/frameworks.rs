@@ -515,6 +515,9 @@ impl Master {
                 let mut labels: BTreeMap<String, String> =
                     t.labels.iter().map(|a| (a.name.clone(), a.value.clone())).collect();
                 labels.insert(labels::FRAMEWORK.into(), framework.to_owned());
+                if let Err(e) = labels::check_launch(&labels) {
+                    return fail_all(format!("task `{}`: {e}", t.task_id), out);
+                }
                 infos.push(TaskInfo {
                     id: t.task_id.clone(),
                     framework: framework.to_owned(),

@@ -92,6 +92,37 @@ pub fn reserved() -> impl Iterator<Item = &'static str> {
     ALL.iter().filter(|l| l.owner == Owner::Framework).map(|l| l.name)
 }
 
+/// The namespaces a `shoal.kv` label value names: comma-separated, trimmed, empty entries skipped.
+pub fn kv_namespaces(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A task's labels that no launch may carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    /// `shoal.kv` names a system namespace (`_…`): the host's own state, such as a plugin's
+    /// private store, which a task must never open.
+    #[error(
+        "label {KV} names `{0}`, a system namespace (names starting with `_` hold the host's own state, such as \
+         plugins' stores); a task may open only app namespaces"
+    )]
+    SystemNamespace(String),
+}
+
+/// Check the labels of a task about to be launched: refused when `shoal.kv` names a system
+/// namespace. The master checks every launch with this, and the agent again before it opens a
+/// bucket, so no path (framework, app definition, forged launch) gets a task into one.
+pub fn check_launch<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> Result<(), LabelError> {
+    for (name, value) in labels {
+        if name == KV
+            && let Some(ns) = kv_namespaces(value).find(|ns| ns.starts_with('_'))
+        {
+            return Err(LabelError::SystemNamespace(ns.chars().take(80).collect()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +142,18 @@ mod tests {
         assert_eq!(consumed, [SERVICE, VERSION, HEALTH, FRAMEWORK, WEIGHT]);
         assert!(!is_reserved(WEIGHT) && !is_reserved(ROUTE_PATH) && !is_reserved("app.tier"));
         assert!(!is_consumed(ROUTE_PATH) && !is_consumed("app.tier"));
+    }
+
+    #[test]
+    fn a_launch_may_not_name_a_system_namespace() {
+        let labels = |kv: &str| std::collections::BTreeMap::from([(KV.to_owned(), kv.to_owned())]);
+        assert_eq!(kv_namespaces(" a, ,b ,").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(check_launch(&labels("orders, sessions")), Ok(()));
+        let refused = check_launch(&labels("orders, _plugin-framework-service"));
+        assert_eq!(refused, Err(LabelError::SystemNamespace("_plugin-framework-service".into())));
+        assert!(refused.unwrap_err().to_string().contains("system namespace"));
+        // Other labels may hold anything: only `shoal.kv` opens namespaces.
+        let other = std::collections::BTreeMap::from([("app.note".to_owned(), "_x".to_owned())]);
+        assert_eq!(check_launch(&other), Ok(()));
     }
 }

@@ -12,6 +12,7 @@ mod plugin_sdk;
 mod roles;
 mod services;
 mod store;
+mod tokens;
 
 pub(crate) use client::{Client, kind_of, name_values, print};
 use events::{EventsCommand, tail};
@@ -80,6 +81,9 @@ enum Command {
     /// Credentials of the roles and the `nats-server` configuration that enforces them.
     #[command(subcommand)]
     Nats(NatsCommand),
+    /// Issue, list and revoke API tokens (admin only).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
 }
 
 /// How the CLI reaches the API.
@@ -113,5 +117,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Artifact(cmd) => cluster::artifact(cmd).await,
         Command::Allocator(cmd) => cluster::allocator(cmd).await,
         Command::Nats(cmd) => nats::nats(cmd),
+        Command::Token(cmd) => tokens::token(cmd).await,
     }
 }

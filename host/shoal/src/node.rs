@@ -64,7 +64,10 @@ pub struct NodeInfo {
     pub gateway: Option<SocketAddr>,
 }
 
-/// Read the admin token from `data_dir`, or make and store one (readable by the owner only).
+/// Read the admin token from `data_dir`, or make and store one. A new token is written to a
+/// temporary file created with mode 0600 (never readable by others, not even for a moment),
+/// fsynced, then renamed into place, so a crash leaves either no token or a whole one. The
+/// token itself is never printed or logged: callers show where it is, not what it is.
 pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     let path = data_dir.join("admin.token");
     if let Ok(token) = std::fs::read_to_string(&path) {
@@ -74,11 +77,21 @@ pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
         }
     }
     let token = shoal_api::auth::generate_token();
-    std::fs::write(&path, format!("{token}\n")).with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let tmp = data_dir.join(format!("admin.token.{}.tmp", std::process::id()));
+    let written = (|| {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(format!("{token}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("writing {}", path.display()));
     }
     Ok((token, path))
 }

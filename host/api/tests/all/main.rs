@@ -13,6 +13,7 @@ use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
 mod kv;
+mod scopes;
 
 const ADMIN: &str = "admin-token-for-tests";
 
@@ -33,6 +34,9 @@ struct Server {
     http: reqwest::Client,
     registry: Arc<Registry>,
     auth: Arc<Auth>,
+    /// Milliseconds added to the wall clock the token table reads (tokens' expiry).
+    clock_offset: Arc<std::sync::atomic::AtomicU64>,
+    discovery: Arc<shoal_discovery::Discovery>,
     store: Arc<shoal_store::client::StoreClient>,
     _dir: tempfile::TempDir,
     _service: shoal_store::service::StoreService,
@@ -72,7 +76,12 @@ impl Server {
                 let _ = shoal_bus::event::publish_event(forward_bus.as_ref(), &subject, &event).await;
             }
         });
-        let auth = Arc::new(Auth::new(ADMIN));
+        let clock_offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let offset = clock_offset.clone();
+        let auth = Arc::new(Auth::new(ADMIN).with_clock(Arc::new(move || {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+            now.as_millis() as u64 + offset.load(std::sync::atomic::Ordering::SeqCst)
+        })));
         let discovery = Arc::new(shoal_discovery::Discovery::default());
         let routes = Arc::new(shoal_gateway::Routes::in_memory());
         // The store as `shoal dev` runs it: a coordinator and one node of 4 shards, on the bus.
@@ -118,6 +127,8 @@ impl Server {
             http: reqwest::Client::new(),
             registry,
             auth,
+            clock_offset,
+            discovery,
             store: store.client.clone(),
             _service: store,
             _dir: dir,

@@ -193,7 +193,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         if let Some(gateway) = info.gateway {
             println!("  gateway:  http://{gateway}/  (routes: shoal route put …)");
         }
-        println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
+        println!("  admin token: in {}", info.token_file.display());
         println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
     })
     .await
@@ -226,7 +226,7 @@ pub(super) async fn master(args: MasterArgs) -> anyhow::Result<()> {
         if let Some(gateway) = info.gateway {
             println!("  gateway:  http://{gateway}/");
         }
-        println!("  admin token: {}  (saved in {})", info.admin_token, info.token_file.display());
+        println!("  admin token: in {}", info.token_file.display());
     })
     .await
 }

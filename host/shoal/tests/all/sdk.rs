@@ -316,8 +316,8 @@ fn example_routers_route_real_traffic() {
                 .split_whitespace()
                 .next()
                 .map(|u| u.trim_start_matches("http://").trim_end_matches('/').to_owned());
-        } else if let Some(rest) = line.strip_prefix("admin token:") {
-            token = rest.split_whitespace().next().map(str::to_owned);
+        } else if let Some(path) = line.strip_prefix("admin token: in ") {
+            token = Some(std::fs::read_to_string(path).expect("the admin token file").trim().to_owned());
         }
     }
     let (api, gateway, token) = (api.expect("api"), gateway.expect("gateway"), token.expect("token"));
