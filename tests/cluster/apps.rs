@@ -272,7 +272,14 @@ fn a_job_is_retried_until_it_succeeds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
         Dev::start_in(&dir.path().join("data"), &["--agent-resources", "cpus:2;mem:1024;ports:[29700-29709]"], &[]);
-    let marker = dir.path().join("attempted");
+    // Tasks run as an unprivileged user: the marker lives in a directory it may write.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("mkdir");
+    for (path, mode) in [(dir.path(), 0o711), (marks.as_path(), 0o777)] {
+        std::fs::set_permissions(path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode))
+            .expect("chmod");
+    }
+    let marker = marks.join("attempted");
     let job = serde_json::json!({
         "id": "flaky", "cpus": 0.1, "mem": 16, "max_retries": 2, "retry_backoff_seconds": 0.2,
         "cmd": format!("if [ -f {m} ]; then echo second; else touch {m}; echo first; exit 3; fi", m = marker.display()),

@@ -78,8 +78,11 @@ impl Master {
 
 /// `shoal agent` with id `id` on host `host-<id>` (reachable at 127.0.0.1) with the attribute
 /// `rack=<rack>`, 2 cpus, 2 GiB, and ports 31000-31099 shifted by 100 per agent number (agents
-/// share this machine), working in `<dir>/agent-<id>`.
+/// share this machine), working in `<dir>/agent-<id>`, its tasks' sandboxes in
+/// `<dir>/sandboxes-<id>` (`dir` becomes enterable, not listable, for the unprivileged task user).
 fn spawn_agent(nats: &str, creds: &Path, dir: &Path, id: &str, rack: &str) -> Process {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod the cluster's directory");
     let n: u16 = id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
     let ports = format!("ports:[{}-{}]", 31000 + n * 100, 31099 + n * 100);
     let child = Command::new(shoal())
@@ -89,6 +92,8 @@ fn spawn_agent(nats: &str, creds: &Path, dir: &Path, id: &str, rack: &str) -> Pr
         .args(["--attribute", &format!("rack={rack}"), "--hostname", &format!("host-{id}"), "--address", "127.0.0.1"])
         .args(["--grace-ms", "1000", "--work-dir"])
         .arg(dir.join(format!("agent-{id}")))
+        .arg("--sandbox-dir")
+        .arg(dir.join(format!("sandboxes-{id}")))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

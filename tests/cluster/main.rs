@@ -14,6 +14,7 @@ use shoal_testkit::eventually_sync;
 mod api_security;
 mod apps;
 mod fixture;
+mod isolation;
 mod master;
 mod security;
 mod services;
@@ -63,6 +64,8 @@ struct Dev {
     /// `http://host:port` of the gateway.
     gateway: String,
     token: String,
+    /// The agent's sandbox root.
+    sandboxes: tempfile::TempDir,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -96,8 +99,10 @@ impl Dev {
 
     /// `shoal dev` on the data directory `data` (which outlives the process) with extra flags.
     fn start_in(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Dev {
+        let sandboxes = sandbox_root();
         let mut cmd = Command::new(shoal());
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data-dir"]).arg(data).args(args);
+        cmd.arg("--sandbox-dir").arg(sandboxes.path());
         cmd.envs(envs.iter().copied());
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn shoal dev");
         let stdout = child.stdout.take().expect("stdout");
@@ -125,6 +130,7 @@ impl Dev {
             api: api.expect("api"),
             gateway: gateway.expect("shoal dev printed the gateway's address"),
             token: token.expect("token"),
+            sandboxes,
             _dir: None,
         }
     }
@@ -163,6 +169,15 @@ impl Dev {
         });
         assert!(status.success(), "shoal dev exited with {status}");
     }
+}
+
+/// A fresh sandbox root for one agent (each agent holds its own): under the system's temp
+/// directory, enterable by the unprivileged task user (mode 0711), removed when dropped.
+fn sandbox_root() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("shoal-sandboxes-").tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod the sandbox root");
+    dir
 }
 
 impl Drop for Dev {

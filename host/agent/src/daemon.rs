@@ -11,6 +11,11 @@
 //! - **Status updates** wait in an outbox, oldest first, until the master acknowledges each; a
 //!   master that is away or restarting gets them when it is back.
 //! - **Logs** (`shoal.ctl.agent.<id>.logs`): the bounded stdout/stderr of a task.
+//! - **Isolation**: process tasks run as the task user, in a cgroup with their limits, with a
+//!   clean environment, in `<sandbox root>/<task id>` (see [`crate::isolation`] and
+//!   [`crate::cgroups`]); a task the OOM killer ended is `failed` with a memory reason. Command
+//!   health checks of a task run the same way. Every id that becomes a path or an argument (task
+//!   ids, Wasm digests) is checked when a request arrives; a bad one is refused, never used.
 //! - **Restart**: the process group of every task of a previous run is recorded under
 //!   `<work_dir>/run/`; a restarted agent kills those leftovers (it cannot watch them any more),
 //!   registers without them, and the master declares them lost so their frameworks replace them.
@@ -25,10 +30,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use shoal_bus::{SharedBus, subject};
-use shoal_health::{CheckSpec, HealthChecker, HealthUpdate, Status, Target, WasmCheck};
+use shoal_health::{CheckKind, CheckSpec, HealthChecker, HealthUpdate, Status, Target, WasmCheck};
 use shoal_protocol::{
     AgentRegistration, AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, LogsReply, LogsRequest,
-    StatusAck, StatusUpdate, TaskCommand, TaskInfo, TaskState, labels,
+    StatusAck, StatusUpdate, TaskCommand, TaskInfo, TaskState, labels, validate_agent_id, validate_task_id,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -61,6 +66,12 @@ pub struct AgentConfig {
     pub grace: Duration,
     /// Runs `wasm` health checks, when the agent has the plugins.
     pub wasm_checks: Option<Arc<dyn WasmCheck>>,
+    /// Where task sandboxes are made (`<root>/<task id>`); never inside `work_dir` or any other
+    /// data directory. Default [`crate::isolation::default_sandbox_root`].
+    pub sandbox_root: Option<PathBuf>,
+    /// The user process tasks run as when the agent is root (default `nobody`); naming one when
+    /// the agent is not root is refused.
+    pub task_user: Option<String>,
 }
 
 impl AgentConfig {
@@ -72,6 +83,8 @@ impl AgentConfig {
             log_limit: shoal_task_io::DEFAULT_LOG_LIMIT,
             grace: DEFAULT_GRACE,
             wasm_checks: None,
+            sandbox_root: None,
+            task_user: None,
         }
     }
 }
@@ -101,6 +114,14 @@ pub struct Agent {
     kv: Arc<crate::kv::StoreTaskKv>,
     seq: AtomicU64,
     boot: u64,
+    isolation: Isolation,
+}
+
+/// How this agent confines its process tasks.
+struct Isolation {
+    user: Option<crate::TaskUser>,
+    sandboxes: crate::SandboxRoot,
+    cgroups: Result<Arc<crate::Cgroups>, crate::LimitsUnsupported>,
 }
 
 fn now_ms() -> u64 {
@@ -110,8 +131,10 @@ fn now_ms() -> u64 {
 impl Agent {
     /// An agent on `bus`. Kills the leftovers of a previous run first.
     pub fn new(bus: SharedBus, config: AgentConfig) -> std::io::Result<Arc<Agent>> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(config.work_dir.join("run"))?;
-        std::fs::create_dir_all(config.work_dir.join("tasks"))?;
+        std::fs::set_permissions(&config.work_dir, std::fs::Permissions::from_mode(0o700))?;
+        let isolation = Isolation::new(&config).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(config.work_dir.join("cache"))?;
         kill_leftovers(&config.work_dir.join("run"));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -138,7 +161,13 @@ impl Agent {
             health_rx: Mutex::new(Some(rx)),
             seq: AtomicU64::new(0),
             boot: now_ms(),
+            isolation,
         }))
+    }
+
+    /// Where this agent makes task sandboxes.
+    pub fn sandbox_root(&self) -> &std::path::Path {
+        self.isolation.sandboxes.path()
     }
 
     /// The agent's id.
@@ -192,16 +221,18 @@ impl Agent {
                 msg = kills.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     let known = match serde_json::from_slice::<KillRequest>(&msg.payload) {
-                        Ok(req) => self.kill(&req.task_id, req.grace_ms.map(Duration::from_millis)),
-                        Err(_) => false,
+                        Ok(req) if validate_task_id(&req.task_id).is_ok() => {
+                            self.kill(&req.task_id, req.grace_ms.map(Duration::from_millis))
+                        }
+                        _ => false,
                     };
                     let _ = msg.respond(self.bus.as_ref(), json(&KillReply { known })).await;
                 }
                 msg = logs.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     let reply = match serde_json::from_slice::<LogsRequest>(&msg.payload) {
-                        Ok(req) => self.logs(&req),
-                        Err(_) => LogsReply { found: false, data: String::new(), dropped: 0 },
+                        Ok(req) if validate_task_id(&req.task_id).is_ok() => self.logs(&req),
+                        _ => LogsReply { found: false, data: String::new(), dropped: 0 },
                     };
                     let _ = msg.respond(self.bus.as_ref(), json(&reply)).await;
                 }
@@ -213,6 +244,11 @@ impl Agent {
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
         for info in req.tasks {
+            if let Err(e) = check_ids(&info) {
+                tracing::warn!(task = ?info.id, cause = %e, "launch refused");
+                refused.push((info.id.clone(), e));
+                continue;
+            }
             if info.agent_id != self.id() {
                 refused.push((info.id.clone(), format!("launched on agent {}, not on {}", info.agent_id, self.id())));
                 continue;
@@ -259,8 +295,11 @@ impl Agent {
             command,
             env: info.env.clone(),
             ports: info.ports(),
-            sandbox: self.config.work_dir.join("tasks").join(&info.id),
+            sandbox: self.isolation.sandboxes.sandbox(&info.id),
             log_limit: self.config.log_limit,
+            user: self.isolation.user.clone(),
+            limits: crate::Limits { cpus: info.resources.cpus, mem_mb: info.resources.mem_mb },
+            cgroups: self.isolation.cgroups.clone(),
         };
         let mut process = match crate::start_with_logs(&spec, logs) {
             Ok(p) => p,
@@ -271,27 +310,21 @@ impl Agent {
         };
         let pid_file = self.config.work_dir.join("run").join(format!("{}.pgid", info.id));
         let _ = std::fs::write(&pid_file, process.pid().to_string());
-        let note = process.limits_note.clone().map(|n| format!(" ({n})")).unwrap_or_default();
-        self.set_state(&info.id, TaskState::Running, None, format!("pid {}{note}", process.pid()));
-        let check = info.labels.get(labels::HEALTH).map(|text| serde_json::from_str::<CheckSpec>(text));
-        let mut checked = false;
-        match check {
-            Some(Ok(spec)) => {
-                let address = self.config.registration.address.clone().unwrap_or_else(|| "127.0.0.1".into());
-                let target = Target { address, ports: info.ports() };
-                match self.checker.start(info.id.clone(), target, spec) {
-                    Ok(()) => checked = true,
-                    Err(e) => tracing::warn!(task = %info.id, cause = %e, "health check not started"),
-                }
-            }
-            Some(Err(e)) => {
-                tracing::warn!(task = %info.id, cause = %e, "unreadable shoal.health label; no health check")
-            }
-            None => {}
-        }
+        let user = match &spec.user {
+            Some(u) => format!("as {}", u.name),
+            None => "as the agent's own user (the agent is not root)".to_owned(),
+        };
+        let message = format!("pid {} {user}; {}", process.pid(), process.isolation());
+        self.set_state(&info.id, TaskState::Running, None, message);
+        let procs = process.group().map(crate::TaskGroup::procs_files).unwrap_or_default();
+        let checked = self.start_check(&info, &spec, &procs);
         let (state, message) = tokio::select! {
             exit = process.wait() => match exit {
                 ProcessExit::Code(0) => (TaskState::Finished, "exited with code 0".to_owned()),
+                _ if process.out_of_memory().is_some() => {
+                    let limit = process.out_of_memory().unwrap_or_default();
+                    (TaskState::Failed, format!("killed: out of memory (limit {limit} MiB; {exit:?})"))
+                }
                 ProcessExit::Code(c) => (TaskState::Failed, format!("exited with code {c}")),
                 ProcessExit::Signal(s) => (TaskState::Failed, format!("killed by signal {s}")),
             },
@@ -306,6 +339,37 @@ impl Agent {
         }
         let _ = std::fs::remove_file(&pid_file);
         self.set_state(&info.id, state, None, message);
+    }
+
+    /// Start the task's `shoal.health` check, if it has one; a command check runs as the task
+    /// does (user, environment, sandbox, cgroup `procs`). Whether a check was started.
+    fn start_check(&self, info: &TaskInfo, spec: &ProcessSpec, procs: &[PathBuf]) -> bool {
+        let check = match info.labels.get(labels::HEALTH).map(|text| serde_json::from_str::<CheckSpec>(text)) {
+            None => return false,
+            Some(Ok(check)) => check,
+            Some(Err(e)) => {
+                tracing::warn!(task = %info.id, cause = %e, "unreadable shoal.health label; no health check");
+                return false;
+            }
+        };
+        let check = match check.kind {
+            CheckKind::Command { command } => {
+                let env = crate::isolation::task_env(&spec.task_id, &spec.sandbox, &spec.env, &spec.ports);
+                let command =
+                    crate::isolation::isolated_check_command(&command, &spec.sandbox, &env, spec.user.as_ref(), procs);
+                CheckSpec { kind: CheckKind::Command { command }, ..check }
+            }
+            _ => check,
+        };
+        let address = self.config.registration.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let target = Target { address, ports: info.ports() };
+        match self.checker.start(info.id.clone(), target, check) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(task = %info.id, cause = %e, "health check not started");
+                false
+            }
+        }
     }
 
     /// A Wasm task: fetch the component (cached), then run it in the agent's executor — a
@@ -336,8 +400,8 @@ impl Agent {
         for (i, p) in ports.iter().enumerate() {
             env.push((format!("PORT{i}"), p.to_string()));
         }
-        let sandbox = self.config.work_dir.join("tasks").join(&info.id);
-        if let Err(e) = std::fs::create_dir_all(&sandbox) {
+        let sandbox = self.isolation.sandboxes.sandbox(&info.id);
+        if let Err(e) = crate::isolation::prepare_sandbox(&sandbox, None) {
             return self.set_state(&info.id, TaskState::Failed, None, format!("sandbox: {e}"));
         }
         let kv = match crate::kv::access(&info.labels, self.kv.clone()) {
@@ -536,6 +600,43 @@ impl AgentHooks for Agent {
     }
 }
 
+impl Isolation {
+    fn new(config: &AgentConfig) -> Result<Isolation, crate::IsolationError> {
+        let id = &config.registration.id;
+        let user = crate::isolation::task_user(config.task_user.as_deref())?;
+        let root = config.sandbox_root.clone().unwrap_or_else(|| crate::isolation::default_sandbox_root(id));
+        let sandboxes = crate::SandboxRoot::open(&root, &config.work_dir, user.as_ref())?;
+        let cgroups = crate::Cgroups::create(id).map(Arc::new);
+        if let Ok(cgroups) = &cgroups {
+            cgroups.sweep();
+        }
+        match (&user, &cgroups) {
+            (Some(u), Ok(c)) => {
+                tracing::info!(user = %u.name, sandboxes = %sandboxes.path().display(), cgroups = c.version(), "tasks are isolated")
+            }
+            (None, Ok(c)) => {
+                tracing::warn!(sandboxes = %sandboxes.path().display(), cgroups = c.version(), "the agent is not root: tasks run as its own user")
+            }
+            (_, Err(why)) => {
+                tracing::warn!(sandboxes = %sandboxes.path().display(), user = ?user.as_ref().map(|u| &u.name), cause = %why, "tasks run without cpu and memory limits")
+            }
+        }
+        Ok(Isolation { user, sandboxes, cgroups })
+    }
+}
+
+/// The ids of a launched task that become paths or arguments: refused unless well-formed.
+fn check_ids(info: &TaskInfo) -> Result<(), String> {
+    validate_task_id(&info.id).map_err(|e| e.to_string())?;
+    validate_agent_id(&info.agent_id).map_err(|e| e.to_string())?;
+    if let TaskCommand::Wasm(digest) = &info.command
+        && !shoal_protocol::artifact::is_digest(digest)
+    {
+        return Err(format!("`{digest}` is not a sha256 artifact digest"));
+    }
+    Ok(())
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Bytes {
     serde_json::to_vec(value).expect("a protocol message serialises").into()
 }
@@ -552,5 +653,80 @@ fn kill_leftovers(run_dir: &std::path::Path) {
             crate::signal_group(pgid, "KILL");
         }
         let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use shoal_protocol::Resources;
+
+    use super::*;
+
+    fn task(id: &str, command: TaskCommand) -> TaskInfo {
+        TaskInfo {
+            id: id.into(),
+            framework: "test".into(),
+            agent_id: "a1".into(),
+            command,
+            resources: Resources::parse("cpus:0.1;mem:16").unwrap(),
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// A launch over the bus whose ids would leave the sandbox root (or name no artifact) is
+    /// refused with the reason, and nothing is created outside the sandbox root.
+    #[tokio::test]
+    async fn launches_with_ids_that_are_not_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let root = dir.path().join("a").join("b").join("sandboxes");
+        let registration = AgentRegistration {
+            id: "a1".into(),
+            hostname: "localhost".into(),
+            address: Some("127.0.0.1".into()),
+            attributes: BTreeMap::new(),
+            resources: Resources::parse("cpus:1;mem:64").unwrap(),
+            tasks: Vec::new(),
+        };
+        let mut config = AgentConfig::new(registration, dir.path().join("work"));
+        config.sandbox_root = Some(root.clone());
+        let bus: SharedBus = Arc::new(shoal_bus::LocalBus::new());
+        let agent = Agent::new(bus.clone(), config).unwrap();
+        tokio::spawn(agent.clone().run());
+        let launch = LaunchRequest {
+            tasks: vec![
+                task("../../x", TaskCommand::Shell("touch escaped".into())),
+                task("..", TaskCommand::Shell("touch escaped".into())),
+                task("a/b", TaskCommand::Shell("touch escaped".into())),
+                task("ok.1", TaskCommand::Wasm("../../../etc/passwd".into())),
+            ],
+        };
+        let reply = shoal_testkit::eventually("the agent to answer a launch", Duration::from_secs(10), || {
+            let bus = bus.clone();
+            let body = json(&launch);
+            async move {
+                let msg = bus.request(&subject::agent_launch("a1"), body, Duration::from_secs(1)).await.ok()?;
+                serde_json::from_slice::<LaunchReply>(&msg.payload).ok()
+            }
+        })
+        .await;
+        assert!(reply.accepted.is_empty(), "{reply:?}");
+        let reasons: Vec<&str> = reply.refused.iter().map(|(_, why)| why.as_str()).collect();
+        assert_eq!(reasons.len(), 4, "{reply:?}");
+        assert!(reasons[..3].iter().all(|r| r.contains("task id")), "{reasons:?}");
+        assert!(reasons[3].contains("not a sha256 artifact digest"), "{reasons:?}");
+        assert!(agent.task_states().is_empty());
+        // Nothing was made outside the sandbox root, nor in it.
+        for outside in [dir.path().join("x"), dir.path().join("a").join("x"), root.join("a")] {
+            assert!(!outside.exists(), "{} was created", outside.display());
+        }
+        let made: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(made, [std::ffi::OsString::from(".agent.lock")]);
+        // Kills and log reads of such ids are answered "unknown", not looked up.
+        assert!(!Agent::kill(&agent, "../../x", None));
     }
 }

@@ -4,18 +4,18 @@
 //! `shoal-task-io`'s bounded [`TaskLogs`]. The messages to and from the master are
 //! `shoal-protocol`'s: this crate depends on no other role.
 //!
-//! The process executor runs a task as `sh -c <command>` in its own process group, in its
-//! sandbox directory, with the agent-assigned ports as `PORT0…PORTn` (and `PORT` = `PORT0`),
-//! stdout and stderr captured into bounded logs (the newest bytes kept, the rest counted), and a
-//! kill that sends SIGTERM to the whole group, waits the grace period, then SIGKILLs the group.
-//!
-//! Resource limits: cgroup v2 with the `cpu` and `memory` controllers is needed to enforce them.
-//! [`limits_support`] says whether this machine has it; where it does not (cgroup v1 or hybrid
-//! hierarchies, containers without a delegated subtree), tasks run unconfined and their resources
-//! are only accounted by the master — the executor reports that with every task it starts.
+//! The process executor runs a task as `sh -c <command>` in its own process group, isolated
+//! ([`isolation`], [`cgroups`]): in its own cgroup with the task's memory and CPU as limits (the
+//! process is placed there before its command runs: a wrapper shell waits on its stdin until the
+//! agent has written its pid into the group), as the task user, with a clean environment
+//! (`PATH`, `HOME`, `SHOAL_TASK_ID`, the declared variables, `PORT0…PORTn` and `PORT` = `PORT0`),
+//! in its sandbox directory; stdout and stderr captured into bounded logs (the newest bytes kept,
+//! the rest counted); a kill sends SIGTERM to the whole group, waits the grace period, then
+//! SIGKILLs the group. Where a limit cannot be applied the task still runs and
+//! [`ProcessTask::isolation`] says so, which the agent puts in the task's `running` status.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +24,14 @@ pub use shoal_task_io::{LogTail, TaskLogs};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
+pub mod cgroups;
 pub mod daemon;
+pub mod isolation;
 pub mod kv;
 pub mod registration;
+
+pub use cgroups::{Cgroups, Limits, LimitsUnsupported, TaskGroup};
+pub use isolation::{IsolationError, SandboxRoot, TaskUser};
 
 pub use daemon::{Agent, AgentConfig, AgentError};
 pub use registration::{AgentHooks, RegistrationError, run_agent, run_agent_with};
@@ -37,18 +42,24 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct ProcessSpec {
-    /// Task id (exported as `SHOAL_TASK_ID`).
+    /// Task id (exported as `SHOAL_TASK_ID`; checked with `shoal_protocol::validate_task_id`).
     pub task_id: String,
     /// Shell command, run with `sh -c`.
     pub command: String,
-    /// Extra environment.
+    /// The environment the task declares (the only variables besides the agent's few).
     pub env: BTreeMap<String, String>,
     /// Ports assigned by the agent: `PORT0…`, and `PORT` = the first.
     pub ports: Vec<u16>,
-    /// Working directory, created if missing.
+    /// Working directory and `HOME`, created if missing (mode 0700, owned by `user`).
     pub sandbox: PathBuf,
     /// Bytes of each stream kept.
     pub log_limit: usize,
+    /// Run as this user (uid, gid, no supplementary groups); `None`: the agent's own user.
+    pub user: Option<TaskUser>,
+    /// The task's resources, applied as limits in a cgroup of `cgroups`.
+    pub limits: Limits,
+    /// Where task groups are made, or why limits cannot be applied on this machine.
+    pub cgroups: Result<Arc<Cgroups>, LimitsUnsupported>,
 }
 
 /// How a process ended.
@@ -78,37 +89,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// Why this executor cannot enforce resource limits here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitsUnsupported {
-    /// The machine has no cgroup v2 hierarchy where one was looked for.
-    #[error("{0} is not a cgroup v2 hierarchy (cgroup v1 or hybrid): cpu and memory limits are not enforced")]
-    NoCgroupV2(PathBuf),
-    /// The hierarchy lacks a controller.
-    #[error("the cgroup v2 hierarchy has no `{0}` controller: limits are not enforced")]
-    MissingController(&'static str),
-    /// The executor does not apply limits yet.
-    #[error("cgroup v2 limits are not implemented yet in this executor: limits are not enforced")]
-    NotImplemented,
-}
-
-/// Whether resource limits can be enforced here: `Ok(())`, or why not.
-pub fn limits_support() -> Result<(), LimitsUnsupported> {
-    limits_support_at(Path::new("/sys/fs/cgroup"))
-}
-
-fn limits_support_at(root: &Path) -> Result<(), LimitsUnsupported> {
-    let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
-        .map_err(|_| LimitsUnsupported::NoCgroupV2(root.to_owned()))?;
-    let have: Vec<&str> = controllers.split_whitespace().collect();
-    for needed in ["cpu", "memory"] {
-        if !have.contains(&needed) {
-            return Err(LimitsUnsupported::MissingController(needed));
-        }
-    }
-    Err(LimitsUnsupported::NotImplemented)
-}
-
 /// A running (or finished) process task.
 pub struct ProcessTask {
     child: Child,
@@ -116,6 +96,7 @@ pub struct ProcessTask {
     logs: Arc<TaskLogs>,
     exit: Option<ProcessExit>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    group: Option<TaskGroup>,
     /// Why limits are not enforced, when they are not.
     pub limits_note: Option<String>,
 }
@@ -135,26 +116,36 @@ pub fn start_with_logs(spec: &ProcessSpec, logs: Arc<TaskLogs>) -> Result<Proces
     {
         return Err(StartError::Invalid("NUL bytes or malformed environment names".into()));
     }
-    std::fs::create_dir_all(&spec.sandbox)?;
+    shoal_protocol::validate_task_id(&spec.task_id).map_err(|e| StartError::Invalid(e.to_string()))?;
+    isolation::prepare_sandbox(&spec.sandbox, spec.user.as_ref())?;
+    let (group, mut limits_note) = task_group(spec);
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .current_dir(&spec.sandbox)
-        .env("SHOAL_TASK_ID", &spec.task_id)
-        .env("MESOS_SANDBOX", &spec.sandbox)
-        .envs(&spec.env)
-        .stdin(Stdio::null())
+    if group.is_some() {
+        // The wrapper waits for the agent to place it in the group (EOF on stdin), then runs
+        // the command with stdin from /dev/null: nothing of the task runs unconfined.
+        cmd.args(["-c", "read -r _; exec sh -c \"$1\" </dev/null", "sh"]).arg(&spec.command).stdin(Stdio::piped());
+    } else {
+        cmd.arg("-c").arg(&spec.command).stdin(Stdio::null());
+    }
+    cmd.current_dir(&spec.sandbox)
+        .env_clear()
+        .envs(isolation::task_env(&spec.task_id, &spec.sandbox, &spec.env, &spec.ports))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    for (i, port) in spec.ports.iter().enumerate() {
-        cmd.env(format!("PORT{i}"), port.to_string());
-    }
-    if let Some(first) = spec.ports.first() {
-        cmd.env("PORT", first.to_string());
+    if let Some(user) = &spec.user {
+        // std drops the supplementary groups (setgroups(0)) when it sets the uid as root.
+        cmd.uid(user.uid).gid(user.gid);
     }
     let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Invalid("the process exited at once".into()))?;
+    if let Some(g) = &group
+        && let Err(e) = g.add(pgid as u32)
+    {
+        limits_note = Some(format!("{e}: limits are not enforced"));
+    }
+    // Closing the wrapper's stdin releases it.
+    drop(child.stdin.take());
     let mut readers = Vec::new();
     for (stderr, stream) in [
         (false, child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)),
@@ -172,20 +163,50 @@ pub fn start_with_logs(spec: &ProcessSpec, logs: Arc<TaskLogs>) -> Result<Proces
             }
         }));
     }
-    Ok(ProcessTask {
-        child,
-        pgid,
-        logs,
-        exit: None,
-        readers,
-        limits_note: limits_support().err().map(|e| e.to_string()),
-    })
+    Ok(ProcessTask { child, pgid, logs, exit: None, readers, group, limits_note })
+}
+
+/// The task's cgroup with its limits written, or why there is none.
+fn task_group(spec: &ProcessSpec) -> (Option<TaskGroup>, Option<String>) {
+    if spec.limits.cpus <= 0.0 && spec.limits.mem_mb <= 0.0 {
+        return (None, None);
+    }
+    match &spec.cgroups {
+        Ok(cgroups) => match cgroups.task_group(&spec.task_id, spec.limits) {
+            Ok(group) => (Some(group), cgroups.missing().map(|m| m.to_string())),
+            Err(e) => (None, Some(format!("cgroup: {e}: limits are not enforced"))),
+        },
+        Err(why) => (None, Some(why.to_string())),
+    }
 }
 
 impl ProcessTask {
     /// Process (and group) id.
     pub fn pid(&self) -> i32 {
         self.pgid
+    }
+
+    /// How the task is confined, for its status: its limits and cgroup, or why limits are not
+    /// enforced.
+    pub fn isolation(&self) -> String {
+        match (&self.group, &self.limits_note) {
+            (_, Some(note)) => note.clone(),
+            (Some(g), None) => {
+                let l = g.limits();
+                format!("limits cpus {} mem {} MiB in cgroup {}", l.cpus, l.mem_mb, g.dirs()[0].display())
+            }
+            (None, None) => "no cpu or memory requested: no limits".into(),
+        }
+    }
+
+    /// The memory limit (MiB) when the kernel's OOM killer killed a process of the task.
+    pub fn out_of_memory(&self) -> Option<f64> {
+        self.group.as_ref().filter(|g| g.oom_kills() > 0).map(|g| g.limits().mem_mb)
+    }
+
+    /// The task's cgroup, when it has one.
+    pub fn group(&self) -> Option<&TaskGroup> {
+        self.group.as_ref()
     }
 
     /// The captured output.
@@ -237,6 +258,14 @@ impl ProcessTask {
     }
 }
 
+impl Drop for ProcessTask {
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
+            group.remove();
+        }
+    }
+}
+
 /// Signal a whole process group with kill(1) (no `unsafe` in this crate; a kill is rare).
 pub(crate) fn signal_group(pgid: i32, signal: &str) {
     let _ = std::process::Command::new("kill")
@@ -244,19 +273,4 @@ pub(crate) fn signal_group(pgid: i32, signal: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_need_cgroup_v2_with_cpu_and_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(limits_support_at(dir.path()).unwrap_err().to_string().contains("not a cgroup v2"));
-        std::fs::write(dir.path().join("cgroup.controllers"), "cpuset io pids").unwrap();
-        assert_eq!(limits_support_at(dir.path()), Err(LimitsUnsupported::MissingController("cpu")));
-        assert!(limits_support_at(dir.path()).unwrap_err().to_string().contains("no `cpu` controller"));
-    }
 }

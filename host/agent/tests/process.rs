@@ -16,6 +16,9 @@ fn spec(dir: &std::path::Path, command: &str) -> ProcessSpec {
         ports: vec![31001, 31002],
         sandbox: dir.join("sandbox"),
         log_limit: 64 * 1024,
+        user: None,
+        limits: shoal_agent::Limits { cpus: 0.0, mem_mb: 0.0 },
+        cgroups: Err(shoal_agent::LimitsUnsupported::NoCgroups(dir.to_owned())),
     }
 }
 
@@ -30,10 +33,7 @@ async fn runs_in_its_sandbox_with_ports_env_and_captured_output() {
     let sandbox = dir.path().join("sandbox").canonicalize().unwrap();
     assert_eq!(out, format!("hello 31001 31001 31002 web.1\n{}\n", sandbox.display()));
     assert_eq!(task.logs().stderr().bytes, b"oops\n");
-    // This machine has no cgroup v2 cpu/memory controllers; the executor says so instead of pretending.
-    if let Some(note) = &task.limits_note {
-        assert!(note.contains("not enforced"), "{note}");
-    }
+    assert_eq!(task.isolation(), "no cpu or memory requested: no limits");
 }
 
 #[tokio::test]

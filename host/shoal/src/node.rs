@@ -46,6 +46,11 @@ pub struct NodeConfig {
     pub agent_timeout: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
     pub local_agent: Option<shoal_protocol::AgentRegistration>,
+    /// The local agent's sandbox root (default `shoal_agent::isolation::default_sandbox_root`:
+    /// outside `data_dir`, so no task path leads into it).
+    pub sandbox_dir: Option<PathBuf>,
+    /// The user the local agent's tasks run as when the node is root (default `nobody`).
+    pub task_user: Option<String>,
     /// Time between allocation cycles (changes also trigger one).
     pub allocation_interval: std::time::Duration,
 }
@@ -213,6 +218,13 @@ pub async fn run(
     ready: impl FnOnce(&NodeInfo),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Only the node's own user may enter its data (the admin token, issued tokens, the store):
+    // tasks run as another user and reach nothing in it, by any path.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", config.data_dir.display()))?;
+    }
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
@@ -410,6 +422,8 @@ fn start_local_agent(
     let mut agent_config = shoal_agent::AgentConfig::new(registration, config.data_dir.join("agent"));
     agent_config.wasm_checks = Some(Arc::new(crate::health::RegistryChecks(registry.clone())));
     agent_config.grace = std::time::Duration::from_secs(2);
+    agent_config.sandbox_root = config.sandbox_dir.clone();
+    agent_config.task_user = config.task_user.clone();
     let agent = shoal_agent::Agent::new(bus.clone(), agent_config).context("starting the local agent")?;
     tokio::spawn({
         let agent = agent.clone();

@@ -50,6 +50,15 @@ pub(super) struct DevArgs {
     /// also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
+    /// Where task sandboxes live, one directory per task; never inside a data directory
+    /// (default `/var/lib/shoal/sandboxes/<agent id>` as root, else
+    /// `$TMPDIR/shoal-sandboxes-<uid>/<agent id>`).
+    #[arg(long)]
+    sandbox_dir: Option<PathBuf>,
+    /// The unprivileged user process tasks run as when the agent runs as root (like Mesos's
+    /// `--switch_user`; default `nobody`). An agent that is not root runs tasks as itself.
+    #[arg(long)]
+    task_user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -120,9 +129,19 @@ pub(super) struct AgentRunArgs {
     /// Address tasks on this agent are reachable at (default the host name).
     #[arg(long)]
     address: Option<String>,
-    /// Where task sandboxes live (default `.shoal-agent-<id>`).
+    /// The agent's own state: records of running tasks, caches (default `.shoal-agent-<id>`;
+    /// private to the agent's user).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Where task sandboxes live, one directory per task; never inside a data directory
+    /// (default `/var/lib/shoal/sandboxes/<agent id>` as root, else
+    /// `$TMPDIR/shoal-sandboxes-<uid>/<agent id>`).
+    #[arg(long)]
+    sandbox_dir: Option<PathBuf>,
+    /// The unprivileged user process tasks run as when the agent runs as root (like Mesos's
+    /// `--switch_user`; default `nobody`). An agent that is not root runs tasks as itself.
+    #[arg(long)]
+    task_user: Option<String>,
     /// Milliseconds between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, default_value_t = 5000)]
     grace_ms: u64,
@@ -179,6 +198,8 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
             &[],
         )?),
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
+        sandbox_dir: args.sandbox_dir,
+        task_user: args.task_user,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -215,6 +236,8 @@ pub(super) async fn master(args: MasterArgs) -> anyhow::Result<()> {
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: None,
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
+        sandbox_dir: None,
+        task_user: None,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -282,6 +305,8 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
             );
             let mut config = shoal_agent::AgentConfig::new(registration, work_dir);
             config.grace = std::time::Duration::from_millis(args.grace_ms);
+            config.sandbox_root = args.sandbox_dir;
+            config.task_user = args.task_user;
             let agent = shoal_agent::Agent::new(bus, config).context("preparing the agent's work dir")?;
             tokio::select! {
                 result = agent.run() => {

@@ -295,9 +295,14 @@ fn example_routers_route_real_traffic() {
     let sticky = built(&examples.join("js-sticky-router"));
 
     let data = tempfile::tempdir().expect("tempdir");
+    // The agent's sandboxes must be enterable by its unprivileged task user.
+    let enterable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o711);
+    std::fs::set_permissions(data.path(), enterable).expect("chmod");
     let mut child = Command::new(SHOAL)
         .args(["dev", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--data-dir"])
         .arg(data.path().join("shoal"))
+        .arg("--sandbox-dir")
+        .arg(data.path().join("sandboxes"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
