@@ -72,11 +72,13 @@ fn an_app_of_five_instances_across_three_agents() {
     let mut cluster = Cluster::builder().agents(&[("a4", "r1"), ("a5", "r1"), ("a6", "r2")]).start();
     cluster.wait_for_agents("registration", &[("a4", "active"), ("a5", "active"), ("a6", "active")]);
 
-    // Five health-checked web servers, at most three per host.
+    // Five health-checked web servers, at most three per host. CPU limits are enforced (a CFS
+    // quota): half a core lets Python start and answer its checks on a loaded machine, where a
+    // tenth of one made an instance miss a 400 ms check.
     let web = serde_json::json!({
         "id": "web", "instances": 5,
         "cmd": "echo $SHOAL_TASK_ID > whoami; exec python3 -m http.server --bind 127.0.0.1 $PORT0",
-        "cpus": 0.1, "mem": 32, "ports": 1,
+        "cpus": 0.5, "mem": 32, "ports": 1,
         "constraints": [["@hostname", "MAX_PER", "3"]],
         "health_checks": [{"type": "http", "port_index": 0, "path": "/", "grace_ms": 5000, "interval_ms": 500, "timeout_ms": 400, "max_failures": 2}],
     });
