@@ -9,6 +9,9 @@
 #
 # The agents heartbeat at the interval the master asks for (agent timeout 5 s / 5 = 1 s). The
 # simulator runs on the same 2 cores, so the master's numbers include that contention.
+# The bus is authenticated as in production (`shoal nats init`: the master and the simulator
+# connect with the master's credentials, since one connection speaks for all 10,000 agents);
+# NATS_AUTH=0 runs an open server, as builds before issue 21 need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +28,17 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-nats-server -a 127.0.0.1 -p 14222 >"$work/nats.log" 2>&1 & pids+=($!)
+creds=()
+if [ "${NATS_AUTH:-1}" = 1 ]; then
+    "$SHOAL" nats init --dir "$work/nats" --no-jetstream --listen 127.0.0.1:14222 >/dev/null
+    nats-server -c "$work/nats/nats-server.conf" >"$work/nats.log" 2>&1 & pids+=($!)
+    creds=(--nats-creds "$work/nats/creds/master.nk")
+else
+    nats-server -a 127.0.0.1 -p 14222 >"$work/nats.log" 2>&1 & pids+=($!)
+fi
 sleep 0.5
-RUST_LOG=warn "$SHOAL" master --nats nats://127.0.0.1:14222 --listen 127.0.0.1:17070 --data-dir "$work/master" \
-    >"$work/master.log" 2>&1 & master=$!; pids+=($master)
+RUST_LOG=warn "$SHOAL" master --nats nats://127.0.0.1:14222 "${creds[@]}" --listen 127.0.0.1:17070 \
+    --data-dir "$work/master" >"$work/master.log" 2>&1 & master=$!; pids+=($master)
 sleep 1.5
 
 ticks=$(getconf CLK_TCK)
@@ -36,7 +46,7 @@ cpu() { awk '{print $14 + $15}' "/proc/$master/stat"; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$master/status"; }
 echo "master pid $master; RSS before agents: $(( $(rss) / 1024 )) MiB"
 
-"$SIM" nats://127.0.0.1:14222 "$AGENTS" "$SECONDS_" & sim=$!; pids+=($sim)
+"$SIM" nats://127.0.0.1:14222 "$AGENTS" "$SECONDS_" "${creds[@]:1}" & sim=$!; pids+=($sim)
 # Wait for the registrations, then measure a steady window of SECONDS_ - 10 seconds.
 sleep 8
 c0=$(cpu); t0=$(date +%s.%N)

@@ -360,4 +360,37 @@ pub(crate) mod tests {
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].hostname, "host-1");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_update_is_taken_only_from_the_agent_it_names() {
+        use shoal_protocol::{StatusAck, StatusUpdate};
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        let master = Master::new(bus.clone(), MasterConfig::default(), None);
+        tokio::spawn(master.clone().run());
+        let update = |agent: &str| {
+            let update = StatusUpdate {
+                uuid: format!("u-{agent}"),
+                task_id: "t1".into(),
+                agent_id: agent.into(),
+                state: TaskState::Failed,
+                healthy: None,
+                message: String::new(),
+                timestamp_ms: 1,
+            };
+            Bytes::from(serde_json::to_vec(&update).unwrap())
+        };
+        // Its own: acknowledged (the task is unknown, which changes nothing either way).
+        let ack = loop {
+            match bus.request(&subject::agent_status("a1"), update("a1"), Duration::from_secs(2)).await {
+                // Until the master has subscribed.
+                Err(shoal_bus::BusError::NoResponders { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+                other => break other.unwrap(),
+            }
+        };
+        let ack: StatusAck = serde_json::from_slice(&ack.payload).unwrap();
+        assert_eq!(ack.uuid, "u-a1");
+        // Agent a1 speaking for a2 on its own subject: dropped unanswered, so never acknowledged.
+        let forged = bus.request(&subject::agent_status("a1"), update("a2"), Duration::from_secs(2)).await;
+        assert!(matches!(forged, Err(shoal_bus::BusError::Timeout { .. })), "{forged:?}");
+    }
 }
