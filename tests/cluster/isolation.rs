@@ -1,7 +1,8 @@
 //! Issue 21, item 3: process tasks are isolated. In a real `shoal dev` run as root, a task cannot
 //! read the node's admin token by any path nor see the node's environment, a task past its
-//! memory limit is OOM-killed and reported `failed` with a memory reason, and a CPU-hungry task
-//! is held to its `cpus` share (measured from `/proc` over a few seconds).
+//! memory limit is OOM-killed and reported `failed` with a memory reason, a CPU-hungry task
+//! is held to its `cpus` share (measured from `/proc` over a few seconds), and an app's command
+//! health check runs with its task's isolation.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -156,4 +157,37 @@ fn a_cpu_hungry_task_is_held_to_its_share() {
     assert!(cores < 0.4, "the task used {cores:.2} cores with cpus 0.25");
     assert!(cores > 0.02, "the task barely ran ({cores:.2} cores): is it spinning?");
     eprintln!("a busy loop with cpus 0.25 used {cores:.3} cores over {elapsed:.1} s");
+}
+
+/// An operator may deploy an app with a `command` health check: the agent runs it next to the
+/// task, with the task's isolation, so it cannot escalate either. The check passes only when it
+/// runs as the task user, without the node's environment, and cannot read the admin token; the
+/// task turning healthy is the proof (run as the node's user, `! cat` would fail forever).
+#[test]
+fn an_apps_command_check_runs_with_the_tasks_isolation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = dev(dir.path(), "29530-29539", &[("SHOAL_SECRET_PROBE", "x")]);
+    let _reaper = Reaper(dir.path().join("data"));
+    let token_file = dir.path().join("data").join("admin.token").canonicalize().expect("the admin token file");
+    let check = format!(
+        "test \"$(id -u)\" = 65534 && test -z \"$SHOAL_SECRET_PROBE\" && ! cat {} && ! cat ../../admin.token",
+        token_file.display()
+    );
+    let app = serde_json::json!({
+        "id": "peek", "instances": 1, "cpus": 0.1, "mem": 32, "cmd": "exec sleep 600",
+        "health_checks": [{"type": "command", "command": check, "grace_ms": 0, "interval_ms": 1000,
+            "timeout_ms": 1000, "max_failures": 100}],
+    });
+    let file = write(dir.path(), "peek.json", app.to_string().as_bytes());
+    let (ok, out, err) = dev.cli(&["app", "deploy", &file]);
+    assert!(ok, "an operator-level deploy with a command check is accepted: {out} {err}");
+    eventually_sync(
+        "the task's isolated command check to pass",
+        Duration::from_secs(30),
+        showing_last(|| {
+            let (_, body) = http(&dev.api, &dev.token, "GET", "/v1/tasks?state=running", "");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            if v["tasks"][0]["healthy"] == true { Ok(()) } else { Err(body) }
+        }),
+    );
 }

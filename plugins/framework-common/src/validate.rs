@@ -112,6 +112,8 @@ impl TaskTemplate {
                 return Err(format!("labels: shoal.weight must be a non-negative integer, got {v:?}"));
             }
         }
+        // The master refuses such a launch anyway; refusing the definition says so at once.
+        labels::check_launch(&labels).map_err(|e| format!("labels: {e}"))?;
         let constraints: Vec<Vec<String>> = f.take("constraints")?.unwrap_or_default();
         Constraint::parse_all(&constraints)?;
         Ok(TaskTemplate { cmd, wasm, cpus, mem, disk, env, labels, constraints })
@@ -176,6 +178,9 @@ mod tests {
         assert!(read(r#"{"cmd":"x","env":{"A=B":"1"}}"#).unwrap_err().starts_with("env: invalid variable"));
         assert!(read(r#"{"cmd":"x","labels":{"shoal.service":"y"}}"#).unwrap_err().contains("set by the framework"));
         assert!(read(r#"{"cmd":"x","labels":{"shoal.weight":"heavy"}}"#).unwrap_err().contains("shoal.weight"));
+        let system = read(r#"{"cmd":"x","labels":{"shoal.kv":"orders,_plugin-framework-service"}}"#).unwrap_err();
+        assert!(system.contains("`_plugin-framework-service`, a system namespace"), "{system}");
+        assert!(read(r#"{"cmd":"x","labels":{"shoal.kv":"orders,sessions"}}"#).is_ok());
         assert!(
             read(r#"{"cmd":"x","constraints":[["rack","FOO"]]}"#)
                 .unwrap_err()
