@@ -39,7 +39,12 @@ fi
 sleep 0.5
 RUST_LOG=warn "$SHOAL" master --nats nats://127.0.0.1:14222 "${creds[@]}" --listen 127.0.0.1:17070 \
     --data-dir "$work/master" >"$work/master.log" 2>&1 & master=$!; pids+=($master)
-sleep 1.5
+# Wait for the master's API (it serves once the default plugins are registered and it listens
+# on the bus), not for a fixed time.
+for _ in $(seq 600); do
+    curl -sf -o /dev/null http://127.0.0.1:17070/healthz && break
+    sleep 0.1
+done
 
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$master/stat"; }

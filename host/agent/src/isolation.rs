@@ -21,6 +21,14 @@ use std::path::{Path, PathBuf};
 
 /// `PATH` of every task: the usual system directories, nothing of the agent's.
 pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where `setpriv` (util-linux) is on [`TASK_PATH`], found once.
+pub fn setpriv() -> Option<&'static Path> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| TASK_PATH.split(':').map(|dir| Path::new(dir).join("setpriv")).find(|p| p.is_file()))
+        .as_deref()
+}
 /// The user tasks run as when the agent is root and no `--task-user` was given.
 pub const DEFAULT_TASK_USER: &str = "nobody";
 /// Where sandboxes live when the agent runs as root and no `--sandbox-dir` was given

@@ -119,20 +119,24 @@ pub fn start_with_logs(spec: &ProcessSpec, logs: Arc<TaskLogs>) -> Result<Proces
     shoal_protocol::validate_task_id(&spec.task_id).map_err(|e| StartError::Invalid(e.to_string()))?;
     isolation::prepare_sandbox(&spec.sandbox, spec.user.as_ref())?;
     let (group, mut limits_note) = task_group(spec);
-    // The user switch is a program, `setpriv` (util-linux), rather than `CommandExt::uid`: std
-    // can then start the task with `posix_spawn` (a vfork) instead of forking the agent's whole
+    // The user switch is a program, `setpriv` (util-linux), rather than `CommandExt::uid`, and
+    // programs are named by absolute path (the task's PATH differs from the agent's): std can
+    // then start the task with `posix_spawn` (a vfork) instead of forking the agent's whole
     // address space, which tripled deploy → RUNNING (3.5 → 10–12 ms, BENCHMARKS.md).
     let mut cmd = match &spec.user {
         Some(user) => {
-            let mut setpriv = Command::new("setpriv");
+            let Some(program) = isolation::setpriv() else {
+                return Err(StartError::Invalid("running tasks as another user needs `setpriv` (util-linux)".into()));
+            };
+            let mut setpriv = Command::new(program);
             setpriv.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid)).args([
                 "--clear-groups",
                 "--",
-                "sh",
+                "/bin/sh",
             ]);
             setpriv
         }
-        None => Command::new("sh"),
+        None => Command::new("/bin/sh"),
     };
     if group.is_some() {
         // The wrapper waits for the agent to place it in the group (EOF on stdin), then runs
@@ -147,14 +151,7 @@ pub fn start_with_logs(spec: &ProcessSpec, logs: Arc<TaskLogs>) -> Result<Proces
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = match cmd.spawn() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && spec.user.is_some() => {
-            return Err(StartError::Invalid(
-                "running tasks as another user needs `setpriv` (util-linux) on PATH".into(),
-            ));
-        }
-        other => other?,
-    };
+    let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Invalid("the process exited at once".into()))?;
     if let Some(g) = &group
         && let Err(e) = g.add(pgid as u32)
