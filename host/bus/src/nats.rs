@@ -54,11 +54,13 @@ impl NatsBus {
         if let Some(ca) = &options.ca {
             connect = connect.add_root_certificates(ca.clone());
         }
-        if url.starts_with("tls://") {
+        // async-nats parses one URL per string: a comma-separated list is split here.
+        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if servers.iter().any(|s| s.starts_with("tls://")) {
             connect = connect.require_tls(true);
         }
         let client =
-            connect.connect(url).await.map_err(|err| BusError::Nats(format!("cannot connect to {url}: {err}")))?;
+            connect.connect(servers).await.map_err(|err| BusError::Nats(format!("cannot connect to {url}: {err}")))?;
         Ok(NatsBus { client })
     }
 

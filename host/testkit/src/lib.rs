@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-pub use nats::{NATS_SERVER_ENV, NatsServer};
+pub use nats::{NATS_SERVER_ENV, NatsCluster, NatsServer};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///

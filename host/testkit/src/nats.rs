@@ -49,6 +49,8 @@ pub struct NatsServer {
     /// reads a copy with this server's name added (`-n` would not survive a reload); the address
     /// and JetStream flags still come from here and override it.
     config: Option<PathBuf>,
+    /// More arguments, e.g. the cluster flags of a [`NatsCluster`] member.
+    extra: Vec<String>,
 }
 
 /// Distinguishes servers started by one test process.
@@ -87,6 +89,7 @@ impl NatsServer {
             name: format!("shoal-test-{}-{}", std::process::id(), SERVERS_STARTED.fetch_add(1, Ordering::Relaxed)),
             runs: 0,
             config,
+            extra: Vec::new(),
         };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -212,6 +215,7 @@ impl NatsServer {
         let mut child = command
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(&store)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log_for_stdout)
             .stderr(log)
@@ -252,6 +256,72 @@ impl NatsServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Three (or more) `nats-server`s on loopback joined in one cluster with JetStream on: what the
+/// replicated parts of Shoal run on. Each member keeps its port and store across
+/// [`NatsCluster::stop`] and [`NatsCluster::restart`]; dropping the cluster kills them all.
+#[derive(Debug)]
+pub struct NatsCluster {
+    members: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers in one cluster (client and route ports picked free) and waits until
+    /// each accepts connections. JetStream's own election among them takes a moment more:
+    /// callers wait for what they need (e.g. a replicated bucket) with [`crate::eventually`].
+    pub fn start(size: usize) -> anyhow::Result<NatsCluster> {
+        let binary = find_binary()?;
+        let id = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed);
+        let cluster = format!("shoal-test-{}-{id}", std::process::id());
+        let clients: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut members = Vec::new();
+        for (i, (&client, &route)) in clients.iter().zip(&routes).enumerate() {
+            let dir = tempfile::Builder::new()
+                .prefix("shoal-nats-cluster-")
+                .tempdir()
+                .context("cannot create a temporary directory for nats-server")?;
+            let mut server = NatsServer {
+                binary: binary.clone(),
+                port: client,
+                dir,
+                child: None,
+                name: format!("{cluster}-n{i}"),
+                runs: 0,
+                config: None,
+                extra: vec![
+                    "--cluster_name".into(),
+                    cluster.clone(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    all_routes.clone(),
+                ],
+            };
+            server.spawn().map_err(|e| match e {
+                StartError::PortTaken(e) | StartError::Fatal(e) => e.context(format!("cluster member {i}")),
+            })?;
+            members.push(server);
+        }
+        Ok(NatsCluster { members })
+    }
+
+    /// Every member's client URL, comma-separated (async-nats picks one and fails over).
+    pub fn urls(&self) -> String {
+        self.members.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Member `i`.
+    pub fn member(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.members[i]
+    }
+
+    /// How many members there are.
+    pub fn size(&self) -> usize {
+        self.members.len()
     }
 }
 
