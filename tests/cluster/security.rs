@@ -225,3 +225,31 @@ fn tls_urls_connect_with_tls_to_the_server_nats_init_configured() {
         assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
     });
 }
+
+/// Letting a new identity in (`shoal nats add` and a reload) leaves the connected ones working:
+/// an agent's request/reply before and after the reload.
+#[test]
+fn adding_an_identity_keeps_connected_roles_working() {
+    let mut cluster = Cluster::builder().agents(&[("a1", "r1")]).start();
+    cluster.wait_for_agents("registration", &[("a1", "active")]);
+    let url = cluster.nats_url();
+    let a1_creds = cluster.creds("agent", "a1");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (a1, errors) = runtime.block_on(connect_as(&url, &a1_creds));
+    let beat = |a1: &async_nats::Client| {
+        runtime.block_on(async {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                a1.request(shoal_bus::subject::agent_heartbeat("a1"), "".into()),
+            )
+            .await;
+            matches!(reply, Ok(Ok(_)))
+        })
+    };
+    assert!(beat(&a1), "a heartbeat before the reload");
+    for n in 2..5 {
+        cluster.creds("agent", &format!("a{n}"));
+        assert!(beat(&a1), "a heartbeat after reload {n}; the server said {:?}", errors.lock().expect("lock"));
+    }
+    cluster.wait_for_agents("after the reloads", &[("a1", "active")]);
+}

@@ -213,11 +213,13 @@ fn store_nodes_scale_out_and_survive_kill_9_under_load() {
         };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 
-        cluster.start_store_node("s1");
-        // s2's credentials before the load: letting a new identity in reloads the server, whose
-        // permissions to answer requests already in flight are lost with the reload (a request
-        // then times out), and this test holds every write outside the kill to succeed.
+        // Both nodes' credentials first: letting a new identity in reloads the server, which
+        // loses the replies of requests in flight (one read timed out here once) and refuses
+        // connections for a moment (s1 once failed to connect; roles now retry that), and this
+        // test holds every write outside the kill to succeed.
+        cluster.creds("store", "s1");
         cluster.creds("store", "s2");
+        cluster.start_store_node("s1");
         api.wait_for("s1 serves the first map", Duration::from_secs(30), |v| {
             v["map"]["shards"].as_array().is_some_and(|s| s.len() == 2 && s.iter().all(|n| n == "s1"))
         })

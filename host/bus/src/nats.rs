@@ -14,6 +14,9 @@ use futures::StreamExt;
 use crate::subject::{validate_filter, validate_queue_group, validate_subject};
 use crate::{Bus, BusError, Message, Subscription, SubscriptionInner};
 
+/// How long [`NatsBus::connect_with`] keeps trying when the server refuses the credentials.
+pub const AUTH_PATIENCE: Duration = Duration::from_secs(3);
+
 /// How long [`Bus::flush`] waits for its round trip; async-nats' default request timeout, since a
 /// server that cannot echo one message in that time is as good as unreachable.
 const FLUSH_PATIENCE: Duration = Duration::from_secs(10);
@@ -36,14 +39,15 @@ pub struct NatsOptions {
 }
 
 impl NatsBus {
-    /// Connects to the NATS server(s) at `url` (e.g. `nats://127.0.0.1:4222`; a comma-separated
-    /// list is accepted by async-nats) with no credentials. Fails at once when no server answers.
+    /// Connects to the NATS server(s) at `url` (e.g. `nats://127.0.0.1:4222`, or a comma-separated
+    /// list) with no credentials. Fails at once when no server answers.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         Self::connect_with(url, &NatsOptions::default()).await
     }
 
-    /// Connects to `url` with `options`. Fails at once when no server answers or the server
-    /// refuses the credentials.
+    /// Connects to `url` with `options`. Fails at once when no server answers; when the server
+    /// refuses the credentials, tries again for [`AUTH_PATIENCE`] first, since a server
+    /// re-reading its configuration (`shoal nats add`, SIGHUP) refuses connections for a moment.
     pub async fn connect_with(url: &str, options: &NatsOptions) -> Result<Self, BusError> {
         let mut connect = async_nats::ConnectOptions::new().name("shoal");
         if let Some(path) = &options.creds {
@@ -59,9 +63,20 @@ impl NatsBus {
         if servers.iter().any(|s| s.starts_with("tls://")) {
             connect = connect.require_tls(true);
         }
-        let client =
-            connect.connect(servers).await.map_err(|err| BusError::Nats(format!("cannot connect to {url}: {err}")))?;
-        Ok(NatsBus { client })
+        let deadline = tokio::time::Instant::now() + AUTH_PATIENCE;
+        loop {
+            match connect.clone().connect(servers.clone()).await {
+                Ok(client) => return Ok(NatsBus { client }),
+                Err(err)
+                    if err.kind() == async_nats::ConnectErrorKind::AuthorizationViolation
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(%url, "nats refused the credentials; trying again (the server may be reloading)");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => return Err(BusError::Nats(format!("cannot connect to {url}: {err}"))),
+            }
+        }
     }
 
     /// Wraps a client that was connected elsewhere (e.g. with credentials or TLS options).
