@@ -3,11 +3,17 @@
 //! verdict read back when the task ends, the group removed after it.
 //!
 //! - **cgroup v2** (a unified hierarchy: `/sys/fs/cgroup/cgroup.controllers`): `memory.max`
-//!   (and `memory.swap.max` = 0), `cpu.max` and `cpu.weight`; OOM kills in `memory.events`.
+//!   (and `memory.swap.max` = 0) and `cpu.max`; OOM kills in `memory.events`.
 //! - **cgroup v1** otherwise: `memory.limit_in_bytes` (and `memory.memsw.limit_in_bytes` when swap
 //!   is accounted, else `memory.swappiness` = 0) in the `memory` hierarchy, and
-//!   `cpu.cfs_quota_us`/`cpu.cfs_period_us` plus `cpu.shares` in the `cpu` hierarchy; OOM kills
-//!   in `memory.oom_control`'s `oom_kill` counter.
+//!   `cpu.cfs_quota_us`/`cpu.cfs_period_us` in the `cpu` hierarchy; OOM kills in
+//!   `memory.oom_control`'s `oom_kill` counter.
+//!
+//! CPU is a hard limit (the CFS quota), not a weight: a task's group keeps the default weight
+//! (`cpu.shares` 1024, `cpu.weight` 100), the weight of one ordinary process. Task groups sit next
+//! to the agent's own processes and everything else on the machine, and a weight scaled by `cpus`
+//! (Mesos's `cpu.shares` = 1024 × cpus) starved small tasks there under load: a 0.5-cpu web
+//! server missed its 400 ms health checks while the test suite ran on two cores.
 //!
 //! The parent is `<the agent's own cgroup>/shoal/<agent-id>/<agent pid>` in each hierarchy: below
 //! the agent's own group, so tasks stay inside whatever limits the agent itself was given (a
@@ -27,10 +33,6 @@ use std::path::{Path, PathBuf};
 const CFS_PERIOD_US: u64 = 100_000;
 /// The smallest quota the kernel accepts is 1 ms; a smaller `cpus` gets that much.
 const MIN_CFS_QUOTA_US: u64 = 1_000;
-/// `cpu.shares` per core (the kernel's default weight of one group).
-const SHARES_PER_CPU: f64 = 1024.0;
-/// `cpu.shares` below 2 is refused by the kernel.
-const MIN_SHARES: u64 = 2;
 
 /// Why this executor cannot enforce resource limits here (the task still runs, unconfined, and
 /// its status says why).
@@ -68,10 +70,6 @@ impl Limits {
 
     fn quota_us(&self) -> Option<u64> {
         (self.cpus > 0.0).then(|| ((self.cpus * CFS_PERIOD_US as f64) as u64).max(MIN_CFS_QUOTA_US))
-    }
-
-    fn shares(&self) -> u64 {
-        ((self.cpus * SHARES_PER_CPU) as u64).max(MIN_SHARES)
     }
 }
 
@@ -240,8 +238,6 @@ impl TaskGroup {
             }
             if let Some(quota) = l.quota_us() {
                 put(dir, "cpu.max", format!("{quota} {CFS_PERIOD_US}"))?;
-                // cpu.weight 1..=10000 (100 = one default group), from the v1 shares.
-                put(dir, "cpu.weight", (1 + (l.shares() - 2) * 9999 / 262_142).clamp(1, 10_000).to_string())?;
             }
             return Ok(());
         }
@@ -259,7 +255,6 @@ impl TaskGroup {
             } else if let Some(quota) = l.quota_us() {
                 put(dir, "cpu.cfs_period_us", CFS_PERIOD_US.to_string())?;
                 put(dir, "cpu.cfs_quota_us", quota.to_string())?;
-                put(dir, "cpu.shares", l.shares().to_string())?;
             }
         }
         Ok(())
@@ -385,7 +380,7 @@ mod tests {
                 assert_eq!(read(&m.join("web.1"), "memory.limit_in_bytes"), (64u64 << 20).to_string());
                 assert_eq!(read(&c.join("web.1"), "cpu.cfs_quota_us"), "25000");
                 assert_eq!(read(&c.join("web.1"), "cpu.cfs_period_us"), "100000");
-                assert_eq!(read(&c.join("web.1"), "cpu.shares"), "256");
+                assert_eq!(read(&c.join("web.1"), "cpu.shares"), "1024", "the default weight");
             }
             Cgroups::V2 { parent } => {
                 assert_eq!(read(&parent.join("web.1"), "memory.max"), (64u64 << 20).to_string());
@@ -437,9 +432,9 @@ mod tests {
     #[test]
     fn limits_follow_mesos() {
         let l = Limits { cpus: 0.25, mem_mb: 64.0 };
-        assert_eq!((l.quota_us(), l.shares(), l.mem_bytes()), (Some(25_000), 256, Some(64 << 20)));
+        assert_eq!((l.quota_us(), l.mem_bytes()), (Some(25_000), Some(64 << 20)));
         let tiny = Limits { cpus: 0.001, mem_mb: 0.0 };
-        assert_eq!((tiny.quota_us(), tiny.shares(), tiny.mem_bytes()), (Some(1_000), 2, None));
+        assert_eq!((tiny.quota_us(), tiny.mem_bytes()), (Some(1_000), None));
     }
 
     #[test]
