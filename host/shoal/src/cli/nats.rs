@@ -98,30 +98,24 @@ pub(crate) enum NatsCommand {
     },
     /// Make credentials for more agents or store nodes and rewrite the configuration; then reload
     /// the server (`nats-server --signal reload`, or SIGHUP).
-    Add {
-        /// The directory `shoal nats init` made.
-        #[arg(long, default_value = ".shoal-nats")]
-        dir: PathBuf,
-        /// An agent (repeatable).
-        #[arg(long = "agent")]
-        agents: Vec<String>,
-        /// A store node (repeatable).
-        #[arg(long = "store")]
-        stores: Vec<String>,
-    },
+    Add(Members),
     /// Revoke the credentials of agents or store nodes (e.g. a lost machine's) and rewrite the
     /// configuration; then reload the server.
-    Remove {
-        /// The directory `shoal nats init` made.
-        #[arg(long, default_value = ".shoal-nats")]
-        dir: PathBuf,
-        /// An agent (repeatable).
-        #[arg(long = "agent")]
-        agents: Vec<String>,
-        /// A store node (repeatable).
-        #[arg(long = "store")]
-        stores: Vec<String>,
-    },
+    Remove(Members),
+}
+
+/// The agents and store nodes `shoal nats add|remove` is about, in a `shoal nats init` directory.
+#[derive(Args, Debug)]
+pub(crate) struct Members {
+    /// The directory `shoal nats init` made.
+    #[arg(long, default_value = ".shoal-nats")]
+    dir: PathBuf,
+    /// An agent (repeatable).
+    #[arg(long = "agent")]
+    agents: Vec<String>,
+    /// A store node (repeatable).
+    #[arg(long = "store")]
+    stores: Vec<String>,
 }
 
 /// What `shoal nats` keeps in `DIR/shoal-nats.json`: the settings and every user's public key,
@@ -178,7 +172,7 @@ pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        NatsCommand::Add { dir, agents, stores } => {
+        NatsCommand::Add(Members { dir, agents, stores }) => {
             let mut registry = load(&dir)?;
             let added = add_users(&dir, &mut registry, identities(&agents, &stores)?)?;
             save(&dir, &registry)?;
@@ -188,7 +182,7 @@ pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
             println!("reload the server to let them in: nats-server --signal reload (or kill -HUP its pid)");
             Ok(())
         }
-        NatsCommand::Remove { dir, agents, stores } => {
+        NatsCommand::Remove(Members { dir, agents, stores }) => {
             let mut registry = load(&dir)?;
             for identity in identities(&agents, &stores)? {
                 let before = registry.users.len();
