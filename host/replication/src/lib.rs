@@ -9,7 +9,14 @@
 //!   creation revision is the leader's **term**, which only grows. A holder stops counting itself
 //!   leader, on its own monotonic clock, before the server can let the key expire, so two holders
 //!   never both believe they lead at the same moment.
+//! - [`log`]: a replicated log on one JetStream stream, appended by the leader only, each append
+//!   fenced with the sequence it expects to be last, read in order by everyone.
+//! - [`blobs`]: content-addressed bytes too large for one log entry, in a JetStream Object Store.
 
+pub mod blobs;
 pub mod lease;
+pub mod log;
 
+pub use blobs::{BlobError, Blobs};
 pub use lease::{Lease, LeaseConfig, LeaseError, Role};
+pub use log::{Entry, Log, LogConfig, LogError, Reader};

@@ -1,0 +1,82 @@
+//! Large values, replicated: a JetStream Object Store bucket of content-addressed blobs.
+//!
+//! A log entry must fit in one NATS message (1 MiB by default); a plugin's component or a task's
+//! artifact may not. Such bytes go here first, named by their sha256, and the log entry names
+//! the digest: whoever applies the entry fetches the bytes. A blob is written once and never
+//! changes, so a name always means the same bytes.
+
+use async_nats::jetstream::{self, object_store};
+use tokio::io::AsyncReadExt;
+
+/// Why a blob could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+#[error("blob bucket {bucket}: {reason}")]
+pub struct BlobError {
+    /// The bucket.
+    pub bucket: String,
+    /// What JetStream said.
+    pub reason: String,
+}
+
+/// A bucket of blobs.
+#[derive(Clone)]
+pub struct Blobs {
+    store: object_store::ObjectStore,
+    bucket: String,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs").field("bucket", &self.bucket).finish()
+    }
+}
+
+impl Blobs {
+    /// The bucket `bucket` (made if missing, file storage, `replicas` copies).
+    pub async fn open(client: async_nats::Client, bucket: &str, replicas: usize) -> Result<Blobs, BlobError> {
+        let js = jetstream::new(client);
+        let error = |e: &dyn std::fmt::Display| BlobError { bucket: bucket.to_owned(), reason: e.to_string() };
+        let store = match js.get_object_store(bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.to_owned(),
+                    num_replicas: replicas.max(1),
+                    storage: jetstream::stream::StorageType::File,
+                    ..object_store::Config::default()
+                })
+                .await
+                .map_err(|e| error(&e))?,
+        };
+        Ok(Blobs { store, bucket: bucket.to_owned() })
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> BlobError {
+        BlobError { bucket: self.bucket.clone(), reason: reason.to_string() }
+    }
+
+    /// Store `bytes` as `name`, unless a blob of that name is already whole there.
+    pub async fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        if let Ok(info) = self.store.info(name).await
+            && !info.deleted
+            && info.size == bytes.len()
+        {
+            return Ok(());
+        }
+        let mut reader = bytes;
+        self.store.put(name, &mut reader).await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// The bytes of `name`, or `None` when there is no such blob.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let mut object = match self.store.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.error(e)),
+        };
+        let mut bytes = Vec::with_capacity(object.info().size);
+        object.read_to_end(&mut bytes).await.map_err(|e| self.error(e))?;
+        Ok(Some(bytes))
+    }
+}

@@ -1,0 +1,179 @@
+//! A replicated, fenced log on one JetStream stream.
+//!
+//! JetStream stores every entry on R servers (Raft) before it acknowledges the append; Shoal
+//! never orders entries itself. One writer appends at a time — the holder of a [`crate::Lease`] —
+//! and every append names the sequence it expects to be the stream's last
+//! (`Nats-Expected-Last-Sequence`): the server refuses an append from a writer whose view is
+//! stale, so a deposed leader's entries never land once the next leader has written one
+//! ([`LogError::Fenced`]). Everyone, writer included, applies the entries in sequence order
+//! through a [`Reader`].
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+
+/// Where a log lives.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// The stream (created when missing).
+    pub stream: String,
+    /// The one subject its entries are published on.
+    pub subject: String,
+    /// Replicas: 3 on a cluster of three NATS servers (at most the servers there are).
+    pub replicas: usize,
+}
+
+/// Why an append or a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The stream's last entry is not the one the writer expected: another writer appended
+    /// since (this one is deposed, or its view is behind).
+    #[error("log {stream}: the last entry is no longer {expected}; another writer appended")]
+    Fenced {
+        /// The stream.
+        stream: String,
+        /// The sequence this writer expected to be last.
+        expected: u64,
+    },
+    /// The entry is larger than the server accepts in one message.
+    #[error("log {stream}: an entry of {size} bytes exceeds the server's limit of {limit}")]
+    TooLarge {
+        /// The stream.
+        stream: String,
+        /// The entry's size.
+        size: usize,
+        /// The server's `max_payload`.
+        limit: usize,
+    },
+    /// JetStream did not answer, or refused.
+    #[error("log {stream}: {reason}")]
+    Unavailable {
+        /// The stream.
+        stream: String,
+        /// What JetStream said.
+        reason: String,
+    },
+}
+
+/// One entry as read back.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Its sequence in the stream (from 1, only growing, no gaps unless truncated).
+    pub sequence: u64,
+    /// What was appended.
+    pub payload: bytes::Bytes,
+}
+
+/// A handle on one log: append (the leader) and read (everyone).
+#[derive(Clone)]
+pub struct Log {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    config: LogConfig,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("stream", &self.config.stream).finish()
+    }
+}
+
+impl Log {
+    /// The log of `config` (its stream made if missing: file storage, no limits).
+    pub async fn open(client: async_nats::Client, config: &LogConfig) -> Result<Log, LogError> {
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![config.subject.clone()],
+            num_replicas: config.replicas.max(1),
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            ..stream::Config::default()
+        })
+        .await
+        .map_err(|e| LogError::Unavailable { stream: config.stream.clone(), reason: e.to_string() })?;
+        Ok(Log { js, client, config: config.clone() })
+    }
+
+    fn unavailable(&self, reason: impl std::fmt::Display) -> LogError {
+        LogError::Unavailable { stream: self.config.stream.clone(), reason: reason.to_string() }
+    }
+
+    /// The stream's first and last sequences (`first > last` when it holds nothing).
+    pub async fn bounds(&self) -> Result<(u64, u64), LogError> {
+        let mut stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;
+        let info = stream.info().await.map_err(|e| self.unavailable(e))?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// Append `payload` if the stream's last entry is still `expected_last` (0: the stream is
+    /// empty); the new entry's sequence.
+    pub async fn append(&self, payload: bytes::Bytes, expected_last: u64) -> Result<u64, LogError> {
+        let limit = usize::try_from(self.client.server_info().max_payload).unwrap_or(usize::MAX);
+        // Headers and the subject ride in the same message: keep a little room for them.
+        if payload.len() + 512 > limit {
+            return Err(LogError::TooLarge { stream: self.config.stream.clone(), size: payload.len(), limit });
+        }
+        let publish =
+            jetstream::message::PublishMessage::build().payload(payload).expected_last_sequence(expected_last);
+        let ack = self
+            .js
+            .send_publish(self.config.subject.clone(), publish)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .await
+            .map_err(|e| {
+                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                    LogError::Fenced { stream: self.config.stream.clone(), expected: expected_last }
+                } else {
+                    self.unavailable(e)
+                }
+            })?;
+        Ok(ack.sequence)
+    }
+
+    /// Read the entries from `from` on, in order, including those appended later.
+    pub async fn read(&self, from: u64) -> Result<Reader, LogError> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..consumer::pull::OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let messages = consumer.messages().await.map_err(|e| self.unavailable(e))?;
+        Ok(Reader { messages, stream: self.config.stream.clone() })
+    }
+}
+
+/// The entries of a log in order, as they come.
+pub struct Reader {
+    messages: consumer::pull::Ordered,
+    stream: String,
+}
+
+impl Reader {
+    /// The next entry, waiting for it; an error when the connection to JetStream failed for
+    /// good (the ordered consumer re-creates itself across short outages and keeps the order).
+    pub async fn next(&mut self) -> Result<Entry, LogError> {
+        loop {
+            match self.messages.next().await {
+                Some(Ok(message)) => {
+                    let sequence = message.info().map_err(|e| self.unavailable(e))?.stream_sequence;
+                    return Ok(Entry { sequence, payload: message.message.payload.clone() });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(stream = %self.stream, cause = %e, "log reader interrupted; resuming");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => return Err(self.unavailable("the reader ended")),
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: impl std::fmt::Display) -> LogError {
+        LogError::Unavailable { stream: self.stream.clone(), reason: reason.to_string() }
+    }
+}
