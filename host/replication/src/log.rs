@@ -133,6 +133,16 @@ impl Log {
         Ok(ack.sequence)
     }
 
+    /// The entry at `sequence`, if the stream holds it.
+    pub async fn get(&self, sequence: u64) -> Result<Option<Entry>, LogError> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some(Entry { sequence, payload: message.payload })),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
     /// Read the entries from `from` on, in order, including those appended later.
     pub async fn read(&self, from: u64) -> Result<Reader, LogError> {
         let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;
