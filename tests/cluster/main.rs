@@ -14,6 +14,7 @@ use shoal_testkit::eventually_sync;
 mod api_security;
 mod apps;
 mod fixture;
+mod ha;
 mod isolation;
 mod master;
 mod security;

@@ -16,10 +16,10 @@ use crate::auth::Scope;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
 
-fn master(state: &AppState) -> Result<&std::sync::Arc<Master>, ApiError> {
+fn master(state: &AppState) -> Result<std::sync::Arc<Master>, ApiError> {
     state
         .master
-        .as_ref()
+        .load_full()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_master", "this node does not run the master"))
 }
 
@@ -38,7 +38,7 @@ fn for_scope(scope: &Scope, master: &Master, mut agent: AgentView) -> AgentView 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     let scope = state.auth.reader(&headers)?;
     let master = master(&state)?;
-    let agents: Vec<AgentView> = master.agents().into_iter().map(|a| for_scope(&scope, master, a)).collect();
+    let agents: Vec<AgentView> = master.agents().into_iter().map(|a| for_scope(&scope, &master, a)).collect();
     Ok(Json(json!({ "agents": agents })))
 }
 
@@ -54,5 +54,5 @@ pub async fn show(
     let scope = state.auth.reader(&headers)?;
     let master = master(&state)?;
     let agent = master.agent(&id).ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
-    Ok(Json(json!(for_scope(&scope, master, agent))))
+    Ok(Json(json!(for_scope(&scope, &master, agent))))
 }

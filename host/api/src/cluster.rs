@@ -32,10 +32,10 @@ use crate::dto::ErrorBody;
 use crate::error::ApiError;
 use crate::scoped;
 
-fn master(state: &AppState) -> Result<&std::sync::Arc<Master>, ApiError> {
+fn master(state: &AppState) -> Result<std::sync::Arc<Master>, ApiError> {
     state
         .master
-        .as_ref()
+        .load_full()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_master", "this node does not run the master"))
 }
 
@@ -188,7 +188,7 @@ pub async fn apps(
         None => "/apps".to_owned(),
     };
     if method == Method::PUT || method == Method::POST {
-        fits_some_agent(master(&state)?, &body, "app")?;
+        fits_some_agent(master(&state)?.as_ref(), &body, "app")?;
     }
     let response = forward(&state, "service", method.clone(), &headers, path, query, body).await?;
     announce(&state, "app", &method, rest.as_deref(), response.status()).await;
@@ -241,7 +241,7 @@ pub async fn jobs(
         None => "/jobs".to_owned(),
     };
     if method == Method::PUT || method == Method::POST {
-        fits_some_agent(master(&state)?, &body, "job")?;
+        fits_some_agent(master(&state)?.as_ref(), &body, "job")?;
     }
     let response = forward(&state, "batch", method.clone(), &headers, path, query, body).await?;
     announce(&state, "job", &method, rest.as_deref(), response.status()).await;

@@ -73,6 +73,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Storage(_) | RegistryError::PluginKv { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }
+            RegistryError::NotLeader => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
         };
         ApiError::new(status, code, message)
     }

@@ -465,7 +465,7 @@ impl From<shoal_store::Entry> for KvEntryDto {
 }
 
 fn coordinator(state: &AppState) -> Result<Arc<Coordinator>, ApiError> {
-    state.store_coordinator.clone().ok_or_else(|| {
+    state.store_coordinator.load_full().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_master", "this node does not own the store's shard map")
     })
 }

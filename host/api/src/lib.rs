@@ -23,6 +23,7 @@ mod cluster;
 pub mod dto;
 pub mod error;
 mod events;
+pub mod leader;
 pub mod kv;
 mod plugins;
 pub mod scoped;
@@ -58,16 +59,26 @@ pub struct AppState {
     pub max_upload: usize,
     /// The state store's client, if this node serves `/v1/kv` (without one, it answers 503).
     pub store: Option<Arc<shoal_store::client::StoreClient>>,
-    /// The store's shard map owner, if this node is the master (without, `/v1/store` answers 503).
-    pub store_coordinator: Option<Arc<shoal_store::coordinator::Coordinator>>,
+    /// The store's shard map owner, while this node leads (without, `/v1/store` answers 503).
+    pub store_coordinator: Leading<shoal_store::coordinator::Coordinator>,
     /// The service registry, if this node runs it (without one, `/v1/services` answers 503).
     pub discovery: Option<Arc<shoal_discovery::Discovery>>,
     /// The gateway's routes, if this node runs a gateway (without, `/v1/routes` answers 503).
     pub routes: Option<Arc<shoal_gateway::Routes>>,
-    /// The resource master, if this node runs it (without one, `/v1/agents` answers 503).
-    pub master: Option<Arc<shoal_master::Master>>,
+    /// The resource master, while this node leads (without one, `/v1/agents` answers 503).
+    pub master: Leading<shoal_master::Master>,
     /// Artifacts of Wasm tasks, if this node runs the master (without, `/v1/artifacts` answers 503).
     pub artifacts: Option<Arc<shoal_task_io::ArtifactStore>>,
+    /// The leadership among several masters (`None`: this node is the only one, and leads).
+    pub leadership: Option<Arc<leader::Leadership>>,
+}
+
+/// A part only the leader runs: swapped in when this node starts leading, out when it stops.
+pub type Leading<T> = Arc<arc_swap::ArcSwapOption<T>>;
+
+/// A [`Leading`] part that is there from the start (a single node) or not at all.
+pub fn leading<T>(part: Option<Arc<T>>) -> Leading<T> {
+    Arc::new(arc_swap::ArcSwapOption::new(part))
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes /metrics.
@@ -112,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/leader", get(leader::show))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{kind}/{name}", get(plugins::show).post(plugins::push).delete(plugins::delete))
         .route("/v1/plugins/{kind}/{name}/activate", post(plugins::activate))
@@ -149,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/routes/{name}", get(services::show_route).put(services::put_route).delete(services::delete_route))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), leader::forward))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -259,6 +259,7 @@ impl Master {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = self.kick.notified() => tokio::time::sleep(Duration::from_millis(2)).await,
+                () = self.until_stopped() => return,
             }
             // Nobody to offer to: no cycle (and no allocator call over every agent).
             let wanted = {

@@ -93,12 +93,15 @@ pub struct Master {
     tasks: Mutex<BTreeMap<String, TaskEntry>>,
     fw_state: Mutex<BTreeMap<String, frameworks::FwState>>,
     journal: Option<Arc<dyn KvBackend>>,
+    journal_flush: Option<JournalFlush>,
     discovery: Option<Arc<shoal_discovery::Discovery>>,
     kick: tokio::sync::Notify,
     allocator: Mutex<String>,
     started: Instant,
     clock: Clock,
     next_uuid: AtomicU64,
+    /// Turns true when this master stops acting (its leadership ended): see [`Master::stop`].
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a master is wired to besides the bus.
@@ -108,9 +111,18 @@ pub struct MasterParts {
     pub registry: Option<Arc<Registry>>,
     /// Where live tasks are journaled, so a restarted master knows them.
     pub journal: Option<Arc<dyn KvBackend>>,
+    /// Makes the journal's writes so far durable; called before a launch leaves (see
+    /// [`JournalFlush`]). `None`: the journal's writes are durable when they return.
+    pub journal_flush: Option<JournalFlush>,
     /// Service registry that running tasks with ports join.
     pub discovery: Option<Arc<shoal_discovery::Discovery>>,
 }
+
+/// Waits until every journal write made so far is durable (replicated, when the master's state
+/// is): the master awaits it before a launch leaves, so a task any agent runs is in the journal
+/// the next leader reads.
+pub type JournalFlush =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), shoal_runtime::KvError>> + Send + Sync>;
 
 #[derive(Default)]
 struct Offers {
@@ -172,12 +184,14 @@ impl Master {
             tasks: Mutex::new(BTreeMap::new()),
             fw_state: Mutex::new(BTreeMap::new()),
             journal: parts.journal,
+            journal_flush: parts.journal_flush,
             discovery: parts.discovery,
             kick: tokio::sync::Notify::new(),
             allocator: Mutex::new(String::new()),
             started: Instant::now(),
             clock: Clock::new(),
             next_uuid: AtomicU64::new(1),
+            stopped: tokio::sync::watch::channel(false).0,
         });
         if let Some(Ok(Some(name))) = master.journal.as_ref().map(|j| j.get("allocator")) {
             *master.allocator.lock() = String::from_utf8_lossy(&name).into_owned();
@@ -214,8 +228,26 @@ impl Master {
     pub fn offers(&self) -> Vec<OfferView> {
         self.offers.lock().by_id.values().cloned().collect()
     }
+    /// Stop acting, for good: [`Master::run`] returns and drops its subscriptions, allocation
+    /// stops, framework workers end, and nothing more is sent to agents. A master whose
+    /// leadership ended is stopped; the next leadership gets a new `Master`.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+        self.fw_state.lock().clear();
+    }
+
+    /// Whether [`Master::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    async fn until_stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     /// Serve registrations, heartbeats and status updates, declare silent agents lost, run
-    /// allocation cycles and drive the frameworks, until the bus closes.
+    /// allocation cycles and drive the frameworks, until the bus closes or the master stops.
     pub async fn run(self: Arc<Self>) -> Result<(), shoal_bus::BusError> {
         let mut registrations = self.bus.subscribe(subject::AGENT_REGISTER_ALL).await?;
         let mut heartbeats = self.bus.subscribe(subject::AGENT_HEARTBEATS_ALL).await?;
@@ -230,6 +262,7 @@ impl Master {
         }
         loop {
             tokio::select! {
+                () = self.until_stopped() => return Ok(()),
                 msg = registrations.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     // The subject names the sender: with bus authorization on, only agent `<id>`

@@ -106,6 +106,10 @@ impl Master {
     // ---- frameworks ----------------------------------------------------------------------
 
     pub(crate) async fn send_outgoing(self: &Arc<Self>, outgoing: Vec<Outgoing>) {
+        if self.is_stopped() {
+            // A master that no longer leads sends nothing; the next leader decides again.
+            return;
+        }
         for o in outgoing {
             match o {
                 Outgoing::Launch(agent, tasks) => {
@@ -130,6 +134,23 @@ impl Master {
 
     pub(crate) async fn send_launch(self: Arc<Self>, agent: String, tasks: Vec<TaskInfo>) {
         let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        if self.is_stopped() {
+            return;
+        }
+        if let Some(flush) = &self.journal_flush
+            && let Err(e) = flush().await
+        {
+            // Not journaled durably: a next leader would not know these tasks, so they never leave.
+            for id in ids {
+                let why = format!("the master could not journal the launch: {e}");
+                self.internal_status(&id, &agent, TaskState::Failed, why).await;
+            }
+            return;
+        }
+        if self.is_stopped() {
+            // The leadership ended while the journal was flushed: the next leader decides.
+            return;
+        }
         let body = serde_json::to_vec(&LaunchRequest { tasks }).expect("a launch serialises");
         let reply = self.bus.request(&subject::agent_launch(&agent), body.into(), Duration::from_secs(5)).await;
         match reply.map(|m| serde_json::from_slice::<LaunchReply>(&m.payload)) {
@@ -164,6 +185,9 @@ impl Master {
     }
 
     pub(crate) async fn send_kill(self: Arc<Self>, agent: String, task: String) {
+        if self.is_stopped() {
+            return;
+        }
         let body = serde_json::to_vec(&KillRequest { task_id: task.clone(), grace_ms: None }).expect("serialises");
         match self.bus.request(&subject::agent_kill(&agent), body.into(), Duration::from_secs(5)).await {
             Ok(m) => {

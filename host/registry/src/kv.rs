@@ -1,50 +1,57 @@
-//! A plugin's own key-value store, in the registry's RocksDB: the backend of the `keyvalue`
-//! import. Each plugin (kind + name) sees only the keys under its own prefix; all versions and
-//! instances of a plugin share them.
+//! A plugin's own key-value store in the registry's `plugin-kv` table: the backend of the
+//! `keyvalue` import where the node gives no other (a standalone gateway's routers), and the
+//! master's task journal (`framework/_master/…`). Each plugin (kind + name) sees only the keys
+//! under its own prefix; all versions and instances of a plugin share them.
 //!
-//! Writes go to RocksDB's write-ahead log without an fsync per write: they survive a crash of
-//! the process (`kill -9`), not necessarily a power loss. Plugin state is soft by contract; the
-//! state store of apps (a later crate) has its own, stricter, policy.
+//! Writes are submitted to the state without waiting ([`StateDb::submit`]): in order, durable
+//! once [`RocksKv::flush`] returns. With the local backend they are written at once; with the
+//! replicated one a read sees a write once the leader's log entry is applied here, and only the
+//! leader writes.
 
 use std::sync::Arc;
 
-use rocksdb::{DB, Direction, IteratorMode};
+use rocksdb::{Direction, IteratorMode};
 use shoal_abi::PluginKind;
 use shoal_runtime::{KvBackend, KvError};
+use shoal_state::{Batch, StateDb};
 
 use crate::store::CF_KV;
 
 /// The store of one plugin.
 pub struct RocksKv {
-    db: Arc<DB>,
+    state: Arc<StateDb>,
     prefix: String,
 }
 
 impl RocksKv {
-    pub(crate) fn new(db: Arc<DB>, kind: PluginKind, name: &str) -> Self {
-        RocksKv { db, prefix: format!("{kind}/{name}/") }
-    }
-
-    fn cf(&self) -> Result<&rocksdb::ColumnFamily, KvError> {
-        self.db.cf_handle(CF_KV).ok_or(KvError::Unavailable("no plugin column family in the registry"))
+    pub(crate) fn new(state: Arc<StateDb>, kind: PluginKind, name: &str) -> Self {
+        RocksKv { state, prefix: format!("{kind}/{name}/") }
     }
 
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+
+    /// Wait until every write submitted so far is durable (replicated, with the replicated
+    /// state).
+    pub async fn flush(&self) -> Result<(), KvError> {
+        self.state.flush().await.map_err(KvError::backend)
+    }
 }
 
 impl KvBackend for RocksKv {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.db.get_cf(self.cf()?, self.key(key)).map_err(KvError::backend)
+        self.state.get(CF_KV, self.key(key).as_bytes()).map_err(KvError::backend)
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.db.put_cf(self.cf()?, self.key(key), value).map_err(KvError::backend)
+        self.state.submit(Batch::new().put(CF_KV, self.key(key), value).clone());
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.db.delete_cf(self.cf()?, self.key(key)).map_err(KvError::backend)
+        self.state.submit(Batch::new().delete(CF_KV, self.key(key)).clone());
+        Ok(())
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError> {
@@ -58,8 +65,10 @@ impl KvBackend for RocksKv {
             }
             _ => full_prefix.clone().into_bytes(),
         };
+        let db = self.state.db();
+        let cf = self.state.table(CF_KV).map_err(KvError::backend)?;
         let mut keys = Vec::new();
-        for item in self.db.iterator_cf(self.cf()?, IteratorMode::From(&start, Direction::Forward)) {
+        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
             let (k, _) = item.map_err(KvError::backend)?;
             if !k.starts_with(full_prefix.as_bytes()) || keys.len() >= limit {
                 break;

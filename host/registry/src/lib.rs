@@ -29,7 +29,9 @@ use shoal_runtime::{CallError, KvBackend, KvError, LoadError, PluginScope, Runti
 use tokio::sync::mpsc;
 
 pub use kv::RocksKv;
-use store::Store;
+use shoal_state::StateDb;
+pub use store::TABLES;
+use store::{CF_META, Store, plugin_of_state_key};
 
 /// Settings of the registry.
 #[derive(Clone, Debug)]
@@ -177,6 +179,9 @@ pub enum RegistryError {
     /// The store failed.
     #[error("plugin store: {0}")]
     Storage(String),
+    /// This master does not lead: the leader takes changes.
+    #[error("this master does not lead; the leader takes plugin changes")]
+    NotLeader,
     /// A plugin's key-value store failed.
     #[error("{kind} plugin `{name}`'s key-value store: {source}")]
     PluginKv {
@@ -189,9 +194,12 @@ pub enum RegistryError {
     },
 }
 
-impl From<rocksdb::Error> for RegistryError {
-    fn from(err: rocksdb::Error) -> Self {
-        RegistryError::Storage(err.to_string())
+impl From<shoal_state::StateError> for RegistryError {
+    fn from(err: shoal_state::StateError) -> Self {
+        match err {
+            shoal_state::StateError::NotLeader => RegistryError::NotLeader,
+            other => RegistryError::Storage(other.to_string()),
+        }
     }
 }
 
@@ -253,6 +261,8 @@ struct Slot {
 
 /// The plugin registry. Share it behind an `Arc`.
 pub struct Registry {
+    /// Itself, for the tasks it starts (automatic rollbacks, following the leader).
+    me: std::sync::Weak<Registry>,
     store: Store,
     runtime: Runtime,
     config: RegistryConfig,
@@ -323,9 +333,24 @@ impl Registry {
         config: RegistryConfig,
         kv: Option<KvProvider>,
     ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
-        let store = Store::open(dir)?;
+        let state = StateDb::open_local(dir, &TABLES)?;
+        Registry::open_on(state, runtime, config, kv)
+    }
+
+    /// The registry in the tables ([`TABLES`]) of `state`, which the node shares with the rest
+    /// of the master's state; plugins' key-value stores from `kv` (the `plugin-kv` table when
+    /// `None`). Replicated, the active versions follow what the leader commits (see
+    /// [`Registry::follow`]).
+    pub fn open_on(
+        state: Arc<StateDb>,
+        runtime: Runtime,
+        config: RegistryConfig,
+        kv: Option<KvProvider>,
+    ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
+        let store = Store::new(state);
         let (events, rx) = mpsc::unbounded_channel();
-        let registry = Arc::new(Registry {
+        let registry = Arc::new_cyclic(|me| Registry {
+            me: me.clone(),
             store,
             runtime,
             config,
@@ -358,7 +383,7 @@ impl Registry {
     /// the node's own state that must not depend on the state store being up (the master's task
     /// journal).
     pub fn local_kv(&self, kind: PluginKind, name: &str) -> Arc<RocksKv> {
-        Arc::new(RocksKv::new(self.store.db(), kind, name))
+        Arc::new(RocksKv::new(self.store.state_db().clone(), kind, name))
     }
 
     /// Move plugins' data kept in the registry's RocksDB (where every plugin's store was before
@@ -511,7 +536,7 @@ impl Registry {
         if make_active && let Some(previous) = state.active.replace(version.clone()) {
             state.history.push(previous);
         }
-        self.store.put_version(&meta, bytes, &state)?;
+        self.store.put_version(&meta, bytes, &state).await?;
         self.emit(
             kind,
             name,
@@ -552,7 +577,7 @@ impl Registry {
         }
         state.history.retain(|v| v != version);
         state.active = Some(version.to_owned());
-        self.store.put_state(kind, name, &state)?;
+        self.store.put_state(kind, name, &state).await?;
         let probation = !state.history.is_empty();
         self.swap_in(kind, name, loaded, probation);
         self.emit(
@@ -568,10 +593,10 @@ impl Registry {
     #[tracing::instrument(skip(self))]
     pub async fn rollback(&self, kind: PluginKind, name: &str) -> Result<PluginVersion, RegistryError> {
         let _guard = self.write.lock().await;
-        self.rollback_locked(kind, name, "requested")
+        self.rollback_locked(kind, name, "requested").await
     }
 
-    fn rollback_locked(&self, kind: PluginKind, name: &str, reason: &str) -> Result<PluginVersion, RegistryError> {
+    async fn rollback_locked(&self, kind: PluginKind, name: &str, reason: &str) -> Result<PluginVersion, RegistryError> {
         let mut state =
             self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
         let Some(target) = state.history.pop() else {
@@ -580,7 +605,7 @@ impl Registry {
         let loaded = self.load_version(kind, name, &target)?;
         let meta = loaded.meta.clone();
         let from = state.active.replace(target.clone());
-        self.store.put_state(kind, name, &state)?;
+        self.store.put_state(kind, name, &state).await?;
         // The version we return to has proved itself before: no probation.
         self.swap_in(kind, name, loaded, false);
         self.emit(kind, name, "rolled-back", serde_json::json!({ "from": from, "to": target, "reason": reason }));
@@ -602,11 +627,11 @@ impl Registry {
                     return Err(RegistryError::VersionActive { kind, name: name.into(), version: version.into() });
                 }
                 state.history.retain(|v| v != version);
-                self.store.delete_version(kind, name, version, &state)?;
+                self.store.delete_version(kind, name, version, &state).await?;
                 self.emit(kind, name, "deleted", serde_json::json!({ "version": version }));
             }
             None => {
-                self.store.delete_plugin(kind, name)?;
+                self.store.delete_plugin(kind, name).await?;
                 let removed = self.slots.write().get_mut(&kind).and_then(|names| names.remove(name));
                 if let Some(slot) = removed {
                     self.set_current(&slot, None);
@@ -628,6 +653,81 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Keep the loaded versions in step with the state as another member changes it: on a
+    /// member that does not write (a standby master), each applied change of a plugin's
+    /// activation is loaded here; a subscriber that lagged reloads everything. The writer loads
+    /// what it commits itself. Run it in a task of its own; it ends with the state.
+    pub async fn follow(self: Arc<Self>) {
+        let mut changes = self.store.state_db().subscribe();
+        loop {
+            let plugins: Vec<(PluginKind, String)> = match changes.recv().await {
+                Ok(batch) => batch
+                    .writes
+                    .iter()
+                    .filter(|w| w.table == CF_META)
+                    .filter_map(|w| plugin_of_state_key(&w.key))
+                    .collect(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.store.states().map(|s| s.into_iter().map(|(k, n, _)| (k, n)).collect()).unwrap_or_default()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if plugins.is_empty() || self.store.state_db().is_writer() {
+                continue;
+            }
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for (kind, name) in plugins {
+                    me.reload(kind, &name);
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Make the loaded version of every plugin the one the state names (a member that starts
+    /// leading calls this once it has applied the log).
+    pub fn reload_all(&self) {
+        let mut plugins: Vec<(PluginKind, String)> =
+            self.store.states().map(|s| s.into_iter().map(|(k, n, _)| (k, n)).collect()).unwrap_or_default();
+        for (kind, names) in self.slots.read().iter() {
+            plugins.extend(names.keys().map(|n| (*kind, n.clone())));
+        }
+        plugins.sort();
+        plugins.dedup();
+        for (kind, name) in plugins {
+            self.reload(kind, &name);
+        }
+    }
+
+    /// Load the version the state names active for one plugin, unless it is loaded already.
+    fn reload(&self, kind: PluginKind, name: &str) {
+        let wanted = match self.store.state(kind, name) {
+            Ok(state) => state.and_then(|s| s.active),
+            Err(e) => {
+                tracing::error!(%kind, %name, cause = %e, "cannot read a plugin's state");
+                return;
+            }
+        };
+        let current = self.active(kind, name);
+        match wanted {
+            None => {
+                let removed = self.slots.write().get_mut(&kind).and_then(|names| names.remove(name));
+                if let Some(slot) = removed {
+                    self.set_current(&slot, None);
+                }
+            }
+            Some(version) if current.as_ref().is_some_and(|c| c.meta.version == version) => {}
+            Some(version) => match self.load_version(kind, name, &version) {
+                Ok(loaded) => {
+                    tracing::info!(%kind, %name, %version, "the leader's active version loaded");
+                    self.swap_in(kind, name, loaded, false);
+                }
+                Err(e) => tracing::error!(%kind, %name, %version, cause = %e, "cannot load the leader's active version"),
+            },
+        }
     }
 
     /// The active version of a plugin. Hold the `Arc` for the duration of a call: a concurrent
@@ -692,22 +792,26 @@ impl Registry {
         if !loaded.probation.swap(false, Ordering::Relaxed) {
             return;
         }
-        // Only roll back if this version is still the active one (no one activated another
-        // meanwhile). Mutations are serialised by the write lock; take it without blocking the
-        // calling (possibly hot, possibly synchronous) path.
-        let Ok(_guard) = self.write.try_lock() else {
-            tracing::warn!(%kind, %name, %version, "automatic rollback skipped: a registry change is in progress");
+        // Roll back in a task of its own: this path may be hot and synchronous, and the change
+        // waits for the write lock and a commit. It happens only if this version is still the
+        // active one by then (no one activated another meanwhile).
+        let (Some(me), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            tracing::warn!(%kind, %name, %version, "automatic rollback skipped: no runtime to run it on");
             return;
         };
-        let still_active = self.active(kind, &name).is_some_and(|a| Arc::ptr_eq(&a, loaded));
-        if !still_active {
-            return;
-        }
+        let loaded = loaded.clone();
         let reason = format!("{streak} consecutive failures of a newly activated version; last: {error}");
-        match self.rollback_locked(kind, &name, &reason) {
-            Ok(to) => tracing::warn!(%kind, %name, from = %version, to = %to.version, "rolled back automatically"),
-            Err(err) => tracing::error!(cause = %err, %kind, %name, "automatic rollback failed"),
-        }
+        runtime.spawn(async move {
+            let _guard = me.write.lock().await;
+            let still_active = me.active(kind, &name).is_some_and(|a| Arc::ptr_eq(&a, &loaded));
+            if !still_active {
+                return;
+            }
+            match me.rollback_locked(kind, &name, &reason).await {
+                Ok(to) => tracing::warn!(%kind, %name, from = %version, to = %to.version, "rolled back automatically"),
+                Err(err) => tracing::error!(cause = %err, %kind, %name, "automatic rollback failed"),
+            }
+        });
     }
 
     /// Every plugin, sorted by kind and name.

@@ -1,20 +1,20 @@
-//! The registry's RocksDB layout. One database with three column families:
+//! The registry's tables in the master's state ([`shoal_state::StateDb`]):
 //!
-//! | column family | key | value |
+//! | table | key | value |
 //! | --- | --- | --- |
 //! | `meta` | `v/<kind>/<name>/<version>` | [`PluginVersion`] JSON |
 //! | `meta` | `s/<kind>/<name>` | [`ActivationState`] JSON |
-//! | `blobs` | `<sha256>` | component bytes (shared by versions with the same digest) |
+//! | `blobs` | `<sha256>` | component bytes (shared by versions with the same digest; a blob of the state) |
 //! | `plugin-kv` | `<kind>/<name>/<key>` | a plugin's own key-value data |
 //!
-//! Registry writes go through one `WriteBatch` with `sync = true`: an acknowledged upload or
-//! activation survives a crash of the process and of the machine.
+//! Every change is one committed batch: synced to disk with the local backend, replicated by the
+//! leader's log with the replicated one. An acknowledged upload or activation survives a crash of
+//! the process and of the machine, and, replicated, of the master.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use shoal_abi::PluginKind;
+use shoal_state::{Batch, StateDb};
 
 use crate::{ActivationState, PluginVersion, RegistryError};
 
@@ -22,12 +22,11 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_BLOBS: &str = "blobs";
 pub(crate) const CF_KV: &str = "plugin-kv";
 
-pub(crate) struct Store {
-    db: Arc<DB>,
-}
+/// The tables the registry needs in the state it is opened on.
+pub const TABLES: [&str; 3] = [CF_META, CF_BLOBS, CF_KV];
 
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, RegistryError> {
-    db.cf_handle(name).ok_or_else(|| RegistryError::Storage(format!("column family {name} missing")))
+pub(crate) struct Store {
+    state: Arc<StateDb>,
 }
 
 fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RegistryError> {
@@ -42,29 +41,28 @@ fn version_key(kind: PluginKind, name: &str, version: &str) -> String {
     format!("v/{kind}/{name}/{version}")
 }
 
-fn state_key(kind: PluginKind, name: &str) -> String {
+pub(crate) fn state_key(kind: PluginKind, name: &str) -> String {
     format!("s/{kind}/{name}")
 }
 
-fn synced() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    opts
+/// The plugin an activation-state key names (`s/<kind>/<name>`).
+pub(crate) fn plugin_of_state_key(key: &[u8]) -> Option<(PluginKind, String)> {
+    let key = std::str::from_utf8(key).ok()?.strip_prefix("s/")?;
+    let (kind, name) = key.split_once('/')?;
+    Some((kind.parse().ok()?, name.to_owned()))
 }
 
 impl Store {
-    pub(crate) fn open(dir: &Path) -> Result<Self, RegistryError> {
-        std::fs::create_dir_all(dir).map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        let cfs = [CF_META, CF_BLOBS, CF_KV].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Store { db: Arc::new(db) })
+    pub(crate) fn new(state: Arc<StateDb>) -> Self {
+        Store { state }
     }
 
-    pub(crate) fn db(&self) -> Arc<DB> {
-        self.db.clone()
+    pub(crate) fn state_db(&self) -> &Arc<StateDb> {
+        &self.state
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), RegistryError> {
+        self.state.commit(batch).await.map(|_| ()).map_err(RegistryError::from)
     }
 
     /// Every plugin's key-value data kept in this database: `(kind, name, key, value)`, in key
@@ -84,27 +82,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove every key of one plugin's data kept in this database, in one write.
+    /// Remove every key of one plugin's data kept in this database, in one batch (submitted:
+    /// in order with the state's other writes, without waiting).
     pub(crate) fn delete_local_kv(&self, kind: PluginKind, name: &str) -> Result<(), RegistryError> {
-        let db = &self.db;
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::new();
         for (key, _) in self.scan(CF_KV, &format!("{kind}/{name}/"))? {
-            batch.delete_cf(cf(db, CF_KV)?, key);
+            batch.delete(CF_KV, key);
         }
-        Ok(db.write_opt(batch, &synced())?)
+        self.state.submit(batch);
+        Ok(())
     }
 
-    fn scan(&self, cf_name: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
-        let db = &self.db;
-        let mut out = Vec::new();
-        for item in db.iterator_cf(cf(db, cf_name)?, IteratorMode::From(prefix.as_bytes(), Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            out.push((String::from_utf8_lossy(&k).into_owned(), v.into_vec()));
-        }
-        Ok(out)
+    fn scan(&self, table: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+        Ok(self
+            .state
+            .scan(table, prefix.as_bytes())?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
     }
 
     pub(crate) fn version(
@@ -113,8 +108,7 @@ impl Store {
         name: &str,
         version: &str,
     ) -> Result<Option<PluginVersion>, RegistryError> {
-        let db = &self.db;
-        db.get_cf(cf(db, CF_META)?, version_key(kind, name, version))?.map(|b| json(&b)).transpose()
+        self.state.get(CF_META, version_key(kind, name, version).as_bytes())?.map(|b| json(&b)).transpose()
     }
 
     pub(crate) fn versions(&self) -> Result<Vec<PluginVersion>, RegistryError> {
@@ -122,43 +116,46 @@ impl Store {
     }
 
     pub(crate) fn state(&self, kind: PluginKind, name: &str) -> Result<Option<ActivationState>, RegistryError> {
-        let db = &self.db;
-        db.get_cf(cf(db, CF_META)?, state_key(kind, name))?.map(|b| json(&b)).transpose()
+        self.state.get(CF_META, state_key(kind, name).as_bytes())?.map(|b| json(&b)).transpose()
     }
 
     pub(crate) fn states(&self) -> Result<Vec<(PluginKind, String, ActivationState)>, RegistryError> {
         let mut out = Vec::new();
         for (key, value) in self.scan(CF_META, "s/")? {
-            let mut parts = key.splitn(3, '/').skip(1);
-            let (Some(kind), Some(name)) = (parts.next(), parts.next()) else { continue };
-            let Ok(kind) = kind.parse::<PluginKind>() else { continue };
-            out.push((kind, name.to_owned(), json(&value)?));
+            let Some((kind, name)) = plugin_of_state_key(key.as_bytes()) else { continue };
+            out.push((kind, name, json(&value)?));
         }
         Ok(out)
     }
 
     pub(crate) fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        let db = &self.db;
-        Ok(db.get_cf(cf(db, CF_BLOBS)?, digest)?)
+        Ok(self.state.get(CF_BLOBS, digest.as_bytes())?)
     }
 
-    pub(crate) fn put_version(
+    pub(crate) async fn put_version(
         &self,
         meta: &PluginVersion,
         bytes: &[u8],
         state: &ActivationState,
     ) -> Result<(), RegistryError> {
-        let db = &self.db;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(db, CF_BLOBS)?, &meta.digest, bytes);
-        batch.put_cf(cf(db, CF_META)?, version_key(meta.kind, &meta.name, &meta.version), to_json(meta)?);
-        batch.put_cf(cf(db, CF_META)?, state_key(meta.kind, &meta.name), to_json(state)?);
-        Ok(db.write_opt(batch, &synced())?)
+        let mut batch = Batch::new();
+        if self.blob(&meta.digest)?.is_none() {
+            batch.put_blob(CF_BLOBS, meta.digest.as_bytes(), &meta.digest, bytes.to_vec());
+        }
+        batch.put(CF_META, version_key(meta.kind, &meta.name, &meta.version), to_json(meta)?);
+        batch.put(CF_META, state_key(meta.kind, &meta.name), to_json(state)?);
+        self.commit(batch).await
     }
 
-    pub(crate) fn put_state(&self, kind: PluginKind, name: &str, state: &ActivationState) -> Result<(), RegistryError> {
-        let db = &self.db;
-        Ok(db.put_cf_opt(cf(db, CF_META)?, state_key(kind, name), to_json(state)?, &synced())?)
+    pub(crate) async fn put_state(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        state: &ActivationState,
+    ) -> Result<(), RegistryError> {
+        let mut batch = Batch::new();
+        batch.put(CF_META, state_key(kind, name), to_json(state)?);
+        self.commit(batch).await
     }
 
     /// Digests still referenced by some version other than the ones being removed.
@@ -171,46 +168,44 @@ impl Store {
             .collect())
     }
 
-    pub(crate) fn delete_version(
+    pub(crate) async fn delete_version(
         &self,
         kind: PluginKind,
         name: &str,
         version: &str,
         state: &ActivationState,
     ) -> Result<(), RegistryError> {
-        let db = &self.db;
         let key = version_key(kind, name, version);
         let meta = self.version(kind, name, version)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(cf(db, CF_META)?, &key);
-        batch.put_cf(cf(db, CF_META)?, state_key(kind, name), to_json(state)?);
+        let mut batch = Batch::new();
+        batch.delete(CF_META, key.as_bytes());
+        batch.put(CF_META, state_key(kind, name), to_json(state)?);
         if let Some(meta) = meta
             && !self.referenced(std::slice::from_ref(&key))?.contains(&meta.digest)
         {
-            batch.delete_cf(cf(db, CF_BLOBS)?, &meta.digest);
+            batch.delete(CF_BLOBS, meta.digest.as_bytes());
         }
-        Ok(db.write_opt(batch, &synced())?)
+        self.commit(batch).await
     }
 
-    pub(crate) fn delete_plugin(&self, kind: PluginKind, name: &str) -> Result<(), RegistryError> {
-        let db = &self.db;
+    pub(crate) async fn delete_plugin(&self, kind: PluginKind, name: &str) -> Result<(), RegistryError> {
         let prefix = format!("v/{kind}/{name}/");
         let versions = self.scan(CF_META, &prefix)?;
         let keys: Vec<String> = versions.iter().map(|(k, _)| k.clone()).collect();
         let still = self.referenced(&keys)?;
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::new();
         for (key, value) in &versions {
-            batch.delete_cf(cf(db, CF_META)?, key);
+            batch.delete(CF_META, key.as_bytes());
             let meta: PluginVersion = json(value)?;
             if !still.contains(&meta.digest) {
-                batch.delete_cf(cf(db, CF_BLOBS)?, &meta.digest);
+                batch.delete(CF_BLOBS, meta.digest.as_bytes());
             }
         }
-        batch.delete_cf(cf(db, CF_META)?, state_key(kind, name));
+        batch.delete(CF_META, state_key(kind, name));
         // The plugin's own data goes with it.
         for (key, _) in self.scan(CF_KV, &format!("{kind}/{name}/"))? {
-            batch.delete_cf(cf(db, CF_KV)?, key);
+            batch.delete(CF_KV, key);
         }
-        Ok(db.write_opt(batch, &synced())?)
+        self.commit(batch).await
     }
 }

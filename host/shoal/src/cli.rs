@@ -20,7 +20,7 @@ use kv::{KvCommand, kv};
 pub use nats::NatsTarget;
 pub(crate) use nats::{NatsArgs, NatsCommand};
 use plugin::{PluginCommand, plugin};
-use roles::{AgentCli, DevArgs, GatewayArgs, MasterArgs, agent, dev, gateway, master};
+use roles::{AgentCli, DevArgs, GatewayArgs, MasterCli, agent, dev, gateway, master};
 
 /// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
 #[derive(Parser, Debug)]
@@ -34,8 +34,10 @@ pub struct Cli {
 enum Command {
     /// Run everything in one process with an in-process bus; data under ./.shoal.
     Dev(DevArgs),
-    /// Run the master (agents, API, registry, store, service registry) on a NATS bus.
-    Master(MasterArgs),
+    /// Run a master (agents, API, registry, store, service registry) on a NATS cluster with
+    /// JetStream, one of any number: a lease there chooses the leader, standbys forward to it;
+    /// or show who leads (`shoal master status`).
+    Master(MasterCli),
     /// Run an agent on a NATS bus (`shoal agent --nats URL`), or list the agents
     /// (`shoal agent list`).
     Agent(AgentCli),

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod edge;
 pub mod health;
+pub mod leadership;
 pub mod node;
 pub mod plugin_kv;
 

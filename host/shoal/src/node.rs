@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub task_user: Option<String>,
     /// Time between allocation cycles (changes also trigger one).
     pub allocation_interval: std::time::Duration,
+    /// One of several masters (`shoal master --id`): the replicated state and the lease on the
+    /// NATS cluster's JetStream. `None`: a single member that always leads, its state local.
+    pub ha: Option<crate::leadership::HaConfig>,
 }
 
 /// What a started node tells its caller.
@@ -228,9 +231,23 @@ pub async fn run(
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
-    let bus: SharedBus = match &config.nats {
-        Some(target) => target.connect().await?,
-        None => Arc::new(LocalBus::new()),
+    let (bus, client): (SharedBus, Option<async_nats::Client>) = match &config.nats {
+        Some(target) => {
+            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", target.url))?;
+            let client = bus.client().clone();
+            (Arc::new(bus), Some(client))
+        }
+        None => (Arc::new(LocalBus::new()), None),
+    };
+    let state = match (&config.ha, &client) {
+        (Some(ha), Some(client)) => {
+            crate::leadership::open_state(client, &config.data_dir.join("state"), &STATE_TABLES, ha).await?
+        }
+        (Some(_), None) => anyhow::bail!("several masters need a NATS cluster (--nats)"),
+        (None, _) => shoal_state::StateDb::open_local(&config.data_dir.join("registry"), &STATE_TABLES)
+            .context("opening the node's state")?,
     };
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
@@ -238,20 +255,23 @@ pub async fn run(
     let store = start_store(&bus, &config).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
-    let (registry, events) = Registry::open_with_kv(
-        &config.data_dir.join("registry"),
+    let (registry, events) = Registry::open_on(
+        state.clone(),
         runtime,
         RegistryConfig::default(),
         Some(crate::plugin_kv::provider(store.client.clone())),
     )
     .context("opening the plugin registry")?;
+    tokio::spawn(registry.clone().follow());
     tokio::spawn(forward_events(events, bus.clone(), "/shoal/dev".to_owned()));
-    if config.default_plugins {
-        register_defaults(&registry).await?;
-    }
-    let moved = crate::plugin_kv::migrate_registry_kv(registry.clone()).await?;
-    if moved > 0 {
-        tracing::info!(keys = moved, "plugins' data moved from the registry into the state store");
+    if config.ha.is_none() {
+        if config.default_plugins {
+            register_defaults(&registry).await?;
+        }
+        let moved = crate::plugin_kv::migrate_registry_kv(registry.clone()).await?;
+        if moved > 0 {
+            tracing::info!(keys = moved, "plugins' data moved from the registry into the state store");
+        }
     }
 
     let discovery = Arc::new(Discovery::default());
@@ -275,31 +295,31 @@ pub async fn run(
         None => (None, None),
     };
 
-    let master = start_master(&config, &bus, &registry, &discovery);
     let artifacts =
         shoal_task_io::ArtifactStore::open(&config.data_dir.join("artifacts")).context("opening the artifact store")?;
-    tokio::spawn({
-        let (artifacts, bus) = (artifacts.clone(), bus.clone());
-        async move {
-            if let Err(e) = artifacts.serve(bus).await {
-                tracing::error!(cause = %e, "the artifact store stopped serving the bus");
-            }
-        }
-    });
+    let leader = crate::leadership::Leader {
+        config: config.clone(),
+        bus: bus.clone(),
+        state: state.clone(),
+        registry: registry.clone(),
+        discovery: discovery.clone(),
+        artifacts: artifacts.clone(),
+        master: shoal_api::leading(None),
+        coordinator: shoal_api::leading(store.coordinator.clone()),
+    };
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let api = listener.local_addr()?;
+    let (leadership, _parts) = match (&config.ha, &client) {
+        (Some(ha), Some(client)) => (Some(start_leadership(ha, client, api, &leader).await?), None),
+        _ => (None, Some(leader.start(1).await?)),
+    };
     let local_agent = match config.local_agent.clone() {
         Some(registration) => Some(start_local_agent(registration, &config, &bus, &registry)?),
         None => None,
     };
 
     let (token, token_file) = admin_token(&config.data_dir)?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let info = NodeInfo {
-        api: listener.local_addr()?,
-        admin_token: token.clone(),
-        token_file,
-        bus: bus.kind(),
-        gateway: gateway_addr,
-    };
+    let info = NodeInfo { api, admin_token: token.clone(), token_file, bus: bus.kind(), gateway: gateway_addr };
     let auth = Auth::persistent(&token, &config.data_dir.join("tokens")).context("reading issued tokens")?;
     let state = AppState {
         registry,
@@ -307,11 +327,12 @@ pub async fn run(
         auth: Arc::new(auth),
         max_upload,
         store: Some(store.client.clone()),
-        store_coordinator: store.coordinator.clone(),
+        store_coordinator: leader.coordinator.clone(),
         discovery: Some(discovery),
         routes: Some(routes),
-        master: Some(master),
+        master: leader.master.clone(),
         artifacts: Some(artifacts),
+        leadership,
     };
     ready(&info);
     shoal_api::serve(listener, state, shutdown).await?;
@@ -329,9 +350,37 @@ pub async fn run(
     Ok(())
 }
 
-/// The state store's parts this node runs: the coordinator (the shard map lives with the
-/// master), and a store node when the config names one. The node's shards live under `store/`,
-/// where a store made by an earlier version (every shard in one process) is found as it is.
+/// The tables of a node's state: the registry's and the rest of the master's.
+const STATE_TABLES: [&str; 3] = shoal_registry::TABLES;
+
+/// Join the masters: announce this one, take part in the lease, and lead when it says so.
+async fn start_leadership(
+    ha: &crate::leadership::HaConfig,
+    client: &async_nats::Client,
+    api: SocketAddr,
+    leader: &crate::leadership::Leader,
+) -> anyhow::Result<Arc<shoal_api::leader::Leadership>> {
+    let advertise = ha.advertise.clone().unwrap_or_else(|| format!("http://{api}"));
+    let me = shoal_api::leader::Member { id: ha.id.clone(), api: advertise.clone() };
+    let lease = crate::leadership::open_lease(client, ha, &me).await?;
+    let presence = crate::leadership::Presence::announce(client, ha, me).await?;
+    tokio::spawn(presence.clone().run(ha.lease_ttl));
+    tokio::spawn(lease.clone().run(std::future::pending()));
+    tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone()));
+    let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
+    Ok(Arc::new(shoal_api::leader::Leadership::new(
+        &ha.id,
+        &advertise,
+        crate::leadership::role_of(&lease),
+        members,
+    )))
+}
+
+/// The state store's parts this node runs: a store node when the config names one, and, on a
+/// single node (`shoal dev`, or a master alone), the coordinator (the shard map lives with the
+/// master); with several masters the coordinator runs on the leader only. The node's shards
+/// live under `store/`, where a store made by an earlier version (every shard in one process)
+/// is found as it is.
 async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<shoal_store::service::StoreService> {
     let options = shoal_store::service::ServiceOptions {
         node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
@@ -340,14 +389,19 @@ async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<sho
             durability: config.store.durability,
             sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
         }),
-        coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
-            path: config.data_dir.join("store-map.json"),
-            initial_shards: config.store.shards,
-            auto_scale_out: true,
-            source: "/shoal/master/store".into(),
-        }),
+        coordinator: if config.ha.is_none() { coordinator_config(config) } else { None },
     };
     shoal_store::service::start(bus.clone(), options).await.context("starting the state store")
+}
+
+/// The coordinator of the store's shard map.
+pub(crate) fn coordinator_config(config: &NodeConfig) -> Option<shoal_store::coordinator::CoordinatorConfig> {
+    Some(shoal_store::coordinator::CoordinatorConfig {
+        path: config.data_dir.join("store-map.json"),
+        initial_shards: config.store.shards,
+        auto_scale_out: true,
+        source: "/shoal/master/store".into(),
+    })
 }
 
 /// Bind and start the gateway; it drains when `stop` turns true. Returns its address and the
@@ -376,39 +430,6 @@ async fn start_gateway(
         let _ = stop.wait_for(|s| *s).await;
     }));
     Ok((local, task))
-}
-
-/// The master, serving the bus in its own task: allocator and frameworks from the registry, its
-/// journal in the registry's local key-value store, running tasks joining discovery.
-fn start_master(
-    config: &NodeConfig,
-    bus: &SharedBus,
-    registry: &Arc<Registry>,
-    discovery: &Arc<Discovery>,
-) -> Arc<shoal_master::Master> {
-    let master = shoal_master::Master::with_parts(
-        bus.clone(),
-        shoal_master::MasterConfig {
-            agent_timeout: config.agent_timeout,
-            source: "/shoal/master".into(),
-            allocation_interval: Some(config.allocation_interval),
-            ..shoal_master::MasterConfig::default()
-        },
-        shoal_master::MasterParts {
-            registry: Some(registry.clone()),
-            journal: Some(registry.local_kv(PluginKind::Framework, "_master")),
-            discovery: Some(discovery.clone()),
-        },
-    );
-    tokio::spawn({
-        let master = master.clone();
-        async move {
-            if let Err(e) = master.run().await {
-                tracing::error!(cause = %e, "the master stopped serving the bus");
-            }
-        }
-    });
-    master
 }
 
 /// `shoal dev`'s own agent, running in its own task, with `wasm` health checks through the

@@ -110,11 +110,12 @@ impl Server {
             auth: auth.clone(),
             max_upload: 4 << 20,
             store: with_store.then(|| store.client.clone()),
-            store_coordinator: with_store.then(|| store.coordinator.clone()).flatten(),
+            store_coordinator: shoal_api::leading(with_store.then(|| store.coordinator.clone()).flatten()),
             discovery: Some(discovery.clone()),
             routes: Some(routes.clone()),
-            master: None,
+            master: shoal_api::leading(None),
             artifacts: None,
+            leadership: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

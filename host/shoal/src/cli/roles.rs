@@ -62,6 +62,24 @@ pub(super) struct DevArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(super) struct MasterCli {
+    #[command(subcommand)]
+    command: Option<MasterCommand>,
+    #[command(flatten)]
+    run: MasterArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum MasterCommand {
+    /// Who leads, with which term, and the masters seen (`GET /v1/leader`).
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Debug)]
 pub(super) struct MasterArgs {
     /// The NATS server agents and the master talk through (required).
     #[command(flatten)]
@@ -97,6 +115,20 @@ pub(super) struct MasterArgs {
     /// fsync the master's store node's write-ahead log on every write.
     #[arg(long)]
     sync: bool,
+    /// This master's id among the masters (default: the host name, cleaned).
+    #[arg(long)]
+    id: Option<String>,
+    /// Milliseconds a leader's lease outlives its last renewal: a crashed leader is replaced
+    /// about this long after it died.
+    #[arg(long, default_value_t = 1500)]
+    lease_ttl_ms: u64,
+    /// Replicas of the masters' state in JetStream (default: the NATS cluster's servers, at
+    /// most 3).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// The URL other masters forward requests to (default: http://<--listen>).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +232,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
         sandbox_dir: args.sandbox_dir,
         task_user: args.task_user,
+        ha: None,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -220,7 +253,37 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .await
 }
 
-pub(super) async fn master(args: MasterArgs) -> anyhow::Result<()> {
+/// A master's id: the one given, or the host name cleaned; a DNS label either way.
+fn master_id(id: Option<String>) -> anyhow::Result<String> {
+    let id = id.unwrap_or_else(|| crate::node::clean_id(&crate::node::host_name()));
+    shoal_protocol::validate_agent_id(&id).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
+    Ok(id)
+}
+
+pub(super) async fn master(cli: MasterCli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(MasterCommand::Status { remote }) => master_status(remote).await,
+        None => run_master(cli.run).await,
+    }
+}
+
+/// `shoal master status`.
+async fn master_status(remote: Remote) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let v = c.send(c.http.get(c.url("/v1/leader"))).await?;
+    let leader = v["leader"]["id"].as_str().unwrap_or("none (an election is under way)");
+    println!("leader: {leader}  term: {}", v["term"]);
+    println!("this master: {} ({})", v["self"]["id"].as_str().unwrap_or("?"), v["self"]["role"].as_str().unwrap_or("?"));
+    println!("{:<20} API", "MEMBER");
+    for m in v["members"].as_array().into_iter().flatten() {
+        let id = m["id"].as_str().unwrap_or("");
+        let mark = if id == leader { " (leader)" } else { "" };
+        println!("{:<20} {}{mark}", id, m["api"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -238,6 +301,12 @@ pub(super) async fn master(args: MasterArgs) -> anyhow::Result<()> {
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
         sandbox_dir: None,
         task_user: None,
+        ha: Some(crate::leadership::HaConfig {
+            id: master_id(args.id)?,
+            lease_ttl: std::time::Duration::from_millis(args.lease_ttl_ms.max(200)),
+            replicas: args.replicas,
+            advertise: args.advertise,
+        }),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
