@@ -226,7 +226,7 @@ impl Agent {
                         }
                         _ => false,
                     };
-                    let _ = msg.respond(self.bus.as_ref(), json(&KillReply { known })).await;
+                    let _ = msg.respond(self.bus.as_ref(), json(&KillReply { known, refused: None })).await;
                 }
                 msg = logs.next() => {
                     let Some(msg) = msg else { return Ok(()) };
@@ -698,6 +698,7 @@ mod tests {
         let agent = Agent::new(bus.clone(), config).unwrap();
         tokio::spawn(agent.clone().run());
         let launch = LaunchRequest {
+            term: 1,
             tasks: vec![
                 task("../../x", TaskCommand::Shell("touch escaped".into())),
                 task("..", TaskCommand::Shell("touch escaped".into())),

@@ -95,7 +95,7 @@ pub async fn run_agent_with(
             tick.tick().await;
             match bus.request(&heartbeat_subject, Bytes::new(), interval.max(Duration::from_millis(500))).await {
                 Ok(msg) => match serde_json::from_slice::<HeartbeatReply>(&msg.payload) {
-                    Ok(HeartbeatReply { known: true }) => {}
+                    Ok(HeartbeatReply { known: true, .. }) => {}
                     _ => {
                         tracing::warn!(agent = %registration.id, "the master does not know this agent; registering again");
                         break;

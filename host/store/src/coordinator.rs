@@ -294,7 +294,7 @@ impl Coordinator {
                     Some(_) => return Err(format!("the shards held ({:?}) are not 0..n", r.held)),
                     None => self.config.initial_shards,
                 };
-                let map = ShardMap { epoch: 1, shards: vec![r.node.clone(); count as usize] };
+                let map = ShardMap { term: 0, epoch: 1, shards: vec![r.node.clone(); count as usize] };
                 let mut persisted = state.persisted.clone();
                 persisted.map = map;
                 self.save(&persisted).map_err(|e| e.to_string())?;

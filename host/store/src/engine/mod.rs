@@ -113,7 +113,7 @@ impl Store {
             options: Self::rocks_options(),
             write_options,
             shards: RwLock::new(BTreeMap::new()),
-            map: RwLock::new(Arc::new(ShardMap { epoch: 0, shards: Vec::new() })),
+            map: RwLock::new(Arc::new(ShardMap::default())),
         })
     }
 
@@ -413,8 +413,11 @@ mod tests {
     fn a_write_that_waited_out_a_move_is_refused_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreConfig { shards: 2, durability: Durability::Wal }).unwrap();
-        let target =
-            ShardMap { epoch: 2, shards: vec!["local".to_owned(), "local".to_owned(), "elsewhere".to_owned()] };
+        let target = ShardMap {
+            term: 0,
+            epoch: 2,
+            shards: vec!["local".to_owned(), "local".to_owned(), "elsewhere".to_owned()],
+        };
         let key = (0..10_000)
             .map(|i| format!("k{i}"))
             .find(|k| store.shard_of("app", k) == 0 && target.shard_of("app", k) == 2)
