@@ -235,7 +235,11 @@ pub async fn run(
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
-    let store = start_store(&bus, &config).await?;
+    // The leader term the master and the store's coordinator send with every command (agents and
+    // store nodes refuse lower ones). A node is one master that always leads, with term 1; with
+    // several masters the lease's term goes here.
+    let term = 1;
+    let store = start_store(&bus, &config, term).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
     let (registry, events) = Registry::open_with_kv(
@@ -275,7 +279,7 @@ pub async fn run(
         None => (None, None),
     };
 
-    let master = start_master(&config, &bus, &registry, &discovery);
+    let master = start_master(&config, &bus, &registry, &discovery, term);
     let artifacts =
         shoal_task_io::ArtifactStore::open(&config.data_dir.join("artifacts")).context("opening the artifact store")?;
     tokio::spawn({
@@ -332,7 +336,11 @@ pub async fn run(
 /// The state store's parts this node runs: the coordinator (the shard map lives with the
 /// master), and a store node when the config names one. The node's shards live under `store/`,
 /// where a store made by an earlier version (every shard in one process) is found as it is.
-async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<shoal_store::service::StoreService> {
+async fn start_store(
+    bus: &SharedBus,
+    config: &NodeConfig,
+    term: u64,
+) -> anyhow::Result<shoal_store::service::StoreService> {
     let options = shoal_store::service::ServiceOptions {
         node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
             id: id.clone(),
@@ -345,6 +353,7 @@ async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<sho
             initial_shards: config.store.shards,
             auto_scale_out: true,
             source: "/shoal/master/store".into(),
+            term,
         }),
     };
     shoal_store::service::start(bus.clone(), options).await.context("starting the state store")
@@ -378,13 +387,15 @@ async fn start_gateway(
     Ok((local, task))
 }
 
-/// The master, serving the bus in its own task: allocator and frameworks from the registry, its
-/// journal in the registry's local key-value store, running tasks joining discovery.
+/// The master, serving the bus in its own task under leader term `term`: allocator and
+/// frameworks from the registry, its journal in the registry's local key-value store, running
+/// tasks joining discovery.
 fn start_master(
     config: &NodeConfig,
     bus: &SharedBus,
     registry: &Arc<Registry>,
     discovery: &Arc<Discovery>,
+    term: u64,
 ) -> Arc<shoal_master::Master> {
     let master = shoal_master::Master::with_parts(
         bus.clone(),
@@ -392,6 +403,7 @@ fn start_master(
             agent_timeout: config.agent_timeout,
             source: "/shoal/master".into(),
             allocation_interval: Some(config.allocation_interval),
+            term,
             ..shoal_master::MasterConfig::default()
         },
         shoal_master::MasterParts {
