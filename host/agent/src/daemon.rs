@@ -19,7 +19,7 @@
 //! - **Fencing**: every launch and kill carries the sending master's leader term, and one of a
 //!   lower term than the highest the agent has seen (a deposed master's) is refused — nothing is
 //!   started or killed, the reply says why. The highest term is kept in `<work_dir>/term` (see
-//!   [`crate::fence`]), so a restart does not forget it. Status updates are not commands: they go
+//!   `fence.rs`), so a restart does not forget it. Status updates are not commands: they go
 //!   to whoever leads.
 //! - **Restart**: the process group of every task of a previous run is recorded under
 //!   `<work_dir>/run/`; a restarted agent kills those leftovers (it cannot watch them any more),

@@ -25,7 +25,7 @@
 //!
 //! The master's commands ([`wire::Admin`]) come with its leader term, and so does every map. The
 //! node keeps the highest term it has seen in `<dir>/term`, next to its shards (see
-//! [`crate::fence`]), and refuses an admin request or a map of a lower term: a deposed master can
+//! `fence.rs`), and refuses an admin request or a map of a lower term: a deposed master can
 //! neither create, drop, export, freeze or clean a shard nor switch the map. Maps are ordered by
 //! `(term, epoch)`, so a new leader's map replaces a deposed leader's even at a lower epoch.
 //! Reads and writes from clients carry no term and are not fenced.
@@ -220,7 +220,7 @@ impl StoreNode {
         Ok(())
     }
 
-    /// Whether to obey a command or map of leader term `term` (see [`crate::fence`]).
+    /// Whether to obey a command or map of leader term `term` (see `fence.rs`).
     fn admit(&self, term: u64) -> Result<(), StoreError> {
         self.fence.admit(term).inspect_err(|e| {
             tracing::warn!(node = self.id(), term, cause = %e, "a command of the master refused");
