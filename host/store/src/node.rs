@@ -6,10 +6,10 @@
 //!
 //! 1. the new shard is created empty on its node (scale-out), or the destinations drop strays
 //!    an earlier, failed move may have left (scale-in);
-//! 2. each source shard *exports* ([`Request::Export`]): it starts remembering writes of moving
+//! 2. each source shard *exports* ([`Admin::Export`]): it starts remembering writes of moving
 //!    keys, copies every moving key from a RocksDB snapshot to its new shard, then copies the keys
 //!    written meanwhile, again and again until few are left. Reads and writes go on as usual;
-//! 3. each source shard *freezes* ([`Request::Freeze`]): under its write lock it marks the moving
+//! 3. each source shard *freezes* ([`Admin::Freeze`]): under its write lock it marks the moving
 //!    keys frozen (reads and writes of them get [`StoreError::Moving`], clients retry) and copies
 //!    their last writes;
 //! 4. the master stores `M'` (epoch + 1), sends it to every node, then publishes it. From then on
