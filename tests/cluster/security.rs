@@ -3,7 +3,9 @@
 //! credentials cannot connect; with agent `a1`'s credentials it cannot launch on agent `a2`,
 //! listen to `a2`'s commands, forge `a2`'s status or registration, or publish a shard map. What it
 //! is granted (its own heartbeat) still works, so the refusals are the permissions' doing. A
-//! `tls://` URL gets TLS, checked against the CA given with `--nats-ca`.
+//! `tls://` URL gets TLS, checked against the CA given with `--nats-ca`. Master credentials are
+//! not enough either once a newer leader has spoken: a forged kill of a lower term than the one
+//! a task was launched under does not kill it, also after the agent restarts.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -252,4 +254,98 @@ fn adding_an_identity_keeps_connected_roles_working() {
         assert!(beat(&a1), "a heartbeat after reload {n}; the server said {:?}", errors.lock().expect("lock"));
     }
     cluster.wait_for_agents("after the reloads", &[("a1", "active")]);
+}
+
+/// A launch of `id` on agent `a1` at leader term `term`, as a master sends it: the agent's reply.
+async fn launch_as_master(master: &async_nats::Client, term: u64, id: &str) -> serde_json::Value {
+    let launch = serde_json::json!({"term": term, "tasks": [{"id": id, "framework": "attacker", "agent_id": "a1",
+        "command": {"shell": "exec sleep 600"}, "resources": {"cpus": 0.1, "mem_mb": 16.0}}]});
+    request_as_master(master, shoal_bus::subject::agent_launch("a1"), launch).await
+}
+
+/// A kill of `id` on agent `a1` at leader term `term`, as a master sends it: the agent's reply.
+async fn kill_as_master(master: &async_nats::Client, term: u64, id: &str) -> serde_json::Value {
+    let kill = serde_json::json!({"term": term, "task_id": id, "grace_ms": 500});
+    request_as_master(master, shoal_bus::subject::agent_kill("a1"), kill).await
+}
+
+/// `body` to `subject`, until agent `a1` answers (it may be starting).
+async fn request_as_master(master: &async_nats::Client, subject: String, body: serde_json::Value) -> serde_json::Value {
+    eventually(&format!("agent a1 to answer on {subject}"), Duration::from_secs(20), || {
+        let (master, subject, body) = (master.clone(), subject.clone(), body.to_string());
+        async move {
+            let reply = tokio::time::timeout(Duration::from_secs(5), master.request(subject, body.into())).await;
+            serde_json::from_slice(&reply.ok()?.ok()?.payload).ok()
+        }
+    })
+    .await
+}
+
+/// Reads agent `a1`'s status updates (as the master hears them) until task `id` reports `state`;
+/// returns every (task, state) read on the way.
+async fn until_status(statuses: &mut async_nats::Subscriber, id: &str, state: &str) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    let wait = async {
+        while let Some(msg) = statuses.next().await {
+            let update: serde_json::Value = serde_json::from_slice(&msg.payload).expect("a status update");
+            let (task, now) =
+                (update["task_id"].as_str().unwrap_or_default(), update["state"].as_str().unwrap_or_default());
+            seen.push((task.to_owned(), now.to_owned()));
+            if task == id && now == state {
+                return;
+            }
+        }
+    };
+    let done = tokio::time::timeout(Duration::from_secs(20), wait).await;
+    assert!(done.is_ok(), "task {id} never reported {state}; the agent reported {seen:?}");
+    seen
+}
+
+/// Issue 22, fencing: someone holding the master's credentials (a deposed master, or whoever took
+/// its key) forges a kill of a lower term than the task's launch. The agent refuses it, the task
+/// keeps running, and a restart of the agent does not make it forget the term.
+#[test]
+fn a_forged_kill_of_a_lower_term_does_not_kill_a_task_of_a_higher_term() {
+    let mut cluster = Cluster::builder().agents(&[("a1", "r1")]).start();
+    cluster.wait_for_agents("registration", &[("a1", "active")]);
+    let master_creds = cluster.nats_dir().join("creds/master.nk");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (master, _) = runtime.block_on(connect_as(&cluster.nats_url(), &master_creds));
+    runtime.block_on(async {
+        let mut statuses = master.subscribe(shoal_bus::subject::agent_status("a1")).await.expect("subscribe");
+        master.flush().await.expect("flush");
+        // The leader of term 5 launches a task.
+        let reply = launch_as_master(&master, 5, "fenced").await;
+        assert_eq!(reply["accepted"], serde_json::json!(["fenced"]), "{reply}");
+        until_status(&mut statuses, "fenced", "running").await;
+
+        // The forged kill of term 4: refused, with the reason.
+        let reply = kill_as_master(&master, 4, "fenced").await;
+        assert_eq!(reply["refused"], "stale term 4: this agent has seen term 5", "{reply}");
+        // A launch of term 5 is the barrier: by the time its task runs, a kill carried out would
+        // have ended `fenced` (a SIGTERM to `sleep`), and its status would have come first.
+        let reply = launch_as_master(&master, 5, "barrier").await;
+        assert_eq!(reply["accepted"], serde_json::json!(["barrier"]), "{reply}");
+        let seen = until_status(&mut statuses, "barrier", "running").await;
+        assert!(!seen.iter().any(|(task, _)| task == "fenced"), "the forged kill changed the task: {seen:?}");
+
+        // The leader's own kill works.
+        let reply = kill_as_master(&master, 5, "fenced").await;
+        assert_eq!((reply["known"].as_bool(), reply["refused"].is_null()), (Some(true), true), "{reply}");
+        until_status(&mut statuses, "fenced", "killed").await;
+    });
+
+    // The agent restarts (SIGKILL: it kills what its previous run left when it starts again) and
+    // still refuses term 4.
+    cluster.kill_agent("a1");
+    cluster.start_agent("a1", "r1");
+    runtime.block_on(async {
+        let reply = launch_as_master(&master, 4, "after-restart").await;
+        assert_eq!(reply["accepted"], serde_json::json!([]), "{reply}");
+        assert_eq!(
+            reply["refused"],
+            serde_json::json!([["after-restart", "stale term 4: this agent has seen term 5"]]),
+            "{reply}"
+        );
+    });
 }

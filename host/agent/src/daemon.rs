@@ -16,6 +16,11 @@
 //!   [`crate::cgroups`]); a task the OOM killer ended is `failed` with a memory reason. Command
 //!   health checks of a task run the same way. Every id that becomes a path or an argument (task
 //!   ids, Wasm digests) is checked when a request arrives; a bad one is refused, never used.
+//! - **Fencing**: every launch and kill carries the sending master's leader term, and one of a
+//!   lower term than the highest the agent has seen (a deposed master's) is refused — nothing is
+//!   started or killed, the reply says why. The highest term is kept in `<work_dir>/term` (see
+//!   `fence.rs`), so a restart does not forget it. Status updates are not commands: they go
+//!   to whoever leads.
 //! - **Restart**: the process group of every task of a previous run is recorded under
 //!   `<work_dir>/run/`; a restarted agent kills those leftovers (it cannot watch them any more),
 //!   registers without them, and the master declares them lost so their frameworks replace them.
@@ -115,6 +120,8 @@ pub struct Agent {
     seq: AtomicU64,
     boot: u64,
     isolation: Isolation,
+    /// The highest leader term seen; commands of lower terms are refused.
+    fence: crate::fence::Fence,
 }
 
 /// How this agent confines its process tasks.
@@ -137,6 +144,7 @@ impl Agent {
         let isolation = Isolation::new(&config).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(config.work_dir.join("cache"))?;
         kill_leftovers(&config.work_dir.join("run"));
+        let fence = crate::fence::Fence::open(config.work_dir.join("term"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let checker = HealthChecker::new(
             Arc::new(move |u| {
@@ -162,6 +170,7 @@ impl Agent {
             seq: AtomicU64::new(0),
             boot: now_ms(),
             isolation,
+            fence,
         }))
     }
 
@@ -178,6 +187,12 @@ impl Agent {
     /// Ids and states of the tasks the agent knows.
     pub fn task_states(&self) -> Vec<(String, TaskState, Option<bool>)> {
         self.tasks.lock().values().map(|t| (t.info.id.clone(), t.state, t.healthy)).collect()
+    }
+
+    /// The highest leader term this agent has seen (0: none yet); launches and kills of lower
+    /// terms are refused.
+    pub fn highest_term(&self) -> u64 {
+        self.fence.highest()
     }
 
     /// Status updates not yet acknowledged.
@@ -220,13 +235,11 @@ impl Agent {
                 }
                 msg = kills.next() => {
                     let Some(msg) = msg else { return Ok(()) };
-                    let known = match serde_json::from_slice::<KillRequest>(&msg.payload) {
-                        Ok(req) if validate_task_id(&req.task_id).is_ok() => {
-                            self.kill(&req.task_id, req.grace_ms.map(Duration::from_millis))
-                        }
-                        _ => false,
+                    let reply = match serde_json::from_slice::<KillRequest>(&msg.payload) {
+                        Ok(req) if validate_task_id(&req.task_id).is_ok() => self.kill_request(&req),
+                        _ => KillReply { known: false, refused: None },
                     };
-                    let _ = msg.respond(self.bus.as_ref(), json(&KillReply { known })).await;
+                    let _ = msg.respond(self.bus.as_ref(), json(&reply)).await;
                 }
                 msg = logs.next() => {
                     let Some(msg) = msg else { return Ok(()) };
@@ -241,6 +254,12 @@ impl Agent {
     }
 
     fn launch(self: &Arc<Self>, req: LaunchRequest) -> LaunchReply {
+        if let Err(e) = self.fence.admit(req.term) {
+            let ids: Vec<&str> = req.tasks.iter().map(|t| t.id.as_str()).collect();
+            tracing::warn!(term = req.term, tasks = ?ids, cause = %e, "launch refused");
+            let refused = req.tasks.into_iter().map(|t| (t.id, e.to_string())).collect();
+            return LaunchReply { accepted: Vec::new(), refused };
+        }
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
         for info in req.tasks {
@@ -454,6 +473,16 @@ impl Agent {
         }
     }
 
+    /// A kill from the master: carried out only if its term is not stale.
+    fn kill_request(&self, req: &KillRequest) -> KillReply {
+        if let Err(e) = self.fence.admit(req.term) {
+            tracing::warn!(task = %req.task_id, term = req.term, cause = %e, "kill refused");
+            let known = self.tasks.lock().contains_key(&req.task_id);
+            return KillReply { known, refused: Some(e.to_string()) };
+        }
+        KillReply { known: self.kill(&req.task_id, req.grace_ms.map(Duration::from_millis)), refused: None }
+    }
+
     fn kill(&self, task_id: &str, grace: Option<Duration>) -> bool {
         let mut tasks = self.tasks.lock();
         let Some(t) = tasks.get_mut(task_id) else { return false };
@@ -598,6 +627,10 @@ impl AgentHooks for Agent {
     fn registered(&self) {
         self.outbox_ready.notify_one();
     }
+
+    fn admit_term(&self, term: u64) -> Result<(), crate::FenceError> {
+        self.fence.admit(term)
+    }
 }
 
 impl Isolation {
@@ -698,6 +731,7 @@ mod tests {
         let agent = Agent::new(bus.clone(), config).unwrap();
         tokio::spawn(agent.clone().run());
         let launch = LaunchRequest {
+            term: 1,
             tasks: vec![
                 task("../../x", TaskCommand::Shell("touch escaped".into())),
                 task("..", TaskCommand::Shell("touch escaped".into())),

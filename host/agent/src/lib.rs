@@ -26,6 +26,7 @@ use tokio::process::{Child, Command};
 
 pub mod cgroups;
 pub mod daemon;
+mod fence;
 pub mod isolation;
 pub mod kv;
 pub mod registration;
@@ -34,6 +35,7 @@ pub use cgroups::{Cgroups, Limits, LimitsUnsupported, TaskGroup};
 pub use isolation::{IsolationError, SandboxRoot, TaskUser};
 
 pub use daemon::{Agent, AgentConfig, AgentError};
+pub use fence::FenceError;
 pub use registration::{AgentHooks, RegistrationError, run_agent, run_agent_with};
 
 /// Default grace between SIGTERM and SIGKILL.

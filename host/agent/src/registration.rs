@@ -2,6 +2,11 @@
 //! answers), heartbeat at the pace the master asked for, and register again, with the tasks the
 //! agent runs, whenever the master does not know the agent (it restarted, or declared the agent
 //! lost). The messages are `shoal_protocol::agent`'s.
+//!
+//! Every reply carries the answering master's leader term, and the agent acts on a reply only if
+//! [`AgentHooks::admit_term`] admits it: a deposed master's registration reply (which may name
+//! tasks to kill, or refuse the agent) is not obeyed — the agent keeps asking until the leader
+//! answers — and its heartbeat replies are ignored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal_bus::{SharedBus, subject};
 use shoal_protocol::{AgentRegistration, AgentTask, HeartbeatReply, RegisterReply};
+
+use crate::FenceError;
 
 /// Why the agent stopped trying to be registered.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,13 @@ pub trait AgentHooks: Send + Sync + 'static {
     fn kill(&self, task_ids: Vec<String>);
     /// Registered (again): a moment to resend unacknowledged status updates.
     fn registered(&self) {}
+    /// A reply of a master at `term` arrived: whether to act on it (see `shoal_protocol::term`).
+    /// An agent that runs tasks refuses a term lower than the highest it has seen and remembers a
+    /// higher one; the default (an agent without tasks) obeys every master.
+    fn admit_term(&self, term: u64) -> Result<(), FenceError> {
+        let _ = term;
+        Ok(())
+    }
 }
 
 /// An agent without tasks (simulations, tests of the registry).
@@ -67,6 +81,16 @@ pub async fn run_agent_with(
         let payload: Bytes = serde_json::to_vec(&registration).map_err(RegistrationError::Encode)?.into();
         let interval = match bus.request(&register_subject, payload.clone(), Duration::from_secs(2)).await {
             Ok(msg) => match serde_json::from_slice::<RegisterReply>(&msg.payload) {
+                Ok(reply) if let Err(e) = hooks.admit_term(reply.term) => {
+                    // A deposed master answered (or the term could not be recorded): neither its
+                    // refusal nor its kills count. The leader will answer a later attempt.
+                    if !waiting_logged {
+                        tracing::warn!(agent = %registration.id, cause = %e, "registration reply not obeyed; retrying");
+                        waiting_logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
                 Ok(reply) if reply.accepted => {
                     tracing::info!(agent = %registration.id, tasks = registration.tasks.len(), "registered with the master");
                     waiting_logged = false;
@@ -95,7 +119,10 @@ pub async fn run_agent_with(
             tick.tick().await;
             match bus.request(&heartbeat_subject, Bytes::new(), interval.max(Duration::from_millis(500))).await {
                 Ok(msg) => match serde_json::from_slice::<HeartbeatReply>(&msg.payload) {
-                    Ok(HeartbeatReply { known: true }) => {}
+                    Ok(HeartbeatReply { term, .. }) if let Err(e) = hooks.admit_term(term) => {
+                        tracing::debug!(agent = %registration.id, cause = %e, "heartbeat reply not obeyed");
+                    }
+                    Ok(HeartbeatReply { known: true, .. }) => {}
                     _ => {
                         tracing::warn!(agent = %registration.id, "the master does not know this agent; registering again");
                         break;

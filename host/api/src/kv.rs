@@ -449,6 +449,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Partial { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "batch_partly_applied"),
             StoreError::Protocol(_) => (StatusCode::BAD_GATEWAY, "store_protocol"),
+            StoreError::StaleTerm(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale_term"),
         };
         ApiError::new(status, code, message)
     }

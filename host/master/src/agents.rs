@@ -82,8 +82,9 @@ impl Master {
     /// Agent `sender` (the id its subject names) registers with `payload`.
     pub(crate) async fn register(&self, sender: &str, payload: &[u8]) -> RegisterReply {
         let heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64;
+        let term = self.config.term;
         let refuse =
-            |error: String| RegisterReply { accepted: false, error: Some(error), heartbeat_ms, kill: Vec::new() };
+            |error: String| RegisterReply { term, accepted: false, error: Some(error), heartbeat_ms, kill: Vec::new() };
         let reg: AgentRegistration = match serde_json::from_slice(payload) {
             Ok(reg) => reg,
             Err(e) => return refuse(format!("malformed registration: {e}")),
@@ -110,7 +111,7 @@ impl Master {
             tracing::warn!(agent = %reg.id, tasks = ?kill, "the agent runs tasks the cluster gave up; it kills them");
         }
         self.kick.notify_one();
-        RegisterReply { accepted: true, error: None, heartbeat_ms, kill }
+        RegisterReply { term, accepted: true, error: None, heartbeat_ms, kill }
     }
 
     pub(crate) fn admit_inner(&self, reg: AgentRegistration) -> Result<(&'static str, serde_json::Value), MasterError> {

@@ -17,7 +17,8 @@
 //! the master keeps besides the journal is soft state, rebuilt from agents registering again.
 //!
 //! What this crate must never do: offer more than an agent has, launch a task outside an
-//! outstanding offer of its framework, or move a task's state backwards.
+//! outstanding offer of its framework, move a task's state backwards, or send an agent a command
+//! or reply without its leader term ([`MasterConfig::term`]).
 
 mod agents;
 mod allocation;
@@ -61,6 +62,11 @@ pub struct MasterConfig {
     /// Time between allocation cycles; `None` runs a cycle only when asked
     /// ([`Master::allocate_once`]).
     pub allocation_interval: Option<Duration>,
+    /// The leader term this master acts under (default 1), carried by every launch and kill it
+    /// sends and every registration and heartbeat reply, so agents refuse it once a newer leader
+    /// has spoken to them (`shoal_protocol::term`). A `Master` lives for one leadership: the next
+    /// leader builds a new one with its own, higher term.
+    pub term: u64,
 }
 
 impl Default for MasterConfig {
@@ -70,6 +76,7 @@ impl Default for MasterConfig {
             source: "/shoal/master".into(),
             allocator: "drf".into(),
             allocation_interval: None,
+            term: 1,
         }
     }
 }
@@ -278,7 +285,7 @@ impl Master {
                     let Some(msg) = msg else { return Ok(()) };
                     let known = subject::heartbeat_agent(&msg.subject).is_some_and(|id| self.heartbeat(id));
                     if msg.reply.is_some() {
-                        let body = serde_json::to_vec(&HeartbeatReply { known }).expect("serialises");
+                        let body = serde_json::to_vec(&HeartbeatReply { known, term: self.config.term }).expect("serialises");
                         let _ = msg.respond(self.bus.as_ref(), body.into()).await;
                     }
                 }

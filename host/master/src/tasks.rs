@@ -151,7 +151,7 @@ impl Master {
             // The leadership ended while the journal was flushed: the next leader decides.
             return;
         }
-        let body = serde_json::to_vec(&LaunchRequest { tasks }).expect("a launch serialises");
+        let body = serde_json::to_vec(&LaunchRequest { term: self.config.term, tasks }).expect("a launch serialises");
         let reply = self.bus.request(&subject::agent_launch(&agent), body.into(), Duration::from_secs(5)).await;
         match reply.map(|m| serde_json::from_slice::<LaunchReply>(&m.payload)) {
             Ok(Ok(reply)) => {
@@ -188,13 +188,20 @@ impl Master {
         if self.is_stopped() {
             return;
         }
-        let body = serde_json::to_vec(&KillRequest { task_id: task.clone(), grace_ms: None }).expect("serialises");
+        let request = KillRequest { term: self.config.term, task_id: task.clone(), grace_ms: None };
+        let body = serde_json::to_vec(&request).expect("serialises");
         match self.bus.request(&subject::agent_kill(&agent), body.into(), Duration::from_secs(5)).await {
-            Ok(m) => {
-                if let Ok(KillReply { known: false }) = serde_json::from_slice(&m.payload) {
+            Ok(m) => match serde_json::from_slice(&m.payload) {
+                Ok(KillReply { refused: Some(why), .. }) => {
+                    // A newer leader has spoken to the agent: this master is deposed, and its
+                    // kill is not carried out.
+                    tracing::warn!(%task, %agent, term = self.config.term, cause = %why, "the agent refused the kill");
+                }
+                Ok(KillReply { known: false, .. }) => {
                     self.internal_status(&task, &agent, TaskState::Lost, "its agent does not know it".into()).await;
                 }
-            }
+                _ => {}
+            },
             Err(e) => {
                 tracing::warn!(%task, %agent, cause = %e, "kill not delivered; the task ends when its agent is lost")
             }

@@ -8,6 +8,10 @@
 //! - **Heartbeat** — request on `shoal.ctl.agent.<id>.heartbeat`; the reply ([`HeartbeatReply`])
 //!   says whether the master knows the agent. An agent the master does not know (a restarted
 //!   master, or one that declared it lost) registers again at once, with its tasks.
+//!
+//! Both replies carry the master's leader term: the agent acts on a reply (kills the tasks it
+//! names, registers again) only when its term is not lower than the highest the agent has seen,
+//! and learns a new leader's term from it (see [`crate::term`]).
 
 use std::collections::BTreeMap;
 
@@ -39,6 +43,8 @@ pub struct AgentRegistration {
 /// The master's answer to a registration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterReply {
+    /// The answering master's leader term.
+    pub term: u64,
     /// Accepted.
     pub accepted: bool,
     /// Why not, when refused.
@@ -57,6 +63,8 @@ pub struct RegisterReply {
 pub struct HeartbeatReply {
     /// False when the master does not know the agent (or declared it lost): register again.
     pub known: bool,
+    /// The answering master's leader term.
+    pub term: u64,
 }
 
 /// `[a-z0-9-]{1,63}`, not starting or ending with `-` (a DNS label: agent ids become subject

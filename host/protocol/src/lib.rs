@@ -10,6 +10,8 @@
 //!   progress, and the data of key-value events;
 //! - [`labels`] — the task-label contract (`shoal.service`, `shoal.route.path`, …), with the one
 //!   list of labels apps may not set;
+//! - [`term`] — leader terms and the fencing rule: every command of the master carries its term,
+//!   and agents and store nodes refuse one of a lower term than the highest they have seen;
 //! - [`limits`] — the key-value limits every surface enforces.
 //!
 //! The subjects these messages travel on are built by `shoal_bus::subject`; the store's binary
@@ -26,6 +28,7 @@ pub mod labels;
 pub mod resources;
 pub mod store;
 pub mod task;
+pub mod term;
 
 pub use agent::{AgentRegistration, HeartbeatReply, RegisterReply, validate_agent_id};
 pub use resources::{PortRange, ResourceError, Resources};
@@ -33,6 +36,7 @@ pub use task::{
     AgentTask, KillReply, KillRequest, LaunchReply, LaunchRequest, LogsReply, LogsRequest, StatusAck, StatusUpdate,
     TaskCommand, TaskInfo, TaskState, validate_task_id,
 };
+pub use term::StaleTerm;
 
 /// The key-value limits of every surface (HTTP API, plugins' `keyvalue`, tasks' `wasi:keyvalue`,
 /// the store): owned by `shoal-keyspace`, which also places keys on shards.

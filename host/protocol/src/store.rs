@@ -4,6 +4,11 @@
 //! its heartbeat), a move's [`Progress`] (`shoal.ctl.store.progress`), and the data of key-value
 //! events ([`KvChange`], `shoal.evt.kv.<namespace>.<put|delete>`).
 //!
+//! Every map carries the leader term of the master that made or served it, and maps are ordered
+//! by `(term, epoch)` ([`ShardMap::newer_than`]): a new leader's map wins over a deposed leader's
+//! even when its epoch is lower, and a store node refuses a map of a lower term than the highest
+//! it has seen (see [`crate::term`]).
+//!
 //! The binary data-plane protocol of reads, writes and move steps sent to one node
 //! (`shoal.ctl.store.node.<id>`, postcard) is `shoal_store::wire`'s: it carries the engine's own
 //! types and only the store's parts speak it.
@@ -11,10 +16,14 @@
 use serde::{Deserialize, Serialize};
 
 /// Which node serves each shard, at an epoch. The master owns and publishes it; a store node
-/// serves by the newest it got from the master, and a client that hears of a newer epoch
+/// serves by the newest it got from the master, and a client that hears of a newer one
 /// refreshes its copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
+    /// The leader term of the master that serves this map. Absent in map files written before
+    /// masters had terms (read as 0; a master stamps its own term on the map it loads).
+    #[serde(default)]
+    pub term: u64,
     /// Grows by one on every change of the map.
     pub epoch: u64,
     /// `shards[i]` is the node serving shard `i`; the length is the shard count.
@@ -22,9 +31,15 @@ pub struct ShardMap {
 }
 
 impl ShardMap {
-    /// A map of `shards` shards all served by `node`, at epoch 1.
+    /// A map of `shards` shards all served by `node`, at epoch 1 (term 0: no master made it).
     pub fn local(shards: u32, node: &str) -> ShardMap {
-        ShardMap { epoch: 1, shards: vec![node.to_owned(); shards as usize] }
+        ShardMap { term: 0, epoch: 1, shards: vec![node.to_owned(); shards as usize] }
+    }
+
+    /// Whether this map replaces `other`: a higher term, or the same term and a higher epoch.
+    /// Epochs count changes under one leader; a new leader's map wins whatever its epoch.
+    pub fn newer_than(&self, other: &ShardMap) -> bool {
+        (self.term, self.epoch) > (other.term, other.epoch)
     }
 
     /// Number of shards.
@@ -91,14 +106,26 @@ mod tests {
 
     #[test]
     fn a_map_places_keys_by_the_keyspace_and_reads_as_json() {
-        let map = ShardMap { epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()] };
+        let map = ShardMap { term: 2, epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()] };
         assert_eq!(map.shard_count(), 3);
         assert_eq!(map.shard_of("app", "user-2"), shoal_keyspace::shard_of("app", "user-2", 3));
         assert_eq!(map.node_of(1), Some("b"));
         assert_eq!(map.node_of(3), None);
         let json = serde_json::to_string(&map).expect("serialises");
-        assert_eq!(json, r#"{"epoch":3,"shards":["a","b","a"]}"#);
+        assert_eq!(json, r#"{"term":2,"epoch":3,"shards":["a","b","a"]}"#);
         assert_eq!(serde_json::from_str::<ShardMap>(&json).expect("parses"), map);
-        assert_eq!(ShardMap::local(2, "n"), ShardMap { epoch: 1, shards: vec!["n".into(), "n".into()] });
+        assert_eq!(ShardMap::local(2, "n"), ShardMap { term: 0, epoch: 1, shards: vec!["n".into(), "n".into()] });
+        // A map file written before terms reads as term 0.
+        let old: ShardMap = serde_json::from_str(r#"{"epoch":9,"shards":["a"]}"#).expect("parses");
+        assert_eq!((old.term, old.epoch), (0, 9));
+    }
+
+    #[test]
+    fn maps_are_ordered_by_term_then_epoch() {
+        let map = |term, epoch| ShardMap { term, epoch, shards: vec!["a".into()] };
+        assert!(map(3, 5).newer_than(&map(3, 4)));
+        assert!(!map(3, 4).newer_than(&map(3, 4)));
+        assert!(map(4, 1).newer_than(&map(3, 9)), "a new leader's map wins with a lower epoch");
+        assert!(!map(2, 9).newer_than(&map(3, 1)), "a deposed leader's map loses with a higher epoch");
     }
 }

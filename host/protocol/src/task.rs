@@ -14,6 +14,10 @@
 //! An agent registering after a restart of the master (or after it was declared lost) lists
 //! every task it still runs ([`AgentTask`]); the master's reply names the tasks the agent must
 //! kill because the cluster already gave them up (they were declared lost and replaced).
+//!
+//! Launches and kills carry the master's leader term; an agent refuses one of a lower term than
+//! the highest it has seen (see [`crate::term`]): a refused launch names every task in
+//! [`LaunchReply::refused`] with the reason, a refused kill says why in [`KillReply::refused`].
 
 use std::collections::BTreeMap;
 
@@ -113,6 +117,8 @@ impl TaskInfo {
 /// Tasks of one offer, to one agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LaunchRequest {
+    /// The sending master's leader term (see [`crate::term`]).
+    pub term: u64,
     /// The tasks.
     pub tasks: Vec<TaskInfo>,
 }
@@ -130,6 +136,8 @@ pub struct LaunchReply {
 /// Kill one task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KillRequest {
+    /// The sending master's leader term (see [`crate::term`]).
+    pub term: u64,
     /// Task id.
     pub task_id: String,
     /// SIGTERM → SIGKILL grace, ms.
@@ -142,6 +150,9 @@ pub struct KillRequest {
 pub struct KillReply {
     /// The agent runs (ran) the task.
     pub known: bool,
+    /// Why the agent did not act on the request, when it did not (its term is stale); `known`
+    /// still says whether the agent has the task.
+    pub refused: Option<String>,
 }
 
 /// A task's new state, from its agent.

@@ -123,7 +123,7 @@ impl Leader {
         let mut tasks = Vec::new();
         // A single node's coordinator runs from the start (`node::start_store`); with several
         // masters each leadership opens its own from the state.
-        let coordinator = match crate::node::coordinator_config(&self.config).filter(|_| self.config.ha.is_some()) {
+        let coordinator = match crate::node::coordinator_config(&self.config, term).filter(|_| self.config.ha.is_some()) {
             Some(config) => {
                 let coordinator = Coordinator::open(self.bus.clone(), config).context("opening the shard map")?;
                 tasks.push(tokio::spawn({
@@ -187,13 +187,13 @@ fn start_master(
             Box::pin(async move { journal.flush().await })
         })
     };
-    let _ = term;
     let master = shoal_master::Master::with_parts(
         bus.clone(),
         shoal_master::MasterConfig {
             agent_timeout: config.agent_timeout,
             source: "/shoal/master".into(),
             allocation_interval: Some(config.allocation_interval),
+            term,
             ..shoal_master::MasterConfig::default()
         },
         shoal_master::MasterParts {

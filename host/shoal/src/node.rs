@@ -389,14 +389,18 @@ async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<sho
             durability: config.store.durability,
             sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
         }),
-        coordinator: if config.ha.is_none() { coordinator_config(config) } else { None },
+        coordinator: if config.ha.is_none() { coordinator_config(config, 1) } else { None },
     };
     shoal_store::service::start(bus.clone(), options).await.context("starting the state store")
 }
 
 /// The coordinator of the store's shard map.
-pub(crate) fn coordinator_config(config: &NodeConfig) -> Option<shoal_store::coordinator::CoordinatorConfig> {
+pub(crate) fn coordinator_config(
+    config: &NodeConfig,
+    term: u64,
+) -> Option<shoal_store::coordinator::CoordinatorConfig> {
     Some(shoal_store::coordinator::CoordinatorConfig {
+        term,
         path: config.data_dir.join("store-map.json"),
         initial_shards: config.store.shards,
         auto_scale_out: true,

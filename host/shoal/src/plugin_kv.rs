@@ -163,6 +163,7 @@ mod tests {
                     initial_shards: 4,
                     auto_scale_out: false,
                     source: "/test".into(),
+                    term: 1,
                 }),
             },
         )

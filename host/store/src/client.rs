@@ -57,7 +57,7 @@ impl StoreClient {
                 let Some(client) = weak.upgrade() else { return };
                 // The event is a hint, whoever sent it: the map comes from the master, the only
                 // one who may answer `shoal.ctl.store.map`.
-                if wire::shard_map_of_event(&event.payload).is_some_and(|map| map.epoch > client.map().epoch)
+                if wire::shard_map_of_event(&event.payload).is_some_and(|map| map.newer_than(&client.map()))
                     && let Err(e) = client.refresh().await
                 {
                     tracing::warn!(cause = %e, "cannot fetch the shard map after a change");
@@ -74,7 +74,7 @@ impl StoreClient {
 
     fn take(&self, map: ShardMap) -> bool {
         let mut current = self.map.write();
-        if map.epoch > current.epoch {
+        if map.newer_than(&current) {
             *current = Arc::new(map);
             true
         } else {

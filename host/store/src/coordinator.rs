@@ -14,6 +14,11 @@
 //!   give up before the map switches: its exports and freezes were in memory. A node takes its first
 //!   map only from a registration (pushed maps wait for it), so a restarted node cannot serve
 //!   before the coordinator has heard of it.
+//! - The coordinator acts under its master's leader term ([`CoordinatorConfig::term`]): every map
+//!   it serves, pushes or publishes carries it (the map it loads from its file is stamped with
+//!   it), and so does every admin request it sends ([`wire::Request::Admin`]). A node that has
+//!   heard from a newer leader refuses both; a move driven by a deposed coordinator fails at
+//!   its next step.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -29,7 +34,7 @@ use shoal_bus::{BusError, SharedBus, subject};
 
 use crate::engine::now_ms;
 use crate::node::{REGISTER_INTERVAL, validate_node_id};
-use crate::wire::{self, Progress, Registration, Reply, Request};
+use crate::wire::{self, Admin, Progress, Registration, Reply, Request};
 use crate::{MAX_SHARDS, ShardMap, StoreError};
 
 /// How the master runs the store.
@@ -43,6 +48,9 @@ pub struct CoordinatorConfig {
     pub auto_scale_out: bool,
     /// `source` of the events.
     pub source: String,
+    /// The leader term of the master this coordinator is part of (fixed for its life: the next
+    /// leader opens a new coordinator with its own, higher term).
+    pub term: u64,
 }
 
 /// Scale-out or scale-in.
@@ -165,12 +173,19 @@ impl Coordinator {
                 config.initial_shards
             )));
         }
-        let persisted = match std::fs::read(&config.path) {
+        let mut persisted: Persisted = match std::fs::read(&config.path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| StoreError::Config(format!("{} is unreadable: {e}", config.path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(e.into()),
         };
+        // The map is this leader's now, whoever wrote the file: stores order maps by (term,
+        // epoch), and a map of this term must replace a deposed leader's of any epoch.
+        persisted.map.term = config.term;
+        if let Some((_, from, to)) = persisted.pending.as_mut() {
+            from.term = config.term;
+            to.term = config.term;
+        }
         Ok(Arc::new(Coordinator {
             bus,
             config,
@@ -294,7 +309,7 @@ impl Coordinator {
                     Some(_) => return Err(format!("the shards held ({:?}) are not 0..n", r.held)),
                     None => self.config.initial_shards,
                 };
-                let map = ShardMap { epoch: 1, shards: vec![r.node.clone(); count as usize] };
+                let map = ShardMap { term: self.config.term, epoch: 1, shards: vec![r.node.clone(); count as usize] };
                 let mut persisted = state.persisted.clone();
                 persisted.map = map;
                 self.save(&persisted).map_err(|e| e.to_string())?;
@@ -467,7 +482,9 @@ impl Coordinator {
         }
     }
 
-    async fn ask(&self, node: &str, request: Request, timeout: Duration) -> Result<Reply, String> {
+    /// Send `command` to store node `node`, at this coordinator's term.
+    async fn ask(&self, node: &str, command: Admin, timeout: Duration) -> Result<Reply, String> {
+        let request = Request::Admin { term: self.config.term, command };
         let payload = Bytes::from(wire::encode(&request));
         let reply = self
             .bus
@@ -531,7 +548,7 @@ impl Coordinator {
         let mut estimated = 0u64;
         for &s in sources {
             let node = from.node_of(s).unwrap_or_default();
-            if let Ok(Reply::Count(n)) = self.ask(node, Request::Count { shard: s }, short).await {
+            if let Ok(Reply::Count(n)) = self.ask(node, Admin::Count { shard: s }, short).await {
                 estimated += n;
             }
         }
@@ -544,16 +561,16 @@ impl Coordinator {
         }
         if out {
             let new = to.shard_count() - 1;
-            self.ask(to.node_of(new).unwrap_or_default(), Request::CreateShard { shard: new }, short).await?;
+            self.ask(to.node_of(new).unwrap_or_default(), Admin::CreateShard { shard: new }, short).await?;
         } else {
             // Drop strays an earlier failed move may have left in the destinations.
             for d in 0..to.shard_count() {
-                self.ask(to.node_of(d).unwrap_or_default(), Request::Cleanup { shard: d }, long).await?;
+                self.ask(to.node_of(d).unwrap_or_default(), Admin::Cleanup { shard: d }, long).await?;
             }
         }
         self.phase("copying");
         let exports = sources.iter().map(|&s| {
-            let request = Request::Export { move_id: status.id, shard: s, target: to.clone() };
+            let request = Admin::Export { move_id: status.id, shard: s, target: to.clone() };
             self.ask(from.node_of(s).unwrap_or_default(), request, long)
         });
         for result in futures::future::join_all(exports).await {
@@ -563,7 +580,7 @@ impl Coordinator {
         self.phase("switching");
         let freeze_started = Instant::now();
         let freezes =
-            sources.iter().map(|&s| self.ask(from.node_of(s).unwrap_or_default(), Request::Freeze { shard: s }, short));
+            sources.iter().map(|&s| self.ask(from.node_of(s).unwrap_or_default(), Admin::Freeze { shard: s }, short));
         for result in futures::future::join_all(freezes).await {
             result?;
         }
@@ -579,7 +596,7 @@ impl Coordinator {
             state.persisted = persisted;
         }
         let nodes: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
-        let sends = nodes.iter().map(|n| self.ask(n, Request::Map { map: to.clone() }, Duration::from_secs(2)));
+        let sends = nodes.iter().map(|n| self.ask(n, Admin::Map { map: to.clone() }, Duration::from_secs(2)));
         for result in futures::future::join_all(sends).await {
             if let Err(e) = result {
                 tracing::warn!(cause = %e, "a store node did not take the new map (it will on its next registration)");
@@ -607,12 +624,11 @@ impl Coordinator {
         let out = to.shard_count() > from.shard_count();
         for &s in sources {
             let node = from.node_of(s).unwrap_or_default();
-            if let Err(e) =
-                self.ask(node, Request::EndExport { shard: s, committed: true }, Duration::from_secs(5)).await
+            if let Err(e) = self.ask(node, Admin::EndExport { shard: s, committed: true }, Duration::from_secs(5)).await
             {
                 tracing::warn!(shard = s, cause = %e, "a source has not taken the new map yet; it will on its next registration");
             }
-            let request = if out { Request::Cleanup { shard: s } } else { Request::DropShard { shard: s } };
+            let request = if out { Admin::Cleanup { shard: s } } else { Admin::DropShard { shard: s } };
             if let Err(e) = self.ask(node, request, Duration::from_secs(1800)).await {
                 tracing::warn!(shard = s, cause = %e, "clean-up after a move failed; the copies left are never served");
             }
@@ -624,7 +640,7 @@ impl Coordinator {
         for &s in sources {
             let node = from.node_of(s).unwrap_or_default();
             if let Err(e) =
-                self.ask(node, Request::EndExport { shard: s, committed: false }, Duration::from_secs(5)).await
+                self.ask(node, Admin::EndExport { shard: s, committed: false }, Duration::from_secs(5)).await
             {
                 tracing::warn!(shard = s, cause = %e, "could not end an export");
             }
@@ -632,7 +648,7 @@ impl Coordinator {
         if to.shard_count() > from.shard_count() {
             let new = to.shard_count() - 1;
             let _ = self
-                .ask(to.node_of(new).unwrap_or_default(), Request::DropShard { shard: new }, Duration::from_secs(30))
+                .ask(to.node_of(new).unwrap_or_default(), Admin::DropShard { shard: new }, Duration::from_secs(30))
                 .await;
         }
     }

@@ -38,6 +38,7 @@
 pub mod client;
 pub mod coordinator;
 pub mod engine;
+mod fence;
 pub mod node;
 pub mod service;
 pub mod wire;
@@ -208,6 +209,10 @@ pub enum StoreError {
     /// A store node answered something this client cannot read (a version mismatch).
     #[error("store protocol: {0}")]
     Protocol(String),
+    /// A command or map of the master came with a term lower than one the node has seen: it is
+    /// from a deposed master, and was not obeyed.
+    #[error(transparent)]
+    StaleTerm(#[from] shoal_protocol::StaleTerm),
 }
 
 fn unavailable(shard: u32, node: &str, reason: &str) -> String {

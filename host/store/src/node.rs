@@ -6,10 +6,10 @@
 //!
 //! 1. the new shard is created empty on its node (scale-out), or the destinations drop strays
 //!    an earlier, failed move may have left (scale-in);
-//! 2. each source shard *exports* ([`Request::Export`]): it starts remembering writes of moving
+//! 2. each source shard *exports* ([`Admin::Export`]): it starts remembering writes of moving
 //!    keys, copies every moving key from a RocksDB snapshot to its new shard, then copies the keys
 //!    written meanwhile, again and again until few are left. Reads and writes go on as usual;
-//! 3. each source shard *freezes* ([`Request::Freeze`]): under its write lock it marks the moving
+//! 3. each source shard *freezes* ([`Admin::Freeze`]): under its write lock it marks the moving
 //!    keys frozen (reads and writes of them get [`StoreError::Moving`], clients retry) and copies
 //!    their last writes;
 //! 4. the master stores `M'` (epoch + 1), sends it to every node, then publishes it. From then on
@@ -20,6 +20,15 @@
 //! because the sources kept serving every key they did not freeze, and frozen keys thaw.
 //! Copies keep each entry's version and raise the destination's counter past it, so versions stay
 //! monotonic per key across the move.
+//!
+//! # Fencing
+//!
+//! The master's commands ([`wire::Admin`]) come with its leader term, and so does every map. The
+//! node keeps the highest term it has seen in `<dir>/term`, next to its shards (see
+//! `fence.rs`), and refuses an admin request or a map of a lower term: a deposed master can
+//! neither create, drop, export, freeze or clean a shard nor switch the map. Maps are ordered by
+//! `(term, epoch)`, so a new leader's map replaces a deposed leader's even at a lower epoch.
+//! Reads and writes from clients carry no term and are not fenced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +39,8 @@ use shoal_bus::{BusError, SharedBus, subject};
 use tokio::sync::mpsc;
 
 use crate::engine::RawEntry;
-use crate::wire::{self, Channel, KvChange, Progress, Registration, Reply, Request, WireError};
+use crate::fence::Fence;
+use crate::wire::{self, Admin, Channel, KvChange, Progress, Registration, Reply, Request, WireError};
 use crate::{ShardMap, Store, StoreError};
 use shoal_bus::event::CloudEvent;
 
@@ -66,6 +76,8 @@ pub struct StoreNode {
     /// Held while a map is taken: two takers would both create a missing shard, and the second
     /// creation would wipe the first's (and what was written to it meanwhile).
     map_lock: tokio::sync::Mutex<()>,
+    /// The highest leader term seen; admin requests and maps of lower terms are refused.
+    fence: Fence,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -75,16 +87,24 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl StoreNode {
-    /// A node serving `store` (opened with [`Store::open_node`]) on `bus`.
-    pub fn new(store: Arc<Store>, bus: SharedBus) -> Arc<StoreNode> {
+    /// A node serving `store` (opened with [`Store::open_node`]) on `bus`; reads the highest
+    /// leader term it has seen from the store's directory.
+    pub fn new(store: Arc<Store>, bus: SharedBus) -> Result<Arc<StoreNode>, StoreError> {
         let source = format!("/shoal/store/{}", store.node());
-        Arc::new(StoreNode {
+        let fence = Fence::open(store.dir())?;
+        Ok(Arc::new(StoreNode {
             store,
             bus,
             boot: uuid::Uuid::new_v4().to_string(),
             source,
             map_lock: tokio::sync::Mutex::new(()),
-        })
+            fence,
+        }))
+    }
+
+    /// The highest leader term this node has seen (0: none yet).
+    pub fn highest_term(&self) -> u64 {
+        self.fence.highest()
     }
 
     /// The node's id.
@@ -105,7 +125,9 @@ impl StoreNode {
         let mut admin = self.bus.subscribe(&Channel::Admin.subject(self.id())).await?;
         let mut maps = self.bus.subscribe(subject::STORE_SHARDMAP).await?;
         self.bus.flush().await?;
-        tokio::spawn({
+        // Registering ends with serving: dropping this future (an aborted task) aborts the loop.
+        let mut registering = tokio::task::JoinSet::new();
+        registering.spawn({
             let node = self.clone();
             async move { node.register_loop().await }
         });
@@ -118,7 +140,7 @@ impl StoreNode {
                     let Some(event) = event else { return Ok(()) };
                     match wire::shard_map_of_event(&event.payload) {
                         // The event is a hint, whoever sent it: the map comes from the master.
-                        Some(map) if map.epoch > self.store.shard_map().epoch => {
+                        Some(map) if map.newer_than(&self.store.shard_map()) => {
                             tokio::spawn(self.clone().fetch_map());
                         }
                         Some(_) => {}
@@ -165,12 +187,14 @@ impl StoreNode {
         }
     }
 
-    /// Take `map` if it is newer, creating first any shard it gives this node that is not on disk
-    /// (a map is served only once its shards exist).
-    async fn apply_map(&self, map: ShardMap) {
+    /// Take `map` if it is newer (by term, then epoch), creating first any shard it gives this node
+    /// that is not on disk (a map is served only once its shards exist). A map of a term lower
+    /// than the highest seen is refused; one of a higher term raises it.
+    async fn apply_map(&self, map: ShardMap) -> Result<(), StoreError> {
         let _taking = self.map_lock.lock().await;
-        if map.epoch <= self.store.shard_map().epoch {
-            return;
+        self.admit(map.term)?;
+        if !map.newer_than(&self.store.shard_map()) {
+            return Ok(());
         }
         let held = self.store.held();
         let missing: Vec<u32> =
@@ -186,24 +210,32 @@ impl StoreNode {
             let store = self.store.clone();
             if let Err(e) = blocking(move || store.create_shard(shard)).await {
                 tracing::error!(shard, cause = %e, "cannot create a shard the map assigns here; not taking the map");
-                return;
+                return Err(e);
             }
         }
-        let epoch = map.epoch;
+        let (term, epoch) = (map.term, map.epoch);
         if self.store.set_map(map) {
-            tracing::info!(node = self.id(), epoch, "serving a new shard map");
+            tracing::info!(node = self.id(), term, epoch, "serving a new shard map");
         }
+        Ok(())
+    }
+
+    /// Whether to obey a command or map of leader term `term` (see `fence.rs`).
+    fn admit(&self, term: u64) -> Result<(), StoreError> {
+        self.fence.admit(term).inspect_err(|e| {
+            tracing::warn!(node = self.id(), term, cause = %e, "a command of the master refused");
+        })
     }
 
     /// A map the master pushed or published: taken only once this process has registered (its
     /// first map always comes from a registration), so a restarted node never serves before the
     /// coordinator has heard of its new boot. Returns whether the node has registered.
-    async fn take_pushed_map(&self, map: ShardMap) -> bool {
+    async fn take_pushed_map(&self, map: ShardMap) -> Result<bool, StoreError> {
         if self.store.shard_map().epoch == 0 {
-            return false;
+            return Ok(false);
         }
-        self.apply_map(map).await;
-        true
+        self.apply_map(map).await?;
+        Ok(true)
     }
 
     /// Ask the master for its map after a `shoal.evt.store.shardmap` event, and take it once this
@@ -219,7 +251,9 @@ impl StoreNode {
         };
         match map {
             Ok(map) => {
-                self.take_pushed_map(map).await;
+                if let Err(e) = self.take_pushed_map(map).await {
+                    tracing::warn!(cause = %e, "the master's shard map not taken");
+                }
             }
             Err(e) => tracing::warn!(cause = %e, "unreadable shard map from the master"),
         }
@@ -238,7 +272,7 @@ impl StoreNode {
             .map_err(|e| format!("no master to register with: {e}"))?;
         let map = serde_json::from_slice::<ShardMap>(&reply.payload)
             .map_err(|_| format!("registration refused: {}", String::from_utf8_lossy(&reply.payload)))?;
-        self.apply_map(map.clone()).await;
+        self.apply_map(map.clone()).await.map_err(|e| format!("the master's map not taken: {e}"))?;
         Ok(map)
     }
 
@@ -287,21 +321,35 @@ impl StoreNode {
                     blocking(move || store.list_raw(&namespace, &prefix, after.as_deref(), limit as usize)).await?;
                 Ok(Reply::Entries(entries))
             }
-            Request::Map { map } => {
-                if !self.take_pushed_map(map).await {
+            Request::Admin { term, command } => {
+                self.admit(term)?;
+                self.admin(command).await
+            }
+            Request::Ingest { shard, entries } => {
+                Ok(Reply::Count(blocking(move || store.ingest(shard, entries)).await? as u64))
+            }
+        }
+    }
+
+    /// Carry out a command of the master whose term was admitted.
+    async fn admin(self: &Arc<Self>, command: Admin) -> Result<Reply, StoreError> {
+        let store = self.store.clone();
+        match command {
+            Admin::Map { map } => {
+                if !self.take_pushed_map(map).await? {
                     return Err(StoreError::Config("this node has not registered since it started".into()));
                 }
                 Ok(Reply::Ok)
             }
-            Request::CreateShard { shard } => {
+            Admin::CreateShard { shard } => {
                 blocking(move || store.create_shard(shard)).await?;
                 Ok(Reply::Ok)
             }
-            Request::DropShard { shard } => {
+            Admin::DropShard { shard } => {
                 blocking(move || store.drop_shard(shard)).await?;
                 Ok(Reply::Ok)
             }
-            Request::Export { move_id, shard, target } => {
+            Admin::Export { move_id, shard, target } => {
                 // The coordinator moves from the map before `target`: serve by it first (a node
                 // that has just registered may still be creating its shards).
                 self.catch_up(target.epoch.saturating_sub(1)).await;
@@ -311,7 +359,7 @@ impl StoreNode {
                 }
                 result.map(Reply::Count)
             }
-            Request::Freeze { shard } => {
+            Admin::Freeze { shard } => {
                 let target = self
                     .store
                     .export_target(shard)
@@ -324,11 +372,11 @@ impl StoreNode {
                 }
                 Ok(Reply::Count(n))
             }
-            Request::EndExport { shard, committed: false } => {
+            Admin::EndExport { shard, committed: false } => {
                 self.store.end_export(shard);
                 Ok(Reply::Ok)
             }
-            Request::EndExport { shard, committed: true } => {
+            Admin::EndExport { shard, committed: true } => {
                 let Some(target) = self.store.exporting_towards(shard) else { return Ok(Reply::Ok) };
                 if self.store.shard_map().epoch < target {
                     self.refresh_map().await;
@@ -342,11 +390,8 @@ impl StoreNode {
                     ))),
                 }
             }
-            Request::Count { shard } => Ok(Reply::Count(self.store.estimate_keys(shard))),
-            Request::Cleanup { shard } => Ok(Reply::Count(blocking(move || store.cleanup(shard)).await? as u64)),
-            Request::Ingest { shard, entries } => {
-                Ok(Reply::Count(blocking(move || store.ingest(shard, entries)).await? as u64))
-            }
+            Admin::Count { shard } => Ok(Reply::Count(self.store.estimate_keys(shard))),
+            Admin::Cleanup { shard } => Ok(Reply::Count(blocking(move || store.cleanup(shard)).await? as u64)),
         }
     }
 

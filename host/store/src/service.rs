@@ -73,7 +73,7 @@ pub async fn start(bus: SharedBus, options: ServiceOptions) -> Result<StoreServi
         Some(n) => {
             validate_node_id(&n.id).map_err(|e| StoreError::Config(e.to_string()))?;
             let store = Store::open_node(&n.dir, &n.id, n.durability)?;
-            let node = StoreNode::new(store.clone(), bus.clone());
+            let node = StoreNode::new(store.clone(), bus.clone())?;
             // Expired entries are invisible at once; the sweeper deletes them and says so.
             let (expired_tx, mut expired_rx) = tokio::sync::mpsc::unbounded_channel();
             let sweeper = Sweeper::spawn_reporting(

@@ -5,6 +5,9 @@
 //! [`Channel`] — reads and writes on `shoal.ctl.store.node.<id>`, keys moved in by other nodes on
 //! `shoal.ctl.store.ingest.<id>`, the master's commands on `shoal.ctl.store.admin.<id>` — and
 //! answers a request only on its own channel, so the bus's permissions decide who may send what.
+//! The master's commands ([`Request::Admin`], an [`Admin`]) carry its leader term, and so do the
+//! maps it serves: a node refuses both when their term is lower than the highest it has seen
+//! (see `shoal_protocol::term`); reads and writes carry no term.
 //! Registrations, the map and progress reports (`shoal.ctl.store.register.<id>`,
 //! `shoal.ctl.store.map`, `shoal.ctl.store.progress.<id>`) are JSON: they are small and tools may
 //! want to read them.
@@ -58,17 +61,37 @@ pub enum Request {
         /// Page size.
         limit: u32,
     },
-    /// Serve by this map from now on (from the master).
+    /// A command of the master, at its leader term: refused by a node that has seen a higher
+    /// term (see `shoal_protocol::term`), before anything is done.
+    Admin {
+        /// The sending master's leader term.
+        term: u64,
+        /// What to do.
+        command: Admin,
+    },
+    /// Write moved entries into `shard` (from another node's export).
+    Ingest {
+        /// The destination shard.
+        shard: u32,
+        /// The entries (a `None` value deletes).
+        entries: Vec<RawEntry>,
+    },
+}
+
+/// What the master tells a store node to do (in a [`Request::Admin`], with its term).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Admin {
+    /// Serve by this map from now on (if it is newer than the node's, by `(term, epoch)`).
     Map {
         /// The new map.
         map: ShardMap,
     },
-    /// Create an empty shard that keys will move into (from the master).
+    /// Create an empty shard that keys will move into.
     CreateShard {
         /// The shard.
         shard: u32,
     },
-    /// Delete a shard's files (from the master, after a scale-in, or to undo a failed scale-out).
+    /// Delete a shard's files (after a scale-in, or to undo a failed scale-out).
     DropShard {
         /// The shard.
         shard: u32,
@@ -107,13 +130,6 @@ pub enum Request {
         /// The shard.
         shard: u32,
     },
-    /// Write moved entries into `shard` (from another node's export).
-    Ingest {
-        /// The destination shard.
-        shard: u32,
-        /// The entries (a `None` value deletes).
-        entries: Vec<RawEntry>,
-    },
 }
 
 /// Who may send a [`Request`], by the subject it arrives on.
@@ -144,14 +160,7 @@ impl Request {
         match self {
             Request::Get { .. } | Request::Batch { .. } | Request::Check { .. } | Request::List { .. } => Channel::Data,
             Request::Ingest { .. } => Channel::Ingest,
-            Request::Map { .. }
-            | Request::CreateShard { .. }
-            | Request::DropShard { .. }
-            | Request::Export { .. }
-            | Request::Freeze { .. }
-            | Request::EndExport { .. }
-            | Request::Cleanup { .. }
-            | Request::Count { .. } => Channel::Admin,
+            Request::Admin { .. } => Channel::Admin,
         }
     }
 }
@@ -198,6 +207,8 @@ pub enum WireError {
     NotOwner(u32, ShardMap),
     /// See [`StoreError::Moving`].
     Moving,
+    /// See [`StoreError::StaleTerm`]: the request's term and the highest the node has seen.
+    StaleTerm(u64, u64),
     /// Anything else, as text.
     Internal(String),
 }
@@ -217,6 +228,7 @@ impl WireError {
             StoreError::NotFound { namespace, key } => WireError::NotFound(namespace, key),
             StoreError::NotOwner { shard, .. } => WireError::NotOwner(shard, map()),
             StoreError::Moving => WireError::Moving,
+            StoreError::StaleTerm(stale) => WireError::StaleTerm(stale.term, stale.highest),
             other => WireError::Internal(other.to_string()),
         }
     }
@@ -236,6 +248,9 @@ impl WireError {
             WireError::NotFound(namespace, key) => StoreError::NotFound { namespace, key },
             WireError::NotOwner(shard, map) => StoreError::NotOwner { shard, epoch: map.epoch },
             WireError::Moving => StoreError::Moving,
+            WireError::StaleTerm(term, highest) => {
+                StoreError::StaleTerm(shoal_protocol::StaleTerm { term, highest, holder: "store node" })
+            }
             WireError::Internal(s) => StoreError::Protocol(s),
         }
     }

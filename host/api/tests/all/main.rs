@@ -99,6 +99,7 @@ impl Server {
                     initial_shards: 4,
                     auto_scale_out: false,
                     source: "/test".into(),
+                    term: 1,
                 }),
             },
         )

@@ -132,7 +132,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
 fn print_status(v: &Value) {
     let map = &v["map"];
     let shards = map["shards"].as_array().map_or(0, Vec::len);
-    println!("shard map epoch {}, {shards} shards", map["epoch"]);
+    println!("shard map epoch {} (leader term {}), {shards} shards", map["epoch"], map["term"]);
     println!("{:<24} {:<6} {:>10} {:<20} HELD", "NODE", "ALIVE", "LAST SEEN", "SHARDS");
     for n in v["nodes"].as_array().into_iter().flatten() {
         let list = |field: &str| {

@@ -113,7 +113,7 @@ impl Store {
             options: Self::rocks_options(),
             write_options,
             shards: RwLock::new(BTreeMap::new()),
-            map: RwLock::new(Arc::new(ShardMap { epoch: 0, shards: Vec::new() })),
+            map: RwLock::new(Arc::new(ShardMap::default())),
         })
     }
 
@@ -200,20 +200,23 @@ impl Store {
         self.map.read().clone()
     }
 
-    /// Serve by `map` from now on, if it is newer than the current one; returns whether it was.
+    /// Serve by `map` from now on, if it is newer than the current one (by term, then epoch:
+    /// [`ShardMap::newer_than`]); returns whether it was.
     pub fn set_map(&self, map: ShardMap) -> bool {
         let mut current = self.map.write();
-        if map.epoch <= current.epoch {
+        if !map.newer_than(&current) {
             return false;
         }
-        let epoch = map.epoch;
-        *current = Arc::new(map);
+        let map = Arc::new(map);
+        *current = map.clone();
         drop(current);
         // An export whose target map is now in force is over: its keys belong elsewhere (and are
-        // refused as `NotOwner`), so the freeze has nothing left to protect.
+        // refused as `NotOwner`), so the freeze has nothing left to protect. So is one whose
+        // target is a deposed leader's, once a newer leader's map is served: that move will never
+        // switch, and the keys are served by the new map.
         let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
         for shard in shards {
-            let ended = shard.export.lock().as_ref().is_some_and(|e| e.target.epoch <= epoch);
+            let ended = shard.export.lock().as_ref().is_some_and(|e| !e.target.newer_than(&map));
             if ended {
                 self.end_export(shard.id);
             }
@@ -263,7 +266,7 @@ impl Store {
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         validate_namespace(namespace)?;
         validate_key(key)?;
-        let epoch = self.map.read().epoch;
+        let before = self.map.read().clone();
         let shard = self.owned(namespace, key)?;
         if shard.frozen(namespace, key) {
             return Err(StoreError::Moving);
@@ -275,7 +278,7 @@ impl Store {
         // The map may have switched while this read ran: the key may have moved (and been written
         // at its new shard, or cleaned up here), so what was read may be stale. Ask again.
         let map = self.map.read();
-        if map.epoch != epoch {
+        if !Arc::ptr_eq(&map, &before) {
             self.still_owns(&map, shard.id, namespace, key)?;
         }
         Ok(entry)
@@ -413,8 +416,11 @@ mod tests {
     fn a_write_that_waited_out_a_move_is_refused_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreConfig { shards: 2, durability: Durability::Wal }).unwrap();
-        let target =
-            ShardMap { epoch: 2, shards: vec!["local".to_owned(), "local".to_owned(), "elsewhere".to_owned()] };
+        let target = ShardMap {
+            term: 0,
+            epoch: 2,
+            shards: vec!["local".to_owned(), "local".to_owned(), "elsewhere".to_owned()],
+        };
         let key = (0..10_000)
             .map(|i| format!("k{i}"))
             .find(|k| store.shard_of("app", k) == 0 && target.shard_of("app", k) == 2)

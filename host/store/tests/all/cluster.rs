@@ -34,6 +34,7 @@ impl Cluster {
                 initial_shards,
                 auto_scale_out: false,
                 source: "/test".into(),
+                term: 1,
             },
         )
         .expect("coordinator");
@@ -43,7 +44,7 @@ impl Cluster {
 
     async fn start_node(&mut self, id: &str) {
         let store = Store::open_node(&self.dir.path().join(id), id, Durability::Wal).expect("open node");
-        let node = StoreNode::new(store, self.bus.clone());
+        let node = StoreNode::new(store, self.bus.clone()).expect("store node");
         let handle = tokio::spawn(async move {
             let _ = node.run().await;
         });

@@ -1,7 +1,9 @@
 //! The state store against real RocksDB in temporary directories: CRUD, compare-and-set, TTL,
-//! listings across shards, batches, refusals that change nothing, and reopening.
+//! listings across shards, batches, refusals that change nothing, and reopening; as a cluster on
+//! the in-process bus ([`cluster`]), and fencing off deposed masters ([`fencing`]).
 
 mod cluster;
+mod fencing;
 
 use std::sync::Arc;
 use std::time::Duration;

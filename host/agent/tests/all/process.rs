@@ -1,7 +1,5 @@
 //! The process executor against real processes.
 
-#![allow(clippy::unwrap_used)] // a failed unwrap in a test is the failure report
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
