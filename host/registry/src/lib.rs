@@ -323,7 +323,26 @@ impl Registry {
         config: RegistryConfig,
         kv: Option<KvProvider>,
     ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
-        let store = Store::open(dir)?;
+        Registry::with_store(Store::open(dir)?, runtime, config, kv)
+    }
+
+    /// [`Registry::open_with_kv`] on the column families `meta`, `blobs` and `plugin-kv` of a
+    /// database the node already opened (its state, until the registry commits through it).
+    pub fn open_shared(
+        db: Arc<rocksdb::DB>,
+        runtime: Runtime,
+        config: RegistryConfig,
+        kv: Option<KvProvider>,
+    ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
+        Registry::with_store(Store::shared(db)?, runtime, config, kv)
+    }
+
+    fn with_store(
+        store: Store,
+        runtime: Runtime,
+        config: RegistryConfig,
+        kv: Option<KvProvider>,
+    ) -> Result<(Arc<Registry>, mpsc::UnboundedReceiver<RegistryEvent>), RegistryError> {
         let (events, rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Registry {
             store,

@@ -63,6 +63,15 @@ impl Store {
         Ok(Store { db: Arc::new(db) })
     }
 
+    /// The registry's tables in a database opened by someone else (the node's state, whose
+    /// tables include these three).
+    pub(crate) fn shared(db: Arc<DB>) -> Result<Self, RegistryError> {
+        for name in [CF_META, CF_BLOBS, CF_KV] {
+            cf(&db, name)?;
+        }
+        Ok(Store { db })
+    }
+
     pub(crate) fn db(&self) -> Arc<DB> {
         self.db.clone()
     }

@@ -23,6 +23,7 @@
 
 mod apply;
 mod entry;
+mod follow;
 mod writer;
 
 use std::path::Path;
@@ -33,6 +34,7 @@ use shoal_replication::{Blobs, Log, LogConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use entry::{Batch, Change, Write};
+pub use follow::{TableChange, TableWatch};
 
 /// The table this crate keeps its own bookkeeping in (applied sequence, cluster id, term).
 const META: &str = "_state";
@@ -195,6 +197,13 @@ impl StateDb {
     /// The database, for reads only: every change goes through [`StateDb::commit`].
     pub fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// The database itself, for the plugin registry only, which still writes its tables
+    /// (`meta`, `blobs`, `plugin-kv`) directly until it is ported onto commits: such writes are
+    /// neither replicated nor announced to subscribers. Nothing else may write through it.
+    pub fn shared_db(&self) -> Arc<DB> {
+        self.db.clone()
     }
 
     /// A table's column family.
