@@ -18,6 +18,7 @@ use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Routes};
 use shoal_protocol::labels;
 use shoal_registry::{Registry, RegistryConfig, RegistryEvent};
 use shoal_runtime::{Runtime, RuntimeConfig};
+use shoal_state::StateDb;
 use shoal_store::StoreConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -69,36 +70,51 @@ pub struct NodeInfo {
     pub gateway: Option<SocketAddr>,
 }
 
-/// Read the admin token from `data_dir`, or make and store one. A new token is written to a
-/// temporary file created with mode 0600 (never readable by others, not even for a moment),
-/// fsynced, then renamed into place, so a crash leaves either no token or a whole one. The
-/// token itself is never printed or logged: callers show where it is, not what it is.
-pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let path = data_dir.join("admin.token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        let token = token.trim().to_owned();
-        if !token.is_empty() {
-            return Ok((token, path));
-        }
+/// Every table of the master's state: one [`StateDb`] for every component of the node.
+pub const TABLES: [&str; 8] = [
+    // The plugin registry's (`shoal_registry`), which it still writes directly.
+    "meta",
+    "blobs",
+    "plugin-kv",
+    shoal_api::auth::TOKENS_TABLE,
+    crate::admin::CLUSTER_TABLE,
+    shoal_gateway::routes::ROUTES_TABLE,
+    shoal_store::coordinator::STORE_TABLE,
+    shoal_task_io::artifacts::ARTIFACTS_TABLE,
+];
+
+/// Open the master's state: the one place that decides its backend. Today the local one, in
+/// `<data_dir>/registry` (where the plugin registry's RocksDB has always been, so an earlier
+/// data directory opens as it is, with the other tables added), always leading.
+fn open_state(config: &NodeConfig) -> anyhow::Result<Arc<StateDb>> {
+    let dir = config.data_dir.join("registry");
+    StateDb::open_local(&dir, &TABLES).with_context(|| format!("opening the master's state in {}", dir.display()))
+}
+
+/// What a master does once it leads (with the local state: at start, before the components
+/// open): make its admin token the cluster's if the state has none ([`crate::admin::claim`]),
+/// and move what an earlier version kept in files of `data_dir` into the state — issued tokens
+/// (`tokens`), routes (`routes.json`), the shard map (`store-map.json`) and task artifacts
+/// (`artifacts/`). Each move happens once, into an empty table, and removes its file.
+pub async fn on_leading(state: &StateDb, data_dir: &Path) -> anyhow::Result<()> {
+    crate::admin::claim(state, data_dir).await?;
+    let file = data_dir.join("tokens");
+    let tokens =
+        shoal_api::auth::migrate_token_file(state, &file).await.context("moving issued tokens into the state")?;
+    let file = data_dir.join("routes.json");
+    let routes =
+        shoal_gateway::routes::migrate_routes_file(state, &file).await.context("moving routes into the state")?;
+    let file = data_dir.join("store-map.json");
+    let map = shoal_store::coordinator::migrate_map_file(state, &file)
+        .await
+        .context("moving the shard map into the state")?;
+    let dir = data_dir.join("artifacts");
+    let artifacts =
+        shoal_task_io::artifacts::migrate_dir(state, &dir).await.context("moving task artifacts into the state")?;
+    if tokens + routes + artifacts > 0 || map {
+        tracing::info!(tokens, routes, artifacts, shard_map = map, "files of an earlier version moved into the state");
     }
-    let token = shoal_api::auth::generate_token();
-    let tmp = data_dir.join(format!("admin.token.{}.tmp", std::process::id()));
-    let written = (|| {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(format!("{token}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    })();
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok((token, path))
+    Ok(())
 }
 
 /// Publish registry events on the bus as CloudEvents, `shoal.evt.plugin.<kind>.<name>.<action>`.
@@ -186,7 +202,7 @@ async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
                 continue;
             }
         }
-        match routes.put(route) {
+        match routes.put(route).await {
             Ok(()) => tracing::info!(%service, route = %name, "route declared by the app's labels"),
             Err(e) => tracing::warn!(%service, cause = %e, "the app's route labels do not make a valid route"),
         }
@@ -235,11 +251,16 @@ pub async fn run(
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
-    let store = start_store(&bus, &config).await?;
+    let state = open_state(&config)?;
+    if state.is_writer() {
+        on_leading(&state, &config.data_dir).await?;
+    }
+    let admin = crate::admin::AdminToken::start(&state, &config.data_dir).await?;
+    let store = start_store(&bus, &config, &state).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
-    let (registry, events) = Registry::open_with_kv(
-        &config.data_dir.join("registry"),
+    let (registry, events) = Registry::open_shared(
+        state.shared_db(),
         runtime,
         RegistryConfig::default(),
         Some(crate::plugin_kv::provider(store.client.clone())),
@@ -263,7 +284,7 @@ pub async fn run(
         bus.clone(),
         "/shoal/dev/health".to_owned(),
     ));
-    let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
+    let routes = Routes::on_state(state.clone()).context("reading the gateway's routes")?;
     tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
     let (gateway_addr, gateway_task) = match config.gateway {
@@ -276,8 +297,7 @@ pub async fn run(
     };
 
     let master = start_master(&config, &bus, &registry, &discovery);
-    let artifacts =
-        shoal_task_io::ArtifactStore::open(&config.data_dir.join("artifacts")).context("opening the artifact store")?;
+    let artifacts = shoal_task_io::ArtifactStore::open(state.clone()).context("opening the artifact store")?;
     tokio::spawn({
         let (artifacts, bus) = (artifacts.clone(), bus.clone());
         async move {
@@ -291,20 +311,20 @@ pub async fn run(
         None => None,
     };
 
-    let (token, token_file) = admin_token(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let info = NodeInfo {
         api: listener.local_addr()?,
-        admin_token: token.clone(),
-        token_file,
+        admin_token: admin.token.clone(),
+        token_file: admin.file.clone(),
         bus: bus.kind(),
         gateway: gateway_addr,
     };
-    let auth = Auth::persistent(&token, &config.data_dir.join("tokens")).context("reading issued tokens")?;
+    let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
+    admin.follow(&state, &auth);
     let state = AppState {
         registry,
         bus,
-        auth: Arc::new(auth),
+        auth,
         max_upload,
         store: Some(store.client.clone()),
         store_coordinator: store.coordinator.clone(),
@@ -329,10 +349,14 @@ pub async fn run(
     Ok(())
 }
 
-/// The state store's parts this node runs: the coordinator (the shard map lives with the
-/// master), and a store node when the config names one. The node's shards live under `store/`,
+/// The state store's parts this node runs: the coordinator (the shard map lives in the master's
+/// state), and a store node when the config names one. The node's shards live under `store/`,
 /// where a store made by an earlier version (every shard in one process) is found as it is.
-async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<shoal_store::service::StoreService> {
+async fn start_store(
+    bus: &SharedBus,
+    config: &NodeConfig,
+    state: &Arc<StateDb>,
+) -> anyhow::Result<shoal_store::service::StoreService> {
     let options = shoal_store::service::ServiceOptions {
         node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
             id: id.clone(),
@@ -341,7 +365,7 @@ async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<sho
             sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
         }),
         coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
-            path: config.data_dir.join("store-map.json"),
+            state: state.clone(),
             initial_shards: config.store.shards,
             auto_scale_out: true,
             source: "/shoal/master/store".into(),

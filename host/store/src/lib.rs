@@ -208,6 +208,10 @@ pub enum StoreError {
     /// A store node answered something this client cannot read (a version mismatch).
     #[error("store protocol: {0}")]
     Protocol(String),
+    /// The master's state did not take or give the shard map ([`shoal_state::StateError::NotLeader`]
+    /// on a master that does not lead).
+    #[error("the shard map in the master's state: {0}")]
+    State(#[from] shoal_state::StateError),
 }
 
 fn unavailable(shard: u32, node: &str, reason: &str) -> String {
