@@ -13,6 +13,7 @@ use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
 mod kv;
+mod replicated;
 mod scopes;
 
 const ADMIN: &str = "admin-token-for-tests";

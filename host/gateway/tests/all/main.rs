@@ -21,6 +21,8 @@ use shoal_testkit::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod replicated;
+
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// A real HTTP server standing in for an app instance. It answers its name, echoes what the

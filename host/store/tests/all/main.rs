@@ -2,6 +2,7 @@
 //! listings across shards, batches, refusals that change nothing, and reopening.
 
 mod cluster;
+mod replicated;
 
 use std::sync::Arc;
 use std::time::Duration;
