@@ -204,7 +204,10 @@ async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
         }
         match routes.put(route).await {
             Ok(()) => tracing::info!(%service, route = %name, "route declared by the app's labels"),
-            Err(e) => tracing::warn!(%service, cause = %e, "the app's route labels do not make a valid route"),
+            Err(e @ shoal_gateway::RouteError::Invalid(_)) => {
+                tracing::warn!(%service, cause = %e, "the app's route labels do not make a valid route")
+            }
+            Err(e) => tracing::warn!(%service, cause = %e, "the route of the app's labels could not be stored"),
         }
     }
 }
