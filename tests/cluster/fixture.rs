@@ -23,11 +23,6 @@ use super::{shoal, showing_last, tail_events};
 pub(crate) struct Process(Child);
 
 impl Process {
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
     /// SIGKILL: no chance to flush or close anything.
     pub fn kill_9(mut self) {
         self.0.kill().expect("kill -9");
@@ -371,8 +366,12 @@ impl Cluster {
     pub fn start_master(&mut self) {
         assert!(self.master.is_none(), "the master is already running");
         let creds = self.nats_dir().join("creds/master.nk");
-        self.master =
-            Some(Master::start(&self.nats.url(), Auth::Creds(&creds), &self.dir.path().join("master"), &self.master_flags));
+        self.master = Some(Master::start(
+            &self.nats.url(),
+            Auth::Creds(&creds),
+            &self.dir.path().join("master"),
+            &self.master_flags,
+        ));
     }
 
     /// SIGKILLs the master and starts it again (see [`Cluster::start_master`]).

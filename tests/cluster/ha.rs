@@ -63,8 +63,10 @@ impl Masters {
         let data = self.data(i);
         std::fs::create_dir_all(&data).expect("data dir");
         std::fs::write(data.join("admin.token"), format!("{}\n", self.token)).expect("token");
-        let flags: Vec<String> =
-            ["--id", &format!("m{}", i + 1), "--no-store", "--lease-ttl-ms", "1500"].iter().map(|s| s.to_string()).collect();
+        let flags: Vec<String> = ["--id", &format!("m{}", i + 1), "--no-store", "--lease-ttl-ms", "1500"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         Master::start(&self.nats.urls(), Auth::Insecure, &data, &flags)
     }
 
@@ -85,7 +87,8 @@ impl Masters {
                 let mut seen = BTreeSet::new();
                 for i in self.live() {
                     let (status, body) = http(self.api(i), &self.token, "GET", "/v1/leader", "");
-                    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
                     seen.insert((v["leader"]["id"].as_str().unwrap_or("").to_owned(), v["term"].as_u64().unwrap_or(0)));
                 }
                 match seen.into_iter().collect::<Vec<_>>().as_slice() {

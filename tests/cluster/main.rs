@@ -22,6 +22,7 @@ mod services;
 mod store;
 mod tasks;
 mod tidy;
+mod upgrade;
 
 fn shoal() -> std::path::PathBuf {
     shoal_tests::shoal_binary()

@@ -57,8 +57,11 @@ async fn main() {
         MasterParts { registry: Some(registry.clone()), ..MasterParts::default() },
     );
     tokio::spawn(master.clone().run());
-    let artifacts = shoal_task_io::ArtifactStore::open(&dir.path().join("artifacts")).expect("artifacts");
-    let digest = artifacts.put(shoal_artifacts::WASM_HTTP).expect("artifact").digest;
+    let state =
+        shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_task_io::artifacts::ARTIFACTS_TABLE])
+            .expect("state");
+    let artifacts = shoal_task_io::ArtifactStore::open(state).expect("artifacts");
+    let digest = artifacts.put(shoal_artifacts::WASM_HTTP).await.expect("artifact").digest;
     tokio::spawn(artifacts.serve(bus.clone()));
     let registration = AgentRegistration {
         id: "bench".into(),

@@ -7,24 +7,21 @@
 //! | `app:<namespace>` | its own KV namespace, and reading what belongs to it (see `crate::scoped`) |
 //!
 //! Every `/v1` endpoint needs a valid, unexpired token. Tokens are kept as sha256 digests, never
-//! in clear: in memory and, for a node with a data directory, in a `tokens` file replaced
-//! atomically (written with mode 0600, fsynced) before a token is handed out or a revocation is
-//! answered, so issued tokens survive a restart. One line per token:
+//! in clear: in memory and, on a master, in the table [`TOKENS_TABLE`] of its state (one key per
+//! token, the digest; see [`table`]), committed before a token is handed out or a revocation is
+//! answered, so issued tokens survive a restart and reach every master. Each master's table
+//! follows the commits it applies, so a token revoked on the leader stops working on every
+//! master. A token is named by its **id**, the first [`ID_LEN`] hex digits of its digest: enough
+//! to list and revoke it, useless to authenticate. The admin token is apart: the node sets it
+//! ([`Auth::set_admin_token`]); it is listed too, never stored in the table, and replaced by
+//! rotating `admin.token`, not revoked.
 //!
-//! ```text
-//! <sha256 hex> <scope> created=<ms since the Unix epoch> expires=<ms since the Unix epoch>
-//! ```
-//!
-//! `created=` and `expires=` are optional: lines of the older `<sha256 hex> <scope>` format are
-//! read as tokens of unknown age that never expire, and the file is rewritten in the new format
-//! on its next change. A token is named by its **id**, the first [`ID_LEN`] hex digits of its
-//! digest: enough to list and revoke it, useless to authenticate. The node's admin token (from
-//! `admin.token`) is listed too but never written to the file, and is replaced by rotating that
-//! file, not revoked.
+//! Earlier versions kept issued tokens in a `tokens` file; [`migrate_token_file`] moves one into
+//! the table.
+
+mod table;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +30,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
+use shoal_state::{Batch, StateDb, StateError};
+
+pub use table::{TOKENS_TABLE, migrate_token_file};
 
 use crate::AppState;
 use crate::dto::{TokenInfo, TokenList, TokenRequest, TokenResponse};
@@ -100,14 +100,14 @@ struct Entry {
 }
 
 /// Wall-clock milliseconds since the Unix epoch. Expiry is a wall-clock date (it survives a
-/// restart in the token file), so the table reads a clock it is given: tests move it.
+/// restart in the token table), so the table reads a clock it is given: tests move it.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 fn system_clock() -> Clock {
     Arc::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
-/// Why a token could not be issued or revoked. Nothing changed.
+/// Why a token could not be issued, revoked or loaded. Nothing changed.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// No token has this id.
@@ -116,17 +116,48 @@ pub enum TokenError {
     /// The id is the node's admin token, which is rotated through its file, not revoked.
     #[error("`{0}` is the node's admin token: replace it by rotating admin.token and restarting the node")]
     NodeToken(String),
-    /// The token file could not be written.
-    #[error("could not store the token table: {0}")]
-    Storage(#[from] std::io::Error),
+    /// The state refused the change or could not be read ([`StateError::NotLeader`] on a master
+    /// that does not lead).
+    #[error("the token table: {0}")]
+    State(#[from] StateError),
+    /// An entry of the table does not parse.
+    #[error("the token table holds an unreadable entry `{key}`: {reason}")]
+    Corrupt {
+        /// The entry's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A token file of an earlier version could not be read or has a line that does not parse.
+    #[error("token file {file}: {problem}")]
+    File {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::NotFound(_) => ApiError::not_found(err.to_string()),
+            TokenError::NodeToken(_) => ApiError::new(StatusCode::CONFLICT, "node_token", err.to_string()),
+            TokenError::State(StateError::NotLeader) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", err.to_string())
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", err.to_string()),
+        }
+    }
 }
 
 /// The token table.
 pub struct Auth {
+    /// Issued tokens by digest (the admin token is apart).
     tokens: RwLock<HashMap<String, Entry>>,
-    /// Where issued tokens are kept, if anywhere.
-    file: Option<PathBuf>,
-    admin_digest: String,
+    /// Where issued tokens are kept, if anywhere: table [`TOKENS_TABLE`] of the master's state.
+    state: Option<Arc<StateDb>>,
+    admin_digest: RwLock<String>,
     clock: Clock,
 }
 
@@ -156,30 +187,15 @@ pub fn parse_ttl(text: &str) -> Option<Duration> {
     (ttl <= MAX_TTL).then_some(ttl)
 }
 
-fn parse_line(line: &str) -> Option<(String, Entry)> {
-    let mut fields = line.split_whitespace();
-    let d = fields.next()?;
-    if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut entry = Entry { scope: Scope::parse(fields.next()?)?, created_ms: None, expires_ms: None };
-    for field in fields {
-        match field.split_once('=')? {
-            ("created", ms) => entry.created_ms = Some(ms.parse().ok()?),
-            ("expires", ms) => entry.expires_ms = Some(ms.parse().ok()?),
-            _ => return None,
-        }
-    }
-    Some((d.to_ascii_lowercase(), entry))
-}
-
 impl Auth {
     /// A table with one admin token, in memory only.
     pub fn new(admin_token: &str) -> Self {
-        let admin_digest = digest(admin_token);
-        let admin = Entry { scope: Scope::Admin, created_ms: None, expires_ms: None };
-        let tokens = HashMap::from([(admin_digest.clone(), admin)]);
-        Auth { tokens: RwLock::new(tokens), file: None, admin_digest, clock: system_clock() }
+        Auth {
+            tokens: RwLock::new(HashMap::new()),
+            state: None,
+            admin_digest: RwLock::new(digest(admin_token)),
+            clock: system_clock(),
+        }
     }
 
     /// The same table reading time from `clock` (ms since the Unix epoch) instead of the system.
@@ -188,92 +204,52 @@ impl Auth {
         self
     }
 
-    /// A table with one admin token plus the tokens issued earlier and kept in `file` (created
-    /// on the first issue), in either line format (see the module's docs). A line that does not
-    /// parse is an error naming the line: a token table is not something to half-load.
-    pub fn persistent(admin_token: &str, file: &Path) -> std::io::Result<Self> {
-        let mut auth = Auth::new(admin_token);
-        match std::fs::read_to_string(file) {
-            Ok(text) => {
-                let mut tokens = auth.tokens.write();
-                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    let (d, entry) = parse_line(line).ok_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!(
-                                "{}:{}: expected `<sha256 hex> <scope> [created=<ms>] [expires=<ms>]`",
-                                file.display(),
-                                n + 1
-                            ),
-                        )
-                    })?;
-                    if d != auth.admin_digest {
-                        tokens.insert(d, entry);
-                    }
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
-        }
-        auth.file = Some(file.to_owned());
+    /// The same table kept in `state` (table [`TOKENS_TABLE`], which `state` must have): loaded
+    /// now, and following every change this member applies from then on, so a token issued or
+    /// revoked on the leader is (or stops being) valid here too. An entry that does not parse is
+    /// an error: a token table is not something to half-load.
+    pub fn backed_by(mut self, state: Arc<StateDb>) -> Result<Arc<Auth>, TokenError> {
+        let watch = state.watch(TOKENS_TABLE);
+        self.tokens = RwLock::new(table::load(&state)?);
+        self.state = Some(state);
+        let auth = Arc::new(self);
+        tokio::spawn(table::follow(Arc::downgrade(&auth), watch));
         Ok(auth)
+    }
+
+    /// Make `token` the admin token (the old one stops working at once): the node calls this when
+    /// it learns the cluster's admin token.
+    pub fn set_admin_token(&self, token: &str) {
+        *self.admin_digest.write() = digest(token);
     }
 
     fn now_ms(&self) -> u64 {
         (self.clock)()
     }
 
-    /// Write the table (all but the node's admin token) to the file, atomically.
-    fn save(&self, tokens: &HashMap<String, Entry>) -> std::io::Result<()> {
-        let Some(file) = &self.file else { return Ok(()) };
-        let mut lines: Vec<String> = tokens
-            .iter()
-            .filter(|(d, _)| **d != self.admin_digest)
-            .map(|(d, e)| {
-                let mut line = format!("{d} {}", e.scope);
-                if let Some(ms) = e.created_ms {
-                    line.push_str(&format!(" created={ms}"));
-                }
-                if let Some(ms) = e.expires_ms {
-                    line.push_str(&format!(" expires={ms}"));
-                }
-                line
-            })
-            .collect();
-        lines.sort();
-        let tmp = file.with_extension("tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp)?;
-        for line in &lines {
-            writeln!(f, "{line}")?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)
+    /// Add a token that never expires; with a state, it is committed when this returns.
+    pub async fn insert(&self, token: &str, scope: Scope) -> Result<(), TokenError> {
+        self.issue(token, scope, None).await.map(|_| ())
     }
 
-    /// Add a token that never expires; with a file, it is on disk (fsynced) when this returns.
-    pub fn insert(&self, token: &str, scope: Scope) -> std::io::Result<()> {
-        self.issue(token, scope, None).map(|_| ())
-    }
-
-    /// Add a token, valid for `ttl` from now (forever without); with a file, it is on disk
-    /// (fsynced) when this returns `Ok`, and nothing changed otherwise.
-    pub fn issue(&self, token: &str, scope: Scope, ttl: Option<Duration>) -> std::io::Result<TokenInfo> {
+    /// Add a token, valid for `ttl` from now (forever without); with a state, it is committed
+    /// (durable, and on its way to every master) when this returns `Ok`, and nothing changed
+    /// otherwise.
+    pub async fn issue(&self, token: &str, scope: Scope, ttl: Option<Duration>) -> Result<TokenInfo, TokenError> {
         let now = self.now_ms();
         let entry =
             Entry { scope, created_ms: Some(now), expires_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)) };
         let d = digest(token);
-        let mut tokens = self.tokens.write();
-        let previous = tokens.insert(d.clone(), entry.clone());
-        if let Err(err) = self.save(&tokens) {
-            match previous {
-                Some(p) => tokens.insert(d, p),
-                None => tokens.remove(&d),
-            };
-            return Err(err);
+        match &self.state {
+            None => {
+                self.tokens.write().insert(d.clone(), entry.clone());
+            }
+            Some(state) => {
+                let mut batch = Batch::new();
+                batch.put(TOKENS_TABLE, d.as_bytes(), table::encode(&entry));
+                state.commit(batch).await?;
+                self.reread(state, &[d.clone().into_bytes()]);
+            }
         }
         Ok(self.info(&d, &entry, now))
     }
@@ -285,36 +261,62 @@ impl Auth {
             created_ms: e.created_ms,
             expires_ms: e.expires_ms,
             expired: e.expires_ms.is_some_and(|at| at <= now),
-            node: d == self.admin_digest,
+            node: *d == *self.admin_digest.read(),
         }
     }
 
     /// Every token, without its secret: the node's admin token first, then by age.
     pub fn list(&self) -> Vec<TokenInfo> {
         let now = self.now_ms();
-        let mut list: Vec<TokenInfo> = self.tokens.read().iter().map(|(d, e)| self.info(d, e, now)).collect();
+        let admin = self.admin_digest.read().clone();
+        let admin_entry = Entry { scope: Scope::Admin, created_ms: None, expires_ms: None };
+        let mut list: Vec<TokenInfo> = self
+            .tokens
+            .read()
+            .iter()
+            .filter(|(d, _)| **d != admin)
+            .map(|(d, e)| self.info(d, e, now))
+            .chain([self.info(&admin, &admin_entry, now)])
+            .collect();
         list.sort_by(|a, b| b.node.cmp(&a.node).then(a.created_ms.cmp(&b.created_ms)).then(a.id.cmp(&b.id)));
         list
     }
 
-    /// Revoke the token whose id is `id`: it stops working at once (and, with a file, is gone
-    /// from it when this returns `Ok`).
-    pub fn revoke(&self, id: &str) -> Result<TokenInfo, TokenError> {
+    /// Revoke the token whose id is `id`: it stops working at once (and, with a state, on every
+    /// master once they apply the commit, which is done when this returns `Ok`).
+    pub async fn revoke(&self, id: &str) -> Result<TokenInfo, TokenError> {
         let now = self.now_ms();
-        let mut tokens = self.tokens.write();
-        let found = (id.len() == ID_LEN)
-            .then(|| tokens.keys().find(|d| d.starts_with(&id.to_ascii_lowercase())).cloned())
-            .flatten();
-        let Some(d) = found else { return Err(TokenError::NotFound(id.to_owned())) };
-        if d == self.admin_digest {
+        let id_lower = id.to_ascii_lowercase();
+        if id.len() == ID_LEN && self.admin_digest.read().starts_with(&id_lower) {
             return Err(TokenError::NodeToken(id.to_owned()));
         }
-        let Some(entry) = tokens.remove(&d) else { return Err(TokenError::NotFound(id.to_owned())) };
-        if let Err(err) = self.save(&tokens) {
-            tokens.insert(d, entry);
-            return Err(err.into());
+        let found = (id.len() == ID_LEN)
+            .then(|| {
+                self.tokens.read().iter().find(|(d, _)| d.starts_with(&id_lower)).map(|(d, e)| (d.clone(), e.clone()))
+            })
+            .flatten();
+        let Some((d, entry)) = found else { return Err(TokenError::NotFound(id.to_owned())) };
+        match &self.state {
+            None => {
+                self.tokens.write().remove(&d);
+            }
+            Some(state) => {
+                let mut batch = Batch::new();
+                batch.delete(TOKENS_TABLE, d.as_bytes());
+                state.commit(batch).await?;
+                self.reread(state, &[d.clone().into_bytes()]);
+            }
         }
         Ok(self.info(&d, &entry, now))
+    }
+
+    /// Bring the named keys of the table up to date from `state` (under the table's lock, so a
+    /// later reread never loses to an earlier one).
+    fn reread(&self, state: &StateDb, keys: &[Vec<u8>]) {
+        let mut tokens = self.tokens.write();
+        for key in keys {
+            table::reread(state, &mut tokens, key);
+        }
     }
 
     /// The scope of the bearer token in `headers`; 401 for a missing, unknown or expired one.
@@ -329,6 +331,9 @@ impl Auth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("authorization must be `Bearer <token>`".into()))?;
         let d = digest(token.trim());
+        if d == *self.admin_digest.read() {
+            return Ok(Scope::Admin);
+        }
         let entry = self.tokens.read().get(&d).cloned().ok_or_else(|| unauthorized("unknown token".into()))?;
         match entry.expires_ms {
             Some(at) if at <= self.now_ms() => Err(unauthorized(format!(
@@ -393,9 +398,7 @@ pub async fn issue(
         })?),
     };
     let token = generate_token();
-    let info = state.auth.issue(&token, scope, ttl).map_err(|err| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", format!("could not store the token: {err}"))
-    })?;
+    let info = state.auth.issue(&token, scope, ttl).await?;
     Ok((StatusCode::CREATED, Json(TokenResponse { token, info })))
 }
 
@@ -419,9 +422,5 @@ pub async fn revoke(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     state.auth.admin(&headers)?;
-    state.auth.revoke(&id).map(Json).map_err(|err| match err {
-        TokenError::NotFound(_) => ApiError::not_found(err.to_string()),
-        TokenError::NodeToken(_) => ApiError::new(StatusCode::CONFLICT, "node_token", err.to_string()),
-        TokenError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", err.to_string()),
-    })
+    Ok(Json(state.auth.revoke(&id).await?))
 }

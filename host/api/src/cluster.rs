@@ -376,8 +376,11 @@ pub async fn push_artifact(
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     state.auth.operator(&headers)?;
-    let info = artifacts(&state)?.put(&body).map_err(|e| match e {
-        shoal_task_io::ArtifactError::Io { .. } => {
+    let info = artifacts(&state)?.put(&body).await.map_err(|e| match e {
+        shoal_task_io::ArtifactError::State(shoal_state::StateError::NotLeader) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", e.to_string())
+        }
+        shoal_task_io::ArtifactError::Io { .. } | shoal_task_io::ArtifactError::State(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
         }
         e => ApiError::bad_request(e.to_string()),

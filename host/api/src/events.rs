@@ -54,7 +54,9 @@ pub async fn stream(
     let events = subscription.filter_map(move |message| {
         let data = match &scope {
             Scope::Admin | Scope::Operator => Some(String::from_utf8_lossy(&message.payload).into_owned()),
-            Scope::App(ns) => crate::scoped::event_for_app(ns, &message.subject, &message.payload, master.load_full().as_deref()),
+            Scope::App(ns) => {
+                crate::scoped::event_for_app(ns, &message.subject, &message.payload, master.load_full().as_deref())
+            }
         };
         std::future::ready(data.map(|data| Ok(Event::default().event(message.subject).data(data))))
     });

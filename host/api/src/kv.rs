@@ -450,6 +450,8 @@ impl From<StoreError> for ApiError {
             StoreError::Partial { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "batch_partly_applied"),
             StoreError::Protocol(_) => (StatusCode::BAD_GATEWAY, "store_protocol"),
             StoreError::StaleTerm(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale_term"),
+            StoreError::State(shoal_state::StateError::NotLeader) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            StoreError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };
         ApiError::new(status, code, message)
     }
@@ -500,7 +502,7 @@ pub async fn scale_out(State(state): State<AppState>, headers: HeaderMap, body: 
     } else {
         crate::error::json_body(&body)?
     };
-    let started = coordinator(&state)?.scale_out(request.node).map_err(scale_error)?;
+    let started = coordinator(&state)?.scale_out(request.node).await.map_err(scale_error)?;
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
@@ -510,7 +512,7 @@ pub async fn scale_out(State(state): State<AppState>, headers: HeaderMap, body: 
     security(("bearer" = [])))]
 pub async fn scale_in(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.auth.admin(&headers)?;
-    let started = coordinator(&state)?.scale_in().map_err(scale_error)?;
+    let started = coordinator(&state)?.scale_in().await.map_err(scale_error)?;
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
@@ -518,5 +520,6 @@ fn scale_error(e: ScaleError) -> ApiError {
     match e {
         ScaleError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "move_in_progress", e.to_string()),
         ScaleError::Invalid(_) => ApiError::bad_request(e.to_string()),
+        ScaleError::Unrecorded(e) => e.into(),
     }
 }

@@ -100,6 +100,7 @@ impl From<RouteError> for ApiError {
             RouteError::Invalid(_) => ApiError::bad_request(err.to_string()),
             RouteError::NotFound(_) => ApiError::not_found(err.to_string()),
             RouteError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", err.to_string()),
+            RouteError::NotLeader => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", err.to_string()),
         }
     }
 }
@@ -318,7 +319,7 @@ pub async fn put_route(
         return Err(ApiError::bad_request(format!("the body names route `{}` but the path `{name}`", route.name)));
     }
     route.name = name;
-    routes(&state)?.put(route.clone())?;
+    routes(&state)?.put(route.clone()).await?;
     Ok((StatusCode::OK, Json(route)).into_response())
 }
 
@@ -331,6 +332,6 @@ pub async fn delete_route(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.auth.operator(&headers)?;
-    routes(&state)?.delete(&name)?;
+    routes(&state)?.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

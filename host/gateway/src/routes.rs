@@ -1,12 +1,19 @@
-//! Routes: which requests go to which service, through which router plugin. Kept in memory and,
-//! with a file, on disk (JSON, replaced atomically), so a restarted gateway serves the same
-//! routes before anything else answers.
+//! Routes: which requests go to which service, through which router plugin. Kept in memory and
+//! in one of two places, so a restarted gateway serves the same routes before anything else
+//! answers: on a master, the table [`ROUTES_TABLE`] of its state (see [`table`]), which every
+//! master follows; in the standalone `shoal gateway`, a JSON file replaced atomically (its mirror
+//! of the control plane's routes).
+
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use shoal_state::{Batch, StateDb};
+
+pub use table::{ROUTES_TABLE, migrate_routes_file};
 
 /// Longest route name.
 pub const MAX_ROUTE_NAME: usize = 63;
@@ -63,9 +70,22 @@ pub enum RouteError {
     /// No such route.
     #[error("no route named `{0}`")]
     NotFound(String),
-    /// The route file could not be written.
+    /// The routes could not be stored or read.
     #[error("could not store the routes: {0}")]
     Storage(String),
+    /// This master does not lead: routes are changed on the leader.
+    #[error("this master does not lead; routes are changed on the leader")]
+    NotLeader,
+}
+
+/// The routes of `file` (none when it does not exist).
+fn read_file(file: &Path) -> Result<Vec<Route>, RouteError> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| RouteError::Storage(format!("{} is not a route table: {e}", file.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(RouteError::Storage(format!("{}: {e}", file.display()))),
+    }
 }
 
 fn name_ok(s: &str) -> bool {
@@ -121,32 +141,57 @@ impl Route {
     }
 }
 
+/// Where a [`Routes`] table keeps its routes.
+enum Backing {
+    /// Nowhere: gone with the process (tests).
+    Memory,
+    /// A JSON file replaced atomically: the standalone `shoal gateway`'s mirror.
+    File(PathBuf),
+    /// Table [`ROUTES_TABLE`] of the master's state: every master follows it.
+    State(Arc<StateDb>),
+}
+
 /// The route table.
 pub struct Routes {
     routes: ArcSwap<Vec<Arc<Route>>>,
-    file: Option<PathBuf>,
-    write: parking_lot::Mutex<()>,
+    backing: Backing,
+    /// Serialises changes (read, check, store) made through this table.
+    write: tokio::sync::Mutex<()>,
+    /// Serialises updates of `routes` (a change, or a reread of the state).
+    view: parking_lot::Mutex<()>,
 }
 
 impl Routes {
+    fn with(routes: Vec<Route>, backing: Backing) -> Routes {
+        let mut routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        Routes {
+            routes: ArcSwap::from_pointee(routes),
+            backing,
+            write: tokio::sync::Mutex::new(()),
+            view: parking_lot::Mutex::new(()),
+        }
+    }
+
     /// An empty table in memory.
     pub fn in_memory() -> Routes {
-        Routes { routes: ArcSwap::from_pointee(Vec::new()), file: None, write: parking_lot::Mutex::new(()) }
+        Routes::with(Vec::new(), Backing::Memory)
     }
 
     /// The table kept in `file` (loaded now if it exists).
     pub fn open(file: &Path) -> Result<Routes, RouteError> {
-        let routes: Vec<Route> = match std::fs::read(file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| RouteError::Storage(format!("{} is not a route table: {e}", file.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(RouteError::Storage(format!("{}: {e}", file.display()))),
-        };
-        Ok(Routes {
-            routes: ArcSwap::from_pointee(routes.into_iter().map(Arc::new).collect()),
-            file: Some(file.to_owned()),
-            write: parking_lot::Mutex::new(()),
-        })
+        Ok(Routes::with(read_file(file)?, Backing::File(file.to_owned())))
+    }
+
+    /// The table kept in `state` (table [`ROUTES_TABLE`], which `state` must have): loaded now,
+    /// and following every change this member applies from then on, so a standby master serves
+    /// the leader's routes. Changes are commits: refused ([`RouteError::NotLeader`]) on a master
+    /// that does not lead.
+    pub fn on_state(state: Arc<StateDb>) -> Result<Arc<Routes>, RouteError> {
+        let watch = state.watch(ROUTES_TABLE);
+        let routes = Arc::new(Routes::with(table::load(&state)?, Backing::State(state)));
+        tokio::spawn(table::follow(Arc::downgrade(&routes), watch));
+        Ok(routes)
     }
 
     /// Every route, by name.
@@ -159,31 +204,54 @@ impl Routes {
         self.routes.load().iter().find(|r| r.name == name).cloned()
     }
 
-    /// Add or replace a route.
-    pub fn put(&self, route: Route) -> Result<(), RouteError> {
+    /// Add or replace a route; stored (in the file, or committed to the state) when this
+    /// returns `Ok`, and nothing changed otherwise.
+    pub async fn put(&self, route: Route) -> Result<(), RouteError> {
         route.validate()?;
-        let _guard = self.write.lock();
-        let mut next: Vec<Arc<Route>> = self.routes.load().iter().filter(|r| r.name != route.name).cloned().collect();
-        if next.len() >= MAX_ROUTES {
+        let _guard = self.write.lock().await;
+        let current = self.routes.load();
+        if current.len() >= MAX_ROUTES && !current.iter().any(|r| r.name == route.name) {
             return Err(RouteError::Invalid(format!("at most {MAX_ROUTES} routes")));
         }
-        next.push(Arc::new(route));
-        next.sort_by(|a, b| a.name.cmp(&b.name));
-        self.store(next)
+        match &self.backing {
+            Backing::State(state) => {
+                let mut batch = Batch::new();
+                batch.put(ROUTES_TABLE, route.name.as_bytes(), table::encode(&route)?);
+                table::commit(state, batch).await?;
+                self.reread(state, &[route.name.into_bytes()]);
+                Ok(())
+            }
+            _ => {
+                let mut next: Vec<Arc<Route>> = current.iter().filter(|r| r.name != route.name).cloned().collect();
+                next.push(Arc::new(route));
+                next.sort_by(|a, b| a.name.cmp(&b.name));
+                self.store(next)
+            }
+        }
     }
 
     /// Remove a route.
-    pub fn delete(&self, name: &str) -> Result<(), RouteError> {
-        let _guard = self.write.lock();
+    pub async fn delete(&self, name: &str) -> Result<(), RouteError> {
+        let _guard = self.write.lock().await;
         let current = self.routes.load();
         if !current.iter().any(|r| r.name == name) {
             return Err(RouteError::NotFound(name.into()));
         }
-        self.store(current.iter().filter(|r| r.name != name).cloned().collect())
+        match &self.backing {
+            Backing::State(state) => {
+                let mut batch = Batch::new();
+                batch.delete(ROUTES_TABLE, name.as_bytes());
+                table::commit(state, batch).await?;
+                self.reread(state, &[name.as_bytes().to_vec()]);
+                Ok(())
+            }
+            _ => self.store(current.iter().filter(|r| r.name != name).cloned().collect()),
+        }
     }
 
+    /// Write `next` to the file (if any), then serve it.
     fn store(&self, next: Vec<Arc<Route>>) -> Result<(), RouteError> {
-        if let Some(file) = &self.file {
+        if let Backing::File(file) = &self.backing {
             let plain: Vec<&Route> = next.iter().map(|r| r.as_ref()).collect();
             let json = serde_json::to_vec_pretty(&plain).map_err(|e| RouteError::Storage(e.to_string()))?;
             let tmp = file.with_extension("tmp");
@@ -196,8 +264,35 @@ impl Routes {
             })();
             written.map_err(|e| RouteError::Storage(format!("{}: {e}", file.display())))?;
         }
+        let _view = self.view.lock();
         self.routes.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Bring the routes named by `keys` up to date with the state (under the view's lock, so a
+    /// later reread never loses to an earlier one).
+    fn reread(&self, state: &StateDb, keys: &[Vec<u8>]) {
+        let _view = self.view.lock();
+        let mut next: Vec<Arc<Route>> = self.routes.load().iter().cloned().collect();
+        for key in keys {
+            next.retain(|r| r.name.as_bytes() != key.as_slice());
+            match table::read(state, key) {
+                Ok(Some(route)) => next.push(Arc::new(route)),
+                Ok(None) => {}
+                Err(e) => tracing::error!(cause = %e, "a route of the state could not be read; it is not served here"),
+            }
+        }
+        next.sort_by(|a, b| a.name.cmp(&b.name));
+        self.routes.store(Arc::new(next));
+    }
+
+    /// Reread every route from the state.
+    fn reload(&self, state: &StateDb) {
+        let _view = self.view.lock();
+        match table::load(state) {
+            Ok(all) => self.routes.store(Arc::new(all.into_iter().map(Arc::new).collect())),
+            Err(e) => tracing::error!(cause = %e, "the routes could not be reread from the state"),
+        }
     }
 
     /// The route serving `host` + `path`: host-specific routes before host-less ones, then the
@@ -228,21 +323,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn longest_prefix_and_host_specific_routes_win() {
+    #[tokio::test]
+    async fn longest_prefix_and_host_specific_routes_win() {
         let routes = Routes::in_memory();
-        routes.put(route("all", None, "/")).expect("put");
-        routes.put(route("api", None, "/api")).expect("put");
-        routes.put(route("shop-api", Some("shop.example"), "/api")).expect("put");
+        routes.put(route("all", None, "/")).await.expect("put");
+        routes.put(route("api", None, "/api")).await.expect("put");
+        routes.put(route("shop-api", Some("shop.example"), "/api")).await.expect("put");
         let find = |h: &str, p: &str| routes.find(h, p).map(|r| r.name.clone());
         assert_eq!(find("x", "/api/items").as_deref(), Some("api"));
         assert_eq!(find("x", "/apix").as_deref(), Some("all"));
         assert_eq!(find("shop.example", "/api").as_deref(), Some("shop-api"));
         assert_eq!(find("x", "/").as_deref(), Some("all"));
-        routes.delete("all").expect("delete");
+        routes.delete("all").await.expect("delete");
         assert_eq!(find("x", "/other"), None);
-        assert!(matches!(routes.put(route("Bad", None, "/")), Err(RouteError::Invalid(_))));
-        assert!(matches!(routes.put(route("b", None, "no-slash")), Err(RouteError::Invalid(_))));
-        assert!(matches!(routes.delete("nope"), Err(RouteError::NotFound(_))));
+        assert!(matches!(routes.put(route("Bad", None, "/")).await, Err(RouteError::Invalid(_))));
+        assert!(matches!(routes.put(route("b", None, "no-slash")).await, Err(RouteError::Invalid(_))));
+        assert!(matches!(routes.delete("nope").await, Err(RouteError::NotFound(_))));
     }
 }

@@ -596,7 +596,12 @@ impl Registry {
         self.rollback_locked(kind, name, "requested").await
     }
 
-    async fn rollback_locked(&self, kind: PluginKind, name: &str, reason: &str) -> Result<PluginVersion, RegistryError> {
+    async fn rollback_locked(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        reason: &str,
+    ) -> Result<PluginVersion, RegistryError> {
         let mut state =
             self.store.state(kind, name)?.ok_or_else(|| RegistryError::NotFound { kind, name: name.into() })?;
         let Some(target) = state.history.pop() else {
@@ -725,7 +730,9 @@ impl Registry {
                     tracing::info!(%kind, %name, %version, "the leader's active version loaded");
                     self.swap_in(kind, name, loaded, false);
                 }
-                Err(e) => tracing::error!(%kind, %name, %version, cause = %e, "cannot load the leader's active version"),
+                Err(e) => {
+                    tracing::error!(%kind, %name, %version, cause = %e, "cannot load the leader's active version")
+                }
             },
         }
     }

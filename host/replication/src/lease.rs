@@ -82,6 +82,10 @@ pub enum LeaseError {
 #[derive(Serialize, Deserialize, Debug)]
 struct Holding {
     holder: String,
+    /// The holder's term, written with every renewal (the creation, which makes the term, cannot
+    /// name its own revision: until the first renewal the entry's revision is the term).
+    #[serde(default)]
+    term: Option<u64>,
 }
 
 /// Until when this holder leads, and with which term and revision.
@@ -184,7 +188,7 @@ impl Lease {
     /// Try to take the lease, or learn who holds it.
     async fn campaign(&self) {
         self.step_down_if_expired();
-        let value = serde_json::to_vec(&Holding { holder: self.holder.clone() }).expect("serialises");
+        let value = serde_json::to_vec(&Holding { holder: self.holder.clone(), term: None }).expect("serialises");
         let sent = Instant::now();
         match self.kv.create(&self.key, value.into()).await {
             Ok(revision) => {
@@ -196,17 +200,16 @@ impl Lease {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let (leader, term) = match self.kv.entry(&self.key).await {
                     Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                        let holder = serde_json::from_slice::<Holding>(&entry.value).ok().map(|h| h.holder);
-                        (holder, entry.revision)
+                        let holding = serde_json::from_slice::<Holding>(&entry.value).ok();
+                        let term = holding.as_ref().and_then(|h| h.term).unwrap_or(entry.revision);
+                        (holding.map(|h| h.holder), term)
                     }
                     _ => (None, 0),
                 };
                 let role = Role::Follower { leader, term };
                 self.role.send_if_modified(|current| {
-                    // The term shown is the key's revision: the same holder renewing moves it,
-                    // which is not news.
-                    let changed = !matches!((&*current, &role),
-                        (Role::Follower { leader: a, .. }, Role::Follower { leader: b, .. }) if a == b);
+                    // The same holder with the same term is not news.
+                    let changed = *current != role;
                     if changed {
                         *current = role.clone();
                     }
@@ -220,7 +223,8 @@ impl Lease {
     /// Renew the lease held, or step down when it is gone or too old.
     async fn renew(&self) {
         let Some(held) = *self.held.lock().expect("lease lock") else { return };
-        let value = serde_json::to_vec(&Holding { holder: self.holder.clone() }).expect("serialises");
+        let holding = Holding { holder: self.holder.clone(), term: Some(held.term) };
+        let value = serde_json::to_vec(&holding).expect("serialises");
         let sent = Instant::now();
         match self.kv.update(&self.key, value.into(), held.revision).await {
             Ok(revision) => {

@@ -231,12 +231,12 @@ impl Mirror {
         let names: BTreeSet<&str> = wanted.iter().map(|r| r.name.as_str()).collect();
         for route in &wanted {
             if self.routes.get(&route.name).as_deref() != Some(route) {
-                self.routes.put(route.clone())?;
+                self.routes.put(route.clone()).await?;
             }
         }
         for route in self.routes.list().iter() {
             if !names.contains(route.name.as_str()) {
-                self.routes.delete(&route.name)?;
+                self.routes.delete(&route.name).await?;
             }
         }
         let routers: BTreeSet<&str> = wanted.iter().map(|r| r.router.as_str()).collect();

@@ -22,8 +22,8 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use shoal_abi::PluginKind;
-use shoal_api::leader::Member;
 use shoal_api::Leading;
+use shoal_api::leader::Member;
 use shoal_bus::SharedBus;
 use shoal_discovery::Discovery;
 use shoal_registry::Registry;
@@ -117,13 +117,19 @@ impl Leader {
         // Active versions committed by the previous leader are loaded before anything calls them.
         let registry = self.registry.clone();
         tokio::task::spawn_blocking(move || registry.reload_all()).await?;
+        if self.config.ha.is_some() {
+            // The admin token and the files of an earlier version, once this master may write.
+            crate::node::on_leading(&self.state, &self.config.data_dir).await?;
+        }
         if self.config.default_plugins {
             crate::node::register_defaults(&self.registry).await?;
         }
         let mut tasks = Vec::new();
         // A single node's coordinator runs from the start (`node::start_store`); with several
         // masters each leadership opens its own from the state.
-        let coordinator = match crate::node::coordinator_config(&self.config, term).filter(|_| self.config.ha.is_some()) {
+        let coordinator = match crate::node::coordinator_config(&self.config, &self.state, term)
+            .filter(|_| self.config.ha.is_some())
+        {
             Some(config) => {
                 let coordinator = Coordinator::open(self.bus.clone(), config).context("opening the shard map")?;
                 tasks.push(tokio::spawn({
@@ -226,7 +232,11 @@ pub(crate) struct Presence {
 impl Presence {
     /// Announce `me`, refusing when another master runs with the same id (its key keeps being
     /// renewed for two TTLs).
-    pub(crate) async fn announce(client: &async_nats::Client, ha: &HaConfig, me: Member) -> anyhow::Result<Arc<Presence>> {
+    pub(crate) async fn announce(
+        client: &async_nats::Client,
+        ha: &HaConfig,
+        me: Member,
+    ) -> anyhow::Result<Arc<Presence>> {
         let kv = lease_bucket(client).await?;
         let key = format!("member.{}", me.id);
         let value = serde_json::to_vec(&me)?;
@@ -291,7 +301,8 @@ async fn lease_bucket(client: &async_nats::Client) -> anyhow::Result<kv::Store> 
 
 /// The lease of `me`.
 pub(crate) async fn open_lease(client: &async_nats::Client, ha: &HaConfig, me: &Member) -> anyhow::Result<Arc<Lease>> {
-    let config = LeaseConfig { bucket: LEASE_BUCKET.into(), ttl: ha.lease_ttl, replicas: replicas_of(client, ha.replicas) };
+    let config =
+        LeaseConfig { bucket: LEASE_BUCKET.into(), ttl: ha.lease_ttl, replicas: replicas_of(client, ha.replicas) };
     Ok(Lease::open(client.clone(), &config, "master", &me.holder()).await?)
 }
 

@@ -1,6 +1,7 @@
 //! The `shoal` binary's library: the node wiring ([`node`]) and the command line ([`cli`]).
 //! `main.rs` only parses flags and calls [`cli::run`]; tests drive the same functions.
 
+pub mod admin;
 pub mod cli;
 pub mod edge;
 pub mod health;

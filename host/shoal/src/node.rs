@@ -18,6 +18,7 @@ use shoal_gateway::{Gateway, GatewayConfig, GatewayEvent, Routes};
 use shoal_protocol::labels;
 use shoal_registry::{Registry, RegistryConfig, RegistryEvent};
 use shoal_runtime::{Runtime, RuntimeConfig};
+use shoal_state::StateDb;
 use shoal_store::StoreConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -72,36 +73,60 @@ pub struct NodeInfo {
     pub gateway: Option<SocketAddr>,
 }
 
-/// Read the admin token from `data_dir`, or make and store one. A new token is written to a
-/// temporary file created with mode 0600 (never readable by others, not even for a moment),
-/// fsynced, then renamed into place, so a crash leaves either no token or a whole one. The
-/// token itself is never printed or logged: callers show where it is, not what it is.
-pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let path = data_dir.join("admin.token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        let token = token.trim().to_owned();
-        if !token.is_empty() {
-            return Ok((token, path));
+/// Every table of the master's state: one [`StateDb`] for every component of the node.
+pub const TABLES: [&str; 8] = [
+    // The plugin registry's (`shoal_registry`), which it still writes directly.
+    "meta",
+    "blobs",
+    "plugin-kv",
+    shoal_api::auth::TOKENS_TABLE,
+    crate::admin::CLUSTER_TABLE,
+    shoal_gateway::routes::ROUTES_TABLE,
+    shoal_store::coordinator::STORE_TABLE,
+    shoal_task_io::artifacts::ARTIFACTS_TABLE,
+];
+
+/// Open the master's state: the one place that decides its backend. Today the local one, in
+/// `<data_dir>/registry` (where the plugin registry's RocksDB has always been, so an earlier
+/// data directory opens as it is, with the other tables added), always leading.
+async fn open_state(config: &NodeConfig, client: Option<&async_nats::Client>) -> anyhow::Result<Arc<StateDb>> {
+    match (&config.ha, client) {
+        (Some(ha), Some(client)) => {
+            crate::leadership::open_state(client, &config.data_dir.join("state"), &TABLES, ha).await
+        }
+        (Some(_), None) => anyhow::bail!("several masters need a NATS cluster (--nats)"),
+        (None, _) => {
+            let dir = config.data_dir.join("registry");
+            StateDb::open_local(&dir, &TABLES)
+                .with_context(|| format!("opening the master's state in {}", dir.display()))
         }
     }
-    let token = shoal_api::auth::generate_token();
-    let tmp = data_dir.join(format!("admin.token.{}.tmp", std::process::id()));
-    let written = (|| {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(format!("{token}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    })();
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("writing {}", path.display()));
+}
+
+/// What a master does once it leads (with the local state: at start, before the components
+/// open): make its admin token the cluster's if the state has none ([`crate::admin::claim`]),
+/// and move what an earlier version kept in files of `data_dir` into the state — issued tokens
+/// (`tokens`), routes (`routes.json`), the shard map (`store-map.json`) and task artifacts
+/// (`artifacts/`). Each move happens once, into an empty table, and removes its file.
+pub async fn on_leading(state: &StateDb, data_dir: &Path) -> anyhow::Result<()> {
+    crate::admin::claim(state, data_dir).await?;
+    let file = data_dir.join("tokens");
+    let tokens =
+        shoal_api::auth::migrate_token_file(state, &file).await.context("moving issued tokens into the state")?;
+    let file = data_dir.join("routes.json");
+    let routes =
+        shoal_gateway::routes::migrate_routes_file(state, &file).await.context("moving routes into the state")?;
+    let file = data_dir.join("store-map.json");
+    let map = shoal_store::coordinator::migrate_map_file(state, &file)
+        .await
+        .context("moving the shard map into the state")?;
+    let dir = data_dir.join("artifacts");
+    let artifacts =
+        shoal_task_io::artifacts::migrate_dir(state, &dir).await.context("moving task artifacts into the state")?;
+    if tokens + routes + artifacts > 0 || map {
+        tracing::info!(tokens, routes, artifacts, shard_map = map, "files of an earlier version moved into the state");
     }
-    Ok((token, path))
+    Ok(())
 }
 
 /// Publish registry events on the bus as CloudEvents, `shoal.evt.plugin.<kind>.<name>.<action>`.
@@ -189,9 +214,12 @@ async fn routes_from_labels(discovery: Arc<Discovery>, routes: Arc<Routes>) {
                 continue;
             }
         }
-        match routes.put(route) {
+        match routes.put(route).await {
             Ok(()) => tracing::info!(%service, route = %name, "route declared by the app's labels"),
-            Err(e) => tracing::warn!(%service, cause = %e, "the app's route labels do not make a valid route"),
+            Err(e @ shoal_gateway::RouteError::Invalid(_)) => {
+                tracing::warn!(%service, cause = %e, "the app's route labels do not make a valid route")
+            }
+            Err(e) => tracing::warn!(%service, cause = %e, "the route of the app's labels could not be stored"),
         }
     }
 }
@@ -241,18 +269,16 @@ pub async fn run(
         }
         None => (Arc::new(LocalBus::new()), None),
     };
-    let state = match (&config.ha, &client) {
-        (Some(ha), Some(client)) => {
-            crate::leadership::open_state(client, &config.data_dir.join("state"), &STATE_TABLES, ha).await?
-        }
-        (Some(_), None) => anyhow::bail!("several masters need a NATS cluster (--nats)"),
-        (None, _) => shoal_state::StateDb::open_local(&config.data_dir.join("registry"), &STATE_TABLES)
-            .context("opening the node's state")?,
-    };
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
-    let store = start_store(&bus, &config).await?;
+    let state = open_state(&config, client.as_ref()).await?;
+    // A single node leads from the start; one of several masters does this when it leads.
+    if state.is_writer() {
+        on_leading(&state, &config.data_dir).await?;
+    }
+    let admin = crate::admin::AdminToken::start(&state, &config.data_dir).await?;
+    let store = start_store(&bus, &config, &state).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
     let (registry, events) = Registry::open_on(
@@ -283,7 +309,7 @@ pub async fn run(
         bus.clone(),
         "/shoal/dev/health".to_owned(),
     ));
-    let routes = Arc::new(Routes::open(&config.data_dir.join("routes.json")).context("reading the gateway's routes")?);
+    let routes = Routes::on_state(state.clone()).context("reading the gateway's routes")?;
     tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
     let (gateway_addr, gateway_task) = match config.gateway {
@@ -295,8 +321,7 @@ pub async fn run(
         None => (None, None),
     };
 
-    let artifacts =
-        shoal_task_io::ArtifactStore::open(&config.data_dir.join("artifacts")).context("opening the artifact store")?;
+    let artifacts = shoal_task_io::ArtifactStore::open(state.clone()).context("opening the artifact store")?;
     let leader = crate::leadership::Leader {
         config: config.clone(),
         bus: bus.clone(),
@@ -318,13 +343,19 @@ pub async fn run(
         None => None,
     };
 
-    let (token, token_file) = admin_token(&config.data_dir)?;
-    let info = NodeInfo { api, admin_token: token.clone(), token_file, bus: bus.kind(), gateway: gateway_addr };
-    let auth = Auth::persistent(&token, &config.data_dir.join("tokens")).context("reading issued tokens")?;
+    let info = NodeInfo {
+        api,
+        admin_token: admin.token.clone(),
+        token_file: admin.file.clone(),
+        bus: bus.kind(),
+        gateway: gateway_addr,
+    };
+    let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
+    admin.follow(&state, &auth);
     let state = AppState {
         registry,
         bus,
-        auth: Arc::new(auth),
+        auth,
         max_upload,
         store: Some(store.client.clone()),
         store_coordinator: leader.coordinator.clone(),
@@ -350,9 +381,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The tables of a node's state: the registry's and the rest of the master's.
-const STATE_TABLES: [&str; 3] = shoal_registry::TABLES;
-
 /// Join the masters: announce this one, take part in the lease, and lead when it says so.
 async fn start_leadership(
     ha: &crate::leadership::HaConfig,
@@ -368,12 +396,7 @@ async fn start_leadership(
     tokio::spawn(lease.clone().run(std::future::pending()));
     tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone()));
     let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
-    Ok(Arc::new(shoal_api::leader::Leadership::new(
-        &ha.id,
-        &advertise,
-        crate::leadership::role_of(&lease),
-        members,
-    )))
+    Ok(Arc::new(shoal_api::leader::Leadership::new(&ha.id, &advertise, crate::leadership::role_of(&lease), members)))
 }
 
 /// The state store's parts this node runs: a store node when the config names one, and, on a
@@ -381,7 +404,11 @@ async fn start_leadership(
 /// master); with several masters the coordinator runs on the leader only. The node's shards
 /// live under `store/`, where a store made by an earlier version (every shard in one process)
 /// is found as it is.
-async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<shoal_store::service::StoreService> {
+async fn start_store(
+    bus: &SharedBus,
+    config: &NodeConfig,
+    state: &Arc<StateDb>,
+) -> anyhow::Result<shoal_store::service::StoreService> {
     let options = shoal_store::service::ServiceOptions {
         node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
             id: id.clone(),
@@ -389,7 +416,7 @@ async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<sho
             durability: config.store.durability,
             sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
         }),
-        coordinator: if config.ha.is_none() { coordinator_config(config, 1) } else { None },
+        coordinator: if config.ha.is_none() { coordinator_config(config, state, 1) } else { None },
     };
     shoal_store::service::start(bus.clone(), options).await.context("starting the state store")
 }
@@ -397,11 +424,12 @@ async fn start_store(bus: &SharedBus, config: &NodeConfig) -> anyhow::Result<sho
 /// The coordinator of the store's shard map.
 pub(crate) fn coordinator_config(
     config: &NodeConfig,
+    state: &Arc<StateDb>,
     term: u64,
 ) -> Option<shoal_store::coordinator::CoordinatorConfig> {
     Some(shoal_store::coordinator::CoordinatorConfig {
         term,
-        path: config.data_dir.join("store-map.json"),
+        state: state.clone(),
         initial_shards: config.store.shards,
         auto_scale_out: true,
         source: "/shoal/master/store".into(),

@@ -159,7 +159,11 @@ mod tests {
                     sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
                 }),
                 coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
-                    path: dir.join("store-map.json"),
+                    state: shoal_state::StateDb::open_local(
+                        &dir.join("state"),
+                        &[shoal_store::coordinator::STORE_TABLE],
+                    )
+                    .expect("state"),
                     initial_shards: 4,
                     auto_scale_out: false,
                     source: "/test".into(),

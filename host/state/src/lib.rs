@@ -23,6 +23,7 @@
 
 mod apply;
 mod entry;
+mod follow;
 mod writer;
 
 use std::path::Path;
@@ -33,6 +34,7 @@ use shoal_replication::{Blobs, Log, LogConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use entry::{Batch, Change, Write};
+pub use follow::{TableChange, TableWatch};
 
 /// The table this crate keeps its own bookkeeping in (applied sequence, cluster id, term).
 const META: &str = "_state";

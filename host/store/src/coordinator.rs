@@ -1,15 +1,18 @@
-//! The master's side of the store: it owns the shard map, keeps it in a file, publishes it on
-//! `shoal.evt.store.shardmap`, answers registrations and map requests, and drives moves (see
-//! [`crate::node`] for the steps).
+//! The master's side of the store: it owns the shard map, keeps it in the master's state (table
+//! [`STORE_TABLE`], see [`table`]), publishes it on `shoal.evt.store.shardmap`, answers
+//! registrations and map requests, and drives moves (see [`crate::node`] for the steps).
 //!
 //! - The first node to register gets the initial map: the shards it already holds (a store that
 //!   ran before), or `initial_shards` new ones.
 //! - A node that registers holding no shard of the map makes the map grow onto it (N → N+1) when
 //!   `auto_scale_out` is on; [`Coordinator::scale_out`] and [`Coordinator::scale_in`] do it on
 //!   demand. One move at a time.
-//! - A move in progress is recorded in the same file as the map. A master that restarts during a
-//!   move gives it up (ends the exports, drops a half-filled new shard) if the map had not
-//!   switched yet, or finishes its clean-up if it had.
+//! - A move in progress is recorded with the map, in one value. A master that restarts (or a new
+//!   leader that takes over) during a move gives it up (ends the exports, drops a half-filled new
+//!   shard) if the map had not switched yet, or finishes its clean-up if it had.
+//! - Every change of the map is committed before anyone hears of it; a coordinator whose state
+//!   does not take commits (a master that does not lead) changes nothing. Each coordinator
+//!   follows the table, so one on a standby master reports the leader's map.
 //! - A participant that restarts during a move (a new `boot` in its registration) makes the move
 //!   give up before the map switches: its exports and freezes were in memory. A node takes its first
 //!   map only from a registration (pushed maps wait for it), so a restarted node cannot serve
@@ -20,8 +23,9 @@
 //!   heard from a newer leader refuses both; a move driven by a deposed coordinator fails at
 //!   its next step.
 
+mod table;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_bus::event::CloudEvent;
 use shoal_bus::{BusError, SharedBus, subject};
+use shoal_state::StateDb;
+
+pub use table::{STORE_TABLE, migrate_map_file};
 
 use crate::engine::now_ms;
 use crate::node::{REGISTER_INTERVAL, validate_node_id};
@@ -40,8 +47,8 @@ use crate::{MAX_SHARDS, ShardMap, StoreError};
 /// How the master runs the store.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
-    /// The file that keeps the map (and a move in progress).
-    pub path: PathBuf,
+    /// The master's state, whose table [`STORE_TABLE`] keeps the map (and a move in progress).
+    pub state: Arc<StateDb>,
     /// Shards of a brand-new store.
     pub initial_shards: u32,
     /// Grow the map onto every node that registers without shards.
@@ -129,6 +136,9 @@ pub enum ScaleError {
     /// The request cannot be done.
     #[error("{0}")]
     Invalid(String),
+    /// The move could not be recorded (on a master that does not lead, for one).
+    #[error("cannot record the move: {0}")]
+    Unrecorded(StoreError),
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -162,10 +172,24 @@ pub struct Coordinator {
     bus: SharedBus,
     config: CoordinatorConfig,
     state: Mutex<State>,
+    /// Held from reading what to store until it is stored and in `state`: changes of the map
+    /// (and registrations, which may detect a restarted participant) happen one at a time.
+    saving: tokio::sync::Mutex<()>,
+}
+
+/// The map is this leader's now, whoever wrote it: stores order maps by (term, epoch), and a
+/// map of this term must replace a deposed leader's of any epoch.
+fn this_term(mut persisted: Persisted, term: u64) -> Persisted {
+    persisted.map.term = term;
+    if let Some((_, from, to)) = persisted.pending.as_mut() {
+        from.term = term;
+        to.term = term;
+    }
+    persisted
 }
 
 impl Coordinator {
-    /// Read the map from `config.path` (none yet: an empty map).
+    /// Read the map from the state (none yet: an empty map), and follow it from then on.
     pub fn open(bus: SharedBus, config: CoordinatorConfig) -> Result<Arc<Coordinator>, StoreError> {
         if config.initial_shards == 0 || config.initial_shards > MAX_SHARDS {
             return Err(StoreError::Config(format!(
@@ -173,20 +197,9 @@ impl Coordinator {
                 config.initial_shards
             )));
         }
-        let mut persisted: Persisted = match std::fs::read(&config.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Config(format!("{} is unreadable: {e}", config.path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
-            Err(e) => return Err(e.into()),
-        };
-        // The map is this leader's now, whoever wrote the file: stores order maps by (term,
-        // epoch), and a map of this term must replace a deposed leader's of any epoch.
-        persisted.map.term = config.term;
-        if let Some((_, from, to)) = persisted.pending.as_mut() {
-            from.term = config.term;
-            to.term = config.term;
-        }
-        Ok(Arc::new(Coordinator {
+        let watch = config.state.watch(STORE_TABLE);
+        let persisted = this_term(table::load(&config.state)?, config.term);
+        let coordinator = Arc::new(Coordinator {
             bus,
             config,
             state: Mutex::new(State {
@@ -199,20 +212,26 @@ impl Coordinator {
                 last_move: None,
                 last_progress_event: None,
             }),
-        }))
+            saving: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(table::follow(Arc::downgrade(&coordinator), watch));
+        Ok(coordinator)
     }
 
-    fn save(&self, persisted: &Persisted) -> Result<(), StoreError> {
-        let tmp = self.config.path.with_extension("tmp");
-        let bytes = serde_json::to_vec_pretty(persisted).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
+    /// Commit `persisted` to the state. The caller holds `saving`, and puts `persisted` into
+    /// `state` once this returned `Ok`.
+    async fn save(&self, persisted: &Persisted) -> Result<(), StoreError> {
+        table::save(&self.config.state, persisted).await
+    }
+
+    /// Take the map from the state (the leader's commits, as this member applies them), under
+    /// the lock, so a later reread never loses to an earlier one.
+    fn reread(&self) {
+        let mut state = self.state.lock();
+        match table::load(&self.config.state) {
+            Ok(persisted) => state.persisted = this_term(persisted, self.config.term),
+            Err(e) => tracing::error!(cause = %e, "the shard map in the state could not be read"),
         }
-        std::fs::rename(&tmp, &self.config.path)?;
-        Ok(())
     }
 
     /// The current map.
@@ -291,7 +310,10 @@ impl Coordinator {
 
     async fn register(self: &Arc<Self>, r: Registration) -> Result<ShardMap, String> {
         validate_node_id(&r.node).map_err(|e| e.to_string())?;
-        let (map, created, grow) = {
+        // One at a time with the map's changes: a participant that restarted is either seen
+        // before the move's switch is stored (and gives the move up) or gets the new map.
+        let saving = self.saving.lock().await;
+        let first = {
             let mut state = self.state.lock();
             if let Some(known) = state.boots.get(&r.node)
                 && *known != r.boot
@@ -302,34 +324,42 @@ impl Coordinator {
             state
                 .nodes
                 .insert(r.node.clone(), NodeSeen { held: r.held.clone(), boot: r.boot.clone(), seen: Instant::now() });
-            let mut created = false;
             if state.persisted.map.shard_count() == 0 && state.moving.is_none() {
                 let count = match r.held.iter().max() {
                     Some(&max) if r.held.len() as u32 == max + 1 => max + 1,
                     Some(_) => return Err(format!("the shards held ({:?}) are not 0..n", r.held)),
                     None => self.config.initial_shards,
                 };
-                let map = ShardMap { term: self.config.term, epoch: 1, shards: vec![r.node.clone(); count as usize] };
                 let mut persisted = state.persisted.clone();
-                persisted.map = map;
-                self.save(&persisted).map_err(|e| e.to_string())?;
-                state.persisted = persisted;
-                created = true;
+                persisted.map =
+                    ShardMap { term: self.config.term, epoch: 1, shards: vec![r.node.clone(); count as usize] };
+                Some(persisted)
+            } else {
+                None
             }
+        };
+        let created = first.is_some();
+        if let Some(persisted) = first {
+            self.save(&persisted).await.map_err(|e| e.to_string())?;
+            self.state.lock().persisted = persisted;
+        }
+        let (map, grow) = {
+            let state = self.state.lock();
             let map = state.persisted.map.clone();
             let grow = self.config.auto_scale_out
                 && !created
                 && state.moving.is_none()
                 && r.held.is_empty()
                 && !map.shards.contains(&r.node);
-            (map, created, grow)
+            (map, grow)
         };
+        drop(saving);
         if created {
             tracing::info!(node = %r.node, shards = map.shard_count(), "store shard map created");
             self.publish_map(&map).await;
         }
         if grow {
-            match self.scale_out(Some(r.node.clone())) {
+            match self.scale_out(Some(r.node.clone())).await {
                 Ok(m) => tracing::info!(node = %r.node, to = m.to_shards, "a new store node joined: growing the map"),
                 Err(e) => tracing::warn!(node = %r.node, cause = %e, "not growing onto the new store node"),
             }
@@ -390,66 +420,78 @@ impl Coordinator {
     }
 
     /// Grow the map by one shard on `node` (default: the live node with the fewest shards).
-    pub fn scale_out(self: &Arc<Self>, node: Option<String>) -> Result<MoveStatus, ScaleError> {
-        let mut state = self.state.lock();
-        let from = state.persisted.map.clone();
-        if from.shard_count() == 0 {
-            return Err(ScaleError::Invalid("no store node has registered yet".into()));
-        }
-        if from.shard_count() >= MAX_SHARDS {
-            return Err(ScaleError::Invalid(format!("the store has the most shards allowed ({MAX_SHARDS})")));
-        }
-        let node = match node {
-            Some(n) => {
-                if state.nodes.get(&n).is_none_or(|s| s.seen.elapsed() >= REGISTER_INTERVAL * 3) {
-                    return Err(ScaleError::Invalid(format!("no live store node `{n}` has registered")));
-                }
-                n
+    pub async fn scale_out(self: &Arc<Self>, node: Option<String>) -> Result<MoveStatus, ScaleError> {
+        let saving = self.saving.lock().await;
+        let (from, to, node) = {
+            let state = self.state.lock();
+            let from = state.persisted.map.clone();
+            if from.shard_count() == 0 {
+                return Err(ScaleError::Invalid("no store node has registered yet".into()));
             }
-            None => state
-                .nodes
-                .iter()
-                .filter(|(_, s)| s.seen.elapsed() < REGISTER_INTERVAL * 3)
-                .min_by_key(|(id, _)| from.shards.iter().filter(|n| n == id).count())
-                .map(|(id, _)| id.clone())
-                .ok_or_else(|| ScaleError::Invalid("no live store node".into()))?,
+            if from.shard_count() >= MAX_SHARDS {
+                return Err(ScaleError::Invalid(format!("the store has the most shards allowed ({MAX_SHARDS})")));
+            }
+            let node = match node {
+                Some(n) => {
+                    if state.nodes.get(&n).is_none_or(|s| s.seen.elapsed() >= REGISTER_INTERVAL * 3) {
+                        return Err(ScaleError::Invalid(format!("no live store node `{n}` has registered")));
+                    }
+                    n
+                }
+                None => state
+                    .nodes
+                    .iter()
+                    .filter(|(_, s)| s.seen.elapsed() < REGISTER_INTERVAL * 3)
+                    .min_by_key(|(id, _)| from.shards.iter().filter(|n| n == id).count())
+                    .map(|(id, _)| id.clone())
+                    .ok_or_else(|| ScaleError::Invalid("no live store node".into()))?,
+            };
+            let mut to = from.clone();
+            to.epoch = from.epoch + 1;
+            to.shards.push(node.clone());
+            (from, to, node)
         };
-        let mut to = from.clone();
-        to.epoch = from.epoch + 1;
-        to.shards.push(node.clone());
-        self.start(&mut state, MoveKind::ScaleOut, from, to, node)
+        self.start(&saving, MoveKind::ScaleOut, from, to, node).await
     }
 
     /// Remove the last shard, moving its keys to the others.
-    pub fn scale_in(self: &Arc<Self>) -> Result<MoveStatus, ScaleError> {
-        let mut state = self.state.lock();
-        let from = state.persisted.map.clone();
-        if from.shard_count() < 2 {
-            return Err(ScaleError::Invalid("the store has one shard; there is nothing to scale in".into()));
-        }
-        let mut to = from.clone();
-        to.epoch = from.epoch + 1;
-        let node = to.shards.pop().unwrap_or_default();
-        self.start(&mut state, MoveKind::ScaleIn, from, to, node)
+    pub async fn scale_in(self: &Arc<Self>) -> Result<MoveStatus, ScaleError> {
+        let saving = self.saving.lock().await;
+        let (from, to, node) = {
+            let state = self.state.lock();
+            let from = state.persisted.map.clone();
+            if from.shard_count() < 2 {
+                return Err(ScaleError::Invalid("the store has one shard; there is nothing to scale in".into()));
+            }
+            let mut to = from.clone();
+            to.epoch = from.epoch + 1;
+            let node = to.shards.pop().unwrap_or_default();
+            (from, to, node)
+        };
+        self.start(&saving, MoveKind::ScaleIn, from, to, node).await
     }
 
-    fn start(
+    /// Record the move, then run it. `_saving` is the caller's hold on `saving`.
+    async fn start(
         self: &Arc<Self>,
-        state: &mut State,
+        _saving: &tokio::sync::MutexGuard<'_, ()>,
         kind: MoveKind,
         from: ShardMap,
         to: ShardMap,
         node: String,
     ) -> Result<MoveStatus, ScaleError> {
-        if let Some(m) = &state.moving {
-            return Err(ScaleError::Busy(format!("move {} ({:?}, {})", m.id, m.kind, m.phase)));
-        }
-        let id = state.persisted.last_move_id + 1;
-        let mut persisted = state.persisted.clone();
-        persisted.pending = Some((id, from.clone(), to.clone()));
-        persisted.last_move_id = id;
-        self.save(&persisted).map_err(|e| ScaleError::Invalid(format!("cannot record the move: {e}")))?;
-        state.persisted = persisted;
+        let persisted = {
+            let state = self.state.lock();
+            if let Some(m) = &state.moving {
+                return Err(ScaleError::Busy(format!("move {} ({:?}, {})", m.id, m.kind, m.phase)));
+            }
+            let mut persisted = state.persisted.clone();
+            persisted.pending = Some((persisted.last_move_id + 1, from.clone(), to.clone()));
+            persisted.last_move_id += 1;
+            persisted
+        };
+        let id = persisted.last_move_id;
+        self.save(&persisted).await.map_err(ScaleError::Unrecorded)?;
         let status = MoveStatus {
             id,
             kind,
@@ -464,12 +506,18 @@ impl Coordinator {
             freeze_ms: None,
             error: None,
         };
-        let participants: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
-        state.boots =
-            participants.into_iter().filter_map(|n| state.nodes.get(n).map(|s| (n.clone(), s.boot.clone()))).collect();
-        state.abort = None;
-        state.copied.clear();
-        state.moving = Some(status.clone());
+        {
+            let mut state = self.state.lock();
+            state.persisted = persisted;
+            let participants: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
+            state.boots = participants
+                .into_iter()
+                .filter_map(|n| state.nodes.get(n).map(|s| (n.clone(), s.boot.clone())))
+                .collect();
+            state.abort = None;
+            state.copied.clear();
+            state.moving = Some(status.clone());
+        }
         let me = self.clone();
         let started = status.clone();
         tokio::spawn(async move { me.run_move(started, from, to).await });
@@ -519,16 +567,17 @@ impl Coordinator {
         }
         status.finished_at_ms = Some(now_ms());
         {
+            let _saving = self.saving.lock().await;
+            let mut persisted = self.state.lock().persisted.clone();
+            persisted.pending = None;
+            if let Err(e) = self.save(&persisted).await {
+                tracing::error!(cause = %e, "cannot record the end of a move");
+            }
             let mut state = self.state.lock();
             status.keys_copied = state.copied.values().sum();
             state.moving = None;
             state.boots.clear();
             state.last_move = Some(status.clone());
-            let mut persisted = state.persisted.clone();
-            persisted.pending = None;
-            if let Err(e) = self.save(&persisted) {
-                tracing::error!(cause = %e, "cannot record the end of a move");
-            }
             state.persisted = persisted;
         }
         self.event(if status.error.is_some() { "failed" } else { "finished" }, &status).await;
@@ -586,14 +635,18 @@ impl Coordinator {
         }
         // Commit: from here on the move has happened.
         {
-            let mut state = self.state.lock();
-            if let Some(reason) = state.abort.clone() {
-                return Err(reason);
-            }
-            let mut persisted = state.persisted.clone();
-            persisted.map = to.clone();
-            self.save(&persisted).map_err(|e| format!("cannot store the new map: {e}"))?;
-            state.persisted = persisted;
+            let _saving = self.saving.lock().await;
+            let persisted = {
+                let state = self.state.lock();
+                if let Some(reason) = state.abort.clone() {
+                    return Err(reason);
+                }
+                let mut persisted = state.persisted.clone();
+                persisted.map = to.clone();
+                persisted
+            };
+            self.save(&persisted).await.map_err(|e| format!("cannot store the new map: {e}"))?;
+            self.state.lock().persisted = persisted;
         }
         let nodes: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
         let sends = nodes.iter().map(|n| self.ask(n, Admin::Map { map: to.clone() }, Duration::from_secs(2)));
@@ -665,13 +718,17 @@ impl Coordinator {
         } else {
             self.undo(&from, &to, &sources).await;
         }
-        let mut state = self.state.lock();
-        if state.moving.is_none() {
+        let _saving = self.saving.lock().await;
+        let persisted = {
+            let state = self.state.lock();
             let mut persisted = state.persisted.clone();
             persisted.pending = None;
-            if self.save(&persisted).is_ok() {
-                state.persisted = persisted;
-            }
+            state.moving.is_none().then_some(persisted)
+        };
+        if let Some(persisted) = persisted
+            && self.save(&persisted).await.is_ok()
+        {
+            self.state.lock().persisted = persisted;
         }
     }
 }

@@ -213,6 +213,10 @@ pub enum StoreError {
     /// from a deposed master, and was not obeyed.
     #[error(transparent)]
     StaleTerm(#[from] shoal_protocol::StaleTerm),
+    /// The master's state did not take or give the shard map ([`shoal_state::StateError::NotLeader`]
+    /// on a master that does not lead).
+    #[error("the shard map in the master's state: {0}")]
+    State(#[from] shoal_state::StateError),
 }
 
 fn unavailable(shard: u32, node: &str, reason: &str) -> String {

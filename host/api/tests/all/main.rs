@@ -13,6 +13,7 @@ use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
 mod kv;
+mod replicated;
 mod scopes;
 
 const ADMIN: &str = "admin-token-for-tests";
@@ -76,14 +77,21 @@ impl Server {
                 let _ = shoal_bus::event::publish_event(forward_bus.as_ref(), &subject, &event).await;
             }
         });
+        // The master's state as the node keeps it: tokens, routes and the shard map in tables.
+        let tables =
+            [shoal_api::auth::TOKENS_TABLE, shoal_gateway::routes::ROUTES_TABLE, shoal_store::coordinator::STORE_TABLE];
+        let master_state = shoal_state::StateDb::open_local(&store_dir.path().join("state"), &tables).expect("state");
         let clock_offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let offset = clock_offset.clone();
-        let auth = Arc::new(Auth::new(ADMIN).with_clock(Arc::new(move || {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
-            now.as_millis() as u64 + offset.load(std::sync::atomic::Ordering::SeqCst)
-        })));
+        let auth = Auth::new(ADMIN)
+            .with_clock(Arc::new(move || {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+                now.as_millis() as u64 + offset.load(std::sync::atomic::Ordering::SeqCst)
+            }))
+            .backed_by(master_state.clone())
+            .expect("tokens");
         let discovery = Arc::new(shoal_discovery::Discovery::default());
-        let routes = Arc::new(shoal_gateway::Routes::in_memory());
+        let routes = shoal_gateway::Routes::on_state(master_state.clone()).expect("routes");
         // The store as `shoal dev` runs it: a coordinator and one node of 4 shards, on the bus.
         let store = shoal_store::service::start(
             bus.clone(),
@@ -95,7 +103,7 @@ impl Server {
                     sweep_interval: Duration::from_millis(200),
                 }),
                 coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
-                    path: store_dir.path().join("store-map.json"),
+                    state: master_state,
                     initial_shards: 4,
                     auto_scale_out: false,
                     source: "/test".into(),
@@ -217,7 +225,7 @@ async fn tokens_and_scopes_guard_every_endpoint() {
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
-    s.auth.insert("app-token", Scope::App("shop".into())).expect("insert");
+    s.auth.insert("app-token", Scope::App("shop".into())).await.expect("insert");
     assert_eq!(s.req(reqwest::Method::GET, "/v1/plugins", Some("app-token"), None).await.0, StatusCode::OK);
     // Open endpoints.
     assert_eq!(s.req(reqwest::Method::GET, "/healthz", None, None).await.0, StatusCode::OK);
@@ -433,32 +441,42 @@ async fn openapi_and_metrics() {
     assert!(text.contains("shoal_plugin_call_duration_seconds"), "{text}");
 }
 
-#[test]
-fn issued_tokens_survive_a_restart_and_a_bad_token_file_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("tokens");
-    let bearer = |token: &str| {
-        let mut h = axum::http::HeaderMap::new();
-        h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
-        h
-    };
-    let auth = Auth::persistent(ADMIN, &file).expect("open");
-    auth.insert("shop-token", Scope::App("shop".into())).expect("insert");
-    drop(auth);
-    let text = std::fs::read_to_string(&file).expect("token file");
-    assert!(!text.contains("shop-token") && !text.contains(ADMIN), "tokens must be stored as digests: {text}");
+/// A bearer header.
+fn bearer(token: &str) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+    h
+}
 
-    let again = Auth::persistent(ADMIN, &file).expect("reopen");
+#[tokio::test]
+async fn issued_tokens_are_digests_in_the_state_and_a_restarted_table_knows_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = shoal_state::StateDb::open_local(dir.path(), &[shoal_api::auth::TOKENS_TABLE]).expect("state");
+    let auth = Auth::new(ADMIN).backed_by(state.clone()).expect("open");
+    auth.insert("shop-token", Scope::App("shop".into())).await.expect("insert");
+    let table = state.scan(shoal_api::auth::TOKENS_TABLE, b"").expect("scan");
+    assert_eq!(table.len(), 1, "one key per issued token, none for the admin token");
+    let stored = format!("{table:?}");
+    assert!(!stored.contains("shop-token") && !stored.contains(ADMIN), "tokens must be stored as digests: {stored}");
+
+    // What a restarted master builds from the same state.
+    let again = Auth::new(ADMIN).backed_by(state.clone()).expect("reopen");
     assert_eq!(again.scope(&bearer("shop-token")).expect("known after restart"), Scope::App("shop".into()));
     assert_eq!(again.scope(&bearer(ADMIN)).expect("admin"), Scope::Admin);
     assert!(again.scope(&bearer("other")).is_err());
-    // A new admin token replaces the old one; the old admin token is not in the file.
-    let rotated = Auth::persistent("new-admin", &file).expect("reopen with another admin token");
+    // Another admin token replaces the old one.
+    let rotated = Auth::new("new-admin").backed_by(state.clone()).expect("reopen with another admin token");
     assert!(rotated.scope(&bearer(ADMIN)).is_err(), "the old admin token must not survive rotation");
+    rotated.set_admin_token("newer-admin");
+    assert!(rotated.scope(&bearer("new-admin")).is_err(), "a new admin token replaces the old one at once");
+    assert_eq!(rotated.scope(&bearer("newer-admin")).expect("admin"), Scope::Admin);
 
-    std::fs::write(&file, "not a token line\n").expect("corrupt");
-    let err = Auth::persistent(ADMIN, &file).err().expect("a corrupt token file is an error");
-    assert!(err.to_string().contains("tokens:1"), "{err}");
+    // A corrupt entry is refused, not half-loaded.
+    let mut batch = shoal_state::Batch::new();
+    batch.put(shoal_api::auth::TOKENS_TABLE, "0".repeat(64), "{not json");
+    state.commit(batch).await.expect("commit");
+    let err = Auth::new(ADMIN).backed_by(state).err().expect("a corrupt token table is an error");
+    assert!(err.to_string().contains(&"0".repeat(64)), "{err}");
 }
 
 async fn put(s: &Server, path: &str, body: &str) -> (StatusCode, Value) {
@@ -522,7 +540,7 @@ async fn services_register_watch_block_and_refuse_bad_input() {
     let (status, _) = s.req(reqwest::Method::DELETE, "/v1/services/web/instances/nope", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // An app token may read, not register.
-    s.auth.insert("app-reader", Scope::App("shop".into())).expect("insert");
+    s.auth.insert("app-reader", Scope::App("shop".into())).await.expect("insert");
     let (status, _) = s
         .req(
             reqwest::Method::PUT,

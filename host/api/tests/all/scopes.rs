@@ -91,44 +91,54 @@ async fn tokens_expire_are_listed_without_secrets_and_revoked_at_once() {
     assert!(doc["components"]["schemas"]["TokenRequest"]["properties"]["ttl"].is_object(), "{doc}");
 }
 
-#[test]
-fn the_token_file_keeps_expiry_and_reads_the_older_format() {
+#[tokio::test]
+async fn a_token_file_of_an_earlier_version_moves_into_the_state_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("tokens");
-    let bearer = |token: &str| {
-        let mut h = axum::http::HeaderMap::new();
-        h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
-        h
-    };
-    // A file of the older `<digest> <scope>` format: its token works and never expires.
+    let state =
+        shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_api::auth::TOKENS_TABLE]).expect("state");
+    // Lines of both earlier formats: `<digest> <scope>` (never expires) and the one with dates.
     let old = hex::encode(sha2::Sha256::digest("old-token"));
-    std::fs::write(&file, format!("{old} app:shop\n")).expect("old file");
-    let auth = shoal_api::Auth::persistent(ADMIN, &file).expect("open the old format");
+    let dated = hex::encode(sha2::Sha256::digest("short-lived"));
+    let expires = 1_900_000_000_000u64;
+    std::fs::write(&file, format!("{old} app:shop\n{dated} operator created=1 expires={expires}\n")).expect("file");
+
+    // A line that does not parse: an error naming it, and nothing changes.
+    let bad = dir.path().join("bad-tokens");
+    std::fs::write(&bad, "not a token line\n").expect("bad file");
+    let err = shoal_api::auth::migrate_token_file(&state, &bad).await.expect_err("a corrupt token file is an error");
+    assert!(err.to_string().contains("line 1"), "{err}");
+    assert!(bad.exists() && state.scan(shoal_api::auth::TOKENS_TABLE, b"").expect("scan").is_empty());
+
+    assert_eq!(shoal_api::auth::migrate_token_file(&state, &file).await.expect("migrate"), 2);
+    assert!(!file.exists(), "the file is removed once its tokens are in the state");
+    let clock = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(expires - 1));
+    let now = clock.clone();
+    let auth = shoal_api::Auth::new(ADMIN)
+        .with_clock(std::sync::Arc::new(move || now.load(Ordering::SeqCst)))
+        .backed_by(state.clone())
+        .expect("open");
     assert_eq!(auth.scope(&bearer("old-token")).expect("old token"), shoal_api::Scope::App("shop".into()));
-    let info = auth.issue("short-lived", shoal_api::Scope::Operator, Some(std::time::Duration::from_secs(60)));
-    let info = info.expect("issue");
-    let text = std::fs::read_to_string(&file).expect("file");
-    assert!(text.contains(&format!("{old} app:shop\n")), "{text}");
-    let expires = info.expires_ms.expect("expiry");
-    assert!(text.contains(&format!(" expires={expires}")), "{text}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&file).expect("metadata").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "the token file is for the node's user only");
-    }
-    // After a restart the expiry holds: an hour later the token is refused.
-    drop(auth);
-    let later = shoal_api::Auth::persistent(ADMIN, &file)
-        .expect("reopen")
-        .with_clock(std::sync::Arc::new(move || expires + 3_600_000));
-    let err = later.scope(&bearer("short-lived")).expect_err("expired after a restart");
+    assert_eq!(auth.scope(&bearer("short-lived")).expect("dated token"), shoal_api::Scope::Operator);
+    // The expiry came along: a moment later the token is refused.
+    clock.store(expires, Ordering::SeqCst);
+    let err = auth.scope(&bearer("short-lived")).expect_err("expired");
     assert!(err.message.contains("expired"), "{}", err.message);
-    assert!(later.scope(&bearer("old-token")).is_ok());
-    // Revoking rewrites the file without the token.
-    let id = &hex::encode(sha2::Sha256::digest("old-token"))[..12];
-    later.revoke(id).expect("revoke");
-    assert!(!std::fs::read_to_string(&file).expect("file").contains(&old));
+
+    // Revoked, then a leftover file shows up again: a table with tokens is not overwritten, so
+    // the revoked token stays revoked.
+    auth.revoke(&old[..12]).await.expect("revoke");
+    std::fs::write(&file, format!("{old} app:shop\n")).expect("leftover");
+    assert_eq!(shoal_api::auth::migrate_token_file(&state, &file).await.expect("migrate"), 0);
+    assert!(!file.exists());
+    assert!(auth.scope(&bearer("old-token")).is_err(), "a revoked token came back from a leftover file");
+    assert!(state.get(shoal_api::auth::TOKENS_TABLE, old.as_bytes()).expect("read").is_none());
+}
+
+fn bearer(token: &str) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+    h
 }
 
 #[tokio::test]

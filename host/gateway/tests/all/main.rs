@@ -21,6 +21,8 @@ use shoal_testkit::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod replicated;
+
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// A real HTTP server standing in for an app instance. It answers its name, echoes what the
@@ -181,7 +183,7 @@ async fn round_robin_spreads_requests_and_sets_forwarding_headers() {
     for u in &ups {
         register(&s.discovery, "web", u, 1);
     }
-    s.routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    s.routes.put(route("web", "web", "round-robin", "/")).await.expect("route");
     let http = reqwest::Client::new();
     let mut bodies = Vec::new();
     for _ in 0..30 {
@@ -212,7 +214,7 @@ async fn upstream_connections_are_kept_alive_and_reused_after_each_body_ends() {
     let s = setup(GatewayConfig { workers: 1, ..GatewayConfig::default() }).await;
     let up = Upstream::start("a", Duration::ZERO).await;
     register(&s.discovery, "web", &up, 1);
-    s.routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    s.routes.put(route("web", "web", "round-robin", "/")).await.expect("route");
     // One client connection: its requests are served one after another by one worker.
     let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
     for n in 0..20 {
@@ -262,7 +264,7 @@ async fn errors_are_clear_no_route_no_instance_unhealthy_timeout() {
     assert_eq!(status, 404);
     assert!(body.contains("no_route"), "{body}");
 
-    s.routes.put(route("empty", "empty", "round-robin", "/empty")).expect("route");
+    s.routes.put(route("empty", "empty", "round-robin", "/empty")).await.expect("route");
     let (status, body) = get(&http, &format!("{}/empty", s.url)).await;
     assert_eq!(status, 503);
     assert!(body.contains("has no instances"), "{body}");
@@ -276,7 +278,7 @@ async fn errors_are_clear_no_route_no_instance_unhealthy_timeout() {
 
     let slow = Upstream::start("slow", Duration::ZERO).await;
     register(&s.discovery, "slow", &slow, 1);
-    s.routes.put(Route { timeout_ms: 200, ..route("slow", "slow", "round-robin", "/slow") }).expect("route");
+    s.routes.put(Route { timeout_ms: 200, ..route("slow", "slow", "round-robin", "/slow") }).await.expect("route");
     let (status, body) = get(&http, &format!("{}/slow", s.url)).await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("did not answer within 200 ms"), "{body}");
@@ -294,7 +296,7 @@ async fn a_dead_instance_is_retried_around_then_ejected() {
     for u in &ups {
         register(&s.discovery, "web", u, 1);
     }
-    s.routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    s.routes.put(route("web", "web", "round-robin", "/")).await.expect("route");
     let http = reqwest::Client::new();
     for _ in 0..6 {
         assert_eq!(get(&http, &format!("{}/", s.url)).await.0, 200);
@@ -348,7 +350,7 @@ async fn clients_keep_their_connection_when_the_upstream_speaks_http_1_0() {
     let s = setup(GatewayConfig::default()).await;
     let up = Upstream { name: "old".into(), addr, hits: Arc::default(), conns: Arc::default(), task: server };
     register(&s.discovery, "web", &up, 1);
-    s.routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    s.routes.put(route("web", "web", "round-robin", "/")).await.expect("route");
 
     // Three requests on one client connection, each answered in HTTP/1.1.
     let gateway = s.url.trim_start_matches("http://").to_owned();
@@ -384,8 +386,8 @@ async fn weighted_source_hash_and_least_connections_rules_on_real_traffic() {
     for (u, w) in ups.iter().zip([5, 1, 1]) {
         register(&s.discovery, "web", u, w);
     }
-    s.routes.put(route("wrr", "web", "weighted-round-robin", "/wrr")).expect("route");
-    s.routes.put(route("hash", "web", "source-hash", "/hash")).expect("route");
+    s.routes.put(route("wrr", "web", "weighted-round-robin", "/wrr")).await.expect("route");
+    s.routes.put(route("hash", "web", "source-hash", "/hash")).await.expect("route");
     let http = reqwest::Client::new();
     let mut bodies = Vec::new();
     for _ in 0..70 {
@@ -415,7 +417,7 @@ async fn weighted_source_hash_and_least_connections_rules_on_real_traffic() {
     for u in [&slow, &f1, &f2] {
         register(&s.discovery, "lc", u, 1);
     }
-    s.routes.put(route("lc", "lc", "least-connections", "/lc")).expect("route");
+    s.routes.put(route("lc", "lc", "least-connections", "/lc")).await.expect("route");
     let mut handles = Vec::new();
     for _ in 0..30 {
         let (http, url) = (http.clone(), format!("{}/lc", s.url));
@@ -440,8 +442,8 @@ async fn a_failing_router_falls_back_and_swapping_the_rule_drops_nothing() {
     for u in &ups {
         register(&s.discovery, "web", u, 1);
     }
-    s.routes.put(route("hostile", "web", "hostile", "/")).expect("route");
-    s.routes.put(route("missing", "web", "no-such-router", "/missing")).expect("route");
+    s.routes.put(route("hostile", "web", "hostile", "/")).await.expect("route");
+    s.routes.put(route("missing", "web", "no-such-router", "/missing")).await.expect("route");
     let http = reqwest::Client::new();
     for path in ["/trap", "/out-of-range", "/loop", "/missing"] {
         let (status, body) = get(&http, &format!("{}{path}", s.url)).await;
@@ -458,7 +460,7 @@ async fn a_failing_router_falls_back_and_swapping_the_rule_drops_nothing() {
 
     // Swap the route's rule live (a new version of the plugin it names) under load.
     s.registry.push(PluginKind::Router, "live", Some("rr"), shoal_artifacts::ROUND_ROBIN, true).await.expect("push");
-    s.routes.put(route("live", "web", "live", "/live")).expect("route");
+    s.routes.put(route("live", "web", "live", "/live")).await.expect("route");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
@@ -497,7 +499,10 @@ async fn bodies_stream_through_and_prefixes_can_be_stripped() {
     let s = setup(GatewayConfig::default()).await;
     let up = Upstream::start("a", Duration::ZERO).await;
     register(&s.discovery, "files", &up, 1);
-    s.routes.put(Route { strip_prefix: true, ..route("files", "files", "round-robin", "/files") }).expect("route");
+    s.routes
+        .put(Route { strip_prefix: true, ..route("files", "files", "round-robin", "/files") })
+        .await
+        .expect("route");
     let http = reqwest::Client::new();
     let (status, body) = get(&http, &format!("{}/files/a/b?q=1", s.url)).await;
     assert_eq!((status, body.as_str()), (200, "a /a/b"));
@@ -529,7 +534,7 @@ async fn on_shutdown_the_request_in_flight_finishes_then_the_gateway_stops_accep
     let routes = Arc::new(Routes::in_memory());
     let upstream = Upstream::start("a", Duration::ZERO).await;
     register(&discovery, "web", &upstream, 1);
-    routes.put(route("web", "web", "round-robin", "/")).expect("route");
+    routes.put(route("web", "web", "round-robin", "/")).await.expect("route");
     let config = GatewayConfig { workers: 2, ..GatewayConfig::default() };
     let gateway = Gateway::new(routes, discovery, registry, config, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -273,7 +273,11 @@ async fn master_status(remote: Remote) -> anyhow::Result<()> {
     let v = c.send(c.http.get(c.url("/v1/leader"))).await?;
     let leader = v["leader"]["id"].as_str().unwrap_or("none (an election is under way)");
     println!("leader: {leader}  term: {}", v["term"]);
-    println!("this master: {} ({})", v["self"]["id"].as_str().unwrap_or("?"), v["self"]["role"].as_str().unwrap_or("?"));
+    println!(
+        "this master: {} ({})",
+        v["self"]["id"].as_str().unwrap_or("?"),
+        v["self"]["role"].as_str().unwrap_or("?")
+    );
     println!("{:<20} API", "MEMBER");
     for m in v["members"].as_array().into_iter().flatten() {
         let id = m["id"].as_str().unwrap_or("");

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
+mod admin;
 mod sdk;
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");

@@ -30,7 +30,11 @@ impl Cluster {
         let coordinator = Coordinator::open(
             bus.clone(),
             CoordinatorConfig {
-                path: dir.path().join("shardmap.json"),
+                state: shoal_state::StateDb::open_local(
+                    &dir.path().join("state"),
+                    &[shoal_store::coordinator::STORE_TABLE],
+                )
+                .expect("state"),
                 initial_shards,
                 auto_scale_out: false,
                 source: "/test".into(),
@@ -175,10 +179,10 @@ async fn scale_out_and_in_under_load_lose_nothing() {
     // Grow onto a second node while the load runs.
     cluster.start_node("b").await;
     load_progress(&acked, 200, "the writers to write before the scale-out").await;
-    let started = cluster.coordinator.scale_out(Some("b".into())).expect("scale out");
+    let started = cluster.coordinator.scale_out(Some("b".into())).await.expect("scale out");
     assert_eq!((started.from_shards, started.to_shards), (2, 3));
     // One move at a time.
-    assert!(cluster.coordinator.scale_out(None).is_err(), "a second move is refused while one runs");
+    assert!(cluster.coordinator.scale_out(None).await.is_err(), "a second move is refused while one runs");
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "finished", "move failed: {:?}", done.error);
     assert!(done.freeze_ms.is_some());
@@ -188,7 +192,7 @@ async fn scale_out_and_in_under_load_lose_nothing() {
     load_progress(&acked, 200, "the writers to write on the map of 3 shards").await;
 
     // And back in.
-    let started = cluster.coordinator.scale_in().expect("scale in");
+    let started = cluster.coordinator.scale_in().await.expect("scale in");
     assert_eq!((started.from_shards, started.to_shards), (3, 2));
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "finished", "move failed: {:?}", done.error);
@@ -234,7 +238,7 @@ async fn scale_out_moves_only_the_keys_whose_hash_changed() {
         let v = client.put("moves", &key, b"x", PutOptions::default()).await.expect("put");
         before.insert(key, v);
     }
-    let started = cluster.coordinator.scale_out(Some("b".into())).expect("scale out");
+    let started = cluster.coordinator.scale_out(Some("b".into())).await.expect("scale out");
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "finished", "{:?}", done.error);
     let expected = before.keys().filter(|k| shoal_keyspace::shard_of("moves", k, 5) == 4).count();
@@ -268,7 +272,7 @@ async fn a_node_that_is_down_fails_only_its_shards() {
         async move { (map.shard_count() == 2).then_some(()) }
     })
     .await;
-    let started = cluster.coordinator.scale_out(Some("b".into())).expect("scale out");
+    let started = cluster.coordinator.scale_out(Some("b".into())).await.expect("scale out");
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "finished", "{:?}", done.error);
     let client = cluster.client();
@@ -294,7 +298,7 @@ async fn a_node_that_is_down_fails_only_its_shards() {
     assert!(served > 0 && refused > 0, "served {served}, refused {refused}");
     // A move needs its participants: refused while b is away? The map still lists b; scale-in
     // would move b's keys, which nobody can read, so it must fail rather than lose them.
-    let started = cluster.coordinator.scale_in().expect("scale in starts");
+    let started = cluster.coordinator.scale_in().await.expect("scale in starts");
     let done = cluster.wait_for_move(started.id).await;
     assert_eq!(done.phase, "failed", "a move whose source is down fails");
     assert_eq!(cluster.coordinator.map().shard_count(), 3, "the map did not change");

@@ -18,11 +18,11 @@ use tokio::task::JoinHandle;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The coordinator of a master of leader term `term`, keeping its map in `path`, serving the bus
-/// until its task is aborted.
-fn coordinator(bus: &SharedBus, path: &std::path::Path, term: u64) -> (Arc<Coordinator>, JoinHandle<()>) {
+/// The coordinator of a master of leader term `term`, keeping its map in `state`, serving the
+/// bus until its task is aborted.
+fn coordinator(bus: &SharedBus, state: &Arc<shoal_state::StateDb>, term: u64) -> (Arc<Coordinator>, JoinHandle<()>) {
     let config = CoordinatorConfig {
-        path: path.to_owned(),
+        state: state.clone(),
         initial_shards: 2,
         auto_scale_out: false,
         source: "/test".into(),
@@ -101,8 +101,10 @@ async fn a_store_node_refuses_a_deposed_masters_commands_and_maps() {
     shoal_testkit::init_tracing();
     let bus: SharedBus = Arc::new(LocalBus::new());
     let dir = tempfile::tempdir().expect("tempdir");
-    let (map_file, node_dir) = (dir.path().join("shardmap.json"), dir.path().join("a"));
-    let (_, leader_of_term_3) = coordinator(&bus, &map_file, 3);
+    let node_dir = dir.path().join("a");
+    let maps = shoal_state::StateDb::open_local(&dir.path().join("master"), &[shoal_store::coordinator::STORE_TABLE])
+        .expect("the master's state");
+    let (_, leader_of_term_3) = coordinator(&bus, &maps, 3);
     let (a, running) = node(&bus, &node_dir).await;
     // The node learns the leader's term from its registration's map.
     wait_for_map(&a, (3, 1)).await;
@@ -128,7 +130,7 @@ async fn a_store_node_refuses_a_deposed_masters_commands_and_maps() {
     // The leader of term 3 is deposed; the leader of term 4 has the map at epoch 1 (the epoch-5
     // map never reached it). Its map replaces the deposed leader's when the node registers.
     stop(leader_of_term_3).await;
-    let (_, leader_of_term_4) = coordinator(&bus, &map_file, 4);
+    let (_, leader_of_term_4) = coordinator(&bus, &maps, 4);
     wait_for_map(&a, (4, 1)).await;
     assert_eq!(a.highest_term(), 4);
     let stale = admin(&bus, 3, Admin::Map { map: map(3, 6) }).await;

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod fencing;
+mod replicated;
 
 use std::sync::Arc;
 use std::time::Duration;
