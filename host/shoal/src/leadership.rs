@@ -72,12 +72,25 @@ pub async fn open_state(
     ha: &HaConfig,
 ) -> anyhow::Result<Arc<StateDb>> {
     let js = async_nats::jetstream::new(client.clone());
-    if let Err(e) = js.query_account().await {
-        anyhow::bail!(
-            "the NATS server has no JetStream ({e}): `shoal master` keeps the cluster's state replicated in JetStream; \
-             start nats-server with JetStream (`-js --store_dir DIR`, or the `jetstream {{}}` block `shoal nats init` \
-             writes unless --no-jetstream)"
-        );
+    // A NATS cluster that has just started elects its JetStream leader first: wait for it, but
+    // refuse at once a server that runs no JetStream at all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = match js.query_account().await {
+            Ok(_) => break,
+            Err(e) => e.to_string(),
+        };
+        let absent = e.contains("no responders") || e.contains("not enabled");
+        if absent || tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the NATS server has no JetStream ({e}): `shoal master` keeps the cluster's state replicated in \
+                 JetStream; start nats-server with JetStream (`-js --store_dir DIR`, or the `jetstream {{}}` block \
+                 `shoal nats init` writes unless --no-jetstream)"
+            );
+        }
+        tracing::info!(cause = %e, "waiting for the NATS cluster's JetStream");
+        // A product retry while JetStream elects its leader.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let replicas = replicas_of(client, ha.replicas);
     let config = ReplicaConfig {
