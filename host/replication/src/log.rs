@@ -145,6 +145,11 @@ impl Log {
 
     /// Read the entries from `from` on, in order, including those appended later.
     pub async fn read(&self, from: u64) -> Result<Reader, LogError> {
+        let messages = self.consumer(from).await?;
+        Ok(Reader { log: self.clone(), messages, next: from.max(1) })
+    }
+
+    async fn consumer(&self, from: u64) -> Result<consumer::pull::Ordered, LogError> {
         let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
@@ -153,37 +158,55 @@ impl Log {
             })
             .await
             .map_err(|e| self.unavailable(e))?;
-        let messages = consumer.messages().await.map_err(|e| self.unavailable(e))?;
-        Ok(Reader { messages, stream: self.config.stream.clone() })
+        consumer.messages().await.map_err(|e| self.unavailable(e))
     }
 }
 
 /// The entries of a log in order, as they come.
 pub struct Reader {
+    log: Log,
     messages: consumer::pull::Ordered,
-    stream: String,
+    /// The sequence of the next entry this reader gives.
+    next: u64,
 }
 
+/// How long a reader waits for an entry before it checks whether the log moved on without it
+/// (its consumer lived on a server that died): then it reads again from where it was.
+const STALL: Duration = Duration::from_secs(2);
+
 impl Reader {
-    /// The next entry, waiting for it; an error when the connection to JetStream failed for
-    /// good (the ordered consumer re-creates itself across short outages and keeps the order).
+    /// The next entry, waiting for it. A reader whose consumer was lost with a server reads
+    /// again from the entry it expects, so entries come once each, in order.
     pub async fn next(&mut self) -> Result<Entry, LogError> {
         loop {
-            match self.messages.next().await {
-                Some(Ok(message)) => {
-                    let sequence = message.info().map_err(|e| self.unavailable(e))?.stream_sequence;
+            match tokio::time::timeout(STALL, self.messages.next()).await {
+                Ok(Some(Ok(message))) => {
+                    let sequence = message.info().map_err(|e| self.log.unavailable(e))?.stream_sequence;
+                    if sequence < self.next {
+                        continue;
+                    }
+                    self.next = sequence + 1;
                     return Ok(Entry { sequence, payload: message.message.payload.clone() });
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(stream = %self.stream, cause = %e, "log reader interrupted; resuming");
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(stream = %self.log.config.stream, cause = %e, "log reader interrupted; resuming");
+                    // A product retry: the ordered consumer re-creates itself.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                None => return Err(self.unavailable("the reader ended")),
+                Ok(None) => self.reopen().await?,
+                Err(_) => {
+                    let moved_on = self.log.bounds().await.is_ok_and(|(_, last)| last >= self.next);
+                    if moved_on {
+                        tracing::info!(stream = %self.log.config.stream, next = self.next, "log reader stalled; reading again");
+                        self.reopen().await?;
+                    }
+                }
             }
         }
     }
 
-    fn unavailable(&self, reason: impl std::fmt::Display) -> LogError {
-        LogError::Unavailable { stream: self.stream.clone(), reason: reason.to_string() }
+    async fn reopen(&mut self) -> Result<(), LogError> {
+        self.messages = self.log.consumer(self.next).await?;
+        Ok(())
     }
 }

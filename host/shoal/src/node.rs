@@ -248,14 +248,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&NodeInfo),
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    // Only the node's own user may enter its data (the admin token, issued tokens, the store):
-    // tasks run as another user and reach nothing in it, by any path.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", config.data_dir.display()))?;
-    }
+    private_dir(&config.data_dir)?;
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
@@ -300,17 +293,7 @@ pub async fn run(
         }
     }
 
-    let discovery = Arc::new(Discovery::default());
-    tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
-    tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), "/shoal/dev".to_owned()));
-    tokio::spawn(crate::health::check_registered_instances(
-        discovery.clone(),
-        registry.clone(),
-        bus.clone(),
-        "/shoal/dev/health".to_owned(),
-    ));
-    let routes = Routes::on_state(state.clone()).context("reading the gateway's routes")?;
-    tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
+    let (discovery, routes) = start_services(&bus, &registry, &state)?;
     let (shutdown_tx, _) = tokio::sync::watch::channel(false);
     let (gateway_addr, gateway_task) = match config.gateway {
         Some(addr) => {
@@ -379,6 +362,37 @@ pub async fn run(
         agent.stop_all().await;
     }
     Ok(())
+}
+
+/// Make `dir` (when missing) and private: only the node's own user may enter its data (the
+/// admin token, issued tokens, the store); tasks run as another user and reach nothing in it, by
+/// any path.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
+}
+
+/// The service registry (its sweeper, events and health checks) and the gateway's routes, which
+/// apps' labels declare too.
+fn start_services(
+    bus: &SharedBus,
+    registry: &Arc<Registry>,
+    state: &Arc<StateDb>,
+) -> anyhow::Result<(Arc<Discovery>, Arc<Routes>)> {
+    let discovery = Arc::new(Discovery::default());
+    tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
+    tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), "/shoal/dev".to_owned()));
+    tokio::spawn(crate::health::check_registered_instances(
+        discovery.clone(),
+        registry.clone(),
+        bus.clone(),
+        "/shoal/dev/health".to_owned(),
+    ));
+    let routes = Routes::on_state(state.clone()).context("reading the gateway's routes")?;
+    tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
+    Ok((discovery, routes))
 }
 
 /// Join the masters: announce this one, take part in the lease, and lead when it says so.

@@ -178,10 +178,19 @@ async fn a_new_version_that_keeps_failing_is_rolled_back() {
         // failed call of the bad version, which is what the rollback counts.
         assert!(matches!(result, Err(CallError::Trap(_) | CallError::Timeout(_))), "call {i}: {result:?}");
     }
+    // The rollback runs in a task of its own (the failing call may be on a hot path): wait for
+    // its event.
+    let mut actions = Vec::new();
+    while actions.last().map(String::as_str) != Some("rolled-back") {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no rollback after five failures; events: {actions:?}"))
+            .expect("the registry is open");
+        actions.push(event.action.to_owned());
+    }
+    assert_eq!(actions, ["failing", "rolled-back"]);
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "good");
     assert_eq!(route(&registry, "r", "/trap").expect("active").expect("the good version ignores the path"), Some(0));
-    let actions: Vec<_> = drain(&mut events).into_iter().map(|(_, a)| a).collect();
-    assert_eq!(actions, ["failing", "rolled-back"]);
     let info = registry.show(PluginKind::Router, "r").expect("show");
     assert_eq!(info.active.as_deref(), Some("good"));
 
