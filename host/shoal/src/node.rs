@@ -409,6 +409,19 @@ async fn start_leadership(
     tokio::spawn(presence.clone().run(ha.lease_ttl));
     tokio::spawn(lease.clone().run(std::future::pending()));
     tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone()));
+    // Serve once this master leads or knows who does (or after 10 s without a leader), so the
+    // API's first answers are not "no master". A lease still held under this master's own id is a
+    // previous run's, which will expire: wait for it.
+    let role = lease.watch();
+    let mine = format!("{}@", ha.id);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline
+        && leader.master.load().is_none()
+        && !matches!(&*role.borrow(), shoal_replication::Role::Follower { leader: Some(l), .. } if !l.starts_with(&mine))
+    {
+        // Polling two conditions that change in other tasks; bounded by the deadline.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
     Ok(Arc::new(shoal_api::leader::Leadership::new(&ha.id, &advertise, crate::leadership::role_of(&lease), members)))
 }
