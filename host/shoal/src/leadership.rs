@@ -153,6 +153,15 @@ impl Leader {
                         }
                     }
                 }));
+                // With a store node in this process, answer nothing before the first map is made
+                // (as a single node does), so the first request finds a store.
+                if self.config.store_node.is_some() {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    while coordinator.map().shard_count() == 0 && tokio::time::Instant::now() < deadline {
+                        // Polling a map another task makes; bounded by the deadline.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
                 Some(coordinator)
             }
             None => None,
