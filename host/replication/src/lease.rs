@@ -226,7 +226,17 @@ impl Lease {
         let holding = Holding { holder: self.holder.clone(), term: Some(held.term) };
         let value = serde_json::to_vec(&holding).expect("serialises");
         let sent = Instant::now();
-        match self.kv.update(&self.key, value.into(), held.revision).await {
+        // A renewal that has not answered when the lease runs out (the server is cut off, or
+        // slow) ends the leadership then, not when the request times out: whoever watches the
+        // role learns it at the moment the lease stops counting.
+        let Ok(renewed) =
+            tokio::time::timeout_at(held.until, self.kv.update(&self.key, value.into(), held.revision)).await
+        else {
+            tracing::warn!(key = %self.key, holder = %self.holder, term = held.term, "lease renewal unanswered until the lease ran out; stepping down");
+            self.step_down();
+            return;
+        };
+        match renewed {
             Ok(revision) => {
                 let mut guard = self.held.lock().expect("lease lock");
                 if let Some(h) = guard.as_mut().filter(|h| h.term == held.term) {

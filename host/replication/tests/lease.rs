@@ -103,7 +103,10 @@ async fn a_leader_cut_off_from_nats_steps_down_before_anyone_else_leads() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while taken_over.is_none() && Instant::now() < deadline {
         let now = Instant::now();
-        if stepped_down.is_none() && leases[first].leading().is_none() {
+        // The role it publishes (what the API reports and leadership follows) says so too, even
+        // while its renewal still waits for an answer that cannot come.
+        let role_down = matches!(*leases[first].watch().borrow(), Role::Follower { .. });
+        if stepped_down.is_none() && leases[first].leading().is_none() && role_down {
             stepped_down = Some(now);
         }
         if let Some((i, t)) =
