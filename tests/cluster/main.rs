@@ -17,6 +17,7 @@ mod fixture;
 mod ha;
 mod isolation;
 mod master;
+mod partition;
 mod security;
 mod services;
 mod store;

