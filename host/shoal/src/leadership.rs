@@ -122,6 +122,8 @@ pub(crate) struct Leader {
     pub artifacts: Arc<ArtifactStore>,
     pub master: Leading<shoal_master::Master>,
     pub coordinator: Leading<Coordinator>,
+    /// The term this master leads with once its parts run, 0 while it does not lead.
+    pub started: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Leader {
@@ -138,34 +140,7 @@ impl Leader {
             crate::node::register_defaults(&self.registry).await?;
         }
         let mut tasks = Vec::new();
-        // A single node's coordinator runs from the start (`node::start_store`); with several
-        // masters each leadership opens its own from the state.
-        let coordinator = match crate::node::coordinator_config(&self.config, &self.state, term)
-            .filter(|_| self.config.ha.is_some())
-        {
-            Some(config) => {
-                let coordinator = Coordinator::open(self.bus.clone(), config).context("opening the shard map")?;
-                tasks.push(tokio::spawn({
-                    let coordinator = coordinator.clone();
-                    async move {
-                        if let Err(e) = coordinator.run().await {
-                            tracing::error!(cause = %e, "the store coordinator stopped serving the bus");
-                        }
-                    }
-                }));
-                // With a store node in this process, answer nothing before the first map is made
-                // (as a single node does), so the first request finds a store.
-                if self.config.store_node.is_some() {
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    while coordinator.map().shard_count() == 0 && tokio::time::Instant::now() < deadline {
-                        // Polling a map another task makes; bounded by the deadline.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                Some(coordinator)
-            }
-            None => None,
-        };
+        let coordinator = self.start_coordinator(term, &mut tasks).await?;
         let master = start_master(&self.config, &self.bus, &self.registry, &self.discovery, term);
         tasks.push(tokio::spawn({
             let (artifacts, bus) = (self.artifacts.clone(), self.bus.clone());
@@ -179,8 +154,49 @@ impl Leader {
         if coordinator.is_some() {
             self.coordinator.store(coordinator.clone());
         }
+        self.started.send_replace(term);
         tracing::info!(term, "leading");
         Ok(LeaderParts { master, coordinator, tasks })
+    }
+
+    /// With several masters, the shard map's coordinator of this leadership, opened from the
+    /// state (a single node's runs from the start: `node::start_store`); its task joins `tasks`.
+    async fn start_coordinator(
+        &self,
+        term: u64,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> anyhow::Result<Option<Arc<Coordinator>>> {
+        let Some(config) =
+            crate::node::coordinator_config(&self.config, &self.state, term).filter(|_| self.config.ha.is_some())
+        else {
+            return Ok(None);
+        };
+        // Watched before the coordinator runs, so its first map cannot slip by.
+        let mut map_changes = self.state.watch(shoal_store::coordinator::STORE_TABLE);
+        let coordinator = Coordinator::open(self.bus.clone(), config).context("opening the shard map")?;
+        tasks.push(tokio::spawn({
+            let coordinator = coordinator.clone();
+            async move {
+                if let Err(e) = coordinator.run().await {
+                    tracing::error!(cause = %e, "the store coordinator stopped serving the bus");
+                }
+            }
+        }));
+        // With a store node in this process, answer nothing before the first map is made (as a
+        // single node does), so the first request finds a store.
+        if self.config.store_node.is_some() {
+            let first_map = async {
+                while coordinator.map().shard_count() == 0 {
+                    if map_changes.next().await.is_none() {
+                        break;
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(10), first_map).await.is_err() {
+                tracing::warn!("no shard map after 10 s: serving without a store");
+            }
+        }
+        Ok(Some(coordinator))
     }
 
     /// Stop everything `parts` runs, at once.
@@ -188,6 +204,7 @@ impl Leader {
         parts.master.stop();
         self.master.store(None);
         self.coordinator.store(None);
+        self.started.send_replace(0);
         for task in parts.tasks {
             task.abort();
         }

@@ -241,6 +241,20 @@ async fn forward_gateway_events(mut rx: mpsc::UnboundedReceiver<GatewayEvent>, b
     }
 }
 
+/// The bus: NATS (with its client, for JetStream) when configured, else in-process.
+async fn connect(config: &NodeConfig) -> anyhow::Result<(SharedBus, Option<async_nats::Client>)> {
+    Ok(match &config.nats {
+        Some(target) => {
+            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", target.url))?;
+            let client = bus.client().clone();
+            (Arc::new(bus), Some(client))
+        }
+        None => (Arc::new(LocalBus::new()), None),
+    })
+}
+
 /// Start a node; it serves until `shutdown` completes. `ready` receives the node's info once
 /// the API listens.
 pub async fn run(
@@ -252,16 +266,7 @@ pub async fn run(
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
-    let (bus, client): (SharedBus, Option<async_nats::Client>) = match &config.nats {
-        Some(target) => {
-            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
-                .await
-                .with_context(|| format!("connecting to NATS at {}", target.url))?;
-            let client = bus.client().clone();
-            (Arc::new(bus), Some(client))
-        }
-        None => (Arc::new(LocalBus::new()), None),
-    };
+    let (bus, client) = connect(&config).await?;
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
@@ -314,6 +319,7 @@ pub async fn run(
         artifacts: artifacts.clone(),
         master: shoal_api::leading(None),
         coordinator: shoal_api::leading(store.coordinator.clone()),
+        started: Arc::new(tokio::sync::watch::channel(0).0),
     };
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let api = listener.local_addr()?;
@@ -412,15 +418,16 @@ async fn start_leadership(
     // Serve once this master leads or knows who does (or after 10 s without a leader), so the
     // API's first answers are not "no master". A lease still held under this master's own id is a
     // previous run's, which will expire: wait for it.
-    let role = lease.watch();
     let mine = format!("{}@", ha.id);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline
-        && leader.master.load().is_none()
-        && !matches!(&*role.borrow(), shoal_replication::Role::Follower { leader: Some(l), .. } if !l.starts_with(&mine))
-    {
-        // Polling two conditions that change in other tasks; bounded by the deadline.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (mut role, mut started) = (lease.watch(), leader.started.subscribe());
+    let known = async {
+        tokio::select! {
+            _ = started.wait_for(|term| *term > 0) => {}
+            _ = role.wait_for(|r| matches!(r, shoal_replication::Role::Follower { leader: Some(l), .. } if !l.starts_with(&mine))) => {}
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), known).await.is_err() {
+        tracing::warn!("no leader after 10 s; serving while the election goes on");
     }
     let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
     Ok(Arc::new(shoal_api::leader::Leadership::new(&ha.id, &advertise, crate::leadership::role_of(&lease), members)))
