@@ -129,6 +129,10 @@ pub(crate) struct Leader {
 impl Leader {
     /// Start what the leader runs, with `term`.
     pub(crate) async fn start(&self, term: u64) -> anyhow::Result<LeaderParts> {
+        if self.config.ha.is_some() {
+            // A single master's state in this data directory, into a cluster that has none yet.
+            crate::import::import_local_state(&self.state, &self.config.data_dir, &crate::node::TABLES).await?;
+        }
         // Active versions committed by the previous leader are loaded before anything calls them.
         let registry = self.registry.clone();
         tokio::task::spawn_blocking(move || registry.reload_all()).await?;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod edge;
 pub mod health;
+pub mod import;
 pub mod leadership;
 pub mod node;
 pub mod plugin_kv;

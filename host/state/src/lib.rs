@@ -225,6 +225,11 @@ impl StateDb {
         Ok(out)
     }
 
+    /// Whether `table` has no entry.
+    pub fn is_empty(&self, table: &str) -> Result<bool, StateError> {
+        Ok(self.db.iterator_cf(self.table(table)?, IteratorMode::Start).next().transpose()?.is_none())
+    }
+
     /// The last log entry this member has applied (0 for the local backend).
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
