@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use shoal_testkit::{NatsCluster, eventually_sync};
 
 use super::fixture::{Auth, Master, Process, reap, spawn_agent, spawn_store_node};
-use super::tasks::http;
+use super::tasks::{http, http_with_head};
 use super::{shoal, showing_last, write};
 
 /// How master `i` starts: its process, given its data directory and flags.
@@ -205,6 +205,15 @@ impl Drop for Masters {
     }
 }
 
+/// `GET path` through master `through` answers 200, from master `by`.
+fn assert_served(c: &Masters, through: usize, path: &str, by: usize) {
+    let (status, head, body) = http_with_head(c.api(through), &c.token, "GET", path, "");
+    assert_eq!(status, 200, "GET {path} through m{}: {body}", through + 1);
+    let served = format!("x-shoal-served-by: m{}", by + 1);
+    assert!(head.to_ascii_lowercase().contains(&served), "GET {path} through m{} not {served}: {head}", through + 1);
+    assert!(head.to_ascii_lowercase().contains("x-shoal-applied: "), "{head}");
+}
+
 /// Each line of `starts` is the id of a task that started.
 pub(super) fn starts(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
@@ -233,9 +242,18 @@ fn masters_fail_over_and_every_instance_runs_exactly_once() {
         c.cli_ok(s, &["route", "put", &format!("r{round}"), "--prefix", &format!("/r{round}"), "--service", "web"]);
         c.cli_ok(s, &["plugin", "push", "--kind", "router", "--name", &format!("mine{round}"), &rr]);
         acknowledged.push(round);
+        // Read back through the standby that forwarded the writes: it answers from its own copy
+        // of the state, which has them (read-your-writes); `?consistent` asks the leader.
+        let route = format!("/v1/routes/r{round}");
+        assert_served(&c, s, &route, s);
+        assert_served(&c, s, &format!("/v1/plugins/router/mine{round}"), s);
+        assert_served(&c, s, &format!("{route}?consistent"), leader);
 
         let killed = Instant::now();
         c.masters[leader].take().expect("leader").process.kill_9();
+        // While the election goes on, a standby still answers reads of the state itself.
+        let survivor = c.live()[0];
+        assert_served(&c, survivor, &format!("/v1/routes/r{round}"), survivor);
         let (next, next_term) = c.leader(&format!("a new leader after m{} was killed", leader + 1));
         eprintln!("round {round}: m{} took over from m{} in {:?}", next + 1, leader + 1, killed.elapsed());
         assert!(next_term > *terms.last().expect("a term"), "terms only grow: {terms:?} then {next_term}");

@@ -17,6 +17,12 @@ use super::{expect_event, showing_last, write};
 
 /// One HTTP/1.1 request to the API: status and body.
 pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with_head(api, token, method, path, body);
+    (status, body)
+}
+
+/// [`http`], with the response's head (status line and headers) as it came.
+pub(crate) fn http_with_head(api: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
     let addr = api.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = TcpStream::connect(addr).expect("connect to the API");
     stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
@@ -31,7 +37,7 @@ pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str)
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return (status, body.to_owned());
+        return (status, head.to_owned(), body.to_owned());
     }
     // Chunked: `<hex size>\r\n<data>\r\n` … `0\r\n\r\n`.
     let mut out = String::new();
@@ -44,7 +50,7 @@ pub(crate) fn http(api: &str, token: &str, method: &str, path: &str, body: &str)
         out.push_str(&tail[..n]);
         rest = tail[n..].trim_start_matches("\r\n");
     }
-    (status, out)
+    (status, head.to_owned(), out)
 }
 
 /// Running tasks as (id, agent) from `GET /v1/tasks?state=running`.

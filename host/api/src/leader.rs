@@ -3,7 +3,18 @@
 //! A master that does not lead forwards every `/v1` request to the leader's API (as it came: the
 //! method, the path and query, the headers with the token, the body streamed), except what it
 //! answers itself: `GET /v1/leader`, the event stream (`/v1/events`, the bus is the same
-//! everywhere), `/healthz` and `/metrics`. A forwarded request carries `X-Shoal-Forwarded-By`;
+//! everywhere), `/healthz` and `/metrics`, and reads of what lives in the replicated state.
+//!
+//! **Reads on a standby.** `GET`s of plugins (and their components), tokens, artifacts and routes
+//! are answered from the standby's own copy of the state, also while no master leads; add
+//! `?consistent` to have the leader answer instead. Every answer from the state carries
+//! `X-Shoal-Applied`, the last log entry the answering master had applied, and `X-Shoal-Served-By`,
+//! its id. A write forwarded through a standby returns once the standby has applied it too (up to
+//! [`READ_YOUR_WRITES`]), so reading back through the same master sees it; through another
+//! standby a read may lag the leader by what that one has not applied yet, as in Consul's
+//! default-to-stale servers or etcd's serializable reads.
+//!
+//! A forwarded request carries `X-Shoal-Forwarded-By`;
 //! a master that receives one while not leading answers 503 instead of forwarding again, so a
 //! request never loops between two masters that disagree for a moment. Without a leader (an
 //! election under way) the answer is 503 `no_leader` with `Retry-After: 1`.
@@ -28,6 +39,15 @@ use crate::error::ApiError;
 
 /// The header a forwarded request carries: the id of the master that forwarded it.
 pub const FORWARDED_BY: &str = "x-shoal-forwarded-by";
+/// The header of answers from the state: the last log entry the answering master had applied.
+pub const APPLIED: &str = "x-shoal-applied";
+/// The header of answers from the state: the answering master's id.
+pub const SERVED_BY: &str = "x-shoal-served-by";
+/// How long a standby waits to apply a write it forwarded before it answers anyway.
+pub const READ_YOUR_WRITES: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What `GET` reads from the replicated state: a standby answers these itself.
+const STATE_READS: [&str; 4] = ["/v1/plugins", "/v1/tokens", "/v1/artifacts", "/v1/routes"];
 
 /// A master's view of the leadership, for the API.
 pub struct Leadership {
@@ -35,6 +55,7 @@ pub struct Leadership {
     api: String,
     role: watch::Receiver<Role>,
     members: Arc<dyn Fn() -> Vec<Member> + Send + Sync>,
+    state: Arc<shoal_state::StateDb>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -62,18 +83,20 @@ impl Member {
 
 impl Leadership {
     /// Master `id`, whose API is at `api` (`http://host:port`), following the lease's `role`;
-    /// `members` lists the masters seen lately.
+    /// `members` lists the masters seen lately; `state` is this master's copy of the state.
     pub fn new(
         id: &str,
         api: &str,
         role: watch::Receiver<Role>,
         members: Arc<dyn Fn() -> Vec<Member> + Send + Sync>,
+        state: Arc<shoal_state::StateDb>,
     ) -> Leadership {
         Leadership {
             id: id.to_owned(),
             api: api.to_owned(),
             role,
             members,
+            state,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -121,11 +144,32 @@ fn served_here(request: &Request) -> bool {
     !path.starts_with("/v1/") || path == "/v1/leader" || path == "/v1/events" || path == "/v1/openapi.json"
 }
 
+/// Whether `request` reads the replicated state, and may be answered from this master's copy.
+fn reads_state(request: &Request) -> bool {
+    let path = request.uri().path();
+    let consistent =
+        request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "consistent" || p.starts_with("consistent=")));
+    matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+        && !consistent
+        && STATE_READS.iter().any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
 /// The middleware: on a standby, forward what the leader must answer.
 pub async fn forward(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(l) = state.leadership.clone() else { return next.run(request).await };
-    if l.leads() || served_here(&request) {
-        return next.run(request).await;
+    let from_state = reads_state(&request);
+    if l.leads() || served_here(&request) || from_state {
+        // A read is stamped with what was applied before it (the copy it read had at least
+        // that); anything else the leader answers, with what was applied after it (a write it
+        // acknowledged is in).
+        let before = l.state.applied();
+        let mut response = next.run(request).await;
+        if from_state {
+            stamp(&l, before, &mut response);
+        } else if l.leads() {
+            stamp(&l, l.state.applied(), &mut response);
+        }
+        return response;
     }
     if request.headers().contains_key(FORWARDED_BY) {
         return no_leader("this master was forwarded a request but does not lead").into_response();
@@ -134,8 +178,25 @@ pub async fn forward(State(state): State<AppState>, request: Request, next: Next
         return no_leader("no master leads right now (an election is under way); retry").into_response();
     };
     match send(&l, &leader, request).await {
-        Ok(response) => response,
+        Ok(response) => {
+            // Read-your-writes through this master: what the leader had applied when it answered
+            // is applied here before the answer goes back.
+            let applied = response.headers().get(APPLIED).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if let Some(sequence) = applied {
+                let _ = tokio::time::timeout(READ_YOUR_WRITES, l.state.wait_applied(sequence)).await;
+            }
+            response
+        }
         Err(e) => no_leader(&format!("the leader {} at {} did not answer: {e}", leader.id, leader.api)).into_response(),
+    }
+}
+
+/// Mark an answer of this master with the log entry its state had applied and its id.
+fn stamp(l: &Leadership, applied: u64, response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(APPLIED, HeaderValue::from(applied));
+    if let Ok(id) = HeaderValue::from_str(&l.id) {
+        headers.insert(SERVED_BY, id);
     }
 }
 

@@ -430,7 +430,13 @@ async fn start_leadership(
         tracing::warn!("no leader after 10 s; serving while the election goes on");
     }
     let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
-    Ok(Arc::new(shoal_api::leader::Leadership::new(&ha.id, &advertise, crate::leadership::role_of(&lease), members)))
+    Ok(Arc::new(shoal_api::leader::Leadership::new(
+        &ha.id,
+        &advertise,
+        crate::leadership::role_of(&lease),
+        members,
+        leader.state.clone(),
+    )))
 }
 
 /// The state store's parts this node runs: a store node when the config names one, and, on a
