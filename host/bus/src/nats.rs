@@ -36,6 +36,9 @@ pub struct NatsOptions {
     pub creds: Option<PathBuf>,
     /// A PEM file of certificate authorities to trust for `tls://` servers (besides the system's).
     pub ca: Option<PathBuf>,
+    /// How long to keep trying while no server answers (a daemon started alongside its NATS
+    /// servers, in any order); zero fails at once.
+    pub wait: Duration,
 }
 
 impl NatsBus {
@@ -45,9 +48,10 @@ impl NatsBus {
         Self::connect_with(url, &NatsOptions::default()).await
     }
 
-    /// Connects to `url` with `options`. Fails at once when no server answers; when the server
-    /// refuses the credentials, tries again for [`AUTH_PATIENCE`] first, since a server
-    /// re-reading its configuration (`shoal nats add`, SIGHUP) refuses connections for a moment.
+    /// Connects to `url` with `options`. When no server answers, tries again for `options.wait`
+    /// (by default not at all); when the server refuses the credentials, tries again for
+    /// [`AUTH_PATIENCE`] first, since a server re-reading its configuration (`shoal nats add`,
+    /// SIGHUP) refuses connections for a moment.
     pub async fn connect_with(url: &str, options: &NatsOptions) -> Result<Self, BusError> {
         let mut connect = async_nats::ConnectOptions::new().name("shoal");
         if let Some(path) = &options.creds {
@@ -63,16 +67,30 @@ impl NatsBus {
         if servers.iter().any(|s| s.starts_with("tls://")) {
             connect = connect.require_tls(true);
         }
-        let deadline = tokio::time::Instant::now() + AUTH_PATIENCE;
+        let started = tokio::time::Instant::now();
+        let mut waiting = false;
         loop {
             match connect.clone().connect(servers.clone()).await {
                 Ok(client) => return Ok(NatsBus { client }),
                 Err(err)
                     if err.kind() == async_nats::ConnectErrorKind::AuthorizationViolation
-                        && tokio::time::Instant::now() < deadline =>
+                        && started.elapsed() < AUTH_PATIENCE =>
                 {
                     tracing::debug!(%url, "nats refused the credentials; trying again (the server may be reloading)");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::TimedOut
+                    ) && started.elapsed() < options.wait =>
+                {
+                    if !waiting {
+                        tracing::info!(%url, wait = ?options.wait, "no NATS server answers yet; waiting for one");
+                        waiting = true;
+                    }
+                    // Retrying a refused connection on loopback or a LAN; bounded by the wait.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(err) => return Err(BusError::Nats(format!("cannot connect to {url}: {err}"))),
             }

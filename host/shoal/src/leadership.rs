@@ -74,7 +74,7 @@ pub async fn open_state(
     let js = async_nats::jetstream::new(client.clone());
     // A NATS cluster that has just started elects its JetStream leader first: wait for it, but
     // refuse at once a server that runs no JetStream at all.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + JETSTREAM_PATIENCE;
     loop {
         let e = match js.query_account().await {
             Ok(_) => break,
@@ -97,9 +97,17 @@ pub async fn open_state(
         log: LogConfig { stream: STATE_STREAM.into(), subject: STATE_SUBJECT.into(), replicas },
         blobs: BLOB_BUCKET.into(),
     };
-    let state = StateDb::open_replicated(dir, tables, client.clone(), &config)
-        .await
-        .with_context(|| format!("opening the replicated state in {}", dir.display()))?;
+    let state = loop {
+        match StateDb::open_replicated(dir, tables, client.clone(), &config).await {
+            Ok(state) => break state,
+            // The state's stream was just made, or its leader is being elected.
+            Err(e) if tokio::time::Instant::now() < deadline && transient(&e.to_string()) => {
+                tracing::info!(cause = %e, "waiting for the state's stream");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening the replicated state in {}", dir.display())),
+        }
+    };
     tracing::info!(cluster = %state.cluster(), applied = state.applied(), replicas, "replicated state open");
     Ok(state)
 }
@@ -284,6 +292,7 @@ impl Presence {
         let key = format!("member.{}", me.id);
         let value = serde_json::to_vec(&me)?;
         let deadline = tokio::time::Instant::now() + ha.lease_ttl * 2;
+        let settle = tokio::time::Instant::now() + JETSTREAM_PATIENCE;
         loop {
             match kv.create(&key, value.clone().into()).await {
                 Ok(_) => break,
@@ -296,6 +305,12 @@ impl Presence {
                     }
                     // Waiting out a TTL: the key of a crashed master with this id expires by then.
                     tokio::time::sleep(ha.lease_ttl / 8).await;
+                }
+                // A bucket just made (masters starting together on a new cluster) answers "no
+                // responders" until JetStream has elected its stream's leader.
+                Err(e) if tokio::time::Instant::now() < settle && transient(&e.to_string()) => {
+                    tracing::info!(cause = %e, "waiting for the masters' bucket");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => return Err(e).context("announcing this master"),
             }
@@ -333,6 +348,15 @@ impl Presence {
     pub(crate) fn members(&self) -> Vec<Member> {
         self.seen.lock().clone()
     }
+}
+
+/// How long a master waits for JetStream to elect the leaders of what it needs (a NATS cluster
+/// that has just started, a stream just made).
+const JETSTREAM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether a JetStream error is one that passes once its leaders are elected.
+fn transient(error: &str) -> bool {
+    error.contains("no responders") || error.contains("timed out") || error.contains("timeout")
 }
 
 async fn lease_bucket(client: &async_nats::Client) -> anyhow::Result<kv::Store> {

@@ -28,6 +28,9 @@ pub(crate) struct NatsArgs {
     /// then act as any role).
     #[arg(long)]
     pub nats_insecure: bool,
+    /// How long a role waits at start for a NATS server to answer (they may start in any order).
+    #[arg(long, default_value_t = 30_000)]
+    pub nats_wait_ms: u64,
 }
 
 /// Where a node's bus is, and how it proves who it is.
@@ -63,7 +66,11 @@ impl NatsArgs {
                  authorization"
             );
         }
-        let options = NatsOptions { creds: self.nats_creds.clone(), ca: self.nats_ca.clone() };
+        let options = NatsOptions {
+            creds: self.nats_creds.clone(),
+            ca: self.nats_ca.clone(),
+            wait: std::time::Duration::from_millis(self.nats_wait_ms),
+        };
         Ok(Some(NatsTarget { url: url.clone(), options }))
     }
 }
