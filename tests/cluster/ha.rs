@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use shoal_testkit::{NatsCluster, eventually_sync};
 
 use super::fixture::{Auth, Master, Process, reap, spawn_agent, spawn_store_node};
+use super::services::{self, EdgeGateway};
 use super::tasks::{http, http_with_head};
 use super::{shoal, showing_last, write};
 
@@ -292,4 +293,32 @@ fn masters_fail_over_and_every_instance_runs_exactly_once() {
     }
     // And the API still takes writes.
     c.cli_ok(s, &["kv", "put", "ha", "after", "all"]);
+}
+
+/// A standalone gateway given one master's API learns the others from it, and when that master
+/// is killed it mirrors the control plane through another: a route put after the kill reaches it.
+#[test]
+fn a_standalone_gateway_follows_the_masters_through_a_failover() {
+    let mut c = Masters::start();
+    let (leader, _) = c.leader("a first leader");
+    let gateway = EdgeGateway::start_with(c.api(leader), &c.token, &c.dir.path().join("gateway"));
+    let reaches = |route: &str| {
+        eventually_sync(
+            &format!("the gateway to mirror route {route}"),
+            Duration::from_secs(30),
+            showing_last(|| {
+                // No route is a 404; a route without instances a 503.
+                let (status, body) = services::get(&gateway.url, &format!("/{route}/"));
+                if status == 503 { Ok(()) } else { Err(format!("{status} {body}")) }
+            }),
+        )
+    };
+    c.cli_ok(leader, &["route", "put", "before", "--prefix", "/before", "--service", "web"]);
+    reaches("before");
+
+    // The master it was given goes; the gateway goes on through one it learned.
+    c.masters[leader].take().expect("leader").process.kill_9();
+    let (next, _) = c.leader("a new leader");
+    c.cli_ok(next, &["route", "put", "after", "--prefix", "/after", "--service", "web"]);
+    reaches("after");
 }

@@ -213,7 +213,8 @@ fn tls_urls_connect_with_tls_to_the_server_nats_init_configured() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         use shoal_bus::Bus;
-        let trusted = shoal_bus::NatsOptions { creds: Some(creds.clone()), ca: Some(d.join("ca.pem")) };
+        let trusted =
+            shoal_bus::NatsOptions { creds: Some(creds.clone()), ca: Some(d.join("ca.pem")), ..Default::default() };
         let bus = shoal_bus::NatsBus::connect_with(&url, &trusted).await.expect("TLS with the CA");
         let mut echo = bus.subscribe("shoal.evt.test.tls").await.expect("subscribe");
         bus.flush().await.expect("flush");
@@ -222,7 +223,7 @@ fn tls_urls_connect_with_tls_to_the_server_nats_init_configured() {
             tokio::time::timeout(Duration::from_secs(10), echo.next()).await.expect("in time").expect("a message");
         assert_eq!(&got.payload[..], b"over tls");
 
-        let untrusted = shoal_bus::NatsOptions { creds: Some(creds), ca: None };
+        let untrusted = shoal_bus::NatsOptions { creds: Some(creds), ca: None, ..Default::default() };
         let err = shoal_bus::NatsBus::connect_with(&url, &untrusted).await.expect_err("an unknown CA is refused");
         assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
     });

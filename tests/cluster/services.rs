@@ -50,7 +50,7 @@ impl Drop for Upstream {
 }
 
 /// One HTTP/1.1 GET through `base` (`http://host:port`): status and body.
-fn get(base: &str, path: &str) -> (u16, String) {
+pub(super) fn get(base: &str, path: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(addr).expect("connect to the gateway");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -203,9 +203,9 @@ fn the_gateway_keeps_serving_when_the_bus_is_gone() {
 }
 
 /// `shoal gateway` as its own process.
-struct EdgeGateway {
+pub(super) struct EdgeGateway {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl EdgeGateway {
@@ -219,7 +219,7 @@ impl EdgeGateway {
         Self::start_with(&format!("http://127.0.0.1:{port}"), "none", data)
     }
 
-    fn start_with(api: &str, token: &str, data: &std::path::Path) -> EdgeGateway {
+    pub(super) fn start_with(api: &str, token: &str, data: &std::path::Path) -> EdgeGateway {
         use std::io::BufRead;
         let mut child = Command::new(super::shoal())
             // One worker: the tests count exact spreads (see `Dev::start_one_gateway_worker`).

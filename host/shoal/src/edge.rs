@@ -6,6 +6,11 @@
 //! routes and plugins). Every copy is durable under its data directory (`instances.json`,
 //! `routes.json`, the plugin registry), so the gateway keeps serving its last table while the
 //! control plane is away, and after its own restart without it.
+//!
+//! With several masters any of them answers (standbys forward to the leader). The gateway asks
+//! the one that answered last; when it does not answer (or has no leader to forward to) it asks
+//! the others in turn: those it was given (`--api` takes a comma-separated list) and those
+//! `GET /v1/leader` names as members, learned after every round. A failover needs no operator.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,7 +31,7 @@ use tokio::sync::mpsc;
 /// How to run a standalone gateway.
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
-    /// The control plane's API (`http://host:port`).
+    /// The control plane's API (`http://host:port`), or several masters' (comma-separated).
     pub api: String,
     /// A token of the control plane (reading is enough).
     pub token: String,
@@ -107,9 +112,17 @@ pub async fn run(
         TcpListener::bind(config.listen).await.with_context(|| format!("binding the gateway to {}", config.listen))?;
     ready(&EdgeInfo { listen: listener.local_addr()?, instances: known, routes: routes.list().len() });
 
+    let apis: Vec<String> =
+        config.api.split(',').map(|a| a.trim().trim_end_matches('/').to_owned()).filter(|a| !a.is_empty()).collect();
+    anyhow::ensure!(!apis.is_empty(), "no control plane API given");
     let mirror = Mirror {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
-        api: config.api.trim_end_matches('/').to_owned(),
+        // A master that is gone (or cut off) must not hold a round for long: the next is asked.
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        apis: parking_lot::Mutex::new(apis),
+        current: std::sync::atomic::AtomicUsize::new(0),
         token: config.token,
         discovery,
         routes,
@@ -153,7 +166,10 @@ fn apply(discovery: &Discovery, i: &Mirrored) {
 
 struct Mirror {
     http: reqwest::Client,
-    api: String,
+    /// The masters known: those given first, then those learned from `/v1/leader`.
+    apis: parking_lot::Mutex<Vec<String>>,
+    /// Which of them answered last.
+    current: std::sync::atomic::AtomicUsize,
     token: String,
     discovery: Arc<Discovery>,
     routes: Arc<Routes>,
@@ -169,14 +185,15 @@ impl Mirror {
             match self.sync(index, &mut last).await {
                 Ok(next) => {
                     if away {
-                        tracing::info!(api = %self.api, "control plane reachable again; table refreshed");
+                        tracing::info!(api = %self.api(), "control plane reachable again; table refreshed");
                     }
+                    self.learn_members().await;
                     away = false;
                     index = next;
                 }
                 Err(e) => {
                     if !away {
-                        tracing::warn!(api = %self.api, cause = format!("{e:#}"), "control plane unreachable; serving the last table");
+                        tracing::warn!(cause = format!("{e:#}"), "control plane unreachable; serving the last table");
                     }
                     away = true;
                     index = 0;
@@ -186,8 +203,51 @@ impl Mirror {
         }
     }
 
+    /// The master asked last.
+    fn api(&self) -> String {
+        let apis = self.apis.lock();
+        apis[self.current.load(std::sync::atomic::Ordering::Relaxed) % apis.len()].clone()
+    }
+
+    /// `GET path` from the control plane: the master that answered last, else each other known
+    /// one in turn; a 503 (no leader to forward to) counts as no answer.
+    async fn send(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let apis = self.apis.lock().clone();
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed) % apis.len();
+        let mut failures = Vec::new();
+        for k in 0..apis.len() {
+            let i = (first + k) % apis.len();
+            match self.http.get(format!("{}{path}", apis[i])).bearer_auth(&self.token).send().await {
+                Ok(r) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    if i != first {
+                        tracing::info!(api = %apis[i], "asking another master of the control plane");
+                        self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(r);
+                }
+                Ok(r) => failures.push(format!("{}: {}", apis[i], r.status())),
+                Err(e) => failures.push(format!("{}: {e}", apis[i])),
+            }
+        }
+        anyhow::bail!("no master answered: {}", failures.join("; "))
+    }
+
+    /// Add the masters `GET /v1/leader` names to those known (a single node names none).
+    async fn learn_members(&self) {
+        let Ok(v) = self.get("/v1/leader").await else { return };
+        let mut apis = self.apis.lock();
+        for m in v["members"].as_array().into_iter().flatten() {
+            if let Some(api) = m["api"].as_str().map(|a| a.trim_end_matches('/').to_owned())
+                && !apis.contains(&api)
+            {
+                tracing::info!(%api, "learned a master of the control plane");
+                apis.push(api);
+            }
+        }
+    }
+
     async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let response = self.http.get(format!("{}{path}", self.api)).bearer_auth(&self.token).send().await?;
+        let response = self.send(path).await?;
         let status = response.status();
         if !status.is_success() {
             anyhow::bail!("GET {path}: {status}: {}", response.text().await.unwrap_or_default());
@@ -269,8 +329,8 @@ impl Mirror {
             }
             Some(_) => anyhow::bail!("version {active} differs here from the control plane's"),
             None => {
-                let url = format!("{}/v1/plugins/router/{name}/versions/{active}/component", self.api);
-                let response = self.http.get(url).bearer_auth(&self.token).send().await?.error_for_status()?;
+                let path = format!("/v1/plugins/router/{name}/versions/{active}/component");
+                let response = self.send(&path).await?.error_for_status()?;
                 let bytes = response.bytes().await?;
                 self.registry.push(PluginKind::Router, name, Some(active), &bytes, true).await?;
                 tracing::info!(router = name, version = active, "mirrored a router plugin");
