@@ -16,7 +16,11 @@ pub(crate) fn name_values(v: &Value) -> String {
 
 pub(crate) struct Client {
     pub(crate) http: reqwest::Client,
+    /// The first API given: requests are built against it.
     pub(crate) api: String,
+    /// Every API given (`SHOAL_API` may list several masters, comma-separated): a request none
+    /// of the earlier ones accepts a connection for goes to the next.
+    pub(crate) apis: Vec<String>,
     pub(crate) token: String,
 }
 
@@ -28,7 +32,14 @@ impl Client {
                 "no token: pass --token or set SHOAL_TOKEN (shoal dev prints one and saves it in ./.shoal/admin.token)",
             )?,
         };
-        Ok(Client { http: reqwest::Client::new(), api: remote.api.trim_end_matches('/').to_owned(), token })
+        let apis: Vec<String> = remote
+            .api
+            .split(',')
+            .map(|a| a.trim().trim_end_matches('/').to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let api = apis.first().cloned().context("no API given (--api or SHOAL_API)")?;
+        Ok(Client { http: reqwest::Client::new(), api, apis, token })
     }
 
     /// Follow a Server-Sent Events stream until it ends, handing `on_data` the `data:` of each
@@ -100,11 +111,7 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<(Vec<u8>, reqwest::header::HeaderMap)> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
+        let response = self.execute(request).await?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await?.to_vec();
@@ -116,6 +123,34 @@ impl Client {
             bail!("{status}: {message}");
         }
         Ok((body, headers))
+    }
+
+    /// Send `request` to the first API that accepts a connection.
+    async fn execute(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let request = request.bearer_auth(&self.token).build()?;
+        // A streamed body cannot be sent twice: such a request goes to the first API only.
+        if self.apis.len() == 1 || request.try_clone().is_none() {
+            return self
+                .http
+                .execute(request)
+                .await
+                .with_context(|| format!("cannot reach the Shoal API at {}", self.api));
+        }
+        let mut failures = Vec::new();
+        for base in &self.apis {
+            let Some(mut attempt) = request.try_clone() else { break };
+            let base_url = reqwest::Url::parse(base).with_context(|| format!("invalid API URL {base}"))?;
+            let url = attempt.url_mut();
+            let _ = url.set_scheme(base_url.scheme());
+            url.set_host(base_url.host_str()).with_context(|| format!("invalid API URL {base}"))?;
+            let _ = url.set_port(base_url.port_or_known_default());
+            match self.http.execute(attempt).await {
+                Ok(response) => return Ok(response),
+                Err(e) if e.is_connect() => failures.push(format!("{base}: {e}")),
+                Err(e) => return Err(e).with_context(|| format!("cannot reach the Shoal API at {base}")),
+            }
+        }
+        bail!("cannot reach the Shoal API at {}", failures.join("; "))
     }
 
     /// Send and return the JSON of a successful answer (`null` for an empty body).

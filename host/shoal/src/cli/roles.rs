@@ -397,7 +397,7 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
 pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let client = Client::new(args.remote.clone())?;
     let config = crate::edge::EdgeConfig {
-        api: client.api.clone(),
+        api: client.apis.join(","),
         token: client.token.clone(),
         listen: args.listen,
         data_dir: args.data_dir,
