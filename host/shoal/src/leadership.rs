@@ -73,14 +73,18 @@ pub async fn open_state(
 ) -> anyhow::Result<Arc<StateDb>> {
     let js = async_nats::jetstream::new(client.clone());
     // A NATS cluster that has just started elects its JetStream leader first: wait for it, but
-    // refuse at once a server that runs no JetStream at all.
+    // refuse at once a server that runs no JetStream at all. Such a server has nothing listening
+    // on the JetStream API (async-nats's `JetStreamUnavailable`, "no responders") and says so in
+    // its INFO, whereas a JetStream server still electing announces JetStream; an account
+    // without JetStream on a JetStream server is told "not enabled".
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let e = match js.query_account().await {
+        let (kind, e) = match js.query_account().await {
             Ok(_) => break,
-            Err(e) => e.to_string(),
+            Err(e) => (e.kind(), e.to_string()),
         };
-        let absent = e.contains("no responders") || e.contains("not enabled");
+        let unanswered = matches!(kind, async_nats::jetstream::context::AccountErrorKind::JetStreamUnavailable);
+        let absent = (unanswered && !client.server_info().jetstream) || e.contains("not enabled");
         if absent || tokio::time::Instant::now() >= deadline {
             anyhow::bail!(
                 "the NATS server has no JetStream ({e}): `shoal master` keeps the cluster's state replicated in \
