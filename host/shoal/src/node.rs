@@ -317,9 +317,12 @@ pub async fn run(
     };
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let api = listener.local_addr()?;
-    let (leadership, _parts) = match (&config.ha, &client) {
-        (Some(ha), Some(client)) => (Some(start_leadership(ha, client, api, &leader).await?), None),
-        _ => (None, Some(leader.start(1).await?)),
+    let (leadership, departure, _parts) = match (&config.ha, &client) {
+        (Some(ha), Some(client)) => {
+            let (leadership, departure) = start_leadership(ha, client, api, &leader).await?;
+            (Some(leadership), Some(departure), None)
+        }
+        _ => (None, None, Some(leader.start(1).await?)),
     };
     let local_agent = match config.local_agent.clone() {
         Some(registration) => Some(start_local_agent(registration, &config, &bus, &registry)?),
@@ -349,6 +352,14 @@ pub async fn run(
         leadership,
     };
     ready(&info);
+    // A clean stop hands the leadership over before the API stops: meanwhile it forwards to the
+    // next leader.
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(departure) = departure {
+            departure.leave().await;
+        }
+    };
     shoal_api::serve(listener, state, shutdown).await?;
     let _ = shutdown_tx.send(true);
     // The gateway's worker threads hold the registry (RocksDB): wait for them to drain and end,
@@ -395,20 +406,34 @@ fn start_services(
     Ok((discovery, routes))
 }
 
-/// Join the masters: announce this one, take part in the lease, and lead when it says so.
+/// Join the masters: announce this one, take part in the lease, and lead when it says so. The
+/// [`crate::leadership::Departure`] hands the leadership over on a clean stop.
 async fn start_leadership(
     ha: &crate::leadership::HaConfig,
     client: &async_nats::Client,
     api: SocketAddr,
     leader: &crate::leadership::Leader,
-) -> anyhow::Result<Arc<shoal_api::leader::Leadership>> {
+) -> anyhow::Result<(Arc<shoal_api::leader::Leadership>, crate::leadership::Departure)> {
     let advertise = ha.advertise.clone().unwrap_or_else(|| format!("http://{api}"));
     let me = shoal_api::leader::Member { id: ha.id.clone(), api: advertise.clone() };
     let lease = crate::leadership::open_lease(client, ha, &me).await?;
     let presence = crate::leadership::Presence::announce(client, ha, me).await?;
-    tokio::spawn(presence.clone().run(ha.lease_ttl));
-    tokio::spawn(lease.clone().run(std::future::pending()));
-    tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone()));
+    let announcing = tokio::spawn(presence.clone().run(ha.lease_ttl));
+    let (resign, resigned) = tokio::sync::oneshot::channel::<()>();
+    let lease_task = tokio::spawn(lease.clone().run(async move {
+        let _ = resigned.await;
+    }));
+    let (stop_following, stop) = tokio::sync::watch::channel(false);
+    let following =
+        tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone(), stop));
+    let departure = crate::leadership::Departure {
+        stop_following,
+        following,
+        resign,
+        lease: lease_task,
+        presence: presence.clone(),
+        announcing,
+    };
     // Serve once this master leads or knows who does (or after 10 s without a leader), so the
     // API's first answers are not "no master". A lease still held under this master's own id is a
     // previous run's, which will expire: wait for it.
@@ -423,7 +448,9 @@ async fn start_leadership(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
-    Ok(Arc::new(shoal_api::leader::Leadership::new(&ha.id, &advertise, crate::leadership::role_of(&lease), members)))
+    let leadership =
+        Arc::new(shoal_api::leader::Leadership::new(&ha.id, &advertise, crate::leadership::role_of(&lease), members));
+    Ok((leadership, departure))
 }
 
 /// The state store's parts this node runs: a store node when the config names one, and, on a
