@@ -285,11 +285,11 @@ fn a_leader_whose_wall_clock_jumps_keeps_its_one_leadership() {
             Ok(())
         });
         // Writes keep working, through the leader and through a standby.
-        c.cli_ok(0, &["kv", "put", "clock", &format!("k{n}"), jump]);
+        c.cli_ok(0, &["kv", "put", "clock", &format!("k{n}"), &format!("after {jump}")]);
         c.cli_ok(1, &["route", "put", &format!("clock{n}"), "--prefix", &format!("/clock{n}"), "--service", "web"]);
     }
     let value = c.cli_ok(2, &["kv", "get", "clock", "k3"]);
-    assert!(value.contains("+0"), "k3 = {value}");
+    assert!(value.contains("after +0"), "k3 = {value}");
 }
 
 #[test]
@@ -325,6 +325,7 @@ fn a_frozen_leader_is_replaced_and_comes_back_a_standby_that_changes_nothing() {
     // The new leader acts: one more instance.
     c.cli_ok(new, &["app", "scale", "web", "4"]);
     let during = c.wait_running(new, "web", 4);
+    eventually_sync("four starts", Duration::from_secs(10), || (starts(&starts_file).len() == 4).then_some(()));
     // Frozen for four TTLs in all, the survivors agreeing on the new leader meanwhile.
     let rest = Duration::from_secs(6).saturating_sub(stopped.elapsed());
     throughout("while the old leader is frozen", rest, || {
@@ -372,7 +373,9 @@ fn a_frozen_leader_is_replaced_and_comes_back_a_standby_that_changes_nothing() {
     for (id, agent) in &during {
         assert_eq!(now.get(id), Some(agent), "instance {id} is gone: {now:?}");
     }
-    let started = starts(&starts_file);
+    // A task reports running once started; its line may land a moment later.
+    let started =
+        eventually_sync("five starts", Duration::from_secs(10), || Some(starts(&starts_file)).filter(|s| s.len() >= 5));
     let distinct: std::collections::BTreeSet<&String> = started.iter().collect();
     assert_eq!((started.len(), distinct.len()), (5, 5), "starts: {started:?}");
 }

@@ -273,12 +273,19 @@ pub async fn run(
     let admin = crate::admin::AdminToken::start(&state, &config.data_dir).await?;
     let store = start_store(&bus, &config, &state).await?;
 
-    // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
+    // Plugins' key-value stores live in the state store (`crate::plugin_kv`); with several
+    // masters, the leader's plugins write there only while its lease (set once it is open) says
+    // it leads.
+    let lease = Arc::new(std::sync::OnceLock::<Arc<shoal_replication::Lease>>::new());
+    let gate: Option<crate::plugin_kv::LeaderGate> = config.ha.as_ref().map(|_| {
+        let lease = lease.clone();
+        Arc::new(move || lease.get().is_some_and(|l| l.leading().is_some())) as crate::plugin_kv::LeaderGate
+    });
     let (registry, events) = Registry::open_on(
         state.clone(),
         runtime,
         RegistryConfig::default(),
-        Some(crate::plugin_kv::provider(store.client.clone())),
+        Some(crate::plugin_kv::provider(store.client.clone(), gate)),
     )
     .context("opening the plugin registry")?;
     tokio::spawn(registry.clone().follow());
@@ -319,7 +326,7 @@ pub async fn run(
     let api = listener.local_addr()?;
     let (leadership, departure, _parts) = match (&config.ha, &client) {
         (Some(ha), Some(client)) => {
-            let (leadership, departure) = start_leadership(ha, client, api, &leader).await?;
+            let (leadership, departure) = start_leadership(ha, client, api, &leader, &lease).await?;
             (Some(leadership), Some(departure), None)
         }
         _ => (None, None, Some(leader.start(1).await?)),
@@ -413,10 +420,12 @@ async fn start_leadership(
     client: &async_nats::Client,
     api: SocketAddr,
     leader: &crate::leadership::Leader,
+    gate: &std::sync::OnceLock<Arc<shoal_replication::Lease>>,
 ) -> anyhow::Result<(Arc<shoal_api::leader::Leadership>, crate::leadership::Departure)> {
     let advertise = ha.advertise.clone().unwrap_or_else(|| format!("http://{api}"));
     let me = shoal_api::leader::Member { id: ha.id.clone(), api: advertise.clone() };
     let lease = crate::leadership::open_lease(client, ha, &me).await?;
+    let _ = gate.set(lease.clone());
     let presence = crate::leadership::Presence::announce(client, ha, me).await?;
     let announcing = tokio::spawn(presence.clone().run(ha.lease_ttl));
     let (resign, resigned) = tokio::sync::oneshot::channel::<()>();
