@@ -252,16 +252,7 @@ pub async fn run(
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
-    let (bus, client): (SharedBus, Option<async_nats::Client>) = match &config.nats {
-        Some(target) => {
-            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
-                .await
-                .with_context(|| format!("connecting to NATS at {}", target.url))?;
-            let client = bus.client().clone();
-            (Arc::new(bus), Some(client))
-        }
-        None => (Arc::new(LocalBus::new()), None),
-    };
+    let (bus, client) = connect_bus(&config).await?;
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
@@ -273,14 +264,8 @@ pub async fn run(
     let admin = crate::admin::AdminToken::start(&state, &config.data_dir).await?;
     let store = start_store(&bus, &config, &state).await?;
 
-    // Plugins' key-value stores live in the state store (`crate::plugin_kv`); with several
-    // masters, the leader's plugins write there only while its lease (set once it is open) says
-    // it leads.
-    let lease = Arc::new(std::sync::OnceLock::<Arc<shoal_replication::Lease>>::new());
-    let gate: Option<crate::plugin_kv::LeaderGate> = config.ha.as_ref().map(|_| {
-        let lease = lease.clone();
-        Arc::new(move || lease.get().is_some_and(|l| l.leading().is_some())) as crate::plugin_kv::LeaderGate
-    });
+    // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
+    let (lease, gate) = leader_gate(&config);
     let (registry, events) = Registry::open_on(
         state.clone(),
         runtime,
@@ -359,15 +344,7 @@ pub async fn run(
         leadership,
     };
     ready(&info);
-    // A clean stop hands the leadership over before the API stops: meanwhile it forwards to the
-    // next leader.
-    let shutdown = async move {
-        shutdown.await;
-        if let Some(departure) = departure {
-            departure.leave().await;
-        }
-    };
-    shoal_api::serve(listener, state, shutdown).await?;
+    shoal_api::serve(listener, state, handing_over(shutdown, departure)).await?;
     let _ = shutdown_tx.send(true);
     // The gateway's worker threads hold the registry (RocksDB): wait for them to drain and end,
     // so that no database is still open, and used, while the process exits.
@@ -380,6 +357,42 @@ pub async fn run(
         agent.stop_all().await;
     }
     Ok(())
+}
+
+/// `shutdown`, then the leadership handed over (on one of several masters): a clean stop hands
+/// it over before the API stops, which meanwhile forwards to the next leader.
+async fn handing_over(shutdown: impl Future<Output = ()>, departure: Option<crate::leadership::Departure>) {
+    shutdown.await;
+    if let Some(departure) = departure {
+        departure.leave().await;
+    }
+}
+
+/// The node's bus: NATS when the config names a server (with its client), else in-process.
+async fn connect_bus(config: &NodeConfig) -> anyhow::Result<(SharedBus, Option<async_nats::Client>)> {
+    Ok(match &config.nats {
+        Some(target) => {
+            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", target.url))?;
+            let client = bus.client().clone();
+            (Arc::new(bus), Some(client))
+        }
+        None => (Arc::new(LocalBus::new()), None),
+    })
+}
+
+/// The lease this master will hold (set once it is open) and the gate of the leader's plugins'
+/// stores on it: with several masters they write only while the lease says this one leads
+/// (`crate::plugin_kv::LeaderGate`); a single node's always may.
+type LeaseCell = Arc<std::sync::OnceLock<Arc<shoal_replication::Lease>>>;
+fn leader_gate(config: &NodeConfig) -> (LeaseCell, Option<crate::plugin_kv::LeaderGate>) {
+    let lease = LeaseCell::default();
+    let gate = config.ha.as_ref().map(|_| {
+        let lease = lease.clone();
+        Arc::new(move || lease.get().is_some_and(|l| l.leading().is_some())) as crate::plugin_kv::LeaderGate
+    });
+    (lease, gate)
 }
 
 /// Make `dir` (when missing) and private: only the node's own user may enter its data (the

@@ -158,7 +158,7 @@ pub async fn migrate_registry_kv(registry: Arc<Registry>) -> anyhow::Result<usiz
         match attempt {
             Ok(moved) => return Ok(moved),
             Err(e) => {
-                if waited.as_secs() % 10 == 0 {
+                if waited.as_secs().is_multiple_of(10) {
                     tracing::warn!(cause = %e, "waiting for the state store to move plugins' data into it");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
