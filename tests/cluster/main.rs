@@ -15,6 +15,7 @@ mod api_security;
 mod apps;
 mod fixture;
 mod ha;
+mod ha_faults;
 mod isolation;
 mod master;
 mod partition;

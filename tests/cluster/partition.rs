@@ -139,7 +139,7 @@ fn a_cut_off_leader_stops_before_another_leads_and_comes_back_as_a_standby() {
         command.stderr(log).env("NO_COLOR", "1");
         Master::start_with(command, &listen, &urls, Auth::Insecure, data, flags)
     });
-    let c = Masters::start_with(nats, dir, LEASE_TTL_MS, launch);
+    let c = Masters::start_launched(nats, dir, LEASE_TTL_MS, launch);
     let (first, term) = c.leader_among(&[0, 1, 2], "a first leader");
     assert_eq!(first, 0, "m1 started first, alone, and leads");
     let starts_file = c.deploy_counted(1, 2);

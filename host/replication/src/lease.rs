@@ -274,8 +274,11 @@ impl Lease {
         let held = self.held.lock().expect("lease lock").take();
         if let Some(held) = held {
             self.role.send_replace(Role::Follower { leader: None, term: 0 });
-            if let Err(e) = self.kv.delete_expect_revision(&self.key, Some(held.revision)).await {
-                tracing::debug!(key = %self.key, cause = %e, "could not give the lease up; it expires instead");
+            match self.kv.delete_expect_revision(&self.key, Some(held.revision)).await {
+                Ok(()) => tracing::info!(key = %self.key, holder = %self.holder, term = held.term, "lease given up"),
+                Err(e) => {
+                    tracing::warn!(key = %self.key, cause = %e, "could not give the lease up; it expires instead")
+                }
             }
         }
     }

@@ -73,14 +73,18 @@ pub async fn open_state(
 ) -> anyhow::Result<Arc<StateDb>> {
     let js = async_nats::jetstream::new(client.clone());
     // A NATS cluster that has just started elects its JetStream leader first: wait for it, but
-    // refuse at once a server that runs no JetStream at all.
+    // refuse at once a server that runs no JetStream at all. Such a server has nothing listening
+    // on the JetStream API (async-nats's `JetStreamUnavailable`, "no responders") and says so in
+    // its INFO, whereas a JetStream server still electing announces JetStream; an account
+    // without JetStream on a JetStream server is told "not enabled".
     let deadline = tokio::time::Instant::now() + JETSTREAM_PATIENCE;
     loop {
-        let e = match js.query_account().await {
+        let (kind, e) = match js.query_account().await {
             Ok(_) => break,
-            Err(e) => e.to_string(),
+            Err(e) => (e.kind(), e.to_string()),
         };
-        let absent = e.contains("no responders") || e.contains("not enabled");
+        let unanswered = matches!(kind, async_nats::jetstream::context::AccountErrorKind::JetStreamUnavailable);
+        let absent = (unanswered && !client.server_info().jetstream) || e.contains("not enabled");
         if absent || tokio::time::Instant::now() >= deadline {
             anyhow::bail!(
                 "the NATS server has no JetStream ({e}): `shoal master` keeps the cluster's state replicated in \
@@ -348,6 +352,13 @@ impl Presence {
     pub(crate) fn members(&self) -> Vec<Member> {
         self.seen.lock().clone()
     }
+
+    /// Withdraw this master's presence (a clean stop; call once [`Presence::run`] has stopped).
+    pub(crate) async fn leave(&self) {
+        if let Err(e) = self.kv.delete(&self.key).await {
+            tracing::debug!(cause = %e, "could not withdraw this master's presence; it expires instead");
+        }
+    }
 }
 
 /// How long a master waits for JetStream to elect the leaders of what it needs (a NATS cluster
@@ -374,11 +385,18 @@ pub(crate) async fn open_lease(client: &async_nats::Client, ha: &HaConfig, me: &
 }
 
 /// Lead while the lease says so: start the leader's parts on election, stop them when the lease
-/// is lost or about to be (checked every TTL/16 on this master's clock), until the process ends.
-pub(crate) async fn follow_lease(lease: Arc<Lease>, ttl: Duration, leader: Leader, id: String) {
+/// is lost or about to be (checked every TTL/16 on this master's clock), until `stop` turns true
+/// (or its sender goes): then stop them for good.
+pub(crate) async fn follow_lease(
+    lease: Arc<Lease>,
+    ttl: Duration,
+    leader: Leader,
+    id: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut role = lease.watch();
     let mut running: Option<(u64, LeaderParts)> = None;
-    loop {
+    while !*stop.borrow() {
         let leading = lease.leading();
         match (leading, running.as_ref().map(|(t, _)| *t)) {
             (Some(term), None) => match leader.state.lead(term, &id).await {
@@ -402,9 +420,41 @@ pub(crate) async fn follow_lease(lease: Arc<Lease>, ttl: Duration, leader: Leade
             (None, None) => {}
         }
         tokio::select! {
-            changed = role.changed() => if changed.is_err() { return },
+            changed = role.changed() => if changed.is_err() { break },
+            stopped = stop.changed() => if stopped.is_err() { break },
             () = tokio::time::sleep(ttl / 16) => {}
         }
+    }
+    if let Some((_, parts)) = running.take() {
+        leader.stop(parts);
+    }
+}
+
+/// What a master that takes part in the leadership runs, so that a clean stop ([`Departure::leave`])
+/// hands the leadership over at once instead of leaving the others to wait out the lease.
+pub(crate) struct Departure {
+    pub stop_following: tokio::sync::watch::Sender<bool>,
+    pub following: JoinHandle<()>,
+    pub resign: tokio::sync::oneshot::Sender<()>,
+    pub lease: JoinHandle<()>,
+    pub presence: Arc<Presence>,
+    pub announcing: JoinHandle<()>,
+}
+
+impl Departure {
+    /// Stop acting as leader (the resource master, the shard map, the artifacts stop here), then
+    /// give the lease up (its key deleted: a standby takes over at its next read, within an
+    /// eighth of the TTL), then leave the members (so a restart with this id is accepted at
+    /// once). In this order: nothing acts under this master's term once the lease is free.
+    pub(crate) async fn leave(self) {
+        let _ = self.stop_following.send(true);
+        let _ = self.following.await;
+        let _ = self.resign.send(());
+        let _ = self.lease.await;
+        self.announcing.abort();
+        let _ = self.announcing.await;
+        self.presence.leave().await;
+        tracing::info!("left the masters: the leadership, if this master held it, is handed over");
     }
 }
 

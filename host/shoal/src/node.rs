@@ -241,20 +241,6 @@ async fn forward_gateway_events(mut rx: mpsc::UnboundedReceiver<GatewayEvent>, b
     }
 }
 
-/// The bus: NATS (with its client, for JetStream) when configured, else in-process.
-async fn connect(config: &NodeConfig) -> anyhow::Result<(SharedBus, Option<async_nats::Client>)> {
-    Ok(match &config.nats {
-        Some(target) => {
-            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
-                .await
-                .with_context(|| format!("connecting to NATS at {}", target.url))?;
-            let client = bus.client().clone();
-            (Arc::new(bus), Some(client))
-        }
-        None => (Arc::new(LocalBus::new()), None),
-    })
-}
-
 /// Start a node; it serves until `shutdown` completes. `ready` receives the node's info once
 /// the API listens.
 pub async fn run(
@@ -266,7 +252,7 @@ pub async fn run(
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
-    let (bus, client) = connect(&config).await?;
+    let (bus, client) = connect_bus(&config).await?;
     let runtime =
         Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")), ..RuntimeConfig::default() })?;
     let max_upload = runtime.config().max_component_size;
@@ -279,11 +265,12 @@ pub async fn run(
     let store = start_store(&bus, &config, &state).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
+    let (lease, gate) = leader_gate(&config);
     let (registry, events) = Registry::open_on(
         state.clone(),
         runtime,
         RegistryConfig::default(),
-        Some(crate::plugin_kv::provider(store.client.clone())),
+        Some(crate::plugin_kv::provider(store.client.clone(), gate)),
     )
     .context("opening the plugin registry")?;
     tokio::spawn(registry.clone().follow());
@@ -323,9 +310,12 @@ pub async fn run(
     };
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let api = listener.local_addr()?;
-    let (leadership, _parts) = match (&config.ha, &client) {
-        (Some(ha), Some(client)) => (Some(start_leadership(ha, client, api, &leader).await?), None),
-        _ => (None, Some(leader.start(1).await?)),
+    let (leadership, departure, _parts) = match (&config.ha, &client) {
+        (Some(ha), Some(client)) => {
+            let (leadership, departure) = start_leadership(ha, client, api, &leader, &lease).await?;
+            (Some(leadership), Some(departure), None)
+        }
+        _ => (None, None, Some(leader.start(1).await?)),
     };
     let local_agent = match config.local_agent.clone() {
         Some(registration) => Some(start_local_agent(registration, &config, &bus, &registry)?),
@@ -355,7 +345,7 @@ pub async fn run(
         leadership,
     };
     ready(&info);
-    shoal_api::serve(listener, state, shutdown).await?;
+    shoal_api::serve(listener, state, handing_over(shutdown, departure)).await?;
     let _ = shutdown_tx.send(true);
     // The gateway's worker threads hold the registry (RocksDB): wait for them to drain and end,
     // so that no database is still open, and used, while the process exits.
@@ -368,6 +358,42 @@ pub async fn run(
         agent.stop_all().await;
     }
     Ok(())
+}
+
+/// `shutdown`, then the leadership handed over (on one of several masters): a clean stop hands
+/// it over before the API stops, which meanwhile forwards to the next leader.
+async fn handing_over(shutdown: impl Future<Output = ()>, departure: Option<crate::leadership::Departure>) {
+    shutdown.await;
+    if let Some(departure) = departure {
+        departure.leave().await;
+    }
+}
+
+/// The node's bus: NATS when the config names a server (with its client), else in-process.
+async fn connect_bus(config: &NodeConfig) -> anyhow::Result<(SharedBus, Option<async_nats::Client>)> {
+    Ok(match &config.nats {
+        Some(target) => {
+            let bus = shoal_bus::NatsBus::connect_with(&target.url, &target.options)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", target.url))?;
+            let client = bus.client().clone();
+            (Arc::new(bus), Some(client))
+        }
+        None => (Arc::new(LocalBus::new()), None),
+    })
+}
+
+/// The lease this master will hold (set once it is open) and the gate of the leader's plugins'
+/// stores on it: with several masters they write only while the lease says this one leads
+/// (`crate::plugin_kv::LeaderGate`); a single node's always may.
+type LeaseCell = Arc<std::sync::OnceLock<Arc<shoal_replication::Lease>>>;
+fn leader_gate(config: &NodeConfig) -> (LeaseCell, Option<crate::plugin_kv::LeaderGate>) {
+    let lease = LeaseCell::default();
+    let gate = config.ha.as_ref().map(|_| {
+        let lease = lease.clone();
+        Arc::new(move || lease.get().is_some_and(|l| l.leading().is_some())) as crate::plugin_kv::LeaderGate
+    });
+    (lease, gate)
 }
 
 /// Make `dir` (when missing) and private: only the node's own user may enter its data (the
@@ -401,20 +427,36 @@ fn start_services(
     Ok((discovery, routes))
 }
 
-/// Join the masters: announce this one, take part in the lease, and lead when it says so.
+/// Join the masters: announce this one, take part in the lease, and lead when it says so. The
+/// [`crate::leadership::Departure`] hands the leadership over on a clean stop.
 async fn start_leadership(
     ha: &crate::leadership::HaConfig,
     client: &async_nats::Client,
     api: SocketAddr,
     leader: &crate::leadership::Leader,
-) -> anyhow::Result<Arc<shoal_api::leader::Leadership>> {
+    gate: &std::sync::OnceLock<Arc<shoal_replication::Lease>>,
+) -> anyhow::Result<(Arc<shoal_api::leader::Leadership>, crate::leadership::Departure)> {
     let advertise = ha.advertise.clone().unwrap_or_else(|| format!("http://{api}"));
     let me = shoal_api::leader::Member { id: ha.id.clone(), api: advertise.clone() };
     let lease = crate::leadership::open_lease(client, ha, &me).await?;
+    let _ = gate.set(lease.clone());
     let presence = crate::leadership::Presence::announce(client, ha, me).await?;
-    tokio::spawn(presence.clone().run(ha.lease_ttl));
-    tokio::spawn(lease.clone().run(std::future::pending()));
-    tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone()));
+    let announcing = tokio::spawn(presence.clone().run(ha.lease_ttl));
+    let (resign, resigned) = tokio::sync::oneshot::channel::<()>();
+    let lease_task = tokio::spawn(lease.clone().run(async move {
+        let _ = resigned.await;
+    }));
+    let (stop_following, stop) = tokio::sync::watch::channel(false);
+    let following =
+        tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone(), stop));
+    let departure = crate::leadership::Departure {
+        stop_following,
+        following,
+        resign,
+        lease: lease_task,
+        presence: presence.clone(),
+        announcing,
+    };
     // Serve once this master leads or knows who does (or after 10 s without a leader), so the
     // API's first answers are not "no master". A lease still held under this master's own id is a
     // previous run's, which will expire: wait for it.
@@ -430,13 +472,14 @@ async fn start_leadership(
         tracing::warn!("no leader after 10 s; serving while the election goes on");
     }
     let members: Arc<dyn Fn() -> Vec<shoal_api::leader::Member> + Send + Sync> = Arc::new(move || presence.members());
-    Ok(Arc::new(shoal_api::leader::Leadership::new(
+    let leadership = Arc::new(shoal_api::leader::Leadership::new(
         &ha.id,
         &advertise,
         crate::leadership::role_of(&lease),
         members,
         leader.state.clone(),
-    )))
+    ));
+    Ok((leadership, departure))
 }
 
 /// The state store's parts this node runs: a store node when the config names one, and, on a

@@ -33,17 +33,42 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// Keys per listing request (values come along, so pages stay small).
 const LIST_BATCH: usize = 200;
 
+/// Whether this node may write the stores of the plugins only a leader runs (frameworks and
+/// allocators), asked at every write. On one of several masters: while its lease says it leads,
+/// on its own clock. The store does not fence plugins' writes by term, so without this a deposed
+/// leader's plugin — a process frozen in the middle of a call, resuming after another master took
+/// over — would write the state it held before the freeze over the new leader's (seen: an app
+/// scaled by the new leader scaled back, an instance killed).
+pub type LeaderGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// One plugin's store: a namespace of the state store.
 pub struct StoreKv {
     client: Arc<StoreClient>,
     handle: Handle,
     namespace: String,
+    /// Writes only while this says yes (`None`: always).
+    gate: Option<LeaderGate>,
 }
 
 impl StoreKv {
     /// The store of plugin `name` of `kind`. Call inside the Tokio runtime the client runs on.
     pub fn new(client: Arc<StoreClient>, kind: PluginKind, name: &str) -> StoreKv {
-        StoreKv { client, handle: Handle::current(), namespace: shoal_store::plugin_namespace(kind.as_str(), name) }
+        StoreKv {
+            client,
+            handle: Handle::current(),
+            namespace: shoal_store::plugin_namespace(kind.as_str(), name),
+            gate: None,
+        }
+    }
+
+    /// Refuse a write when the gate says this node no longer leads.
+    fn may_write(&self) -> Result<(), KvError> {
+        match &self.gate {
+            Some(leads) if !leads() => {
+                Err(KvError::Unavailable("this master no longer leads: a deposed leader's plugins write nothing"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The namespace this store writes.
@@ -82,10 +107,12 @@ impl KvBackend for StoreKv {
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.may_write()?;
         self.run(self.client.put(&self.namespace, key, value, PutOptions::default())).map(drop)
     }
 
     fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.may_write()?;
         self.run(self.client.delete(&self.namespace, key, None)).map(drop)
     }
 
@@ -105,9 +132,16 @@ impl KvBackend for StoreKv {
     }
 }
 
-/// The registry's source of plugin stores on a node with a state store.
-pub fn provider(client: Arc<StoreClient>) -> KvProvider {
-    Arc::new(move |kind, name| Arc::new(StoreKv::new(client.clone(), kind, name)) as Arc<dyn KvBackend>)
+/// The registry's source of plugin stores on a node with a state store; frameworks' and
+/// allocators' stores write only while `gate` says yes.
+pub fn provider(client: Arc<StoreClient>, gate: Option<LeaderGate>) -> KvProvider {
+    Arc::new(move |kind, name| {
+        let mut kv = StoreKv::new(client.clone(), kind, name);
+        if matches!(kind, PluginKind::Framework | PluginKind::Allocator) {
+            kv.gate = gate.clone();
+        }
+        Arc::new(kv) as Arc<dyn KvBackend>
+    })
 }
 
 /// Move plugins' data that an earlier version kept in the registry's RocksDB into the state
@@ -124,7 +158,7 @@ pub async fn migrate_registry_kv(registry: Arc<Registry>) -> anyhow::Result<usiz
         match attempt {
             Ok(moved) => return Ok(moved),
             Err(e) => {
-                if waited.as_secs() % 10 == 0 {
+                if waited.as_secs().is_multiple_of(10) {
                     tracing::warn!(cause = %e, "waiting for the state store to move plugins' data into it");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -231,7 +265,7 @@ mod tests {
             &registry_dir,
             runtime(),
             RegistryConfig::default(),
-            Some(provider(store.client.clone())),
+            Some(provider(store.client.clone(), None)),
         )
         .expect("registry");
         assert_eq!(migrate_registry_kv(registry.clone()).await.expect("migrate"), 3);

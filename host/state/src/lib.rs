@@ -68,6 +68,18 @@ pub enum StateError {
         /// What the log says.
         log: String,
     },
+    /// The data directory has applied entries the log does not have (any more).
+    #[error(
+        "{dir} has applied the state's log up to entry {applied}, but the NATS cluster's log ends at entry {last}: the log lost entries (its JetStream restored from an older copy?); start this master with an empty --data-dir to take the log as it is, or point --nats at the servers whose log this directory followed"
+    )]
+    AheadOfLog {
+        /// The data directory.
+        dir: String,
+        /// The last entry it applied.
+        applied: u64,
+        /// The log's last entry.
+        last: u64,
+    },
     /// A batch too large for one log entry (use [`Change::PutBlob`] for large values).
     #[error("a commit of {0} bytes is too large for one log entry; large values go in blobs")]
     TooLarge(usize),
@@ -155,9 +167,10 @@ impl StateDb {
         let local = read_string(&db, CLUSTER)?;
         let dir_name = dir.display().to_string();
         match local {
-            Some(local) if local != cluster || applied > last => {
+            Some(local) if local != cluster => {
                 return Err(StateError::OtherCluster { dir: dir_name, local, log: cluster });
             }
+            Some(_) if applied > last => return Err(StateError::AheadOfLog { dir: dir_name, applied, last }),
             None if applied > 0 => {
                 return Err(StateError::OtherCluster { dir: dir_name, local: "unknown".into(), log: cluster });
             }

@@ -53,6 +53,8 @@ pub struct NatsServer {
     config: Option<PathBuf>,
     /// More arguments, e.g. the cluster flags of a [`NatsCluster`] member.
     extra: Vec<String>,
+    /// Whether the server runs JetStream (always, but for [`NatsServer::start_without_jetstream`]).
+    jetstream: bool,
 }
 
 /// Distinguishes servers started by one test process.
@@ -68,16 +70,22 @@ impl NatsServer {
     /// Starts `nats-server` (from `$SHOAL_NATS_SERVER` or `PATH`) on a free loopback port and waits
     /// until it accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
-        Self::start_inner(None)
+        Self::start_inner(None, true)
     }
 
     /// [`NatsServer::start`] with the configuration file `config` (its `listen` and `jetstream`
     /// settings are overridden: loopback, a free port, a temporary store).
     pub fn start_with_config(config: &Path) -> anyhow::Result<NatsServer> {
-        Self::start_inner(Some(config.to_owned()))
+        Self::start_inner(Some(config.to_owned()), true)
     }
 
-    fn start_inner(config: Option<PathBuf>) -> anyhow::Result<NatsServer> {
+    /// [`NatsServer::start`] without JetStream: the plain core-NATS server a misconfigured
+    /// deployment gives a component that needs JetStream.
+    pub fn start_without_jetstream() -> anyhow::Result<NatsServer> {
+        Self::start_inner(None, false)
+    }
+
+    fn start_inner(config: Option<PathBuf>, jetstream: bool) -> anyhow::Result<NatsServer> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("shoal-nats-")
@@ -93,6 +101,7 @@ impl NatsServer {
             runs: 0,
             config,
             extra: Vec::new(),
+            jetstream,
         };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -215,17 +224,14 @@ impl NatsServer {
             Some(config) => command.arg("-c").arg(config),
             None => command.args(["-n", &self.name]),
         };
-        let mut child = command
-            .args(["-a", &self.host.to_string(), "-p", &port, "-js", "-sd"])
-            .arg(&store)
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(log_for_stdout)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| {
-                StartError::Fatal(anyhow::anyhow!("cannot run {}: {err}; {INSTALL_HINT}", self.binary.display()))
-            })?;
+        command.args(["-a", &self.host.to_string(), "-p", &port]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(&store);
+        }
+        let mut child =
+            command.args(&self.extra).stdin(Stdio::null()).stdout(log_for_stdout).stderr(log).spawn().map_err(
+                |err| StartError::Fatal(anyhow::anyhow!("cannot run {}: {err}; {INSTALL_HINT}", self.binary.display())),
+            )?;
 
         let address = SocketAddr::from((self.host, self.port));
         let deadline = Instant::now() + STARTUP_PATIENCE;
@@ -311,6 +317,7 @@ impl NatsCluster {
                     "--routes".into(),
                     all_routes.clone(),
                 ],
+                jetstream: true,
             };
             server.spawn().map_err(|e| match e {
                 StartError::PortTaken(e) | StartError::Fatal(e) => e.context(format!("cluster member {i}")),

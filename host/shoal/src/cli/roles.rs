@@ -312,8 +312,16 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             advertise: args.advertise,
         }),
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // SIGTERM (a service manager's stop, `kill`) as well as Ctrl-C: either hands the leadership
+    // over before the process exits (`node::run`), where the default SIGTERM would end it at
+    // once and leave the others to wait out the lease.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
         eprintln!("shutting down");
     };
     crate::node::run(config, shutdown, |info: &NodeInfo| {
