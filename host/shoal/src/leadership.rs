@@ -263,6 +263,9 @@ impl Presence {
         let key = format!("member.{}", me.id);
         let value = serde_json::to_vec(&me)?;
         let deadline = tokio::time::Instant::now() + ha.lease_ttl * 2;
+        // A bucket another master has just made may not answer yet (its stream's replicas are
+        // still electing: "no responders"); that passes, as JetStream's own start does.
+        let unready_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match kv.create(&key, value.clone().into()).await {
                 Ok(_) => break,
@@ -274,6 +277,11 @@ impl Presence {
                         );
                     }
                     // Waiting out a TTL: the key of a crashed master with this id expires by then.
+                    tokio::time::sleep(ha.lease_ttl / 8).await;
+                }
+                Err(e) if tokio::time::Instant::now() < unready_deadline => {
+                    tracing::info!(cause = %e, "the masters' bucket does not answer yet; retrying");
+                    // A product retry while the bucket's replicas elect their leader.
                     tokio::time::sleep(ha.lease_ttl / 8).await;
                 }
                 Err(e) => return Err(e).context("announcing this master"),
