@@ -22,6 +22,7 @@
 # (utime + stime from /proc/<pid>/stat) and peak RSS (VmRSS, sampled) from the election to all
 # active and over the 20 s after.
 #
+# One store node (`shoal store`) holds the frameworks' state (STORE=0: none).
 # The bus is open (`--nats-insecure`): authorization is not what this measures (see
 # master-heartbeats.sh for the authenticated bus). Logs and data stay in $KEEP_DIR when set.
 set -euo pipefail
@@ -95,6 +96,20 @@ def rss_mib(pid):
                 return int(line.split()[1]) / 1024
     return 0
 
+def log_times(log, term):
+    """Unix ns of `lease taken … term=<term>` and `leading term=<term>` in a master's log (None if absent)."""
+    import datetime
+    taken = leading = None
+    for line in open(log, errors="replace"):
+        if f"term={term}" not in line or not line[:4].isdigit():
+            continue
+        at = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+        if "lease taken" in line:
+            taken = int(at * 1e9)
+        elif "leading" in line:
+            leading = int(at * 1e9)
+    return taken, leading
+
 def wait_leader(timeout, apis):
     """Until every api names the same live leader and term: prints `id term`."""
     deadline = time.time() + timeout
@@ -121,7 +136,7 @@ def wait_standby(timeout, api, lid, term):
         time.sleep(0.05)
     sys.exit(f"{api} does not follow {lid} (term {term}) after {timeout} s: {last}")
 
-def write_after_kill(t0, api, name, old_term, survivors):
+def write_after_kill(t0, api, name, old_term, work, survivors):
     """Put route `name` through `api` until acknowledged; meanwhile note when a survivor first names
     a new term. Prints one JSON line."""
     body = json.dumps({"service": "bench", "path_prefix": f"/{name}"}).encode()
@@ -141,8 +156,10 @@ def write_after_kill(t0, api, name, old_term, survivors):
         if (now_ns() - t0) > 60e9:
             sys.exit(f"no write acknowledged 60 s after the kill: {errors}")
         time.sleep(0.02)
-    print(json.dumps({"write_ms": (done - t0) / 1e6, "elected_ms": (elected - t0) / 1e6 if elected else None,
-                      "new_leader": new[0] if new else None, "term": new[1] if new else None,
+    ms = lambda ns: round((ns - t0) / 1e6, 1) if ns else None
+    taken, leading = log_times(f"{work}/{new[0]}.log", new[1]) if new else (None, None)
+    print(json.dumps({"write_ms": ms(done), "elected_ms": ms(elected), "lease_taken_ms": ms(taken),
+                      "leading_ms": ms(leading), "new_leader": new[0] if new else None, "term": new[1] if new else None,
                       "attempts": attempts, "errors": errors}))
 
 def stats(label, samples):
@@ -154,16 +171,19 @@ def stats(label, samples):
 def summary(path):
     rows = [json.loads(l) for l in open(path)]
     stats("kill -> write acknowledged", [r["write_ms"] for r in rows])
-    el = [r["elected_ms"] for r in rows if r["elected_ms"] is not None]
-    if el:
-        stats("kill -> new term seen on a survivor", el)
+    for key, label in [("elected_ms", "kill -> new term seen on a survivor (polled)"),
+                       ("lease_taken_ms", "kill -> lease taken (new leader's log)"),
+                       ("leading_ms", "kill -> leading, parts started (new leader's log)")]:
+        xs = [r[key] for r in rows if r.get(key) is not None]
+        if xs:
+            stats(label, xs)
     direct = [r["write_ms"] for r in rows if r["via"] == r["new_leader"]]
     fwd = [r["write_ms"] for r in rows if r["via"] != r["new_leader"]]
     if direct: stats("  written through the new leader", direct)
     if fwd: stats("  written through the standby (forwarded)", fwd)
     print("samples (ms):", " ".join(f"{r['write_ms']:.0f}" for r in rows))
 
-def reattach(t0, agents, old_term, survivors_pids, after_s):
+def reattach(t0, agents, old_term, work, survivors_pids, after_s):
     """Phase 2: election, then all agents active on the new leader; CPU and RSS of the new leader."""
     survivors = dict(a.split("=", 1) for a in survivors_pids)  # api -> pid
     while True:
@@ -204,12 +224,16 @@ def reattach(t0, agents, old_term, survivors_pids, after_s):
         peak_after = max(peak_after, rss_mib(pid))
     c2 = cpu(pid)
     el_ms = elected / 1e6
+    taken, leading = log_times(f"{work}/{new[0]}.log", new[1])
+    taken_ms = taken / 1e6 if taken else el_ms
     print(json.dumps({
         "new_leader": new[0], "term": new[1],
         "kill_to_elected_ms": (elected - t0) / 1e6,
+        "kill_to_lease_taken_ms": taken_ms - t0 / 1e6,
+        "lease_taken_to_leading_ms": (leading / 1e6 - taken_ms) if leading else None,
+        "lease_taken_to_first_registration_ms": regs[0] - taken_ms,
+        "lease_taken_to_last_registration_ms": regs[-1] - taken_ms,
         "elected_to_all_active_polled_ms": (all_active - elected) / 1e6,
-        "elected_to_first_registration_ms": regs[0] - el_ms,
-        "elected_to_last_registration_ms": regs[-1] - el_ms,
         "agents_polls": polls,
         "cpu_window_pct": 100 * (c1 - c0) / window, "peak_rss_window_mib": peak,
         "cpu_after_pct": 100 * (c2 - c1) / after_s, "peak_rss_after_mib": peak_after,
@@ -234,9 +258,9 @@ def routes_on(api, prefix):
 cmd, *args = sys.argv[1:]
 {"wait_leader": lambda: wait_leader(float(args[0]), args[1:]),
  "wait_standby": lambda: wait_standby(float(args[0]), *args[1:]),
- "write_after_kill": lambda: write_after_kill(int(args[0]), args[1], args[2], int(args[3]), args[4:]),
+ "write_after_kill": lambda: write_after_kill(int(args[0]), args[1], args[2], int(args[3]), args[4], args[5:]),
  "summary": lambda: summary(args[0]),
- "reattach": lambda: reattach(int(args[0]), int(args[1]), int(args[2]), args[4:], float(args[3])),
+ "reattach": lambda: reattach(int(args[0]), int(args[1]), int(args[2]), args[4], args[5:], float(args[3])),
  "steady": lambda: steady(args[0], float(args[1])),
  "count_active": lambda: count_active(args[0]),
  "routes_on": lambda: routes_on(args[0], args[1]),
@@ -281,6 +305,11 @@ wait_api() {
 live_apis() { for i in "${!master_pid[@]}"; do api "$i"; done; }
 now_ns() { date +%s%N; }
 
+# A store node (`STORE=0`: none): the frameworks' state lives in the store, as in a real cluster
+# (without one, the default frameworks fail every offer and tick: "no store node has registered").
+if [ "${STORE:-1}" = 1 ]; then
+    "$SHOAL" store --nats "$urls" --nats-insecure --id s1 --data-dir "$work/s1" >"$work/s1.log" 2>&1 & pids+=($!)
+fi
 # One after the other: a master started while the cluster's JetStream is still creating the
 # masters' bucket can fail to announce itself (see BENCHMARKS.md).
 for i in 1 2 3; do start_master "$i"; wait_api "$i"; done
@@ -311,7 +340,7 @@ if [ "$ROUNDS" -gt 0 ]; then
         kill_leader
         survivors=($(for i in "${!master_pid[@]}"; do echo "$i"; done | sort))
         via=${survivors[$(( round % 2 ))]}
-        line=$(fo write_after_kill "$t0" "$(api "$via")" "bench-r$round" "$term" $(live_apis))
+        line=$(fo write_after_kill "$t0" "$(api "$via")" "bench-r$round" "$term" "$work" $(live_apis))
         line=${line%\}}", \"via\": \"m$via\", \"killed\": \"m$killed\"}"
         echo "$line" >>"$work/phase1.jsonl"
         echo "round $round: killed m$killed (term $term); $line"
@@ -341,7 +370,7 @@ if [ "$AGENT_ROUNDS" -gt 0 ]; then
         kill_leader
         survivors=()
         for i in "${!master_pid[@]}"; do survivors+=("$(api "$i")=${master_pid[$i]}"); done
-        line=$(fo reattach "$t0" "$AGENTS" "$term" "$AFTER_S" "${survivors[@]}")
+        line=$(fo reattach "$t0" "$AGENTS" "$term" "$AFTER_S" "$work" "${survivors[@]}")
         echo "$line" >>"$work/phase2.jsonl"
         echo "round $round: killed m$killed (term $term); $line"
         grep '^reattached:' "$work/sim.log" | tail -1 | sed 's/^/  simulator: /'
@@ -351,7 +380,8 @@ if [ "$AGENT_ROUNDS" -gt 0 ]; then
     python3 - "$work/phase2.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-for key in ["kill_to_elected_ms", "elected_to_first_registration_ms", "elected_to_last_registration_ms",
+for key in ["kill_to_elected_ms", "kill_to_lease_taken_ms", "lease_taken_to_leading_ms",
+            "lease_taken_to_first_registration_ms", "lease_taken_to_last_registration_ms",
             "elected_to_all_active_polled_ms", "cpu_window_pct", "peak_rss_window_mib", "cpu_after_pct", "peak_rss_after_mib"]:
     print(f"{key}: " + " ".join(f"{r[key]:.0f}" for r in rows))
 PY
