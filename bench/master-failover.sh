@@ -160,7 +160,9 @@ def write_after_kill(t0, api, name, old_term, work, survivors):
     taken, leading = log_times(f"{work}/{new[0]}.log", new[1]) if new else (None, None)
     print(json.dumps({"write_ms": ms(done), "elected_ms": ms(elected), "lease_taken_ms": ms(taken),
                       "leading_ms": ms(leading), "new_leader": new[0] if new else None, "term": new[1] if new else None,
-                      "attempts": attempts, "errors": errors}))
+                      "attempts": attempts, "errors": errors,
+                      # The leader had already lost the lease when it was killed: not a failover by the kill.
+                      "preempted": bool(taken and taken < t0)}))
 
 def stats(label, samples):
     xs = sorted(samples)
@@ -170,6 +172,10 @@ def stats(label, samples):
 
 def summary(path):
     rows = [json.loads(l) for l in open(path)]
+    pre = [r for r in rows if r.get("preempted")]
+    if pre:
+        print(f"left out: {len(pre)} rounds whose leader had lost its lease before the kill:", pre)
+    rows = [r for r in rows if not r.get("preempted")]
     stats("kill -> write acknowledged", [r["write_ms"] for r in rows])
     for key, label in [("elected_ms", "kill -> new term seen on a survivor (polled)"),
                        ("lease_taken_ms", "kill -> lease taken (new leader's log)"),
@@ -238,6 +244,8 @@ def reattach(t0, agents, old_term, work, survivors_pids, after_s):
         "cpu_window_pct": 100 * (c1 - c0) / window, "peak_rss_window_mib": peak,
         "cpu_after_pct": 100 * (c2 - c1) / after_s, "peak_rss_after_mib": peak_after,
         "elected_unix_ms": el_ms,
+        # The leader had already lost the lease when it was killed: not a failover by the kill.
+        "preempted": bool(taken and taken < t0),
     }))
 
 def steady(pid, seconds):
@@ -332,6 +340,9 @@ restart_killed() {
     echo "  m$killed back as a standby in $(( ($(now_ns) - r0) / 1000000 )) ms"
 }
 
+# Step-downs of a live leader whose renewal came too late (not caused by a kill).
+late() { cat "$work"/m*.log | grep -c 'lease not renewed in time' || true; }
+
 if [ "$ROUNDS" -gt 0 ]; then
     echo "## phase 1: $ROUNDS kills of the leader, a route written through a survivor"
     : >"$work/phase1.jsonl"
@@ -349,6 +360,7 @@ if [ "$ROUNDS" -gt 0 ]; then
     done
     fo summary "$work/phase1.jsonl"
     for i in 1 2 3; do echo "routes acknowledged and read back through m$i: $(fo routes_on "$(api "$i")" bench-r) of $ROUNDS"; done
+    echo "live leaders that stepped down because a renewal came too late (start-up and phase 1): $(late)"
 fi
 
 if [ "$AGENT_ROUNDS" -gt 0 ]; then
@@ -377,9 +389,13 @@ if [ "$AGENT_ROUNDS" -gt 0 ]; then
         read -r leader term < <(fo wait_leader 60 $(live_apis))
         restart_killed
     done
+    echo "live leaders that stepped down because a renewal came too late (all so far): $(late)"
     python3 - "$work/phase2.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+if any(r["preempted"] for r in rows):
+    print("left out: rounds whose leader had lost its lease before the kill:", [i + 1 for i, r in enumerate(rows) if r["preempted"]])
+rows = [r for r in rows if not r["preempted"]]
 for key in ["kill_to_elected_ms", "kill_to_lease_taken_ms", "lease_taken_to_leading_ms",
             "lease_taken_to_first_registration_ms", "lease_taken_to_last_registration_ms",
             "elected_to_all_active_polled_ms", "cpu_window_pct", "peak_rss_window_mib", "cpu_after_pct", "peak_rss_after_mib"]:
