@@ -97,9 +97,22 @@ pub async fn open_state(
         log: LogConfig { stream: STATE_STREAM.into(), subject: STATE_SUBJECT.into(), replicas },
         blobs: BLOB_BUCKET.into(),
     };
-    let state = StateDb::open_replicated(dir, tables, client.clone(), &config)
-        .await
-        .with_context(|| format!("opening the replicated state in {}", dir.display()))?;
+    let state = loop {
+        match StateDb::open_replicated(dir, tables, client.clone(), &config).await {
+            Ok(state) => break state,
+            // The log or the blob bucket just made (by this master, or another started at the same
+            // moment) may not answer yet while its replicas elect a leader ("no stream found for
+            // given subject", a timed-out request): that passes, within the same 30 s.
+            Err(shoal_state::StateError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(cause = %e, "the replicated state does not answer yet; retrying");
+                // A product retry while JetStream's new streams elect their leaders.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening the replicated state in {}", dir.display()));
+            }
+        }
+    };
     tracing::info!(cluster = %state.cluster(), applied = state.applied(), replicas, "replicated state open");
     Ok(state)
 }
