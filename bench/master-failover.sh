@@ -318,8 +318,8 @@ now_ns() { date +%s%N; }
 if [ "${STORE:-1}" = 1 ]; then
     "$SHOAL" store --nats "$urls" --nats-insecure --id s1 --data-dir "$work/s1" >"$work/s1.log" 2>&1 & pids+=($!)
 fi
-# One after the other: a master started while the cluster's JetStream is still creating the
-# masters' bucket can fail to announce itself (see BENCHMARKS.md).
+# One after the other, each until it answers (builds before 2026-12-07's fixes in leadership.rs
+# could lose a master started at the same moment as another on a fresh cluster).
 for i in 1 2 3; do start_master "$i"; wait_api "$i"; done
 read -r leader term < <(fo wait_leader 60 $(live_apis))
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) lease TTL ${LEASE_TTL_MS} ms; first leader $leader (term $term); work dir $work"
