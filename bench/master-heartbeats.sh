@@ -30,11 +30,12 @@ trap cleanup EXIT
 
 creds=()
 if [ "${NATS_AUTH:-1}" = 1 ]; then
-    "$SHOAL" nats init --dir "$work/nats" --no-jetstream --listen 127.0.0.1:14222 >/dev/null
+    # With JetStream (in $work/nats/jetstream): since issue 22 a master keeps its state there.
+    "$SHOAL" nats init --dir "$work/nats" --listen 127.0.0.1:14222 >/dev/null
     nats-server -c "$work/nats/nats-server.conf" >"$work/nats.log" 2>&1 & pids+=($!)
     creds=(--nats-creds "$work/nats/creds/master.nk")
 else
-    nats-server -a 127.0.0.1 -p 14222 >"$work/nats.log" 2>&1 & pids+=($!)
+    nats-server -a 127.0.0.1 -p 14222 -js --store_dir "$work/js" >"$work/nats.log" 2>&1 & pids+=($!)
 fi
 sleep 0.5
 RUST_LOG=warn "$SHOAL" master --nats nats://127.0.0.1:14222 "${creds[@]}" --listen 127.0.0.1:17070 \

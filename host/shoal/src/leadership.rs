@@ -365,9 +365,10 @@ impl Presence {
 /// that has just started, a stream just made).
 const JETSTREAM_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Whether a JetStream error is one that passes once its leaders are elected.
+/// JetStream's answers while a stream just made (by this master, or another started at the same
+/// moment) elects its leader: they pass within `JETSTREAM_PATIENCE`.
 fn transient(error: &str) -> bool {
-    error.contains("no responders") || error.contains("timed out") || error.contains("timeout")
+    ["no responders", "timed out", "timeout", "no stream found"].iter().any(|m| error.contains(m))
 }
 
 async fn lease_bucket(client: &async_nats::Client) -> anyhow::Result<kv::Store> {
