@@ -332,14 +332,24 @@ impl Cluster {
 
     /// `shoal agent list` as (id, state) pairs.
     pub fn agents(&self) -> Vec<(String, String)> {
-        self.cli(&["agent", "list"])
+        self.try_agents().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::agents`], or why `shoal agent list` failed (a master still starting its leader's
+    /// parts answers 503 `no_master` for a moment).
+    pub fn try_agents(&self) -> Result<Vec<(String, String)>, String> {
+        let out = self.run_cli(&["agent", "list"]);
+        if !out.status.success() {
+            return Err(format!("shoal agent list: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .skip(1)
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 Some((f.next()?.to_owned(), f.nth(1)?.to_owned()))
             })
-            .collect()
+            .collect())
     }
 
     /// Waits (15 s at most) until `shoal agent list` says exactly `want`; `what` names the moment.
@@ -348,7 +358,7 @@ impl Cluster {
             &format!("{what}: agents {want:?}"),
             Duration::from_secs(15),
             showing_last(|| {
-                let agents = self.agents();
+                let agents = self.try_agents().map_err(|e| format!("{what}: {e}"))?;
                 let got: Vec<(&str, &str)> = agents.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 if got == want { Ok(()) } else { Err(format!("{what}: agents are {got:?}, expected {want:?}")) }
             }),

@@ -444,7 +444,10 @@ impl From<StoreError> for ApiError {
             StoreError::Config(_) | StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }
-            StoreError::NotOwner { .. } | StoreError::Moving | StoreError::Unavailable { .. } => {
+            StoreError::NotOwner { .. }
+            | StoreError::NotLeader { .. }
+            | StoreError::Moving
+            | StoreError::Unavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable")
             }
             StoreError::Partial { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "batch_partly_applied"),

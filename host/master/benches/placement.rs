@@ -1,11 +1,15 @@
 //! Placement throughput: tasks placed per second by a framework plugin over many agents — the
 //! allocation cycle (Wasm DRF), the framework's `resource-offers` call and the master's checks of
 //! every launch, repeated until every task asked for is placed. Agents are simulated (admitted
-//! without the bus), launches are recorded but not sent.
+//! without the bus), launches are journaled in the master's state and recorded but not sent; the
+//! clock stops once the journal's writes are durable (replicated, with `STATE=replicated`), as
+//! they must be before a launch leaves. `STATE` as in `common/state.rs`: a single master's local
+//! state (the default) or a leader's replicated one, on three nats-servers started here.
 //!
 //! ```text
 //! cargo bench --bench placement                      # service framework, 5,000 agents, 10,000 tasks
 //! AGENTS=5000 TASKS=20000 FRAMEWORK=keeper cargo bench --bench placement
+//! STATE=replicated cargo bench --bench placement     # the same, journaled through JetStream
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,6 +23,11 @@ use shoal_protocol::{AgentRegistration, Resources};
 use shoal_registry::{Registry, RegistryConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 
+mod common {
+    pub mod state;
+}
+use common::state::{cpu_time, journal, open_state, plugin_data};
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -31,8 +40,9 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().join("cache")), ..RuntimeConfig::default() })
         .expect("runtime");
+    let (state, _keep) = open_state(dir.path()).await;
     let (registry, _events) =
-        Registry::open(&dir.path().join("registry"), runtime, RegistryConfig::default()).expect("registry");
+        Registry::open_on(state, runtime, RegistryConfig::default(), Some(plugin_data())).expect("registry");
     registry.push(PluginKind::Allocator, "drf", Some("1"), shoal_artifacts::DRF, true).await.expect("drf");
     let (bytes, request) = match framework.as_str() {
         "keeper" => (
@@ -61,11 +71,17 @@ async fn main() {
         ),
     };
     registry.push(PluginKind::Framework, &framework, Some("1"), bytes, true).await.expect("framework");
+    let (journal, flush) = journal(&registry);
     let bus: SharedBus = Arc::new(LocalBus::new());
     let master = Master::with_parts(
         bus,
         MasterConfig { allocation_interval: None, ..MasterConfig::default() },
-        MasterParts { registry: Some(registry.clone()), ..MasterParts::default() },
+        MasterParts {
+            registry: Some(registry.clone()),
+            journal: Some(journal.clone()),
+            journal_flush: Some(flush.clone()),
+            ..MasterParts::default()
+        },
     );
     for i in 0..agents {
         master
@@ -84,6 +100,7 @@ async fn main() {
     assert!(response.status < 300, "{}: {}", response.status, String::from_utf8_lossy(&response.body));
 
     let started = Instant::now();
+    let cpu_before = cpu_time();
     let mut placed = 0;
     let mut rounds = 0;
     while placed < tasks && started.elapsed() < Duration::from_secs(120) {
@@ -92,9 +109,13 @@ async fn main() {
         placed += tokio::task::spawn_blocking(move || me.place_once(&fw)).await.expect("join").expect("round");
         rounds += 1;
     }
+    flush().await.expect("the journal's writes are durable");
     let took = started.elapsed();
+    let cpu = cpu_time() - cpu_before;
     println!(
-        "{framework}: {placed} tasks placed on {agents} agents in {took:.2?} ({rounds} rounds): {:.0} tasks/s",
-        placed as f64 / took.as_secs_f64()
+        "{framework}: {placed} tasks placed on {agents} agents in {took:.2?} ({rounds} rounds): {:.0} tasks/s, CPU {:.2?} ({:.0} µs/task)",
+        placed as f64 / took.as_secs_f64(),
+        cpu,
+        cpu.as_secs_f64() * 1e6 / placed.max(1) as f64
     );
 }

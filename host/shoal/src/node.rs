@@ -310,9 +310,9 @@ pub async fn run(
     };
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let api = listener.local_addr()?;
-    let (leadership, departure, _parts) = match (&config.ha, &client) {
-        (Some(ha), Some(client)) => {
-            let (leadership, departure) = start_leadership(ha, client, api, &leader, &lease).await?;
+    let (leadership, departure, _parts) = match (&config.ha, &config.nats, &client) {
+        (Some(ha), Some(nats), Some(client)) => {
+            let (leadership, departure) = start_leadership(ha, nats, client, api, &leader, &lease).await?;
             (Some(leadership), Some(departure), None)
         }
         _ => (None, None, Some(leader.start(1).await?)),
@@ -431,6 +431,7 @@ fn start_services(
 /// [`crate::leadership::Departure`] hands the leadership over on a clean stop.
 async fn start_leadership(
     ha: &crate::leadership::HaConfig,
+    nats: &crate::cli::NatsTarget,
     client: &async_nats::Client,
     api: SocketAddr,
     leader: &crate::leadership::Leader,
@@ -438,14 +439,11 @@ async fn start_leadership(
 ) -> anyhow::Result<(Arc<shoal_api::leader::Leadership>, crate::leadership::Departure)> {
     let advertise = ha.advertise.clone().unwrap_or_else(|| format!("http://{api}"));
     let me = shoal_api::leader::Member { id: ha.id.clone(), api: advertise.clone() };
-    let lease = crate::leadership::open_lease(client, ha, &me).await?;
+    let (resign, resigned) = tokio::sync::oneshot::channel::<()>();
+    let (lease, lease_task) = crate::leadership::run_lease(nats, ha, &me, resigned).await?;
     let _ = gate.set(lease.clone());
     let presence = crate::leadership::Presence::announce(client, ha, me).await?;
     let announcing = tokio::spawn(presence.clone().run(ha.lease_ttl));
-    let (resign, resigned) = tokio::sync::oneshot::channel::<()>();
-    let lease_task = tokio::spawn(lease.clone().run(async move {
-        let _ = resigned.await;
-    }));
     let (stop_following, stop) = tokio::sync::watch::channel(false);
     let following =
         tokio::spawn(crate::leadership::follow_lease(lease.clone(), ha.lease_ttl, leader.clone(), ha.id.clone(), stop));

@@ -183,6 +183,13 @@ pub enum StoreError {
         /// The node's map epoch.
         epoch: u64,
     },
+    /// The shard is replicated and this node does not lead it (any more): the caller asks the
+    /// shard's leader.
+    #[error("this node does not lead shard {shard}; ask its leader")]
+    NotLeader {
+        /// The shard.
+        shard: u32,
+    },
     /// The key is being moved to another shard; retry in a few milliseconds.
     #[error("the key is moving to another shard; retry")]
     Moving,
@@ -217,6 +224,21 @@ pub enum StoreError {
     /// on a master that does not lead).
     #[error("the shard map in the master's state: {0}")]
     State(#[from] shoal_state::StateError),
+}
+
+impl StoreError {
+    /// The same error for another caller that shares its cause (the members of a commit group
+    /// whose write failed): the variants a client acts on as they are, any other as its text.
+    pub(crate) fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::NotLeader { shard } => StoreError::NotLeader { shard: *shard },
+            StoreError::Unavailable { shard, node, reason } => {
+                StoreError::Unavailable { shard: *shard, node: node.clone(), reason: reason.clone() }
+            }
+            StoreError::ValueTooLarge { size, limit } => StoreError::ValueTooLarge { size: *size, limit: *limit },
+            other => StoreError::Config(other.to_string()),
+        }
+    }
 }
 
 fn unavailable(shard: u32, node: &str, reason: &str) -> String {

@@ -211,6 +211,8 @@ pub enum WireError {
     StaleTerm(u64, u64),
     /// Anything else, as text.
     Internal(String),
+    /// See [`StoreError::NotLeader`] (after `Internal`: an older peer still reads the others).
+    NotLeader(u32),
 }
 
 impl WireError {
@@ -229,6 +231,7 @@ impl WireError {
             StoreError::NotOwner { shard, .. } => WireError::NotOwner(shard, map()),
             StoreError::Moving => WireError::Moving,
             StoreError::StaleTerm(stale) => WireError::StaleTerm(stale.term, stale.highest),
+            StoreError::NotLeader { shard } => WireError::NotLeader(shard),
             other => WireError::Internal(other.to_string()),
         }
     }
@@ -252,6 +255,7 @@ impl WireError {
                 StoreError::StaleTerm(shoal_protocol::StaleTerm { term, highest, holder: "store node" })
             }
             WireError::Internal(s) => StoreError::Protocol(s),
+            WireError::NotLeader(shard) => StoreError::NotLeader { shard },
         }
     }
 }

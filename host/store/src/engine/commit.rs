@@ -106,7 +106,7 @@ impl Store {
                 stage(&mut batch, db_key(namespace, op.key()), op, seq, now);
             }
             batch.put(SEQ_KEY, seq.to_be_bytes());
-            shard.db.write_opt(batch, &self.write_options)?;
+            shard.write(batch, &self.write_options)?;
             **guard = seq;
             shard.mark_dirty(namespace, mine);
         }
@@ -243,9 +243,11 @@ impl Store {
             return;
         }
         batch.put(SEQ_KEY, next.to_be_bytes());
-        if let Err(e) = shard.db.write_opt(batch, &self.write_options) {
+        if let Err(e) = shard.write(batch, &self.write_options) {
+            // Every member gets the cause: a storage error, or, replicated, a leader that no
+            // longer leads or a log that did not take the entry.
             for (pending, _) in accepted {
-                pending.done.send(Err(StoreError::Config(format!("storage: {e}"))));
+                pending.done.send(Err(e.for_another()));
             }
             return;
         }

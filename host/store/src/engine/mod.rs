@@ -18,6 +18,7 @@ use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, Wri
 mod codec;
 mod commit;
 mod moves;
+mod replica;
 
 use self::codec::*;
 pub(crate) use self::codec::{decode_cursor, merge_page, validate_listing, validate_ops};
@@ -52,6 +53,9 @@ struct Shard {
     queue: Mutex<Vec<Pending>>,
     /// Whether a blocking task drains `queue` for asynchronous writers ([`Store::batch_async`]).
     draining: AtomicBool,
+    /// The shard's log when it is replicated ([`Store::replicate_shard`]): then every write goes
+    /// through it ([`Shard::write`]).
+    replica: RwLock<Option<Arc<replica::Replica>>>,
 }
 
 /// One node's shards.
@@ -59,6 +63,7 @@ pub struct Store {
     dir: PathBuf,
     node: String,
     options: Options,
+    durability: Durability,
     write_options: WriteOptions,
     shards: RwLock<BTreeMap<u32, Arc<Shard>>>,
     map: RwLock<Arc<ShardMap>>,
@@ -100,6 +105,7 @@ impl Store {
             export: Mutex::new(None),
             queue: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
+            replica: RwLock::new(None),
         }))
     }
 
@@ -111,6 +117,7 @@ impl Store {
             dir: dir.to_owned(),
             node: node.to_owned(),
             options: Self::rocks_options(),
+            durability,
             write_options,
             shards: RwLock::new(BTreeMap::new()),
             map: RwLock::new(Arc::new(ShardMap::default())),
@@ -360,11 +367,16 @@ impl Store {
         let map = self.map.read().clone();
         let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
         for shard in shards {
+            // A replicated shard's expired entries are deleted by its leader, through its log.
+            if shard.replica.read().as_ref().is_some_and(|r| r.leading().is_none()) {
+                continue;
+            }
             let now = now_ms();
             let mut expired = Vec::new();
             for item in shard.db.iterator(IteratorMode::Start) {
                 let (k, v) = item?;
-                if k.as_ref() == SEQ_KEY {
+                // The shard's own keys (`\0seq`, `\0applied`) are not entries.
+                if k.first() == Some(&0) {
                     continue;
                 }
                 let (version, expires_at) = header(&v)?;
@@ -387,7 +399,12 @@ impl Store {
                     }
                 }
             }
-            shard.db.write_opt(batch, &self.write_options)?;
+            match shard.write(batch, &self.write_options) {
+                Ok(()) => {}
+                // It stopped leading meanwhile: the next leader sweeps.
+                Err(StoreError::NotLeader { .. }) => continue,
+                Err(e) => return Err(e),
+            }
             drop(guard);
             count += gone.len();
             for (k, version) in gone {

@@ -198,7 +198,7 @@ impl Store {
             }
         }
         batch.put(SEQ_KEY, seq.to_be_bytes());
-        shard.db.write_opt(batch, &self.write_options)?;
+        shard.write(batch, &self.write_options)?;
         *guard = seq;
         Ok(count)
     }
@@ -227,7 +227,7 @@ impl Store {
             for k in chunk {
                 batch.delete(k);
             }
-            shard.db.write_opt(batch, &self.write_options)?;
+            shard.write(batch, &self.write_options)?;
         }
         Ok(count)
     }

@@ -5,6 +5,7 @@
 mod cluster;
 mod fencing;
 mod replicated;
+mod shard_log;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,309 @@
+//! Replicated shards: a shard whose writes go through its log, a JetStream stream (R = 3 on three
+//! NATS servers), before they reach its RocksDB.
+//!
+//! Every write of a shard already becomes one RocksDB `WriteBatch` under the shard's lock (a
+//! commit group, a cross-shard batch's part, moved keys coming in, a cleanup, a sweep). Here that
+//! batch's serialized bytes are the log entry: the leader of the shard appends it fenced on the
+//! last entry it applied (`Nats-Expected-Last-Sequence`), and only once JetStream acknowledged
+//! the append does it write the batch to its own RocksDB and answer the writer. Followers read
+//! the same entries in order and write the same batches: versions, expiry times and the
+//! version counter are in the batch, decided once by the leader, so every replica ends up with
+//! the same bytes. Each batch also carries the sequence it is at (under [`APPLIED_KEY`]), so a
+//! replica knows after a crash where to read on.
+//!
+//! One member appends at a time: the one that [`Store::lead_shard`] made leader with a term.
+//! Taking the lead first applies the log to its end, then appends a term entry fenced on it: from
+//! then on a deposed leader's appends fail ([`LogError::Fenced`]) and it steps down. What leads
+//! to a leadership (a lease per shard) is the store node's business, not this module's.
+
+use std::sync::atomic::AtomicU64;
+
+use shoal_replication::{Log, LogError};
+
+use super::*;
+
+/// The shard-local key of the last log sequence applied to this RocksDB; no namespace starts
+/// with a NUL byte.
+pub(super) const APPLIED_KEY: &[u8] = b"\0applied";
+
+/// An entry of a shard's log.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ShardEntry {
+    /// A leader took the shard with this term (the entry fences every earlier leader).
+    Term(u64),
+    /// The serialized `WriteBatch` of a write by the leader of `term`.
+    Write { term: u64, batch: Vec<u8> },
+}
+
+const TERM: u8 = 1;
+const WRITE: u8 = 2;
+
+impl ShardEntry {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        match self {
+            ShardEntry::Term(term) => [&[TERM][..], &term.to_be_bytes()].concat(),
+            ShardEntry::Write { term, batch } => [&[WRITE][..], &term.to_be_bytes(), batch].concat(),
+        }
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<ShardEntry, StoreError> {
+        let term = bytes.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        match (bytes.first(), term) {
+            (Some(&TERM), Some(term)) if bytes.len() == 9 => Ok(ShardEntry::Term(term)),
+            (Some(&WRITE), Some(term)) => Ok(ShardEntry::Write { term, batch: bytes[9..].to_vec() }),
+            _ => Err(StoreError::Corrupt(format!("a shard log entry of {} bytes does not decode", bytes.len()))),
+        }
+    }
+}
+
+/// A shard's log and where this replica stands in it.
+pub(super) struct Replica {
+    log: Log,
+    /// The runtime the log's client lives on: writes run on blocking threads and wait on it.
+    runtime: tokio::runtime::Handle,
+    /// The last sequence written to this RocksDB (changed under the shard's lock only).
+    applied: AtomicU64,
+    /// The term this member appends under while it leads the shard.
+    leading: Mutex<Option<u64>>,
+}
+
+impl Replica {
+    pub(super) fn leading(&self) -> Option<u64> {
+        *self.leading.lock()
+    }
+}
+
+fn read_applied(db: &DB) -> Result<u64, StoreError> {
+    match db.get(APPLIED_KEY)? {
+        Some(bytes) => Ok(u64::from_be_bytes(
+            bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("the applied sequence".into()))?,
+        )),
+        None => Ok(0),
+    }
+}
+
+fn unavailable(shard: u32, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable { shard, node: String::new(), reason: format!("the shard's log: {e}") }
+}
+
+impl Shard {
+    /// Write `batch` to this shard; the caller holds the shard's lock. Unreplicated, straight to
+    /// RocksDB. Replicated, only the leader writes: through the log first (see the module doc).
+    pub(super) fn write(&self, mut batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
+        let replica = self.replica.read().clone();
+        let Some(replica) = replica else { return Ok(self.db.write_opt(batch, options)?) };
+        let term = replica.leading().ok_or(StoreError::NotLeader { shard: self.id })?;
+        let last = replica.applied.load(Ordering::Acquire);
+        batch.put(APPLIED_KEY, (last + 1).to_be_bytes());
+        let entry = ShardEntry::Write { term, batch: batch.data().to_vec() }.encode();
+        match replica.runtime.block_on(replica.log.append(entry.into(), last)) {
+            Ok(sequence) => {
+                debug_assert_eq!(sequence, last + 1, "an append fenced on {last} lands right after it");
+                self.db.write_opt(batch, options)?;
+                replica.applied.store(sequence, Ordering::Release);
+                Ok(())
+            }
+            Err(LogError::Fenced { .. }) => {
+                tracing::warn!(shard = self.id, term, "another leader appended to the shard's log; stepping down");
+                replica.leading.lock().take_if(|t| *t == term);
+                Err(StoreError::NotLeader { shard: self.id })
+            }
+            Err(LogError::TooLarge { size, limit, .. }) => Err(StoreError::ValueTooLarge { size, limit }),
+            Err(e) => {
+                // The append's outcome is unknown (it may have landed): this replica no longer
+                // knows the log's last entry, so it stops appending until it leads again (after
+                // applying the log to its end).
+                tracing::warn!(shard = self.id, term, cause = %e, "an append to the shard's log failed; stepping down");
+                replica.leading.lock().take_if(|t| *t == term);
+                Err(unavailable(self.id, e))
+            }
+        }
+    }
+
+    /// Write the log's entry at `sequence` here if it is the next one; the caller holds the
+    /// shard's lock and passes the counter it guards. Returns whether it was written.
+    fn apply(
+        &self,
+        replica: &Replica,
+        seq: &mut u64,
+        sequence: u64,
+        payload: &[u8],
+        options: &WriteOptions,
+    ) -> Result<bool, StoreError> {
+        let applied = replica.applied.load(Ordering::Acquire);
+        if sequence <= applied {
+            return Ok(false);
+        }
+        if sequence != applied + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "shard {} applied its log to {applied} but was given entry {sequence}",
+                self.id
+            )));
+        }
+        let entry = ShardEntry::decode(payload)?;
+        let term = match &entry {
+            ShardEntry::Write { term, .. } | ShardEntry::Term(term) => *term,
+        };
+        // Another leader's entry: whoever believed it led is deposed (its next append would be
+        // fenced anyway; here it stops before trying).
+        if replica.leading.lock().take_if(|t| *t != term).is_some() {
+            tracing::warn!(shard = self.id, term, "another leader appended to the shard's log; stepping down");
+        }
+        let mut batch = match entry {
+            ShardEntry::Write { batch, .. } => WriteBatch::from_data(&batch),
+            ShardEntry::Term(_) => WriteBatch::default(),
+        };
+        batch.put(APPLIED_KEY, sequence.to_be_bytes());
+        self.db.write_opt(batch, options)?;
+        replica.applied.store(sequence, Ordering::Release);
+        *seq = read_seq(&self.db, self.id)?;
+        Ok(true)
+    }
+}
+
+impl Store {
+    fn write_options_of(&self) -> WriteOptions {
+        let mut options = WriteOptions::default();
+        options.set_sync(self.durability == Durability::Sync);
+        options
+    }
+
+    /// Replicate shard `n` through `log`: from now on it is written only through the log, by its
+    /// leader. Returns the last sequence applied here before (0 for a new replica).
+    pub fn replicate_shard(&self, n: u32, log: Log) -> Result<u64, StoreError> {
+        let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
+        let _guard = shard.seq.lock();
+        let applied = read_applied(&shard.db)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Config("a replicated shard needs a Tokio runtime".into()))?;
+        *shard.replica.write() = Some(Arc::new(Replica {
+            log,
+            runtime,
+            applied: AtomicU64::new(applied),
+            leading: Mutex::new(None),
+        }));
+        Ok(applied)
+    }
+
+    fn replica(&self, n: u32) -> Result<(Arc<Shard>, Arc<Replica>), StoreError> {
+        let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
+        let replica =
+            shard.replica.read().clone().ok_or_else(|| StoreError::Config(format!("shard {n} is not replicated")))?;
+        Ok((shard, replica))
+    }
+
+    /// The last log sequence shard `n` applied here (0 when it is not replicated).
+    pub fn applied(&self, n: u32) -> u64 {
+        self.replica(n).map_or(0, |(_, r)| r.applied.load(Ordering::Acquire))
+    }
+
+    /// The term this node leads shard `n` with, if it does.
+    pub fn leads_shard(&self, n: u32) -> Option<u64> {
+        self.replica(n).ok().and_then(|(_, r)| r.leading())
+    }
+
+    /// Apply the entries of shard `n`'s log that this replica has not, up to the log's end as it
+    /// stands now; returns the sequence applied to.
+    pub async fn catch_up(self: &Arc<Self>, n: u32) -> Result<u64, StoreError> {
+        let (shard, replica) = self.replica(n)?;
+        let (_, last) = replica.log.bounds().await.map_err(|e| unavailable(n, e))?;
+        loop {
+            let applied = replica.applied.load(Ordering::Acquire);
+            if applied >= last {
+                return Ok(applied);
+            }
+            let entry = replica.log.get(applied + 1).await.map_err(|e| unavailable(n, e))?.ok_or_else(|| {
+                unavailable(n, format!("entry {} is gone from the log: the replica needs a snapshot", applied + 1))
+            })?;
+            let (shard, replica, options) = (shard.clone(), replica.clone(), self.write_options_of());
+            blocking(move || {
+                let mut seq = shard.seq.lock();
+                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options)
+            })
+            .await?;
+        }
+    }
+
+    /// Lead shard `n` with `term`: apply the log to its end, then append the term's entry fenced
+    /// on it (retrying after another leader's late append). Writes are taken from then on.
+    pub async fn lead_shard(self: &Arc<Self>, n: u32, term: u64) -> Result<(), StoreError> {
+        let (shard, replica) = self.replica(n)?;
+        for _ in 0..5 {
+            let last = self.catch_up(n).await?;
+            let entry = ShardEntry::Term(term).encode();
+            match replica.log.append(entry.clone().into(), last).await {
+                Ok(sequence) => {
+                    let (shard, replica, options) = (shard.clone(), replica.clone(), self.write_options_of());
+                    blocking(move || {
+                        let mut seq = shard.seq.lock();
+                        shard.apply(&replica, &mut seq, sequence, &entry, &options)?;
+                        *replica.leading.lock() = Some(term);
+                        Ok(())
+                    })
+                    .await?;
+                    tracing::info!(shard = n, term, sequence, "leading the shard");
+                    return Ok(());
+                }
+                Err(LogError::Fenced { .. }) => continue,
+                Err(e) => return Err(unavailable(n, e)),
+            }
+        }
+        Err(unavailable(n, "another leader kept appending"))
+    }
+
+    /// Stop leading shard `n` (the lease is gone): its writes are refused from now on.
+    pub fn step_down_shard(&self, n: u32) {
+        if let Ok((shard, replica)) = self.replica(n) {
+            // Under the lock: no write of this term is between its append and its answer.
+            let _guard = shard.seq.lock();
+            if replica.leading.lock().take().is_some() {
+                tracing::info!(shard = n, "no longer leading the shard");
+            }
+        }
+    }
+
+    /// Follow shard `n`'s log while the store holds it: every entry appended (by whichever
+    /// leader) is written here in order; a leader's own entries are already here and are skipped.
+    pub async fn follow_shard(self: Arc<Self>, n: u32) -> Result<(), StoreError> {
+        let (_, replica) = self.replica(n)?;
+        let from = replica.applied.load(Ordering::Acquire) + 1;
+        let mut reader = replica.log.read(from).await.map_err(|e| unavailable(n, e))?;
+        let store = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            let entry = reader.next().await.map_err(|e| unavailable(n, e))?;
+            // The shard dropped (or the store closed) ends the following.
+            let Some((shard, options)) = store.upgrade().and_then(|s| s.shard(n).map(|sh| (sh, s.write_options_of())))
+            else {
+                return Ok(());
+            };
+            blocking(move || {
+                let replica = shard.replica.read().clone().ok_or(StoreError::NotLeader { shard: n })?;
+                let mut seq = shard.seq.lock();
+                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options)
+            })
+            .await?;
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Config(format!("a blocking task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_refused() {
+        for entry in [ShardEntry::Term(7), ShardEntry::Write { term: 9, batch: vec![1, 2, 3] }] {
+            assert_eq!(ShardEntry::decode(&entry.encode()).unwrap(), entry);
+        }
+        assert!(ShardEntry::decode(&[]).is_err());
+        assert!(ShardEntry::decode(&[TERM, 0, 0]).is_err());
+        assert!(ShardEntry::decode(&[9; 12]).is_err());
+    }
+}

