@@ -40,6 +40,7 @@ pub mod coordinator;
 pub mod engine;
 mod fence;
 pub mod node;
+pub mod replication;
 pub mod service;
 pub mod wire;
 

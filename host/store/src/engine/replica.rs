@@ -65,11 +65,23 @@ pub(super) struct Replica {
     applied: AtomicU64,
     /// The term this member appends under while it leads the shard.
     leading: Mutex<Option<u64>>,
+    /// The lease that made it leader, checked on every write ([`Store::gate_shard`]).
+    gate: Mutex<Option<Arc<shoal_replication::Lease>>>,
 }
 
 impl Replica {
+    /// The term this member may append under now: it leads, and its lease (if it has one) still
+    /// counts on this member's clock. A lease that ran out steps it down here and now.
     pub(super) fn leading(&self) -> Option<u64> {
-        *self.leading.lock()
+        let mut leading = self.leading.lock();
+        let term = (*leading)?;
+        let gate = self.gate.lock().clone();
+        if gate.is_some_and(|lease| lease.leading() != Some(term)) {
+            tracing::warn!(term, "the shard's lease no longer counts; stepping down");
+            *leading = None;
+            return None;
+        }
+        Some(term)
     }
 }
 
@@ -181,6 +193,7 @@ impl Store {
             runtime,
             applied: AtomicU64::new(applied),
             leading: Mutex::new(None),
+            gate: Mutex::new(None),
         }));
         Ok(applied)
     }
@@ -190,6 +203,14 @@ impl Store {
         let replica =
             shard.replica.read().clone().ok_or_else(|| StoreError::Config(format!("shard {n} is not replicated")))?;
         Ok((shard, replica))
+    }
+
+    /// Check `lease` on every write of shard `n` from now on: this member appends only while the
+    /// lease names it leader with the term it leads under.
+    pub fn gate_shard(&self, n: u32, lease: Arc<shoal_replication::Lease>) -> Result<(), StoreError> {
+        let (_, replica) = self.replica(n)?;
+        *replica.gate.lock() = Some(lease);
+        Ok(())
     }
 
     /// The last log sequence shard `n` applied here (0 when it is not replicated).

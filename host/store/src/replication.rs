@@ -1,0 +1,148 @@
+//! A store node's replicated shards: for each, its log (a JetStream stream, R = the shard's
+//! replicas), a lease (a key of a JetStream KV bucket with the TTL as `max_age`) that says which
+//! member leads it, and the tasks that follow the log and lead when the lease says so.
+//!
+//! The lease is `shoal_replication::Lease`, the masters' own: whoever creates the key leads, its
+//! revision is the term, and a holder stops counting itself leader a quarter of a TTL before the
+//! key can expire. The engine checks the lease on every write ([`Store::gate_shard`]), so a
+//! member whose lease ran out appends nothing even before the driver below hears of it; what it
+//! had on its way is fenced by the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_replication::{Lease, LeaseConfig, Log, LogConfig, Role};
+use tokio::task::JoinHandle;
+
+use crate::{Store, StoreError};
+
+/// The KV bucket of the shards' leases (key `shard-<n>`).
+pub const LEASE_BUCKET: &str = "shoal-shard-leases";
+
+/// How a store node replicates the shards it holds.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// The NATS cluster (with JetStream) the logs and leases live on.
+    pub client: async_nats::Client,
+    /// Copies of every entry JetStream keeps (at most the servers there are).
+    pub replicas: usize,
+    /// How long a shard's lease outlives its holder's last renewal: a dead leader's shard takes
+    /// writes again within about this long.
+    pub lease_ttl: Duration,
+    /// Prefix of the streams' and buckets' names, so several clusters (or tests) can share one
+    /// NATS cluster; empty in production.
+    pub prefix: String,
+}
+
+impl ReplicationConfig {
+    /// The log of shard `n`.
+    pub fn log(&self, n: u32) -> LogConfig {
+        LogConfig {
+            stream: format!("{}SHOAL_SHARD_{n}", self.prefix.to_uppercase().replace('-', "_")),
+            subject: format!("shoal.store.{}shard.{n}.log", self.prefix),
+            replicas: self.replicas,
+        }
+    }
+
+    fn lease(&self) -> LeaseConfig {
+        LeaseConfig { bucket: format!("{}{LEASE_BUCKET}", self.prefix), ttl: self.lease_ttl, replicas: self.replicas }
+    }
+}
+
+/// What keeps one replicated shard going on this node; dropping it stops following and leading
+/// (the lease is given up, so another member leads at once).
+pub struct ShardReplica {
+    lease: Arc<Lease>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ShardReplica {
+    /// The shard's lease as this member sees it.
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.lease
+    }
+
+    /// Stop as a crashed member would: the lease is not given up (it expires), nothing more is
+    /// applied or appended here.
+    pub fn abandon(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.stop.take();
+    }
+}
+
+impl Drop for ShardReplica {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // The lease task gives the lease up on its own; the others end now.
+        for task in self.tasks.iter().skip(1) {
+            task.abort();
+        }
+    }
+}
+
+/// Replicate shard `n` of `store` as `config` says: open its log and lease, follow the log, and
+/// lead the shard while the lease says so.
+pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -> Result<ShardReplica, StoreError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| StoreError::Unavailable { shard: n, node: String::new(), reason: e.to_string() };
+    let log = Log::open(config.client.clone(), &config.log(n)).await.map_err(|e| unavailable(&e))?;
+    let applied = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.replicate_shard(n, log))
+            .await
+            .map_err(|e| StoreError::Config(format!("replicating shard {n}: {e}")))??
+    };
+    let lease = Lease::open(config.client.clone(), &config.lease(), &format!("shard-{n}"), store.node())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    store.gate_shard(n, lease.clone())?;
+    tracing::info!(shard = n, applied, "replicating the shard");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(lease.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    let following = tokio::spawn({
+        let store = store.clone();
+        async move {
+            if let Err(e) = store.follow_shard(n).await {
+                tracing::error!(shard = n, cause = %e, "following the shard's log stopped");
+            }
+        }
+    });
+    let driving = tokio::spawn(drive(Arc::downgrade(store), n, lease.clone(), config.lease_ttl / 4));
+    Ok(ShardReplica { lease, stop: Some(stop), tasks: vec![running, following, driving] })
+}
+
+/// Lead shard `n` while the lease says this member may, step down as soon as it says not. Also
+/// every `recheck`: a leader whose append had an unknown outcome stopped appending, and takes
+/// the log again (after applying it to its end) while it still holds the lease.
+async fn drive(store: std::sync::Weak<Store>, n: u32, lease: Arc<Lease>, recheck: Duration) {
+    let mut role = lease.watch();
+    loop {
+        let current = role.borrow_and_update().clone();
+        let Some(store) = store.upgrade() else { return };
+        match current {
+            Role::Leader { term } if store.leads_shard(n) != Some(term) => {
+                if let Err(e) = store.lead_shard(n, term).await {
+                    // Still holding the lease: try again shortly (the log may be electing).
+                    tracing::warn!(shard = n, term, cause = %e, "could not take the shard's log; retrying");
+                    drop(store);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            Role::Leader { .. } => {}
+            Role::Follower { .. } => store.step_down_shard(n),
+        }
+        drop(store);
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(recheck) => {}
+        }
+    }
+}
