@@ -26,14 +26,19 @@ pub struct ShardMap {
     pub term: u64,
     /// Grows by one on every change of the map.
     pub epoch: u64,
-    /// `shards[i]` is the node serving shard `i`; the length is the shard count.
+    /// `shards[i]` is the node serving shard `i`; the length is the shard count. On a replicated
+    /// shard, the member clients ask first (the one that leads, as far as the map's maker knew).
     pub shards: Vec<String>,
+    /// `followers[i]`: the other members of shard `i`, which hold a copy and follow its log (the
+    /// store's replication); empty (or shorter than `shards`) where a shard has one copy.
+    #[serde(default)]
+    pub followers: Vec<Vec<String>>,
 }
 
 impl ShardMap {
     /// A map of `shards` shards all served by `node`, at epoch 1 (term 0: no master made it).
     pub fn local(shards: u32, node: &str) -> ShardMap {
-        ShardMap { term: 0, epoch: 1, shards: vec![node.to_owned(); shards as usize] }
+        ShardMap { term: 0, epoch: 1, shards: vec![node.to_owned(); shards as usize], followers: Vec::new() }
     }
 
     /// Whether this map replaces `other`: a higher term, or the same term and a higher epoch.
@@ -55,6 +60,22 @@ impl ShardMap {
     /// The node serving `shard`.
     pub fn node_of(&self, shard: u32) -> Option<&str> {
         self.shards.get(shard as usize).map(String::as_str)
+    }
+
+    /// Every node holding a copy of `shard`: the one serving it first, then its followers.
+    pub fn members(&self, shard: u32) -> impl Iterator<Item = &str> {
+        let followers = self.followers.get(shard as usize).into_iter().flatten();
+        self.node_of(shard).into_iter().chain(followers.map(String::as_str))
+    }
+
+    /// Whether `node` holds a copy of `shard`.
+    pub fn holds(&self, shard: u32, node: &str) -> bool {
+        self.members(shard).any(|m| m == node)
+    }
+
+    /// Whether `shard` has copies on several nodes (its writes go through its log).
+    pub fn replicated(&self, shard: u32) -> bool {
+        self.followers.get(shard as usize).is_some_and(|f| !f.is_empty())
     }
 }
 
@@ -106,23 +127,40 @@ mod tests {
 
     #[test]
     fn a_map_places_keys_by_the_keyspace_and_reads_as_json() {
-        let map = ShardMap { term: 2, epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()] };
+        let map = ShardMap { term: 2, epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()], followers: Vec::new() };
         assert_eq!(map.shard_count(), 3);
         assert_eq!(map.shard_of("app", "user-2"), shoal_keyspace::shard_of("app", "user-2", 3));
         assert_eq!(map.node_of(1), Some("b"));
         assert_eq!(map.node_of(3), None);
         let json = serde_json::to_string(&map).expect("serialises");
-        assert_eq!(json, r#"{"term":2,"epoch":3,"shards":["a","b","a"]}"#);
+        assert_eq!(json, r#"{"term":2,"epoch":3,"shards":["a","b","a"],"followers":[]}"#);
         assert_eq!(serde_json::from_str::<ShardMap>(&json).expect("parses"), map);
-        assert_eq!(ShardMap::local(2, "n"), ShardMap { term: 0, epoch: 1, shards: vec!["n".into(), "n".into()] });
+        assert_eq!(ShardMap::local(2, "n"), ShardMap { term: 0, epoch: 1, shards: vec!["n".into(), "n".into()], ..ShardMap::default() });
         // A map file written before terms reads as term 0.
         let old: ShardMap = serde_json::from_str(r#"{"epoch":9,"shards":["a"]}"#).expect("parses");
         assert_eq!((old.term, old.epoch), (0, 9));
     }
 
     #[test]
+    fn a_replicated_shard_has_members_and_an_older_map_reads_unreplicated() {
+        let map = ShardMap {
+            term: 1,
+            epoch: 2,
+            shards: vec!["a".into(), "b".into()],
+            followers: vec![vec!["b".into(), "c".into()]],
+        };
+        assert_eq!(map.members(0).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(map.members(1).collect::<Vec<_>>(), ["b"], "no followers listed: one copy");
+        assert_eq!(map.members(2).count(), 0);
+        assert!(map.holds(0, "c") && !map.holds(1, "c"));
+        assert!(map.replicated(0) && !map.replicated(1));
+        let old: ShardMap = serde_json::from_str(r#"{"term":1,"epoch":9,"shards":["a"]}"#).expect("parses");
+        assert!(old.followers.is_empty() && !old.replicated(0));
+    }
+
+    #[test]
     fn maps_are_ordered_by_term_then_epoch() {
-        let map = |term, epoch| ShardMap { term, epoch, shards: vec!["a".into()] };
+        let map = |term, epoch| ShardMap { term, epoch, shards: vec!["a".into()], ..ShardMap::default() };
         assert!(map(3, 5).newer_than(&map(3, 4)));
         assert!(!map(3, 4).newer_than(&map(3, 4)));
         assert!(map(4, 1).newer_than(&map(3, 9)), "a new leader's map wins with a lower epoch");

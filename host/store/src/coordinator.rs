@@ -332,7 +332,7 @@ impl Coordinator {
                 };
                 let mut persisted = state.persisted.clone();
                 persisted.map =
-                    ShardMap { term: self.config.term, epoch: 1, shards: vec![r.node.clone(); count as usize] };
+                    ShardMap { term: self.config.term, epoch: 1, shards: vec![r.node.clone(); count as usize], ..ShardMap::default() };
                 Some(persisted)
             } else {
                 None

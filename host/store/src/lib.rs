@@ -92,6 +92,19 @@ pub enum Durability {
     Sync,
 }
 
+/// What a read of a replicated shard may see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Every write acknowledged before the read began: served by the shard's leader while its
+    /// lease counts (no other member can have acknowledged anything since it applied the log
+    /// to its end). The default.
+    #[default]
+    Linearizable,
+    /// Whatever this copy has applied, possibly behind the leader ([`Store::applied`] says how
+    /// far it got); any member serves it.
+    Stale,
+}
+
 /// How to open a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {

@@ -25,7 +25,7 @@ pub(crate) use self::codec::{decode_cursor, merge_page, validate_listing, valida
 use self::commit::Pending;
 use self::moves::Export;
 use crate::{
-    Durability, Entry, MAX_BATCH_OPS, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_SHARDS, MAX_VALUE_LEN, Op, Page, PutOptions,
+    Consistency, Durability, Entry, MAX_BATCH_OPS, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_SHARDS, MAX_VALUE_LEN, Op, Page, PutOptions,
     ShardMap, StoreConfig, StoreError, validate_key, validate_namespace, validate_ttl,
 };
 
@@ -240,20 +240,25 @@ impl Store {
         self.shards.read().get(&n).cloned()
     }
 
-    /// The shard `namespace/key` belongs to under `map`, if `map` gives that shard to this node.
+    /// The shard `namespace/key` belongs to under `map`, if `map` gives that shard to this node
+    /// (as its only copy, or as a member of its replicas).
     fn owner_in(&self, map: &ShardMap, namespace: &str, key: &str) -> Result<u32, StoreError> {
         let n = map.shard_of(namespace, key);
-        if map.node_of(n) == Some(self.node.as_str()) {
-            Ok(n)
-        } else {
-            Err(StoreError::NotOwner { shard: n, epoch: map.epoch })
-        }
+        if map.holds(n, &self.node) { Ok(n) } else { Err(StoreError::NotOwner { shard: n, epoch: map.epoch }) }
     }
 
-    /// The shard `namespace/key` belongs to, if this node serves it.
+    /// The shard `namespace/key` belongs to, if this node serves it. A shard the map replicates
+    /// is served only once it is replicated here ([`Store::replicate_shard`]): before, a write
+    /// would reach this copy alone.
     fn owned(&self, namespace: &str, key: &str) -> Result<Arc<Shard>, StoreError> {
-        let n = self.owner_in(&self.map.read(), namespace, key)?;
-        self.shard(n).ok_or_else(|| StoreError::Config(format!("shard {n} is assigned here but not on disk")))
+        let map = self.map.read().clone();
+        let n = self.owner_in(&map, namespace, key)?;
+        let shard =
+            self.shard(n).ok_or_else(|| StoreError::Config(format!("shard {n} is assigned here but not on disk")))?;
+        if map.replicated(n) && shard.replica.read().is_none() {
+            return Err(StoreError::NotLeader { shard: n });
+        }
+        Ok(shard)
     }
 
     /// Whether shard `shard` of this node still serves `namespace/key` under `map`.
@@ -271,10 +276,19 @@ impl Store {
 
     /// The live entry under `namespace/key`, if any.
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.get_at(namespace, key, Consistency::Linearizable)
+    }
+
+    /// [`Store::get`] at `consistency`: a replicated shard's copy here answers a linearizable
+    /// read only while this node leads it.
+    pub fn get_at(&self, namespace: &str, key: &str, consistency: Consistency) -> Result<Option<Entry>, StoreError> {
         validate_namespace(namespace)?;
         validate_key(key)?;
         let before = self.map.read().clone();
         let shard = self.owned(namespace, key)?;
+        if consistency == Consistency::Linearizable && !shard.serves_linearizable() {
+            return Err(StoreError::NotLeader { shard: shard.id });
+        }
         if shard.frozen(namespace, key) {
             return Err(StoreError::Moving);
         }
@@ -315,7 +329,9 @@ impl Store {
         let skip = namespace.len() + 1;
         let mut entries = Vec::new();
         let shards: Vec<Arc<Shard>> =
-            self.shards.read().values().filter(|s| map.node_of(s.id) == Some(self.node.as_str())).cloned().collect();
+            self.shards.read().values().filter(|s| map.holds(s.id, &self.node)).cloned().collect();
+        // A replicated shard is listed by its leader (clients list every shard at its leader).
+        let shards: Vec<Arc<Shard>> = shards.into_iter().filter(|s| s.serves_linearizable()).collect();
         for shard in shards {
             let mut read = ReadOptions::default();
             if let Some(end) = prefix_end(&full_prefix) {
@@ -437,6 +453,7 @@ mod tests {
             term: 0,
             epoch: 2,
             shards: vec!["local".to_owned(), "local".to_owned(), "elsewhere".to_owned()],
+            followers: Vec::new(),
         };
         let key = (0..10_000)
             .map(|i| format!("k{i}"))

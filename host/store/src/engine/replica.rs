@@ -99,6 +99,12 @@ fn unavailable(shard: u32, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Shard {
+    /// Whether this copy answers reads that must see every acknowledged write: it is the only
+    /// copy, or it leads the shard with a lease that still counts.
+    pub(super) fn serves_linearizable(&self) -> bool {
+        self.replica.read().as_ref().is_none_or(|r| r.leading().is_some())
+    }
+
     /// Write `batch` to this shard; the caller holds the shard's lock. Unreplicated, straight to
     /// RocksDB. Replicated, only the leader writes: through the log first (see the module doc).
     pub(super) fn write(&self, mut batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {

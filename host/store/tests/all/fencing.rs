@@ -73,7 +73,7 @@ async fn admin(bus: &SharedBus, term: u64, command: Admin) -> Reply {
 }
 
 fn map(term: u64, epoch: u64) -> ShardMap {
-    ShardMap { term, epoch, shards: vec!["a".into(), "a".into()] }
+    ShardMap { term, epoch, shards: vec!["a".into(), "a".into()], ..ShardMap::default() }
 }
 
 fn served(node: &StoreNode) -> (u64, u64) {

@@ -74,7 +74,7 @@ async fn the_leaders_shard_map_survives_a_failover_and_a_standby_changes_nothing
     // On the leader it makes the map; the standby's coordinator has it once it applied it.
     let answer = register(&leader_bus, "n1").await;
     let map: ShardMap = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer}: {e}"));
-    assert_eq!(map, ShardMap { term: 1, epoch: 1, shards: vec!["n1".to_owned(); 4] });
+    assert_eq!(map, ShardMap { term: 1, epoch: 1, shards: vec!["n1".to_owned(); 4], ..ShardMap::default() });
     assert_eq!(on_leader.map(), map);
     standby.wait_applied(leader.applied()).await;
     eventually("the standby's coordinator to have the leader's map", Duration::from_secs(10), || async {
@@ -104,8 +104,8 @@ async fn an_earlier_store_map_file_moves_into_the_state_once() {
     let state = StateDb::open_local(&dir.path().join("state"), &[STORE_TABLE]).expect("state");
     let file = dir.path().join("store-map.json");
     // An earlier master's file: the map, a move it had started, the last move's id.
-    let from = ShardMap { term: 0, epoch: 3, shards: vec!["local".to_owned(); 2] };
-    let to = ShardMap { term: 0, epoch: 4, shards: vec!["local".to_owned(); 3] };
+    let from = ShardMap { term: 0, epoch: 3, shards: vec!["local".to_owned(); 2], ..ShardMap::default() };
+    let to = ShardMap { term: 0, epoch: 4, shards: vec!["local".to_owned(); 3], ..ShardMap::default() };
     let old = serde_json::json!({ "map": from, "pending": [7, from, to], "last_move_id": 7 });
     std::fs::write(&file, serde_json::to_vec_pretty(&old).expect("json")).expect("file");
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_replication::{Log, LogConfig};
 use shoal_store::replication::ReplicationConfig;
-use shoal_store::{Durability, Op, PutOptions, ShardMap, Store, StoreError};
+use shoal_store::{Consistency, Durability, Op, PutOptions, ShardMap, Store, StoreError};
 use shoal_testkit::{NatsCluster, eventually};
 
 const SHARD_LOG: &str = "TEST_SHARD_0";
@@ -29,8 +29,7 @@ async fn replica(dir: &std::path::Path, node: &str, client: &async_nats::Client,
     if store.held().is_empty() {
         store.create_shard(0).expect("create shard 0");
     }
-    // Each replica serves shard 0 itself (which member leads is the log's business here).
-    assert!(store.set_map(ShardMap { term: 1, epoch: 1, shards: vec![node.to_owned()] }));
+    assert!(store.set_map(two_members()));
     let applied = store.replicate_shard(0, log(client).await).expect("replicate shard 0");
     if follow {
         tokio::spawn(store.clone().follow_shard(0));
@@ -38,16 +37,22 @@ async fn replica(dir: &std::path::Path, node: &str, client: &async_nats::Client,
     (store, applied)
 }
 
+/// One shard, held by a and b.
+fn two_members() -> ShardMap {
+    ShardMap { term: 1, epoch: 1, shards: vec!["a".into()], followers: vec![vec!["b".into()]] }
+}
+
 async fn put(store: &Arc<Store>, key: &str, value: &str, options: PutOptions) -> Result<u64, StoreError> {
     let op = Op::Put { key: key.into(), value: value.as_bytes().to_vec(), options };
     store.batch_async("app", vec![op]).await.map(|v| v[0])
 }
 
-/// `(value, version)` of every key, read on `store`'s own RocksDB.
+/// `(value, version)` of every key, read on `store`'s own copy (a stale read: any member).
 fn contents(store: &Store, keys: &[String]) -> Vec<Option<(String, u64)>> {
     keys.iter()
         .map(|k| {
-            store.get("app", k).expect("get").map(|e| (String::from_utf8(e.value).expect("utf-8"), e.version))
+            let entry = store.get_at("app", k, Consistency::Stale).expect("get");
+            entry.map(|e| (String::from_utf8(e.value).expect("utf-8"), e.version))
         })
         .collect()
 }
@@ -95,8 +100,13 @@ async fn a_replicated_shard_keeps_every_acknowledged_write_across_a_change_of_le
     // no writes.
     caught_up(&b, &a).await;
     assert_eq!(contents(&b, &keys), contents(&a, &keys));
-    assert_eq!(b.get("app", &keys[2]).unwrap().unwrap().expires_at, a.get("app", &keys[2]).unwrap().unwrap().expires_at);
+    let expiry = |s: &Store| s.get_at("app", &keys[2], Consistency::Stale).unwrap().unwrap().expires_at;
+    assert_eq!(expiry(&b), expiry(&a));
     assert!(matches!(put(&b, "k", "v", PutOptions::default()).await, Err(StoreError::NotLeader { shard: 0 })));
+    // A linearizable read is the leader's to answer; a follower sends the reader there.
+    assert!(a.get("app", &keys[0]).expect("the leader reads").is_some());
+    assert!(matches!(b.get("app", &keys[0]), Err(StoreError::NotLeader { shard: 0 })));
+    assert!(b.list("app", "", None, 100).expect("a follower lists nothing of it").entries.is_empty());
 
     // b takes over (a is not told: it still believes it leads). a's next write is fenced by
     // b's term entry, writes nothing there, and a steps down.
@@ -144,7 +154,7 @@ async fn member(
     if store.held().is_empty() {
         store.create_shard(0).expect("create shard 0");
     }
-    assert!(store.set_map(ShardMap { term: 1, epoch: 1, shards: vec![node.to_owned()] }));
+    assert!(store.set_map(two_members()));
     let replica = eventually("the shard's log and lease to open", Duration::from_secs(30), || async {
         shoal_store::replication::replicate(&store, 0, config).await.ok()
     })
@@ -201,7 +211,7 @@ async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_aga
     eprintln!("a crashed leader's shard led again after {took:?}, term {term} → {next}");
     assert_eq!(leader.leads_shard(0), None, "the crashed member's lease stopped counting before the next took it");
     for (key, version) in &acknowledged {
-        let entry = follower.get("app", key).expect("get").expect("every acknowledged write is there");
+        let entry = follower.get("app", key).expect("the new leader reads").expect("every acknowledged write is there");
         assert_eq!(entry.version, *version, "{key}");
     }
     let v = put(follower, "after", "v", PutOptions::default()).await.expect("writes go on");
