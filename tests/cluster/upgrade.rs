@@ -55,6 +55,7 @@ fn previous_layout(data: &Path, scratch: &Path) -> String {
                 auto_scale_out: true,
                 source: "/previous".into(),
                 term: 1,
+                replicas: 1,
             }),
         };
         let bus: shoal_bus::SharedBus = Arc::new(shoal_bus::LocalBus::new());

@@ -510,6 +510,7 @@ pub(crate) fn coordinator_config(
 ) -> Option<shoal_store::coordinator::CoordinatorConfig> {
     Some(shoal_store::coordinator::CoordinatorConfig {
         term,
+        replicas: 1,
         state: state.clone(),
         initial_shards: config.store.shards,
         auto_scale_out: true,

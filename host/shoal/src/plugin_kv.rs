@@ -202,6 +202,7 @@ mod tests {
                     auto_scale_out: false,
                     source: "/test".into(),
                     term: 1,
+                    replicas: 1,
                 }),
             },
         )

@@ -8,6 +8,10 @@
 //! - A node that does not answer makes the call fail with [`StoreError::Unavailable`] naming its
 //!   shard; other shards are not affected. A write whose node timed out may or may not have been
 //!   applied, and the error says so.
+//! - A replicated shard (several members in the map) is asked at its leader: the member that
+//!   answered last, else the members in turn while they answer `NotLeader` or are gone (an
+//!   election takes up to a shard lease's TTL). A write that reached a member that then did not
+//!   answer is not sent again: its outcome is unknown, and the error says so.
 //! - Calls to the node in the same process (`shoal dev`, a master with its own store) skip the
 //!   bus.
 
@@ -42,13 +46,22 @@ pub struct StoreClient {
     bus: SharedBus,
     map: RwLock<Arc<ShardMap>>,
     local: Option<Arc<StoreNode>>,
+    /// Replicated shards: the member asked last (index into [`ShardMap::members`]), by shard, for
+    /// the map epoch it was learned under. A member that does not lead (`NotLeader`) or does not
+    /// answer moves it to the next member.
+    asked: parking_lot::Mutex<BTreeMap<u32, (u64, usize)>>,
 }
 
 impl StoreClient {
     /// A client on `bus`; `local` is a node in this process, called directly. Follows the map the
     /// master publishes from now on (fetching it from the master when an event says it changed).
     pub fn new(bus: SharedBus, local: Option<Arc<StoreNode>>) -> Arc<StoreClient> {
-        let client = Arc::new(StoreClient { bus, map: RwLock::new(Arc::new(ShardMap::default())), local });
+        let client = Arc::new(StoreClient {
+            bus,
+            map: RwLock::new(Arc::new(ShardMap::default())),
+            local,
+            asked: parking_lot::Mutex::new(BTreeMap::new()),
+        });
         let weak = Arc::downgrade(&client);
         let bus = client.bus.clone();
         tokio::spawn(async move {
@@ -109,9 +122,28 @@ impl StoreClient {
         Ok(map)
     }
 
-    /// Send `request` to the node serving `shard` under `map`.
+    /// The member of `shard` to ask under `map`: its node, or for a replicated shard the member
+    /// that answered as leader last (or the next one to try).
+    fn member_to_ask<'m>(&self, map: &'m ShardMap, shard: u32) -> Option<&'m str> {
+        if !map.replicated(shard) {
+            return map.node_of(shard);
+        }
+        let members: Vec<&str> = map.members(shard).collect();
+        let asked = self.asked.lock().get(&shard).filter(|(epoch, _)| *epoch == map.epoch).map_or(0, |(_, i)| *i);
+        members.get(asked % members.len().max(1)).copied()
+    }
+
+    /// The member asked for `shard` did not lead it or did not answer: ask the next one.
+    fn next_member(&self, map: &ShardMap, shard: u32) {
+        let mut asked = self.asked.lock();
+        let entry = asked.entry(shard).or_insert((map.epoch, 0));
+        *entry = if entry.0 == map.epoch { (map.epoch, entry.1 + 1) } else { (map.epoch, 1) };
+    }
+
+    /// Send `request` to the node serving `shard` under `map` (for a replicated shard, its
+    /// leader: members are tried in turn until one leads).
     async fn send(&self, map: &ShardMap, shard: u32, request: Request) -> Result<Reply, Attempt> {
-        let node = map.node_of(shard).ok_or(Attempt::Retry(Duration::ZERO))?;
+        let node = self.member_to_ask(map, shard).ok_or(Attempt::Retry(Duration::ZERO))?;
         let reply = match &self.local {
             Some(local) if local.id() == node => local.handle(request).await,
             _ => {
@@ -120,6 +152,13 @@ impl StoreClient {
                 match self.bus.request(&subject::store_node(node), payload, REQUEST_TIMEOUT).await {
                     Ok(message) => wire::decode::<Reply>(&message.payload).map_err(Attempt::Fail)?,
                     Err(e) => {
+                        // A replicated shard's member that is gone: another one leads (soon). A
+                        // write it may have received is not sent again (its outcome is unknown).
+                        let undelivered = matches!(e, BusError::NoResponders { .. });
+                        if map.replicated(shard) && (undelivered || !is_write) {
+                            self.next_member(map, shard);
+                            return Err(Attempt::Retry(Duration::from_millis(50)));
+                        }
                         let reason = match e {
                             BusError::NoResponders { .. } => "the store node does not answer (is it running?)".into(),
                             BusError::Timeout { .. } if is_write => format!(
@@ -144,6 +183,11 @@ impl StoreClient {
                 Err(Attempt::Retry(Duration::from_millis(1)))
             }
             Reply::Error(WireError::Moving) => Err(Attempt::Retry(Duration::from_millis(2))),
+            // Not the leader (any more, or not yet: an election takes up to a lease's TTL).
+            Reply::Error(WireError::NotLeader(n)) if map.replicated(n) => {
+                self.next_member(map, n);
+                Err(Attempt::Retry(Duration::from_millis(20)))
+            }
             Reply::Error(e) => Err(Attempt::Fail(e.into_error())),
             other => Ok(other),
         }
@@ -220,7 +264,7 @@ impl StoreClient {
             let mut by_node: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
             for &i in &pending {
                 let shard = map.shard_of(namespace, ops[i].key());
-                by_node.entry(map.node_of(shard).unwrap_or_default()).or_default().push(i);
+                by_node.entry(self.member_to_ask(&map, shard).unwrap_or_default()).or_default().push(i);
             }
             if by_node.len() > 1 && !checked {
                 // Check every node's part first: a conflict anywhere writes nothing.
@@ -298,20 +342,25 @@ impl StoreClient {
         let after = cursor.map(decode_cursor).transpose()?;
         let after = after.as_deref();
         self.retrying(|map| async move {
-            // One request per node; each answers for every shard it serves.
-            let mut first_shard: BTreeMap<&str, u32> = BTreeMap::new();
-            for s in (0..map.shard_count()).rev() {
-                first_shard.insert(map.node_of(s).unwrap_or_default(), s);
+            // One request per node, naming the shards it is asked for (the shards it serves;
+            // of replicated ones, those this client believes it leads).
+            let mut by_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+            for s in 0..map.shard_count() {
+                by_node.entry(self.member_to_ask(&map, s).unwrap_or_default()).or_default().push(s);
             }
-            let calls = first_shard.values().map(|&shard| {
+            let calls = by_node.into_values().map(|shards| {
                 let map = map.clone();
                 async move {
+                    let shard = shards[0];
                     let request = Request::List {
                         epoch: map.epoch,
                         namespace: namespace.into(),
                         prefix: prefix.into(),
                         after: after.map(str::to_owned),
                         limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                        // Unreplicated, a node answers for every shard it serves under its own map
+                        // (which may be a move ahead of this client's).
+                        shards: if map.followers.iter().any(|f| !f.is_empty()) { shards } else { Vec::new() },
                     };
                     self.send(&map, shard, request).await
                 }

@@ -58,6 +58,28 @@ pub struct CoordinatorConfig {
     /// The leader term of the master this coordinator is part of (fixed for its life: the next
     /// leader opens a new coordinator with its own, higher term).
     pub term: u64,
+    /// Copies of every shard of a new store (`--replicas`): 1 is one copy per shard, on one node;
+    /// more, and the map is made once that many store nodes have registered, each shard on that
+    /// many of them (their writes through the shard's log, see [`crate::replication`]).
+    pub replicas: usize,
+}
+
+/// The map of a new store of `count` shards over `nodes`, each shard on `replicas` of them: shard
+/// `i` first on node `i mod n` (the member clients ask first), then on the next ones in turn.
+pub fn replicated_map(term: u64, count: u32, nodes: &[String], replicas: usize) -> ShardMap {
+    let n = nodes.len().max(1);
+    let copies = replicas.clamp(1, n);
+    let member = |i: usize, j: usize| nodes.get((i + j) % n).cloned().unwrap_or_default();
+    ShardMap {
+        term,
+        epoch: 1,
+        shards: (0..count as usize).map(|i| member(i, 0)).collect(),
+        followers: if copies > 1 {
+            (0..count as usize).map(|i| (1..copies).map(|j| member(i, j)).collect()).collect()
+        } else {
+            Vec::new()
+        },
+    }
 }
 
 /// Scale-out or scale-in.
@@ -324,7 +346,23 @@ impl Coordinator {
             state
                 .nodes
                 .insert(r.node.clone(), NodeSeen { held: r.held.clone(), boot: r.boot.clone(), seen: Instant::now() });
-            if state.persisted.map.shard_count() == 0 && state.moving.is_none() {
+            if state.persisted.map.shard_count() == 0 && state.moving.is_none() && self.config.replicas > 1 {
+                // A replicated store starts once enough nodes, none holding shards, are here.
+                if !r.held.is_empty() {
+                    return Err(format!(
+                        "store node `{}` holds shards ({:?}) but the store has no map yet; a replicated store starts on empty nodes",
+                        r.node, r.held
+                    ));
+                }
+                let fresh: Vec<String> =
+                    state.nodes.iter().filter(|(_, n)| n.held.is_empty()).map(|(id, _)| id.clone()).collect();
+                (fresh.len() >= self.config.replicas).then(|| {
+                    let mut persisted = state.persisted.clone();
+                    persisted.map =
+                        replicated_map(self.config.term, self.config.initial_shards, &fresh, self.config.replicas);
+                    persisted
+                })
+            } else if state.persisted.map.shard_count() == 0 && state.moving.is_none() {
                 let count = match r.held.iter().max() {
                     Some(&max) if r.held.len() as u32 == max + 1 => max + 1,
                     Some(_) => return Err(format!("the shards held ({:?}) are not 0..n", r.held)),
@@ -347,6 +385,7 @@ impl Coordinator {
             let state = self.state.lock();
             let map = state.persisted.map.clone();
             let grow = self.config.auto_scale_out
+                && self.config.replicas <= 1
                 && !created
                 && state.moving.is_none()
                 && r.held.is_empty()
@@ -480,6 +519,11 @@ impl Coordinator {
         to: ShardMap,
         node: String,
     ) -> Result<MoveStatus, ScaleError> {
+        if from.followers.iter().any(|f| !f.is_empty()) {
+            return Err(ScaleError::Invalid(
+                "moving the keys of replicated shards is not built yet: the shard count of a store with --replicas above 1 is fixed for now".into(),
+            ));
+        }
         let persisted = {
             let state = self.state.lock();
             if let Some(m) = &state.moving {

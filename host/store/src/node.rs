@@ -78,6 +78,11 @@ pub struct StoreNode {
     map_lock: tokio::sync::Mutex<()>,
     /// The highest leader term seen; admin requests and maps of lower terms are refused.
     fence: Fence,
+    /// Where replicated shards' logs and leases live (`None`: this node takes no map that
+    /// replicates a shard it holds).
+    replication: Option<crate::replication::ReplicationConfig>,
+    /// The replicated shards this node holds a copy of, following their logs.
+    replicas: tokio::sync::Mutex<std::collections::BTreeMap<u32, crate::replication::ShardReplica>>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -90,6 +95,23 @@ impl StoreNode {
     /// A node serving `store` (opened with [`Store::open_node`]) on `bus`; reads the highest
     /// leader term it has seen from the store's directory.
     pub fn new(store: Arc<Store>, bus: SharedBus) -> Result<Arc<StoreNode>, StoreError> {
+        Self::build(store, bus, None)
+    }
+
+    /// [`StoreNode::new`], replicating the shards a map gives it with others through `replication`.
+    pub fn replicated(
+        store: Arc<Store>,
+        bus: SharedBus,
+        replication: crate::replication::ReplicationConfig,
+    ) -> Result<Arc<StoreNode>, StoreError> {
+        Self::build(store, bus, Some(replication))
+    }
+
+    fn build(
+        store: Arc<Store>,
+        bus: SharedBus,
+        replication: Option<crate::replication::ReplicationConfig>,
+    ) -> Result<Arc<StoreNode>, StoreError> {
         let source = format!("/shoal/store/{}", store.node());
         let fence = Fence::open(store.dir())?;
         Ok(Arc::new(StoreNode {
@@ -99,6 +121,8 @@ impl StoreNode {
             source,
             map_lock: tokio::sync::Mutex::new(()),
             fence,
+            replication,
+            replicas: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         }))
     }
 
@@ -198,7 +222,7 @@ impl StoreNode {
         }
         let held = self.store.held();
         let missing: Vec<u32> =
-            (0..map.shard_count()).filter(|&s| map.node_of(s) == Some(self.id()) && !held.contains(&s)).collect();
+            (0..map.shard_count()).filter(|&s| map.holds(s, self.id()) && !held.contains(&s)).collect();
         for shard in missing {
             if !held.is_empty() {
                 tracing::warn!(
@@ -213,9 +237,42 @@ impl StoreNode {
                 return Err(e);
             }
         }
+        self.replicate_held(&map).await?;
         let (term, epoch) = (map.term, map.epoch);
-        if self.store.set_map(map) {
+        if self.store.set_map(map.clone()) {
             tracing::info!(node = self.id(), term, epoch, "serving a new shard map");
+        }
+        // Copies the map no longer gives this node stop following their shards' logs.
+        self.replicas.lock().await.retain(|&s, _| map.holds(s, self.id()) && map.replicated(s));
+        Ok(())
+    }
+
+    /// Stop taking part in the replicated shards as a crashed process would: their leases are
+    /// left to expire, nothing more is followed or appended here (a test's `kill -9` of one node
+    /// among several in one process; the serving loop is the caller's to abort).
+    pub async fn halt_replicas(&self) {
+        for (_, replica) in std::mem::take(&mut *self.replicas.lock().await) {
+            replica.abandon();
+        }
+    }
+
+    /// Follow (and lead, when the lease says so) every shard `map` replicates with a copy here,
+    /// before the map is served: a write must never reach one copy alone.
+    async fn replicate_held(&self, map: &ShardMap) -> Result<(), StoreError> {
+        let mut replicas = self.replicas.lock().await;
+        for s in (0..map.shard_count()).filter(|&s| map.replicated(s) && map.holds(s, self.id())) {
+            if replicas.contains_key(&s) {
+                continue;
+            }
+            let Some(config) = &self.replication else {
+                tracing::error!(node = self.id(), shard = s, "the map replicates a shard held here, but this node runs without JetStream replication; not taking the map");
+                return Err(StoreError::Config(format!(
+                    "the map replicates shard {s}, but store node {} was started without replication (NATS with JetStream)",
+                    self.id()
+                )));
+            };
+            let replica = crate::replication::replicate(&self.store, s, config).await?;
+            replicas.insert(s, replica);
         }
         Ok(())
     }
@@ -315,10 +372,12 @@ impl StoreNode {
                 blocking(move || store.check(&namespace, &ops)).await?;
                 Ok(Reply::Ok)
             }
-            Request::List { epoch, namespace, prefix, after, limit } => {
+            Request::List { epoch, namespace, prefix, after, limit, shards } => {
                 self.catch_up(epoch).await;
-                let entries =
-                    blocking(move || store.list_raw(&namespace, &prefix, after.as_deref(), limit as usize)).await?;
+                let entries = blocking(move || {
+                    store.list_raw_of(&namespace, &prefix, after.as_deref(), limit as usize, &shards)
+                })
+                .await?;
                 Ok(Reply::Entries(entries))
             }
             Request::Admin { term, command } => {

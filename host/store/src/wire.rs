@@ -60,6 +60,9 @@ pub enum Request {
         after: Option<String>,
         /// Page size.
         limit: u32,
+        /// The shards to list (each must be served here: for a replicated one, led here); empty:
+        /// every shard this node serves.
+        shards: Vec<u32>,
     },
     /// A command of the master, at its leader term: refused by a node that has seen a higher
     /// term (see `shoal_protocol::term`), before anything is done.

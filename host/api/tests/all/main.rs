@@ -108,6 +108,7 @@ impl Server {
                     auto_scale_out: false,
                     source: "/test".into(),
                     term: 1,
+                    replicas: 1,
                 }),
             },
         )

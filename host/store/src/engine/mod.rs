@@ -316,8 +316,29 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.list_raw_of(namespace, prefix, after, limit, &[])
+    }
+
+    /// [`Store::list_raw`] of the shards `only` names (every one served here, else `NotOwner`, or
+    /// `NotLeader` for a replicated one this node does not lead); empty: every shard served here.
+    pub fn list_raw_of(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        only: &[u32],
+    ) -> Result<Vec<Entry>, StoreError> {
         validate_listing(namespace, prefix, limit)?;
         let map = self.map.read().clone();
+        for &n in only {
+            let shard = self.shard(n).filter(|_| map.holds(n, &self.node));
+            match shard {
+                None => return Err(StoreError::NotOwner { shard: n, epoch: map.epoch }),
+                Some(s) if !s.serves_linearizable() => return Err(StoreError::NotLeader { shard: n }),
+                Some(_) => {}
+            }
+        }
         let full_prefix = db_key(namespace, prefix);
         let mut start = full_prefix.clone();
         if let Some(after) = after {
@@ -331,7 +352,10 @@ impl Store {
         let shards: Vec<Arc<Shard>> =
             self.shards.read().values().filter(|s| map.holds(s.id, &self.node)).cloned().collect();
         // A replicated shard is listed by its leader (clients list every shard at its leader).
-        let shards: Vec<Arc<Shard>> = shards.into_iter().filter(|s| s.serves_linearizable()).collect();
+        let shards: Vec<Arc<Shard>> = shards
+            .into_iter()
+            .filter(|s| s.serves_linearizable() && (only.is_empty() || only.contains(&s.id)))
+            .collect();
         for shard in shards {
             let mut read = ReadOptions::default();
             if let Some(end) = prefix_end(&full_prefix) {

@@ -39,6 +39,7 @@ impl Cluster {
                 auto_scale_out: false,
                 source: "/test".into(),
                 term: 1,
+                replicas: 1,
             },
         )
         .expect("coordinator");

@@ -27,6 +27,7 @@ fn coordinator(bus: &SharedBus, state: &Arc<shoal_state::StateDb>, term: u64) ->
         auto_scale_out: false,
         source: "/test".into(),
         term,
+        replicas: 1,
     };
     let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
     let task = tokio::spawn({

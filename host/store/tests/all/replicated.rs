@@ -38,6 +38,7 @@ fn coordinator(state: &Arc<StateDb>) -> (Arc<Coordinator>, SharedBus) {
         auto_scale_out: false,
         source: "/test".into(),
         term: 1,
+        replicas: 1,
     };
     let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
     tokio::spawn(coordinator.clone().run());

