@@ -48,6 +48,7 @@ fn previous_layout(data: &Path, scratch: &Path) -> String {
                 dir: data.join("store"),
                 durability: shoal_store::Durability::Wal,
                 sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
+                replication: None,
             }),
             coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
                 state: maps.clone(),

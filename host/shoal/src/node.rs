@@ -57,6 +57,39 @@ pub struct NodeConfig {
     /// One of several masters (`shoal master --id`): the replicated state and the lease on the
     /// NATS cluster's JetStream. `None`: a single member that always leads, its state local.
     pub ha: Option<crate::leadership::HaConfig>,
+    /// Copies of every shard of a new state store and the shards' lease TTL (`shoal master
+    /// --store-replicas`); `None`: one copy per shard (`shoal dev`).
+    pub store_replication: Option<StoreReplication>,
+}
+
+/// How the state store keeps copies of its shards (issue 23; see `shoal_store::replication`).
+#[derive(Clone, Debug)]
+pub struct StoreReplication {
+    /// Store nodes holding a copy of each shard of a new store.
+    pub replicas: usize,
+    /// How long a shard's lease outlives its holder's last renewal.
+    pub lease_ttl: std::time::Duration,
+    /// Servers of the NATS cluster that keep each shard's log: `None`, as many as `replicas`
+    /// (refused at start when the cluster has fewer servers); fewer only when the operator
+    /// said so.
+    pub log_replicas: Option<usize>,
+}
+
+impl StoreReplication {
+    /// The servers each shard's log is kept on, on the NATS cluster behind `client`.
+    fn log_replicas(&self, client: &async_nats::Client, url: &str) -> anyhow::Result<usize> {
+        let servers = client.server_info().connect_urls.len().max(1);
+        match self.log_replicas {
+            Some(n) => Ok(n.clamp(1, servers)),
+            None if servers < self.replicas => anyhow::bail!(
+                "--store-replicas {n} keeps each shard's log on {n} NATS servers, but the NATS cluster at {url} has \
+                 {servers}: run {n} servers with JetStream (see the README), or pass --store-log-replicas {servers} \
+                 to keep the logs on fewer",
+                n = self.replicas
+            ),
+            None => Ok(self.replicas),
+        }
+    }
 }
 
 /// What a started node tells its caller.
@@ -262,7 +295,7 @@ pub async fn run(
         on_leading(&state, &config.data_dir).await?;
     }
     let admin = crate::admin::AdminToken::start(&state, &config.data_dir).await?;
-    let store = start_store(&bus, &config, &state).await?;
+    let store = start_store(&bus, client.as_ref(), &config, &state).await?;
 
     // Plugins' key-value stores live in the state store (`crate::plugin_kv`).
     let (lease, gate) = leader_gate(&config);
@@ -487,15 +520,26 @@ async fn start_leadership(
 /// is found as it is.
 async fn start_store(
     bus: &SharedBus,
+    client: Option<&async_nats::Client>,
     config: &NodeConfig,
     state: &Arc<StateDb>,
 ) -> anyhow::Result<shoal_store::service::StoreService> {
+    let replication = match (client, &config.store_replication, &config.nats) {
+        (Some(client), Some(r), Some(nats)) => Some(shoal_store::replication::ReplicationConfig {
+            client: client.clone(),
+            replicas: r.log_replicas(client, &nats.url)?,
+            lease_ttl: r.lease_ttl,
+            prefix: String::new(),
+        }),
+        _ => None,
+    };
     let options = shoal_store::service::ServiceOptions {
         node: config.store_node.as_ref().map(|id| shoal_store::service::NodeOptions {
             id: id.clone(),
             dir: config.data_dir.join("store"),
             durability: config.store.durability,
             sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
+            replication: replication.clone(),
         }),
         coordinator: if config.ha.is_none() { coordinator_config(config, state, 1) } else { None },
     };
@@ -510,7 +554,7 @@ pub(crate) fn coordinator_config(
 ) -> Option<shoal_store::coordinator::CoordinatorConfig> {
     Some(shoal_store::coordinator::CoordinatorConfig {
         term,
-        replicas: 1,
+        replicas: config.store_replication.as_ref().map_or(1, |r| r.replicas),
         state: state.clone(),
         initial_shards: config.store.shards,
         auto_scale_out: true,

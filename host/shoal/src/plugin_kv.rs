@@ -191,6 +191,7 @@ mod tests {
                     dir: dir.join("store"),
                     durability: shoal_store::Durability::Wal,
                     sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
+                    replication: None,
                 }),
                 coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
                     state: shoal_state::StateDb::open_local(

@@ -28,6 +28,9 @@ pub struct NodeOptions {
     /// How often expired entries are deleted from disk (and announced as `delete` events with
     /// `expired: true`); [`crate::DEFAULT_SWEEP_INTERVAL`] unless a test wants it sooner.
     pub sweep_interval: Duration,
+    /// Where the logs and leases of replicated shards live (`None`: the node takes no map that
+    /// replicates a shard it holds).
+    pub replication: Option<crate::replication::ReplicationConfig>,
 }
 
 /// What to run.
@@ -73,7 +76,10 @@ pub async fn start(bus: SharedBus, options: ServiceOptions) -> Result<StoreServi
         Some(n) => {
             validate_node_id(&n.id).map_err(|e| StoreError::Config(e.to_string()))?;
             let store = Store::open_node(&n.dir, &n.id, n.durability)?;
-            let node = StoreNode::new(store.clone(), bus.clone())?;
+            let node = match n.replication {
+                Some(replication) => StoreNode::replicated(store.clone(), bus.clone(), replication)?,
+                None => StoreNode::new(store.clone(), bus.clone())?,
+            };
             // Expired entries are invisible at once; the sweeper deletes them and says so.
             let (expired_tx, mut expired_rx) = tokio::sync::mpsc::unbounded_channel();
             let sweeper = Sweeper::spawn_reporting(

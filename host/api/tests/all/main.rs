@@ -101,6 +101,7 @@ impl Server {
                     dir: store_dir.path().join("store"),
                     durability: shoal_store::Durability::Wal,
                     sweep_interval: Duration::from_millis(200),
+                    replication: None,
                 }),
                 coordinator: Some(shoal_store::coordinator::CoordinatorConfig {
                     state: master_state,

@@ -115,6 +115,18 @@ pub(super) struct MasterArgs {
     /// fsync the master's store node's write-ahead log on every write.
     #[arg(long)]
     sync: bool,
+    /// Store nodes holding a copy of every shard of a new state store; above 1, each shard's
+    /// writes go through its log on the NATS cluster (as many servers) and one copy leads it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
+    store_replicas: u16,
+    /// Milliseconds a shard's lease outlives its leader's last renewal: a dead leader's shards
+    /// take writes again about this long after.
+    #[arg(long, default_value_t = 1500)]
+    store_lease_ttl_ms: u64,
+    /// Keep each shard's log on this many NATS servers, fewer than --store-replicas (say so
+    /// explicitly on a NATS cluster smaller than --store-replicas).
+    #[arg(long)]
+    store_log_replicas: Option<usize>,
     /// This master's id among the masters (default: the host name, cleaned).
     #[arg(long)]
     id: Option<String>,
@@ -233,6 +245,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         sandbox_dir: args.sandbox_dir,
         task_user: args.task_user,
         ha: None,
+        store_replication: None,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -310,6 +323,11 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             lease_ttl: std::time::Duration::from_millis(args.lease_ttl_ms.max(200)),
             replicas: args.replicas,
             advertise: args.advertise,
+        }),
+        store_replication: (args.store_replicas > 1).then(|| crate::node::StoreReplication {
+            replicas: usize::from(args.store_replicas),
+            lease_ttl: std::time::Duration::from_millis(args.store_lease_ttl_ms.max(200)),
+            log_replicas: args.store_log_replicas,
         }),
     };
     // SIGTERM (a service manager's stop, `kill`) as well as Ctrl-C: either hands the leadership

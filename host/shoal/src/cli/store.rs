@@ -34,6 +34,10 @@ struct StoreRunArgs {
     /// writes survive a crash of the process (`kill -9`) but not of the machine.
     #[arg(long)]
     sync: bool,
+    /// Milliseconds a replicated shard's lease outlives its leader's last renewal (the same on
+    /// every store node and the master's `--store-lease-ttl-ms`).
+    #[arg(long, default_value_t = 1500)]
+    lease_ttl_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,7 +110,19 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
     };
     shoal_store::node::validate_node_id(&id)?;
     let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-store-{id}")));
-    let bus = nats.connect().await?;
+    let nats_bus = shoal_bus::NatsBus::connect_with(&nats.url, &nats.options)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+    // Shards the map replicates keep their logs and leases on this NATS cluster (on as many
+    // servers as it has, at most 3; the master refuses --store-replicas above its size).
+    let client = nats_bus.client().clone();
+    let replication = shoal_store::replication::ReplicationConfig {
+        replicas: client.server_info().connect_urls.len().clamp(1, 3),
+        client,
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(200)),
+        prefix: String::new(),
+    };
+    let bus: shoal_bus::SharedBus = std::sync::Arc::new(nats_bus);
     let durability = if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal };
     let service = shoal_store::service::start(
         bus,
@@ -116,6 +132,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 durability,
                 sweep_interval: shoal_store::DEFAULT_SWEEP_INTERVAL,
+                replication: Some(replication),
             }),
             coordinator: None,
         },

