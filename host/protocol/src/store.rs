@@ -90,6 +90,9 @@ pub struct Registration {
     pub boot: String,
     /// The shards the node holds on disk.
     pub held: Vec<u32>,
+    /// The replicated shards it leads now (their leases say so), for `shoal store status`.
+    #[serde(default)]
+    pub leads: Vec<u32>,
 }
 
 /// Progress of a move's copy (JSON on `shoal.ctl.store.progress`).

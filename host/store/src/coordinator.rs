@@ -130,6 +130,9 @@ pub struct NodeStatus {
     pub shards: Vec<u32>,
     /// Shards on its disk.
     pub held: Vec<u32>,
+    /// Replicated shards it leads (as of its last registration).
+    #[serde(default)]
+    pub leads: Vec<u32>,
     /// Registered within the last three intervals.
     pub alive: bool,
     /// Milliseconds since its last registration.
@@ -173,6 +176,7 @@ struct Persisted {
 
 struct NodeSeen {
     held: Vec<u32>,
+    leads: Vec<u32>,
     boot: String,
     seen: Instant,
 }
@@ -270,8 +274,9 @@ impl Coordinator {
             .iter()
             .map(|(id, seen)| NodeStatus {
                 node: id.clone(),
-                shards: (0..map.shard_count()).filter(|&s| map.node_of(s) == Some(id.as_str())).collect(),
+                shards: (0..map.shard_count()).filter(|&s| map.holds(s, id)).collect(),
                 held: seen.held.clone(),
+                leads: seen.leads.clone(),
                 alive: seen.seen.elapsed() < REGISTER_INTERVAL * 3,
                 last_seen_ms: u64::try_from(seen.seen.elapsed().as_millis()).unwrap_or(u64::MAX),
             })
@@ -345,7 +350,7 @@ impl Coordinator {
             }
             state
                 .nodes
-                .insert(r.node.clone(), NodeSeen { held: r.held.clone(), boot: r.boot.clone(), seen: Instant::now() });
+                .insert(r.node.clone(), NodeSeen { held: r.held.clone(), leads: r.leads.clone(), boot: r.boot.clone(), seen: Instant::now() });
             if state.persisted.map.shard_count() == 0 && state.moving.is_none() && self.config.replicas > 1 {
                 // A replicated store starts once enough nodes, none holding shards, are here.
                 if !r.held.is_empty() {

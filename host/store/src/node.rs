@@ -320,7 +320,12 @@ impl StoreNode {
     /// master's own pushes), so the master always knows of a restarted node before it serves.
     async fn register_once(&self) -> Result<ShardMap, String> {
         let registration =
-            Registration { node: self.id().to_owned(), boot: self.boot.clone(), held: self.store.held() };
+            Registration {
+            node: self.id().to_owned(),
+            boot: self.boot.clone(),
+            held: self.store.held(),
+            leads: self.store.held().into_iter().filter(|&s| self.store.leads_shard(s).is_some()).collect(),
+        };
         let payload = Bytes::from(serde_json::to_vec(&registration).unwrap_or_default());
         let reply = self
             .bus

@@ -149,18 +149,21 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
 fn print_status(v: &Value) {
     let map = &v["map"];
     let shards = map["shards"].as_array().map_or(0, Vec::len);
-    println!("shard map epoch {} (leader term {}), {shards} shards", map["epoch"], map["term"]);
-    println!("{:<24} {:<6} {:>10} {:<20} HELD", "NODE", "ALIVE", "LAST SEEN", "SHARDS");
+    let copies = map["followers"].as_array().and_then(|f| f.first()).and_then(|f| f.as_array()).map_or(0, Vec::len) + 1;
+    let replicated = if copies > 1 { format!(", {copies} copies each") } else { String::new() };
+    println!("shard map epoch {} (leader term {}), {shards} shards{replicated}", map["epoch"], map["term"]);
+    println!("{:<24} {:<6} {:>10} {:<20} {:<12} HELD", "NODE", "ALIVE", "LAST SEEN", "SHARDS", "LEADS");
     for n in v["nodes"].as_array().into_iter().flatten() {
         let list = |field: &str| {
             n[field].as_array().into_iter().flatten().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
         };
         println!(
-            "{:<24} {:<6} {:>8}ms {:<20} {}",
+            "{:<24} {:<6} {:>8}ms {:<20} {:<12} {}",
             n["node"].as_str().unwrap_or(""),
             n["alive"].as_bool().unwrap_or(false),
             n["last_seen_ms"],
             list("shards"),
+            list("leads"),
             list("held")
         );
     }

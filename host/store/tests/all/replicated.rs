@@ -47,7 +47,7 @@ fn coordinator(state: &Arc<StateDb>) -> (Arc<Coordinator>, SharedBus) {
 
 /// Register store node `node` (holding nothing) with the coordinator on `bus`; its answer.
 async fn register(bus: &SharedBus, node: &str) -> String {
-    let registration = Registration { node: node.into(), boot: "boot-1".into(), held: Vec::new() };
+    let registration = Registration { node: node.into(), boot: "boot-1".into(), held: Vec::new(), leads: Vec::new() };
     let payload = serde_json::to_vec(&registration).expect("json");
     let reply = eventually("the coordinator to answer a registration", Duration::from_secs(10), || async {
         bus.request(&subject::store_register(node), payload.clone().into(), Duration::from_secs(5)).await.ok()
