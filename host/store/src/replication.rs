@@ -91,12 +91,25 @@ pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -
     let unavailable =
         |e: &dyn std::fmt::Display| StoreError::Unavailable { shard: n, node: String::new(), reason: e.to_string() };
     let log = Log::open(config.client.clone(), &config.log(n)).await.map_err(|e| unavailable(&e))?;
+    let (_, last) = log.bounds().await.map_err(|e| unavailable(&e))?;
     let applied = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.replicate_shard(n, log))
             .await
             .map_err(|e| StoreError::Config(format!("replicating shard {n}: {e}")))??
     };
+    if applied > last {
+        // The stream holds less than this copy applied: it was deleted (and made again, empty,
+        // by the open above) or purged behind Shoal's back. Taking it as it is would lose what
+        // it held; an operator decides.
+        store.unreplicate_shard(n);
+        tracing::error!(shard = n, applied, last, stream = %config.log(n).stream, "the shard's log holds less than this copy applied");
+        return Err(StoreError::Corrupt(format!(
+            "the log of shard {n} (stream {}) ends at entry {last}, but this copy applied {applied}: the stream was \
+             deleted or purged behind Shoal's back; not replicating the shard",
+            config.log(n).stream
+        )));
+    }
     let lease = Lease::open(config.client.clone(), &config.lease(), &format!("shard-{n}"), store.node())
         .await
         .map_err(|e| unavailable(&e))?;

@@ -204,6 +204,15 @@ impl Store {
         Ok(applied)
     }
 
+    /// Take shard `n`'s log away again (it could not be used): the shard is served by no one
+    /// here until it is replicated again.
+    pub fn unreplicate_shard(&self, n: u32) {
+        if let Some(shard) = self.shard(n) {
+            let _guard = shard.seq.lock();
+            *shard.replica.write() = None;
+        }
+    }
+
     fn replica(&self, n: u32) -> Result<(Arc<Shard>, Arc<Replica>), StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
         let replica =

@@ -217,7 +217,15 @@ async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_aga
     }
     let v = put(follower, "after", "v", PutOptions::default()).await.expect("writes go on");
     assert!(v > acknowledged.last().expect("acknowledged").1, "versions keep growing");
+
+    // The stream deleted behind Shoal's back: detected when the shard is replicated again, and
+    // reported; the copy is not served from an empty log.
     drop(survivor_replica);
+    let js = async_nats::jetstream::new(config.client.clone());
+    js.delete_stream(config.log(0).stream).await.expect("delete the shard's stream");
+    let err = shoal_store::replication::replicate(follower, 0, &config).await.err().expect("refused");
+    assert!(err.to_string().contains("deleted or purged behind Shoal's back"), "{err}");
+    assert!(matches!(follower.get("app", "after"), Err(StoreError::NotLeader { .. })), "not served");
 }
 
 /// Three store nodes on one in-process bus, their shards' logs and leases on three
