@@ -77,7 +77,7 @@ async fn main() {
         },
     );
     tokio::spawn(master.clone().run());
-    let artifacts = shoal_task_io::ArtifactStore::open(state).expect("artifacts");
+    let artifacts = shoal_task_io::ArtifactStore::open(state.clone()).expect("artifacts");
     let digest = artifacts.put(shoal_artifacts::WASM_HTTP).await.expect("artifact").digest;
     tokio::spawn(artifacts.serve(bus.clone()));
     let registration = AgentRegistration {
@@ -85,7 +85,10 @@ async fn main() {
         hostname: "localhost".into(),
         address: Some("127.0.0.1".into()),
         attributes: BTreeMap::new(),
-        resources: Resources::parse("cpus:1000;mem:1000000;ports:[41000-42999]").expect("resources"),
+        // Below Linux's ephemeral range (32768-60999): the nats-servers of STATE=replicated (and
+        // anything else on the machine) take their ports there, and a Wasm service given one of
+        // them could not listen (found as deploys that never ran, always near the 98th).
+        resources: Resources::parse("cpus:1000;mem:1000000;ports:[21000-22999]").expect("resources"),
         tasks: Vec::new(),
     };
     let mut config = AgentConfig::new(registration, dir.path().join("agent"));
@@ -114,7 +117,12 @@ async fn main() {
         for i in 2..=total + 1 {
             let started = Instant::now();
             keep(&master, i, &command).await;
-            running.next().await.expect("running event");
+            // A deploy that never runs (its launch refused: a leader that lost its lease cannot
+            // journal it) ends the run with the reason instead of waiting forever.
+            tokio::time::timeout(Duration::from_secs(10), running.next())
+                .await
+                .unwrap_or_else(|_| panic!("deploy #{i} did not run within 10 s (leading: {:?})", state.is_writer()))
+                .expect("running event");
             let took = started.elapsed();
             if took > Duration::from_millis(500) {
                 eprintln!("slow deploy #{i}: {took:?}");

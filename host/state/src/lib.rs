@@ -271,7 +271,7 @@ impl StateDb {
     /// lead.
     pub async fn commit(&self, batch: Batch) -> Result<u64, StateError> {
         match &self.replica {
-            None => self.write_local(batch).map(|()| 0),
+            None => self.write_local(batch, true).map(|()| 0),
             Some(replica) => {
                 let (done, result) = oneshot::channel();
                 replica.queue.send(Pending { batch, done: Some(done) }).map_err(|_| StateError::NotLeader)?;
@@ -281,11 +281,14 @@ impl StateDb {
     }
 
     /// Commit `batch` without waiting: batches submitted by one caller land in the order they
-    /// were submitted; a failure is logged. [`StateDb::flush`] waits for all of them.
+    /// were submitted; a failure is logged. [`StateDb::flush`] waits for all of them to be
+    /// durable (replicated; or, locally, fsynced: a submitted write survives a crash of the
+    /// process at once, a crash of the machine once flushed).
     pub fn submit(&self, batch: Batch) {
         match &self.replica {
+            // Written at once, fsynced by the next `flush` (many submits share one fsync).
             None => {
-                if let Err(e) = self.write_local(batch) {
+                if let Err(e) = self.write_local(batch, false) {
                     tracing::error!(cause = %e, "a state change could not be written");
                 }
             }
@@ -300,7 +303,7 @@ impl StateDb {
     /// Wait until every batch submitted before this call is committed (or failed).
     pub async fn flush(&self) -> Result<(), StateError> {
         match &self.replica {
-            None => Ok(()),
+            None => Ok(self.db.flush_wal(true)?),
             Some(_) => self.commit(Batch::default()).await.map(|_| ()),
         }
     }
@@ -325,7 +328,9 @@ impl StateDb {
         read_string(&self.db, CLUSTER).ok().flatten().unwrap_or_else(|| "local".into())
     }
 
-    fn write_local(&self, batch: Batch) -> Result<(), StateError> {
+    /// Write `batch` to the local backend; `sync`: fsync its write-ahead log first (else the
+    /// write survives a crash of the process, and the next `flush` makes it survive the machine's).
+    fn write_local(&self, batch: Batch, sync: bool) -> Result<(), StateError> {
         let mut write = WriteBatch::default();
         for w in &batch.writes {
             let cf = self.table(&w.table)?;
@@ -335,7 +340,7 @@ impl StateDb {
             }
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(sync);
         self.db.write_opt(write, &opts)?;
         let _ = self.changes.send(Arc::new(batch));
         Ok(())

