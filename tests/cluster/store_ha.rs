@@ -100,6 +100,24 @@ fn a_replicated_store_loses_no_acknowledged_write_when_a_store_node_is_killed() 
         let shown = String::from_utf8_lossy(&out.stderr);
         assert!(shown.contains(&format!("version {version}\n")), "{key} at version {version}: {shown}");
     }
+    // A stale read: any copy answers and says how far behind it was; refused with a blocking query.
+    let (value, said) = stale_get(&master, "k0");
+    assert_eq!(value, "k0");
+    assert!(said.contains("stale read: the copy had applied log entry"), "{said}");
+    let (status, body) = http(&master.api, &master.token, "GET", "/v1/kv/app/k0?consistency=stale&index=1", "");
+    assert_eq!(status, 400, "{body}");
+}
+
+/// `shoal kv get --stale` against `master`: stdout, stderr.
+fn stale_get(master: &Master, key: &str) -> (String, String) {
+    let out = Command::new(shoal())
+        .args(["kv", "get", "app", key, "--stale"])
+        .env("SHOAL_API", &master.api)
+        .env("SHOAL_TOKEN", &master.token)
+        .output()
+        .expect("run the cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]

@@ -59,6 +59,20 @@ pub struct GetQuery {
     wait: Option<u64>,
     /// `true`: a Server-Sent Events stream of the key's writes.
     watch: Option<bool>,
+    /// `linearizable` (the default: every write acknowledged before the read) or `stale` (any
+    /// copy of a replicated shard answers with what it has applied; `X-Shoal-Applied` and
+    /// `X-Shoal-Behind` say how far behind it was). A plain read only.
+    consistency: Option<ReadConsistency>,
+}
+
+/// `?consistency=` of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    /// Every write acknowledged before the read began (the shard's leader answers).
+    Linearizable,
+    /// What the copy asked has applied.
+    Stale,
 }
 
 /// Query of a put.
@@ -159,13 +173,23 @@ pub async fn get(
         shoal_store::validate_namespace(&ns)?;
         shoal_store::validate_key(&key)?;
     }
+    let stale = q.consistency == Some(ReadConsistency::Stale);
+    if stale && (q.watch.is_some() || q.index.is_some()) {
+        return Err(ApiError::bad_request("`consistency=stale` is for a plain read; it takes no `index` or `watch`"));
+    }
     if q.watch == Some(true) {
         if q.index.is_some() {
             return Err(ApiError::bad_request("`watch` streams every write; it takes no `index`"));
         }
         return Ok(watch_stream(state, store, ns, KeyFilter::Exact(key)).await?.into_response());
     }
+    let mut staleness = None;
     let entry = match q.index {
+        None if stale => {
+            let (entry, how_far) = store.get_at(&ns, &key, shoal_store::Consistency::Stale).await?;
+            staleness = how_far;
+            entry
+        }
         None => store.get(&ns, &key).await?,
         Some(index) => {
             let wait = wait_for(q.wait)?;
@@ -184,6 +208,7 @@ pub async fn get(
     let Some(entry) = entry else {
         let mut response = ApiError::not_found(format!("no key `{key}` in namespace `{ns}`")).into_response();
         response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(0u64));
+        say_staleness(&mut response, staleness);
         return Ok(response);
     };
     let mut response =
@@ -193,7 +218,20 @@ pub async fn get(
     if let Some(at) = entry.expires_at {
         response.headers_mut().insert("x-shoal-expires-at-ms", HeaderValue::from(at));
     }
+    say_staleness(&mut response, staleness);
     Ok(response)
+}
+
+/// A stale read's headers: `X-Shoal-Consistency: stale`, the log entry the copy had applied,
+/// and how many entries of the log it had not (when the log said in time).
+fn say_staleness(response: &mut Response, staleness: Option<shoal_store::Staleness>) {
+    let Some(s) = staleness else { return };
+    let headers = response.headers_mut();
+    headers.insert("x-shoal-consistency", HeaderValue::from_static("stale"));
+    headers.insert("x-shoal-applied", HeaderValue::from(s.applied));
+    if let Some(behind) = s.behind {
+        headers.insert("x-shoal-behind", HeaderValue::from(behind));
+    }
 }
 
 /// Which keys a watch follows.

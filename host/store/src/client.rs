@@ -27,7 +27,9 @@ use shoal_bus::{BusError, SharedBus, subject};
 use crate::engine::{decode_cursor, merge_page, validate_listing, validate_ops};
 use crate::node::StoreNode;
 use crate::wire::{self, Reply, Request, WireError};
-use crate::{Entry, Op, Page, PutOptions, ShardMap, StoreError, validate_key, validate_namespace};
+use crate::{
+    Consistency, Entry, Op, Page, PutOptions, ShardMap, Staleness, StoreError, validate_key, validate_namespace,
+};
 
 /// How long a node has to answer one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -223,13 +225,26 @@ impl StoreClient {
 
     /// The live entry under `namespace/key`, if any.
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.get_at(namespace, key, Consistency::Linearizable).await?.0)
+    }
+
+    /// [`StoreClient::get`] at `consistency`; a stale read also says how far behind the copy that
+    /// answered was (`None` for a linearizable one).
+    pub async fn get_at(
+        &self,
+        namespace: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<(Option<Entry>, Option<Staleness>), StoreError> {
         validate_namespace(namespace)?;
         validate_key(key)?;
+        let stale = consistency == Consistency::Stale;
         self.retrying(|map| async move {
             let shard = map.shard_of(namespace, key);
-            let request = Request::Get { epoch: map.epoch, namespace: namespace.into(), key: key.into() };
+            let request = Request::Get { epoch: map.epoch, namespace: namespace.into(), key: key.into(), stale };
             match self.send(&map, shard, request).await? {
-                Reply::Entry(entry) => Ok(entry),
+                Reply::Entry(entry) => Ok((entry, None)),
+                Reply::StaleEntry(entry, staleness) => Ok((entry, Some(staleness))),
                 other => Err(Attempt::Fail(unexpected(&other))),
             }
         })

@@ -105,6 +105,15 @@ pub enum Consistency {
     Stale,
 }
 
+/// How far the copy that answered a stale read was behind its shard's log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staleness {
+    /// The last log entry the copy had applied (0: the shard is not replicated).
+    pub applied: u64,
+    /// Entries of the log it had not applied yet when it read, if the log said in time.
+    pub behind: Option<u64>,
+}
+
 /// How to open a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {

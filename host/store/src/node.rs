@@ -363,9 +363,18 @@ impl StoreNode {
     async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Reply, StoreError> {
         let store = self.store.clone();
         match request {
-            Request::Get { epoch, namespace, key } => {
+            Request::Get { epoch, namespace, key, stale: false } => {
                 self.catch_up(epoch).await;
                 Ok(Reply::Entry(blocking(move || store.get(&namespace, &key)).await?))
+            }
+            Request::Get { epoch, namespace, key, stale: true } => {
+                self.catch_up(epoch).await;
+                let shard = store.shard_of(&namespace, &key);
+                // Measured before the read: the copy is at most this far behind what it returns.
+                let staleness = store.staleness(shard, Duration::from_millis(250)).await;
+                let read = store.clone();
+                let entry = blocking(move || read.get_at(&namespace, &key, crate::Consistency::Stale)).await?;
+                Ok(Reply::StaleEntry(entry, staleness))
             }
             Request::Batch { epoch, namespace, ops } => {
                 self.catch_up(epoch).await;

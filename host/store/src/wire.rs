@@ -29,6 +29,8 @@ pub enum Request {
         namespace: String,
         /// Key.
         key: String,
+        /// A stale read: any copy answers with what it has applied ([`crate::Consistency::Stale`]).
+        stale: bool,
     },
     /// Apply operations whose shards are all on this node, atomically.
     Batch {
@@ -183,6 +185,8 @@ pub enum Reply {
     Ok,
     /// Refused or failed.
     Error(WireError),
+    /// The entry of a stale `Get`, with how far the copy that read it was behind.
+    StaleEntry(Option<Entry>, crate::Staleness),
 }
 
 /// A [`StoreError`] as it crosses the bus.

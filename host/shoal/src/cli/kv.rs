@@ -14,6 +14,10 @@ pub(super) enum KvCommand {
         ns: String,
         /// Key.
         key: String,
+        /// A stale read: any copy of a replicated shard answers with what it has applied (how
+        /// far behind it was is printed with the version).
+        #[arg(long)]
+        stale: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -76,14 +80,23 @@ pub(super) enum KvCommand {
 pub(super) async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     match cmd {
-        KvCommand::Get { ns, key, remote } => {
+        KvCommand::Get { ns, key, stale, remote } => {
             let client = Client::new(remote)?;
-            let (body, headers) = client.send_raw(client.http.get(client.kv_url(&ns, Some(&key))?)).await?;
+            let mut url = client.kv_url(&ns, Some(&key))?;
+            if stale {
+                url.query_pairs_mut().append_pair("consistency", "stale");
+            }
+            let (body, headers) = client.send_raw(client.http.get(url)).await?;
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(&body)?;
             stdout.flush()?;
-            if let Some(version) = headers.get("x-shoal-version").and_then(|v| v.to_str().ok()) {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            if let Some(version) = header("x-shoal-version") {
                 eprintln!("version {version}");
+            }
+            if let Some(applied) = header("x-shoal-applied") {
+                let behind = header("x-shoal-behind").map_or("an unknown number of".into(), |b| b);
+                eprintln!("stale read: the copy had applied log entry {applied}, {behind} entries behind");
             }
         }
         KvCommand::Put { ns, key, value, version, ttl, remote } => {

@@ -228,6 +228,15 @@ impl Store {
         Ok(())
     }
 
+    /// How far this copy of shard `n` is behind its log: what it applied, and the entries after
+    /// that the log holds (asked of JetStream, within `patience`).
+    pub async fn staleness(&self, n: u32, patience: std::time::Duration) -> crate::Staleness {
+        let Ok((_, replica)) = self.replica(n) else { return crate::Staleness::default() };
+        let applied = replica.applied.load(Ordering::Acquire);
+        let last = tokio::time::timeout(patience, replica.log.bounds()).await.ok().and_then(Result::ok);
+        crate::Staleness { applied, behind: last.map(|(_, last)| last.saturating_sub(applied)) }
+    }
+
     /// The last log sequence shard `n` applied here (0 when it is not replicated).
     pub fn applied(&self, n: u32) -> u64 {
         self.replica(n).map_or(0, |(_, r)| r.applied.load(Ordering::Acquire))

@@ -301,4 +301,10 @@ async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowl
     }
     let listed = store.list("app", "", None, 100).await.expect("list");
     assert_eq!(listed.entries.len(), acknowledged.len(), "a listing reaches every shard's leader");
+    // A stale read says how far behind the copy was; a linearizable one does not.
+    let (entry, staleness) = store.get_at("app", "k0", Consistency::Stale).await.expect("stale read");
+    let staleness = staleness.expect("a stale read says how far behind");
+    assert_eq!(entry.map(|e| e.value), Some(b"k0".to_vec()));
+    assert!(staleness.applied > 0 && staleness.behind.is_some(), "{staleness:?}");
+    assert_eq!(store.get_at("app", "k0", Consistency::Linearizable).await.expect("read").1, None);
 }
