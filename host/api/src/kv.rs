@@ -1,6 +1,8 @@
 //! `/v1/kv/{ns}`: the state store's key-value API for apps.
 //!
-//! - `GET /v1/kv/{ns}/{*key}`: the raw value; its version in `X-Shoal-Version`;
+//! - `GET /v1/kv/{ns}/{*key}`: the raw value; its version in `X-Shoal-Version`; linearizable
+//!   (a replicated shard's leader answers), or with `?consistency=stale` whatever copy is asked,
+//!   saying how far behind it was (`X-Shoal-Applied`, `X-Shoal-Behind`);
 //! - `PUT /v1/kv/{ns}/{*key}?version=N&ttl=S`: the raw body is the value; `version` makes it a
 //!   compare-and-set (0 = create only if absent), `ttl` expires it after `S` seconds;
 //! - `DELETE /v1/kv/{ns}/{*key}?version=N`;
