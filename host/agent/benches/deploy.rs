@@ -31,7 +31,7 @@ use shoal_runtime::{Runtime, RuntimeConfig};
 
 #[path = "../../master/benches/common/state.rs"]
 mod state;
-use state::{cpu_time, journal, open_state, plugin_data};
+use state::{cpu_time, open_state, plugin_data};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -65,7 +65,7 @@ async fn main() {
         .expect("keeper");
     let bus: SharedBus = Arc::new(LocalBus::new());
     // The journal of `shoal master`, flushed before launches.
-    let (journal, flush) = journal(&registry);
+    let (journal, flush) = shoal_master::registry_journal(&registry);
     let master = Master::with_parts(
         bus.clone(),
         MasterConfig { allocation_interval: Some(Duration::from_secs(1)), ..MasterConfig::default() },

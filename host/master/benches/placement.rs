@@ -26,7 +26,7 @@ use shoal_runtime::{Runtime, RuntimeConfig};
 mod common {
     pub mod state;
 }
-use common::state::{cpu_time, journal, open_state, plugin_data};
+use common::state::{cpu_time, open_state, plugin_data};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -71,7 +71,7 @@ async fn main() {
         ),
     };
     registry.push(PluginKind::Framework, &framework, Some("1"), bytes, true).await.expect("framework");
-    let (journal, flush) = journal(&registry);
+    let (journal, flush) = shoal_master::registry_journal(&registry);
     let bus: SharedBus = Arc::new(LocalBus::new());
     let master = Master::with_parts(
         bus,

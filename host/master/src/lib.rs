@@ -131,6 +131,20 @@ pub struct MasterParts {
 pub type JournalFlush =
     Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), shoal_runtime::KvError>> + Send + Sync>;
 
+/// The task journal of `shoal master` — its table `framework/_master` in the registry's
+/// `plugin-kv`, in the master's state — and its flush, for [`MasterParts`].
+pub fn registry_journal(registry: &Registry) -> (Arc<dyn KvBackend>, JournalFlush) {
+    let journal = registry.local_kv(shoal_abi::PluginKind::Framework, "_master");
+    let flush: JournalFlush = {
+        let journal = journal.clone();
+        Arc::new(move || {
+            let journal = journal.clone();
+            Box::pin(async move { journal.flush().await })
+        })
+    };
+    (journal, flush)
+}
+
 #[derive(Default)]
 struct Offers {
     next_id: u64,

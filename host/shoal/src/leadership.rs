@@ -21,7 +21,6 @@ use anyhow::Context;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use shoal_abi::PluginKind;
 use shoal_api::Leading;
 use shoal_api::leader::Member;
 use shoal_bus::SharedBus;
@@ -240,14 +239,7 @@ fn start_master(
     discovery: &Arc<Discovery>,
     term: u64,
 ) -> Arc<shoal_master::Master> {
-    let journal = registry.local_kv(PluginKind::Framework, "_master");
-    let flush: shoal_master::JournalFlush = {
-        let journal = journal.clone();
-        Arc::new(move || {
-            let journal = journal.clone();
-            Box::pin(async move { journal.flush().await })
-        })
-    };
+    let (journal, flush) = shoal_master::registry_journal(registry);
     let master = shoal_master::Master::with_parts(
         bus.clone(),
         shoal_master::MasterConfig {

@@ -8,9 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_abi::PluginKind;
-use shoal_registry::Registry;
-
 /// Plugins' own data (the `keeper` framework's), in memory in both modes: in `shoal master` it is
 /// in the sharded store, not in the master's state, so it stays out of what is compared.
 pub fn plugin_data() -> shoal_registry::KvProvider {
@@ -55,11 +52,12 @@ pub async fn open_state(dir: &std::path::Path) -> (Arc<shoal_state::StateDb>, Bo
         });
     });
     let lease = lease.recv().expect("the lease opened");
-    let term = loop {
-        if let Some(term) = lease.leading() {
-            break term;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let term = match lease.watch().wait_for(|r| matches!(r, shoal_replication::Role::Leader { .. })).await {
+        Ok(role) => match *role {
+            shoal_replication::Role::Leader { term } => term,
+            shoal_replication::Role::Follower { .. } => unreachable!("waited for the lead"),
+        },
+        Err(_) => panic!("the lease's thread stopped"),
     };
     let config = shoal_state::ReplicaConfig {
         log: shoal_replication::LogConfig { stream: "BENCH_STATE".into(), subject: "bench.state".into(), replicas: 3 },
@@ -70,20 +68,6 @@ pub async fn open_state(dir: &std::path::Path) -> (Arc<shoal_state::StateDb>, Bo
     state.lead(term, "bench").await.expect("lead");
     println!("state: replicated on 3 nats-servers (R=3), lease held with term {term}");
     (state, Box::new((nats, lease)))
-}
-
-/// The journal of `shoal master` (the registry's table for the master) and its flush, which the
-/// master awaits before a launch leaves.
-pub fn journal(registry: &Registry) -> (Arc<dyn shoal_runtime::KvBackend>, shoal_master::JournalFlush) {
-    let journal = registry.local_kv(PluginKind::Framework, "_master");
-    let flush: shoal_master::JournalFlush = {
-        let journal = journal.clone();
-        Arc::new(move || {
-            let journal = journal.clone();
-            Box::pin(async move { journal.flush().await })
-        })
-    };
-    (journal, flush)
 }
 
 /// This process's CPU time (user + system, all threads) so far, from `/proc/self/stat` (in clock
