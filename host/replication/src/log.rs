@@ -96,6 +96,22 @@ impl Log {
         Ok(Log { js, client, config: config.clone() })
     }
 
+    /// Delete the log of `config` with everything in it (nothing to do when there is none): its
+    /// owner is gone for good. Readers of it stop with an error; nobody can append to it after.
+    pub async fn destroy(client: async_nats::Client, config: &LogConfig) -> Result<(), LogError> {
+        let js = jetstream::new(client);
+        match js.delete_stream(&config.stream).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(ref js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(LogError::Unavailable { stream: config.stream.clone(), reason: e.to_string() }),
+        }
+    }
+
     fn unavailable(&self, reason: impl std::fmt::Display) -> LogError {
         LogError::Unavailable { stream: self.config.stream.clone(), reason: reason.to_string() }
     }

@@ -190,6 +190,14 @@ impl StoreClient {
                 self.next_member(map, n);
                 Err(Attempt::Retry(Duration::from_millis(20)))
             }
+            // A shard this map does not replicate: the node serves a newer map (a move made the
+            // shard, and the key is its now).
+            Reply::Error(WireError::NotLeader(_)) => {
+                if let Err(e) = self.refresh().await {
+                    tracing::debug!(cause = %e, "refreshing the shard map failed");
+                }
+                Err(Attempt::Retry(Duration::from_millis(20)))
+            }
             Reply::Error(e) => Err(Attempt::Fail(e.into_error())),
             other => Ok(other),
         }

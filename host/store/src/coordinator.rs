@@ -82,6 +82,9 @@ pub fn replicated_map(term: u64, count: u32, nodes: &[String], replicas: usize) 
     }
 }
 
+/// How long a command for a replicated shard's leader waits for one to take it.
+const LEADER_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Scale-out or scale-in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -421,7 +424,7 @@ impl Coordinator {
         let event = {
             let mut state = self.state.lock();
             if state.moving.as_ref().map(|m| m.id) != Some(p.move_id)
-                || state.persisted.map.node_of(p.shard).map(subject::token).as_deref() != Some(sender)
+                || !state.persisted.map.members(p.shard).any(|m| subject::token(m) == sender)
             {
                 return;
             }
@@ -491,12 +494,18 @@ impl Coordinator {
                     .nodes
                     .iter()
                     .filter(|(_, s)| s.seen.elapsed() < REGISTER_INTERVAL * 3)
-                    .min_by_key(|(id, _)| from.shards.iter().filter(|n| n == id).count())
+                    .min_by_key(|(id, _)| (0..from.shard_count()).filter(|&s| from.holds(s, id)).count())
                     .map(|(id, _)| id.clone())
                     .ok_or_else(|| ScaleError::Invalid("no live store node".into()))?,
             };
             let mut to = from.clone();
             to.epoch = from.epoch + 1;
+            let copies = from.followers.iter().map(|f| f.len() + 1).max().unwrap_or(1);
+            if copies > 1 {
+                let members = members_of_new_shard(&from, &state.nodes, &node, copies)?;
+                to.followers.resize(from.shards.len(), Vec::new());
+                to.followers.push(members[1..].to_vec());
+            }
             to.shards.push(node.clone());
             (from, to, node)
         };
@@ -515,6 +524,7 @@ impl Coordinator {
             let mut to = from.clone();
             to.epoch = from.epoch + 1;
             let node = to.shards.pop().unwrap_or_default();
+            to.followers.truncate(to.shards.len());
             (from, to, node)
         };
         self.start(&saving, MoveKind::ScaleIn, from, to, node).await
@@ -529,11 +539,6 @@ impl Coordinator {
         to: ShardMap,
         node: String,
     ) -> Result<MoveStatus, ScaleError> {
-        if from.followers.iter().any(|f| !f.is_empty()) {
-            return Err(ScaleError::Invalid(
-                "moving the keys of replicated shards is not built yet: the shard count of a store with --replicas above 1 is fixed for now".into(),
-            ));
-        }
         let persisted = {
             let state = self.state.lock();
             if let Some(m) = &state.moving {
@@ -586,6 +591,14 @@ impl Coordinator {
 
     /// Send `command` to store node `node`, at this coordinator's term.
     async fn ask(&self, node: &str, command: Admin, timeout: Duration) -> Result<Reply, String> {
+        match self.ask_raw(node, command, timeout).await? {
+            Reply::Error(e) => Err(format!("store node `{node}`: {}", e.into_error())),
+            other => Ok(other),
+        }
+    }
+
+    /// [`Coordinator::ask`], with the node's error as its answer.
+    async fn ask_raw(&self, node: &str, command: Admin, timeout: Duration) -> Result<Reply, String> {
         let request = Request::Admin { term: self.config.term, command };
         let payload = Bytes::from(wire::encode(&request));
         let reply = self
@@ -593,10 +606,44 @@ impl Coordinator {
             .request(&request.channel().subject(node), payload, timeout)
             .await
             .map_err(|e| format!("store node `{node}`: {e}"))?;
-        match wire::decode::<Reply>(&reply.payload).map_err(|e| e.to_string())? {
-            Reply::Error(e) => Err(format!("store node `{node}`: {}", e.into_error())),
-            other => Ok(other),
+        wire::decode::<Reply>(&reply.payload).map_err(|e| e.to_string())
+    }
+
+    /// Send `command` about `shard` to the member of `map` that leads it (the only one, when it
+    /// is not replicated): members are asked in turn while they answer `NotLeader` or do not
+    /// answer, for up to [`LEADER_PATIENCE`] (a lease moves within its TTL).
+    async fn ask_leader(&self, map: &ShardMap, shard: u32, command: Admin, timeout: Duration) -> Result<Reply, String> {
+        let members: Vec<&str> = map.members(shard).collect();
+        if !map.replicated(shard) || members.len() < 2 {
+            return self.ask(map.node_of(shard).unwrap_or_default(), command, timeout).await;
         }
+        let deadline = Instant::now() + LEADER_PATIENCE;
+        let mut attempt = 0usize;
+        loop {
+            let node = members[attempt % members.len()];
+            attempt += 1;
+            let why = match self.ask_raw(node, command.clone(), timeout).await {
+                Ok(Reply::Error(wire::WireError::NotLeader(_))) => format!("store node `{node}` does not lead it"),
+                Ok(Reply::Error(e)) => return Err(format!("store node `{node}`: {}", e.into_error())),
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("no member of shard {shard} took the command: {why}"));
+            }
+            if attempt % members.len() == 0 {
+                // A product retry: the shard's lease is moving to another member.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Send `command` to every member of `shard` in `map`.
+    async fn ask_members(&self, map: &ShardMap, shard: u32, command: Admin, timeout: Duration) -> Result<(), String> {
+        for node in map.members(shard) {
+            self.ask(node, command.clone(), timeout).await?;
+        }
+        Ok(())
     }
 
     async fn run_move(self: Arc<Self>, mut status: MoveStatus, from: ShardMap, to: ShardMap) {
@@ -650,8 +697,7 @@ impl Coordinator {
         // Estimate the keys that move.
         let mut estimated = 0u64;
         for &s in sources {
-            let node = from.node_of(s).unwrap_or_default();
-            if let Ok(Reply::Count(n)) = self.ask(node, Admin::Count { shard: s }, short).await {
+            if let Ok(Reply::Count(n)) = self.ask_leader(from, s, Admin::Count { shard: s }, short).await {
                 estimated += n;
             }
         }
@@ -662,19 +708,24 @@ impl Coordinator {
         if let Some(m) = self.state.lock().moving.as_mut() {
             m.keys_estimated = estimated;
         }
-        if out {
+        if out && to.replicated(to.shard_count() - 1) {
+            // What a failed move may have left of the new shard (its log above all) goes first.
+            let new = to.shard_count() - 1;
+            self.ask_members(to, new, Admin::DropReplica { shard: new }, short).await?;
+            self.ask_members(to, new, Admin::CreateReplica { shard: new }, short).await?;
+        } else if out {
             let new = to.shard_count() - 1;
             self.ask(to.node_of(new).unwrap_or_default(), Admin::CreateShard { shard: new }, short).await?;
         } else {
             // Drop strays an earlier failed move may have left in the destinations.
             for d in 0..to.shard_count() {
-                self.ask(to.node_of(d).unwrap_or_default(), Admin::Cleanup { shard: d }, long).await?;
+                self.ask_leader(to, d, Admin::Cleanup { shard: d }, long).await?;
             }
         }
         self.phase("copying");
         let exports = sources.iter().map(|&s| {
             let request = Admin::Export { move_id: status.id, shard: s, target: to.clone() };
-            self.ask(from.node_of(s).unwrap_or_default(), request, long)
+            self.ask_leader(from, s, request, long)
         });
         for result in futures::future::join_all(exports).await {
             result?;
@@ -682,8 +733,7 @@ impl Coordinator {
         self.check_abort()?;
         self.phase("switching");
         let freeze_started = Instant::now();
-        let freezes =
-            sources.iter().map(|&s| self.ask(from.node_of(s).unwrap_or_default(), Admin::Freeze { shard: s }, short));
+        let freezes = sources.iter().map(|&s| self.ask_leader(from, s, Admin::Freeze { shard: s }, short));
         for result in futures::future::join_all(freezes).await {
             result?;
         }
@@ -702,7 +752,10 @@ impl Coordinator {
             self.save(&persisted).await.map_err(|e| format!("cannot store the new map: {e}"))?;
             self.state.lock().persisted = persisted;
         }
-        let nodes: BTreeSet<&String> = from.shards.iter().chain(&to.shards).collect();
+        let nodes: BTreeSet<&str> = (0..from.shard_count())
+            .flat_map(|s| from.members(s))
+            .chain((0..to.shard_count()).flat_map(|s| to.members(s)))
+            .collect();
         let sends = nodes.iter().map(|n| self.ask(n, Admin::Map { map: to.clone() }, Duration::from_secs(2)));
         for result in futures::future::join_all(sends).await {
             if let Err(e) = result {
@@ -730,13 +783,22 @@ impl Coordinator {
     async fn clean_up(&self, from: &ShardMap, to: &ShardMap, sources: &[u32]) {
         let out = to.shard_count() > from.shard_count();
         for &s in sources {
-            let node = from.node_of(s).unwrap_or_default();
-            if let Err(e) = self.ask(node, Admin::EndExport { shard: s, committed: true }, Duration::from_secs(5)).await
-            {
+            let end = Admin::EndExport { shard: s, committed: true };
+            // A replicated shard the new map drops has no leader any more (its members let it go
+            // as they took the map): its copies and log go below.
+            let dropped = !out && from.replicated(s);
+            if !dropped && let Err(e) = self.ask_leader(from, s, end, Duration::from_secs(5)).await {
                 tracing::warn!(shard = s, cause = %e, "a source has not taken the new map yet; it will on its next registration");
             }
-            let request = if out { Admin::Cleanup { shard: s } } else { Admin::DropShard { shard: s } };
-            if let Err(e) = self.ask(node, request, Duration::from_secs(1800)).await {
+            let long = Duration::from_secs(1800);
+            let cleaned = if out {
+                self.ask_leader(from, s, Admin::Cleanup { shard: s }, long).await.map(drop)
+            } else if from.replicated(s) {
+                self.ask_members(from, s, Admin::DropReplica { shard: s }, long).await
+            } else {
+                self.ask(from.node_of(s).unwrap_or_default(), Admin::DropShard { shard: s }, long).await.map(drop)
+            };
+            if let Err(e) = cleaned {
                 tracing::warn!(shard = s, cause = %e, "clean-up after a move failed; the copies left are never served");
             }
         }
@@ -745,18 +807,22 @@ impl Coordinator {
     /// Before the switch: give the move up.
     async fn undo(&self, from: &ShardMap, to: &ShardMap, sources: &[u32]) {
         for &s in sources {
-            let node = from.node_of(s).unwrap_or_default();
-            if let Err(e) =
-                self.ask(node, Admin::EndExport { shard: s, committed: false }, Duration::from_secs(5)).await
-            {
+            let end = Admin::EndExport { shard: s, committed: false };
+            if let Err(e) = self.ask_leader(from, s, end, Duration::from_secs(5)).await {
                 tracing::warn!(shard = s, cause = %e, "could not end an export");
             }
         }
         if to.shard_count() > from.shard_count() {
             let new = to.shard_count() - 1;
-            let _ = self
-                .ask(to.node_of(new).unwrap_or_default(), Admin::DropShard { shard: new }, Duration::from_secs(30))
-                .await;
+            let timeout = Duration::from_secs(30);
+            let dropped = if to.replicated(new) {
+                self.ask_members(to, new, Admin::DropReplica { shard: new }, timeout).await
+            } else {
+                self.ask(to.node_of(new).unwrap_or_default(), Admin::DropShard { shard: new }, timeout).await.map(drop)
+            };
+            if let Err(e) = dropped {
+                tracing::warn!(shard = new, cause = %e, "could not drop the new shard of a failed move");
+            }
         }
     }
 
@@ -785,6 +851,32 @@ impl Coordinator {
             self.state.lock().persisted = persisted;
         }
     }
+}
+
+/// The members of a scale-out's new shard on a store with `copies` copies of every shard:
+/// `first`, then the live nodes holding the fewest copies.
+fn members_of_new_shard(
+    map: &ShardMap,
+    nodes: &BTreeMap<String, NodeSeen>,
+    first: &str,
+    copies: usize,
+) -> Result<Vec<String>, ScaleError> {
+    let held = |id: &str| (0..map.shard_count()).filter(|&s| map.holds(s, id)).count();
+    let mut live: Vec<&String> = nodes
+        .iter()
+        .filter(|(id, seen)| seen.seen.elapsed() < REGISTER_INTERVAL * 3 && id.as_str() != first)
+        .map(|(id, _)| id)
+        .collect();
+    live.sort_by_key(|id| (held(id), id.as_str()));
+    let members: Vec<String> =
+        std::iter::once(first.to_owned()).chain(live.into_iter().cloned()).take(copies).collect();
+    if members.len() < copies {
+        return Err(ScaleError::Invalid(format!(
+            "every shard has {copies} copies, but only {} live store nodes can hold the new one",
+            members.len()
+        )));
+    }
+    Ok(members)
 }
 
 /// The shards that give keys away in a move from `from` to `to`: every shard on scale-out (each

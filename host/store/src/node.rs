@@ -239,7 +239,11 @@ impl StoreNode {
         }
         self.replicate_held(&map).await?;
         let (term, epoch) = (map.term, map.epoch);
-        if self.store.set_map(map.clone()) {
+        // Off the runtime's threads: ending an export takes a shard's lock, which a replicated
+        // shard's writer holds while it waits for JetStream (through this runtime).
+        let store = self.store.clone();
+        let taken = map.clone();
+        if blocking(move || Ok(store.set_map(taken))).await? {
             tracing::info!(node = self.id(), term, epoch, "serving a new shard map");
         }
         // Copies the map no longer gives this node stop following their shards' logs.
@@ -430,11 +434,15 @@ impl StoreNode {
                 self.catch_up(target.epoch.saturating_sub(1)).await;
                 let result = self.export(move_id, shard, Arc::new(target)).await;
                 if result.is_err() {
-                    self.store.end_export(shard);
+                    blocking(move || Ok(store.end_export(shard))).await?;
                 }
                 result.map(Reply::Count)
             }
             Admin::Freeze { shard } => {
+                // A member that does not lead says so first (the master asks the next one).
+                if self.store.shard_map().replicated(shard) && self.store.leads_shard(shard).is_none() {
+                    return Err(StoreError::NotLeader { shard });
+                }
                 let target = self
                     .store
                     .export_target(shard)
@@ -448,31 +456,99 @@ impl StoreNode {
                 Ok(Reply::Count(n))
             }
             Admin::EndExport { shard, committed: false } => {
-                self.store.end_export(shard);
+                let ending = store.clone();
+                blocking(move || Ok(ending.end_export(shard))).await?;
+                // A replicated shard's freeze is in its log: its leader clears it there (a
+                // member that does not lead answers `NotLeader`, and the master asks the next).
+                blocking(move || store.thaw(shard)).await?;
                 Ok(Reply::Ok)
             }
             Admin::EndExport { shard, committed: true } => {
-                let Some(target) = self.store.exporting_towards(shard) else { return Ok(Reply::Ok) };
-                if self.store.shard_map().epoch < target {
-                    self.refresh_map().await;
+                if let Some(target) = self.store.exporting_towards(shard) {
+                    if self.store.shard_map().epoch < target {
+                        self.refresh_map().await;
+                    }
+                    // Taking the new map ends the export; an export still running means the map
+                    // did not arrive, and the keys stay frozen until it does.
+                    if self.store.exporting_towards(shard).is_some() {
+                        return Err(StoreError::Config(format!(
+                            "shard {shard} keeps its moving keys frozen until this node has the map of epoch {target}"
+                        )));
+                    }
                 }
-                // Taking the new map ends the export; an export still running means the map
-                // did not arrive, and the keys stay frozen until it does.
-                match self.store.exporting_towards(shard) {
-                    None => Ok(Reply::Ok),
-                    Some(_) => Err(StoreError::Config(format!(
-                        "shard {shard} keeps its moving keys frozen until this node has the map of epoch {target}"
-                    ))),
-                }
+                blocking(move || store.thaw(shard)).await?;
+                Ok(Reply::Ok)
             }
             Admin::Count { shard } => Ok(Reply::Count(self.store.estimate_keys(shard))),
             Admin::Cleanup { shard } => Ok(Reply::Count(blocking(move || store.cleanup(shard)).await? as u64)),
+            Admin::CreateReplica { shard } => {
+                if self.store.shard_map().holds(shard, self.id()) {
+                    return Err(StoreError::Config(format!(
+                        "shard {shard} is in the map this node serves; it is not made again"
+                    )));
+                }
+                let config = self.replication_config(shard)?;
+                let mut replicas = self.replicas.lock().await;
+                replicas.remove(&shard);
+                blocking(move || store.create_shard(shard)).await?;
+                let replica = crate::replication::replicate(&self.store, shard, config).await?;
+                replicas.insert(shard, replica);
+                Ok(Reply::Ok)
+            }
+            Admin::DropReplica { shard } => {
+                if self.store.shard_map().holds(shard, self.id()) {
+                    return Err(StoreError::Config(format!(
+                        "shard {shard} is in the map this node serves; it is not dropped"
+                    )));
+                }
+                let config = self.replication_config(shard)?;
+                // Dropping the replica gives its lease up and stops following first.
+                self.replicas.lock().await.remove(&shard);
+                blocking(move || store.drop_shard(shard)).await?;
+                crate::replication::destroy_log(shard, config).await?;
+                Ok(Reply::Ok)
+            }
         }
     }
 
-    /// Send moved entries to shard `to` of `target` (a node of the map after the move).
+    fn replication_config(&self, shard: u32) -> Result<&crate::replication::ReplicationConfig, StoreError> {
+        self.replication.as_ref().ok_or_else(|| {
+            StoreError::Config(format!(
+                "shard {shard} is replicated, but store node {} was started without replication (NATS with JetStream)",
+                self.id()
+            ))
+        })
+    }
+
+    /// Send moved entries to shard `to` of `target` (a node of the map after the move; for a
+    /// replicated shard, its leader: the members are asked in turn until one takes them).
     async fn send(&self, target: &ShardMap, to: u32, entries: Vec<RawEntry>) -> Result<(), StoreError> {
-        let node = target.node_of(to).ok_or_else(|| StoreError::Config(format!("no shard {to} in the target map")))?;
+        let members: Vec<&str> = target.members(to).collect();
+        if members.is_empty() {
+            return Err(StoreError::Config(format!("no shard {to} in the target map")));
+        }
+        let deadline = std::time::Instant::now() + INGEST_TIMEOUT;
+        let mut attempt = 0usize;
+        loop {
+            let node = members[attempt % members.len()];
+            attempt += 1;
+            let result = self.send_to(node, to, entries.clone()).await;
+            match result {
+                Err(e @ (StoreError::NotLeader { .. } | StoreError::Unavailable { .. }))
+                    if target.replicated(to) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(shard = to, node, cause = %e, "moved keys not taken; asking the next member");
+                    if attempt % members.len() == 0 {
+                        // A product retry: the new shard's members are electing a leader.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn send_to(&self, node: &str, to: u32, entries: Vec<RawEntry>) -> Result<(), StoreError> {
         if node == self.id() {
             let store = self.store.clone();
             blocking(move || store.ingest(to, entries)).await?;
@@ -490,7 +566,8 @@ impl StoreNode {
     }
 
     async fn export(&self, move_id: u64, shard: u32, target: Arc<ShardMap>) -> Result<u64, StoreError> {
-        self.store.begin_export(shard, target.clone())?;
+        let (store, exported) = (self.store.clone(), target.clone());
+        blocking(move || store.begin_export(shard, exported)).await?;
         let (tx, mut rx) = mpsc::channel::<(u32, Vec<RawEntry>)>(4);
         let store = self.store.clone();
         let scan = tokio::task::spawn_blocking(move || {

@@ -85,6 +85,15 @@ impl Drop for ShardReplica {
     }
 }
 
+/// Delete the log of shard `n` (the shard is gone from every member, or a failed move left it).
+pub async fn destroy_log(n: u32, config: &ReplicationConfig) -> Result<(), StoreError> {
+    Log::destroy(config.client.clone(), &config.log(n)).await.map_err(|e| StoreError::Unavailable {
+        shard: n,
+        node: String::new(),
+        reason: e.to_string(),
+    })
+}
+
 /// Replicate shard `n` of `store` as `config` says: open its log and lease, follow the log, and
 /// lead the shard while the lease says so.
 pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -> Result<ShardReplica, StoreError> {
@@ -102,7 +111,8 @@ pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -
         // The stream holds less than this copy applied: it was deleted (and made again, empty,
         // by the open above) or purged behind Shoal's back. Taking it as it is would lose what
         // it held; an operator decides.
-        store.unreplicate_shard(n);
+        let unreplicating = store.clone();
+        let _ = tokio::task::spawn_blocking(move || unreplicating.unreplicate_shard(n)).await;
         tracing::error!(shard = n, applied, last, stream = %config.log(n).stream, "the shard's log holds less than this copy applied");
         return Err(StoreError::Corrupt(format!(
             "the log of shard {n} (stream {}) ends at entry {last}, but this copy applied {applied}: the stream was \
@@ -150,7 +160,12 @@ async fn drive(store: std::sync::Weak<Store>, n: u32, lease: Arc<Lease>, recheck
                 }
             }
             Role::Leader { .. } => {}
-            Role::Follower { .. } => store.step_down_shard(n),
+            Role::Follower { .. } => {
+                // Off the runtime's threads: stepping down waits for the shard's lock, which a
+                // write holds while it waits for JetStream (through this runtime).
+                let stepping = store.clone();
+                let _ = tokio::task::spawn_blocking(move || stepping.step_down_shard(n)).await;
+            }
         }
         drop(store);
         tokio::select! {

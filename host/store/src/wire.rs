@@ -135,6 +135,20 @@ pub enum Admin {
         /// The shard.
         shard: u32,
     },
+    /// Hold a new, empty copy of replicated `shard` (a scale-out's new shard, sent to each of
+    /// its members): follow its log, lead it when its lease says so. Keys move in through its
+    /// leader.
+    CreateReplica {
+        /// The shard.
+        shard: u32,
+    },
+    /// Stop holding a copy of replicated `shard`, delete its files and its log (a scale-in's
+    /// last shard after the switch, a failed scale-out's new one, or what a failed move left
+    /// before it is tried again).
+    DropReplica {
+        /// The shard.
+        shard: u32,
+    },
 }
 
 /// Who may send a [`Request`], by the subject it arrives on.

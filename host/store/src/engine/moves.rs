@@ -2,6 +2,7 @@
 //! target map (a snapshot copy, then the writes made meanwhile, remembered as a dirty set),
 //! freeze the moving keys, ingest what another shard exports, and clean up what moved away.
 
+use super::replica::FROZEN_KEY;
 use super::*;
 
 pub(super) struct Export {
@@ -11,6 +12,10 @@ pub(super) struct Export {
     pub(super) dirty: HashSet<Vec<u8>>,
     /// Moving keys are refused until the export ends.
     pub(super) frozen: bool,
+    /// The term this copy led the (replicated) shard with when the export began: only that
+    /// leader saw every write since, so only it may freeze. `None`: unreplicated, or a freeze
+    /// taken from the log ([`Shard::load_frozen`]).
+    pub(super) term: Option<u64>,
 }
 
 impl Shard {
@@ -84,10 +89,14 @@ impl Store {
 
     /// Start exporting shard `n` towards `target`: from now on, writes of keys that move are
     /// remembered for [`Store::take_dirty`].
+    ///
+    /// A replicated shard exports at its leader, which must lead it (with the same term) until
+    /// the freeze: the writes it remembers are the ones it made.
     pub fn begin_export(&self, n: u32, target: Arc<ShardMap>) -> Result<(), StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
         let _guard = shard.seq.lock();
-        *shard.export.lock() = Some(Export { target, dirty: HashSet::new(), frozen: false });
+        let term = shard.lead_term()?;
+        *shard.export.lock() = Some(Export { target, dirty: HashSet::new(), frozen: false, term });
         shard.exporting.store(true, Ordering::Release);
         Ok(())
     }
@@ -137,16 +146,37 @@ impl Store {
 
     /// The current state of every moving key written since the last call, grouped by the shard it
     /// goes to; `freeze` also freezes the moving keys (atomically with taking the last writes).
+    ///
+    /// On a replicated shard only the leader that began the export, still leading with the same
+    /// term, may do this (another leader's writes would be missing from the dirty set: refused as
+    /// [`StoreError::NotLeader`]), and the freeze goes through the log first ([`FROZEN_KEY`]), so
+    /// a member that leads after it keeps the moving keys frozen.
     pub fn take_dirty(&self, n: u32, freeze: bool) -> Result<BTreeMap<u32, Vec<RawEntry>>, StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
         let guard = shard.seq.lock();
-        let (dirty, target) = {
+        // A member that does not lead says so first (the master asks the next one).
+        let leading = shard.lead_term()?;
+        let (began, target) = {
+            let export = shard.export.lock();
+            let export = export.as_ref().ok_or_else(|| StoreError::Config(format!("shard {n} is not exporting")))?;
+            (export.term, export.target.clone())
+        };
+        if shard.replicated() && (began.is_none() || leading != began) {
+            return Err(StoreError::NotLeader { shard: n });
+        }
+        if freeze && shard.replicated() {
+            let json = serde_json::to_vec(&*target).map_err(|e| StoreError::Protocol(e.to_string()))?;
+            let mut batch = WriteBatch::default();
+            batch.put(FROZEN_KEY, json);
+            shard.write_entry(batch, &self.write_options, true)?;
+        }
+        let dirty = {
             let mut export = shard.export.lock();
             let export = export.as_mut().ok_or_else(|| StoreError::Config(format!("shard {n} is not exporting")))?;
             if freeze {
                 export.frozen = true;
             }
-            (std::mem::take(&mut export.dirty), export.target.clone())
+            std::mem::take(&mut export.dirty)
         };
         // Reading under the write lock: every write before it is in `dirty` and on disk.
         let mut out: BTreeMap<u32, Vec<RawEntry>> = BTreeMap::new();
@@ -168,6 +198,25 @@ impl Store {
     /// The map shard `n` exports towards, if it exports.
     pub fn export_target(&self, n: u32) -> Option<Arc<ShardMap>> {
         self.shard(n).and_then(|s| s.export.lock().as_ref().map(|e| e.target.clone()))
+    }
+
+    /// Clear the freeze shard `n`'s log recorded ([`FROZEN_KEY`]), if it recorded one: the move
+    /// was given up, or its map is served now. Done by the shard's leader (others get
+    /// [`StoreError::NotLeader`]); nothing to do on an unreplicated shard.
+    pub fn thaw(&self, n: u32) -> Result<(), StoreError> {
+        let Some(shard) = self.shard(n) else { return Ok(()) };
+        let _guard = shard.seq.lock();
+        if !shard.replicated() {
+            return Ok(());
+        }
+        shard.lead_term()?;
+        if shard.db.get(FROZEN_KEY)?.is_some() {
+            let mut batch = WriteBatch::default();
+            batch.delete(FROZEN_KEY);
+            shard.write_entry(batch, &self.write_options, true)?;
+        }
+        let map = self.map.read().clone();
+        shard.load_frozen(&map)
     }
 
     /// Stop exporting shard `n` (the move finished or was given up); its keys are writable again.

@@ -26,6 +26,12 @@ use super::*;
 /// with a NUL byte.
 pub(super) const APPLIED_KEY: &[u8] = b"\0applied";
 
+/// The shard-local key of the map a frozen export moves the shard's keys to (JSON), while the
+/// moving keys are frozen: written by the leader that freezes them through the log, so whichever
+/// member leads next (or restarts) keeps them frozen until the map switches or the move is given
+/// up ([`Store::thaw`]).
+pub(super) const FROZEN_KEY: &[u8] = b"\0frozen";
+
 /// An entry of a shard's log.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum ShardEntry {
@@ -33,16 +39,21 @@ pub(super) enum ShardEntry {
     Term(u64),
     /// The serialized `WriteBatch` of a write by the leader of `term`.
     Write { term: u64, batch: Vec<u8> },
+    /// A write that changes the shard's move state ([`FROZEN_KEY`]): a replica applying it
+    /// takes the new state into memory too.
+    Control { term: u64, batch: Vec<u8> },
 }
 
 const TERM: u8 = 1;
 const WRITE: u8 = 2;
+const CONTROL: u8 = 3;
 
 impl ShardEntry {
     pub(super) fn encode(&self) -> Vec<u8> {
         match self {
             ShardEntry::Term(term) => [&[TERM][..], &term.to_be_bytes()].concat(),
             ShardEntry::Write { term, batch } => [&[WRITE][..], &term.to_be_bytes(), batch].concat(),
+            ShardEntry::Control { term, batch } => [&[CONTROL][..], &term.to_be_bytes(), batch].concat(),
         }
     }
 
@@ -51,6 +62,7 @@ impl ShardEntry {
         match (bytes.first(), term) {
             (Some(&TERM), Some(term)) if bytes.len() == 9 => Ok(ShardEntry::Term(term)),
             (Some(&WRITE), Some(term)) => Ok(ShardEntry::Write { term, batch: bytes[9..].to_vec() }),
+            (Some(&CONTROL), Some(term)) => Ok(ShardEntry::Control { term, batch: bytes[9..].to_vec() }),
             _ => Err(StoreError::Corrupt(format!("a shard log entry of {} bytes does not decode", bytes.len()))),
         }
     }
@@ -107,13 +119,40 @@ impl Shard {
 
     /// Write `batch` to this shard; the caller holds the shard's lock. Unreplicated, straight to
     /// RocksDB. Replicated, only the leader writes: through the log first (see the module doc).
-    pub(super) fn write(&self, mut batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
+    pub(super) fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
+        self.write_entry(batch, options, false)
+    }
+
+    /// The term this copy leads the shard with (`None` unreplicated: the only copy).
+    pub(super) fn lead_term(&self) -> Result<Option<u64>, StoreError> {
+        match self.replica.read().as_ref() {
+            None => Ok(None),
+            Some(replica) => replica.leading().map(Some).ok_or(StoreError::NotLeader { shard: self.id }),
+        }
+    }
+
+    /// Whether the shard's writes go through its log.
+    pub(super) fn replicated(&self) -> bool {
+        self.replica.read().is_some()
+    }
+
+    /// [`Shard::write`]; `control` marks a write of the shard's move state (a
+    /// [`ShardEntry::Control`] entry, which followers take into memory as they apply it).
+    pub(super) fn write_entry(
+        &self,
+        mut batch: WriteBatch,
+        options: &WriteOptions,
+        control: bool,
+    ) -> Result<(), StoreError> {
         let replica = self.replica.read().clone();
         let Some(replica) = replica else { return Ok(self.db.write_opt(batch, options)?) };
         let term = replica.leading().ok_or(StoreError::NotLeader { shard: self.id })?;
         let last = replica.applied.load(Ordering::Acquire);
         batch.put(APPLIED_KEY, (last + 1).to_be_bytes());
-        let entry = ShardEntry::Write { term, batch: batch.data().to_vec() }.encode();
+        let data = batch.data().to_vec();
+        let entry =
+            if control { ShardEntry::Control { term, batch: data } } else { ShardEntry::Write { term, batch: data } };
+        let entry = entry.encode();
         match replica.runtime.block_on(replica.log.append(entry.into(), last)) {
             Ok(sequence) => {
                 debug_assert_eq!(sequence, last + 1, "an append fenced on {last} lands right after it");
@@ -139,7 +178,9 @@ impl Shard {
     }
 
     /// Write the log's entry at `sequence` here if it is the next one; the caller holds the
-    /// shard's lock and passes the counter it guards. Returns whether it was written.
+    /// shard's lock and passes the counter it guards. Returns whether it was written. A control
+    /// entry also sets the shard's move state in memory as it now is on disk (against `map`,
+    /// the map this node serves).
     fn apply(
         &self,
         replica: &Replica,
@@ -147,6 +188,7 @@ impl Shard {
         sequence: u64,
         payload: &[u8],
         options: &WriteOptions,
+        map: &ShardMap,
     ) -> Result<bool, StoreError> {
         let applied = replica.applied.load(Ordering::Acquire);
         if sequence <= applied {
@@ -160,22 +202,57 @@ impl Shard {
         }
         let entry = ShardEntry::decode(payload)?;
         let term = match &entry {
-            ShardEntry::Write { term, .. } | ShardEntry::Term(term) => *term,
+            ShardEntry::Write { term, .. } | ShardEntry::Control { term, .. } | ShardEntry::Term(term) => *term,
         };
+        let control = matches!(entry, ShardEntry::Control { .. });
         // Another leader's entry: whoever believed it led is deposed (its next append would be
         // fenced anyway; here it stops before trying).
         if replica.leading.lock().take_if(|t| *t != term).is_some() {
             tracing::warn!(shard = self.id, term, "another leader appended to the shard's log; stepping down");
         }
         let mut batch = match entry {
-            ShardEntry::Write { batch, .. } => WriteBatch::from_data(&batch),
+            ShardEntry::Write { batch, .. } | ShardEntry::Control { batch, .. } => WriteBatch::from_data(&batch),
             ShardEntry::Term(_) => WriteBatch::default(),
         };
         batch.put(APPLIED_KEY, sequence.to_be_bytes());
         self.db.write_opt(batch, options)?;
         replica.applied.store(sequence, Ordering::Release);
         *seq = read_seq(&self.db, self.id)?;
+        if control {
+            self.load_frozen(map)?;
+        }
         Ok(true)
+    }
+
+    /// Take the freeze recorded on disk ([`FROZEN_KEY`]) into memory: the moving keys are
+    /// refused while its target map is newer than `map` (the one served); none recorded, no
+    /// export here. The caller holds the shard's lock.
+    pub(super) fn load_frozen(&self, map: &ShardMap) -> Result<(), StoreError> {
+        let target = match self.db.get(FROZEN_KEY)? {
+            Some(json) => Some(
+                serde_json::from_slice::<ShardMap>(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("shard {}: the frozen move's map: {e}", self.id)))?,
+            ),
+            None => None,
+        };
+        let mut export = self.export.lock();
+        match target {
+            Some(target) if target.newer_than(map) => {
+                tracing::info!(
+                    shard = self.id,
+                    epoch = target.epoch,
+                    "the shard's moving keys are frozen (from its log)"
+                );
+                let dirty = export.take().map(|e| e.dirty).unwrap_or_default();
+                *export = Some(super::moves::Export { target: Arc::new(target), dirty, frozen: true, term: None });
+                self.exporting.store(true, Ordering::Release);
+            }
+            _ => {
+                *export = None;
+                self.exporting.store(false, Ordering::Release);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -201,6 +278,9 @@ impl Store {
             leading: Mutex::new(None),
             gate: Mutex::new(None),
         }));
+        // A freeze this copy applied before it stopped holds again (until the map switches).
+        let map = self.map.read().clone();
+        shard.load_frozen(&map)?;
         Ok(applied)
     }
 
@@ -260,10 +340,12 @@ impl Store {
             let entry = replica.log.get(applied + 1).await.map_err(|e| unavailable(n, e))?.ok_or_else(|| {
                 unavailable(n, format!("entry {} is gone from the log: the replica needs a snapshot", applied + 1))
             })?;
-            let (shard, replica, options) = (shard.clone(), replica.clone(), self.write_options_of());
+            let (shard, replica, options, store) =
+                (shard.clone(), replica.clone(), self.write_options_of(), self.clone());
             blocking(move || {
                 let mut seq = shard.seq.lock();
-                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options)
+                let map = store.map.read().clone();
+                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options, &map)
             })
             .await?;
         }
@@ -278,10 +360,12 @@ impl Store {
             let entry = ShardEntry::Term(term).encode();
             match replica.log.append(entry.clone().into(), last).await {
                 Ok(sequence) => {
-                    let (shard, replica, options) = (shard.clone(), replica.clone(), self.write_options_of());
+                    let (shard, replica, options, store) =
+                        (shard.clone(), replica.clone(), self.write_options_of(), self.clone());
                     blocking(move || {
                         let mut seq = shard.seq.lock();
-                        shard.apply(&replica, &mut seq, sequence, &entry, &options)?;
+                        let map = store.map.read().clone();
+                        shard.apply(&replica, &mut seq, sequence, &entry, &options, &map)?;
                         *replica.leading.lock() = Some(term);
                         Ok(())
                     })
@@ -318,14 +402,15 @@ impl Store {
         loop {
             let entry = reader.next().await.map_err(|e| unavailable(n, e))?;
             // The shard dropped (or the store closed) ends the following.
-            let Some((shard, options)) = store.upgrade().and_then(|s| s.shard(n).map(|sh| (sh, s.write_options_of())))
-            else {
+            let Some((this, shard)) = store.upgrade().and_then(|s| s.shard(n).map(|sh| (s, sh))) else {
                 return Ok(());
             };
+            let options = this.write_options_of();
             blocking(move || {
                 let replica = shard.replica.read().clone().ok_or(StoreError::NotLeader { shard: n })?;
                 let mut seq = shard.seq.lock();
-                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options)
+                let map = this.map.read().clone();
+                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options, &map)
             })
             .await?;
         }

@@ -5,6 +5,7 @@
 mod cluster;
 mod fencing;
 mod replicated;
+mod replicated_moves;
 mod shard_log;
 
 use std::sync::Arc;
