@@ -82,6 +82,10 @@ pub fn replicated_map(term: u64, count: u32, nodes: &[String], replicas: usize) 
     }
 }
 
+/// A move is given up when a source shard's exporter (which reports every second) is silent
+/// this long.
+const EXPORT_SILENCE: Duration = Duration::from_secs(10);
+
 /// How long a command for a replicated shard's leader waits for one to take it.
 const LEADER_PATIENCE: Duration = Duration::from_secs(15);
 
@@ -192,6 +196,8 @@ struct State {
     boots: BTreeMap<String, String>,
     abort: Option<String>,
     copied: BTreeMap<u32, u64>,
+    /// When each source shard's exporter last reported (it does at least every second).
+    heard: BTreeMap<u32, Instant>,
     last_move: Option<MoveStatus>,
     last_progress_event: Option<Instant>,
 }
@@ -238,6 +244,7 @@ impl Coordinator {
                 boots: BTreeMap::new(),
                 abort: None,
                 copied: BTreeMap::new(),
+                heard: BTreeMap::new(),
                 last_move: None,
                 last_progress_event: None,
             }),
@@ -429,6 +436,7 @@ impl Coordinator {
                 return;
             }
             state.copied.insert(p.shard, p.copied);
+            state.heard.insert(p.shard, Instant::now());
             let due = state.last_progress_event.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
             if !due {
                 return;
@@ -575,6 +583,7 @@ impl Coordinator {
                 .collect();
             state.abort = None;
             state.copied.clear();
+            state.heard.clear();
             state.moving = Some(status.clone());
         }
         let me = self.clone();
@@ -638,12 +647,16 @@ impl Coordinator {
         }
     }
 
-    /// Send `command` to every member of `shard` in `map`.
+    /// Send `command` to every member of `shard` in `map`, one after the other (all of them, even
+    /// after one failed).
     async fn ask_members(&self, map: &ShardMap, shard: u32, command: Admin, timeout: Duration) -> Result<(), String> {
+        let mut failures = Vec::new();
         for node in map.members(shard) {
-            self.ask(node, command.clone(), timeout).await?;
+            if let Err(e) = self.ask(node, command.clone(), timeout).await {
+                failures.push(e);
+            }
         }
-        Ok(())
+        if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) }
     }
 
     async fn run_move(self: Arc<Self>, mut status: MoveStatus, from: ShardMap, to: ShardMap) {
@@ -727,7 +740,11 @@ impl Coordinator {
             let request = Admin::Export { move_id: status.id, shard: s, target: to.clone() };
             self.ask_leader(from, s, request, long)
         });
-        for result in futures::future::join_all(exports).await {
+        let results = tokio::select! {
+            results = futures::future::join_all(exports) => results,
+            reason = self.silent_export(sources) => return Err(reason),
+        };
+        for result in results {
             result?;
         }
         self.check_abort()?;
@@ -770,6 +787,29 @@ impl Coordinator {
         self.phase("cleaning");
         self.clean_up(from, to, sources).await;
         Ok(())
+    }
+
+    /// Returns (why) once the move must be given up while its exports run: a participant
+    /// restarted, or a source shard's exporter has not reported for [`EXPORT_SILENCE`] (its node
+    /// died or was cut off mid-export: its answer would never come).
+    async fn silent_export(&self, sources: &[u32]) -> String {
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let state = self.state.lock();
+            if let Some(reason) = state.abort.clone() {
+                return reason;
+            }
+            for &s in sources {
+                let heard = state.heard.get(&s).copied().unwrap_or(started);
+                if heard.elapsed() >= EXPORT_SILENCE {
+                    return format!(
+                        "the export of shard {s} has not reported for {} s (its node died or is cut off)",
+                        EXPORT_SILENCE.as_secs()
+                    );
+                }
+            }
+        }
     }
 
     fn check_abort(&self) -> Result<(), String> {

@@ -491,7 +491,17 @@ impl StoreNode {
                 let mut replicas = self.replicas.lock().await;
                 replicas.remove(&shard);
                 blocking(move || store.create_shard(shard)).await?;
-                let replica = crate::replication::replicate(&self.store, shard, config).await?;
+                // The stream another member just made may take a moment to be seen everywhere.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let replica = loop {
+                    match crate::replication::replicate(&self.store, shard, config).await {
+                        Err(StoreError::Unavailable { reason, .. }) if std::time::Instant::now() < deadline => {
+                            tracing::debug!(shard, cause = %reason, "the new shard's log is not there yet; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        result => break result?,
+                    }
+                };
                 replicas.insert(shard, replica);
                 Ok(Reply::Ok)
             }
@@ -575,15 +585,25 @@ impl StoreNode {
                 tx.blocking_send((to, entries)).map_err(|_| StoreError::Config("the export was stopped".into()))
             })
         });
+        // Reports at least every second while the export runs: the master gives a move up when
+        // an exporter goes silent.
+        let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let heartbeat = {
+            let (bus, node, counted) = (self.bus.clone(), self.id().to_owned(), counted.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let copied = counted.load(std::sync::atomic::Ordering::Relaxed);
+                    report(&bus, &node, Progress { move_id, shard, copied }).await;
+                }
+            })
+        };
+        let _heartbeat = AbortOnDrop(heartbeat);
         let mut copied = 0u64;
-        let mut last_report = std::time::Instant::now();
         while let Some((to, entries)) = rx.recv().await {
             copied += entries.len() as u64;
             self.send(&target, to, entries).await?;
-            if last_report.elapsed() >= Duration::from_millis(200) {
-                last_report = std::time::Instant::now();
-                self.report(move_id, shard, copied).await;
-            }
+            counted.store(copied, std::sync::atomic::Ordering::Relaxed);
         }
         scan.await.map_err(|e| StoreError::Protocol(format!("export scan failed: {e}")))??;
         // Catch up with the writes made during the copy until few are left.
@@ -595,6 +615,7 @@ impl StoreNode {
                 self.send(&target, to, entries).await?;
             }
             copied += n as u64;
+            counted.store(copied, std::sync::atomic::Ordering::Relaxed);
             if n < CATCH_UP_ENOUGH {
                 break;
             }
@@ -641,10 +662,23 @@ impl StoreNode {
     }
 
     async fn report(&self, move_id: u64, shard: u32, copied: u64) {
-        let progress = Progress { move_id, shard, copied };
-        let payload = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
-        if let Err(e) = self.bus.publish(&subject::store_progress(self.id()), payload).await {
-            tracing::debug!(cause = %e, "could not report a move's progress");
-        }
+        report(&self.bus, self.id(), Progress { move_id, shard, copied }).await;
+    }
+}
+
+/// Tell the master how far an export got (`shoal.ctl.store.progress.<node>`).
+async fn report(bus: &SharedBus, node: &str, progress: Progress) {
+    let payload = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
+    if let Err(e) = bus.publish(&subject::store_progress(node), payload).await {
+        tracing::debug!(cause = %e, "could not report a move's progress");
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

