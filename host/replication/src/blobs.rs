@@ -6,6 +6,7 @@
 //! changes, so a name always means the same bytes.
 
 use async_nats::jetstream::{self, object_store};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 /// Why a blob could not be stored or read.
@@ -66,6 +67,28 @@ impl Blobs {
         let mut reader = bytes;
         self.store.put(name, &mut reader).await.map_err(|e| self.error(e))?;
         Ok(())
+    }
+
+    /// The names of the blobs there are that start with `prefix`.
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let mut list = self.store.list().await.map_err(|e| self.error(e))?;
+        let mut names = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| self.error(e))?;
+            if !info.deleted && info.name.starts_with(prefix) {
+                names.push(info.name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Delete blob `name` (nothing to do when there is none).
+    pub async fn delete(&self, name: &str) -> Result<(), BlobError> {
+        match self.store.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     /// The bytes of `name`, or `None` when there is no such blob.

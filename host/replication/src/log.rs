@@ -159,6 +159,14 @@ impl Log {
         }
     }
 
+    /// Delete the entries before `sequence` (they are in a snapshot): the log keeps `sequence`
+    /// and what follows. Readers that still needed an entry before it find it gone.
+    pub async fn purge_before(&self, sequence: u64) -> Result<(), LogError> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;
+        stream.purge().sequence(sequence).await.map_err(|e| self.unavailable(e))?;
+        Ok(())
+    }
+
     /// Read the entries from `from` on, in order, including those appended later.
     pub async fn read(&self, from: u64) -> Result<Reader, LogError> {
         let messages = self.consumer(from).await?;

@@ -530,6 +530,7 @@ async fn start_store(
             replicas: r.log_replicas(client, &nats.url)?,
             lease_ttl: r.lease_ttl,
             prefix: String::new(),
+            snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
         }),
         _ => None,
     };

@@ -8,6 +8,8 @@
 //! member whose lease ran out appends nothing even before the driver below hears of it; what it
 //! had on its way is fenced by the log.
 
+mod snapshots;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +34,13 @@ pub struct ReplicationConfig {
     /// Prefix of the streams' and buckets' names, so several clusters (or tests) can share one
     /// NATS cluster; empty in production.
     pub prefix: String,
+    /// The leader of a shard takes a snapshot every this many log entries and compacts the log
+    /// to the previous one (see [`snapshots`]); 0: never.
+    pub snapshot_every: u64,
 }
+
+/// Entries between two snapshots of a shard, by default.
+pub const SNAPSHOT_EVERY: u64 = 10_000;
 
 impl ReplicationConfig {
     /// The log of shard `n`.
@@ -91,7 +99,8 @@ pub async fn destroy_log(n: u32, config: &ReplicationConfig) -> Result<(), Store
         shard: n,
         node: String::new(),
         reason: e.to_string(),
-    })
+    })?;
+    snapshots::destroy(n, config).await
 }
 
 /// Replicate shard `n` of `store` as `config` says: open its log and lease, follow the log, and
@@ -100,7 +109,10 @@ pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -
     let unavailable =
         |e: &dyn std::fmt::Display| StoreError::Unavailable { shard: n, node: String::new(), reason: e.to_string() };
     let log = Log::open(config.client.clone(), &config.log(n)).await.map_err(|e| unavailable(&e))?;
-    let (_, last) = log.bounds().await.map_err(|e| unavailable(&e))?;
+    let (first, last) = log.bounds().await.map_err(|e| unavailable(&e))?;
+    // A copy the compacted log went past starts from the newest snapshot.
+    snapshots::restore_if_behind(store, n, config, (first, last)).await?;
+    let compacting = log.clone();
     let applied = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.replicate_shard(n, log))
@@ -138,7 +150,8 @@ pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -
         }
     });
     let driving = tokio::spawn(drive(Arc::downgrade(store), n, lease.clone(), config.lease_ttl / 4));
-    Ok(ShardReplica { lease, stop: Some(stop), tasks: vec![running, following, driving] })
+    let compacting = tokio::spawn(snapshots::compact(Arc::downgrade(store), n, compacting, config.clone()));
+    Ok(ShardReplica { lease, stop: Some(stop), tasks: vec![running, following, driving, compacting] })
 }
 
 /// Lead shard `n` while the lease says this member may, step down as soon as it says not. Also

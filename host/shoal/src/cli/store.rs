@@ -38,6 +38,10 @@ struct StoreRunArgs {
     /// every store node and the master's `--store-lease-ttl-ms`).
     #[arg(long, default_value_t = 1500)]
     lease_ttl_ms: u64,
+    /// A replicated shard's leader snapshots it every this many log entries and deletes the
+    /// entries before the previous snapshot (0: never; the log then grows without bound).
+    #[arg(long, default_value_t = shoal_store::replication::SNAPSHOT_EVERY)]
+    snapshot_every: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +125,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
         client,
         lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(200)),
         prefix: String::new(),
+        snapshot_every: args.snapshot_every,
     };
     let bus: shoal_bus::SharedBus = std::sync::Arc::new(nats_bus);
     let durability = if args.sync { shoal_store::Durability::Sync } else { shoal_store::Durability::Wal };

@@ -19,6 +19,7 @@ mod codec;
 mod commit;
 mod moves;
 mod replica;
+mod snapshot;
 
 use self::codec::*;
 pub(crate) use self::codec::{decode_cursor, merge_page, validate_listing, validate_ops};

@@ -317,6 +317,15 @@ impl Store {
         crate::Staleness { applied, behind: last.map(|(_, last)| last.saturating_sub(applied)) }
     }
 
+    /// The last log sequence the copy of shard `n` on this disk applied (0: none, or no shard
+    /// `n` here), replicated yet or not.
+    pub fn stored_applied(&self, n: u32) -> Result<u64, StoreError> {
+        match self.shard(n) {
+            Some(shard) => read_applied(&shard.db),
+            None => Ok(0),
+        }
+    }
+
     /// The last log sequence shard `n` applied here (0 when it is not replicated).
     pub fn applied(&self, n: u32) -> u64 {
         self.replica(n).map_or(0, |(_, r)| r.applied.load(Ordering::Acquire))

