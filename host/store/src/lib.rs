@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::Store;
+pub use engine::{Followed, Store};
 
 /// Longest namespace. Namespaces are `[a-z0-9-]{1,63}`: they appear in token scopes
 /// (`app:<ns>`), URLs and bus subjects, where a DNS-label shape is safe everywhere.

@@ -141,17 +141,53 @@ pub async fn replicate(store: &Arc<Store>, n: u32, config: &ReplicationConfig) -
     let running = tokio::spawn(lease.clone().run(async move {
         let _ = stopped.await;
     }));
-    let following = tokio::spawn({
-        let store = store.clone();
-        async move {
-            if let Err(e) = store.follow_shard(n).await {
-                tracing::error!(shard = n, cause = %e, "following the shard's log stopped");
-            }
-        }
-    });
+    let following = tokio::spawn(follow(Arc::downgrade(store), n, config.clone(), lease.clone()));
     let driving = tokio::spawn(drive(Arc::downgrade(store), n, lease.clone(), config.lease_ttl / 4));
     let compacting = tokio::spawn(snapshots::compact(Arc::downgrade(store), n, compacting, config.clone()));
     Ok(ShardReplica { lease, stop: Some(stop), tasks: vec![running, following, driving, compacting] })
+}
+
+/// Follow shard `n`'s log; a copy that fell so far behind that the log was compacted past it
+/// starts again from the newest snapshot (not served meanwhile) and follows on.
+async fn follow(store: std::sync::Weak<Store>, n: u32, config: ReplicationConfig, lease: Arc<Lease>) {
+    loop {
+        let Some(strong) = store.upgrade() else { return };
+        match strong.clone().follow_shard(n).await {
+            Ok(crate::Followed::Ended) => return,
+            Ok(crate::Followed::Gap { applied, next }) => {
+                tracing::warn!(
+                    shard = n,
+                    applied,
+                    next,
+                    "the log was compacted past this copy while it followed; restoring a snapshot"
+                );
+                if let Err(e) = resync(&strong, n, &config, &lease).await {
+                    tracing::error!(shard = n, cause = %e, "the copy could not start again from a snapshot; it is not served");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = n, cause = %e, "following the shard's log stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// Take shard `n` out of replication, restore it from the newest snapshot, replicate it again.
+async fn resync(store: &Arc<Store>, n: u32, config: &ReplicationConfig, lease: &Arc<Lease>) -> Result<(), StoreError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| StoreError::Unavailable { shard: n, node: String::new(), reason: e.to_string() };
+    let unreplicating = store.clone();
+    let _ = tokio::task::spawn_blocking(move || unreplicating.unreplicate_shard(n)).await;
+    let log = Log::open(config.client.clone(), &config.log(n)).await.map_err(|e| unavailable(&e))?;
+    let bounds = log.bounds().await.map_err(|e| unavailable(&e))?;
+    snapshots::restore_if_behind(store, n, config, bounds).await?;
+    let replicating = store.clone();
+    tokio::task::spawn_blocking(move || replicating.replicate_shard(n, log))
+        .await
+        .map_err(|e| StoreError::Config(format!("replicating shard {n}: {e}")))??;
+    store.gate_shard(n, lease.clone())
 }
 
 /// Lead shard `n` while the lease says this member may, step down as soon as it says not. Also

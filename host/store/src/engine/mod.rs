@@ -21,6 +21,8 @@ mod moves;
 mod replica;
 mod snapshot;
 
+pub use self::replica::Followed;
+
 use self::codec::*;
 pub(crate) use self::codec::{decode_cursor, merge_page, validate_listing, validate_ops};
 use self::commit::Pending;

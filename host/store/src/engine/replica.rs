@@ -402,7 +402,10 @@ impl Store {
 
     /// Follow shard `n`'s log while the store holds it: every entry appended (by whichever
     /// leader) is written here in order; a leader's own entries are already here and are skipped.
-    pub async fn follow_shard(self: Arc<Self>, n: u32) -> Result<(), StoreError> {
+    /// Ends when the shard (or the store) is let go, or when the log no longer holds the next
+    /// entry this copy needs ([`Followed::Gap`]: it was compacted away; the copy must start
+    /// again from a snapshot).
+    pub async fn follow_shard(self: Arc<Self>, n: u32) -> Result<Followed, StoreError> {
         let (_, replica) = self.replica(n)?;
         let from = replica.applied.load(Ordering::Acquire) + 1;
         let mut reader = replica.log.read(from).await.map_err(|e| unavailable(n, e))?;
@@ -412,18 +415,41 @@ impl Store {
             let entry = reader.next().await.map_err(|e| unavailable(n, e))?;
             // The shard dropped (or the store closed) ends the following.
             let Some((this, shard)) = store.upgrade().and_then(|s| s.shard(n).map(|sh| (s, sh))) else {
-                return Ok(());
+                return Ok(Followed::Ended);
             };
             let options = this.write_options_of();
-            blocking(move || {
+            let gap = blocking(move || {
                 let replica = shard.replica.read().clone().ok_or(StoreError::NotLeader { shard: n })?;
                 let mut seq = shard.seq.lock();
+                let applied = replica.applied.load(Ordering::Acquire);
+                if entry.sequence > applied + 1 {
+                    return Ok(Some(Followed::Gap { applied, next: entry.sequence }));
+                }
                 let map = this.map.read().clone();
-                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options, &map)
+                shard.apply(&replica, &mut seq, entry.sequence, &entry.payload, &options, &map)?;
+                Ok(None)
             })
             .await?;
+            if let Some(gap) = gap {
+                return Ok(gap);
+            }
         }
     }
+}
+
+/// How [`Store::follow_shard`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// The shard or the store was let go.
+    Ended,
+    /// The log's next entry is `next`, but this copy applied only up to `applied`: the entries
+    /// between were compacted into a snapshot.
+    Gap {
+        /// What this copy applied.
+        applied: u64,
+        /// The entry the log gave next.
+        next: u64,
+    },
 }
 
 async fn blocking<T: Send + 'static>(

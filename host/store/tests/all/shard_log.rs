@@ -372,6 +372,19 @@ async fn a_member_back_after_the_log_was_compacted_restores_a_snapshot_and_catch
     eprintln!("the log holds entries {start}..={last}; the member away had applied {away_applied}");
     assert!(away_applied > 0 && start > away_applied + 1, "entries were deleted: {start}..={last}");
 
+    // A copy that would read on from where it was finds the gap (and says so) instead of
+    // skipping the entries compacted away.
+    {
+        let stale = eventually("the copy's files to be let go", Duration::from_secs(10), || async {
+            Store::open_node(away_dir, &away_id, Durability::Wal).ok()
+        })
+        .await;
+        assert!(stale.set_map(two_members()));
+        stale.replicate_shard(0, log.clone()).expect("replicate without a snapshot");
+        let followed = stale.clone().follow_shard(0).await.expect("follow");
+        assert_eq!(followed, shoal_store::Followed::Gap { applied: away_applied, next: start });
+        assert_eq!(stale.applied(0), away_applied, "nothing applied across the gap");
+    }
     // Back: restored from the newest snapshot, then the log's entries after it.
     let (back, _back_replica) = member(away_dir, &away_id, &config).await;
     caught_up(&back, &leader).await;
