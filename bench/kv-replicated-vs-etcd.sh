@@ -91,6 +91,7 @@ fi
 work=${KEEP_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/kv-replicated.XXXXXX")} # data dirs: TMPDIR on a disk
 mkdir -p "$work"
 pids=()
+declare -A NAME # pid -> e1, n1, m1, s1, dev: for the CPU shares
 cleanup() {
     local p
     for p in "${pids[@]}"; do kill -9 "$p" 2> /dev/null || true; done
@@ -174,6 +175,7 @@ start_etcd() { # members dir: starts them, sets ETCD_ENDPOINTS
         pid=$!
         pids+=("$pid")
         epids+=("$pid")
+        NAME[$pid]=e$i
         ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}$c"
     done
     # /health answers 200 once the member has a leader and serves.
@@ -214,6 +216,7 @@ EOF
         pid=$!
         pids+=("$pid")
         npids+=("$pid")
+        NAME[$pid]=n$i
         NATS_URLS+="${NATS_URLS:+,}nats://127.0.0.1:${cports[$((i - 1))]}"
         NATS_MON+=("http://127.0.0.1:${mports[$((i - 1))]}")
     done
@@ -234,6 +237,7 @@ start_store() { # dir id
         --lease-ttl-ms "$LEASE_TTL_MS" >> "$1/$2.log" 2>&1 &
     STORE_PID[$2]=$!
     pids+=("$!")
+    NAME[$!]=$2
 }
 
 store_status() { SHOAL_API=$SHOAL_URL SHOAL_TOKEN=$(cat "$SHOAL_TOKEN_FILE") "$SHOAL" store status --json 2> /dev/null; }
@@ -268,6 +272,7 @@ start_shoal3() { # dir: sets SHOAL_URL, SHOAL_TOKEN_FILE
         --store-lease-ttl-ms "$LEASE_TTL_MS" > "$dir/m1.log" 2>&1 &
     pid=$!
     pids+=("$pid")
+    NAME[$pid]=m1
     for id in s1 s2 s3; do start_store "$dir" "$id"; done
     wait_http "$SHOAL_URL/healthz" "$pid" "$dir/m1.log"
     SHOAL_TOKEN_FILE=$dir/m1/admin.token
@@ -286,6 +291,7 @@ start_shoal1() { # dir: sets SHOAL_URL, SHOAL_TOKEN_FILE
         --shards "$SHARDS" > "$dir/dev.log" 2>&1 &
     pid=$!
     pids+=("$pid")
+    NAME[$pid]=dev
     wait_http "$SHOAL_URL/healthz" "$pid" "$dir/dev.log"
     SHOAL_TOKEN_FILE=$dir/dev/admin.token
     local i
@@ -301,25 +307,72 @@ results=$work/results.txt
 
 load_args=(--conns "$CONNS" --keys "$KEYS" --value-size "$VALUE_SIZE" --seed "$SEED" --duration "$DURATION" --warmup "$WARMUP")
 
+cpu_ticks() { # "name=ticks …" (utime + stime) of every process this script runs now
+    local p out=""
+    for p in "${pids[@]}"; do
+        [ -r "/proc/$p/stat" ] || continue
+        out+="${NAME[$p]:-$p}=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") "
+    done
+    echo "$out"
+}
+
+cpu_share() { # before after seconds: each process's CPU over the interval, in % of one core
+    python3 - "$1" "$2" "$3" "$(getconf CLK_TCK)" << 'PY'
+import sys
+a = dict(x.split("=") for x in sys.argv[1].split())
+b = dict(x.split("=") for x in sys.argv[2].split())
+secs, hz = float(sys.argv[3]), float(sys.argv[4])
+shares = {k: (int(b[k]) - int(a.get(k, 0))) / hz / secs * 100 for k in b}
+print(" ".join(f"{k} {v:.0f}%" for k, v in sorted(shares.items())) + f" (sum {sum(shares.values()):.0f}% of 200%)")
+PY
+}
+
+js_entries() { # log entries in the shards' JetStream streams (one server holds all, R3)
+    curl -fsS "${NATS_MON[0]}/jsz?streams=true&accounts=true" 2> /dev/null | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+print(sum(s["state"]["messages"] for a in v.get("account_details", []) for s in a.get("stream_detail", []) or []
+          if s["name"].startswith("SHOAL_SHARD_")))' 2> /dev/null || echo "?"
+}
+
 run_target() { # target run
-    local t=$1 run=$2 dir=$work/$1-run$2 out
+    local t=$1 run=$2 dir=$work/$1-run$2 out="" line op target_args
     mkdir -p "$dir"
     wait_load
     echo "$t, run $run (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     case $t in
         etcd3 | etcd1)
             start_etcd "${t#etcd}" "$dir"
-            out=$("$KV_LOAD" bench --label "$t" --etcd "$ETCD_ENDPOINTS" --etcd-clients "$ETCD_CLIENTS" "${load_args[@]}") || failed=1
+            target_args=(--etcd "$ETCD_ENDPOINTS" --etcd-clients "$ETCD_CLIENTS")
             ;;
         shoal3 | shoal1)
             "start_$t" "$dir"
-            out=$("$KV_LOAD" bench --label "$t" --shoal "$SHOAL_URL" --token-file "$SHOAL_TOKEN_FILE" "${load_args[@]}") || failed=1
+            target_args=(--shoal "$SHOAL_URL" --token-file "$SHOAL_TOKEN_FILE")
             ;;
         *) echo "unknown target $t (TARGETS: etcd3 shoal3 etcd1 shoal1)" >&2; exit 1 ;;
     esac
+    # One phase at a time, to see each phase's CPU by process.
+    local entries0 entries1 c0 c1 t0 t1 secs
+    for op in preload put get; do
+        [ "$op$t" = putshoal3 ] && entries0=$(js_entries)
+        c0=$(cpu_ticks)
+        t0=$(date +%s.%N)
+        line=$("$KV_LOAD" bench --label "$t" "${target_args[@]}" "${load_args[@]}" --ops "$op") || failed=1
+        t1=$(date +%s.%N)
+        c1=$(cpu_ticks)
+        echo "$line" | sed 's/^/  /'
+        out+="$line"$'\n'
+        secs=$(field seconds "$(grep '^KVLOAD ' <<< "$line")")
+        # the servers' CPU over the whole command (for get: its warm-up too), kv-load's not counted
+        [ "$op" = preload ] || echo "    CPU during $op: $(cpu_share "$c0" "$c1" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+        if [ "$op$t" = putshoal3 ]; then
+            entries1=$(js_entries)
+            awk -v a="$entries0" -v b="$entries1" -v n="$(field requests "$line")" -v s="$secs" 'BEGIN {
+                if (b - a > 0) printf "    shard logs: %d JetStream appends for %d puts (%.1f puts per append, %.0f appends/s)\n", b - a, n, n / (b - a), (b - a) / s }'
+        fi
+    done
     stop_all
-    echo "$out" | sed 's/^/  /'
-    local load line op
+    local load
     load=$(cut -d' ' -f1 /proc/loadavg)
     while read -r line; do
         case $line in KVLOAD\ *) ;; *) continue ;; esac
