@@ -6,6 +6,7 @@
 //! kv-load bench (--etcd URL[,URL…] [--etcd-clients N] | --shoal URL --token-file FILE)
 //!               [--label NAME] [--conns 64] [--keys 100000] [--value-size 100] [--seed 1]
 //!               [--duration 10] [--warmup 2] [--ops preload,put,get]
+//! kv-load ready --shoal URL --token-file FILE --shards N [--timeout-s 120]
 //! kv-load failover --shoal URL --token-file FILE --shards N --kill-pid PID --led S[,S…]
 //!               [--interval-ms 10] [--timeout-s 30]
 //! ```
@@ -20,6 +21,10 @@
 //! size). One line per phase: `KVLOAD label=… op=… requests=… errors=… seconds=… rps=… p50_ms=…
 //! p90_ms=… p99_ms=… max_ms=…`, and `KVLOAD_ERROR …` with the first error of a phase that had
 //! any. Exits 1 when any phase had an error.
+//!
+//! `ready`: until a linearizable get of a key of every shard is answered (200 or 404) within
+//! 1 s, each: every shard has a leader the client reaches without waiting on a member that does
+//! not answer. Exits 1 after `timeout-s`.
 //!
 //! `failover`: a light writer on every shard of Shoal's store (one put every `interval-ms` to a
 //! key of that shard, each in its own request, whoever answers first) until every shard has
@@ -393,6 +398,33 @@ struct Attempt {
     ok: bool,
 }
 
+async fn ready(args: Args) -> Result<bool, String> {
+    let url = args.str("shoal").ok_or("ready: --shoal URL")?;
+    let shoal = Shoal::new(url, args.str("token-file").ok_or("--token-file")?, 4)?;
+    let shards: u32 = args.num("shards", 0)?;
+    let deadline = Instant::now() + Duration::from_secs(args.num("timeout-s", 120)?);
+    let keys: Vec<String> = (0..shards).map(|s| keys_of_shard(s, shards, 1).remove(0)).collect();
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut all = true;
+        for k in &keys {
+            let t = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(1), shoal.get(k)).await;
+            match answer {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.contains(" 404 ") => {}
+                Ok(Err(e)) => (all, last) = (false, e),
+                Err(_) => (all, last) = (false, format!("get {k}: no answer within {:?}", t.elapsed())),
+            }
+        }
+        if all {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("not every shard answered within 1 s: {last}"))
+}
+
 async fn failover(args: Args) -> Result<bool, String> {
     let url = args.str("shoal").ok_or("failover: --shoal URL")?;
     let shoal = Shoal::new(url, args.str("token-file").ok_or("--token-file")?, 64)?;
@@ -504,7 +536,8 @@ async fn main() {
         (_, Err(e)) => Err(e),
         (Some("bench"), Ok(args)) => bench(args).await,
         (Some("failover"), Ok(args)) => failover(args).await,
-        _ => Err("usage: kv-load bench|failover --name value … (see the module doc)".into()),
+        (Some("ready"), Ok(args)) => ready(args).await,
+        _ => Err("usage: kv-load bench|ready|failover --name value … (see the module doc)".into()),
     };
     match result {
         Ok(true) => {}
