@@ -498,7 +498,7 @@ if xs:
     rank = lambda p: xs[max(0, math.ceil(p * len(xs)) - 1)]
     print(f"failover (lease TTL {sys.argv[2]} ms): kill -9 of a shard's leader -> a put to that shard acknowledged:")
     print(f"  n={len(xs)} (kill, shard) samples: p50 {rank(0.5):.0f} ms, p99 {rank(0.99):.0f} ms, min {xs[0]:.0f} ms, max {xs[-1]:.0f} ms;"
-          f" goal writable within 2 s: {'met' if xs[-1] <= 2000 else 'NOT met'} for {sum(1 for x in xs if x <= 2000)}/{len(xs)}")
+          f" writable within 2 s: {sum(1 for x in xs if x <= 2000)} of {len(xs)} (goal: {'met' if xs[-1] <= 2000 else 'NOT met'})")
     print("  samples (round node shard ms):", "; ".join(" ".join(r) for r in rows))
 missing = [r for r in rows if r[3] == "none"]
 if missing:
