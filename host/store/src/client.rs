@@ -176,6 +176,12 @@ impl StoreClient {
             }
         };
         match reply {
+            // A member of a replicated shard that serves an older map than this client's (it is
+            // still taking the map, opening the shard's log): another member may lead already.
+            Reply::Error(WireError::NotOwner(_, theirs)) if map.replicated(shard) && map.newer_than(&theirs) => {
+                self.next_member(map, shard);
+                Err(Attempt::Retry(Duration::from_millis(20)))
+            }
             Reply::Error(WireError::NotOwner(_, theirs)) => {
                 if !self.take(theirs)
                     && let Err(e) = self.refresh().await

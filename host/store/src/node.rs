@@ -358,9 +358,18 @@ impl StoreNode {
         result.unwrap_or_else(|e| Reply::Error(WireError::from_error(e, || (*self.store.shard_map()).clone())))
     }
 
-    async fn catch_up(&self, epoch: u64) {
-        if epoch > self.store.shard_map().epoch {
-            self.refresh_map().await;
+    /// A request made under a newer map than this node's: take the master's map first, but not
+    /// for long (a map being taken may be opening shards' logs): after that the request is
+    /// answered by the map served, and the client asks elsewhere.
+    async fn catch_up(self: &Arc<Self>, epoch: u64) {
+        if epoch <= self.store.shard_map().epoch {
+            return;
+        }
+        // In a task of its own: taking a map is not cut off halfway when the wait ends.
+        let node = self.clone();
+        let taking = tokio::spawn(async move { node.refresh_map().await });
+        if tokio::time::timeout(Duration::from_millis(500), taking).await.is_err() {
+            tracing::debug!(node = self.id(), epoch, "still taking a newer map; answering by the one served");
         }
     }
 
@@ -431,7 +440,9 @@ impl StoreNode {
             Admin::Export { move_id, shard, target } => {
                 // The coordinator moves from the map before `target`: serve by it first (a node
                 // that has just registered may still be creating its shards).
-                self.catch_up(target.epoch.saturating_sub(1)).await;
+                if target.epoch.saturating_sub(1) > self.store.shard_map().epoch {
+                    self.refresh_map().await;
+                }
                 let result = self.export(move_id, shard, Arc::new(target)).await;
                 if result.is_err() {
                     blocking(move || Ok(store.end_export(shard))).await?;
