@@ -40,10 +40,11 @@ const WRITABLE_WITHIN: Duration = Duration::from_secs(2);
 /// The shards' lease TTL. A dead leader's shard takes writes again when its lease key expires
 /// (up to a TTL after the cut or kill: the last renewal may have just been sent), JetStream
 /// notices (measured up to ~0.3 s later), a follower's next read finds it gone (every TTL/8) and
-/// the new leader has taken the log (tens of ms): at the default 1.5 s that is 1.25 s to about
-/// 2.05 s (2 s measured once), too close to the promise to assert under load; at 1.2 s at most
-/// about 1.7 s.
-const LEASE_TTL_MS: &str = "1200";
+/// the new leader has taken the log (a few JetStream round trips). At the default 1.5 s that is
+/// 1.25 s to about 2.05 s unloaded (1.93 s measured); at 1.2 s, 2.09 s was measured with the
+/// other store tests running beside this one. At 1 s the sum stays under 2 s with ~0.5 s for
+/// the load.
+const LEASE_TTL_MS: &str = "1000";
 
 fn ip(args: &[&str]) -> Output {
     Command::new("ip").args(args).output().expect("run ip (iproute2)")
