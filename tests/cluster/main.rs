@@ -22,6 +22,7 @@ mod partition;
 mod security;
 mod services;
 mod store;
+mod store_faults;
 mod store_ha;
 mod tasks;
 mod tidy;

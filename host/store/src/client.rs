@@ -10,8 +10,11 @@
 //!   applied, and the error says so.
 //! - A replicated shard (several members in the map) is asked at its leader: the member that
 //!   answered last, else the members in turn while they answer `NotLeader` or are gone (an
-//!   election takes up to a shard lease's TTL). A write that reached a member that then did not
-//!   answer is not sent again: its outcome is unknown, and the error says so.
+//!   election takes up to a shard lease's TTL). A member has [`MEMBER_PATIENCE`] to answer; one
+//!   that did not is passed over for a while ([`SILENT_FOR`]): a leader cut off from NATS keeps
+//!   its subscriptions on the server until the server's pings give up (minutes), and every
+//!   request sent to it would wait out its timeout. A write that reached a member that then did
+//!   not answer is not sent again: its outcome is unknown, and the error says so.
 //! - Calls to the node in the same process (`shoal dev`, a master with its own store) skip the
 //!   bus.
 
@@ -35,6 +38,17 @@ use crate::{
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call keeps retrying through moves and map changes.
 const RETRY_FOR: Duration = Duration::from_secs(10);
+/// How long a member of a replicated shard has to answer one request before the client takes it
+/// for gone and asks the next member (a read is sent there; a write fails, its outcome unknown).
+/// A dead or cut-off leader's successor leads about a lease's TTL after its last renewal (1.5 s
+/// by default): waiting longer on the silent one only delays finding the successor. A healthy
+/// member answers in milliseconds (one JetStream append); one that JetStream keeps waiting
+/// longer than this (its stream electing a new leader) is passed over for a moment, no harm done.
+pub const MEMBER_PATIENCE: Duration = Duration::from_secs(1);
+/// How long a member that did not answer within [`MEMBER_PATIENCE`] is passed over (while
+/// another member of its shard is not), so that calls do not wait on it again at every turn of
+/// the members while a new leader is elected.
+pub const SILENT_FOR: Duration = Duration::from_secs(3);
 
 enum Attempt {
     /// Try again (after this long) with the map as it is now.
@@ -52,6 +66,8 @@ pub struct StoreClient {
     /// the map epoch it was learned under. A member that does not lead (`NotLeader`) or does not
     /// answer moves it to the next member.
     asked: parking_lot::Mutex<BTreeMap<u32, (u64, usize)>>,
+    /// Members of replicated shards that did not answer in time, passed over until then.
+    silent: parking_lot::Mutex<BTreeMap<String, Instant>>,
 }
 
 impl StoreClient {
@@ -63,6 +79,7 @@ impl StoreClient {
             map: RwLock::new(Arc::new(ShardMap::default())),
             local,
             asked: parking_lot::Mutex::new(BTreeMap::new()),
+            silent: parking_lot::Mutex::new(BTreeMap::new()),
         });
         let weak = Arc::downgrade(&client);
         let bus = client.bus.clone();
@@ -125,49 +142,76 @@ impl StoreClient {
     }
 
     /// The member of `shard` to ask under `map`: its node, or for a replicated shard the member
-    /// that answered as leader last (or the next one to try).
+    /// that answered as leader last, or the next one to try that has not gone silent (any, if
+    /// all have).
     fn member_to_ask<'m>(&self, map: &'m ShardMap, shard: u32) -> Option<&'m str> {
         if !map.replicated(shard) {
             return map.node_of(shard);
         }
         let members: Vec<&str> = map.members(shard).collect();
-        let asked = self.asked.lock().get(&shard).filter(|(epoch, _)| *epoch == map.epoch).map_or(0, |(_, i)| *i);
-        members.get(asked % members.len().max(1)).copied()
+        let mut asked = self.asked.lock();
+        let start = asked.get(&shard).filter(|(epoch, _)| *epoch == map.epoch).map_or(0, |(_, i)| *i);
+        let now = Instant::now();
+        let silent = self.silent.lock();
+        let index = (start..start + members.len())
+            .find(|i| silent.get(members[i % members.len()]).is_none_or(|until| *until <= now))
+            .unwrap_or(start);
+        if index != start {
+            asked.insert(shard, (map.epoch, index));
+        }
+        members.get(index % members.len().max(1)).copied()
     }
 
-    /// The member asked for `shard` did not lead it or did not answer: ask the next one.
-    fn next_member(&self, map: &ShardMap, shard: u32) {
+    /// `node`, asked for `shard`, did not lead it or did not answer: ask the next member, unless
+    /// another call already moved on from it (its answer may have come from the leader).
+    fn next_member(&self, map: &ShardMap, shard: u32, node: &str) {
+        let members: Vec<&str> = map.members(shard).collect();
         let mut asked = self.asked.lock();
-        let entry = asked.entry(shard).or_insert((map.epoch, 0));
-        *entry = if entry.0 == map.epoch { (map.epoch, entry.1 + 1) } else { (map.epoch, 1) };
+        let current = asked.get(&shard).filter(|(epoch, _)| *epoch == map.epoch).map_or(0, |(_, i)| *i);
+        if members.get(current % members.len().max(1)) == Some(&node) {
+            asked.insert(shard, (map.epoch, current + 1));
+        }
     }
 
     /// Send `request` to the node serving `shard` under `map` (for a replicated shard, its
     /// leader: members are tried in turn until one leads).
     async fn send(&self, map: &ShardMap, shard: u32, request: Request) -> Result<Reply, Attempt> {
         let node = self.member_to_ask(map, shard).ok_or(Attempt::Retry(Duration::ZERO))?;
+        let replicated = map.replicated(shard);
         let reply = match &self.local {
             Some(local) if local.id() == node => local.handle(request).await,
             _ => {
                 let payload = Bytes::from(wire::encode(&request));
                 let is_write = matches!(request, Request::Batch { .. });
-                match self.bus.request(&subject::store_node(node), payload, REQUEST_TIMEOUT).await {
-                    Ok(message) => wire::decode::<Reply>(&message.payload).map_err(Attempt::Fail)?,
+                let timeout = if replicated { MEMBER_PATIENCE } else { REQUEST_TIMEOUT };
+                match self.bus.request(&subject::store_node(node), payload, timeout).await {
+                    Ok(message) => {
+                        if replicated {
+                            self.silent.lock().remove(node);
+                        }
+                        wire::decode::<Reply>(&message.payload).map_err(Attempt::Fail)?
+                    }
                     Err(e) => {
-                        // A replicated shard's member that is gone: another one leads (soon). A
-                        // write it may have received is not sent again (its outcome is unknown).
+                        // A replicated shard's member that is gone or silent: another one leads
+                        // (soon). A write it may have received is not sent again (its outcome is
+                        // unknown); later calls ask the next member.
                         let undelivered = matches!(e, BusError::NoResponders { .. });
-                        if map.replicated(shard) && (undelivered || !is_write) {
-                            self.next_member(map, shard);
-                            return Err(Attempt::Retry(Duration::from_millis(50)));
+                        if replicated {
+                            if matches!(e, BusError::Timeout { .. }) {
+                                self.silent.lock().insert(node.to_owned(), Instant::now() + SILENT_FOR);
+                            }
+                            self.next_member(map, shard, node);
+                            if undelivered || !is_write {
+                                return Err(Attempt::Retry(Duration::from_millis(50)));
+                            }
                         }
                         let reason = match e {
                             BusError::NoResponders { .. } => "the store node does not answer (is it running?)".into(),
                             BusError::Timeout { .. } if is_write => format!(
-                                "no answer within {} s; the write may or may not have been applied",
-                                REQUEST_TIMEOUT.as_secs()
+                                "no answer within {} ms; the write may or may not have been applied",
+                                timeout.as_millis()
                             ),
-                            BusError::Timeout { .. } => format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                            BusError::Timeout { .. } => format!("no answer within {} ms", timeout.as_millis()),
                             other => other.to_string(),
                         };
                         return Err(Attempt::Fail(StoreError::Unavailable { shard, node: node.to_owned(), reason }));
@@ -179,7 +223,7 @@ impl StoreClient {
             // A member of a replicated shard that serves an older map than this client's (it is
             // still taking the map, opening the shard's log): another member may lead already.
             Reply::Error(WireError::NotOwner(_, theirs)) if map.replicated(shard) && map.newer_than(&theirs) => {
-                self.next_member(map, shard);
+                self.next_member(map, shard, node);
                 Err(Attempt::Retry(Duration::from_millis(20)))
             }
             Reply::Error(WireError::NotOwner(_, theirs)) => {
@@ -193,7 +237,7 @@ impl StoreClient {
             Reply::Error(WireError::Moving) => Err(Attempt::Retry(Duration::from_millis(2))),
             // Not the leader (any more, or not yet: an election takes up to a lease's TTL).
             Reply::Error(WireError::NotLeader(n)) if map.replicated(n) => {
-                self.next_member(map, n);
+                self.next_member(map, n, node);
                 Err(Attempt::Retry(Duration::from_millis(20)))
             }
             // A shard this map does not replicate: the node serves a newer map (a move made the
