@@ -120,8 +120,9 @@ pub(super) struct MasterArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
     store_replicas: u16,
     /// Milliseconds a shard's lease outlives its leader's last renewal: a dead leader's shards
-    /// take writes again about this long after.
-    #[arg(long, default_value_t = 1500)]
+    /// take writes again about this long after (plus up to half a second: the key's expiry and a
+    /// follower's next look).
+    #[arg(long, default_value_t = 1000)]
     store_lease_ttl_ms: u64,
     /// Keep each shard's log on this many NATS servers, fewer than --store-replicas (say so
     /// explicitly on a NATS cluster smaller than --store-replicas).

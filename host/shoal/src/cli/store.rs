@@ -35,8 +35,9 @@ struct StoreRunArgs {
     #[arg(long)]
     sync: bool,
     /// Milliseconds a replicated shard's lease outlives its leader's last renewal (the same on
-    /// every store node and the master's `--store-lease-ttl-ms`).
-    #[arg(long, default_value_t = 1500)]
+    /// every store node and the master's `--store-lease-ttl-ms`): a dead leader's shards take
+    /// writes again within about this plus half a second.
+    #[arg(long, default_value_t = 1000)]
     lease_ttl_ms: u64,
     /// A replicated shard's leader snapshots it every this many log entries and deletes the
     /// entries before the previous snapshot (0: never; the log then grows without bound).
