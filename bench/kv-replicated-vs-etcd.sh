@@ -40,7 +40,7 @@
 # over all (kill, shard) samples, and each sample.
 #
 # Settings (environment): RUNS=2 DURATION=10 WARMUP=2 CONNS=64 KEYS=100000 VALUE_SIZE=100 SEED=1
-# TARGETS="etcd3 shoal3 etcd1 shoal1" SHARDS=4 LEASE_TTL_MS=1500 FAILOVER_ROUNDS=20
+# TARGETS="etcd3 shoal3 etcd1 shoal1" SHARDS=4 LEASE_TTL_MS=1000 FAILOVER_ROUNDS=20
 # ETCD_CLIENTS=1 (etcd-client connections, each over all members) JS_SYNC=always (nats-server's
 # jetstream sync_interval; e.g. 2m is its default) MAX_LOAD= (wait, at most MAX_LOAD_WAIT_S=1200
 # seconds, until the 1-minute load average is below it before the first run and the failover) SHOAL (default
@@ -60,7 +60,7 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 SEED=${SEED:-1}
 TARGETS=${TARGETS:-etcd3 shoal3 etcd1 shoal1}
 SHARDS=${SHARDS:-4}
-LEASE_TTL_MS=${LEASE_TTL_MS:-1500}
+LEASE_TTL_MS=${LEASE_TTL_MS:-1000}
 FAILOVER_ROUNDS=${FAILOVER_ROUNDS:-20}
 ETCD_CLIENTS=${ETCD_CLIENTS:-1}
 JS_SYNC=${JS_SYNC:-always}
