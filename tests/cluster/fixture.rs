@@ -433,3 +433,15 @@ impl Drop for Cluster {
         self.master = None;
     }
 }
+
+/// `ip args` (iproute2), for the tests that build network namespaces.
+pub fn ip(args: &[&str]) -> Output {
+    Command::new("ip").args(args).output().expect("run ip (iproute2)")
+}
+
+/// `ip args`, which must succeed (or find the thing already there, when `exists_ok`).
+pub fn ip_ok(args: &[&str], exists_ok: bool) {
+    let out = ip(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || (exists_ok && err.contains("exists")), "ip {args:?}: {err}");
+}

@@ -7,12 +7,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use shoal_testkit::{NatsCluster, eventually_sync};
 
-use super::fixture::{Auth, Master};
+use super::fixture::{Auth, Master, ip, ip_ok};
 use super::ha::{Launch, Masters, starts};
 use super::tasks::http;
 use super::{shoal, showing_last};
@@ -28,17 +28,6 @@ const MASTER_IP: &str = "10.231.0.2";
 const TEST_NET: &str = "10.231.0.0/16";
 /// Long enough that the cut-off leader is still leading when the test asks it to kill a task.
 const LEASE_TTL_MS: u64 = 4000;
-
-fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip (iproute2)")
-}
-
-/// `ip args`, which must succeed (or find the thing already there, when `exists_ok`).
-fn ip_ok(args: &[&str], exists_ok: bool) {
-    let out = ip(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() || (exists_ok && err.contains("exists")), "ip {args:?}: {err}");
-}
 
 /// A network namespace linked to this one by a veth pair.
 struct Netns {

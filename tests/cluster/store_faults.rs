@@ -17,13 +17,13 @@ mod load;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_testkit::{NatsCluster, eventually_sync};
 
 use self::load::{Expected, Load};
-use crate::fixture::{Auth, Master, Process};
+use crate::fixture::{Auth, Master, Process, ip, ip_ok};
 use crate::{shoal, showing_last};
 
 /// Where the NATS servers serve their clients: an address on this namespace's `lo`, reached from
@@ -45,17 +45,6 @@ const WRITABLE_WITHIN: Duration = Duration::from_secs(2);
 /// other store tests running beside this one. At 1 s the sum stays under 2 s with ~0.5 s for
 /// the load.
 const LEASE_TTL_MS: &str = "1000";
-
-fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip (iproute2)")
-}
-
-/// `ip args`, which must succeed (or find the thing already there, when `exists_ok`).
-fn ip_ok(args: &[&str], exists_ok: bool) {
-    let out = ip(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() || (exists_ok && err.contains("exists")), "ip {args:?}: {err}");
-}
 
 /// One network namespace per store node, each linked to this one by a veth pair.
 struct Net {

