@@ -191,7 +191,7 @@ struct State {
     boots: BTreeMap<String, String>,
     abort: Option<String>,
     copied: BTreeMap<u32, u64>,
-    /// When each source shard's exporter last reported (it does at least every second).
+    /// When each source shard's exporter last reported (it does at least every 500 ms).
     heard: BTreeMap<u32, Instant>,
     last_move: Option<MoveStatus>,
     last_progress_event: Option<Instant>,
@@ -421,7 +421,7 @@ impl Coordinator {
         Ok(map)
     }
 
-    /// Node `sender` reports `p`; only the node that serves the source shard may.
+    /// Node `sender` reports `p`; only a node holding a copy of the source shard may (a replicated one exports at whichever copy leads).
     async fn progress(&self, sender: &str, p: Progress) {
         let event = {
             let mut state = self.state.lock();

@@ -4,7 +4,7 @@
 
 use super::*;
 
-/// A move is given up when a source shard's exporter (which reports every second) is silent
+/// A move is given up when a source shard's exporter (which reports at least every 500 ms) is silent
 /// this long.
 const EXPORT_SILENCE: Duration = Duration::from_secs(10);
 
