@@ -19,4 +19,4 @@ pub mod log;
 
 pub use blobs::{BlobError, Blobs};
 pub use lease::{Lease, LeaseConfig, LeaseError, Role};
-pub use log::{Entry, Log, LogConfig, LogError, Reader};
+pub use log::{Appending, Entry, Log, LogConfig, LogError, Reader};

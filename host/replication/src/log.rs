@@ -65,6 +65,35 @@ pub struct Entry {
     pub payload: bytes::Bytes,
 }
 
+/// An entry on its way into the log ([`Log::submit`]).
+pub struct Appending {
+    ack: jetstream::context::PublishAckFuture,
+    stream: String,
+    expected_last: u64,
+}
+
+impl std::fmt::Debug for Appending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appending").field("stream", &self.stream).field("expected_last", &self.expected_last).finish()
+    }
+}
+
+impl Appending {
+    /// Wait for JetStream's answer: the entry's sequence once it is stored on the stream's
+    /// replicas, [`LogError::Fenced`] when the stream's last entry was not the one expected, or
+    /// [`LogError::Unavailable`] when no answer came (the entry may or may not have landed).
+    pub async fn landed(self) -> Result<u64, LogError> {
+        let Appending { ack, stream, expected_last } = self;
+        match ack.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(LogError::Fenced { stream, expected: expected_last })
+            }
+            Err(e) => Err(LogError::Unavailable { stream, reason: e.to_string() }),
+        }
+    }
+}
+
 /// A handle on one log: append (the leader) and read (everyone).
 #[derive(Clone)]
 pub struct Log {
@@ -126,6 +155,16 @@ impl Log {
     /// Append `payload` if the stream's last entry is still `expected_last` (0: the stream is
     /// empty); the new entry's sequence.
     pub async fn append(&self, payload: bytes::Bytes, expected_last: u64) -> Result<u64, LogError> {
+        self.submit(payload, expected_last).await?.landed().await
+    }
+
+    /// Send `payload` to be appended if the stream's last entry is then `expected_last`, without
+    /// waiting for JetStream's answer: when this returns, the entry is on its way behind every
+    /// earlier one submitted through this client, so a writer may submit the next entry (fenced
+    /// on `expected_last + 1`) before this one landed. If an entry does not land, every later one
+    /// fenced on it does not either — unless another writer's entry took its place, which is why
+    /// a log's readers must recognise a deposed writer's entries (the store does, by term).
+    pub async fn submit(&self, payload: bytes::Bytes, expected_last: u64) -> Result<Appending, LogError> {
         let limit = usize::try_from(self.client.server_info().max_payload).unwrap_or(usize::MAX);
         // Headers and the subject ride in the same message: keep a little room for them.
         if payload.len() + 512 > limit {
@@ -133,22 +172,9 @@ impl Log {
         }
         let publish =
             jetstream::message::PublishMessage::build().payload(payload).expected_last_sequence(expected_last);
-        let ack = self
-            .js
-            .send_publish(self.config.subject.clone(), publish)
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .await
-            .map_err(|e| {
-                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
-                    LogError::Fenced { stream: self.config.stream.clone(), expected: expected_last }
-                } else {
-                    self.unavailable(e)
-                }
-            })?;
-        Ok(ack.sequence)
+        let ack = self.js.send_publish(self.config.subject.clone(), publish).await.map_err(|e| self.unavailable(e))?;
+        Ok(Appending { ack, stream: self.config.stream.clone(), expected_last })
     }
-
     /// The entry at `sequence`, if the stream holds it.
     pub async fn get(&self, sequence: u64) -> Result<Option<Entry>, LogError> {
         let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| self.unavailable(e))?;

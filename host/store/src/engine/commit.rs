@@ -3,7 +3,10 @@
 //! one fsync with `--sync`). Blocking callers commit the queue themselves; async callers wait on a
 //! oneshot while one blocking task per shard drains the queue, so a waiting write holds no thread.
 //! Ownership and the freeze are checked again under the shard's lock, against the map in force.
+//! At a replicated shard's leader the drain keeps several groups' appends in flight
+//! (`super::pipeline`).
 
+use super::pipeline::{DEPTH, Pipeline, Written};
 use super::*;
 
 /// A single-shard batch in a shard's commit queue.
@@ -81,7 +84,7 @@ impl Store {
         involved.sort_unstable_by_key(|s| s.id);
         involved.dedup_by_key(|s| s.id);
         // Lock in ascending order so that two batches never wait for each other.
-        let mut guards: Vec<(&Arc<Shard>, MutexGuard<'_, u64>)> = involved.iter().map(|s| (s, s.seq.lock())).collect();
+        let mut guards: Vec<(&Arc<Shard>, MutexGuard<'_, u64>)> = involved.iter().map(|s| (s, s.lock())).collect();
 
         let now = now_ms();
         let map = self.map.read().clone();
@@ -125,10 +128,10 @@ impl Store {
         let (done, result) = std::sync::mpsc::sync_channel(1);
         shard.queue.lock().push(Pending { namespace: namespace.to_owned(), ops, done: Done::Thread(done) });
         {
-            let mut guard = shard.seq.lock();
+            let mut guard = shard.lock();
             let group = std::mem::take(&mut *shard.queue.lock());
             if !group.is_empty() {
-                self.commit_group(shard, &mut guard, group);
+                self.commit_group(shard, &mut guard, group, None);
             }
         }
         result.recv().map_err(|_| StoreError::Config("the commit of this write was abandoned".into()))?
@@ -158,6 +161,7 @@ impl Store {
         let Some(shard) = shard else { return Ok(Vec::new()) };
         let (done, result) = tokio::sync::oneshot::channel();
         shard.queue.lock().push(Pending { namespace: namespace.to_owned(), ops, done: Done::Task(done) });
+        shard.queued.notify_one();
         if !shard.draining.swap(true, Ordering::AcqRel) {
             let store = self.clone();
             tokio::task::spawn_blocking(move || store.drain(&shard));
@@ -165,8 +169,10 @@ impl Store {
         result.await.map_err(|_| StoreError::Config("the commit of this write was abandoned".into()))?
     }
 
-    /// Commit the shard's queue, group after group, until it stays empty; the shard's `draining`
-    /// flag is set while this runs (a writer that sets it starts the next drain).
+    /// Commit the shard's queue, group after group, until it stays empty and no append is in
+    /// flight; the shard's `draining` flag is set while this runs (a writer that sets it starts
+    /// the next drain). At a replicated shard's leader up to [`DEPTH`] groups are in flight: the
+    /// next group is formed while earlier ones are on their way into the log.
     pub(super) fn drain(&self, shard: &Shard) {
         /// Should a commit panic, the next writer starts a new drain instead of waiting forever
         /// on a flag nobody clears.
@@ -179,14 +185,27 @@ impl Store {
             }
         }
         let _reset = Reset(&shard.draining);
+        let mut pipe = Pipeline::default();
         loop {
-            {
-                let mut guard = shard.seq.lock();
+            let room = pipe.len() < DEPTH;
+            // With appends in flight, someone else holding the lock waits for them to settle:
+            // answer them rather than wait for the lock.
+            let guard = match (room, pipe.is_empty()) {
+                (false, _) => None,
+                (true, true) => Some(shard.lock()),
+                (true, false) => shard.seq.try_lock(),
+            };
+            let locked = guard.is_some();
+            if let Some(mut guard) = guard {
                 let group = std::mem::take(&mut *shard.queue.lock());
                 if !group.is_empty() {
-                    self.commit_group(shard, &mut guard, group);
+                    self.commit_group(shard, &mut guard, group, Some(&mut pipe));
                     continue;
                 }
+            }
+            if !pipe.is_empty() {
+                pipe.complete(shard, &self.write_options, room && locked);
+                continue;
             }
             shard.draining.store(false, Ordering::Release);
             // A writer that queued after the take but saw the flag still set left its batch to
@@ -199,8 +218,16 @@ impl Store {
 
     /// Check, version and write a group of single-shard batches under the shard's lock; answers
     /// every member. A member whose condition fails gets its error and writes nothing; the others
-    /// are written together.
-    pub(super) fn commit_group(&self, shard: &Shard, seq: &mut MutexGuard<'_, u64>, group: Vec<Pending>) {
+    /// are written together. Given a `pipe` at a replicated shard, the group is submitted to the
+    /// log and answered when it lands ([`Pipeline::complete`]); its conditions see what the
+    /// appends in flight wrote.
+    pub(super) fn commit_group(
+        &self,
+        shard: &Shard,
+        seq: &mut MutexGuard<'_, u64>,
+        group: Vec<Pending>,
+        pipe: Option<&mut Pipeline>,
+    ) {
         let now = now_ms();
         // Read under the lock: an export ends (under this lock) only after the map switched.
         let map = self.map.read().clone();
@@ -208,6 +235,8 @@ impl Store {
         let mut next = **seq;
         let mut batch = WriteBatch::default();
         let mut accepted: Vec<(Pending, Vec<u64>)> = Vec::with_capacity(group.len());
+        let mut written: Vec<(Vec<u8>, Written)> = Vec::new();
+        let pipe = pipe.filter(|_| shard.replicated());
         'members: for pending in group {
             // Keys are unique within a batch (validated), so only earlier members can have
             // written a key this one checks.
@@ -220,7 +249,10 @@ impl Store {
                     }
                     let current = match overlay.get(&k) {
                         Some(written) => written.unwrap_or(0),
-                        None => current_version(shard, &k, now)?,
+                        None => match pipe.as_ref().and_then(|p| p.version(&k, now)) {
+                            Some(version) => version,
+                            None => current_version(shard, &k, now)?,
+                        },
                     };
                     condition(&pending.namespace, op, current)
                 });
@@ -235,6 +267,9 @@ impl Store {
                 versions.push(next);
                 let k = db_key(&pending.namespace, op.key());
                 overlay.insert(k.clone(), matches!(op, Op::Put { .. }).then_some(next));
+                if pipe.is_some() {
+                    written.push((k.clone(), matches!(op, Op::Put { .. }).then(|| (next, expires_at(op, now)))));
+                }
                 stage(&mut batch, k, op, next, now);
             }
             accepted.push((pending, versions));
@@ -243,6 +278,16 @@ impl Store {
             return;
         }
         batch.put(SEQ_KEY, next.to_be_bytes());
+        if let Some(pipe) = pipe {
+            for (pending, _) in &accepted {
+                shard.mark_dirty(&pending.namespace, &pending.ops);
+            }
+            match pipe.launch(shard, batch, accepted, written) {
+                Ok(()) => **seq = next,
+                Err((e, members)) => super::pipeline::refuse(members, &e),
+            }
+            return;
+        }
         if let Err(e) = shard.write(batch, &self.write_options) {
             // Every member gets the cause: a storage error, or, replicated, a leader that no
             // longer leads or a log that did not take the entry.
@@ -264,12 +309,18 @@ impl Store {
 /// Add `op` on RocksDB key `k` to `batch` at `version` (a put's TTL counts from `now`).
 fn stage(batch: &mut WriteBatch, k: Vec<u8>, op: &Op, version: u64, now: u64) {
     match op {
-        Op::Put { value, options, .. } => {
-            let expires_at =
-                options.ttl.map_or(0, |t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).max(1));
-            batch.put(k, encode(version, expires_at, value));
-        }
+        Op::Put { value, .. } => batch.put(k, encode(version, expires_at(op, now), value)),
         Op::Delete { .. } => batch.delete(k),
+    }
+}
+
+/// When a put written at `now` expires (0: never; a delete has no expiry).
+fn expires_at(op: &Op, now: u64) -> u64 {
+    match op {
+        Op::Put { options, .. } => {
+            options.ttl.map_or(0, |t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).max(1))
+        }
+        Op::Delete { .. } => 0,
     }
 }
 

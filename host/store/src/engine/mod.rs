@@ -18,6 +18,7 @@ use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, Wri
 mod codec;
 mod commit;
 mod moves;
+mod pipeline;
 mod replica;
 mod snapshot;
 
@@ -45,7 +46,8 @@ struct Shard {
     id: u32,
     db: DB,
     path: PathBuf,
-    /// The last version this shard handed out; its lock serializes the shard's writes.
+    /// The last version this shard handed out; its lock serializes the shard's writes. Taken
+    /// through [`Shard::lock`], which also waits for the leader's appends in flight.
     seq: Mutex<u64>,
     /// Fast check for [`Shard::export`].
     exporting: AtomicBool,
@@ -56,6 +58,9 @@ struct Shard {
     queue: Mutex<Vec<Pending>>,
     /// Whether a blocking task drains `queue` for asynchronous writers ([`Store::batch_async`]).
     draining: AtomicBool,
+    /// Signalled when a batch is queued: a drain waiting on appends in flight forms the next
+    /// group right away.
+    queued: tokio::sync::Notify,
     /// The shard's log when it is replicated ([`Store::replicate_shard`]): then every write goes
     /// through it ([`Shard::write`]).
     replica: RwLock<Option<Arc<replica::Replica>>>,
@@ -108,6 +113,7 @@ impl Store {
             export: Mutex::new(None),
             queue: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
+            queued: tokio::sync::Notify::new(),
             replica: RwLock::new(None),
         }))
     }
@@ -430,7 +436,7 @@ impl Store {
             if expired.is_empty() {
                 continue;
             }
-            let guard = shard.seq.lock();
+            let guard = shard.lock();
             let mut batch = WriteBatch::default();
             let mut gone = Vec::new();
             for (k, version) in expired {

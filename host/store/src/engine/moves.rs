@@ -12,10 +12,10 @@ pub(super) struct Export {
     pub(super) dirty: HashSet<Vec<u8>>,
     /// Moving keys are refused until the export ends.
     pub(super) frozen: bool,
-    /// The term this copy led the (replicated) shard with when the export began: only that
-    /// leader saw every write since, so only it may freeze. `None`: unreplicated, or a freeze
-    /// taken from the log ([`Shard::load_frozen`]).
-    pub(super) term: Option<u64>,
+    /// The leadership this copy held of the (replicated) shard when the export began
+    /// ([`Shard::leadership`]): only that leader saw every write since, so only it may freeze.
+    /// `None`: unreplicated, or a freeze taken from the log ([`Shard::load_frozen`]).
+    pub(super) lead: Option<u64>,
 }
 
 impl Shard {
@@ -90,13 +90,13 @@ impl Store {
     /// Start exporting shard `n` towards `target`: from now on, writes of keys that move are
     /// remembered for [`Store::take_dirty`].
     ///
-    /// A replicated shard exports at its leader, which must lead it (with the same term) until
+    /// A replicated shard exports at its leader, which must keep leading it (without a break) until
     /// the freeze: the writes it remembers are the ones it made.
     pub fn begin_export(&self, n: u32, target: Arc<ShardMap>) -> Result<(), StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
-        let _guard = shard.seq.lock();
-        let term = shard.lead_term()?;
-        *shard.export.lock() = Some(Export { target, dirty: HashSet::new(), frozen: false, term });
+        let _guard = shard.lock();
+        let lead = shard.leadership()?;
+        *shard.export.lock() = Some(Export { target, dirty: HashSet::new(), frozen: false, lead });
         shard.exporting.store(true, Ordering::Release);
         Ok(())
     }
@@ -147,19 +147,19 @@ impl Store {
     /// The current state of every moving key written since the last call, grouped by the shard it
     /// goes to; `freeze` also freezes the moving keys (atomically with taking the last writes).
     ///
-    /// On a replicated shard only the leader that began the export, still leading with the same
-    /// term, may do this (another leader's writes would be missing from the dirty set: refused as
+    /// On a replicated shard only the leader that began the export, still leading without a
+    /// break, may do this (another leader's writes would be missing from the dirty set: refused as
     /// [`StoreError::NotLeader`]), and the freeze goes through the log first ([`FROZEN_KEY`]), so
     /// a member that leads after it keeps the moving keys frozen.
     pub fn take_dirty(&self, n: u32, freeze: bool) -> Result<BTreeMap<u32, Vec<RawEntry>>, StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
-        let guard = shard.seq.lock();
+        let guard = shard.lock();
         // A member that does not lead says so first (the master asks the next one).
-        let leading = shard.lead_term()?;
+        let leading = shard.leadership()?;
         let (began, target) = {
             let export = shard.export.lock();
             let export = export.as_ref().ok_or_else(|| StoreError::Config(format!("shard {n} is not exporting")))?;
-            (export.term, export.target.clone())
+            (export.lead, export.target.clone())
         };
         if shard.replicated() && (began.is_none() || leading != began) {
             return Err(StoreError::NotLeader { shard: n });
@@ -205,11 +205,11 @@ impl Store {
     /// [`StoreError::NotLeader`]); nothing to do on an unreplicated shard.
     pub fn thaw(&self, n: u32) -> Result<(), StoreError> {
         let Some(shard) = self.shard(n) else { return Ok(()) };
-        let _guard = shard.seq.lock();
+        let _guard = shard.lock();
         if !shard.replicated() {
             return Ok(());
         }
-        shard.lead_term()?;
+        shard.leadership()?;
         if shard.db.get(FROZEN_KEY)?.is_some() {
             let mut batch = WriteBatch::default();
             batch.delete(FROZEN_KEY);
@@ -222,7 +222,7 @@ impl Store {
     /// Stop exporting shard `n` (the move finished or was given up); its keys are writable again.
     pub fn end_export(&self, n: u32) {
         if let Some(shard) = self.shard(n) {
-            let _guard = shard.seq.lock();
+            let _guard = shard.lock();
             shard.exporting.store(false, Ordering::Release);
             *shard.export.lock() = None;
         }
@@ -232,7 +232,7 @@ impl Store {
     /// shard's counter is raised past them so that versions stay monotonic per key.
     pub fn ingest(&self, n: u32, entries: Vec<RawEntry>) -> Result<usize, StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
-        let mut guard = shard.seq.lock();
+        let mut guard = shard.lock();
         let mut seq = *guard;
         let mut batch = WriteBatch::default();
         let count = entries.len();
@@ -271,7 +271,7 @@ impl Store {
         }
         let count = strays.len();
         for chunk in strays.chunks(1000) {
-            let _guard = shard.seq.lock();
+            let _guard = shard.lock();
             let mut batch = WriteBatch::default();
             for k in chunk {
                 batch.delete(k);

@@ -39,7 +39,7 @@ impl Store {
     /// its bytes.
     pub fn snapshot_shard(&self, n: u32) -> Result<(u64, Vec<u8>), StoreError> {
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
-        let guard = shard.seq.lock();
+        let guard = shard.lock();
         let snapshot = shard.db.snapshot();
         drop(guard);
         let applied = match snapshot.get(APPLIED_KEY)? {
@@ -87,7 +87,7 @@ impl Store {
         }
         self.create_shard(n)?;
         let shard = self.shard(n).ok_or_else(|| StoreError::Config(format!("no shard {n} here")))?;
-        let mut guard = shard.seq.lock();
+        let mut guard = shard.lock();
         for chunk in pairs.chunks(RESTORE_BATCH) {
             let mut batch = WriteBatch::default();
             for (k, v) in chunk {
