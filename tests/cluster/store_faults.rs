@@ -223,12 +223,14 @@ impl Cluster {
     }
 }
 
-/// The time stamp of the last line of the log `path` holding every one of `words` as a
-/// whitespace-separated token or substring (RFC 3339 in UTC: two of them compare as strings).
-fn last_logged(path: &Path, words: &[&str]) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().rev().find(|l| words.iter().all(|w| l.contains(w)))?;
-    line.split_whitespace().next().map(str::to_owned)
+/// The time stamps of the lines of the log at `path` that hold every one of `words`, oldest
+/// first (RFC 3339 in UTC: two of them compare as strings).
+fn logged(path: &Path, words: &[&str]) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
 }
 
 #[test]
@@ -279,21 +281,31 @@ fn kill_a_leader(c: &mut Cluster, load: &Load) -> (String, Duration) {
     (victim, took)
 }
 
+/// How long writes are watched after a NATS server's kill: the streams that had their leader on
+/// it (a shard's log, the leases' bucket) elect another within seconds, and a lease whose
+/// renewals failed meanwhile lapses — after the first writes went through.
+const NATS_KILL_WATCH: Duration = Duration::from_secs(15);
+
 /// Kill the NATS server the leader of a shard is connected to: its node reconnects to another,
-/// writes go on; then start the server again.
+/// writes go on; then start the server again. The longest time any shard took no write in the
+/// [`NATS_KILL_WATCH`] after the kill.
 fn kill_a_nats_server(c: &mut Cluster, load: &Load) -> Duration {
     let leaders = c.wait_leaders(Instant::now());
     let (&shard, leader) = leaders.iter().next().expect("a leader");
     let server = c.nats_server_of(leader);
     let event = Instant::now();
     c.nats.member(server).stop();
-    let took = load.writable_again(shard, event, Duration::from_secs(60));
-    eprintln!("kill of NATS server {server}, {leader}'s (leader of shard {shard}): writable again after {took:?}");
+    let first = load.writable_again(shard, event, Duration::from_secs(60));
     load.every_shard_writable(event, Duration::from_secs(60));
     c.nats.member(server).restart().expect("the NATS server starts again");
-    let back = Instant::now();
-    load.every_shard_writable(back, Duration::from_secs(60));
-    took
+    let watched = event + NATS_KILL_WATCH;
+    load.every_shard_writable(watched, NATS_KILL_WATCH + Duration::from_secs(60));
+    let stall = (0..SHARDS).map(|s| load.longest_stall(s, event, watched)).max().expect("shards");
+    eprintln!(
+        "kill of NATS server {server}, {leader}'s (leader of shard {shard}): its first write after {first:?}; \
+         the longest time a shard took no write in the {NATS_KILL_WATCH:?} after: {stall:?}"
+    );
+    stall
 }
 
 /// Cut the node leading a shard off: it stops leading on its own clock before another member
@@ -303,24 +315,31 @@ fn cut_a_leader(c: &mut Cluster, load: &Load) -> (String, Duration) {
     let (&shard, victim) = leaders.iter().next().expect("a leader");
     let victim = victim.clone();
     let k = Cluster::index(&victim);
-    let event = Instant::now();
+    let lease_key = format!("key=shard-{shard}");
+    let shard_field = format!("shard={shard} ");
+    let stepped_down = |c: &Cluster| logged(&c.log(&victim), &["stepping down", &lease_key]);
+    let took_over = |c: &Cluster, n: &str| logged(&c.log(n), &[": leading the shard", &shard_field]);
+    let before = (stepped_down(c).len(), NODES.map(|n| took_over(c, n).len()));
     c.net.cut(k);
+    // From when the link is down (`ip` takes a while to start): a write sent before may still
+    // have gone through.
+    let event = Instant::now();
     let took = load.writable_again(shard, event, Duration::from_secs(30));
     eprintln!("cut of {victim}, leader of shard {shard}: writable again after {took:?}");
     load.every_shard_writable(event, Duration::from_secs(30));
-    // Both logged on this machine's clock: the cut-off leader's lease stopped counting before
-    // the new leader took the shard. (Cut off, it cannot be asked for a read at all.)
-    let lease_key = format!("key=shard-{shard}");
+    // Both logged on this machine's clock (lines logged since the cut only): the cut-off
+    // leader's lease stopped counting before the new leader took the shard. (Cut off, it cannot
+    // be asked for a read at all.)
     let stopped = eventually_sync("the cut-off leader to log that it stepped down", Duration::from_secs(10), || {
-        last_logged(&c.log(&victim), &["stepping down", &lease_key])
+        stepped_down(c).get(before.0).cloned()
     });
-    let shard_field = format!("shard={shard} ");
     let (next, started) = NODES
         .iter()
-        .filter(|n| **n != victim)
-        .filter_map(|n| Some((*n, last_logged(&c.log(n), &[": leading the shard", &shard_field])?)))
+        .zip(before.1)
+        .filter(|(n, _)| **n != victim)
+        .filter_map(|(n, seen)| Some((*n, took_over(c, n).get(seen..)?.last()?.clone())))
         .max_by(|a, b| a.1.cmp(&b.1))
-        .expect("another node logged that it leads the shard");
+        .expect("another node logged that it leads the shard since the cut");
     assert!(stopped < started, "{victim} stopped leading at {stopped}, after {next} started at {started}");
     let healed = Instant::now();
     c.net.heal(k);

@@ -200,6 +200,25 @@ impl Load {
         })
     }
 
+    /// The longest time in `from..until` in which `shard` acknowledged no write.
+    pub fn longest_stall(&self, shard: u32, from: Instant, until: Instant) -> Duration {
+        let book = self.book.lock().expect("book");
+        let mut acked: Vec<Instant> = book
+            .acks
+            .iter()
+            .filter(|a| a.shard == shard && a.acked >= from && a.acked <= until)
+            .map(|a| a.acked)
+            .collect();
+        acked.sort_unstable();
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for at in acked.into_iter().chain([until]) {
+            longest = longest.max(at - last);
+            last = at;
+        }
+        longest
+    }
+
     /// Waits (`patience` at most) until every shard took a write sent after `since`.
     pub fn every_shard_writable(&self, since: Instant, patience: Duration) {
         for shard in 0..self.shards {
