@@ -248,8 +248,8 @@ fn a_replicated_store_keeps_every_acknowledged_write_through_kill_9_a_nats_serve
     let report = load.stop();
     eprintln!(
         "store faults: {} writes acknowledged on {} keys, {} reads checked; {} writes and {} reads not answered \
-         (their outcome unknown); writable again after kill -9 of the leader: {after_kill:?}, after its NATS \
-         server's kill: {after_nats_kill:?}, after its cut: {after_cut:?}",
+         (their outcome unknown); writable again after kill -9 of the leader: {after_kill:?}, after its cut: \
+         {after_cut:?}; the longest write stall after a NATS server's kill: {after_nats_kill:?}",
         report.acknowledged, report.keys, report.reads, report.failed_writes, report.failed_reads
     );
     assert!(report.violations.is_empty(), "lost writes, stale reads or duplicated versions: {:#?}", report.violations);
