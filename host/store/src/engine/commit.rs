@@ -197,6 +197,15 @@ impl Store {
             };
             let locked = guard.is_some();
             if let Some(mut guard) = guard {
+                if pipe.should_wait(shard) {
+                    drop(guard);
+                    if pipe.is_empty() {
+                        pipe.linger(shard);
+                    } else {
+                        pipe.complete(shard, &self.write_options, true);
+                    }
+                    continue;
+                }
                 let group = std::mem::take(&mut *shard.queue.lock());
                 if !group.is_empty() {
                     self.commit_group(shard, &mut guard, group, Some(&mut pipe));
