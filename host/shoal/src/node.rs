@@ -62,6 +62,10 @@ pub struct NodeConfig {
     pub store_replication: Option<StoreReplication>,
 }
 
+/// How long a node waits for the NATS cluster to show as many servers as the store's replicas
+/// need before it refuses to start.
+const CLUSTER_FORMING: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the state store keeps copies of its shards (issue 23; see `shoal_store::replication`).
 #[derive(Clone, Debug)]
 pub struct StoreReplication {
@@ -76,9 +80,16 @@ pub struct StoreReplication {
 }
 
 impl StoreReplication {
-    /// The servers each shard's log is kept on, on the NATS cluster behind `client`.
-    fn log_replicas(&self, client: &async_nats::Client, url: &str) -> anyhow::Result<usize> {
-        let servers = client.server_info().connect_urls.len().max(1);
+    /// The servers each shard's log is kept on, on the NATS cluster behind `client`. Servers
+    /// started together may not all be routed yet when this node connects: it waits for the
+    /// server's updated INFO (up to [`CLUSTER_FORMING`]) before it refuses.
+    async fn log_replicas(&self, client: &async_nats::Client, url: &str) -> anyhow::Result<usize> {
+        let servers = || client.server_info().connect_urls.len().max(1);
+        let deadline = tokio::time::Instant::now() + CLUSTER_FORMING;
+        while servers() < self.replicas && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let servers = servers();
         match self.log_replicas {
             Some(n) => Ok(n.clamp(1, servers)),
             None if servers < self.replicas => anyhow::bail!(
@@ -527,7 +538,7 @@ async fn start_store(
     let replication = match (client, &config.store_replication, &config.nats) {
         (Some(client), Some(r), Some(nats)) => Some(shoal_store::replication::ReplicationConfig {
             client: client.clone(),
-            replicas: r.log_replicas(client, &nats.url)?,
+            replicas: r.log_replicas(client, &nats.url).await?,
             lease_ttl: r.lease_ttl,
             prefix: String::new(),
             snapshot_every: shoal_store::replication::SNAPSHOT_EVERY,
