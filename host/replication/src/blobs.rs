@@ -99,7 +99,17 @@ impl Blobs {
             Err(e) => return Err(self.error(e)),
         };
         let mut bytes = Vec::with_capacity(object.info().size);
-        object.read_to_end(&mut bytes).await.map_err(|e| self.error(e))?;
+        // Chunk by chunk rather than `read_to_end`: the object's reader can hand over a chunk
+        // and then fail (its digest, say, when the object was replaced while read), which
+        // `read_to_end` asserts never happens; here the failure is returned as the error it is.
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = object.read(&mut chunk).await.map_err(|e| self.error(e))?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
         Ok(Some(bytes))
     }
 }
