@@ -327,8 +327,23 @@ fn a_standalone_gateway_follows_the_masters_through_a_failover() {
             }),
         )
     };
+    // The gateway learns the other masters from `/v1/leader` after each round it mirrors: once
+    // the leader names all three, a round mirrored after that one has them (the rounds run one
+    // after another: mirror, learn, mirror).
+    eventually_sync(
+        "the leader to name every master",
+        Duration::from_secs(30),
+        showing_last(|| {
+            let (status, body) = http(c.api(leader), &c.token, "GET", "/v1/leader", "");
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+            let members = v["members"].as_array().map_or(0, Vec::len);
+            if members == c.masters.len() { Ok(()) } else { Err(format!("{members} members: {body}")) }
+        }),
+    );
     c.cli_ok(leader, &["route", "put", "before", "--prefix", "/before", "--service", "web"]);
     reaches("before");
+    c.cli_ok(leader, &["route", "put", "learned", "--prefix", "/learned", "--service", "web"]);
+    reaches("learned");
 
     // The master it was given goes; the gateway goes on through one it learned.
     let gone = c.api(leader).to_owned();
