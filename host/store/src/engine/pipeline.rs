@@ -30,7 +30,7 @@ use std::pin::Pin;
 
 use shoal_replication::LogError;
 
-use super::commit::{Outcome, Pending};
+use super::commit::Pending;
 use super::replica::{APPLIED_KEY, Lead, Replica, ShardEntry, unavailable};
 use super::*;
 
@@ -130,7 +130,7 @@ impl Pipeline {
         };
         let last = self.entries.back().map_or_else(|| replica.applied(), |e| e.sequence);
         batch.put(APPLIED_KEY, (last + 1).to_be_bytes());
-        let entry = ShardEntry::Write { lead: lead.since, batch: batch.data().to_vec() }.encode();
+        let entry = ShardEntry::of_batch(lead.since, &batch, false);
         match replica.runtime().block_on(replica.log().submit(entry.into(), last)) {
             Ok(appending) => {
                 replica.launched();
@@ -148,12 +148,7 @@ impl Pipeline {
                 self.replica = Some(replica);
                 Ok(())
             }
-            Err(LogError::TooLarge { size, limit, .. }) => Err((StoreError::ValueTooLarge { size, limit }, members)),
-            Err(e) => {
-                tracing::warn!(shard = shard.id, term = lead.term, cause = %e, "an append to the shard's log failed; stepping down");
-                replica.depose(lead);
-                Err((unavailable(shard.id, e), members))
-            }
+            Err(e) => Err((shard.append_failed(&replica, lead, e), members)),
         }
     }
 
@@ -193,18 +188,7 @@ impl Pipeline {
                 shard.id,
                 front.sequence - 1
             )),
-            Err(LogError::Fenced { .. }) => {
-                tracing::warn!(
-                    shard = shard.id,
-                    term = front.lead.term,
-                    "another leader appended to the shard's log; stepping down"
-                );
-                StoreError::NotLeader { shard: shard.id }
-            }
-            Err(e) => {
-                tracing::warn!(shard = shard.id, term = front.lead.term, cause = %e, "an append to the shard's log failed; stepping down");
-                unavailable(shard.id, e)
-            }
+            Err(e) => shard.append_failed(&replica, front.lead, e),
         };
         replica.depose(front.lead);
         let behind = match failure {
@@ -249,10 +233,9 @@ impl Drop for Pipeline {
     }
 }
 
-/// An outcome for a writer whose batch never reached the pipeline.
+/// Answer the writers of a group that never reached the log with `error`.
 pub(super) fn refuse(members: Vec<(Pending, Vec<u64>)>, error: &StoreError) {
     for (pending, _) in members {
-        let outcome: Outcome = Err(error.for_another());
-        pending.done.send(outcome);
+        pending.done.send(Err(error.for_another()));
     }
 }

@@ -79,6 +79,13 @@ impl ShardEntry {
         }
     }
 
+    /// The encoded entry of `batch` written by the leadership whose term entry is at `lead`
+    /// (a [`ShardEntry::Control`] one when `control`).
+    pub(super) fn of_batch(lead: u64, batch: &WriteBatch, control: bool) -> Vec<u8> {
+        let batch = batch.data().to_vec();
+        if control { ShardEntry::Control { lead, batch } } else { ShardEntry::Write { lead, batch } }.encode()
+    }
+
     pub(super) fn decode(bytes: &[u8]) -> Result<ShardEntry, StoreError> {
         let term = bytes.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
         match (bytes.first(), term) {
@@ -251,13 +258,7 @@ impl Shard {
         let lead = replica.leading().ok_or(StoreError::NotLeader { shard: self.id })?;
         let last = replica.applied.load(Ordering::Acquire);
         batch.put(APPLIED_KEY, (last + 1).to_be_bytes());
-        let data = batch.data().to_vec();
-        let entry = if control {
-            ShardEntry::Control { lead: lead.since, batch: data }
-        } else {
-            ShardEntry::Write { lead: lead.since, batch: data }
-        };
-        let entry = entry.encode();
+        let entry = ShardEntry::of_batch(lead.since, &batch, control);
         match replica.runtime.block_on(replica.log.append(entry.into(), last)) {
             Ok(sequence) => {
                 debug_assert_eq!(sequence, last + 1, "an append fenced on {last} lands right after it");
@@ -265,24 +266,33 @@ impl Shard {
                 replica.applied.store(sequence, Ordering::Release);
                 Ok(())
             }
-            Err(LogError::Fenced { .. }) => {
+            Err(e) => Err(self.append_failed(&replica, lead, e)),
+        }
+    }
+
+    /// What an append of `lead`'s that failed with `e` means for its writers; the member steps
+    /// down where it must. Fenced: another leader appended (`NotLeader`). Too large: nothing
+    /// changed (it still leads). Anything else: the outcome is unknown (it may have landed), so
+    /// this member no longer knows the log's last entry and stops appending until it leads
+    /// again, after applying the log to its end.
+    pub(super) fn append_failed(&self, replica: &Replica, lead: Lead, e: LogError) -> StoreError {
+        match e {
+            LogError::TooLarge { size, limit, .. } => return StoreError::ValueTooLarge { size, limit },
+            LogError::Fenced { .. } => {
                 tracing::warn!(
                     shard = self.id,
                     term = lead.term,
                     "another leader appended to the shard's log; stepping down"
                 );
-                replica.depose(lead);
-                Err(StoreError::NotLeader { shard: self.id })
             }
-            Err(LogError::TooLarge { size, limit, .. }) => Err(StoreError::ValueTooLarge { size, limit }),
-            Err(e) => {
-                // The append's outcome is unknown (it may have landed): this replica no longer
-                // knows the log's last entry, so it stops appending until it leads again (after
-                // applying the log to its end).
+            LogError::Unavailable { .. } => {
                 tracing::warn!(shard = self.id, term = lead.term, cause = %e, "an append to the shard's log failed; stepping down");
-                replica.depose(lead);
-                Err(unavailable(self.id, e))
             }
+        }
+        replica.depose(lead);
+        match e {
+            LogError::Fenced { .. } => StoreError::NotLeader { shard: self.id },
+            e => unavailable(self.id, e),
         }
     }
 
