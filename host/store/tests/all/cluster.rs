@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use shoal_bus::{LocalBus, SharedBus};
 use shoal_store::client::StoreClient;
-use shoal_store::coordinator::{Coordinator, CoordinatorConfig, MoveStatus};
+use shoal_store::coordinator::{Coordinator, MoveStatus};
 use shoal_store::node::StoreNode;
 use shoal_store::{Durability, PutOptions, Store, StoreError};
 use shoal_testkit::eventually;
@@ -27,22 +27,7 @@ impl Cluster {
         shoal_testkit::init_tracing();
         let bus: SharedBus = Arc::new(LocalBus::new());
         let dir = tempfile::tempdir().expect("tempdir");
-        let coordinator = Coordinator::open(
-            bus.clone(),
-            CoordinatorConfig {
-                state: shoal_state::StateDb::open_local(
-                    &dir.path().join("state"),
-                    &[shoal_store::coordinator::STORE_TABLE],
-                )
-                .expect("state"),
-                initial_shards,
-                auto_scale_out: false,
-                source: "/test".into(),
-                term: 1,
-                replicas: 1,
-            },
-        )
-        .expect("coordinator");
+        let coordinator = crate::coordinator_of(&bus, crate::local_state(dir.path()), initial_shards, 1, 1);
         tokio::spawn(coordinator.clone().run());
         Cluster { bus, coordinator, dir, nodes: BTreeMap::new() }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal_bus::{LocalBus, SharedBus};
 use shoal_store::client::StoreClient;
-use shoal_store::coordinator::{Coordinator, CoordinatorConfig};
+use shoal_store::coordinator::Coordinator;
 use shoal_store::node::StoreNode;
 use shoal_store::wire::{self, Admin, Channel, Reply, Request, WireError};
 use shoal_store::{Durability, PutOptions, ShardMap, Store};
@@ -21,15 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// The coordinator of a master of leader term `term`, keeping its map in `state`, serving the
 /// bus until its task is aborted.
 fn coordinator(bus: &SharedBus, state: &Arc<shoal_state::StateDb>, term: u64) -> (Arc<Coordinator>, JoinHandle<()>) {
-    let config = CoordinatorConfig {
-        state: state.clone(),
-        initial_shards: 2,
-        auto_scale_out: false,
-        source: "/test".into(),
-        term,
-        replicas: 1,
-    };
-    let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
+    let coordinator = crate::coordinator_of(bus, state.clone(), 2, 1, term);
     let task = tokio::spawn({
         let coordinator = coordinator.clone();
         async move {

@@ -17,6 +17,31 @@ use shoal_store::{
 };
 use shoal_testkit::eventually_sync;
 
+/// A coordinator on `bus` of leader term `term`, keeping its map in `state`; a new store gets
+/// `shards` shards of `replicas` copies each (no automatic scale-out). The caller runs it.
+fn coordinator_of(
+    bus: &shoal_bus::SharedBus,
+    state: Arc<shoal_state::StateDb>,
+    shards: u32,
+    replicas: usize,
+    term: u64,
+) -> Arc<shoal_store::coordinator::Coordinator> {
+    let config = shoal_store::coordinator::CoordinatorConfig {
+        state,
+        initial_shards: shards,
+        auto_scale_out: false,
+        source: "/test".into(),
+        term,
+        replicas,
+    };
+    shoal_store::coordinator::Coordinator::open(bus.clone(), config).expect("coordinator")
+}
+
+/// A local state database in `dir` with the store's table.
+fn local_state(dir: &std::path::Path) -> Arc<shoal_state::StateDb> {
+    shoal_state::StateDb::open_local(&dir.join("state"), &[shoal_store::coordinator::STORE_TABLE]).expect("state")
+}
+
 fn open(dir: &tempfile::TempDir, shards: u32) -> Arc<Store> {
     Store::open(&dir.path().join("store"), StoreConfig { shards, durability: Durability::Wal }).expect("open store")
 }

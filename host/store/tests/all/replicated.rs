@@ -9,7 +9,7 @@ use std::time::Duration;
 use shoal_bus::{LocalBus, SharedBus, subject};
 use shoal_replication::LogConfig;
 use shoal_state::{ReplicaConfig, StateDb, StateError};
-use shoal_store::coordinator::{Coordinator, CoordinatorConfig, STORE_TABLE, ScaleError, migrate_map_file};
+use shoal_store::coordinator::{Coordinator, STORE_TABLE, ScaleError, migrate_map_file};
 use shoal_store::wire::Registration;
 use shoal_store::{ShardMap, StoreError};
 use shoal_testkit::{NatsCluster, eventually};
@@ -32,15 +32,7 @@ async fn member(urls: &str, dir: &std::path::Path, stream: &str) -> Arc<StateDb>
 /// A coordinator on its own in-process bus, serving it.
 fn coordinator(state: &Arc<StateDb>) -> (Arc<Coordinator>, SharedBus) {
     let bus: SharedBus = Arc::new(LocalBus::new());
-    let config = CoordinatorConfig {
-        state: state.clone(),
-        initial_shards: 4,
-        auto_scale_out: false,
-        source: "/test".into(),
-        term: 1,
-        replicas: 1,
-    };
-    let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
+    let coordinator = crate::coordinator_of(&bus, state.clone(), 4, 1, 1);
     tokio::spawn(coordinator.clone().run());
     (coordinator, bus)
 }

