@@ -16,9 +16,8 @@
 #           file storage with `sync_interval: always`: every append fsynced on each server before
 #           it is acknowledged, as etcd's WAL), one `shoal master --no-store --store-replicas 3
 #           --shards SHARDS`, three `shoal store` nodes s1..s3 (each shard on all three; each
-#           shard's writes go through its JetStream log, R3). The bus is open (`--nats-insecure`):
-#           `shoal nats init` grants store nodes no JetStream subjects yet, so a replicated store
-#           cannot run on the authenticated bus. Driven through the master's HTTP KV API
+#           shard's writes go through its JetStream log, R3). The bus is open (`--nats-insecure`),
+#           as etcd runs without authentication here. Driven through the master's HTTP KV API
 #           (`PUT/GET /v1/kv/bench/<key>`, admin bearer token from its token file).
 #   etcd1   one etcd member, as etcd3 otherwise.
 #   shoal1  `shoal dev --no-gateway --sync` (one store node of SHARDS shards, RocksDB WAL fsynced

@@ -17,7 +17,7 @@ use shoal_testkit::eventually;
 use super::fixture::Cluster;
 
 /// A raw NATS client with `creds`, and the errors the server sent it.
-async fn connect_as(url: &str, creds: &std::path::Path) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn connect_as(url: &str, creds: &std::path::Path) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
     let seed = auth::read_seed(creds).expect("a credentials file");
     let public = auth::public_key_of(&seed).expect("a user seed");
     let errors = Arc::new(Mutex::new(Vec::new()));
@@ -39,7 +39,7 @@ async fn connect_as(url: &str, creds: &std::path::Path) -> (async_nats::Client, 
 }
 
 /// Waits until the server has told `errors`' client that `what` on `subject` was refused.
-async fn refused(errors: &Arc<Mutex<Vec<String>>>, what: &str, subject: &str) {
+pub(crate) async fn refused(errors: &Arc<Mutex<Vec<String>>>, what: &str, subject: &str) {
     let want = format!("Permissions Violation for {what} to \"{subject}\"");
     let said = || errors.lock().expect("lock").clone();
     eventually(&format!("the server refuses: {want} (it said {:?} so far)", said()), Duration::from_secs(10), || {

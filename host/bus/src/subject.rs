@@ -49,6 +49,13 @@
 //! | `shoal.evt.allocator.switched` | [`allocator_switched`] | the master's allocator plugin was switched |
 //! | `shoal.evt.app.<id>.<action>` | [`app_event`] | an app was `deployed`, `scaled`, `restarted` or `deleted` through `/v1/apps` (jobs: `shoal.evt.job.<id>.<action>`, [`job_event`]) |
 //! | `_INBOX.<unique>` | — | reply subjects of requests (owned by the bus implementations) |
+//! | `shoal.store.shard.<n>.log` | [`shard_log_subject`] | an entry of replicated shard `<n>`'s log, appended by its leader to the JetStream stream `SHOAL_SHARD_<n>` ([`shard_log_stream`]) |
+//!
+//! The replicated store (issue 23) keeps three kinds of JetStream assets, all named here so that
+//! the bus's grants ([`crate::auth`]) can name exactly them: a stream per shard
+//! ([`shard_log_stream`]), the leases' KV bucket [`SHARD_LEASE_BUCKET`] and the snapshots' object
+//! store [`SHARD_SNAPSHOT_BUCKET`]. A store may prefix all of them (tests sharing one NATS cluster
+//! do); the grants cover the unprefixed names of production.
 //!
 //! Every subject a role publishes on its own behalf names the role's id (`agent.<id>.…`,
 //! `store.register.<id>`): with bus authorization on, the server lets each identity publish only
@@ -95,6 +102,26 @@ pub const AGENT_REGISTER_ALL: &str = "shoal.ctl.agent.*.register";
 pub const AGENT_HEARTBEATS_ALL: &str = "shoal.ctl.agent.*.heartbeat";
 /// Filter matching every agent's status updates ([`agent_status`]).
 pub const AGENT_STATUS_ALL: &str = "shoal.ctl.agent.*.status";
+/// Most shards a store has: shard numbers are below it. Every shard that can exist has a log
+/// stream, so the store nodes' grants name this many.
+pub const STORE_MAX_SHARDS: u32 = 256;
+/// Filter matching every replicated shard's log entries ([`shard_log_subject`], unprefixed).
+pub const SHARD_LOGS_ALL: &str = "shoal.store.shard.*.log";
+/// The JetStream KV bucket of the replicated shards' leases (key `shard-<n>`).
+pub const SHARD_LEASE_BUCKET: &str = "shoal-shard-leases";
+/// The JetStream Object Store of the replicated shards' snapshots.
+pub const SHARD_SNAPSHOT_BUCKET: &str = "shoal-shard-snapshots";
+
+/// The JetStream stream of shard `shard`'s log: `SHOAL_SHARD_<n>`, after `prefix` (upper-cased,
+/// `-` as `_`: stream names are single tokens).
+pub fn shard_log_stream(prefix: &str, shard: u32) -> String {
+    format!("{}SHOAL_SHARD_{shard}", prefix.to_uppercase().replace('-', "_"))
+}
+
+/// `shoal.store.<prefix>shard.<n>.log`: the subject of shard `shard`'s log entries.
+pub fn shard_log_subject(prefix: &str, shard: u32) -> String {
+    format!("shoal.store.{prefix}shard.{shard}.log")
+}
 
 /// Checks a subject that will be published to: non-empty tokens separated by `.`, no whitespace and
 /// no wildcard characters.

@@ -77,7 +77,7 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 /// Shards of a new store when the caller gives no count.
 pub const DEFAULT_SHARDS: u32 = 4;
 /// Most shards one store opens (each is a RocksDB with its own files and memtables).
-pub const MAX_SHARDS: u32 = 256;
+pub const MAX_SHARDS: u32 = shoal_bus::subject::STORE_MAX_SHARDS;
 /// How often the [`Sweeper`] deletes expired entries by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 

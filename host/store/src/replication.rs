@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::{Store, StoreError};
 
 /// The KV bucket of the shards' leases (key `shard-<n>`).
-pub const LEASE_BUCKET: &str = "shoal-shard-leases";
+pub const LEASE_BUCKET: &str = shoal_bus::subject::SHARD_LEASE_BUCKET;
 
 /// How a store node replicates the shards it holds.
 #[derive(Clone, Debug)]
@@ -46,8 +46,8 @@ impl ReplicationConfig {
     /// The log of shard `n`.
     pub fn log(&self, n: u32) -> LogConfig {
         LogConfig {
-            stream: format!("{}SHOAL_SHARD_{n}", self.prefix.to_uppercase().replace('-', "_")),
-            subject: format!("shoal.store.{}shard.{n}.log", self.prefix),
+            stream: shoal_bus::subject::shard_log_stream(&self.prefix, n),
+            subject: shoal_bus::subject::shard_log_subject(&self.prefix, n),
             replicas: self.replicas,
         }
     }

@@ -327,6 +327,38 @@ impl NatsCluster {
         Ok(NatsCluster { members })
     }
 
+    /// A cluster whose members run with configurations of their own (`(file, client port)`, e.g.
+    /// what `shoal nats init --listen … --cluster …` wrote: users, routes and their password,
+    /// JetStream's directory), on loopback; waits until each accepts connections.
+    pub fn start_configured(configs: &[(PathBuf, u16)]) -> anyhow::Result<NatsCluster> {
+        let binary = find_binary()?;
+        let id = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed);
+        let mut members = Vec::new();
+        for (i, (config, port)) in configs.iter().enumerate() {
+            let dir = tempfile::Builder::new()
+                .prefix("shoal-nats-cluster-")
+                .tempdir()
+                .context("cannot create a temporary directory for nats-server")?;
+            let mut server = NatsServer {
+                binary: binary.clone(),
+                host: Ipv4Addr::LOCALHOST,
+                port: *port,
+                dir,
+                child: None,
+                name: format!("shoal-test-{}-{id}-n{i}", std::process::id()),
+                runs: 0,
+                config: Some(config.clone()),
+                extra: Vec::new(),
+                jetstream: false,
+            };
+            server.spawn().map_err(|e| match e {
+                StartError::PortTaken(e) | StartError::Fatal(e) => e.context(format!("cluster member {i}")),
+            })?;
+            members.push(server);
+        }
+        Ok(NatsCluster { members })
+    }
+
     /// Every member's client URL, comma-separated (async-nats picks one and fails over).
     pub fn urls(&self) -> String {
         self.members.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")

@@ -84,9 +84,14 @@ pub(crate) enum NatsCommand {
         /// Where to write (created with mode 0700; must not hold a configuration yet).
         #[arg(long, default_value = ".shoal-nats")]
         dir: PathBuf,
-        /// Address the server listens on.
-        #[arg(long, default_value = "127.0.0.1:4222")]
-        listen: String,
+        /// Address the server listens on for clients. Repeat it, with as many --cluster, for a
+        /// cluster of servers: one configuration each (`nats-server-<i>.conf`).
+        #[arg(long = "listen", default_value = "127.0.0.1:4222")]
+        listen: Vec<String>,
+        /// Address a server of a cluster listens on for routes from the others, in the order of
+        /// --listen (repeatable). The routes authenticate with a password made here.
+        #[arg(long = "cluster")]
+        cluster: Vec<String>,
         /// An agent to make credentials for (repeatable).
         #[arg(long = "agent")]
         agents: Vec<String>,
@@ -129,11 +134,33 @@ pub(crate) struct Members {
 /// from which the configuration is regenerated.
 #[derive(Serialize, Deserialize, Debug, Default)]
 struct Registry {
+    /// The client address of the (first) server.
     listen: String,
     jetstream: Option<PathBuf>,
     tls: Option<(PathBuf, PathBuf)>,
+    /// The servers of a cluster; `None`: one server.
+    #[serde(default)]
+    cluster: Option<Cluster>,
     users: Vec<User>,
 }
+
+/// Servers routed to each other in one cluster.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Cluster {
+    /// Each server's client and route addresses.
+    servers: Vec<ClusterServer>,
+    /// What every route presents (user [`ROUTE_USER`]).
+    password: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ClusterServer {
+    listen: String,
+    route: String,
+}
+
+/// The user name routes between the servers of a cluster present.
+const ROUTE_USER: &str = "shoal-route";
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 struct User {
@@ -147,15 +174,17 @@ const CONFIG: &str = "nats-server.conf";
 /// Run `shoal nats …`.
 pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
     match command {
-        NatsCommand::Init { dir, listen, agents, stores, no_jetstream, tls_cert, tls_key } => {
+        NatsCommand::Init { dir, listen, cluster, agents, stores, no_jetstream, tls_cert, tls_key } => {
             if dir.join(REGISTRY).exists() {
                 bail!("{} already holds a configuration: use `shoal nats add`", dir.display());
             }
+            let cluster = cluster_of(&listen, &cluster)?;
             create_private_dir(&dir)?;
             create_private_dir(&dir.join("creds"))?;
             let absolute = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
             let mut registry = Registry {
-                listen,
+                listen: listen[0].clone(),
+                cluster,
                 // nats-server keeps its streams in `<store_dir>/jetstream`.
                 jetstream: (!no_jetstream).then_some(absolute),
                 tls: match tls_cert.zip(tls_key) {
@@ -168,7 +197,17 @@ pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
             add_users(&dir, &mut registry, std::iter::once(Identity::Master).chain(wanted))?;
             save(&dir, &registry)?;
             println!("NATS configuration for Shoal in {}:", dir.display());
-            println!("  run the server:  nats-server -c {}", dir.join(CONFIG).display());
+            match &registry.cluster {
+                None => println!("  run the server:  nats-server -c {}", dir.join(CONFIG).display()),
+                Some(cluster) => {
+                    println!("  run the servers, each on its machine:");
+                    for i in 1..=cluster.servers.len() {
+                        println!("    nats-server -c {}", dir.join(server_config_name(i)).display());
+                    }
+                    let urls: Vec<String> = cluster.servers.iter().map(|s| format!("nats://{}", s.listen)).collect();
+                    println!("  roles connect with --nats {}", urls.join(","));
+                }
+            }
             println!("  credentials:     {}/<role>.nk, one per role (mode 0600):", dir.join("creds").display());
             for user in &registry.users {
                 println!(
@@ -186,7 +225,7 @@ pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
             for identity in added {
                 println!("{identity}: --nats-creds {}", creds_path(&dir, &identity).display());
             }
-            println!("reload the server to let them in: nats-server --signal reload (or kill -HUP its pid)");
+            println!("reload the server(s) to let them in: nats-server --signal reload (or kill -HUP its pid)");
             Ok(())
         }
         NatsCommand::Remove(Members { dir, agents, stores }) => {
@@ -201,7 +240,7 @@ pub(crate) fn nats(command: NatsCommand) -> anyhow::Result<()> {
                 println!("{identity}: credentials revoked");
             }
             save(&dir, &registry)?;
-            println!("reload the server to shut them out: nats-server --signal reload (or kill -HUP its pid)");
+            println!("reload the server(s) to shut them out: nats-server --signal reload (or kill -HUP its pid)");
             Ok(())
         }
     }
@@ -251,16 +290,81 @@ fn load(dir: &Path) -> anyhow::Result<Registry> {
     serde_json::from_str(&text).with_context(|| format!("{} is not Shoal's NATS registry", path.display()))
 }
 
-/// Writes the registry and the configuration generated from it.
+/// The servers `--listen` and `--cluster` describe: one alone, or a cluster of two or more, each
+/// with a client and a route address.
+fn cluster_of(listen: &[String], routes: &[String]) -> anyhow::Result<Option<Cluster>> {
+    for address in listen.iter().chain(routes) {
+        if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            bail!("`{address}` is not a host:port address");
+        }
+    }
+    match (listen.len(), routes.len()) {
+        (1, 0) => Ok(None),
+        (_, 0) => bail!(
+            "{} --listen addresses make a cluster: give each server's route address with --cluster, in the same order",
+            listen.len()
+        ),
+        (1, _) => {
+            bail!("a cluster needs two servers or more (three for replicated JetStream): repeat --listen and --cluster")
+        }
+        (l, r) if l != r => bail!("{l} --listen addresses but {r} --cluster addresses: give one of each per server"),
+        _ => {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = listen.iter().chain(routes).find(|a| !seen.insert(a.as_str())) {
+                bail!("`{twice}` is given twice: every server needs addresses of its own");
+            }
+            Ok(Some(Cluster {
+                servers: listen
+                    .iter()
+                    .zip(routes)
+                    .map(|(listen, route)| ClusterServer { listen: listen.clone(), route: route.clone() })
+                    .collect(),
+                password: auth::new_route_password(),
+            }))
+        }
+    }
+}
+
+/// `nats-server-<i>.conf`: the configuration of server `i` (from 1) of a cluster.
+fn server_config_name(i: usize) -> String {
+    format!("nats-server-{i}.conf")
+}
+
+/// Writes the registry and the configuration(s) generated from it.
 fn save(dir: &Path, registry: &Registry) -> anyhow::Result<()> {
-    let settings = ServerSettings {
-        listen: registry.listen.clone(),
-        jetstream: registry.jetstream.clone(),
-        tls: registry.tls.clone(),
-    };
     let users: Vec<(Identity, String)> =
         registry.users.iter().map(|u| (u.identity.clone(), u.public_key.clone())).collect();
-    write_private(&dir.join(CONFIG), auth::server_config(&settings, &users).as_bytes())?;
+    match &registry.cluster {
+        None => {
+            let settings = ServerSettings {
+                listen: registry.listen.clone(),
+                jetstream: registry.jetstream.clone(),
+                tls: registry.tls.clone(),
+                ..ServerSettings::default()
+            };
+            write_private(&dir.join(CONFIG), auth::server_config(&settings, &users).as_bytes())?;
+        }
+        Some(cluster) => {
+            let routes: Vec<String> = cluster.servers.iter().map(|s| s.route.clone()).collect();
+            for (i, server) in (1..).zip(&cluster.servers) {
+                let settings = ServerSettings {
+                    listen: server.listen.clone(),
+                    // Each server its own directory, so that all may share one machine (a test's).
+                    jetstream: registry.jetstream.as_ref().map(|dir| dir.join(format!("server-{i}"))),
+                    tls: registry.tls.clone(),
+                    name: Some(format!("shoal-{i}")),
+                    cluster: Some(auth::ClusterSettings {
+                        name: "shoal".into(),
+                        listen: server.route.clone(),
+                        routes: routes.clone(),
+                        user: ROUTE_USER.into(),
+                        password: cluster.password.clone(),
+                    }),
+                };
+                write_private(&dir.join(server_config_name(i)), auth::server_config(&settings, &users).as_bytes())?;
+            }
+        }
+    }
     write_private(&dir.join(REGISTRY), serde_json::to_string_pretty(registry)?.as_bytes())?;
     Ok(())
 }
@@ -289,4 +393,34 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", temp.display()))?;
     file.write_all(contents).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", temp.display()))?;
     std::fs::rename(&temp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn one_listen_address_is_one_server_and_several_need_a_route_address_each() {
+        assert!(cluster_of(&strings(&["127.0.0.1:4222"]), &[]).expect("one server").is_none());
+        let cluster = cluster_of(&strings(&["a:4222", "b:4222", "c:4222"]), &strings(&["a:6222", "b:6222", "c:6222"]))
+            .expect("a cluster")
+            .expect("of three");
+        assert_eq!(cluster.servers.len(), 3);
+        assert_eq!((cluster.servers[1].listen.as_str(), cluster.servers[1].route.as_str()), ("b:4222", "b:6222"));
+        for (listen, routes, said) in [
+            (&["a:1", "b:1"][..], &[][..], "give each server's route address"),
+            (&["a:1"][..], &["a:2"][..], "two servers or more"),
+            (&["a:1", "b:1"][..], &["a:2"][..], "2 --listen addresses but 1 --cluster"),
+            (&["a:1", "a:1"][..], &["a:2", "b:2"][..], "given twice"),
+            (&["a:1", "b:1"][..], &["a:2", "b:x"][..], "not a host:port"),
+            (&["nohost"][..], &[][..], "not a host:port"),
+        ] {
+            let err = cluster_of(&strings(listen), &strings(routes)).expect_err("refused").to_string();
+            assert!(err.contains(said), "{listen:?} {routes:?}: {err}");
+        }
+    }
 }

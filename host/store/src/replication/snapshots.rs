@@ -18,7 +18,7 @@ use super::ReplicationConfig;
 use crate::{Store, StoreError};
 
 /// The Object Store bucket of the shards' snapshots.
-pub const SNAPSHOT_BUCKET: &str = "shoal-shard-snapshots";
+pub const SNAPSHOT_BUCKET: &str = shoal_bus::subject::SHARD_SNAPSHOT_BUCKET;
 
 /// How often the leader checks whether a snapshot is due.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
