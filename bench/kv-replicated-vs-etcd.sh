@@ -229,6 +229,16 @@ EOF
             sleep 0.1
         done
     done
+    # ... and the cluster whole: JetStream is up with two of three, and a master that then sees
+    # fewer servers than --store-replicas refuses to start. Each server routed to both others.
+    for i in 1 2 3; do
+        for j in $(seq 1 600); do
+            [ "$(curl -fsS "${NATS_MON[$((i - 1))]}/routez" 2> /dev/null |
+                python3 -c 'import json, sys; print(len({r.get("remote_name") for r in json.load(sys.stdin)["routes"]}))' 2> /dev/null)" = 2 ] && break
+            alive "${npids[$((i - 1))]}" "$dir/n$i.log"
+            sleep 0.1
+        done
+    done
 }
 
 declare -A STORE_PID

