@@ -382,9 +382,10 @@ impl Auth {
 pub async fn issue(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
     state.auth.admin(&headers)?;
+    let body = crate::body::read(body, crate::body::JSON, "a token request").await?;
     let request: TokenRequest = crate::error::json_body(&body)?;
     let scope = Scope::parse(&request.scope).ok_or_else(|| {
         ApiError::bad_request(format!("invalid scope `{}`: use admin, operator or app:<namespace>", request.scope))

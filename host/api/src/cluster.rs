@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -165,9 +165,11 @@ pub async fn framework_request(
     headers: HeaderMap,
     Path((name, rest)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     scoped::check_operator(&state.auth.reader(&headers)?, "a framework's own API")?;
+    framework_caller(&state, &method, &headers)?;
+    let body = crate::body::read(body, crate::body::FRAMEWORK, "a framework request").await?;
     forward(&state, &name, method, &headers, format!("/{rest}"), query, body).await
 }
 
@@ -178,11 +180,13 @@ pub async fn apps(
     headers: HeaderMap,
     rest: Option<Path<String>>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let rest = rest.map(|Path(r)| r);
     let scope = state.auth.reader(&headers)?;
     scoped::check_definition(&scope, "app", rest.as_deref().map(|r| r.split('/').next().unwrap_or_default()))?;
+    framework_caller(&state, &method, &headers)?;
+    let body = crate::body::read(body, crate::body::FRAMEWORK, "a framework request").await?;
     let path = match &rest {
         Some(rest) => format!("/apps/{rest}"),
         None => "/apps".to_owned(),
@@ -231,11 +235,13 @@ pub async fn jobs(
     headers: HeaderMap,
     rest: Option<Path<String>>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let rest = rest.map(|Path(r)| r);
     let scope = state.auth.reader(&headers)?;
     scoped::check_definition(&scope, "job", rest.as_deref().map(|r| r.split('/').next().unwrap_or_default()))?;
+    framework_caller(&state, &method, &headers)?;
+    let body = crate::body::read(body, crate::body::FRAMEWORK, "a framework request").await?;
     let path = match &rest {
         Some(rest) => format!("/jobs/{rest}"),
         None => "/jobs".to_owned(),
@@ -248,8 +254,15 @@ pub async fn jobs(
     Ok(response)
 }
 
-/// Largest accepted body of a framework request.
-const MAX_FRAMEWORK_BODY: usize = 4 << 20;
+/// Who may call a framework's API: any token reads (GET, HEAD), an operator or admin writes.
+fn framework_caller(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if method == Method::GET || method == Method::HEAD {
+        state.auth.reader(headers)?;
+    } else {
+        state.auth.operator(headers)?;
+    }
+    Ok(())
+}
 
 async fn forward(
     state: &AppState,
@@ -260,18 +273,7 @@ async fn forward(
     query: Option<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if method == Method::GET || method == Method::HEAD {
-        state.auth.reader(headers)?;
-    } else {
-        state.auth.operator(headers)?;
-    }
-    if body.len() > MAX_FRAMEWORK_BODY {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("a body of {} bytes is over the limit of {MAX_FRAMEWORK_BODY}", body.len()),
-        ));
-    }
+    framework_caller(state, &method, headers)?;
     let request = shoal_abi::HttpRequest {
         method: method.as_str().to_owned(),
         path,
@@ -373,9 +375,10 @@ pub async fn list_artifacts(
 pub async fn push_artifact(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     state.auth.operator(&headers)?;
+    let body = crate::body::read(body, state.max_upload, "the artifact").await?;
     let info = artifacts(&state)?.put(&body).await.map_err(|e| match e {
         shoal_task_io::ArtifactError::State(shoal_state::StateError::NotLeader) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", e.to_string())
@@ -430,9 +433,10 @@ pub async fn get_allocator(
 pub async fn put_allocator(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.auth.admin(&headers)?;
+    let body = crate::body::read(body, crate::body::JSON, "an allocator choice").await?;
     let choice: AllocatorChoice = crate::error::json_body(&body)?;
     let previous = master(&state)?.set_allocator(&choice.plugin).map_err(|e| ApiError::not_found(e.to_string()))?;
     let event = shoal_bus::event::CloudEvent::new(

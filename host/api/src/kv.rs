@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -341,11 +341,11 @@ pub async fn put(
     headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     q: Result<Query<PutQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     allow(&state, &headers, &ns, true)?;
     let q = query(q)?;
-    let body = body.map_err(body_error)?;
+    let body = crate::body::read(body, crate::body::KV_VALUE, "a value").await?;
     let options = PutOptions { version: q.version, ttl: ttl(q.ttl)? };
     let store = store(&state)?;
     let version = store.put(&ns, &key, &body, options).await?;
@@ -440,10 +440,10 @@ pub async fn batch(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(ns): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<KvBatchResponse>, ApiError> {
     allow(&state, &headers, &ns, true)?;
-    let body = body.map_err(body_error)?;
+    let body = crate::body::read(body, crate::body::KV_BATCH, "a batch").await?;
     let request: KvBatchRequest = crate::error::json_body(&body)?;
     let mut ops = Vec::with_capacity(request.ops.len());
     for op in request.ops {
@@ -457,14 +457,6 @@ pub async fn batch(
     let store = store(&state)?;
     let versions = store.batch(&ns, ops).await?;
     Ok(Json(KvBatchResponse { versions }))
-}
-
-fn body_error(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body is over the request size limit")
-    } else {
-        ApiError::bad_request(e.body_text())
-    }
 }
 
 impl From<StoreError> for ApiError {
@@ -536,8 +528,9 @@ pub struct ScaleOutRequest {
 #[utoipa::path(post, path = "/v1/store/scale-out", request_body = ScaleOutRequest,
     responses((status = 202, description = "the move, started"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn scale_out(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn scale_out(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     state.auth.admin(&headers)?;
+    let body = crate::body::read(body, crate::body::JSON, "a scale-out request").await?;
     let request: ScaleOutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ScaleOutRequest::default()
     } else {

@@ -19,6 +19,7 @@
 
 mod agents;
 pub mod auth;
+pub mod body;
 mod cluster;
 pub mod dto;
 pub mod error;
@@ -116,8 +117,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     prometheus();
-    // Request bodies (plugin uploads, KV values and batches) are read up to the largest plugin
-    // upload; handlers refuse what is over their own limit with a 413 that names it.
+    // Handlers read their bodies themselves, after the caller's token and up to their route's
+    // limit (`body::read`); this is only the ceiling of anything else that would read one.
     let limit = state.max_upload + 1024;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

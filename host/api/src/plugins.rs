@@ -1,8 +1,7 @@
 //! `/v1/plugins`: upload, list, show, activate, roll back, delete, download.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -68,22 +67,12 @@ pub async fn push(
     headers: HeaderMap,
     Path((k, name)): Path<(String, String)>,
     query: Result<Query<PushQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<PluginVersionDto>), ApiError> {
     state.auth.admin(&headers)?;
     let kind = kind(&k)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("component is over the limit of {} bytes", state.max_upload),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
-        }
-    })?;
+    let body = crate::body::read(body, state.max_upload, "the component").await?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty body: send the component's bytes"));
     }
@@ -98,10 +87,11 @@ pub async fn activate(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((k, name)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<PluginVersionDto>, ApiError> {
     state.auth.admin(&headers)?;
     let kind = kind(&k)?;
+    let body = crate::body::read(body, crate::body::JSON, "an activation").await?;
     let request: ActivateRequest = crate::error::json_body(&body)?;
     Ok(Json(state.registry.activate(kind, &name, &request.version).await?.into()))
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -234,9 +234,10 @@ pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((svc, id)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let scope = state.auth.operator(&headers)?;
+    let body = crate::body::read(body, crate::body::JSON, "a registration").await?;
     let registration: Registration = json_body(&body)?;
     let command_check = registration.check.as_ref().is_some_and(|c| matches!(c.kind, CheckKind::Command { .. }));
     if command_check && scope != Scope::Admin {
@@ -311,9 +312,10 @@ pub async fn put_route(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     state.auth.operator(&headers)?;
+    let body = crate::body::read(body, crate::body::JSON, "a route").await?;
     let mut route: Route = json_body(&body)?;
     if !route.name.is_empty() && route.name != name {
         return Err(ApiError::bad_request(format!("the body names route `{}` but the path `{name}`", route.name)));

@@ -1,0 +1,124 @@
+//! Issue 24, hardened edges, on a real `shoal dev`: what a client can make the API hold. A body is
+//! read only after its token is checked and only up to its route's limit: a request announcing
+//! 32 MiB is answered 401 (no token) or 403 (a token without the scope) before a byte of it is
+//! sent, a value announced over 1 MiB is answered 413 at once, a chunked one as soon as it passes
+//! 1 MiB (and nothing is written), and eight clients streaming 32 MiB each without a token leave
+//! the process's peak memory where it was.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::Dev;
+use super::tasks::http;
+
+/// The status of the answer to `head` (a request without its body), sent alone on a new
+/// connection to `api`: the server must answer without waiting for the body.
+fn answer_to_head(api: &str, head: &str) -> u16 {
+    let mut stream = TcpStream::connect(api.trim_start_matches("http://")).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let mut answer = [0u8; 512];
+    let n = stream.read(&mut answer).expect("an answer before the body (none within 10 s)");
+    status_of(&answer[..n])
+}
+
+fn status_of(answer: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(answer);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not an HTTP answer: {text}"))
+}
+
+/// `VmHWM`, the peak resident memory of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}
+
+/// Streams `size` bytes to `path` without a token, as fast as the server takes them; the status
+/// it answered.
+fn stream_without_token(api: &str, path: &str, size: usize) -> u16 {
+    let mut stream = TcpStream::connect(api.trim_start_matches("http://")).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.set_write_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = format!("POST {path} HTTP/1.1\r\nHost: shoal\r\nContent-Length: {size}\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("head");
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0;
+    // The server answers and closes without reading: writing then fails (reset) or blocks.
+    while sent < size && stream.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    let mut answer = [0u8; 512];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    if n == 0 { 0 } else { status_of(&answer[..n]) }
+}
+
+#[test]
+fn bodies_are_read_after_the_token_and_only_up_to_the_routes_limit() {
+    let dev = Dev::start(None);
+    let huge = 32 << 20;
+
+    // No token: 401 before any body.
+    let head = format!("POST /v1/tokens HTTP/1.1\r\nHost: shoal\r\nContent-Length: {huge}\r\n\r\n");
+    assert_eq!(answer_to_head(&dev.api, &head), 401);
+
+    // A token without the scope: 403 before any body.
+    let (status, body) = http(&dev.api, &dev.token, "POST", "/v1/tokens", r#"{"scope": "app:orders", "ttl": "1h"}"#);
+    assert_eq!(status, 201, "{body}");
+    let app: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let app = app["token"].as_str().expect("a token");
+    let head = format!(
+        "POST /v1/tokens HTTP/1.1\r\nHost: shoal\r\nAuthorization: Bearer {app}\r\nContent-Length: {huge}\r\n\r\n"
+    );
+    assert_eq!(answer_to_head(&dev.api, &head), 403);
+    let head = format!(
+        "PUT /v1/kv/other/k HTTP/1.1\r\nHost: shoal\r\nAuthorization: Bearer {app}\r\nContent-Length: {huge}\r\n\r\n"
+    );
+    assert_eq!(answer_to_head(&dev.api, &head), 403, "an app token writing another namespace");
+
+    // The right token, a value announced over the store's 1 MiB: 413 before any body.
+    let head = format!(
+        "PUT /v1/kv/orders/big HTTP/1.1\r\nHost: shoal\r\nAuthorization: Bearer {app}\r\nContent-Length: {}\r\n\r\n",
+        (1 << 20) + 1
+    );
+    assert_eq!(answer_to_head(&dev.api, &head), 413);
+
+    // Chunked (no length up front): 413 once it passes 1 MiB, and nothing is written.
+    let mut stream = TcpStream::connect(dev.api.trim_start_matches("http://")).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = format!(
+        "PUT /v1/kv/orders/big HTTP/1.1\r\nHost: shoal\r\nAuthorization: Bearer {app}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    let chunk = vec![b'x'; 64 << 10];
+    for _ in 0..24 {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if stream.write_all(&framed).is_err() {
+            break;
+        }
+    }
+    let mut answer = [0u8; 512];
+    let n = stream.read(&mut answer).expect("an answer");
+    assert_eq!(status_of(&answer[..n]), 413);
+    let (status, body) = http(&dev.api, app, "GET", "/v1/kv/orders/big", "");
+    assert_eq!(status, 404, "a refused value was written: {body}");
+    // A value within the limit still goes in.
+    let (status, body) = http(&dev.api, app, "PUT", "/v1/kv/orders/small", "v");
+    assert_eq!(status, 200, "{body}");
+
+    // Eight clients streaming 32 MiB each without a token: all refused, and the API's peak
+    // memory stays where it was (it held 8 × 32 MiB before bodies were read after the token).
+    let pid = dev.child.id();
+    let before = peak_rss_kib(pid);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8).map(|_| s.spawn(|| stream_without_token(&dev.api, "/v1/tokens", huge))).collect();
+        clients.into_iter().map(|c| c.join().expect("client")).collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    assert!(grown < 16 << 10, "the API's peak memory grew by {grown} KiB while refusing 8 × 32 MiB bodies");
+}
