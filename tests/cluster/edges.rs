@@ -122,3 +122,98 @@ fn bodies_are_read_after_the_token_and_only_up_to_the_routes_limit() {
     let grown = peak_rss_kib(pid).saturating_sub(before);
     assert!(grown < 16 << 10, "the API's peak memory grew by {grown} KiB while refusing 8 × 32 MiB bodies");
 }
+
+/// Connections to `base` that send a request head a byte every `every` and never finish it;
+/// the time each was closed by the server (`None`: still open when `patience` ran out).
+fn slow_heads(base: &str, n: usize, every: Duration, patience: Duration) -> Vec<Option<Duration>> {
+    let address = base.trim_start_matches("http://");
+    let mut connections: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let stream = TcpStream::connect(address).expect("connect");
+            stream.set_nonblocking(true).expect("nonblocking");
+            stream
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: shoal\r\nX-Slow: ";
+    let mut closed = vec![None; n];
+    let mut sent = 0;
+    let mut next_byte = start;
+    while start.elapsed() < patience && closed.iter().any(Option::is_none) {
+        let send = std::time::Instant::now() >= next_byte;
+        if send {
+            next_byte += every;
+        }
+        for (i, stream) in connections.iter_mut().enumerate() {
+            if closed[i].is_some() {
+                continue;
+            }
+            let mut byte = [0u8; 1];
+            let gone = match stream.read(&mut byte) {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            let gone = gone || (send && stream.write(&[head.get(sent).copied().unwrap_or(b'x')]).is_err());
+            if gone {
+                closed[i] = Some(start.elapsed());
+            }
+        }
+        if send {
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    closed
+}
+
+/// The median time of `GET path` on `base` over 20 requests, each on a new connection, all of
+/// which must be answered `status`.
+fn median_answer(base: &str, path: &str, status: u16) -> Duration {
+    let mut times: Vec<Duration> = (0..20)
+        .map(|_| {
+            let sent = std::time::Instant::now();
+            let (got, body) = http(base, "", "GET", path, "");
+            assert_eq!(got, status, "{base}{path}: {body}");
+            sent.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// 500 clients that send a request head a byte every 300 ms, on the API and on the gateway
+/// (`--http-header-timeout-ms 1500`): a normal client is answered meanwhile, and every slow one
+/// is closed once its 1.5 s are up, not before. With `--http-max-connections 20`, 40 clients that
+/// send nothing are served 20 at a time: the first 20 closed after 1.5 s, the others only once
+/// they were accepted in their place, 1.5 s later.
+#[test]
+fn slow_clients_are_closed_after_the_header_timeout_and_connections_are_capped() {
+    let dev = Dev::start_args(None, &["--http-header-timeout-ms", "1500"], &[]);
+    for (what, base, path, status) in [("API", &dev.api, "/healthz", 200), ("gateway", &dev.gateway, "/none", 404)] {
+        let (closed, median) = std::thread::scope(|s| {
+            let slow = s.spawn(|| slow_heads(base, 500, Duration::from_millis(300), Duration::from_secs(15)));
+            std::thread::sleep(Duration::from_millis(200));
+            let median = median_answer(base, path, status);
+            (slow.join().expect("slow clients"), median)
+        });
+        assert!(median < Duration::from_millis(100), "{what}: a normal request took {median:?} (median)");
+        let open = closed.iter().filter(|c| c.is_none()).count();
+        assert_eq!(open, 0, "{what}: {open} of 500 slow clients still open after 15 s");
+        let earliest = closed.iter().flatten().min().expect("closed");
+        assert!(*earliest >= Duration::from_millis(1300), "{what}: a slow client was closed after {earliest:?}");
+    }
+    drop(dev);
+
+    let dev = Dev::start_args(None, &["--http-header-timeout-ms", "1500", "--http-max-connections", "20"], &[]);
+    for (what, base) in [("API", &dev.api), ("gateway", &dev.gateway)] {
+        // A byte every 10 s: nothing after the first, within the test.
+        let mut closed: Vec<Duration> = slow_heads(base, 40, Duration::from_secs(10), Duration::from_secs(15))
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|| panic!("{what}: a client still open after 15 s")))
+            .collect();
+        closed.sort();
+        let (first, second) = closed.split_at(20);
+        assert!(first.iter().all(|t| *t < Duration::from_millis(2800)), "{what}: the first wave {first:?}");
+        assert!(second.iter().all(|t| *t >= Duration::from_millis(2800)), "{what}: 20 at most at once, {second:?}");
+    }
+}

@@ -40,6 +40,7 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shoal_bus::SharedBus;
+use shoal_gateway::edge::{self, EdgeLimits};
 use shoal_registry::Registry;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
@@ -175,11 +176,58 @@ async fn openapi() -> impl IntoResponse {
     axum::Json(dto::ApiDoc::openapi())
 }
 
-/// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first.
+/// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first
+/// (kept-alive connections close after their current one). Connections are bounded by `limits`
+/// (`shoal_gateway::edge`): a header timeout and a cap on how many are served at once.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: EdgeLimits,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let app = router(state);
+    let permits = limits.permits();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = edge::slot(&permits) => slot,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            if !edge::first_bytes(&stream, limits.header_timeout).await {
+                return;
+            }
+            let builder = limits.builder();
+            let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }

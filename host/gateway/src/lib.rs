@@ -31,6 +31,7 @@
 //! What this crate must never do: buffer a whole body, or let a plugin's failure become a failed
 //! request when a healthy endpoint exists.
 
+pub mod edge;
 mod proxy;
 mod routers;
 pub mod routes;
@@ -60,7 +61,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable, RouterWorld};
 use shoal_discovery::{Discovery, Health};
@@ -99,6 +100,8 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// After shutdown, how long connections in progress may take to finish.
     pub drain: Duration,
+    /// Header timeout and connection cap of the client side ([`edge`]).
+    pub limits: edge::EdgeLimits,
 }
 
 impl Default for GatewayConfig {
@@ -110,6 +113,7 @@ impl Default for GatewayConfig {
             attempts: 3,
             workers: 0,
             drain: Duration::from_secs(5),
+            limits: edge::EdgeLimits::default(),
         }
     }
 }
@@ -137,6 +141,8 @@ pub struct Gateway {
     events: Option<mpsc::UnboundedSender<GatewayEvent>>,
     generation: AtomicU64,
     origin: Instant,
+    /// The connection cap's permits, shared by the workers.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<GatewayBody> {
@@ -162,6 +168,7 @@ impl Gateway {
             routes,
             discovery,
             plugins,
+            permits: config.limits.permits(),
             config,
             states: ArcSwap::from_pointee(HashMap::new()),
             states_write: Mutex::new(()),

@@ -86,25 +86,38 @@ impl Gateway {
         let mut sweep = tokio::time::interval(UPSTREAM_IDLE_SWEEP);
         let mut connections = tokio::task::JoinSet::new();
         let for_connections = stopped.clone();
+        // A connection is accepted only with a slot of the cap in hand; its server returns it.
+        let mut slot = None;
         loop {
             let arrived = tokio::select! {
                 _ = sweep.tick() => {
                     local.upstreams.sweep();
                     None
                 }
-                accepted = listener.accept() => match accepted {
+                permit = edge::slot(&self.permits), if slot.is_none() => {
+                    slot = Some(permit);
+                    None
+                }
+                accepted = listener.accept(), if slot.is_some() => match accepted {
                     // Whoever wakes first accepts; keep-alive connections then stay where they
                     // landed, so even them out at accept time.
-                    Ok((stream, peer)) => match balance.least_loaded(n) {
-                        target if target == n => Some((stream, peer)),
-                        target => match stream.into_std() {
-                            Ok(stream) => balance.hand_over(target, stream, peer).map(|stream| (stream, peer)),
-                            Err(err) => {
-                                tracing::warn!(%err, "gateway: could not hand a connection over");
-                                None
-                            }
-                        },
-                    },
+                    Ok((stream, peer)) => {
+                        // The slot goes with the connection: whoever serves it gives it back.
+                        if let Some(permit) = slot.take() {
+                            permit.forget();
+                        }
+                        match balance.least_loaded(n) {
+                            target if target == n => Some((stream, peer)),
+                            target => match stream.into_std() {
+                                Ok(stream) => balance.hand_over(target, stream, peer).map(|stream| (stream, peer)),
+                                Err(err) => {
+                                    tracing::warn!(%err, "gateway: could not hand a connection over");
+                                    self.permits.add_permits(1);
+                                    None
+                                }
+                            },
+                        }
+                    }
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%err, "gateway accept failed");
@@ -116,6 +129,7 @@ impl Gateway {
                     Ok(stream) => Some((stream, peer)),
                     Err(err) => {
                         tracing::warn!(%err, "gateway: could not take a connection over");
+                        self.permits.add_permits(1);
                         None
                     }
                 },
@@ -150,6 +164,11 @@ impl Gateway {
         local: Arc<Local>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
+        let _slot = edge::Slot::adopt(&self.permits);
+        let limits = self.config.limits;
+        if !edge::first_bytes(&stream, limits.header_timeout).await {
+            return;
+        }
         let _ = stream.set_nodelay(true);
         // Formatted once per connection, not per request.
         let peer_ip: Arc<str> = peer.ip().to_string().into();
@@ -163,7 +182,7 @@ impl Gateway {
                 Ok::<_, Infallible>(gateway.handle(req, client, &local).await)
             }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let builder = limits.builder();
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         tokio::select! {

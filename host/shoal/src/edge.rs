@@ -41,6 +41,8 @@ pub struct EdgeConfig {
     pub data_dir: PathBuf,
     /// Worker threads of the proxy; 0 = one per core.
     pub workers: usize,
+    /// Header timeout and connection cap of the proxy's client side.
+    pub limits: shoal_gateway::edge::EdgeLimits,
 }
 
 /// What a started gateway tells its caller.
@@ -105,7 +107,7 @@ pub async fn run(
         routes.clone(),
         discovery.clone(),
         registry.clone(),
-        GatewayConfig { workers: config.workers, ..GatewayConfig::default() },
+        GatewayConfig { workers: config.workers, limits: config.limits, ..GatewayConfig::default() },
         Some(events_tx),
     );
     let listener =

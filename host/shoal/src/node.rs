@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub gateway: Option<SocketAddr>,
     /// The gateway's worker threads; 0 = one per core.
     pub gateway_workers: usize,
+    /// Header timeout and connection cap of the API and the gateway.
+    pub edge: shoal_gateway::edge::EdgeLimits,
     /// Time without a heartbeat after which the master declares an agent lost.
     pub agent_timeout: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
@@ -389,7 +391,7 @@ pub async fn run(
         leadership,
     };
     ready(&info);
-    shoal_api::serve(listener, state, handing_over(shutdown, departure)).await?;
+    shoal_api::serve(listener, state, handing_over(shutdown, departure), config.edge).await?;
     let _ = shutdown_tx.send(true);
     // The gateway's worker threads hold the registry (RocksDB): wait for them to drain and end,
     // so that no database is still open, and used, while the process exits.
@@ -593,7 +595,7 @@ async fn start_gateway(
         routes.clone(),
         discovery.clone(),
         registry.clone(),
-        GatewayConfig { workers: config.gateway_workers, ..GatewayConfig::default() },
+        GatewayConfig { workers: config.gateway_workers, limits: config.edge, ..GatewayConfig::default() },
         Some(events_tx),
     );
     let task = tokio::spawn(gateway.serve(listener, async move {

@@ -131,9 +131,14 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(shoal_api::serve(listener, state, async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(shoal_api::serve(
+            listener,
+            state,
+            async move {
+                let _ = stopped.await;
+            },
+            shoal_gateway::edge::EdgeLimits::default(),
+        ));
         Server {
             url,
             http: reqwest::Client::new(),

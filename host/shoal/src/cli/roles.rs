@@ -39,6 +39,8 @@ pub(super) struct DevArgs {
     /// (0 = one per core).
     #[arg(long, default_value_t = 0)]
     gateway_workers: usize,
+    #[command(flatten)]
+    edge: EdgeArgs,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
@@ -100,6 +102,8 @@ pub(super) struct MasterArgs {
     /// (0 = one per core).
     #[arg(long, default_value_t = 0)]
     gateway_workers: usize,
+    #[command(flatten)]
+    edge: EdgeArgs,
     /// Milliseconds between allocation cycles (changes also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
@@ -208,6 +212,29 @@ pub(super) enum AgentCommand {
     },
 }
 
+/// How long a client connection may take to send a request's head, and how many are served at
+/// once, on the API and the gateway (`shoal_gateway::edge`).
+#[derive(Args, Debug, Clone, Copy)]
+pub(super) struct EdgeArgs {
+    /// Milliseconds a connection has to send a request's head (counted from the accept, or from
+    /// the previous response on a kept-alive connection; so also the idle timeout).
+    #[arg(long, default_value_t = shoal_gateway::edge::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
+    http_header_timeout_ms: u64,
+    /// Most client connections served at once by the API and by the gateway, each; more wait
+    /// to be accepted.
+    #[arg(long, default_value_t = shoal_gateway::edge::DEFAULT_MAX_CONNECTIONS)]
+    http_max_connections: usize,
+}
+
+impl EdgeArgs {
+    fn limits(self) -> shoal_gateway::edge::EdgeLimits {
+        shoal_gateway::edge::EdgeLimits {
+            header_timeout: std::time::Duration::from_millis(self.http_header_timeout_ms.max(1)),
+            max_connections: self.http_max_connections.max(1),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub(super) struct GatewayArgs {
     /// Address to serve on.
@@ -219,6 +246,8 @@ pub(super) struct GatewayArgs {
     /// Worker threads, each with its own event loop and upstream connections (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    #[command(flatten)]
+    edge: EdgeArgs,
     #[command(flatten)]
     remote: Remote,
 }
@@ -234,6 +263,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         store_node: Some("local".into()),
         gateway: (!args.no_gateway).then_some(args.gateway),
         gateway_workers: args.gateway_workers,
+        edge: args.edge.limits(),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: Some(crate::node::local_agent(
             None,
@@ -314,6 +344,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         store_node: (!args.no_store).then_some(args.store_id),
         gateway: args.gateway,
         gateway_workers: args.gateway_workers,
+        edge: args.edge.limits(),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: None,
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
@@ -429,6 +460,7 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         workers: args.workers,
+        limits: args.edge.limits(),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
