@@ -420,8 +420,19 @@ pub fn check_health(
     plugin: &Plugin<HealthCheckWorld>,
     target: &health::CheckTarget,
 ) -> Result<health::CheckResult, CallError> {
+    check_health_until(plugin, target, None)
+}
+
+/// [`check_health`] for a check that must be over by `deadline` (its timeout): the plugin's
+/// probes end by then, whatever timeout they ask for.
+pub fn check_health_until(
+    plugin: &Plugin<HealthCheckWorld>,
+    target: &health::CheckTarget,
+    deadline: Option<std::time::Instant>,
+) -> Result<health::CheckResult, CallError> {
     plugin.call(|i| {
-        i.store.data_mut().probe = Some(ProbeTarget { address: target.address.clone(), ports: target.ports.clone() });
+        i.store.data_mut().probe =
+            Some(ProbeTarget { address: target.address.clone(), ports: target.ports.clone(), deadline });
         let result = i.bindings.shoal_plugin_health().call_check(&mut i.store, target);
         i.store.data_mut().probe = None;
         result

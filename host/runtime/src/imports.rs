@@ -5,9 +5,7 @@
 //! `wit/`); `shoal-abi` reuses them for the four plugin worlds. Each world links only the
 //! interfaces it names (see [`Imports`]), so a router that imports `probe` does not load.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasSelf, Linker, Resource};
 
@@ -38,7 +36,7 @@ pub use shoal_keyspace::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 /// Most keys a `list-keys` page returns.
 pub const LIST_PAGE: usize = 1000;
 /// How much of an HTTP probe's body is returned to the plugin.
-pub const MAX_PROBE_BODY: usize = 64 * 1024;
+pub use crate::probe::MAX_PROBE_BODY;
 
 /// Which host interfaces a world links (beyond the empty WASI context every world gets).
 #[derive(Clone, Copy, Debug)]
@@ -209,87 +207,4 @@ fn check_key(key: &str) -> Result<(), keyvalue::Error> {
         return Err(keyvalue::Error::TooLarge);
     }
     Ok(())
-}
-
-impl probe::Host for HostState {
-    fn http_get(&mut self, port: u16, path: String, timeout_ms: u32) -> Result<probe::HttpReply, probe::ProbeError> {
-        let mut stream = self.probe_connect(port, timeout_ms)?;
-        let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
-        let host = self.probe.as_ref().map(|t| t.address.clone()).unwrap_or_default();
-        let path = if path.starts_with('/') { path } else { format!("/{path}") };
-        if path.contains(['\r', '\n', ' ']) {
-            return Err(probe::ProbeError::Protocol("path contains whitespace or line breaks".into()));
-        }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: shoal-health/0.1\r\nConnection: close\r\n\r\n"
-        );
-        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-        stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
-        stream.write_all(request.as_bytes()).map_err(io_err)?;
-        // Read the head and at most MAX_PROBE_BODY bytes of body; never more.
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 8192];
-        let head_len = loop {
-            let n = stream.read(&mut chunk).map_err(io_err)?;
-            if n == 0 {
-                return Err(probe::ProbeError::Protocol("connection closed before a response head".into()));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&buf) {
-                Ok(httparse::Status::Complete(len)) => break len,
-                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
-                Ok(httparse::Status::Partial) => {
-                    return Err(probe::ProbeError::Protocol("response head over 64 KiB".into()));
-                }
-                Err(err) => return Err(probe::ProbeError::Protocol(err.to_string())),
-            }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        let _ = response.parse(&buf[..head_len]);
-        let status = response.code.unwrap_or(0);
-        let headers: Vec<(String, String)> = response
-            .headers
-            .iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
-            .collect();
-        let mut body = buf[head_len..].to_vec();
-        while body.len() < MAX_PROBE_BODY {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-            }
-        }
-        body.truncate(MAX_PROBE_BODY);
-        Ok(probe::HttpReply { status, headers, body })
-    }
-
-    fn tcp_connect(&mut self, port: u16, timeout_ms: u32) -> Result<(), probe::ProbeError> {
-        self.probe_connect(port, timeout_ms).map(drop)
-    }
-}
-
-fn io_err(err: std::io::Error) -> probe::ProbeError {
-    match err.kind() {
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => probe::ProbeError::Timeout,
-        _ => probe::ProbeError::Connect(err.to_string()),
-    }
-}
-
-impl HostState {
-    fn probe_connect(&self, port: u16, timeout_ms: u32) -> Result<TcpStream, probe::ProbeError> {
-        let target = self.probe.as_ref().ok_or(probe::ProbeError::Forbidden)?;
-        if !target.ports.contains(&port) {
-            return Err(probe::ProbeError::Forbidden);
-        }
-        let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
-        let addr = (target.address.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| probe::ProbeError::Connect(e.to_string()))?
-            .next()
-            .ok_or_else(|| probe::ProbeError::Connect(format!("{} does not resolve", target.address)))?;
-        TcpStream::connect_timeout(&addr, timeout).map_err(io_err)
-    }
 }

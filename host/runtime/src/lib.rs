@@ -21,6 +21,7 @@ mod engine;
 mod error;
 pub mod imports;
 mod pool;
+mod probe;
 mod state;
 pub mod wasi;
 

@@ -208,6 +208,7 @@ impl<W: World> Plugin<W> {
             },
         };
         instance.store.set_epoch_deadline(self.ticks);
+        instance.store.data_mut().call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
         match f(instance) {
             Ok(value) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);

@@ -83,6 +83,8 @@ pub struct ProbeTarget {
     pub address: String,
     /// Ports the probe may connect to.
     pub ports: Vec<u16>,
+    /// When the check must be over (its timeout): probes end by then.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// The request a router is routing: the host side of the WIT resource `route-request.request`.
@@ -121,6 +123,9 @@ pub struct HostState {
     pub routing: bool,
     /// What the router said through `route-request.completions` (true until it says no).
     pub completions: bool,
+    /// When the current call must be over (its deadline): host imports that wait bound their
+    /// waiting by it.
+    pub call_deadline: Option<std::time::Instant>,
 }
 
 impl HostState {
@@ -138,6 +143,7 @@ impl HostState {
             request: RouteRequest::default(),
             routing: false,
             completions: true,
+            call_deadline: None,
         }
     }
 

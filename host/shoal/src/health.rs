@@ -25,8 +25,9 @@ impl WasmCheck for RegistryChecks {
         task_id: &str,
         target: &Target,
         config: &str,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<Outcome, WasmCheckError> {
+        let deadline = std::time::Instant::now() + timeout;
         let target = health::CheckTarget {
             task_id: task_id.to_owned(),
             address: target.address.clone(),
@@ -34,7 +35,7 @@ impl WasmCheck for RegistryChecks {
             config: config.to_owned(),
         };
         let answer = self.0.call(PluginKind::HealthCheck, plugin, |p| match p {
-            AnyPlugin::HealthCheck(h) => shoal_abi::check_health(h, &target),
+            AnyPlugin::HealthCheck(h) => shoal_abi::check_health_until(h, &target, Some(deadline)),
             _ => unreachable!("the registry keys plugins by kind"),
         });
         match answer {

@@ -293,6 +293,79 @@ fn http_check() {
     assert!(down.message.contains("Connect"), "{}", down.message);
 }
 
+/// A server that answers every connection with `reply` and then keeps it open (as a keep-alive
+/// server would), or, with `trickle`, sends `reply` a byte every 100 ms.
+fn raw_server(reply: &'static [u8], trickle: bool) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                if trickle {
+                    for byte in reply.iter().cycle() {
+                        if stream.write_all(&[*byte]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let _ = stream.write_all(reply);
+                // Hold the connection open until the peer closes it.
+                let _ = stream.read(&mut buf);
+            });
+        }
+    });
+    port
+}
+
+/// Issue 24: the body of `http-get` is what the WIT says — the body, decoded from its chunks,
+/// read up to its end (not until the peer closes) — and a probe ends by the check's deadline
+/// whatever timeout the plugin asked for (the test program asks 1 s per probe, the target
+/// trickles a byte every 100 ms, so no single read ever times out).
+#[test]
+fn probes_decode_chunked_bodies_and_end_by_the_checks_deadline() {
+    let AnyPlugin::HealthCheck(p) = load(PluginKind::HealthCheck, shoal_artifacts::HTTP_CHECK) else { unreachable!() };
+    let target = |port: u16| CheckTarget {
+        task_id: "t1".into(),
+        address: "127.0.0.1".into(),
+        ports: vec![port],
+        config: "/".into(),
+    };
+    let chunked = raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", false);
+    let started = Instant::now();
+    let ok = shoal_abi::check_health(&p, &target(chunked)).expect("check");
+    assert_eq!((ok.status, ok.message.as_str()), (CheckStatus::Healthy, "HTTP 200"));
+    assert!(started.elapsed() < Duration::from_millis(900), "waited for the close: {:?}", started.elapsed());
+    let sized = raw_server(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown", false);
+    let down = shoal_abi::check_health(&p, &target(sized)).expect("check");
+    assert_eq!((down.status, down.message.as_str()), (CheckStatus::Unhealthy, "HTTP 503"));
+
+    let trickling: Vec<u16> = (0..20).map(|_| raw_server(b"HTTP/1.1 200 OK\r\nX-Slow: ", true)).collect();
+    let started = Instant::now();
+    let verdicts: Vec<_> = std::thread::scope(|s| {
+        let checks: Vec<_> = trickling
+            .iter()
+            .map(|&port| {
+                let (p, target) = (&p, target(port));
+                s.spawn(move || {
+                    shoal_abi::check_health_until(p, &target, Some(Instant::now() + Duration::from_millis(500)))
+                })
+            })
+            .collect();
+        checks.into_iter().map(|c| c.join().expect("check thread")).collect()
+    });
+    let took = started.elapsed();
+    for verdict in verdicts {
+        let verdict = verdict.expect("the call itself succeeds");
+        assert_eq!(verdict.status, CheckStatus::Unhealthy);
+        assert!(verdict.message.contains("Timeout"), "{}", verdict.message);
+    }
+    assert!(took < Duration::from_secs(3), "20 checks with a 500 ms deadline took {took:?}");
+}
+
 #[test]
 fn future_version() {
     let err = AnyPlugin::load(

@@ -216,6 +216,11 @@ fn upstream(name: &'static str) -> String {
 /// A tiny HTTP/1.1 server that answers every request with `status` and `body`, on a thread;
 /// returns its address.
 fn serve(status: &'static str, body: &'static str) -> String {
+    serve_with(status, body, false)
+}
+
+/// [`serve`], the body sent in two chunks (`Transfer-Encoding: chunked`) when `chunked`.
+fn serve_with(status: &'static str, body: &'static str, chunked: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     std::thread::spawn(move || {
@@ -249,7 +254,16 @@ fn serve(status: &'static str, body: &'static str) -> String {
                     if reader.read_exact(&mut request_body).is_err() {
                         return;
                     }
-                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    let answer = if chunked {
+                        let (a, b) = body.split_at(body.len() / 2);
+                        format!(
+                            "HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                            a.len(),
+                            b.len()
+                        )
+                    } else {
+                        format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                    };
                     if stream.write_all(answer.as_bytes()).is_err() {
                         return;
                     }
@@ -439,9 +453,11 @@ fn the_json_health_check_reads_a_live_status_field() {
         ("not-json", "200 OK", "<html>fine</html>", "", "Unhealthy"),
         ("nested", "200 OK", r#"{"checks": {"db": "UP"}}"#, r#"{"field": "checks.db", "path": "/ready"}"#, "Healthy"),
         ("missing-field", "200 OK", r#"{"checks": {}}"#, r#"{"field": "checks.db"}"#, "Unhealthy"),
+        // Issue 24: a chunked reply is read as its body, not its framing.
+        ("chunked", "200 OK", r#"{"status": "ok", "version": 4}"#, "", "Healthy"),
     ];
     for (name, status, body, config, verdict) in live {
-        let addr = serve(status, body);
+        let addr = serve_with(status, body, name == "chunked");
         let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
         let case = serde_json::json!({
             "description": name,
@@ -451,5 +467,5 @@ fn the_json_health_check_reads_a_live_status_field() {
         std::fs::write(cases.path().join(format!("{name}.json")), case.to_string()).expect("write case");
     }
     let report = plugin_test("health-check", &wasm, &[cases.path().to_owned()]);
-    assert!(report.contains("6 passed, 0 failed"), "{report}");
+    assert!(report.contains("7 passed, 0 failed"), "{report}");
 }
