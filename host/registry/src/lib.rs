@@ -37,15 +37,18 @@ pub use store::TABLES;
 /// Settings of the registry.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// Consecutive failed calls after which a newly activated version is rolled back.
+    /// Failed calls in a row (within [`RegistryConfig::rollback_window`]) after which an
+    /// activated version is rolled back to the one before it, however many calls it served
+    /// before.
     pub rollback_after: u32,
-    /// Successful calls after which a newly activated version is no longer "new".
-    pub probation_calls: u64,
+    /// How close together those failures must come: a streak whose first failure is older than
+    /// this starts again at the next failure.
+    pub rollback_window: Duration,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { rollback_after: 5, probation_calls: 100 }
+        RegistryConfig { rollback_after: 5, rollback_window: Duration::from_secs(60) }
     }
 }
 
@@ -210,9 +213,17 @@ pub struct LoadedVersion {
     pub meta: PluginVersion,
     /// The loaded plugin.
     pub plugin: AnyPlugin,
-    /// Whether it is newly activated with a previous version to return to.
+    /// Whether it was activated (not returned to by a rollback) with a previous version to
+    /// return to: only such a version is rolled back automatically, so two bad versions never
+    /// take turns.
     probation: AtomicBool,
+    /// Failed calls since the last success (0 after one).
     consecutive_failures: AtomicU32,
+    /// When the current streak of failures began (on Tokio's clock, so tests can move it).
+    streak_since: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    /// Whether an automatic rollback of this version is under way (or found nothing to return
+    /// to): at most one at a time, and another after one that failed.
+    rolling_back: AtomicBool,
     ok: AtomicU64,
     failed: AtomicU64,
     metrics: CallMetrics,
@@ -276,6 +287,9 @@ pub struct Registry {
     kv: Option<KvProvider>,
     /// Moves on every change of any active version (see [`Registry::generation`]).
     generation: AtomicU64,
+    /// The Tokio runtime the registry was opened in: automatic rollbacks run there when the
+    /// failing call came from a thread of no runtime.
+    tasks: Option<tokio::runtime::Handle>,
 }
 
 fn now_rfc3339() -> String {
@@ -352,6 +366,7 @@ impl Registry {
         let (events, rx) = mpsc::unbounded_channel();
         let registry = Arc::new_cyclic(|me| Registry {
             me: me.clone(),
+            tasks: tokio::runtime::Handle::try_current().ok(),
             store,
             runtime,
             config,
@@ -458,6 +473,8 @@ impl Registry {
             plugin,
             probation: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
+            streak_since: parking_lot::Mutex::new(None),
+            rolling_back: AtomicBool::new(false),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
@@ -689,49 +706,62 @@ impl Registry {
         self.record(loaded, error);
     }
 
-    /// Account one call of `loaded`: metrics, and the automatic rollback of a new version that
-    /// failed `rollback_after` calls in a row.
+    /// Account one call of `loaded`: metrics, and the automatic rollback of an activated version
+    /// that failed `rollback_after` calls in a row within `rollback_window`.
     pub fn record(&self, loaded: &Arc<LoadedVersion>, error: Option<&CallError>) {
         let Some(error) = error else {
             loaded.metrics.ok.increment(1);
-            let ok = loaded.ok.fetch_add(1, Ordering::Relaxed) + 1;
+            loaded.ok.fetch_add(1, Ordering::Relaxed);
             // Written only when it changes: on a hot path two threads would otherwise keep
             // taking this cache line from each other.
             if loaded.consecutive_failures.load(Ordering::Relaxed) != 0 {
                 loaded.consecutive_failures.store(0, Ordering::Relaxed);
             }
-            if ok >= self.config.probation_calls && loaded.probation.load(Ordering::Relaxed) {
-                loaded.probation.store(false, Ordering::Relaxed);
-            }
             return;
         };
         loaded.metrics.failed.increment(1);
         loaded.failed.fetch_add(1, Ordering::Relaxed);
-        let streak = loaded.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if streak != self.config.rollback_after {
+        let streak = {
+            let now = tokio::time::Instant::now();
+            let mut since = loaded.streak_since.lock();
+            let stale = since.is_none_or(|at| now.duration_since(at) > self.config.rollback_window);
+            if loaded.consecutive_failures.load(Ordering::Relaxed) == 0 || stale {
+                *since = Some(now);
+                loaded.consecutive_failures.store(1, Ordering::Relaxed);
+                1
+            } else {
+                loaded.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+            }
+        };
+        if streak < self.config.rollback_after {
             return;
         }
         let (kind, name, version) = (loaded.meta.kind, loaded.meta.name.clone(), loaded.meta.version.clone());
-        self.emit(
-            kind,
-            &name,
-            "failing",
-            serde_json::json!({
-                "version": version, "consecutive_failures": streak, "last_error": error.to_string(),
-            }),
-        );
-        if !loaded.probation.swap(false, Ordering::Relaxed) {
+        if streak == self.config.rollback_after {
+            self.emit(
+                kind,
+                &name,
+                "failing",
+                serde_json::json!({
+                    "version": version, "consecutive_failures": streak, "last_error": error.to_string(),
+                }),
+            );
+        }
+        if !loaded.probation.load(Ordering::Relaxed) || loaded.rolling_back.swap(true, Ordering::AcqRel) {
             return;
         }
         // Roll back in a task of its own: this path may be hot and synchronous, and the change
-        // waits for the write lock and a commit. It happens only if this version is still the
-        // active one by then (no one activated another meanwhile).
-        let (Some(me), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
-            tracing::warn!(%kind, %name, %version, "automatic rollback skipped: no runtime to run it on");
+        // waits for the write lock (held by whatever change is under way) and a commit. It
+        // happens only if this version is still the active one by then. A rollback that failed
+        // (a commit refused, say) is tried again at the next failure.
+        let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| self.tasks.clone());
+        let (Some(me), Some(runtime)) = (self.me.upgrade(), runtime) else {
+            tracing::warn!(%kind, %name, %version, "automatic rollback postponed: no runtime to run it on");
+            loaded.rolling_back.store(false, Ordering::Release);
             return;
         };
         let loaded = loaded.clone();
-        let reason = format!("{streak} consecutive failures of a newly activated version; last: {error}");
+        let reason = format!("{streak} consecutive failures; last: {error}");
         runtime.spawn(async move {
             let _guard = me.write.lock().await;
             let still_active = me.active(kind, &name).is_some_and(|a| Arc::ptr_eq(&a, &loaded));
@@ -740,7 +770,12 @@ impl Registry {
             }
             match me.rollback_locked(kind, &name, &reason).await {
                 Ok(to) => tracing::warn!(%kind, %name, from = %version, to = %to.version, "rolled back automatically"),
-                Err(err) => tracing::error!(cause = %err, %kind, %name, "automatic rollback failed"),
+                // Nothing to return to: this version stays, and nothing is tried again for it.
+                Err(err @ RegistryError::NothingToRollBack { .. }) => tracing::warn!(cause = %err, %kind, %name, "no automatic rollback"),
+                Err(err) => {
+                    tracing::error!(cause = %err, %kind, %name, "automatic rollback failed; trying again at the next failure");
+                    loaded.rolling_back.store(false, Ordering::Release);
+                }
             }
         });
     }

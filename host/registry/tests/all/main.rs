@@ -200,6 +200,89 @@ async fn a_new_version_that_keeps_failing_is_rolled_back() {
     assert_eq!(reopened.active(PluginKind::Router, "r").expect("active").meta.version, "good");
 }
 
+/// Waits for the registry's events until `last` and returns their actions.
+async fn actions_until(events: &mut UnboundedReceiver<RegistryEvent>, last: &str) -> Vec<String> {
+    let mut actions = Vec::new();
+    while actions.last().map(String::as_str) != Some(last) {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no `{last}` event; events: {actions:?}"))
+            .expect("the registry is open");
+        actions.push(event.action.to_owned());
+    }
+    actions
+}
+
+fn failed(result: Option<Result<Option<u32>, CallError>>) {
+    let result = result.expect("a plugin is active");
+    assert!(matches!(result, Err(CallError::Trap(_) | CallError::Timeout(_))), "{result:?}");
+}
+
+/// Issue 24: the rule holds whatever the version did before — 150 good calls, then five
+/// failures in a row from eight threads at once while other pushes hold the registry's write
+/// lock — and fires once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_that_served_long_is_rolled_back_once_it_fails_in_a_row_under_contention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, mut events) = open(dir.path());
+    registry.push(PluginKind::Router, "r", Some("good"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push good");
+    registry.push(PluginKind::Router, "r", Some("flaky"), shoal_artifacts::HOSTILE_ROUTER, true).await.expect("push");
+    for _ in 0..150 {
+        assert_eq!(route(&registry, "r", "/").expect("active").expect("a good call"), Some(0));
+    }
+    drain(&mut events);
+    // Other changes keep the write lock busy meanwhile.
+    let busy = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            for i in 0..4 {
+                let version = format!("v{i}");
+                registry
+                    .push(PluginKind::Router, "other", Some(&version), shoal_artifacts::ROUND_ROBIN, true)
+                    .await
+                    .expect("push");
+            }
+        })
+    };
+    let results: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8).map(|_| s.spawn(|| route(&registry, "r", "/trap").expect("active"))).collect();
+        calls.into_iter().map(|c| c.join().expect("call")).collect()
+    });
+    // The calls after the fifth failure may already reach the good version.
+    let failures = results.iter().filter(|r| r.is_err()).count();
+    assert!(failures >= 5 && results.iter().all(|r| matches!(r, Err(_) | Ok(Some(0)))), "{results:?}");
+    let actions = actions_until(&mut events, "rolled-back").await;
+    assert_eq!(actions.iter().filter(|a| *a == "rolled-back").count(), 1, "{actions:?}");
+    assert!(actions.contains(&"failing".to_owned()), "{actions:?}");
+    busy.await.expect("the pushes");
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "good");
+}
+
+/// Issue 24: the failures must come within the window (on Tokio's clock, moved by the test): four,
+/// then the window passes, then four more are a new streak; the fifth of that streak rolls back.
+#[tokio::test(start_paused = true)]
+async fn failures_further_apart_than_the_window_start_a_new_streak() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let window = std::time::Duration::from_secs(10);
+    let config = RegistryConfig { rollback_after: 5, rollback_window: window };
+    let (registry, mut events) = Registry::open(dir.path(), runtime(), config).expect("open registry");
+    registry.push(PluginKind::Router, "r", Some("good"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push good");
+    registry.push(PluginKind::Router, "r", Some("bad"), shoal_artifacts::HOSTILE_ROUTER, true).await.expect("push bad");
+    drain(&mut events);
+    for _ in 0..4 {
+        failed(route(&registry, "r", "/trap"));
+    }
+    tokio::time::advance(window + std::time::Duration::from_secs(1)).await;
+    for _ in 0..4 {
+        failed(route(&registry, "r", "/trap"));
+    }
+    assert_eq!(drain(&mut events), vec![], "eight failures, but never five within 10 s");
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "bad");
+    failed(route(&registry, "r", "/trap"));
+    assert_eq!(actions_until(&mut events, "rolled-back").await, ["failing", "rolled-back"]);
+    assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "good");
+}
+
 #[tokio::test]
 async fn delete_refuses_the_active_version_and_removes_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
