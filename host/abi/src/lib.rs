@@ -232,7 +232,18 @@ impl AnyPlugin {
         scope: PluginScope,
         limits: CallLimits,
     ) -> Result<Self, LoadError> {
-        let compiled = runtime.compile(bytes)?;
+        Self::load_compiled(runtime, kind, &runtime.compile(bytes)?, scope, limits)
+    }
+
+    /// [`AnyPlugin::load`] of a component compiled already (e.g. by
+    /// [`Runtime::compile_unadmitted`], for an upload that may still be refused).
+    pub fn load_compiled(
+        runtime: &Runtime,
+        kind: PluginKind,
+        compiled: &shoal_runtime::cache::Compiled,
+        scope: PluginScope,
+        limits: CallLimits,
+    ) -> Result<Self, LoadError> {
         Ok(match kind {
             PluginKind::Allocator => AnyPlugin::Allocator(Arc::new(runtime.load(&compiled, scope, limits)?)),
             PluginKind::Router => AnyPlugin::Router(Arc::new(runtime.load(&compiled, scope, limits)?)),

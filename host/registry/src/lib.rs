@@ -520,8 +520,11 @@ impl Registry {
         let runtime = self.runtime.clone();
         let owned = bytes.to_vec();
         let probe_scope = PluginScope::detached(kind.as_str(), name, version.unwrap_or("new"));
+        // Compiled, not yet admitted to the compile cache: a refused upload leaves nothing there.
         let compiled = tokio::task::spawn_blocking(move || {
-            AnyPlugin::load(&runtime, kind, &owned, probe_scope, kind.default_limits()).map(|p| p.digest().to_owned())
+            let compiled = runtime.compile_unadmitted(&owned)?;
+            AnyPlugin::load_compiled(&runtime, kind, &compiled, probe_scope, kind.default_limits())?;
+            Ok::<_, LoadError>(compiled)
         })
         .await
         .map_err(|e| RegistryError::Storage(format!("validation task failed: {e}")))??;
@@ -537,7 +540,7 @@ impl Registry {
             kind,
             name: name.into(),
             version: version.clone(),
-            digest: compiled,
+            digest: compiled.digest.clone(),
             size: bytes.len() as u64,
             uploaded_at: now_rfc3339(),
             seq,
@@ -545,8 +548,8 @@ impl Registry {
         state.last_seq = seq;
         let make_active = activate || state.active.is_none();
         let loaded = if make_active {
-            let plugin =
-                AnyPlugin::load(&self.runtime, kind, bytes, self.scope(kind, name, &version), kind.default_limits())?;
+            let scope = self.scope(kind, name, &version);
+            let plugin = AnyPlugin::load_compiled(&self.runtime, kind, &compiled, scope, kind.default_limits())?;
             Some(self.loaded(meta.clone(), plugin))
         } else {
             None
@@ -555,6 +558,8 @@ impl Registry {
             state.history.push(previous);
         }
         self.store.put_version(&meta, bytes, &state).await?;
+        // Accepted: now the compiled component may be kept.
+        self.runtime.cache().admit(&compiled);
         self.emit(
             kind,
             name,

@@ -29,11 +29,19 @@ pub struct RuntimeConfig {
     pub max_memory: usize,
     /// Largest component accepted, in bytes.
     pub max_component_size: usize,
+    /// Budgets of the compile cache, in memory and on disk.
+    pub cache_limits: crate::cache::CacheLimits,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { cache_dir: None, max_instances: 1000, max_memory: 256 << 20, max_component_size: 32 << 20 }
+        RuntimeConfig {
+            cache_dir: None,
+            max_instances: 1000,
+            max_memory: 256 << 20,
+            max_component_size: 32 << 20,
+            cache_limits: crate::cache::CacheLimits::default(),
+        }
     }
 }
 
@@ -102,7 +110,7 @@ impl Runtime {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm)?;
-        let cache = ComponentCache::new(&engine, config.cache_dir.clone())?;
+        let cache = ComponentCache::new(&engine, config.cache_dir.clone(), config.cache_limits)?;
 
         let mut linker_plain = Linker::new(&engine);
         imports::add_to_linker(&mut linker_plain, Imports { probe: false, route_request: false })?;
@@ -140,8 +148,16 @@ impl Runtime {
     }
 
     /// Check the bytes are a component under the size limit that speaks a compatible version of
-    /// the WIT package, and compile it (once per digest).
+    /// the WIT package, and compile it (once per digest: it is kept in the cache).
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, LoadError> {
+        let compiled = self.compile_unadmitted(bytes)?;
+        self.inner.cache.admit(&compiled);
+        Ok(compiled)
+    }
+
+    /// [`Runtime::compile`] without keeping the result in the cache (a cached one is used):
+    /// for uploads that may still be refused; admit it (`cache().admit`) once accepted.
+    pub fn compile_unadmitted(&self, bytes: &[u8]) -> Result<Compiled, LoadError> {
         let limit = self.inner.config.max_component_size;
         if bytes.len() > limit {
             return Err(LoadError::TooLarge { size: bytes.len(), limit });
@@ -152,11 +168,12 @@ impl Runtime {
             Binary::Component => {}
         }
         let engine = &self.inner.engine;
-        let compiled = self
-            .inner
-            .cache
-            .get_or_compile(engine, bytes, || Component::new(engine, bytes))
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let digest = crate::cache::digest(bytes);
+        let component = match self.inner.cache.lookup(engine, &digest) {
+            Some(component) => component,
+            None => Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+        };
+        let compiled = Compiled { digest, component };
         check_package_version(engine, &compiled.component)?;
         Ok(compiled)
     }

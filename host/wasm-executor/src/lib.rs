@@ -222,7 +222,9 @@ impl WasmExecutor {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&wasm).map_err(|e| setup(&e))?;
-        let cache = ComponentCache::new(&engine, config.cache_dir.clone()).map_err(|e| setup(&e))?;
+        let cache =
+            ComponentCache::new(&engine, config.cache_dir.clone(), shoal_runtime::cache::CacheLimits::default())
+                .map_err(|e| setup(&e))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| setup(&e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| setup(&e))?;

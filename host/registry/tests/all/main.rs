@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use shoal_abi::{AnyPlugin, Endpoint, PluginKind, RouteRequest, RouteTable};
 use shoal_registry::{Registry, RegistryConfig, RegistryError, RegistryEvent};
+use shoal_runtime::cache::CacheLimits;
 use shoal_runtime::{CallError, LoadError, Runtime, RuntimeConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -281,6 +282,88 @@ async fn failures_further_apart_than_the_window_start_a_new_streak() {
     failed(route(&registry, "r", "/trap"));
     assert_eq!(actions_until(&mut events, "rolled-back").await, ["failing", "rolled-back"]);
     assert_eq!(registry.active(PluginKind::Router, "r").expect("active").meta.version, "good");
+}
+
+/// `component` with a custom section naming `n` appended: the same plugin, another digest.
+fn variant(component: &[u8], n: usize) -> Vec<u8> {
+    let name = b"shoal-test";
+    let payload = n.to_string().into_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = component.to_vec();
+    out.push(0); // a custom section
+    out.push(section.len() as u8); // its size (LEB128, under 128)
+    out.extend_from_slice(&section);
+    out
+}
+
+fn artifacts_on_disk(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Issue 24: an upload the registry refuses leaves nothing in the compile cache (it was compiled
+/// to be checked, and dropped), and the cache stays within its byte budgets, evicting the least
+/// recently used, in memory and on disk: 40 distinct uploads, half of them refused, against
+/// budgets of about one compiled router.
+#[tokio::test]
+async fn the_compile_cache_keeps_only_accepted_uploads_within_its_budgets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let roomy =
+        Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), max_instances: 50, ..RuntimeConfig::default() })
+            .expect("runtime");
+    let (registry, _events) =
+        Registry::open(&dir.path().join("r1"), roomy.clone(), RegistryConfig::default()).expect("open");
+    for n in 0..4 {
+        // A router is not a framework: refused after it was compiled to be checked.
+        let err = registry
+            .push(PluginKind::Framework, "f", None, &variant(shoal_artifacts::ROUND_ROBIN, n), false)
+            .await
+            .expect_err("a router pushed as a framework");
+        assert!(matches!(err, RegistryError::Load(_)), "{err}");
+    }
+    assert_eq!(roomy.cache().len(), 0, "refused uploads were kept in memory");
+    assert_eq!(artifacts_on_disk(&cache), Vec::<String>::new(), "refused uploads were kept on disk");
+    registry.push(PluginKind::Router, "r", None, &variant(shoal_artifacts::ROUND_ROBIN, 9), false).await.expect("push");
+    assert_eq!((roomy.cache().len(), artifacts_on_disk(&cache).len()), (1, 1), "an accepted upload is kept");
+
+    // Budgets of about one compiled router: each accepted upload evicts the one before.
+    let cache = dir.path().join("cache-small");
+    let one = roomy.cache().memory_bytes();
+    let limits = CacheLimits { memory_bytes: one + one / 2, disk_bytes: 1 };
+    let small = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.clone()),
+        max_instances: 50,
+        cache_limits: limits,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let (registry, _events) =
+        Registry::open(&dir.path().join("r2"), small.clone(), RegistryConfig::default()).expect("open");
+    let mut newest = None;
+    for n in 0..40 {
+        let bytes = variant(shoal_artifacts::ROUND_ROBIN, 100 + n);
+        // Every other upload is refused; the newest accepted one stays.
+        if n % 2 == 1 {
+            registry.push(PluginKind::Framework, "f", None, &bytes, false).await.expect_err("a router as a framework");
+        } else {
+            registry.push(PluginKind::Router, "r", None, &bytes, false).await.expect("push");
+            newest = Some(shoal_runtime::cache::digest(&bytes));
+        }
+        assert!(
+            small.cache().memory_bytes() <= limits.memory_bytes,
+            "{} bytes in memory",
+            small.cache().memory_bytes()
+        );
+        assert_eq!(small.cache().len(), 1);
+        let on_disk = artifacts_on_disk(&cache);
+        assert_eq!(on_disk.len(), 1, "{on_disk:?}");
+        let digest = newest.as_deref().expect("one accepted");
+        assert!(on_disk[0].starts_with(digest), "the newest accepted stays: {on_disk:?}");
+    }
 }
 
 #[tokio::test]
