@@ -65,6 +65,7 @@ impl From<RegistryError> for ApiError {
                 LoadError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             },
             RegistryError::DuplicateVersion { .. } => (StatusCode::CONFLICT, "duplicate_version"),
+            RegistryError::TooManyVersions { .. } => (StatusCode::CONFLICT, "too_many_versions"),
             RegistryError::NotFound { .. } | RegistryError::VersionNotFound { .. } => {
                 (StatusCode::NOT_FOUND, "not_found")
             }

@@ -44,11 +44,20 @@ pub struct RegistryConfig {
     /// How close together those failures must come: a streak whose first failure is older than
     /// this starts again at the next failure.
     pub rollback_window: Duration,
+    /// Most versions one plugin keeps: a push past it is refused (delete old versions first).
+    pub max_versions: usize,
+    /// Most earlier versions remembered to roll back to; the oldest are forgotten first.
+    pub max_history: usize,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { rollback_after: 5, rollback_window: Duration::from_secs(60) }
+        RegistryConfig {
+            rollback_after: 5,
+            rollback_window: Duration::from_secs(60),
+            max_versions: 100,
+            max_history: 20,
+        }
     }
 }
 
@@ -132,6 +141,18 @@ pub enum RegistryError {
     /// The bytes are not a valid plugin of this kind.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The plugin has as many versions as it may keep.
+    #[error(
+        "{kind} plugin `{name}` has {limit} versions, as many as it may keep; delete old ones first (shoal plugin delete --version)"
+    )]
+    TooManyVersions {
+        /// Kind.
+        kind: PluginKind,
+        /// Name.
+        name: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The version exists already.
     #[error("{kind} plugin `{name}` already has a version `{version}`; versions are immutable, push a new one")]
     DuplicateVersion {
@@ -536,6 +557,9 @@ impl Registry {
         if self.store.version(kind, name, &version)?.is_some() {
             return Err(RegistryError::DuplicateVersion { kind, name: name.into(), version });
         }
+        if self.store.version_count(kind, name)? >= self.config.max_versions {
+            return Err(RegistryError::TooManyVersions { kind, name: name.into(), limit: self.config.max_versions });
+        }
         let meta = PluginVersion {
             kind,
             name: name.into(),
@@ -556,6 +580,7 @@ impl Registry {
         };
         if make_active && let Some(previous) = state.active.replace(version.clone()) {
             state.history.push(previous);
+            self.trim_history(&mut state);
         }
         self.store.put_version(&meta, bytes, &state).await?;
         // Accepted: now the compiled component may be kept.
@@ -579,6 +604,12 @@ impl Registry {
         Ok(meta)
     }
 
+    /// Forgets the oldest rollback targets beyond `max_history`.
+    fn trim_history(&self, state: &mut ActivationState) {
+        let over = state.history.len().saturating_sub(self.config.max_history);
+        state.history.drain(..over);
+    }
+
     fn swap_in(&self, kind: PluginKind, name: &str, loaded: LoadedVersion, probation: bool) {
         loaded.probation.store(probation, Ordering::Relaxed);
         self.set_current(&self.slot(&(kind, name.to_owned())), Some(Arc::new(loaded)));
@@ -599,6 +630,7 @@ impl Registry {
             state.history.push(previous);
         }
         state.history.retain(|v| v != version);
+        self.trim_history(&mut state);
         state.active = Some(version.to_owned());
         self.store.put_state(kind, name, &state).await?;
         let probation = !state.history.is_empty();

@@ -111,6 +111,11 @@ impl Store {
         self.state.get(CF_META, version_key(kind, name, version).as_bytes())?.map(|b| json(&b)).transpose()
     }
 
+    /// How many versions plugin `kind`/`name` has.
+    pub(crate) fn version_count(&self, kind: PluginKind, name: &str) -> Result<usize, RegistryError> {
+        Ok(self.scan(CF_META, &format!("v/{kind}/{name}/"))?.len())
+    }
+
     pub(crate) fn versions(&self) -> Result<Vec<PluginVersion>, RegistryError> {
         self.scan(CF_META, "v/")?.into_iter().map(|(_, v)| json(&v)).collect()
     }

@@ -265,7 +265,7 @@ async fn a_version_that_served_long_is_rolled_back_once_it_fails_in_a_row_under_
 async fn failures_further_apart_than_the_window_start_a_new_streak() {
     let dir = tempfile::tempdir().expect("tempdir");
     let window = std::time::Duration::from_secs(10);
-    let config = RegistryConfig { rollback_after: 5, rollback_window: window };
+    let config = RegistryConfig { rollback_after: 5, rollback_window: window, ..RegistryConfig::default() };
     let (registry, mut events) = Registry::open(dir.path(), runtime(), config).expect("open registry");
     registry.push(PluginKind::Router, "r", Some("good"), shoal_artifacts::ROUND_ROBIN, false).await.expect("push good");
     registry.push(PluginKind::Router, "r", Some("bad"), shoal_artifacts::HOSTILE_ROUTER, true).await.expect("push bad");
@@ -364,6 +364,32 @@ async fn the_compile_cache_keeps_only_accepted_uploads_within_its_budgets() {
         let digest = newest.as_deref().expect("one accepted");
         assert!(on_disk[0].starts_with(digest), "the newest accepted stays: {on_disk:?}");
     }
+}
+
+/// Issue 24: a plugin keeps at most `max_versions` versions (a push past it is a clear refusal
+/// that changes nothing) and remembers at most `max_history` earlier ones to roll back to.
+#[tokio::test]
+async fn versions_and_history_are_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RegistryConfig { max_versions: 4, max_history: 2, ..RegistryConfig::default() };
+    let (registry, _events) = Registry::open(dir.path(), runtime(), config).expect("open registry");
+    for v in ["a", "b", "c", "d"] {
+        registry.push(PluginKind::Router, "r", Some(v), shoal_artifacts::ROUND_ROBIN, true).await.expect("push");
+    }
+    let info = registry.show(PluginKind::Router, "r").expect("show");
+    assert_eq!(info.history, ["b", "c"], "the oldest target is forgotten: {info:?}");
+    let err = registry
+        .push(PluginKind::Router, "r", Some("e"), shoal_artifacts::ROUND_ROBIN, true)
+        .await
+        .expect_err("a fifth");
+    assert!(matches!(err, RegistryError::TooManyVersions { limit: 4, .. }), "{err}");
+    assert!(err.to_string().contains("delete old ones first"), "{err}");
+    let info = registry.show(PluginKind::Router, "r").expect("show");
+    assert_eq!((info.versions.len(), info.active.as_deref()), (4, Some("d")), "the refusal changed nothing");
+    // Deleting one makes room.
+    registry.delete(PluginKind::Router, "r", Some("a")).await.expect("delete a");
+    registry.push(PluginKind::Router, "r", Some("e"), shoal_artifacts::ROUND_ROBIN, true).await.expect("push e");
+    assert_eq!(registry.show(PluginKind::Router, "r").expect("show").history, ["c", "d"]);
 }
 
 #[tokio::test]
