@@ -217,3 +217,52 @@ fn slow_clients_are_closed_after_the_header_timeout_and_connections_are_capped()
         assert!(second.iter().all(|t| *t >= Duration::from_millis(2800)), "{what}: 20 at most at once, {second:?}");
     }
 }
+
+/// Opens `path` as `token` and returns the connection and the status of its answer's head (an
+/// event stream's head comes at once; its body keeps coming).
+fn open_stream(api: &str, token: &str, path: &str) -> (TcpStream, u16, String) {
+    let mut stream = TcpStream::connect(api.trim_start_matches("http://")).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: shoal\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("send");
+    let mut answer = [0u8; 2048];
+    let n = stream.read(&mut answer).expect("an answer");
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    (stream, status_of(&answer[..n]), text)
+}
+
+/// `--max-streams-per-token 3`: a token holds at most three event streams and watches open; the
+/// fourth is refused with 429 and `Retry-After`, another token is not affected, and closing one
+/// gives its place back.
+#[test]
+fn a_token_holds_at_most_its_share_of_streams() {
+    let dev = Dev::start_args(None, &["--max-streams-per-token", "3"], &[]);
+    let mut open: Vec<TcpStream> = ["/v1/events", "/v1/kv/orders?watch=true", "/v1/services/web/watch"]
+        .iter()
+        .map(|path| {
+            let (stream, status, text) = open_stream(&dev.api, &dev.token, path);
+            assert_eq!(status, 200, "{path}: {text}");
+            stream
+        })
+        .collect();
+    let (_, status, text) = open_stream(&dev.api, &dev.token, "/v1/events");
+    assert_eq!(status, 429, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    assert!(text.contains("too_many_streams"), "{text}");
+
+    // Another token has places of its own.
+    let (status, body) = http(&dev.api, &dev.token, "POST", "/v1/tokens", r#"{"scope": "app:orders", "ttl": "1h"}"#);
+    assert_eq!(status, 201, "{body}");
+    let app: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let (_other, status, text) =
+        open_stream(&dev.api, app["token"].as_str().expect("token"), "/v1/kv/orders?watch=true");
+    assert_eq!(status, 200, "{text}");
+
+    // Closing one gives its place back, once the server has seen it go.
+    drop(open.pop());
+    let reopened = shoal_testkit::eventually_sync("a place for the admin token again", Duration::from_secs(10), || {
+        let (stream, status, _) = open_stream(&dev.api, &dev.token, "/v1/events");
+        (status == 200).then_some(stream)
+    });
+    drop(reopened);
+}

@@ -46,6 +46,7 @@ pub async fn stream(
     }
     // Wider filters are narrowed to the event tree: control traffic is not for API clients.
     let filter = if subject::covers_events(&filter) { subject::EVENTS_ALL.to_owned() } else { filter };
+    let slot = state.streams.open(&headers)?;
     let subscription =
         state.bus.subscribe(&filter).await.map_err(|e| {
             ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())
@@ -60,5 +61,5 @@ pub async fn stream(
         };
         std::future::ready(data.map(|data| Ok(Event::default().event(message.subject).data(data))))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(crate::streams::holding(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

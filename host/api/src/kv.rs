@@ -183,7 +183,8 @@ pub async fn get(
         if q.index.is_some() {
             return Err(ApiError::bad_request("`watch` streams every write; it takes no `index`"));
         }
-        return Ok(watch_stream(state, store, ns, KeyFilter::Exact(key)).await?.into_response());
+        let slot = state.streams.open(&headers)?;
+        return Ok(watch_stream(state, store, ns, KeyFilter::Exact(key), slot).await?.into_response());
     }
     let mut staleness = None;
     let entry = match q.index {
@@ -302,6 +303,7 @@ async fn watch_stream(
     store: Arc<StoreClient>,
     ns: String,
     filter: KeyFilter,
+    slot: crate::streams::StreamSlot,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let changes = subscribe(&state, &ns).await?;
     let events = changes
@@ -327,7 +329,7 @@ async fn watch_stream(
             }
         })
         .boxed();
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(crate::streams::holding(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// Write a value: the body is the value.
@@ -394,7 +396,8 @@ pub async fn list(
             ));
         }
         shoal_store::validate_namespace(&ns)?;
-        return Ok(watch_stream(state, store, ns, KeyFilter::Prefix(prefix)).await?.into_response());
+        let slot = state.streams.open(&headers)?;
+        return Ok(watch_stream(state, store, ns, KeyFilter::Prefix(prefix), slot).await?.into_response());
     }
     let page = match q.index {
         None => store.list(&ns, &prefix, cursor.as_deref(), limit).await?,

@@ -29,6 +29,7 @@ pub mod leader;
 mod plugins;
 pub mod scoped;
 pub mod services;
+pub mod streams;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -73,6 +74,8 @@ pub struct AppState {
     pub artifacts: Option<Arc<shoal_task_io::ArtifactStore>>,
     /// The leadership among several masters (`None`: this node is the only one, and leads).
     pub leadership: Option<Arc<leader::Leadership>>,
+    /// Event streams and watches open per token, and their cap.
+    pub streams: Arc<streams::Streams>,
 }
 
 /// A part only the leader runs: swapped in when this node starts leading, out when it stops.

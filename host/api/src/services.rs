@@ -180,6 +180,7 @@ pub async fn watch(
     let scope = state.auth.reader(&headers)?;
     shoal_discovery::validate_service(&svc)?;
     let d = discovery(&state)?.clone();
+    let slot = state.streams.open(&headers)?;
     let mut changes = d.subscribe();
     let stream = async_stream_of(move |tx| async move {
         let snapshot = |d: &Discovery| {
@@ -211,7 +212,7 @@ pub async fn watch(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(crate::streams::holding(stream, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// A stream fed by a task through a channel (the task ends when the client goes away).

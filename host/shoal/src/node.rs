@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub gateway_workers: usize,
     /// Header timeout and connection cap of the API and the gateway.
     pub edge: shoal_gateway::edge::EdgeLimits,
+    /// Event streams and watches one token may hold open at once.
+    pub max_streams_per_token: usize,
     /// Time without a heartbeat after which the master declares an agent lost.
     pub agent_timeout: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
@@ -389,6 +391,7 @@ pub async fn run(
         master: leader.master.clone(),
         artifacts: Some(artifacts),
         leadership,
+        streams: shoal_api::streams::Streams::new(config.max_streams_per_token),
     };
     ready(&info);
     shoal_api::serve(listener, state, handing_over(shutdown, departure), config.edge).await?;

@@ -127,6 +127,7 @@ impl Server {
             master: shoal_api::leading(None),
             artifacts: None,
             leadership: None,
+            streams: shoal_api::streams::Streams::new(shoal_api::streams::DEFAULT_PER_TOKEN),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

@@ -41,6 +41,10 @@ pub(super) struct DevArgs {
     gateway_workers: usize,
     #[command(flatten)]
     edge: EdgeArgs,
+    /// Event streams and watches (`/v1/events`, `?watch=true`, service watches) one token may
+    /// hold open at once on the API; more are refused with 429.
+    #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
+    max_streams_per_token: usize,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
@@ -104,6 +108,10 @@ pub(super) struct MasterArgs {
     gateway_workers: usize,
     #[command(flatten)]
     edge: EdgeArgs,
+    /// Event streams and watches (`/v1/events`, `?watch=true`, service watches) one token may
+    /// hold open at once on the API; more are refused with 429.
+    #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
+    max_streams_per_token: usize,
     /// Milliseconds between allocation cycles (changes also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
@@ -264,6 +272,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         gateway: (!args.no_gateway).then_some(args.gateway),
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
+        max_streams_per_token: args.max_streams_per_token,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: Some(crate::node::local_agent(
             None,
@@ -345,6 +354,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
+        max_streams_per_token: args.max_streams_per_token,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         local_agent: None,
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
