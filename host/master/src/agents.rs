@@ -181,6 +181,27 @@ impl Master {
                 })
                 .collect()
         };
+        let forgotten: Vec<(String, String)> = {
+            let mut agents = self.agents.lock();
+            let after = self.config.agent_timeout + self.config.forget_lost_after;
+            let gone: Vec<String> = agents
+                .values()
+                .filter(|e| e.state == AgentState::Lost && e.last_seen.elapsed() > after)
+                .map(|e| e.reg.id.clone())
+                .collect();
+            gone.into_iter().filter_map(|id| agents.remove(&id).map(|e| (id, e.reg.hostname))).collect()
+        };
+        for (id, hostname) in forgotten {
+            tracing::info!(agent = %id, %hostname, "lost agent forgotten");
+            self.events
+                .emit(
+                    subject::agent_event(&id, "forgotten"),
+                    "io.shoal.agent.forgotten",
+                    &format!("agents/{id}"),
+                    serde_json::json!({ "id": id, "hostname": hostname }),
+                )
+                .await;
+        }
         for (id, hostname, tasks, silent_ms) in lost {
             tracing::warn!(agent = %id, %hostname, silent_ms, "agent lost");
             for offer in self.rescind_agent(&id) {
@@ -278,6 +299,33 @@ pub(crate) mod tests {
         tokio::time::advance(timeout).await;
         master.sweep().await;
         assert_eq!(state("a2"), AgentState::Lost);
+    }
+
+    /// Issue 24: a lost agent is forgotten once it has been lost for `forget_lost_after` (on the
+    /// clock the test moves), with an event; one that is merely lost stays listed.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_agent_is_forgotten_after_its_time() {
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        let mut events = bus.subscribe("shoal.evt.agent.>").await.unwrap();
+        let (timeout, forget) = (Duration::from_secs(5), Duration::from_secs(60));
+        let config = MasterConfig { agent_timeout: timeout, forget_lost_after: forget, ..MasterConfig::default() };
+        let master = Master::new(bus, config, None);
+        master.admit(reg("a1", "host-1")).unwrap();
+        tokio::time::advance(timeout + Duration::from_secs(1)).await;
+        master.sweep().await;
+        assert_eq!(master.agent("a1").unwrap().state, AgentState::Lost);
+        assert_eq!(events.next().await.unwrap().subject, "shoal.evt.agent.a1.lost");
+
+        tokio::time::advance(forget - Duration::from_secs(2)).await;
+        master.sweep().await;
+        assert!(master.agent("a1").is_some(), "lost for less than a minute: still listed");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        master.sweep().await;
+        assert!(master.agent("a1").is_none(), "lost for over a minute: forgotten");
+        assert_eq!(events.next().await.unwrap().subject, "shoal.evt.agent.a1.forgotten");
+        // It may come back, as a new agent.
+        master.admit(reg("a1", "host-1")).unwrap();
+        assert_eq!(master.agent("a1").unwrap().state, AgentState::Active);
     }
 
     #[tokio::test(start_paused = true)]

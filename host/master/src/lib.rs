@@ -49,12 +49,17 @@ pub use tasks::TaskEntry;
 
 /// Default time without a heartbeat after which an agent is lost.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a lost agent is remembered.
+pub const DEFAULT_FORGET_LOST_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How the master runs.
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
     /// Time without a heartbeat after which an agent is lost (default 5 s).
     pub agent_timeout: Duration,
+    /// Time an agent stays lost before the master forgets it (default a day): it leaves the
+    /// agent list, and comes back as new if it registers again.
+    pub forget_lost_after: Duration,
     /// CloudEvents `source` of the master's events.
     pub source: String,
     /// Name of the allocator plugin (default `drf`).
@@ -73,6 +78,7 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            forget_lost_after: DEFAULT_FORGET_LOST_AFTER,
             source: "/shoal/master".into(),
             allocator: "drf".into(),
             allocation_interval: None,

@@ -244,6 +244,7 @@ fn start_master(
         bus.clone(),
         shoal_master::MasterConfig {
             agent_timeout: config.agent_timeout,
+            forget_lost_after: config.forget_lost_agents_after,
             source: "/shoal/master".into(),
             allocation_interval: Some(config.allocation_interval),
             term,

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub max_streams_per_token: usize,
     /// Time without a heartbeat after which the master declares an agent lost.
     pub agent_timeout: std::time::Duration,
+    /// How long a lost agent stays listed.
+    pub forget_lost_agents_after: std::time::Duration,
     /// An agent to run in this process too (`shoal dev`); `None` for a master alone.
     pub local_agent: Option<shoal_protocol::AgentRegistration>,
     /// The local agent's sandbox root (default `shoal_agent::isolation::default_sandbox_root`:

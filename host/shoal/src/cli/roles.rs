@@ -48,6 +48,9 @@ pub(super) struct DevArgs {
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
+    /// Seconds a lost agent stays listed before the master forgets it.
+    #[arg(long, default_value_t = shoal_master::DEFAULT_FORGET_LOST_AFTER.as_secs())]
+    forget_lost_agents_after_s: u64,
     /// Resources of the local agent (default: this machine's cores and memory, 10 GiB disk,
     /// ports 31000-32000), e.g. `cpus:2;mem:2048;ports:[34000-34099]`.
     #[arg(long)]
@@ -99,6 +102,9 @@ pub(super) struct MasterArgs {
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
+    /// Seconds a lost agent stays listed before the master forgets it.
+    #[arg(long, default_value_t = shoal_master::DEFAULT_FORGET_LOST_AFTER.as_secs())]
+    forget_lost_agents_after_s: u64,
     /// Also serve a gateway at this address.
     #[arg(long)]
     gateway: Option<SocketAddr>,
@@ -274,6 +280,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         edge: args.edge.limits(),
         max_streams_per_token: args.max_streams_per_token,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
+        forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: Some(crate::node::local_agent(
             None,
             None,
@@ -356,6 +363,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         edge: args.edge.limits(),
         max_streams_per_token: args.max_streams_per_token,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
+        forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: None,
         allocation_interval: std::time::Duration::from_millis(args.allocation_interval_ms),
         sandbox_dir: None,
