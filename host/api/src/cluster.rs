@@ -288,6 +288,9 @@ async fn forward(
     let master = master(state)?;
     let response = master.framework_request(framework, request).await.map_err(|e| match e {
         MasterError::NoFramework(_) => ApiError::not_found(e.to_string()),
+        MasterError::FrameworkBusy { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "framework_busy", e.to_string())
+        }
         e => ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", format!("framework `{framework}`: {e}")),
     })?;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);

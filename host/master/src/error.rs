@@ -47,6 +47,14 @@ pub enum MasterError {
     /// No framework of that name.
     #[error("no framework `{0}`")]
     NoFramework(String),
+    /// The framework has as many requests waiting as it may queue.
+    #[error("framework `{name}` has {limit} requests waiting already; retry shortly")]
+    FrameworkBusy {
+        /// The framework.
+        name: String,
+        /// Most requests waiting at once.
+        limit: usize,
+    },
     /// The framework has no active plugin version any more.
     #[error("no active framework plugin `{0}`")]
     NoFrameworkPlugin(String),

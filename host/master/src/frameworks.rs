@@ -46,6 +46,18 @@ pub(crate) struct OfferBatch {
     pub held_before: bool,
 }
 
+/// Most API requests one framework may have waiting at once (beyond it: `FrameworkBusy`, 429).
+pub const MAX_QUEUED_REQUESTS: usize = 256;
+
+/// One request's place in a framework's queue count.
+struct QueuePlace(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per-framework scheduling state.
 #[derive(Default)]
 pub(crate) struct FwState {
@@ -56,6 +68,9 @@ pub(crate) struct FwState {
     pub worker: Option<mpsc::UnboundedSender<FwInput>>,
     /// A tick is queued (ticks do not pile up behind a slow framework).
     pub tick_queued: Arc<std::sync::atomic::AtomicBool>,
+    /// API requests waiting for the worker or being answered by it; at most
+    /// [`MAX_QUEUED_REQUESTS`], so a flood of requests cannot grow the queue without bound.
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
     /// Configuration handed to `init`.
     pub config: String,
     /// How many times the framework revived (asked for offers again, its filters cleared). A
@@ -174,8 +189,14 @@ impl Master {
         name: &str,
         request: shoal_abi::HttpRequest,
     ) -> Result<shoal_abi::HttpResponse, MasterError> {
-        let worker = self.fw_state.lock().get(name).and_then(|s| s.worker.clone());
-        let Some(worker) = worker else { return Err(MasterError::NoFramework(name.to_owned())) };
+        let found = self.fw_state.lock().get(name).and_then(|s| Some((s.worker.clone()?, s.requests.clone())));
+        let Some((worker, requests)) = found else { return Err(MasterError::NoFramework(name.to_owned())) };
+        // A place in the framework's queue, given back when the answer came or the caller left.
+        let taken = requests.fetch_add(1, Ordering::AcqRel);
+        let _place = QueuePlace(requests);
+        if taken >= MAX_QUEUED_REQUESTS {
+            return Err(MasterError::FrameworkBusy { name: name.to_owned(), limit: MAX_QUEUED_REQUESTS });
+        }
         let (tx, rx) = oneshot::channel();
         worker.send(FwInput::Request(request, tx)).map_err(|_| MasterError::FrameworkStopped(name.to_owned()))?;
         rx.await.map_err(|_| MasterError::FrameworkStopped(name.to_owned()))?
@@ -636,6 +657,45 @@ mod tests {
     use super::*;
     use crate::MasterConfig;
     use crate::agents::tests::reg;
+
+    /// Issue 24: a framework's requests wait in a bounded queue. With the worker stuck (it never
+    /// reads), `MAX_QUEUED_REQUESTS` requests wait and the next is refused at once with
+    /// `FrameworkBusy`; a caller that gives up gives its place back.
+    #[tokio::test]
+    async fn a_frameworks_request_queue_is_bounded() {
+        let bus: SharedBus = Arc::new(LocalBus::new());
+        let master = Master::new(bus, MasterConfig::default(), None);
+        let (stuck, _never_read) = mpsc::unbounded_channel();
+        master.fw_state.lock().entry("f".into()).or_default().worker = Some(stuck);
+        let request = || shoal_abi::HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let waiting: Vec<_> = (0..MAX_QUEUED_REQUESTS)
+            .map(|_| {
+                let master = master.clone();
+                tokio::spawn(async move { master.framework_request("f", request()).await })
+            })
+            .collect();
+        let queued = || master.fw_state.lock().get("f").map(|s| s.requests.load(Ordering::Acquire));
+        while queued() != Some(MAX_QUEUED_REQUESTS) {
+            tokio::task::yield_now().await;
+        }
+        let err = master.framework_request("f", request()).await.expect_err("the queue is full");
+        assert!(matches!(err, MasterError::FrameworkBusy { limit: MAX_QUEUED_REQUESTS, .. }), "{err}");
+        assert_eq!(queued(), Some(MAX_QUEUED_REQUESTS), "a refused request takes no place");
+        for task in &waiting[..10] {
+            task.abort();
+        }
+        while queued() != Some(MAX_QUEUED_REQUESTS - 10) {
+            tokio::task::yield_now().await;
+        }
+        let next = tokio::time::timeout(Duration::from_millis(50), master.framework_request("f", request())).await;
+        assert!(next.is_err(), "with places free, a request waits for the worker instead of being refused");
+    }
 
     /// A declined offer filters its agent out for the refuse time on the master's clock, which
     /// the test moves: the filter holds just before it ends and is gone just after.
