@@ -126,10 +126,18 @@ impl PluginKind {
     /// the tightest deadline; allocators see the whole cluster, so they get the most memory.
     pub fn default_limits(self) -> CallLimits {
         match self {
-            PluginKind::Allocator => CallLimits { deadline: Duration::from_secs(2), memory: 256 << 20, max_idle: 2 },
-            PluginKind::Router => CallLimits { deadline: Duration::from_millis(50), memory: 32 << 20, max_idle: 64 },
-            PluginKind::HealthCheck => CallLimits { deadline: Duration::from_secs(10), memory: 32 << 20, max_idle: 16 },
-            PluginKind::Framework => CallLimits { deadline: Duration::from_secs(2), memory: 128 << 20, max_idle: 4 },
+            PluginKind::Allocator => {
+                CallLimits { deadline: Duration::from_secs(2), memory: 256 << 20, max_idle: 2, max_live: 8 }
+            }
+            PluginKind::Router => {
+                CallLimits { deadline: Duration::from_millis(50), memory: 32 << 20, max_idle: 64, max_live: 256 }
+            }
+            PluginKind::HealthCheck => {
+                CallLimits { deadline: Duration::from_secs(10), memory: 32 << 20, max_idle: 16, max_live: 64 }
+            }
+            PluginKind::Framework => {
+                CallLimits { deadline: Duration::from_secs(2), memory: 128 << 20, max_idle: 4, max_live: 16 }
+            }
         }
     }
 }

@@ -758,6 +758,10 @@ impl Registry {
         };
         loaded.metrics.failed.increment(1);
         loaded.failed.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, CallError::Busy(_)) {
+            // At its instance quota: the call did not run, which says nothing about the version.
+            return;
+        }
         let streak = {
             let now = tokio::time::Instant::now();
             let mut since = loaded.streak_since.lock();

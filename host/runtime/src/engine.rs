@@ -59,11 +59,15 @@ pub struct CallLimits {
     pub memory: usize,
     /// Idle instances kept for reuse.
     pub max_idle: usize,
+    /// Most instances of the plugin alive at once (idle or in a call), its share of the runtime's
+    /// pool: a plugin at its quota gets [`crate::CallError::Busy`] rather than taking the slots of
+    /// the others.
+    pub max_live: usize,
 }
 
 impl Default for CallLimits {
     fn default() -> Self {
-        CallLimits { deadline: Duration::from_secs(1), memory: 64 << 20, max_idle: 16 }
+        CallLimits { deadline: Duration::from_secs(1), memory: 64 << 20, max_idle: 16, max_live: 64 }
     }
 }
 

@@ -72,6 +72,10 @@ pub enum CallError {
     /// The plugin answered, but the answer breaks the contract (index out of range, too big…).
     #[error("plugin answered invalid output: {0}")]
     InvalidOutput(String),
+    /// The plugin has as many instances as its quota allows, all busy: not its fault, and not
+    /// counted against it (no rollback), but this call did not run.
+    #[error("plugin has {0} instances, as many as its quota allows, all in use; try again")]
+    Busy(usize),
 }
 
 impl CallError {
@@ -83,6 +87,7 @@ impl CallError {
             CallError::Trap(_) => "trap",
             CallError::Instantiate(_) => "instantiate",
             CallError::InvalidOutput(_) => "invalid",
+            CallError::Busy(_) => "busy",
         }
     }
 }

@@ -44,6 +44,17 @@ pub struct Instance<W: World> {
     pub generation: u64,
     /// Linear memory right after instantiation, to tell a heap that keeps growing.
     start_memory: usize,
+    /// Its place in the plugin's count of live instances, given back when it is dropped.
+    _live: Live,
+}
+
+/// One live instance in its plugin's count ([`crate::CallLimits::max_live`]).
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counters of a loaded plugin.
@@ -70,6 +81,8 @@ pub struct Plugin<W: World> {
     ticks: u64,
     idle: Mutex<Vec<Instance<W>>>,
     stats: PluginStats,
+    /// Instances alive now (idle or in a call).
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<W: World> Plugin<W> {
@@ -89,6 +102,7 @@ impl<W: World> Plugin<W> {
             limits,
             idle: Mutex::new(Vec::new()),
             stats: PluginStats::default(),
+            live: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -119,6 +133,10 @@ impl<W: World> Plugin<W> {
 
     /// Make a fresh instance (not from the pool).
     pub fn instantiate(&self) -> Result<Instance<W>, CallError> {
+        let live = Live(self.live.clone());
+        if self.live.fetch_add(1, Ordering::AcqRel) >= self.limits.max_live.max(1) {
+            return Err(CallError::Busy(self.limits.max_live));
+        }
         let state = HostState::new(self.scope.clone(), self.limits.memory);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -129,7 +147,7 @@ impl<W: World> Plugin<W> {
             W::instantiate(&self.pre, &mut store).map_err(|e| classify(&e, &store, self.limits.deadline, true))?;
         self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
         let start_memory = store.data().limiter.size;
-        Ok(Instance { store, bindings, generation: 0, start_memory })
+        Ok(Instance { store, bindings, generation: 0, start_memory, _live: live })
     }
 
     /// Run `f` on a pooled instance, bounded by the plugin's deadline and memory cap.

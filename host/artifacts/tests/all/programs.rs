@@ -366,6 +366,49 @@ fn probes_decode_chunked_bodies_and_end_by_the_checks_deadline() {
     assert!(took < Duration::from_secs(3), "20 checks with a 500 ms deadline took {took:?}");
 }
 
+/// Issue 24: a plugin gets at most its quota of the runtime's instances. On a runtime of 4
+/// instance slots, a router limited to 2 that is called by 4 threads at once (each call an endless
+/// loop, stopped by its 1 s deadline) holds 2 slots and answers the other calls `Busy`, which
+/// leaves slots for another plugin: its calls run meanwhile.
+#[test]
+fn a_plugin_at_its_instance_quota_leaves_the_pool_to_the_others() {
+    let small = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig { max_instances: 4, ..Default::default() })
+        .expect("runtime");
+    let limits = shoal_runtime::CallLimits {
+        deadline: Duration::from_secs(1),
+        max_live: 2,
+        ..PluginKind::Router.default_limits()
+    };
+    let load = |bytes: &[u8], name: &str| match AnyPlugin::load(
+        &small,
+        PluginKind::Router,
+        bytes,
+        PluginScope::detached("router", name, "1"),
+        limits,
+    )
+    .expect("load")
+    {
+        AnyPlugin::Router(p) => p,
+        _ => unreachable!("a router"),
+    };
+    let greedy = load(shoal_artifacts::HOSTILE_ROUTER, "greedy");
+    let other = load(shoal_artifacts::ROUND_ROBIN, "other");
+    let started = Instant::now();
+    let (greedy_results, other_results) = std::thread::scope(|s| {
+        let loops: Vec<_> = (0..4).map(|_| s.spawn(|| call(&greedy, "/loop"))).collect();
+        // While the loops run (1 s), the other plugin is called.
+        let mut other_results = Vec::new();
+        while started.elapsed() < Duration::from_millis(700) {
+            other_results.push(call(&other, "/"));
+        }
+        (loops.into_iter().map(|l| l.join().expect("call")).collect::<Vec<_>>(), other_results)
+    });
+    let busy = greedy_results.iter().filter(|r| matches!(r, Err(CallError::Busy(2)))).count();
+    let timed_out = greedy_results.iter().filter(|r| matches!(r, Err(CallError::Timeout(_)))).count();
+    assert_eq!((busy, timed_out), (2, 2), "{greedy_results:?}");
+    assert!(!other_results.is_empty() && other_results.iter().all(|r| r.is_ok()), "{other_results:?}");
+}
+
 #[test]
 fn future_version() {
     let err = AnyPlugin::load(
