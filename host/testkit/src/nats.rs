@@ -296,33 +296,16 @@ impl NatsCluster {
         let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut members = Vec::new();
         for (i, (&client, &route)) in clients.iter().zip(&routes).enumerate() {
-            let dir = tempfile::Builder::new()
-                .prefix("shoal-nats-cluster-")
-                .tempdir()
-                .context("cannot create a temporary directory for nats-server")?;
-            let mut server = NatsServer {
-                binary: binary.clone(),
-                host,
-                port: client,
-                dir,
-                child: None,
-                name: format!("{cluster}-n{i}"),
-                runs: 0,
-                config: None,
-                extra: vec![
-                    "--cluster_name".into(),
-                    cluster.clone(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{route}"),
-                    "--routes".into(),
-                    all_routes.clone(),
-                ],
-                jetstream: true,
-            };
-            server.spawn().map_err(|e| match e {
-                StartError::PortTaken(e) | StartError::Fatal(e) => e.context(format!("cluster member {i}")),
-            })?;
-            members.push(server);
+            let extra = vec![
+                "--cluster_name".into(),
+                cluster.clone(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                all_routes.clone(),
+            ];
+            let member = NatsServer::member(binary.clone(), host, client, format!("{cluster}-n{i}"), None, extra);
+            members.push(member.and_then(|server| server.started(i))?);
         }
         Ok(NatsCluster { members })
     }
@@ -335,26 +318,11 @@ impl NatsCluster {
         let id = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed);
         let mut members = Vec::new();
         for (i, (config, port)) in configs.iter().enumerate() {
-            let dir = tempfile::Builder::new()
-                .prefix("shoal-nats-cluster-")
-                .tempdir()
-                .context("cannot create a temporary directory for nats-server")?;
-            let mut server = NatsServer {
-                binary: binary.clone(),
-                host: Ipv4Addr::LOCALHOST,
-                port: *port,
-                dir,
-                child: None,
-                name: format!("shoal-test-{}-{id}-n{i}", std::process::id()),
-                runs: 0,
-                config: Some(config.clone()),
-                extra: Vec::new(),
-                jetstream: false,
-            };
-            server.spawn().map_err(|e| match e {
-                StartError::PortTaken(e) | StartError::Fatal(e) => e.context(format!("cluster member {i}")),
-            })?;
-            members.push(server);
+            let name = format!("shoal-test-{}-{id}-n{i}", std::process::id());
+            // JetStream's settings come from the configuration.
+            let member =
+                NatsServer::member(binary.clone(), Ipv4Addr::LOCALHOST, *port, name, Some(config.clone()), Vec::new());
+            members.push(member.and_then(|server| server.started(i))?);
         }
         Ok(NatsCluster { members })
     }
@@ -372,6 +340,34 @@ impl NatsCluster {
     /// How many members there are.
     pub fn size(&self) -> usize {
         self.members.len()
+    }
+}
+
+impl NatsServer {
+    /// A member of a cluster, not started: a temporary directory of its own, JetStream on unless
+    /// `config` (which then says) is given.
+    fn member(
+        binary: PathBuf,
+        host: Ipv4Addr,
+        port: u16,
+        name: String,
+        config: Option<PathBuf>,
+        extra: Vec<String>,
+    ) -> anyhow::Result<NatsServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-nats-cluster-")
+            .tempdir()
+            .context("cannot create a temporary directory for nats-server")?;
+        let jetstream = config.is_none();
+        Ok(NatsServer { binary, host, port, dir, child: None, name, runs: 0, config, extra, jetstream })
+    }
+
+    /// Starts member `i` of a cluster on its fixed port.
+    fn started(mut self, i: usize) -> anyhow::Result<NatsServer> {
+        self.spawn().map_err(|e| match e {
+            StartError::PortTaken(e) | StartError::Fatal(e) => e.context(format!("cluster member {i}")),
+        })?;
+        Ok(self)
     }
 }
 
