@@ -269,3 +269,27 @@ fn a_token_holds_at_most_its_share_of_streams() {
     });
     drop(reopened);
 }
+
+/// `--plugin-max-versions 2`: a third version of a plugin is refused with a clear 409 and
+/// changes nothing; deleting one makes room.
+#[test]
+fn a_plugin_keeps_at_most_its_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start_args(None, &["--plugin-max-versions", "2"], &[]);
+    let wasm = super::write(dir.path(), "rr.wasm", shoal_artifacts::ROUND_ROBIN);
+    for version in ["1", "2"] {
+        let (ok, _, err) =
+            dev.cli(&["plugin", "push", "--kind", "router", "--name", "capped", "--version", version, &wasm]);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "router", "--name", "capped", "--version", "3", &wasm]);
+    assert!(!ok && err.contains("409") && err.contains("delete old ones first"), "{err}");
+    let (status, body) = http(&dev.api, &dev.token, "GET", "/v1/plugins/router/capped", "");
+    assert_eq!(status, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(shown["versions"].as_array().map(Vec::len), Some(2), "{body}");
+    let (ok, _, err) = dev.cli(&["plugin", "delete", "router", "capped", "--version", "2"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "router", "--name", "capped", "--version", "3", &wasm]);
+    assert!(ok, "{err}");
+}

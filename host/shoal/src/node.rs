@@ -47,6 +47,10 @@ pub struct NodeConfig {
     pub edge: shoal_gateway::edge::EdgeLimits,
     /// Event streams and watches one token may hold open at once.
     pub max_streams_per_token: usize,
+    /// Most versions one plugin keeps (a push past it is refused).
+    pub plugin_max_versions: usize,
+    /// Most earlier versions of a plugin remembered to roll back to.
+    pub plugin_max_history: usize,
     /// Time without a heartbeat after which the master declares an agent lost.
     pub agent_timeout: std::time::Duration,
     /// How long a lost agent stays listed.
@@ -319,7 +323,7 @@ pub async fn run(
     let (registry, events) = Registry::open_on(
         state.clone(),
         runtime,
-        RegistryConfig::default(),
+        registry_config(&config),
         Some(crate::plugin_kv::provider(store.client.clone(), gate)),
     )
     .context("opening the plugin registry")?;
@@ -529,6 +533,15 @@ async fn start_leadership(
         leader.state.clone(),
     ));
     Ok((leadership, departure))
+}
+
+/// The plugin registry's settings from the node's.
+fn registry_config(config: &NodeConfig) -> RegistryConfig {
+    RegistryConfig {
+        max_versions: config.plugin_max_versions,
+        max_history: config.plugin_max_history,
+        ..RegistryConfig::default()
+    }
 }
 
 /// The state store's parts this node runs: a store node when the config names one, and, on a

@@ -45,6 +45,12 @@ pub(super) struct DevArgs {
     /// hold open at once on the API; more are refused with 429.
     #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
     max_streams_per_token: usize,
+    /// Most versions one plugin keeps; a push past it is refused (409) until old ones are deleted.
+    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_versions)]
+    plugin_max_versions: usize,
+    /// Most earlier versions of a plugin remembered to roll back to (the oldest are forgotten).
+    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_history)]
+    plugin_max_history: usize,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
@@ -118,6 +124,12 @@ pub(super) struct MasterArgs {
     /// hold open at once on the API; more are refused with 429.
     #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
     max_streams_per_token: usize,
+    /// Most versions one plugin keeps; a push past it is refused (409) until old ones are deleted.
+    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_versions)]
+    plugin_max_versions: usize,
+    /// Most earlier versions of a plugin remembered to roll back to (the oldest are forgotten).
+    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_history)]
+    plugin_max_history: usize,
     /// Milliseconds between allocation cycles (changes also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
@@ -279,6 +291,8 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
         max_streams_per_token: args.max_streams_per_token,
+        plugin_max_versions: args.plugin_max_versions.max(1),
+        plugin_max_history: args.plugin_max_history,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: Some(crate::node::local_agent(
@@ -362,6 +376,8 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
         max_streams_per_token: args.max_streams_per_token,
+        plugin_max_versions: args.plugin_max_versions.max(1),
+        plugin_max_history: args.plugin_max_history,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: None,
