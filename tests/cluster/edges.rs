@@ -127,7 +127,14 @@ fn bodies_are_read_after_the_token_and_only_up_to_the_routes_limit() {
 /// how long after its own connect each was closed by the server (`None`: still open when
 /// `patience` ran out). Each connection's time counts from its own connect: on a busy machine
 /// the connects themselves can take seconds (a full backlog drops SYNs, retried after 1 s).
-fn slow_heads(base: &str, n: usize, every: Duration, patience: Duration) -> Vec<Option<Duration>> {
+/// `connected` hears once every connection is made.
+fn slow_heads(
+    base: &str,
+    n: usize,
+    every: Duration,
+    patience: Duration,
+    connected: Option<std::sync::mpsc::Sender<()>>,
+) -> Vec<Option<Duration>> {
     let address = base.trim_start_matches("http://");
     let mut connections: Vec<(TcpStream, std::time::Instant)> = (0..n)
         .map(|_| {
@@ -136,6 +143,9 @@ fn slow_heads(base: &str, n: usize, every: Duration, patience: Duration) -> Vec<
             (stream, std::time::Instant::now())
         })
         .collect();
+    if let Some(connected) = connected {
+        let _ = connected.send(());
+    }
     let start = std::time::Instant::now();
     let head = b"GET /healthz HTTP/1.1\r\nHost: shoal\r\nX-Slow: ";
     let mut closed = vec![None; n];
@@ -193,8 +203,10 @@ fn slow_clients_are_closed_after_the_header_timeout_and_connections_are_capped()
     let dev = Dev::start_args(None, &["--http-header-timeout-ms", "1500"], &[]);
     for (what, base, path, status) in [("API", &dev.api, "/healthz", 200), ("gateway", &dev.gateway, "/none", 404)] {
         let (closed, median) = std::thread::scope(|s| {
-            let slow = s.spawn(|| slow_heads(base, 500, Duration::from_millis(300), Duration::from_secs(15)));
-            std::thread::sleep(Duration::from_millis(200));
+            let (connected, all_connected) = std::sync::mpsc::channel();
+            let every = Duration::from_millis(300);
+            let slow = s.spawn(move || slow_heads(base, 500, every, Duration::from_secs(15), Some(connected)));
+            all_connected.recv().expect("the slow clients connect");
             let median = median_answer(base, path, status);
             (slow.join().expect("slow clients"), median)
         });
@@ -209,7 +221,7 @@ fn slow_clients_are_closed_after_the_header_timeout_and_connections_are_capped()
     let dev = Dev::start_args(None, &["--http-header-timeout-ms", "2000", "--http-max-connections", "20"], &[]);
     for (what, base) in [("API", &dev.api), ("gateway", &dev.gateway)] {
         // A byte every 10 s: nothing after the first, within the test.
-        let mut closed: Vec<Duration> = slow_heads(base, 40, Duration::from_secs(10), Duration::from_secs(15))
+        let mut closed: Vec<Duration> = slow_heads(base, 40, Duration::from_secs(10), Duration::from_secs(15), None)
             .into_iter()
             .map(|c| c.unwrap_or_else(|| panic!("{what}: a client still open after 15 s")))
             .collect();

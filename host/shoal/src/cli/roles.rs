@@ -41,16 +41,8 @@ pub(super) struct DevArgs {
     gateway_workers: usize,
     #[command(flatten)]
     edge: EdgeArgs,
-    /// Event streams and watches (`/v1/events`, `?watch=true`, service watches) one token may
-    /// hold open at once on the API; more are refused with 429.
-    #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
-    max_streams_per_token: usize,
-    /// Most versions one plugin keeps; a push past it is refused (409) until old ones are deleted.
-    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_versions)]
-    plugin_max_versions: usize,
-    /// Most earlier versions of a plugin remembered to roll back to (the oldest are forgotten).
-    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_history)]
-    plugin_max_history: usize,
+    #[command(flatten)]
+    bounds: BoundsArgs,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
     agent_timeout_ms: u64,
@@ -120,16 +112,8 @@ pub(super) struct MasterArgs {
     gateway_workers: usize,
     #[command(flatten)]
     edge: EdgeArgs,
-    /// Event streams and watches (`/v1/events`, `?watch=true`, service watches) one token may
-    /// hold open at once on the API; more are refused with 429.
-    #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
-    max_streams_per_token: usize,
-    /// Most versions one plugin keeps; a push past it is refused (409) until old ones are deleted.
-    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_versions)]
-    plugin_max_versions: usize,
-    /// Most earlier versions of a plugin remembered to roll back to (the oldest are forgotten).
-    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_history)]
-    plugin_max_history: usize,
+    #[command(flatten)]
+    bounds: BoundsArgs,
     /// Milliseconds between allocation cycles (changes also start one).
     #[arg(long, default_value_t = 1000)]
     allocation_interval_ms: u64,
@@ -238,6 +222,21 @@ pub(super) enum AgentCommand {
     },
 }
 
+/// What the API and the plugin registry of a master (or `shoal dev`) keep at most.
+#[derive(Args, Debug, Clone, Copy)]
+pub(super) struct BoundsArgs {
+    /// Event streams and watches (`/v1/events`, `?watch=true`, service watches) one token may
+    /// hold open at once on the API; more are refused with 429.
+    #[arg(long, default_value_t = shoal_api::streams::DEFAULT_PER_TOKEN)]
+    max_streams_per_token: usize,
+    /// Most versions one plugin keeps; a push past it is refused (409) until old ones are deleted.
+    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_versions)]
+    plugin_max_versions: usize,
+    /// Most earlier versions of a plugin remembered to roll back to (the oldest are forgotten).
+    #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_history)]
+    plugin_max_history: usize,
+}
+
 /// How long a client connection may take to send a request's head, and how many are served at
 /// once, on the API and the gateway (`shoal_gateway::edge`).
 #[derive(Args, Debug, Clone, Copy)]
@@ -290,9 +289,9 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         gateway: (!args.no_gateway).then_some(args.gateway),
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
-        max_streams_per_token: args.max_streams_per_token,
-        plugin_max_versions: args.plugin_max_versions.max(1),
-        plugin_max_history: args.plugin_max_history,
+        max_streams_per_token: args.bounds.max_streams_per_token,
+        plugin_max_versions: args.bounds.plugin_max_versions.max(1),
+        plugin_max_history: args.bounds.plugin_max_history,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: Some(crate::node::local_agent(
@@ -375,9 +374,9 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
-        max_streams_per_token: args.max_streams_per_token,
-        plugin_max_versions: args.plugin_max_versions.max(1),
-        plugin_max_history: args.plugin_max_history,
+        max_streams_per_token: args.bounds.max_streams_per_token,
+        plugin_max_versions: args.bounds.plugin_max_versions.max(1),
+        plugin_max_history: args.bounds.plugin_max_history,
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: None,
