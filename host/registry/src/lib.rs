@@ -1,6 +1,6 @@
 //! The plugin registry: every uploaded plugin version, stored durably in RocksDB with its digest;
 //! which version of each plugin is active; atomic activation, rollback and deletion; and the
-//! automatic rollback of a newly activated version that keeps failing.
+//! automatic rollback of an activated version that fails several calls in a row.
 //!
 //! Invariants:
 //! - nothing is stored unless the bytes loaded as a component of the plugin's world (validation

@@ -226,7 +226,11 @@ impl<W: World> Plugin<W> {
             },
         };
         instance.store.set_epoch_deadline(self.ticks);
-        instance.store.data_mut().call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
+        // Only probes wait inside a call on I/O the deadline must bound; other worlds skip the
+        // clock read (routers are called on every proxied request).
+        if W::IMPORTS.probe {
+            instance.store.data_mut().call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
+        }
         match f(instance) {
             Ok(value) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
