@@ -243,20 +243,29 @@ impl Reader {
                     // A product retry: the ordered consumer re-creates itself.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Ok(None) => self.reopen().await?,
+                Ok(None) => self.reopen().await,
                 Err(_) => {
                     let moved_on = self.log.bounds().await.is_ok_and(|(_, last)| last >= self.next);
                     if moved_on {
                         tracing::info!(stream = %self.log.config.stream, next = self.next, "log reader stalled; reading again");
-                        self.reopen().await?;
+                        self.reopen().await;
                     }
                 }
             }
         }
     }
 
-    async fn reopen(&mut self) -> Result<(), LogError> {
-        self.messages = self.log.consumer(self.next).await?;
-        Ok(())
+    /// Read again from the next entry. While the stream elects a new leader (its old one died
+    /// with a server) making the consumer times out: the reader keeps its place and tries again,
+    /// as it would for an entry that has not come yet.
+    async fn reopen(&mut self) {
+        match self.log.consumer(self.next).await {
+            Ok(messages) => self.messages = messages,
+            Err(e) => {
+                tracing::info!(stream = %self.log.config.stream, next = self.next, cause = %e, "log reader cannot read again yet; retrying");
+                // A product retry: the stream's new leader answers within its election.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }

@@ -166,6 +166,13 @@ async fn follow(store: std::sync::Weak<Store>, n: u32, config: ReplicationConfig
                     return;
                 }
             }
+            // The log could not be read (its stream was electing a leader, say): follow again.
+            Err(e @ StoreError::Unavailable { .. }) => {
+                tracing::warn!(shard = n, cause = %e, "the shard's log is not readable yet; following again");
+                drop(strong);
+                // A product retry, while the stream's replicas elect a leader.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             Err(e) => {
                 tracing::error!(shard = n, cause = %e, "following the shard's log stopped");
                 return;
