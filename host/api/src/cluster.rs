@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +42,7 @@ fn master(state: &AppState) -> Result<std::sync::Arc<Master>, ApiError> {
 
 /// Filters of `GET /v1/tasks`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskFilter {
     framework: Option<String>,
     service: Option<String>,
@@ -55,9 +57,10 @@ pub struct TaskFilter {
 pub async fn list_tasks(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(filter): Query<TaskFilter>,
+    filter: Result<Query<TaskFilter>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let scope = state.auth.reader(&headers)?;
+    let Query(filter) = filter.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tasks: Vec<_> = master(&state)?
         .tasks()
         .into_iter()
@@ -106,6 +109,7 @@ pub async fn kill_task(
 
 /// Query of the logs endpoint.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     stream: Option<String>,
     tail: Option<usize>,
@@ -121,9 +125,10 @@ pub async fn task_logs(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let scope = state.auth.reader(&headers)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let stream = q.stream.unwrap_or_else(|| "stdout".into());
     if stream != "stdout" && stream != "stderr" {
         return Err(ApiError::bad_request(format!("stream `{stream}` is neither `stdout` nor `stderr`")));

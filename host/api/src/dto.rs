@@ -255,7 +255,7 @@ impl Modify for BearerAuth {
         crate::cluster::get_artifact, crate::cluster::get_allocator, crate::cluster::put_allocator,
     ),
     components(schemas(ErrorBody, ErrorDetail, PluginVersionDto, PluginDto, PluginList, ActivateRequest, TokenRequest, TokenResponse, TokenInfo, TokenList,
-        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse, crate::kv::ScaleOutRequest, crate::cluster::AllocatorChoice)),
+        KvEntryDto, KvList, KvWritten, KvBatchOp, KvBatchRequest, KvBatchResponse, crate::kv::ScaleOutRequest, crate::kv::ReadConsistency, crate::cluster::AllocatorChoice)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

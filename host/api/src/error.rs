@@ -89,5 +89,24 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiEr
     if body.is_empty() {
         return Err(ApiError::bad_request("empty body: send a JSON object"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    let bad = |e: serde_json::Error| ApiError::bad_request(format!("invalid JSON body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    whole_numbers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// `1.0` is the integer 1 (JSON has one number type; Python's `json.dumps` writes whole floats
+/// with `.0`): whole numbers written as floats become integers, so integer fields take them.
+fn whole_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            let whole = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15);
+            if let Some(f) = whole {
+                *value = if f < 0.0 { serde_json::json!(f as i64) } else { serde_json::json!(f as u64) };
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 
 /// Query of the event stream.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Subject filter with NATS wildcards (`*` one token, `>` the rest), under `shoal.evt`;

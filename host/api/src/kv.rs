@@ -53,6 +53,7 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// Query of a read: plain, blocking (`index`, `wait`) or a stream (`watch`).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// Blocking query: answer once the key's version differs from this (0 = absent).
@@ -79,6 +80,7 @@ pub enum ReadConsistency {
 
 /// Query of a put.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PutQuery {
     /// Compare-and-set: write only if the current version is this one; 0 = only if absent.
@@ -89,6 +91,7 @@ pub struct PutQuery {
 
 /// Query of a delete.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Compare-and-set: delete only if the current version is this one.
@@ -97,6 +100,7 @@ pub struct DeleteQuery {
 
 /// Query of a listing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only keys starting with this.
@@ -195,7 +199,7 @@ pub async fn get(
         }
         None => store.get(&ns, &key).await?,
         Some(index) => {
-            let wait = wait_for(q.wait)?;
+            let wait = wait_for(q.wait, state.max_query_time)?;
             let mut changes = subscribe(&state, &ns).await?;
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -253,13 +257,15 @@ impl KeyFilter {
     }
 }
 
-fn wait_for(seconds: Option<u64>) -> Result<Duration, ApiError> {
+/// The wait of a blocking query: `seconds` (at most 300) or the default, cut to the node's
+/// `max`.
+fn wait_for(seconds: Option<u64>, max: Duration) -> Result<Duration, ApiError> {
     match seconds {
-        None => Ok(DEFAULT_WAIT),
+        None => Ok(DEFAULT_WAIT.min(max)),
         Some(s) if Duration::from_secs(s) > MAX_WAIT => {
             Err(ApiError::bad_request(format!("wait of {s} s is over the limit of {} s", MAX_WAIT.as_secs())))
         }
-        Some(s) => Ok(Duration::from_secs(s)),
+        Some(s) => Ok(Duration::from_secs(s).min(max)),
     }
 }
 
@@ -402,7 +408,7 @@ pub async fn list(
     let page = match q.index {
         None => store.list(&ns, &prefix, cursor.as_deref(), limit).await?,
         Some(index) => {
-            let wait = wait_for(q.wait)?;
+            let wait = wait_for(q.wait, state.max_query_time)?;
             let mut changes = subscribe(&state, &ns).await?;
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -556,7 +562,9 @@ pub async fn scale_in(State(state): State<AppState>, headers: HeaderMap) -> Resu
 fn scale_error(e: ScaleError) -> ApiError {
     match e {
         ScaleError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "move_in_progress", e.to_string()),
-        ScaleError::Invalid(_) => ApiError::bad_request(e.to_string()),
+        // No node to take a shard, the most or the fewest shards already: the store's state,
+        // not the request, is what stands in the way.
+        ScaleError::Invalid(_) => ApiError::new(StatusCode::CONFLICT, "cannot_scale", e.to_string()),
         ScaleError::Unrecorded(e) => e.into(),
     }
 }

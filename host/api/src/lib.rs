@@ -26,6 +26,7 @@ pub mod error;
 mod events;
 pub mod kv;
 pub mod leader;
+pub mod openapi;
 mod plugins;
 pub mod scoped;
 pub mod services;
@@ -44,7 +45,6 @@ use shoal_bus::SharedBus;
 use shoal_gateway::edge::{self, EdgeLimits};
 use shoal_registry::Registry;
 use tokio::net::TcpListener;
-use utoipa::OpenApi;
 
 pub use auth::{Auth, Scope};
 pub use error::ApiError;
@@ -76,6 +76,9 @@ pub struct AppState {
     pub leadership: Option<Arc<leader::Leadership>>,
     /// Event streams and watches open per token, and their cap.
     pub streams: Arc<streams::Streams>,
+    /// Longest wait of a blocking query (`?index=`): a longer `wait`, or the default one, is cut
+    /// to it (Consul's `max_query_time`).
+    pub max_query_time: std::time::Duration,
 }
 
 /// A part only the leader runs: swapped in when this node starts leading, out when it stops.
@@ -176,7 +179,7 @@ async fn metrics_text(State(_): State<AppState>) -> impl IntoResponse {
 }
 
 async fn openapi() -> impl IntoResponse {
-    axum::Json(dto::ApiDoc::openapi())
+    axum::Json(openapi::document())
 }
 
 /// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first

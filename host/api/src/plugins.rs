@@ -19,6 +19,7 @@ fn kind(text: &str) -> Result<PluginKind, ApiError> {
 
 /// Query of an upload.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PushQuery {
     /// Version label; default `v<n>`.
@@ -30,6 +31,7 @@ pub struct PushQuery {
 
 /// Query of a delete.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Delete only this version; without it, the whole plugin.

@@ -47,6 +47,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
 /// Query of a discovery read.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceQuery {
     /// Only passing instances.
@@ -57,8 +58,9 @@ pub struct ServiceQuery {
     wait: Option<String>,
 }
 
-fn parse_wait(text: Option<&str>) -> Result<Duration, ApiError> {
-    let Some(text) = text else { return Ok(DEFAULT_WAIT) };
+/// The wait of a blocking query: `text` or the default, cut to the node's `max`.
+fn parse_wait(text: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
+    let Some(text) = text else { return Ok(DEFAULT_WAIT.min(max)) };
     let bad = || ApiError::bad_request(format!("wait `{text}` is not a duration like 30s, 500ms or 2m"));
     let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, "s"), |i| text.split_at(i));
     let n: u64 = number.parse().map_err(|_| bad())?;
@@ -68,7 +70,7 @@ fn parse_wait(text: Option<&str>) -> Result<Duration, ApiError> {
         "m" => Duration::from_secs(n.saturating_mul(60)),
         _ => return Err(bad()),
     };
-    Ok(wait.min(MAX_WAIT))
+    Ok(wait.min(MAX_WAIT).min(max))
 }
 
 fn discovery(state: &AppState) -> Result<&Arc<Discovery>, ApiError> {
@@ -133,9 +135,10 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     state.auth.reader(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wait = parse_wait(query.wait.as_deref(), state.max_query_time)?;
     let d = discovery(&state)?;
     if let Some(index) = query.index {
-        d.wait(index, parse_wait(query.wait.as_deref())?).await;
+        d.wait(index, wait).await;
     }
     let index = d.index();
     let services: Vec<_> = d
@@ -159,9 +162,10 @@ pub async fn show(
     let scope = state.auth.reader(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     shoal_discovery::validate_service(&svc)?;
+    let wait = parse_wait(query.wait.as_deref(), state.max_query_time)?;
     let d = discovery(&state)?;
     if let Some(index) = query.index {
-        d.wait(index, parse_wait(query.wait.as_deref())?).await;
+        d.wait(index, wait).await;
     }
     let (instances, index) = d.instances(&svc, query.healthy.unwrap_or(false));
     let instances = for_scope(&scope, instances);

@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub edge: shoal_gateway::edge::EdgeLimits,
     /// Event streams and watches one token may hold open at once.
     pub max_streams_per_token: usize,
+    /// Longest wait of a blocking query.
+    pub max_query_time: std::time::Duration,
     /// Most versions one plugin keeps (a push past it is refused).
     pub plugin_max_versions: usize,
     /// Most earlier versions of a plugin remembered to roll back to.
@@ -398,6 +400,7 @@ pub async fn run(
         artifacts: Some(artifacts),
         leadership,
         streams: shoal_api::streams::Streams::new(config.max_streams_per_token),
+        max_query_time: config.max_query_time,
     };
     ready(&info);
     shoal_api::serve(listener, state, handing_over(shutdown, departure), config.edge).await?;

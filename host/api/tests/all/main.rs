@@ -128,6 +128,7 @@ impl Server {
             artifacts: None,
             leadership: None,
             streams: shoal_api::streams::Streams::new(shoal_api::streams::DEFAULT_PER_TOKEN),
+            max_query_time: std::time::Duration::from_secs(300),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

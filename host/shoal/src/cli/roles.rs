@@ -235,6 +235,10 @@ pub(super) struct BoundsArgs {
     /// Most earlier versions of a plugin remembered to roll back to (the oldest are forgotten).
     #[arg(long, default_value_t = shoal_registry::RegistryConfig::default().max_history)]
     plugin_max_history: usize,
+    /// Longest a blocking query (`?index=`) waits, in seconds; a longer `wait` is cut to it (as
+    /// Consul's `max_query_time`). At most 300.
+    #[arg(long, default_value_t = 300)]
+    max_query_time_s: u64,
 }
 
 /// How long a client connection may take to send a request's head, and how many are served at
@@ -292,6 +296,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         max_streams_per_token: args.bounds.max_streams_per_token,
         plugin_max_versions: args.bounds.plugin_max_versions.max(1),
         plugin_max_history: args.bounds.plugin_max_history,
+        max_query_time: std::time::Duration::from_secs(args.bounds.max_query_time_s.clamp(1, 300)),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: Some(crate::node::local_agent(
@@ -377,6 +382,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         max_streams_per_token: args.bounds.max_streams_per_token,
         plugin_max_versions: args.bounds.plugin_max_versions.max(1),
         plugin_max_history: args.bounds.plugin_max_history,
+        max_query_time: std::time::Duration::from_secs(args.bounds.max_query_time_s.clamp(1, 300)),
         agent_timeout: std::time::Duration::from_millis(args.agent_timeout_ms),
         forget_lost_agents_after: std::time::Duration::from_secs(args.forget_lost_agents_after_s),
         local_agent: None,

@@ -1,0 +1,457 @@
+//! The OpenAPI document served at `/v1/openapi.json`.
+//!
+//! Its skeleton comes from the handlers' `#[utoipa::path]` annotations ([`ApiDoc`]); this module
+//! completes it with what is the same on every route, so it is said once, not 45 times:
+//!
+//! - the answers any route may give: 401 without a valid token, 403 when its scope does not
+//!   allow the call, 429 past a limit, 503 while the part that answers is not on this node or
+//!   has no leader; 400 where a parameter or body can be malformed, 413 where a body can be too
+//!   large;
+//! - the exact form of every path parameter (the same rule the handler checks), and query
+//!   parameters that are optional but never `null`;
+//! - the schema of every success answer that is not one of [`ApiDoc`]'s typed bodies, and of each
+//!   Server-Sent Event;
+//! - the routes of the running frameworks, which describe themselves ([`framework_paths`]): a
+//!   framework answers `GET /openapi.json` with the paths below its own root.
+//!
+//! Schemathesis checks the whole against `shoal dev` in CI (`tests/cluster/fuzz.rs`): no 5xx, no
+//! answer the document does not allow.
+
+use serde_json::{Map, Value, json};
+use utoipa::OpenApi;
+
+use crate::dto::ApiDoc;
+
+/// The document of the host's own routes (no framework's).
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let schemas = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut);
+    if let Some(schemas) = schemas {
+        schemas.extend(component_schemas());
+        narrow_typed_schemas(schemas);
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        paths.extend(plain_routes());
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for (method, op) in item.iter_mut() {
+                complete(path, method, op);
+            }
+        }
+    }
+    doc
+}
+
+/// The forms the typed bodies' fields must have, which their Rust types do not say.
+fn narrow_typed_schemas(schemas: &mut Map<String, Value>) {
+    let mut set = |pointer: &str, schema: Value| {
+        let (name, rest) = pointer.split_once('/').unwrap_or((pointer, ""));
+        if let Some(at) = schemas.get_mut(name).and_then(|s| s.pointer_mut(&format!("/{rest}"))) {
+            *at = schema;
+        }
+    };
+    let key = json!({"type": "string", "minLength": 1, "maxLength": shoal_store::MAX_KEY_LEN,
+        "description": format!("1 to {} bytes of UTF-8", shoal_store::MAX_KEY_LEN)});
+    let version = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"});
+    set(
+        "TokenRequest/properties/scope",
+        json!({"type": "string", "pattern": "^(admin|operator|app:[a-z0-9-]{1,63})$"}),
+    );
+    set(
+        "TokenRequest/properties/ttl",
+        json!({"type": ["string", "null"], "pattern": "^([1-9][0-9]{0,4}[smh]|[1-9][0-9]{0,2}d)$"}),
+    );
+    set("KvBatchOp/oneOf/0/properties/key", key.clone());
+    set("KvBatchOp/oneOf/1/properties/key", key);
+    set(
+        "KvBatchRequest/properties/ops",
+        json!({"type": "array", "maxItems": 128, "items": {"$ref": "#/components/schemas/KvBatchOp"}}),
+    );
+    set("ActivateRequest/properties/version", version);
+    set("ScaleOutRequest/properties/node", json!({"type": ["string", "null"], "pattern": "^[a-z0-9-]{1,63}$"}));
+    set("AllocatorChoice/properties/plugin", json!({"type": "string", "pattern": LABEL}));
+}
+
+/// The routes without a token or a typed body: liveness, metrics, this document, the leader.
+fn plain_routes() -> Map<String, Value> {
+    let text = |description: &str| {
+        json!({"get": {"responses": {"200": {"description": description,
+        "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+    };
+    let routes = json!({
+        "/healthz": text("`ok` while the process serves"),
+        "/metrics": text("Prometheus text format"),
+        "/v1/openapi.json": {"get": {"description": "This document, with the routes of the running frameworks.",
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/v1/leader": {"get": {"description": "Who leads, with which term, and the masters seen.",
+            "responses": {"200": {"description": "the leader"}}}},
+    });
+    match routes {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Add the routes framework `name` describes (`paths`, relative to its root, and its
+/// `components.schemas`) under `/v1/frameworks/{name}`, and under `alias` too (`/v1/apps` is the
+/// service framework's `/apps`). Its schemas are renamed `<name>.<schema>` so frameworks never
+/// clash with each other or with the host.
+pub fn add_framework(doc: &mut Value, name: &str, description: &Value, aliases: &[(&str, &str)]) {
+    let prefix = format!("{name}.");
+    let mut text = description.to_string();
+    text = text.replace("#/components/schemas/", &format!("#/components/schemas/{prefix}"));
+    let Ok(description) = serde_json::from_str::<Value>(&text) else { return };
+    if let (Some(theirs), Some(ours)) = (
+        description.pointer("/components/schemas").and_then(Value::as_object),
+        doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut),
+    ) {
+        for (schema, body) in theirs {
+            ours.insert(format!("{prefix}{schema}"), body.clone());
+        }
+    }
+    let Some(theirs) = description.get("paths").and_then(Value::as_object) else { return };
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in theirs {
+        let Some(item) = item.as_object() else { continue };
+        let mut routes = vec![format!("/v1/frameworks/{name}{path}")];
+        routes
+            .extend(aliases.iter().filter_map(|(from, to)| path.strip_prefix(from).map(|rest| format!("{to}{rest}"))));
+        for route in routes {
+            let mut item = Value::Object(item.clone());
+            for (method, op) in item.as_object_mut().into_iter().flatten() {
+                if let Some(op) = op.as_object_mut() {
+                    op.insert("security".into(), json!([{"bearer": []}]));
+                    op.entry("tags").or_insert(json!([format!("framework {name}")]));
+                }
+                complete(&route, method, op);
+                // What the host adds in front of every framework: a framework that fails or
+                // is busy, a definition that fits no agent.
+                add_response(op, "502", "the framework failed or is not running");
+                add_response(op, "429", "the framework's queue is full (`Retry-After`)");
+                if matches!(method.as_str(), "put" | "post") {
+                    add_response(op, "422", "no active agent could ever hold it");
+                }
+            }
+            paths.insert(route, item);
+        }
+    }
+}
+
+/// Complete one operation: common answers, parameter forms, answer schemas.
+fn complete(path: &str, method: &str, op: &mut Value) {
+    let secured = op.get("security").is_some();
+    let has_body = op.get("requestBody").is_some();
+    let mut has_params = false;
+    for param in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+        has_params = true;
+        shape_parameter(path, param);
+    }
+    if let Some(content) = op.pointer_mut("/requestBody/content").and_then(Value::as_object_mut) {
+        // Components travel as raw bytes: what a client sends is `application/octet-stream`.
+        if let Some(wasm) = content.remove("application/wasm") {
+            content.insert("application/octet-stream".into(), wasm);
+        }
+    }
+    if let Some(schema) = request_schema(path, method)
+        && let Some(body) = op.get_mut("requestBody").and_then(Value::as_object_mut)
+    {
+        body.insert("content".into(), json!({"application/json": {"schema": schema}}));
+        body.insert("required".into(), json!(true));
+    }
+    for (status, mut schema) in answer_schemas(path, method) {
+        let media = if schema.get("x-sse").is_some() { "text/event-stream" } else { "application/json" };
+        if let Some(s) = schema.as_object_mut() {
+            s.remove("x-sse");
+        }
+        if let Some(answer) = op.pointer_mut(&format!("/responses/{status}")).and_then(Value::as_object_mut) {
+            answer.insert("content".into(), json!({ media: {"schema": schema} }));
+        }
+    }
+    // `?watch=true` turns a key-value read into a stream of the writes.
+    if method == "get"
+        && path.starts_with("/v1/kv/")
+        && let Some(content) = op.pointer_mut("/responses/200/content").and_then(Value::as_object_mut)
+    {
+        content.insert(
+            "text/event-stream".into(),
+            json!({"schema": {"type": "object", "required": ["data"],
+            "properties": {"event": {"type": "string", "enum": ["put", "delete"]}, "id": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json"}}}}),
+        );
+    }
+    if secured {
+        add_response(op, "401", "no token, or one that is unknown, revoked or expired");
+        add_response(op, "403", "the token's scope does not allow this");
+        add_response(op, "429", "past a limit of the token or the node (`Retry-After`)");
+    }
+    if path.starts_with("/v1/") && path != "/v1/openapi.json" {
+        add_response(op, "503", "the part that answers is not on this node, or has no leader now");
+    }
+    if has_params || has_body {
+        add_response(op, "400", "a malformed parameter or body");
+    }
+    if path.contains('{') {
+        add_response(op, "404", "nothing by that name");
+    }
+    // An empty value is a value; a scale-out without a body picks the node itself.
+    if matches!((method, path), ("put", "/v1/kv/{ns}/{key}") | ("post", "/v1/store/scale-out"))
+        && let Some(body) = op.get_mut("requestBody").and_then(Value::as_object_mut)
+    {
+        body.insert("required".into(), json!(false));
+    }
+    if has_body {
+        add_response(op, "413", "the body is over the route's limit");
+    }
+}
+
+/// Add answer `status` with the error body, unless the operation documents it already.
+fn add_response(op: &mut Value, status: &str, description: &str) {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    responses.entry(status).or_insert_with(|| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        })
+    });
+}
+
+/// A path parameter gets its exact form; a query parameter its bounds.
+fn shape_parameter(path: &str, param: &mut Value) {
+    let Some(param) = param.as_object_mut() else { return };
+    let name = param.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    match param.get("in").and_then(Value::as_str) {
+        Some("path") => {
+            if let Some(schema) = path_parameter(&name) {
+                param.insert("schema".into(), schema);
+            }
+        }
+        Some("query") => {
+            // Optional, and `null` is "not given" (clients drop such parameters); integers are
+            // unsigned 64-bit unless said otherwise.
+            if let Some(schema) = param.get_mut("schema").and_then(Value::as_object_mut) {
+                let integer = schema.get("type").is_some_and(|t| {
+                    t.as_str() == Some("integer") || t.as_array().is_some_and(|a| a.iter().any(|x| x == "integer"))
+                });
+                if integer {
+                    schema.remove("format");
+                    schema.insert("minimum".into(), json!(0));
+                    schema.insert("maximum".into(), json!(u64::MAX));
+                }
+            }
+            if let Some(schema) = query_parameter(path, &name) {
+                param.insert("schema".into(), schema);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A DNS label: what names plugins, services, routes and frameworks.
+const LABEL: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+
+fn path_parameter(name: &str) -> Option<Value> {
+    let max_key = shoal_store::MAX_KEY_LEN;
+    let system = shoal_store::MAX_SYSTEM_NAMESPACE_LEN - 1;
+    Some(match name {
+        "kind" => json!({"type": "string", "enum": ["allocator", "router", "health-check", "framework"]}),
+        "name" | "svc" => json!({"type": "string", "pattern": LABEL}),
+        "version" => json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}),
+        "ns" => json!({"type": "string", "pattern": format!("^(?:[a-z0-9-]{{1,63}}|_[a-z0-9-]{{1,{system}}})$")}),
+        "key" => json!({"type": "string", "minLength": 1, "maxLength": max_key,
+            "description": format!("any UTF-8, 1 to {} bytes; may contain `/`", shoal_store::MAX_KEY_LEN)}),
+        "id" => json!({"type": "string", "pattern": "^[A-Za-z0-9_:][A-Za-z0-9._:-]{0,127}$"}),
+        "digest" => json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+        _ => return None,
+    })
+}
+
+fn query_parameter(path: &str, name: &str) -> Option<Value> {
+    Some(match name {
+        "version" if path.starts_with("/v1/plugins") => {
+            json!({"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"})
+        }
+        "wait" if path.starts_with("/v1/services") => {
+            json!({"type": ["string", "null"], "pattern": "^[0-9]{1,6}(ms|s|m)?$"})
+        }
+        "stream" => json!({"type": ["string", "null"], "enum": ["stdout", "stderr", null]}),
+        "limit" => json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000}),
+        "ttl" => json!({"type": ["integer", "null"], "minimum": 1, "maximum": shoal_store::MAX_TTL.as_secs()}),
+        "subject" => {
+            json!({"type": ["string", "null"], "pattern": "^shoal\\.evt(\\.([a-z0-9_-]+|\\*))*\\.([a-z0-9_-]+|\\*|>)$"})
+        }
+        _ => return None,
+    })
+}
+
+/// The request bodies the annotations leave as free text.
+fn request_schema(path: &str, method: &str) -> Option<Value> {
+    match (method, path) {
+        ("put", "/v1/services/{svc}/instances/{id}") => Some(json!({"$ref": "#/components/schemas/Registration"})),
+        ("put", "/v1/routes/{name}") => Some(json!({"$ref": "#/components/schemas/RouteRequest"})),
+        _ => None,
+    }
+}
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The schema of the success answers the annotations leave untyped.
+fn answer_schemas(path: &str, method: &str) -> Vec<(&'static str, Value)> {
+    let object = |required: &[&str], properties: Value| json!({"type": "object", "required": required, "properties": properties});
+    let sse = |data: Value| {
+        json!({"x-sse": true, "type": "object", "required": ["data"], "properties": {
+            "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}, "data": data}})
+    };
+    match (method, path) {
+        ("get", "/v1/agents") => {
+            vec![("200", object(&["agents"], json!({"agents": {"type": "array", "items": reference("Agent")}})))]
+        }
+        ("get", "/v1/agents/{id}") => vec![("200", reference("Agent"))],
+        ("get", "/v1/tasks") => {
+            vec![("200", object(&["tasks"], json!({"tasks": {"type": "array", "items": reference("Task")}})))]
+        }
+        ("get", "/v1/tasks/{id}") => vec![("200", reference("Task"))],
+        ("post", "/v1/tasks/{id}/kill") => {
+            vec![("202", object(&["id", "kill"], json!({"id": {"type": "string"}, "kill": {"const": "sent"}})))]
+        }
+        ("get", "/v1/frameworks") => {
+            vec![(
+                "200",
+                object(&["frameworks"], json!({"frameworks": {"type": "array", "items": reference("Framework")}})),
+            )]
+        }
+        ("get", "/v1/artifacts") => {
+            vec![(
+                "200",
+                object(&["artifacts"], json!({"artifacts": {"type": "array", "items": reference("Artifact")}})),
+            )]
+        }
+        ("post", "/v1/artifacts") => vec![("201", reference("Artifact"))],
+        ("get", "/v1/allocator") => vec![("200", object(&["plugin"], json!({"plugin": {"type": "string"}})))],
+        ("put", "/v1/allocator") => vec![(
+            "200",
+            object(&["plugin", "previous"], json!({"plugin": {"type": "string"}, "previous": {"type": "string"}})),
+        )],
+        ("get", "/v1/store") => vec![("200", reference("StoreStatus"))],
+        ("post", "/v1/store/scale-out" | "/v1/store/scale-in") => vec![("202", reference("StoreMove"))],
+        ("get", "/v1/services") => vec![(
+            "200",
+            object(
+                &["index", "self_preservation", "services"],
+                json!({"index": {"type": "integer"}, "self_preservation": {"type": "boolean"},
+                    "services": {"type": "array", "items": object(&["name", "instances", "passing"],
+                        json!({"name": {"type": "string"}, "instances": {"type": "integer"}, "passing": {"type": "integer"}}))}}),
+            ),
+        )],
+        ("get", "/v1/services/{svc}") => vec![("200", reference("ServiceInstances"))],
+        ("get", "/v1/services/{svc}/watch") => vec![(
+            "200",
+            sse(json!({"type": "string", "contentMediaType": "application/json",
+                "contentSchema": reference("ServiceInstances")})),
+        )],
+        ("get", "/v1/events") => vec![(
+            "200",
+            sse(json!({"type": "string", "contentMediaType": "application/json",
+                "description": "one CloudEvents 1.0 event in JSON"})),
+        )],
+        ("put" | "delete", "/v1/services/{svc}/instances/{id}")
+        | ("put", "/v1/services/{svc}/instances/{id}/heartbeat") => {
+            vec![("200", object(&["index"], json!({"index": {"type": "integer"}})))]
+        }
+        ("get", "/v1/routes") => {
+            vec![("200", object(&["routes"], json!({"routes": {"type": "array", "items": reference("Route")}})))]
+        }
+        ("get" | "put", "/v1/routes/{name}") => vec![("200", reference("Route"))],
+        ("get", "/v1/leader") => vec![("200", reference("Leader"))],
+        _ => Vec::new(),
+    }
+}
+
+/// The schemas of answers built from other crates' types (kept in step with them by the
+/// Schemathesis run, which checks every answer against its schema).
+fn component_schemas() -> Map<String, Value> {
+    let timings = |mut properties: Value| {
+        if let Some(p) = properties.as_object_mut() {
+            p.insert("interval_ms".into(), json!({"type": "integer", "minimum": 60_000, "maximum": 3_600_000}));
+            p.insert("timeout_ms".into(), json!({"type": "integer", "minimum": 1, "maximum": 60_000}));
+            p.insert("grace_ms".into(), json!({"type": "integer", "minimum": 0, "maximum": 3_600_000}));
+            p.insert("max_failures".into(), json!({"type": "integer", "minimum": 1, "maximum": 100}));
+        }
+        properties
+    };
+    let string = json!({"type": "string"});
+    let integer = json!({"type": "integer", "minimum": 0});
+    let number = json!({"type": "number"});
+    let strings = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let range = json!({"type": "object", "required": ["begin", "end"],
+        "properties": {"begin": {"type": "integer"}, "end": {"type": "integer"}}});
+    let schemas = json!({
+        "Resources": {"type": "object", "required": ["cpus", "mem_mb", "disk_mb", "ports"], "properties": {
+            "cpus": number, "mem_mb": number, "disk_mb": number, "ports": {"type": "array", "items": range},
+            "scalars": {"type": "object", "additionalProperties": number}}},
+        "Agent": {"type": "object", "required": ["id", "hostname", "attributes", "total", "state", "tasks",
+            "registrations", "last_seen_ms_ago", "registered_at_ms"], "properties": {
+            "id": string, "hostname": string, "attributes": strings, "total": reference("Resources"),
+            "state": {"type": "string", "enum": ["active", "lost"]}, "tasks": {"type": "array", "items": string},
+            "registrations": integer, "last_seen_ms_ago": integer, "registered_at_ms": integer}},
+        "Task": {"type": "object", "required": ["id", "framework", "state"], "properties": {
+            "id": string, "framework": string, "agent_id": string, "state": string,
+            "resources": reference("Resources"), "labels": strings, "env": strings,
+            "created_ms": integer, "updated_ms": integer}},
+        "Framework": {"type": "object", "required": ["name", "role", "weight", "plugin", "suppressed", "tasks", "offers", "allocated"],
+            "properties": {"name": string, "role": string, "weight": number, "plugin": {"type": "boolean"},
+            "suppressed": {"type": "boolean"}, "tasks": integer, "offers": integer, "allocated": reference("Resources"),
+            "quota": {"oneOf": [{"type": "null"}, reference("Resources")]},
+            "filters": {"type": "object", "additionalProperties": integer}}},
+        "Artifact": {"type": "object", "required": ["digest", "size"], "properties": {"digest": string, "size": integer}},
+        "StoreStatus": {"type": "object", "required": ["map", "nodes"], "properties": {
+            "map": {"type": "object", "required": ["term", "epoch", "shards"], "properties": {
+                "term": integer, "epoch": integer, "shards": {"type": "array", "items": string}}},
+            "nodes": {"type": "array", "items": {"type": "object", "required": ["node"], "properties": {"node": string}}},
+            "moving": {"oneOf": [{"type": "null"}, reference("StoreMove")]},
+            "last_move": {"oneOf": [{"type": "null"}, reference("StoreMove")]}}},
+        "StoreMove": {"type": "object", "required": ["id", "kind", "phase"], "properties": {
+            "id": integer, "kind": {"type": "string", "enum": ["scale-out", "scale-in"]}, "phase": string,
+            "from_shards": integer, "to_shards": integer, "node": string}},
+        "Instance": {"type": "object", "required": ["id", "service", "address"], "properties": {
+            "id": string, "service": string, "address": string, "weight": integer, "labels": strings}},
+        "ServiceInstances": {"type": "object", "required": ["index", "service", "instances"], "properties": {
+            "index": integer, "service": string, "instances": {"type": "array", "items": reference("Instance")}}},
+        "Route": {"type": "object", "required": ["name", "path_prefix", "service", "router", "strip_prefix", "timeout_ms"],
+            "properties": {"name": string, "host": {"type": ["string", "null"]}, "path_prefix": string, "service": string,
+            "router": string, "strip_prefix": {"type": "boolean"}, "timeout_ms": integer}},
+        "RouteRequest": {"type": "object", "required": ["service"], "additionalProperties": false, "properties": {
+            "service": {"type": "string", "pattern": LABEL},
+            "host": {"type": ["string", "null"], "pattern": "^[a-z0-9.-]{1,253}$"},
+            "path_prefix": {"type": "string", "pattern": "^/[^?# ]{0,1023}$"},
+            "router": {"type": "string", "pattern": LABEL},
+            "strip_prefix": {"type": "boolean"},
+            "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000}}},
+        "Registration": {"type": "object", "required": ["address"], "additionalProperties": false, "properties": {
+            "address": {"type": "string", "pattern": "^[^\\s]{1,253}:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})$"},
+            "ports": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 65535}},
+            "weight": {"type": "integer", "minimum": 0, "maximum": u32::MAX},
+            "labels": {"type": "object", "maxProperties": shoal_discovery::MAX_LABELS,
+                "propertyNames": {"minLength": 1, "maxLength": 128}, "additionalProperties": {"type": "string", "maxLength": 1024},
+                "description": "names of 1 to 128 bytes, values of at most 1024"},
+            "version": {"type": "string", "maxLength": 128, "description": "at most 128 bytes"},
+            "health": {"type": ["string", "null"], "enum": ["passing", "critical", "unknown", null]},
+            "ttl_seconds": {"type": ["integer", "null"], "minimum": 1, "maximum": 3600},
+            "check": {"oneOf": [{"type": "null"}, reference("Check")]}}},
+        "Check": {"description": "A health check the node runs against the instance. The API also takes `command` checks (`{\"type\": \"command\", \"command\": \"…\"}`, run with `sh -c`, admin tokens only) and `wasm` ones (`plugin`, `config`); the timeout is at most the interval.",
+            "oneOf": [
+                {"type": "object", "required": ["type"], "additionalProperties": false, "properties": timings(json!({
+                    "type": {"const": "http"}, "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
+                    "path": {"type": "string", "pattern": "^/[!-~]{0,255}$"}}))},
+                {"type": "object", "required": ["type"], "additionalProperties": false, "properties": timings(json!({
+                    "type": {"const": "tcp"}, "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535}}))},
+            ]},
+        "Leader": {"type": "object", "required": ["term", "leader", "self", "members"], "properties": {
+            "term": integer, "leader": {"type": "object"}, "self": {"type": "object"}, "members": {"type": "array"}}},
+    });
+    match schemas {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
