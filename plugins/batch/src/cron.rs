@@ -189,7 +189,7 @@ mod props {
 
     /// Year, month and day of a day since the epoch, counted the slow way.
     fn date_of(mut days: u64) -> (u64, u64, u64) {
-        let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
         let mut year = 1970;
         while days >= if leap(year) { 366 } else { 365 } {
             days -= if leap(year) { 366 } else { 365 };
