@@ -267,3 +267,54 @@ mod tests {
         assert!(!too_big.fits_in(&total));
     }
 }
+
+/// Property tests of the text form, which operators and agents' flags write.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A quantity as validation allows it: finite, within 0..=1e12, often a round number.
+    fn quantity() -> impl Strategy<Value = f64> {
+        prop_oneof![(0u32..100_000).prop_map(f64::from), 0.0..=1e12, Just(0.0), Just(1e12), Just(1e-9)]
+    }
+
+    /// Valid resources, normalised (their port ranges sorted and merged).
+    fn resources() -> impl Strategy<Value = Resources> {
+        let range =
+            (1u16..=u16::MAX, 0u16..200).prop_map(|(begin, len)| PortRange { begin, end: begin.saturating_add(len) });
+        let scalars = prop::collection::btree_map("[a-z0-9_-]{1,12}", quantity(), 0..4);
+        (quantity(), quantity(), quantity(), prop::collection::vec(range, 0..5), scalars).prop_filter_map(
+            "a built-in scalar name",
+            |(cpus, mem_mb, disk_mb, ports, scalars)| {
+                Resources { cpus, mem_mb, disk_mb, ports, scalars }.validate().ok()
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Printing then parsing gives the same resources back.
+        #[test]
+        fn display_then_parse_is_the_identity(r in resources()) {
+            let text = r.to_string();
+            prop_assert_eq!(Resources::parse(&text), Ok(r), "{}", text);
+        }
+
+        /// Any text parses or is refused with an error, without panicking; what parses is valid
+        /// and prints to a text that parses to the same.
+        #[test]
+        fn any_text_parses_or_is_refused(text in prop_oneof![
+            any::<String>(),
+            "[cpusmemdiskportsgx_:;\\[\\]0-9,. eE+-]{0,48}",
+            "(cpus|mem|disk|ports|gpus):(\\[[0-9, -]{0,12}\\]|[0-9.eE+-]{0,8}|inf|NaN)(;(cpus|mem|ports|x):[0-9\\[\\]-]{0,8}){0,3}",
+        ]) {
+            if let Ok(r) = Resources::parse(&text) {
+                prop_assert_eq!(r.clone().validate(), Ok(r.clone()), "parsed but invalid: {}", text);
+                prop_assert_eq!(Resources::parse(&r.to_string()), Ok(r), "{}", text);
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Five-field cron schedules (UTC): `minute hour day-of-month month day-of-week`, each field `*`,
-//! `*/n`, `a`, `a-b`, `a-b/n`, or a comma list of those; day-of-week 0–6 from Sunday (7 is Sunday
-//! too). As in cron, when both day fields are restricted a day matches either.
+//! `*/n`, `a`, `a/n` (from `a` to the field's end), `a-b`, `a-b/n`, or a comma list of those;
+//! day-of-week 0–6 from Sunday (7 is Sunday too). As in cron, when both day fields are
+//! restricted a day matches either.
 
 use shoal_framework_common::time::civil_from_days;
 
@@ -25,9 +26,9 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<(u64, bool), Stri
                 if step == 0 {
                     return Err(format!("{name}: step 0 in {part:?}"));
                 }
-                (r, step)
+                (r, Some(step))
             }
-            None => (part, 1),
+            None => (part, None),
         };
         let (lo, hi) = if range == "*" {
             (min, max)
@@ -37,15 +38,15 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<(u64, bool), Stri
             (a, b)
         } else {
             let a: u32 = range.parse().map_err(|_| format!("{name}: bad value in {part:?}"))?;
-            (a, if step > 1 { max } else { a })
+            // `a/n` runs from `a` to the field's end, whatever `n` (`a/1` too).
+            (a, if step.is_some() { max } else { a })
         };
         if lo < min || hi > max || lo > hi {
             return Err(format!("{name}: {part:?} is outside {min}-{max}"));
         }
-        let mut v = lo;
-        while v <= hi {
+        // A step past the field's end takes the first value only (and must not overflow).
+        for v in (lo..=hi).step_by(usize::try_from(step.unwrap_or(1)).unwrap_or(usize::MAX)) {
             bits |= 1 << v;
-            v += step;
         }
     }
     Ok((bits, text == "*"))
@@ -125,5 +126,154 @@ mod tests {
         assert!(Schedule::parse("* * * * * *").unwrap_err().contains("5 fields"));
         assert!(Schedule::parse("*/0 * * * *").unwrap_err().contains("step"));
         assert!(Schedule::parse("a * * * *").unwrap_err().contains("minute"));
+    }
+}
+
+/// Property tests of schedules: jobs' schedules come from outside.
+#[cfg(test)]
+mod props {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One comma-separated item of a field.
+    #[derive(Clone, Debug)]
+    enum Item {
+        Star,
+        StarStep(u32),
+        Value(u32),
+        /// `a/n`: from `a` to the field's end.
+        ValueStep(u32, u32),
+        Range(u32, u32),
+        RangeStep(u32, u32, u32),
+    }
+
+    fn item(min: u32, max: u32) -> impl Strategy<Value = Item> {
+        let v = move || min..=max;
+        prop_oneof![
+            1 => Just(Item::Star),
+            1 => (1u32..=70).prop_map(Item::StarStep),
+            4 => v().prop_map(Item::Value),
+            1 => (v(), 1u32..=70).prop_map(|(a, n)| Item::ValueStep(a, n)),
+            2 => (v(), v()).prop_map(|(a, b)| Item::Range(a.min(b), a.max(b))),
+            1 => (v(), v(), 1u32..=70).prop_map(|(a, b, n)| Item::RangeStep(a.min(b), a.max(b), n)),
+        ]
+    }
+
+    /// A field's text and the values it allows, computed without the parser.
+    fn field_of(min: u32, max: u32) -> impl Strategy<Value = (String, BTreeSet<u32>)> {
+        prop_oneof![
+            1 => Just(vec![Item::Star]),
+            3 => prop::collection::vec(item(min, max), 1..4),
+        ]
+        .prop_map(move |items| {
+            let mut allowed = BTreeSet::new();
+            let mut texts = Vec::new();
+            for item in items {
+                let (text, lo, hi, step) = match item {
+                    Item::Star => ("*".to_owned(), min, max, 1),
+                    Item::StarStep(n) => (format!("*/{n}"), min, max, n),
+                    Item::Value(a) => (a.to_string(), a, a, 1),
+                    Item::ValueStep(a, n) => (format!("{a}/{n}"), a, max, n),
+                    Item::Range(a, b) => (format!("{a}-{b}"), a, b, 1),
+                    Item::RangeStep(a, b, n) => (format!("{a}-{b}/{n}"), a, b, n),
+                };
+                allowed.extend((lo..=hi).step_by(step as usize));
+                texts.push(text);
+            }
+            (texts.join(","), allowed)
+        })
+    }
+
+    /// Year, month and day of a day since the epoch, counted the slow way.
+    fn date_of(mut days: u64) -> (u64, u64, u64) {
+        let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+        let mut year = 1970;
+        while days >= if leap(year) { 366 } else { 365 } {
+            days -= if leap(year) { 366 } else { 365 };
+            year += 1;
+        }
+        let lengths = [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let mut month = 1;
+        for length in lengths {
+            if days < length {
+                break;
+            }
+            days -= length;
+            month += 1;
+        }
+        (year, month, days + 1)
+    }
+
+    /// A schedule's five fields, and whether a minute matches them, computed without the parser.
+    #[derive(Debug)]
+    struct Model {
+        text: String,
+        fields: [BTreeSet<u32>; 5],
+        days_any: bool,
+        weekdays_any: bool,
+    }
+
+    impl Model {
+        fn matches(&self, minute_index: u64) -> bool {
+            let has = |f: usize, v: u64| self.fields[f].contains(&(v as u32));
+            let days = minute_index / 1440;
+            let (_, month, day) = date_of(days);
+            // 1970-01-01 was a Thursday; 7 is Sunday as well as 0.
+            let weekday = (days + 4) % 7;
+            let weekday_ok = has(4, weekday) || (weekday == 0 && has(4, 7));
+            let day_ok =
+                if self.days_any || self.weekdays_any { has(2, day) && weekday_ok } else { has(2, day) || weekday_ok };
+            has(0, minute_index % 60) && has(1, minute_index / 60 % 24) && has(3, month) && day_ok
+        }
+    }
+
+    fn model() -> impl Strategy<Value = Model> {
+        (field_of(0, 59), field_of(0, 23), field_of(1, 31), field_of(1, 12), field_of(0, 7)).prop_map(
+            |(minute, hour, day, month, weekday)| Model {
+                text: [&minute.0, &hour.0, &day.0, &month.0, &weekday.0].map(String::as_str).join(" "),
+                days_any: day.0 == "*",
+                weekdays_any: weekday.0 == "*",
+                fields: [minute.1, hour.1, day.1, month.1, weekday.1],
+            },
+        )
+    }
+
+    /// Minutes from 1970 to about 2200.
+    const SPAN: u64 = 230 * 366 * 1440;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any text parses or is refused, without panicking or looping.
+        #[test]
+        fn any_expression_parses_or_is_refused(text in prop_oneof![
+            any::<String>(),
+            "([0-9*/,-]{1,6} ){4}[0-9*/,-]{1,6}",
+            "(\\*|[0-9]{1,2})/(4294967295|4294967296|99999999999|0|1) \\* \\* \\* \\*",
+        ]) {
+            if let Ok(schedule) = Schedule::parse(&text) {
+                prop_assert_eq!(Schedule::parse(&text), Ok(schedule));
+            }
+        }
+
+        /// A parsed schedule matches exactly the minutes its fields allow: over a day and a
+        /// half minute by minute after `now` (so the next fire time is the model's), and at
+        /// minutes anywhere from 1970 to 2200.
+        #[test]
+        fn schedules_match_what_their_fields_say(
+            model in model(),
+            now in 0..SPAN,
+            anywhere in prop::collection::vec(0..SPAN, 64),
+        ) {
+            let schedule = Schedule::parse(&model.text).map_err(TestCaseError::fail)?;
+            let next = (now + 1..now + 2160).find(|m| schedule.matches(*m));
+            prop_assert_eq!(next, (now + 1..now + 2160).find(|m| model.matches(*m)), "{}", model.text);
+            for m in (now..now + 2160).chain(anywhere) {
+                prop_assert_eq!(schedule.matches(m), model.matches(m), "{} at minute {}", model.text, m);
+            }
+        }
     }
 }

@@ -57,7 +57,11 @@ pub struct Constraint {
 const OPERATORS: &str = "UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE, MAX_PER";
 
 fn full_match(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+    // The pattern must be a regex on its own: wrapped unchecked, `x)|(.*` would close the
+    // group and match every value.
+    let invalid = |e: regex::Error| format!("invalid regex {pattern:?}: {e}");
+    Regex::new(pattern).map_err(invalid)?;
+    Regex::new(&format!("^(?:{pattern})$")).map_err(invalid)
 }
 
 impl Constraint {
@@ -377,5 +381,83 @@ mod tests {
         assert_eq!(counts.blocking(&cs, "h1", &attrs("r1")).unwrap().describe(), "@hostname UNIQUE");
         assert_eq!(counts.blocking(&cs, "h2", &attrs("r3")).unwrap().describe(), "rack LIKE r[12]");
         assert!(counts.blocking(&cs, "h2", &attrs("r2")).is_none());
+    }
+}
+
+/// Property tests of constraint parsing: apps' JSON carries these from outside.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn operator() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec!["UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER"]).prop_map(String::from),
+            1 => any::<String>(),
+        ]
+    }
+
+    /// A value: counts (well and badly written), regexes (balanced or not), anything.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof!["[+0-9-]{0,12}", "[a-z()|.*?+\\[\\]^$\\\\{}0-9,]{0,10}", any::<String>(),]
+    }
+
+    fn raw() -> impl Strategy<Value = Vec<String>> {
+        let field = prop_oneof![Just(HOSTNAME.to_owned()), "[a-z ]{0,6}", any::<String>()];
+        (field, operator(), prop::option::of(value()), 0usize..8).prop_map(|(field, op, value, extra)| {
+            let mut raw = vec![field, op];
+            raw.extend(value);
+            // Sometimes too few or too many items.
+            match extra {
+                0 => raw.truncate(1),
+                1 => raw.push("x".into()),
+                _ => {}
+            }
+            raw
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any list of strings parses or is refused with a message naming its place, without
+        /// panicking; what parses describes itself as `field OPERATOR value`, and that value
+        /// parses to the same constraint again.
+        #[test]
+        fn any_constraint_parses_or_is_refused_and_valid_ones_round_trip(raw in raw(), index in 0usize..40) {
+            let constraint = match Constraint::parse(&raw, index) {
+                Err(message) => {
+                    prop_assert!(message.starts_with(&format!("constraints[{index}]: ")), "{}", message);
+                    return Ok(());
+                }
+                Ok(constraint) => constraint,
+            };
+            prop_assert_eq!(&constraint.field, &raw[0]);
+            let described = constraint.describe();
+            let prefix = format!("{} {}", raw[0], raw[1]);
+            prop_assert!(described.starts_with(&prefix), "{} for {:?}", described, raw);
+            let value = described[prefix.len()..].strip_prefix(' ').map(str::to_owned);
+            prop_assert_eq!(value.is_some(), raw.len() == 3 || raw[1] == "MAX_PER");
+            let mut again = vec![raw[0].clone(), raw[1].clone()];
+            again.extend(value);
+            let reparsed = Constraint::parse(&again, index).map(|c| c.describe());
+            prop_assert_eq!(reparsed, Ok(described));
+        }
+
+        /// A LIKE or UNLIKE pattern is a regex on its own: the full-match wrapper around it
+        /// must not turn an unbalanced pattern into a valid one with another meaning.
+        #[test]
+        fn like_patterns_are_regexes_on_their_own(pattern in "[a-z()|.*?]{0,8}", like in any::<bool>()) {
+            let op = if like { "LIKE" } else { "UNLIKE" };
+            let raw = vec!["rack".to_owned(), op.to_owned(), pattern.clone()];
+            prop_assert_eq!(Constraint::parse(&raw, 0).is_ok(), Regex::new(&pattern).is_ok(), "{}", pattern);
+        }
+    }
+
+    #[test]
+    fn a_pattern_cannot_close_the_full_match_group() {
+        let raw = ["rack", "LIKE", "x)|(.*"].map(String::from);
+        assert!(Constraint::parse(&raw, 0).is_err(), "`x)|(.*` would have matched every value");
     }
 }

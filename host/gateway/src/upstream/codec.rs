@@ -134,13 +134,19 @@ pub(super) fn encode_head(
 ) -> Result<(Vec<u8>, Framing), String> {
     let headers = request.headers();
     let body = request.body();
-    let client_length = headers.get(header::CONTENT_LENGTH);
+    // Every `Content-Length` the client sent must say the same: an HTTP/2 client may send
+    // several, and h2 checks only the first. The upstream gets one, written here, so that it
+    // cannot frame the body by another.
+    let mut client_length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        match parse_length(value.as_bytes()) {
+            Some(length) if client_length.is_none_or(|l| l == length) => client_length = Some(length),
+            _ => return Err(format!("invalid request content-length {value:?}")),
+        }
+    }
     let framing = match client_length {
-        Some(value) => match parse_length(value.as_bytes()) {
-            Some(0) => Framing::Empty,
-            Some(length) => Framing::Length(length),
-            None => return Err(format!("invalid request content-length {value:?}")),
-        },
+        Some(0) => Framing::Empty,
+        Some(length) => Framing::Length(length),
         None if body.is_end_stream() => Framing::Empty,
         None => match body.size_hint().exact() {
             Some(0) => Framing::Empty,
@@ -160,7 +166,12 @@ pub(super) fn encode_head(
     let mut has_host = false;
     let mut forwarded_for: Vec<u8> = Vec::new();
     for (name, value) in headers {
-        if hop.contains(name) || *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO || *name == X_REQUEST_ID {
+        if hop.contains(name)
+            || *name == header::CONTENT_LENGTH
+            || *name == X_FORWARDED_HOST
+            || *name == X_FORWARDED_PROTO
+            || *name == X_REQUEST_ID
+        {
             continue;
         }
         if *name == X_FORWARDED_FOR {
@@ -186,9 +197,9 @@ pub(super) fn encode_head(
     }
     push_field(&mut head, X_FORWARDED_PROTO.as_str().as_bytes(), forwarded.proto.as_bytes());
     push_field(&mut head, X_REQUEST_ID.as_str().as_bytes(), forwarded.request_id.as_bytes());
-    // The body's framing, unless the client's `Content-Length` already says it.
+    // The body's framing.
     match framing {
-        _ if client_length.is_some() => {}
+        Framing::Empty if client_length.is_some() => push_field(&mut head, b"content-length", b"0"),
         Framing::Chunked => push_field(&mut head, b"transfer-encoding", b"chunked"),
         Framing::Length(length) => push_field(&mut head, b"content-length", length.to_string().as_bytes()),
         // Methods whose requests carry content say there is none, as hyper's client does.
@@ -260,6 +271,16 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
     for [ns, ne, vs, ve] in spans[..count].iter().map(|s| s.map(|at| at as usize)) {
         let name = HeaderName::from_bytes(&bytes[ns..ne]).map_err(|_| "invalid response header name".to_owned())?;
         if name == header::TRANSFER_ENCODING {
+            // As hyper's client: HTTP/1.0 has no transfer codings (RFC 9112 §6.1 says to treat
+            // the framing as faulty), and a value that is not visible ASCII is not read as
+            // chunked by hyper; a proxy that read it differently from its peers could be
+            // desynchronised, so both are refused.
+            if version == 0 {
+                return Err("transfer-encoding in an HTTP/1.0 response".into());
+            }
+            if !bytes[vs..ve].iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b)) {
+                return Err("invalid response transfer-encoding".into());
+            }
             let last = bytes[vs..ve].rsplit(|b| *b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             continue;
@@ -320,7 +341,7 @@ pub(super) enum Step {
 /// Move the chunked decoder on over what `buf` holds (chunk data itself is taken by the caller).
 pub(super) fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, String> {
     match *chunk {
-        Chunk::Size => match httparse::parse_chunk_size(buf) {
+        Chunk::Size => match chunk_size(buf) {
             Ok(httparse::Status::Complete((used, size))) => {
                 buf.advance(used);
                 *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
@@ -328,7 +349,7 @@ pub(super) fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, 
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => Err("chunk-size line too long".into()),
             Ok(httparse::Status::Partial) => Ok(Step::More),
-            Err(_) => Err("invalid chunk size".into()),
+            Err(message) => Err(message.into()),
         },
         Chunk::Data(_) => Ok(Step::More),
         Chunk::DataEnd => match buf.get(..2) {
@@ -348,6 +369,11 @@ pub(super) fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, 
             let mut slots = [httparse::EMPTY_HEADER; 32];
             match httparse::parse_headers(buf, &mut slots) {
                 Ok(httparse::Status::Complete((used, fields))) => {
+                    // httparse takes a bare LF as a line's end; hyper does not (and neither
+                    // must we, or the two would end the body at different places).
+                    if bare_lf(&buf[..used]) {
+                        return Err("malformed trailers: a line ends without CR".into());
+                    }
                     let mut trailers = HeaderMap::with_capacity(fields.len());
                     for field in fields {
                         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid trailer name")?;
@@ -363,4 +389,27 @@ pub(super) fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, 
             }
         }
     }
+}
+
+/// Parse a chunk-size line as hyper does: httparse's parser, but with at least one hex digit
+/// first (httparse reads an empty size as 0, the last chunk) and no bare LF (httparse lets one
+/// through in an extension). Either would let a peer end the body where hyper does not.
+fn chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, &'static str> {
+    match buf.first() {
+        None => return Ok(httparse::Status::Partial),
+        Some(b) if !b.is_ascii_hexdigit() => return Err("invalid chunk size"),
+        Some(_) => {}
+    }
+    let line = &buf[..buf.len().min(MAX_CHUNK_LINE + 2)];
+    if let Some(lf) = line.iter().position(|b| *b == b'\n')
+        && (lf == 0 || line[lf - 1] != b'\r')
+    {
+        return Err("invalid chunk size: a bare LF in the chunk-size line");
+    }
+    httparse::parse_chunk_size(buf).map_err(|_| "invalid chunk size")
+}
+
+/// Whether some line of `text` ends in LF without CR before it.
+fn bare_lf(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || text[i - 1] != b'\r'))
 }

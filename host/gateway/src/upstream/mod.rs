@@ -17,12 +17,15 @@
 //!   The close may also race the request. If a reused connection closes before any byte of
 //!   answer, the request is sent again on a new connection, but only when it has no body and an
 //!   idempotent method (as browsers and Go's client do). Any other request gets the error.
-//! - **Framing out:** the client's `Content-Length` is kept. A body of known size gets one.
+//! - **Framing out:** the client's `Content-Length` is kept, written once (a request whose
+//!   `Content-Length` values disagree is refused). A body of known size gets one.
 //!   Any other body is sent chunked. Trailers go out only with chunked bodies.
 //! - **Framing in:** RFC 9112 §6.3 decides. No body for `HEAD`, 204 and 304. Otherwise
 //!   `Transfer-Encoding: chunked` (trailers are passed on), then `Content-Length`, then the body
 //!   runs until the upstream closes. Interim 1xx answers are skipped. A 101 is refused: the
-//!   gateway does not proxy upgrades.
+//!   gateway does not proxy upgrades. Where hyper's client refuses a framing (a transfer coding
+//!   in HTTP/1.0, a chunk size without digits, a bare LF in a chunk-size line or the trailers),
+//!   so does this one, so the two never end a body at different places (`props.rs` checks it).
 //! - **Limits:** a response head larger than 64 KiB or with more than 100 headers, or a
 //!   malformed one, is an error (the gateway answers 502).
 //!
@@ -31,6 +34,8 @@
 //! connection between threads.
 mod body;
 mod codec;
+#[cfg(test)]
+mod props;
 
 use std::collections::HashMap;
 use std::future::poll_fn;

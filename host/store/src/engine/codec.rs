@@ -124,3 +124,59 @@ pub(crate) fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| StoreError::InvalidListing("malformed cursor: pass the one the previous page returned".into()))
 }
+
+/// Property tests of the stored layout: a shard's files (or a copy of them) are read back by it.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A stored entry decodes to what was stored while it lives, and to nothing after.
+        #[test]
+        fn stored_entries_decode_to_what_was_stored(
+            key in ".{0,12}",
+            version in any::<u64>(),
+            expires_at in any::<u64>(),
+            value in prop::collection::vec(any::<u8>(), 0..64),
+            now in any::<u64>(),
+        ) {
+            let stored = encode(version, expires_at, &value);
+            prop_assert_eq!(header(&stored).ok(), Some((version, expires_at)));
+            let decoded = decode(key.clone(), &stored, now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expected = live(expires_at, now)
+                .then(|| Entry { key, value, version, expires_at: (expires_at != 0).then_some(expires_at) });
+            prop_assert_eq!(decoded, expected);
+        }
+
+        /// Any bytes decode to an entry or are refused as corrupt, without panicking; so do
+        /// RocksDB keys and listing cursors (a client's).
+        #[test]
+        fn any_bytes_decode_or_are_refused(stored in prop::collection::vec(any::<u8>(), 0..40), now in any::<u64>(), cursor in ".{0,16}") {
+            match decode("k".into(), &stored, now) {
+                Ok(Some(entry)) => prop_assert_eq!(encode(entry.version, entry.expires_at.unwrap_or(0), &entry.value), stored.clone()),
+                Ok(None) => prop_assert!(stored.len() >= HEADER_LEN),
+                Err(err) => prop_assert!(matches!(err, StoreError::Corrupt(_)) && stored.len() < HEADER_LEN),
+            }
+            if let Some((ns, key)) = split_db_key(&stored) {
+                prop_assert_eq!(&db_key(ns, key), &stored);
+            }
+            if let Ok(key) = decode_cursor(&cursor) {
+                prop_assert_eq!(crate::cursor_after(&key), cursor.to_ascii_lowercase());
+            }
+        }
+
+        /// Every key that starts with a prefix sorts below the prefix's end.
+        #[test]
+        fn prefix_end_bounds_the_prefix(prefix in prop::collection::vec(any::<u8>(), 0..8), rest in prop::collection::vec(any::<u8>(), 0..8)) {
+            let key = [&prefix[..], &rest[..]].concat();
+            match prefix_end(&prefix) {
+                Some(end) => prop_assert!(key < end && prefix < end),
+                None => prop_assert!(prefix.iter().all(|b| *b == 0xff)),
+            }
+        }
+    }
+}
