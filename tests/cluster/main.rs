@@ -15,6 +15,7 @@ mod api_security;
 mod apps;
 mod edges;
 mod fixture;
+mod fuzz;
 mod ha;
 mod ha_faults;
 mod isolation;

@@ -373,10 +373,15 @@ fn answer_schemas(path: &str, method: &str) -> Vec<(&'static str, Value)> {
 fn component_schemas() -> Map<String, Value> {
     let timings = |mut properties: Value| {
         if let Some(p) = properties.as_object_mut() {
-            p.insert("interval_ms".into(), json!({"type": "integer", "minimum": 60_000, "maximum": 3_600_000}));
-            p.insert("timeout_ms".into(), json!({"type": "integer", "minimum": 1, "maximum": 60_000}));
-            p.insert("grace_ms".into(), json!({"type": "integer", "minimum": 0, "maximum": 3_600_000}));
-            p.insert("max_failures".into(), json!({"type": "integer", "minimum": 1, "maximum": 100}));
+            let (min, max) = (shoal_health::MIN_INTERVAL_MS, shoal_health::MAX_DURATION_MS);
+            p.insert("interval_ms".into(), json!({"type": "integer", "minimum": min, "maximum": max}));
+            p.insert(
+                "timeout_ms".into(),
+                json!({"type": "integer", "minimum": 1, "maximum": max,
+                "description": "at most `interval_ms`"}),
+            );
+            p.insert("grace_ms".into(), json!({"type": "integer", "minimum": 0, "maximum": max}));
+            p.insert("max_failures".into(), json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}));
         }
         properties
     };

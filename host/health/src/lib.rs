@@ -39,7 +39,7 @@ use tokio::time::Instant;
 pub use probe::{Outcome, WasmCheck, WasmCheckError};
 pub use spec::{
     CheckKind, CheckSpec, DEFAULT_GRACE_MS, DEFAULT_INTERVAL_MS, DEFAULT_MAX_FAILURES, DEFAULT_TIMEOUT_MS,
-    MIN_INTERVAL_MS, SpecError,
+    MAX_DURATION_MS, MIN_INTERVAL_MS, SpecError,
 };
 
 /// Most bytes of a check's output kept (a command's stdout and stderr, an HTTP body, a plugin's
