@@ -10,9 +10,10 @@
 //! - the exact form of every path parameter (the same rule the handler checks), and query
 //!   parameters that are optional but never `null`;
 //! - the schema of every success answer that is not one of [`ApiDoc`]'s typed bodies, and of each
-//!   Server-Sent Event;
-//! - the routes of the running frameworks, which describe themselves ([`framework_paths`]): a
-//!   framework answers `GET /openapi.json` with the paths below its own root.
+//!   Server-Sent Event.
+//!
+//! The frameworks' own routes (`/v1/apps`, `/v1/jobs`, `/v1/frameworks/{name}/…`) are not in the
+//! document yet.
 //!
 //! Schemathesis checks the whole against `shoal dev` in CI (`tests/cluster/fuzz.rs`): no 5xx, no
 //! answer the document does not allow.
@@ -89,51 +90,6 @@ fn plain_routes() -> Map<String, Value> {
     match routes {
         Value::Object(map) => map,
         _ => Map::new(),
-    }
-}
-
-/// Add the routes framework `name` describes (`paths`, relative to its root, and its
-/// `components.schemas`) under `/v1/frameworks/{name}`, and under `alias` too (`/v1/apps` is the
-/// service framework's `/apps`). Its schemas are renamed `<name>.<schema>` so frameworks never
-/// clash with each other or with the host.
-pub fn add_framework(doc: &mut Value, name: &str, description: &Value, aliases: &[(&str, &str)]) {
-    let prefix = format!("{name}.");
-    let mut text = description.to_string();
-    text = text.replace("#/components/schemas/", &format!("#/components/schemas/{prefix}"));
-    let Ok(description) = serde_json::from_str::<Value>(&text) else { return };
-    if let (Some(theirs), Some(ours)) = (
-        description.pointer("/components/schemas").and_then(Value::as_object),
-        doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut),
-    ) {
-        for (schema, body) in theirs {
-            ours.insert(format!("{prefix}{schema}"), body.clone());
-        }
-    }
-    let Some(theirs) = description.get("paths").and_then(Value::as_object) else { return };
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
-    for (path, item) in theirs {
-        let Some(item) = item.as_object() else { continue };
-        let mut routes = vec![format!("/v1/frameworks/{name}{path}")];
-        routes
-            .extend(aliases.iter().filter_map(|(from, to)| path.strip_prefix(from).map(|rest| format!("{to}{rest}"))));
-        for route in routes {
-            let mut item = Value::Object(item.clone());
-            for (method, op) in item.as_object_mut().into_iter().flatten() {
-                if let Some(op) = op.as_object_mut() {
-                    op.insert("security".into(), json!([{"bearer": []}]));
-                    op.entry("tags").or_insert(json!([format!("framework {name}")]));
-                }
-                complete(&route, method, op);
-                // What the host adds in front of every framework: a framework that fails or
-                // is busy, a definition that fits no agent.
-                add_response(op, "502", "the framework failed or is not running");
-                add_response(op, "429", "the framework's queue is full (`Retry-After`)");
-                if matches!(method.as_str(), "put" | "post") {
-                    add_response(op, "422", "no active agent could ever hold it");
-                }
-            }
-            paths.insert(route, item);
-        }
     }
 }
 

@@ -473,7 +473,7 @@ async fn store_status_and_an_online_scale_out_through_the_api() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) =
         s.req(Method::POST, "/v1/store/scale-out", Some(ADMIN), Some(br#"{"node": "ghost"}"#.to_vec())).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "an unknown node is refused");
+    assert_eq!(status, StatusCode::CONFLICT, "an unknown node is refused: the store has no such node");
     let (status, started) = s.req(Method::POST, "/v1/store/scale-out", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{started}");
     let id = started["id"].as_u64().expect("id");
