@@ -87,6 +87,11 @@ async fn ours(addr: SocketAddr, method: Method) -> Read {
     let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     *request.method_mut() = method;
     let Ok(response) = upstreams.send(&authority, request, &forwarded).await else { return Read::Refused };
+    read(response).await
+}
+
+/// What a client reads of `response`: its status, whole body and trailers, or a refusal.
+async fn read<B: hyper::body::Body>(response: hyper::Response<B>) -> Read {
     let status = response.status().as_u16();
     match response.into_body().collect().await {
         Ok(collected) => {
@@ -108,14 +113,7 @@ async fn hypers(addr: SocketAddr, method: Method) -> Read {
     });
     let request = Request::builder().method(method).uri("/").header(header::HOST, "x").body(Empty::<Bytes>::new());
     let Ok(response) = sender.send_request(request.expect("a request")).await else { return Read::Refused };
-    let status = response.status().as_u16();
-    match response.into_body().collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().map(pairs);
-            Read::Body { status, body: collected.to_bytes().to_vec(), trailers }
-        }
-        Err(_) => Read::Refused,
-    }
+    read(response).await
 }
 
 /// The gateway's reading and hyper's of `bytes`, sent as the answer to a `method` request.
