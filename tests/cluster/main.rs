@@ -28,6 +28,7 @@ mod store_faults;
 mod store_ha;
 mod tasks;
 mod tidy;
+mod trickle;
 mod upgrade;
 
 fn shoal() -> std::path::PathBuf {
