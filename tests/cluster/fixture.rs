@@ -167,8 +167,8 @@ pub(crate) fn spawn_store_node(nats: &str, auth: Auth, id: &str, data: &Path) ->
 /// `dir` (credentials for the master, store nodes s1..s3 and agent a1 under `<dir>/creds`), and
 /// their route ports.
 pub(crate) fn secured_nats_cluster(dir: &Path) -> (NatsCluster, Vec<u16>) {
-    let clients: Vec<u16> = (0..3).map(|_| shoal_testkit::free_port()).collect();
-    let routes: Vec<u16> = (0..3).map(|_| shoal_testkit::free_port()).collect();
+    let mut clients = shoal_testkit::free_ports(6);
+    let routes = clients.split_off(3);
     let mut init = Command::new(shoal());
     init.args(["nats", "init", "--dir"]).arg(dir);
     for (client, route) in clients.iter().zip(&routes) {

@@ -353,11 +353,11 @@ fn a_forged_kill_of_a_lower_term_does_not_kill_a_task_of_a_higher_term() {
 
 /// A `nats-server` of no cluster of ours that dials `route`; it and its monitoring port.
 fn server_routing_to(route: &str) -> (super::fixture::Process, u16) {
-    let monitor = shoal_testkit::free_port();
+    let [monitor, client, own_route] = shoal_testkit::free_ports(3)[..] else { unreachable!("three ports") };
     let binary = std::env::var_os(shoal_testkit::NATS_SERVER_ENV).unwrap_or_else(|| "nats-server".into());
     let child = std::process::Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &shoal_testkit::free_port().to_string(), "-m", &monitor.to_string()])
-        .args(["--cluster_name", "shoal", "--cluster", &format!("nats://127.0.0.1:{}", shoal_testkit::free_port())])
+        .args(["-a", "127.0.0.1", "-p", &client.to_string(), "-m", &monitor.to_string()])
+        .args(["--cluster_name", "shoal", "--cluster", &format!("nats://127.0.0.1:{own_route}")])
         .args(["--routes", route])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

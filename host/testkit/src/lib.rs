@@ -29,6 +29,20 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("a bound listener has a local address").port()
 }
 
+/// `n` distinct TCP ports on 127.0.0.1 that were free a moment ago: all are held at once while
+/// they are picked, so none comes twice (one at a time, the kernel may hand a just-released port
+/// out again — seen: a cluster's route port equal to its client port). Released on return, as
+/// with [`free_port`].
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .expect("cannot bind a loopback port: is the loopback interface up?")
+        })
+        .collect();
+    listeners.iter().map(|l| l.local_addr().expect("a bound listener has a local address").port()).collect()
+}
+
 /// How often [`eventually`] polls: short enough not to slow tests down, long enough not to spin.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -85,6 +99,13 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(64);
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 64, "{ports:?}");
+    }
 
     #[test]
     fn free_ports_are_bindable() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::free_port;
+use crate::{free_port, free_ports};
 
 /// Environment variable naming the `nats-server` binary to use instead of the one on `PATH`.
 pub const NATS_SERVER_ENV: &str = "SHOAL_NATS_SERVER";
@@ -291,8 +291,9 @@ impl NatsCluster {
         let binary = find_binary()?;
         let id = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed);
         let cluster = format!("shoal-test-{}-{id}", std::process::id());
-        let clients: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut ports = free_ports(2 * size);
+        let routes = ports.split_off(size);
+        let clients = ports;
         let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut members = Vec::new();
         for (i, (&client, &route)) in clients.iter().zip(&routes).enumerate() {
