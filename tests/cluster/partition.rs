@@ -201,5 +201,24 @@ fn a_cut_off_leader_stops_before_another_leads_and_comes_back_as_a_standby() {
     let started = starts(&starts_file);
     let distinct: std::collections::BTreeSet<&String> = started.iter().collect();
     assert_eq!(started.len(), distinct.len(), "a task started twice: {started:?}");
-    assert_eq!(started.len(), 4, "starts {started:?} for 4 instances");
+    // (Seen once in a full run: four instances running, `web.1`'s start line missing. What the
+    // masters logged of an instance without its line says more than the count.)
+    let missing: Vec<&String> = after.keys().filter(|id| !started.contains(id)).collect();
+    assert_eq!(
+        started.len(),
+        4,
+        "starts {started:?} for 4 instances; logged of {missing:?}:\n{}",
+        mentions(&c, &missing)
+    );
+}
+
+/// The lines of the masters' logs that name one of `ids`, at most 40.
+fn mentions(c: &Masters, ids: &[&String]) -> String {
+    let logs = std::fs::read_dir(c.dir.path()).into_iter().flatten().flatten().map(|e| e.path());
+    let logs = logs.filter(|p| p.extension().is_some_and(|x| x == "log"));
+    let text: Vec<String> = logs
+        .flat_map(|p| std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let named = text.into_iter().filter(|l| ids.iter().any(|id| l.contains(id.as_str())));
+    named.take(40).collect::<Vec<_>>().join("\n")
 }
