@@ -170,11 +170,14 @@ pub fn generate_token() -> String {
     format!("shoal_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Parse a TTL: a positive whole number and a unit, `s`, `m`, `h` or `d` (`90s`, `30m`, `1h`,
-/// `7d`), at most [`MAX_TTL`].
+/// Parse a TTL: a positive whole number without leading zeros and a unit, `s`, `m`, `h` or `d`
+/// (`90s`, `30m`, `1h`, `7d`), at most [`MAX_TTL`] ([`TTL_PATTERN`] says the same).
 pub fn parse_ttl(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
+    if number.starts_with('0') {
+        return None;
+    }
     let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
     let unit = match unit {
         "s" => 1,
@@ -186,6 +189,17 @@ pub fn parse_ttl(text: &str) -> Option<Duration> {
     let ttl = Duration::from_secs(n.checked_mul(unit)?);
     (ttl <= MAX_TTL).then_some(ttl)
 }
+
+/// What [`parse_ttl`] takes, as a regular expression (for the OpenAPI document): each unit's
+/// numbers from 1 to [`MAX_TTL`] (315360000 s, 5256000 m, 87600 h, 3650 d).
+pub const TTL_PATTERN: &str = concat!(
+    "^(",
+    "([1-9][0-9]{0,7}|[12][0-9]{8}|30[0-9]{7}|31[0-4][0-9]{6}|315[0-2][0-9]{5}|3153[0-5][0-9]{4}|315360000)s",
+    "|([1-9][0-9]{0,5}|[1-4][0-9]{6}|5[01][0-9]{5}|52[0-4][0-9]{4}|525[0-5][0-9]{3}|5256000)m",
+    "|([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-6][0-9]{3}|87[0-5][0-9]{2}|87600)h",
+    "|([1-9][0-9]{0,2}|[12][0-9]{3}|3[0-5][0-9]{2}|36[0-4][0-9]|3650)d",
+    ")$"
+);
 
 impl Auth {
     /// A table with one admin token, in memory only.

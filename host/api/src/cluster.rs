@@ -178,6 +178,41 @@ pub async fn framework_request(
     forward(&state, &name, method, &headers, format!("/{rest}"), query, body).await
 }
 
+/// Longest a framework may take to describe its API for `/v1/openapi.json`.
+const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The documents of the framework plugins this node runs (their answers to `GET /openapi.json`),
+/// by name; a framework that does not describe itself, or fails to in time, is left out.
+pub async fn framework_documents(state: &AppState) -> Vec<(String, serde_json::Value)> {
+    let Some(master) = state.master.load_full() else { return Vec::new() };
+    let mut names: Vec<String> =
+        master.framework_views().into_iter().filter(|v| v.plugin).map(|v| v.spec.name.clone()).collect();
+    names.sort();
+    let mut documents = Vec::new();
+    for name in names {
+        let request = shoal_abi::HttpRequest {
+            method: "GET".into(),
+            path: "/openapi.json".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let answer = tokio::time::timeout(DESCRIBE_TIMEOUT, master.framework_request(&name, request)).await;
+        match answer {
+            Ok(Ok(response)) if response.status == 200 => match serde_json::from_slice(&response.body) {
+                Ok(doc @ serde_json::Value::Object(_)) => documents.push((name, doc)),
+                _ => tracing::debug!(framework = %name, "its /openapi.json is not a JSON object; left out"),
+            },
+            Ok(Ok(response)) => {
+                tracing::debug!(framework = %name, status = response.status, "it does not describe its API")
+            }
+            Ok(Err(e)) => tracing::debug!(framework = %name, error = %e, "cannot ask it for its API"),
+            Err(_) => tracing::debug!(framework = %name, "no description of its API within 2 s"),
+        }
+    }
+    documents
+}
+
 /// `/v1/apps[/…]` → the `service` framework.
 pub async fn apps(
     State(state): State<AppState>,
@@ -292,7 +327,8 @@ async fn forward(
     };
     let master = master(state)?;
     let response = master.framework_request(framework, request).await.map_err(|e| match e {
-        MasterError::NoFramework(_) => ApiError::not_found(e.to_string()),
+        // A framework whose plugin was deleted runs no more: nothing answers at this path.
+        MasterError::NoFramework(_) | MasterError::NoFrameworkPlugin(_) => ApiError::not_found(e.to_string()),
         MasterError::FrameworkBusy { .. } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "framework_busy", e.to_string())
         }

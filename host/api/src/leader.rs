@@ -141,7 +141,8 @@ pub async fn show(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// Whether this master answers `request` itself even when it does not lead.
 fn served_here(request: &Request) -> bool {
     let path = request.uri().path();
-    !path.starts_with("/v1/") || path == "/v1/leader" || path == "/v1/events" || path == "/v1/openapi.json"
+    // The document is the leader's: it runs the frameworks whose routes it lists.
+    !path.starts_with("/v1/") || path == "/v1/leader" || path == "/v1/events"
 }
 
 /// Whether `request` reads the replicated state, and may be answered from this master's copy.

@@ -178,8 +178,13 @@ async fn metrics_text(State(_): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus().render())
 }
 
-async fn openapi() -> impl IntoResponse {
-    axum::Json(openapi::document())
+/// The host's document with the routes of the frameworks this node runs.
+async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    let mut doc = openapi::document();
+    for (name, own) in cluster::framework_documents(&state).await {
+        openapi::merge_framework(&mut doc, &name, &own);
+    }
+    axum::Json(doc)
 }
 
 /// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first

@@ -12,8 +12,11 @@
 //! - the schema of every success answer that is not one of [`ApiDoc`]'s typed bodies, and of each
 //!   Server-Sent Event.
 //!
-//! The frameworks' own routes (`/v1/apps`, `/v1/jobs`, `/v1/frameworks/{name}/…`) are not in the
-//! document yet.
+//! The frameworks' own routes come from the frameworks ([`merge_framework`]): a framework that
+//! answers `GET /openapi.json` (the default `service` and `batch` do) has its paths listed under
+//! `/v1/frameworks/<name>` (and `/v1/apps…`, `/v1/jobs…` for the default ones, [`ALIASES`]), its
+//! schemas as `<name>.<schema>`, and the host's own answers added. A standby master forwards the
+//! request to the leader, which runs the frameworks.
 //!
 //! Schemathesis checks the whole against `shoal dev` in CI (`tests/cluster/fuzz.rs`): no 5xx, no
 //! answer the document does not allow.
@@ -22,6 +25,10 @@ use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use crate::dto::ApiDoc;
+
+/// Where the host also routes a default framework's paths: `/v1/apps…` is `service`'s `/apps…`,
+/// `/v1/jobs…` is `batch`'s `/jobs…`.
+pub const ALIASES: [(&str, &str); 2] = [("service", "/apps"), ("batch", "/jobs")];
 
 /// The document of the host's own routes (no framework's).
 pub fn document() -> Value {
@@ -58,9 +65,10 @@ fn narrow_typed_schemas(schemas: &mut Map<String, Value>) {
         "TokenRequest/properties/scope",
         json!({"type": "string", "pattern": "^(admin|operator|app:[a-z0-9-]{1,63})$"}),
     );
+    set("TokenRequest/properties/ttl", json!({"type": ["string", "null"], "pattern": crate::auth::TTL_PATTERN}));
     set(
-        "TokenRequest/properties/ttl",
-        json!({"type": ["string", "null"], "pattern": "^([1-9][0-9]{0,4}[smh]|[1-9][0-9]{0,2}d)$"}),
+        "KvBatchOp/oneOf/0/properties/ttl",
+        json!({"type": ["integer", "null"], "minimum": 1, "maximum": shoal_store::MAX_TTL.as_secs()}),
     );
     set("KvBatchOp/oneOf/0/properties/key", key.clone());
     set("KvBatchOp/oneOf/1/properties/key", key);
@@ -140,7 +148,7 @@ fn complete(path: &str, method: &str, op: &mut Value) {
         add_response(op, "403", "the token's scope does not allow this");
         add_response(op, "429", "past a limit of the token or the node (`Retry-After`)");
     }
-    if path.starts_with("/v1/") && path != "/v1/openapi.json" {
+    if path.starts_with("/v1/") {
         add_response(op, "503", "the part that answers is not on this node, or has no leader now");
     }
     if has_params || has_body {
@@ -157,6 +165,103 @@ fn complete(path: &str, method: &str, op: &mut Value) {
     }
     if has_body {
         add_response(op, "413", "the body is over the route's limit");
+    }
+}
+
+/// Merge framework `name`'s own document `own` (its answer to `GET /openapi.json`) into `doc`:
+/// each of its paths under `/v1/frameworks/<name>` and, for the default frameworks, under its
+/// alias; its schemas renamed `<name>.<schema>`; the host's own answers added to each operation.
+/// A framework is a plugin an operator uploaded: only what has the form of paths, operations and
+/// schemas is taken, and none can land outside the framework's prefix.
+pub fn merge_framework(doc: &mut Value, name: &str, own: &Value) {
+    let mut own = own.clone();
+    rename_references(&mut own, name);
+    if let (Some(theirs), Some(ours)) = (
+        own.pointer("/components/schemas").and_then(Value::as_object),
+        doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut),
+    ) {
+        for (schema, body) in theirs {
+            ours.insert(format!("{name}.{schema}"), body.clone());
+        }
+    }
+    let Some(theirs) = own.get("paths").and_then(Value::as_object) else { return };
+    let Some(ours) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in theirs {
+        let Some(item) = item.as_object().filter(|_| path.starts_with('/') && !path.contains("..")) else { continue };
+        let aliased = ALIASES.iter().any(|(framework, prefix)| {
+            *framework == name
+                && (path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/')))
+        });
+        let mut routes = vec![(format!("/v1/frameworks/{name}{path}"), false)];
+        if aliased {
+            routes.push((format!("/v1{path}"), true));
+        }
+        for (route, alias) in routes {
+            let mut item = item.clone();
+            let has_params = route.contains('{');
+            for (method, op) in item.iter_mut() {
+                if matches!(method.as_str(), "get" | "put" | "post" | "delete" | "patch" | "head" | "options") {
+                    complete_framework_operation(name, method, op, has_params, alias);
+                }
+            }
+            ours.insert(route, Value::Object(item));
+        }
+    }
+}
+
+/// `#/components/schemas/X` → `#/components/schemas/<name>.X`, everywhere in `value`.
+fn rename_references(value: &mut Value, name: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match inner {
+                    Value::String(target) if key == "$ref" => {
+                        if let Some(schema) = target.strip_prefix("#/components/schemas/") {
+                            *target = format!("#/components/schemas/{name}.{schema}");
+                        }
+                    }
+                    _ => rename_references(inner, name),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|inner| rename_references(inner, name)),
+        _ => {}
+    }
+}
+
+/// A framework's operation as the host serves it: behind a token, with the host's own answers
+/// (its errors are [`crate::dto::ErrorBody`], the framework's its own form: an error answer may
+/// be either).
+fn complete_framework_operation(name: &str, method: &str, op: &mut Value, has_params: bool, alias: bool) {
+    let Some(object) = op.as_object_mut() else { return };
+    object.remove("operationId");
+    object.remove("security");
+    object.insert("tags".into(), json!([format!("framework {name}")]));
+    object.insert("security".into(), json!([{"bearer": []}]));
+    let has_body = object.contains_key("requestBody");
+    for (status, answer) in object.get_mut("responses").and_then(Value::as_object_mut).into_iter().flatten() {
+        if !status.starts_with('4') && !status.starts_with('5') {
+            continue;
+        }
+        for media in answer.get_mut("content").and_then(Value::as_object_mut).into_iter().flatten() {
+            if let Some(schema) = media.1.get_mut("schema") {
+                *schema = json!({"anyOf": [schema.take(), reference("ErrorBody")]});
+            }
+        }
+    }
+    add_response(op, "401", "no token, or one that is unknown, revoked or expired");
+    add_response(op, "403", "the token's scope does not allow this");
+    add_response(op, "429", "the framework has too many requests queued, or a limit of the token (`Retry-After`)");
+    add_response(op, "503", "no master leads now");
+    add_response(op, "404", "no framework by that name runs");
+    if has_params || has_body {
+        add_response(op, "400", "a malformed parameter or body");
+    }
+    if has_body {
+        add_response(op, "413", "the body is over the route's limit");
+    }
+    if alias && matches!(method, "put" | "post") {
+        add_response(op, "422", "a definition no active agent could ever hold");
     }
 }
 
@@ -414,5 +519,98 @@ fn component_schemas() -> Map<String, Value> {
     match schemas {
         Value::Object(map) => map,
         _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn framework_document() -> Value {
+        json!({
+            "paths": {
+                "/apps/{id}": {
+                    "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                    "put": {"operationId": "put_app", "security": [],
+                        "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Def"}}}},
+                        "responses": {
+                            "200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/App"}}}},
+                            "400": {"description": "bad", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+                },
+                "/tasks": {"get": {"responses": {"200": {"description": "ok"}}}},
+                "relative": {"get": {"responses": {}}},
+                "/../v1/tokens": {"get": {"responses": {}}},
+            },
+            "components": {"schemas": {"Def": {"type": "object"}, "App": {"type": "object"}, "Error": {"type": "object"}}},
+        })
+    }
+
+    #[test]
+    fn a_framework_document_lands_under_its_prefix_and_aliases() {
+        let mut doc = document();
+        let host_paths = doc["paths"].as_object().unwrap().len();
+        merge_framework(&mut doc, "service", &framework_document());
+        let paths = doc["paths"].as_object().unwrap();
+        // Two paths under the prefix, the `/apps` one also under `/v1/apps`; the others refused.
+        assert_eq!(paths.len(), host_paths + 3, "{:?}", paths.keys().collect::<Vec<_>>());
+        for route in ["/v1/frameworks/service/apps/{id}", "/v1/frameworks/service/tasks", "/v1/apps/{id}"] {
+            assert!(paths.contains_key(route), "{route}");
+        }
+        let put = &paths["/v1/apps/{id}"]["put"];
+        assert!(put.get("operationId").is_none());
+        assert_eq!(put["security"], json!([{"bearer": []}]));
+        assert_eq!(
+            put["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/service.App"
+        );
+        assert_eq!(
+            put["responses"]["400"]["content"]["application/json"]["schema"],
+            json!({"anyOf": [{"$ref": "#/components/schemas/service.Error"}, {"$ref": "#/components/schemas/ErrorBody"}]})
+        );
+        for status in ["401", "403", "404", "413", "422", "429", "503"] {
+            assert!(put["responses"].get(status).is_some(), "{status} missing");
+        }
+        // Not an alias: the host does not check the definition against the agents there.
+        assert!(paths["/v1/frameworks/service/apps/{id}"]["put"]["responses"].get("422").is_none());
+        assert!(doc["components"]["schemas"]["service.Def"].is_object());
+
+        // Another framework gets no alias, whatever its paths.
+        let mut doc = document();
+        merge_framework(&mut doc, "mine", &framework_document());
+        assert!(doc["paths"].get("/v1/frameworks/mine/apps/{id}").is_some());
+        assert_eq!(doc["paths"].as_object().unwrap().len(), host_paths + 2);
+    }
+
+    #[test]
+    fn the_ttl_pattern_takes_exactly_what_the_parser_takes() {
+        let pattern = regex::Regex::new(crate::auth::TTL_PATTERN).unwrap();
+        let max = crate::auth::MAX_TTL.as_secs();
+        let mut texts: Vec<String> =
+            ["", "s", "0s", "01h", "1", "1x", "-1s", "1.5h", " 1h", "1h ", "1hh"].map(String::from).to_vec();
+        for (unit, seconds) in [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)] {
+            let last = max / seconds;
+            for n in [1, 9, 10, 99, 100, last / 10, last - 1, last, last + 1, last * 10, u64::MAX] {
+                texts.push(format!("{n}{unit}"));
+            }
+            // Every number of digits, at the top and the bottom of each.
+            for digits in 1..=10 {
+                texts.push(format!("{}{unit}", "9".repeat(digits)));
+                texts.push(format!("1{}{unit}", "0".repeat(digits - 1)));
+            }
+            // Around every digit of the largest value.
+            let top = last.to_string();
+            for i in 0..top.len() {
+                for d in 0..=9u8 {
+                    let mut text = top.clone().into_bytes();
+                    text[i] = b'0' + d;
+                    texts.push(format!("{}{unit}", String::from_utf8(text).unwrap()));
+                }
+            }
+        }
+        for text in texts {
+            let parsed = crate::auth::parse_ttl(&text).is_some();
+            assert_eq!(pattern.is_match(&text), parsed, "{text:?}: the parser says {parsed}");
+        }
     }
 }

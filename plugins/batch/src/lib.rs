@@ -10,6 +10,7 @@
 //! | `GET /jobs` | `{"jobs": [{"id", "schedule", "last_run"}]}` |
 //! | `GET /jobs/<id>` | the job view: `{"id", "definition", "runs": [run…]}` (newest 20 first) |
 //! | `DELETE /jobs/<id>` | 202: runs stop (running tasks are killed at the next tick), the job is forgotten |
+//! | `GET /openapi.json` | this API as OpenAPI 3.1 ([`doc`]), merged by the host into `/v1/openapi.json` |
 //!
 //! A **run**: `{"run", "job", "state": "pending"|"running"|"succeeded"|"failed"|"cancelled",
 //! "attempts", "task_id", "started_ms", "finished_ms", "message"}`.
@@ -33,6 +34,7 @@
 //! `cron/<id>` (last minute considered), `kill/<task id>` (kills to send at the next tick), `seq`.
 
 mod cron;
+mod doc;
 
 use serde::{Deserialize, Serialize};
 use shoal_framework_common::constraint::{Constraint, Counts};
@@ -227,7 +229,10 @@ fn handle(store: &mut dyn Store, request: &HttpRequest) -> Result<HttpResponse, 
             store.delete(&format!("cron/{id}"))?;
             Ok(http::json(202, &serde_json::json!({ "id": id, "deleted": true })))
         }
-        (_, ["jobs", ..]) => Err(ApiError::method(&request.method, &request.path)),
+        ("GET", ["openapi.json"]) => Ok(http::json(200, &doc::document())),
+        (_, ["jobs"] | ["openapi.json"]) => Err(ApiError::method(&request.method, &request.path, "GET")),
+        (_, ["jobs", _]) => Err(ApiError::method(&request.method, &request.path, "GET, PUT, DELETE")),
+        (_, ["jobs", _, "run"]) => Err(ApiError::method(&request.method, &request.path, "POST")),
         _ => Err(ApiError::not_found(format!("no such path {}", request.path))),
     }
 }

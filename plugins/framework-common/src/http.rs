@@ -10,32 +10,34 @@ pub struct ApiError {
     pub status: u16,
     /// Lower-case message naming the offending field or object.
     pub message: String,
+    /// The methods the path takes, for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
     /// 400: malformed JSON or an invalid field.
     pub fn bad(message: impl Into<String>) -> Self {
-        ApiError { status: 400, message: message.into() }
+        ApiError { status: 400, message: message.into(), allow: None }
     }
     /// 404: no such object.
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError { status: 404, message: message.into() }
+        ApiError { status: 404, message: message.into(), allow: None }
     }
-    /// 405: the path exists but not with this method.
-    pub fn method(method: &str, path: &str) -> Self {
-        ApiError { status: 405, message: format!("method {method} not allowed on {path}") }
+    /// 405: the path exists but not with this method; it takes `allow` (`"GET, PUT"`).
+    pub fn method(method: &str, path: &str, allow: &'static str) -> Self {
+        ApiError { status: 405, message: format!("method {method} not allowed on {path}"), allow: Some(allow) }
     }
     /// 409: conflicts with the object's current state.
     pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError { status: 409, message: message.into() }
+        ApiError { status: 409, message: message.into(), allow: None }
     }
     /// 422: well-formed but impossible.
     pub fn unprocessable(message: impl Into<String>) -> Self {
-        ApiError { status: 422, message: message.into() }
+        ApiError { status: 422, message: message.into(), allow: None }
     }
     /// 500: the plugin's own store failed.
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError { status: 500, message: message.into() }
+        ApiError { status: 500, message: message.into(), allow: None }
     }
 }
 
@@ -54,14 +56,14 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> HttpResponse {
     }
 }
 
-/// The JSON error answer.
+/// The JSON error answer (with `Allow` on a 405, as RFC 9110 asks).
 pub fn error(err: &ApiError) -> HttpResponse {
     let body = serde_json::json!({ "error": err.message });
-    HttpResponse {
-        status: err.status,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.to_string().into_bytes(),
+    let mut headers = vec![("content-type".into(), "application/json".into())];
+    if let Some(allow) = err.allow {
+        headers.push(("allow".into(), allow.into()));
     }
+    HttpResponse { status: err.status, headers, body: body.to_string().into_bytes() }
 }
 
 /// The non-empty segments of a path: `/apps/web/scale` → `["apps", "web", "scale"]`.
@@ -79,5 +81,8 @@ mod tests {
         assert_eq!(r.status, 404);
         assert_eq!(String::from_utf8_lossy(&r.body), r#"{"error":"unknown app web"}"#);
         assert_eq!(segments("/apps//web/"), vec!["apps", "web"]);
+        let r = error(&ApiError::method("PATCH", "/apps/web", "GET, PUT, DELETE"));
+        assert_eq!(r.status, 405);
+        assert!(r.headers.contains(&("allow".into(), "GET, PUT, DELETE".into())), "{:?}", r.headers);
     }
 }

@@ -9,6 +9,7 @@
 pub mod constraint;
 pub mod http;
 pub mod json;
+pub mod openapi;
 pub mod place;
 pub mod state;
 pub mod store;

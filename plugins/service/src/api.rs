@@ -23,9 +23,10 @@ pub fn handle(state: &mut State, method: &str, path: &str, body: &[u8], now: u64
         ("POST", ["apps", id, "scale"]) => scale(state, id, body),
         ("POST", ["apps", id, "restart"]) => restart(state, id, now),
         ("DELETE", ["apps", id]) => delete(state, id),
-        (_, ["apps"] | ["tasks"] | ["apps", _] | ["apps", _, "scale" | "restart"]) => {
-            Err(ApiError::method(method, path))
-        }
+        ("GET", ["openapi.json"]) => Ok((200, crate::doc::document())),
+        (_, ["apps"] | ["tasks"] | ["openapi.json"]) => Err(ApiError::method(method, path, "GET")),
+        (_, ["apps", _]) => Err(ApiError::method(method, path, "GET, PUT, DELETE")),
+        (_, ["apps", _, "scale" | "restart"]) => Err(ApiError::method(method, path, "POST")),
         _ => Err(ApiError::not_found(format!("no such path: {path}"))),
     }
 }
@@ -43,7 +44,7 @@ fn live_app<'a>(state: &'a mut State, id: &str) -> Result<&'a mut AppRecord, Api
 }
 
 fn put_app(state: &mut State, id: &str, body: &[u8], now: u64) -> Answer {
-    let def = AppDef::parse(body, id).map_err(|(status, message)| ApiError { status, message })?;
+    let def = AppDef::parse(body, id).map_err(|(status, message)| ApiError { status, message, allow: None })?;
     let created = !state.apps.contains_key(id);
     if created {
         let version = new_version(state, now);

@@ -17,6 +17,7 @@
 //! | `POST /apps/<id>/restart` | 200: the app view (a new version, same definition) |
 //! | `DELETE /apps/<id>` | 202 `{"id", "deleting": true}`; the app shows `"status": "deleting"` until its tasks are gone |
 //! | `GET /tasks` | `{"tasks": [task view…]}`: every task, ended ones for 10 minutes |
+//! | `GET /openapi.json` | this API as OpenAPI 3.1 ([`doc`]), merged by the host into `/v1/openapi.json` |
 //!
 //! The **app view**: `{"id", "status": "deploying"|"running"|"starting"|"waiting"|"suspended"|"deleting",
 //! "version", "created_ms", "instances", "running", "healthy", "staged", "deployment": null |
@@ -96,6 +97,7 @@
 
 pub mod api;
 pub mod app;
+pub mod doc;
 pub mod engine;
 pub mod model;
 

@@ -567,3 +567,66 @@ fn places_five_thousand_tasks_on_five_thousand_offers() {
     shoal_framework_common::store::Persistent::flush(&mut s, &mut store).unwrap();
     eprintln!("wrote {} keys in {:?}", store.map.len(), start.elapsed());
 }
+
+/// Checks `value` against the object schema `schema` of `doc` at the level of fields: every
+/// required field is there and no field is undocumented (Schemathesis checks the rest against
+/// a running `shoal dev`).
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => schema,
+    };
+    let Some(object) = value.as_object() else { return };
+    if let Some(branches) = schema.get("oneOf").and_then(Value::as_array).filter(|_| schema.get("properties").is_none())
+    {
+        // The branch of a health check is its `type`.
+        let kind = &value["type"];
+        let branch = branches.iter().find(|b| &b["properties"]["type"]["const"] == kind);
+        return conforms(doc, branch.unwrap_or_else(|| panic!("{at}: no branch for {value}")), value, at);
+    }
+    let properties = schema["properties"].as_object().unwrap_or_else(|| panic!("{at}: no properties in {schema}"));
+    for required in schema["required"].as_array().unwrap() {
+        assert!(object.contains_key(required.as_str().unwrap()), "{at}: {required} is missing from {value}");
+    }
+    for (name, field) in object {
+        let documented = properties.get(name).unwrap_or_else(|| panic!("{at}.{name} is not documented"));
+        if let Some(items) = documented.get("items").filter(|_| field.is_array()) {
+            for (i, item) in field.as_array().unwrap().iter().enumerate() {
+                conforms(doc, items, item, &format!("{at}.{name}[{i}]"));
+            }
+        } else if documented.get("$ref").is_some() {
+            conforms(doc, documented, field, &format!("{at}.{name}"));
+        }
+    }
+}
+
+#[test]
+fn the_document_describes_the_answers_field_by_field() {
+    let doc = crate::doc::document();
+    let mut s = State::default();
+    let (status, created) = put(
+        &mut s,
+        "web",
+        r#"{"cmd":"x","instances":2,"ports":["http"],"health_checks":[{"type":"http","port_index":0,"path":"/"}],
+            "upgrade_strategy":{"minimum_health_capacity":0.5}}"#,
+    );
+    assert_eq!(status, 201);
+    let put_answer = &doc["paths"]["/apps/{id}"]["put"]["responses"]["201"]["content"]["application/json"]["schema"];
+    conforms(&doc, put_answer, &created, "PUT /apps/web");
+    launches(&engine::resource_offers(&mut s, vec![big(1)], T0));
+    let view = app(&mut s, "web");
+    assert_eq!(view["tasks"].as_array().unwrap().len(), 2, "{view}");
+    conforms(&doc, &serde_json::json!({"$ref": "App"}), &view, "GET /apps/web");
+    let list = req(&mut s, "GET", "/apps", "", T0).1;
+    let list_schema = &doc["paths"]["/apps"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    conforms(&doc, list_schema, &list, "GET /apps");
+    let tasks = req(&mut s, "GET", "/tasks", "", T0).1;
+    let tasks_schema = &doc["paths"]["/tasks"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    conforms(&doc, tasks_schema, &tasks, "GET /tasks");
+    // Every reference resolves.
+    let text = doc.to_string();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(doc["components"]["schemas"].get(name).is_some(), "{name} is referenced but not defined");
+    }
+}
