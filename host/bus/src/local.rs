@@ -10,6 +10,8 @@
 //! for every subscriber.
 
 mod index;
+#[cfg(test)]
+mod props;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -315,6 +317,8 @@ impl Bus for LocalBus {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
     #[tokio::test]
@@ -350,6 +354,44 @@ mod tests {
         drop(b);
         assert_eq!(bus.subscription_count(), 0);
         assert!(bus.shared.registry.lock().index.is_empty());
+    }
+
+    /// Ten thousand requests in flight, each with its own inbox, beside a few wildcard watchers: a
+    /// reply reaches its own inbox and the watchers whose filters match it, and nobody else.
+    #[tokio::test]
+    async fn a_publish_among_ten_thousand_inboxes_reaches_exactly_its_subscribers() {
+        let bus = LocalBus::new();
+        let inboxes: Vec<String> = (0..10_000).map(|_| format!("_INBOX.{}", uuid::Uuid::new_v4().simple())).collect();
+        let mut held = Vec::new();
+        for inbox in &inboxes {
+            held.push(bus.subscribe(inbox).await.expect("subscribe"));
+        }
+        let mut watchers = Vec::new();
+        for filter in ["_INBOX.*", ">", "_INBOX.>", "shoal.evt.>", "*.x", "_INBOX.*.x"] {
+            watchers.push(bus.subscribe(filter).await.expect("subscribe"));
+        }
+        let pending = |subscription: &mut Subscription| subscription.next().now_or_never().flatten();
+
+        let target = 4321;
+        assert_eq!(bus.deliver(&inboxes[target], None, Bytes::from_static(b"reply")), Ok(4));
+        for (i, inbox) in held.iter_mut().enumerate() {
+            let got = pending(inbox);
+            assert_eq!(got.is_some(), i == target, "inbox {i} got {got:?}");
+        }
+        let reached: Vec<bool> = watchers.iter_mut().map(|w| pending(w).is_some()).collect();
+        assert_eq!(reached, [true, true, true, false, false, false]);
+
+        // One token deeper: no inbox, but the tail wildcards and `_INBOX.*.x`.
+        assert_eq!(bus.deliver(&format!("{}.x", inboxes[target]), None, Bytes::new()), Ok(3));
+        assert!(held.iter_mut().all(|inbox| pending(inbox).is_none()));
+        let reached: Vec<bool> = watchers.iter_mut().map(|w| pending(w).is_some()).collect();
+        assert_eq!(reached, [false, true, true, false, false, true]);
+
+        drop(held);
+        assert_eq!(bus.subscription_count(), watchers.len());
+        drop(watchers);
+        assert_eq!(bus.subscription_count(), 0);
+        assert!(bus.shared.registry.lock().index.is_empty(), "every inbox's branch is gone");
     }
 
     #[tokio::test]
