@@ -50,7 +50,12 @@ impl Level {
 
     fn child_or_new(&mut self, token: &str) -> &mut Node {
         if token == "*" {
-            self.star.get_or_insert_with(Box::default)
+            return self.star.get_or_insert_with(Box::default);
+        }
+        // `entry` wants an owned key: an allocation on every subscription under a shared prefix
+        // such as `_INBOX` if it were called first. A second lookup is cheaper.
+        if self.literals.contains_key(token) {
+            self.literals.get_mut(token).expect("just found")
         } else {
             self.literals.entry(token.into()).or_default()
         }
@@ -95,46 +100,50 @@ impl Index {
     pub(super) fn remove(&mut self, filter: &str, id: u64) -> bool {
         // The counts along the path are only touched once the id is known to be at its end, so a
         // removal of something absent cannot skew them.
-        if !self.contains(filter, id) {
-            return false;
-        }
+        let Some(cut) = self.find(filter, id) else { return false };
         let mut level = &mut self.root;
-        let mut tokens = filter.split('.').peekable();
-        while let Some(token) = tokens.next() {
+        let mut tokens = filter.split('.').enumerate().peekable();
+        while let Some((depth, token)) = tokens.next() {
             if token == ">" {
                 remove_id(&mut level.tail, id);
-                return true;
+                break;
             }
-            if level.child(token).is_some_and(|node| node.count == 1) {
-                // This subscription is the only one at or below the node: the branch goes whole.
+            if cut == Some(depth) {
                 level.remove_child(token);
-                return true;
+                break;
             }
-            let Some(node) = level.child_mut(token) else { return false };
+            let Some(node) = level.child_mut(token) else { break };
             node.count -= 1;
             if tokens.peek().is_none() {
                 remove_id(&mut node.here, id);
-                return true;
+                break;
             }
             level = &mut node.next;
         }
-        false
+        true
     }
 
-    fn contains(&self, filter: &str, id: u64) -> bool {
+    /// Where subscription `id` on `filter` is: `None` when it is not there, else the depth of the
+    /// first node on its path that leads to it alone, the branch that goes with it (`Some(None)`
+    /// when every node on the path is shared).
+    fn find(&self, filter: &str, id: u64) -> Option<Option<usize>> {
         let mut level = &self.root;
-        let mut tokens = filter.split('.').peekable();
-        while let Some(token) = tokens.next() {
+        let mut cut = None;
+        let mut tokens = filter.split('.').enumerate().peekable();
+        while let Some((depth, token)) = tokens.next() {
             if token == ">" {
-                return level.tail.binary_search(&id).is_ok();
+                return level.tail.binary_search(&id).is_ok().then_some(cut);
             }
-            let Some(node) = level.child(token) else { return false };
+            let node = level.child(token)?;
+            if node.count == 1 && cut.is_none() {
+                cut = Some(depth);
+            }
             if tokens.peek().is_none() {
-                return node.here.binary_search(&id).is_ok();
+                return node.here.binary_search(&id).is_ok().then_some(cut);
             }
             level = &node.next;
         }
-        false
+        None
     }
 
     /// Calls `visit` once with every subscription whose filter matches `subject`, in no particular
