@@ -1,13 +1,20 @@
 //! The in-process bus for `shoal dev` and tests: NATS semantics without a server.
 //!
-//! Subscribers live in a registry behind one short-held mutex. Publishing walks the registry and
-//! hands each matching subscriber a clone of the message with `try_send` on a bounded channel, so a
+//! Subscribers live in a registry behind one short-held mutex. Publishing finds the matching
+//! subscribers in an index of subject tokens (`index.rs`, a trie like NATS's sublist, so the cost
+//! of a publish follows the subject's tokens and the wildcard filters that exist, not the number of
+//! subscriptions) and hands each a clone of the message with `try_send` on a bounded channel, so a
 //! publisher can never be blocked by a slow subscriber: when a subscriber's channel is full the
 //! message is dropped *for that subscriber only* and counted, exactly like a NATS slow consumer.
 //! Delivery happens while the registry lock is held, which is what keeps per-publisher order intact
 //! for every subscriber.
 
-use std::collections::{BTreeMap, HashMap};
+mod index;
+#[cfg(test)]
+mod props;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,7 +24,8 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::subject::{matches, validate_filter, validate_queue_group, validate_subject};
+use self::index::Index;
+use crate::subject::{validate_filter, validate_queue_group, validate_subject};
 use crate::{Bus, BusError, Message, Subscription, SubscriptionInner};
 
 /// Messages a subscriber may have waiting before new ones are dropped for it. Large enough to absorb
@@ -41,13 +49,24 @@ struct Shared {
 #[derive(Default)]
 struct Registry {
     closed: bool,
+    /// Handed out in increasing order, which is the order queue group members take turns in.
     next_id: u64,
-    /// Ordered by id, so the members of a queue group are always visited in the same order and the
-    /// round-robin below really rotates.
-    subscribers: BTreeMap<u64, Subscriber>,
-    /// Next turn per queue group name. Like NATS, a group is identified by its name alone: members
-    /// of `workers` on `a.*` and on `a.b` compete for a message on `a.b`.
-    turns: HashMap<String, usize>,
+    subscribers: HashMap<u64, Subscriber>,
+    /// Which subscriptions each subject reaches, by id.
+    index: Index,
+    /// Queue groups by name. Like NATS, a group is identified by its name alone: members of
+    /// `workers` on `a.*` and on `a.b` compete for a message on `a.b`.
+    groups: HashMap<String, Group>,
+}
+
+/// A queue group's round-robin state, kept while it has members.
+#[derive(Default)]
+struct Group {
+    /// Live subscriptions in the group, whatever their filter: the last one out removes the group.
+    members: usize,
+    /// Incremented by every message the group takes; the member it falls to is this modulo the
+    /// number of members interested in that message.
+    turn: usize,
 }
 
 struct Subscriber {
@@ -68,11 +87,16 @@ impl Drop for Registration {
         // The bus may already be gone, in which case there is nothing to unregister from.
         if let Some(shared) = self.shared.upgrade() {
             let mut registry = shared.registry.lock();
-            if let Some(removed) = registry.subscribers.remove(&self.id)
-                && let Some(group) = removed.group
-                && !registry.subscribers.values().any(|s| s.group.as_ref() == Some(&group))
+            let Registry { subscribers, index, groups, .. } = &mut *registry;
+            let Some(removed) = subscribers.remove(&self.id) else { return };
+            index.remove(&removed.filter, self.id);
+            if let Some(group) = removed.group
+                && let Entry::Occupied(mut entry) = groups.entry(group)
             {
-                registry.turns.remove(&group);
+                entry.get_mut().members -= 1;
+                if entry.get().members == 0 {
+                    entry.remove();
+                }
             }
         }
     }
@@ -113,7 +137,8 @@ impl LocalBus {
         registry.closed = true;
         // Dropping the senders is what ends the subscribers' streams.
         registry.subscribers.clear();
-        registry.turns.clear();
+        registry.index = Index::default();
+        registry.groups.clear();
     }
 
     fn register(&self, filter: &str, group: Option<&str>) -> Result<Subscription, BusError> {
@@ -125,6 +150,10 @@ impl LocalBus {
         }
         let id = registry.next_id;
         registry.next_id += 1;
+        registry.index.insert(filter, id);
+        if let Some(group) = group {
+            registry.groups.entry(group.to_owned()).or_default().members += 1;
+        }
         registry.subscribers.insert(
             id,
             Subscriber { filter: filter.to_owned(), group: group.map(str::to_owned), sender, dropped: dropped.clone() },
@@ -152,35 +181,38 @@ impl LocalBus {
         if registry.closed {
             return Err(BusError::Closed);
         }
-        let Registry { subscribers, turns, .. } = &mut *registry;
+        let Registry { subscribers, index, groups, .. } = &mut *registry;
 
         let mut interested = 0;
-        // Matching members per queue group, in id order; usually empty or tiny.
-        let mut groups: Vec<(&str, Vec<&Subscriber>)> = Vec::new();
-        for subscriber in subscribers.values() {
-            if !matches(&subscriber.filter, subject) {
-                continue;
-            }
+        // Matching members per queue group with their ids; usually empty or tiny.
+        let mut queued: Vec<(&str, Vec<(u64, &Subscriber)>)> = Vec::new();
+        index.for_each_match(subject, |id| {
+            let Some(subscriber) = subscribers.get(&id) else { return };
             interested += 1;
             match &subscriber.group {
                 None => {
                     self.offer(subscriber, message.clone());
                 }
-                Some(group) => match groups.iter_mut().find(|(name, _)| *name == group) {
-                    Some((_, members)) => members.push(subscriber),
-                    None => groups.push((group, vec![subscriber])),
+                Some(group) => match queued.iter_mut().find(|(name, _)| *name == group) {
+                    Some((_, members)) => members.push((id, subscriber)),
+                    None => queued.push((group, vec![(id, subscriber)])),
                 },
             }
-        }
+        });
 
-        for (group, members) in groups {
-            let turn = turns.entry(group.to_owned()).or_insert(0);
-            let first = *turn % members.len();
-            *turn = turn.wrapping_add(1);
+        for (group, mut members) in queued {
+            // The index finds members filter by filter; turns are taken in subscription order.
+            members.sort_unstable_by_key(|(id, _)| *id);
+            let turn = groups.get_mut(group).map_or(0, |group| {
+                let turn = group.turn;
+                group.turn = turn.wrapping_add(1);
+                turn
+            });
+            let first = turn % members.len();
             // A member whose subscription is being dropped right now cannot take the message, so
             // it falls to the next one; a merely slow member keeps its turn and drops it (as NATS).
             for offset in 0..members.len() {
-                let member = members[(first + offset) % members.len()];
+                let (_, member) = members[(first + offset) % members.len()];
                 if self.offer(member, message.clone()) != Offer::Gone {
                     break;
                 }
@@ -285,6 +317,8 @@ impl Bus for LocalBus {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
     #[tokio::test]
@@ -313,12 +347,51 @@ mod tests {
         let b = bus.subscribe("q").await.expect("subscribe");
         bus.publish("q", Bytes::new()).await.expect("publish");
         assert_eq!(bus.subscription_count(), 2);
-        assert_eq!(bus.shared.registry.lock().turns.len(), 1);
+        assert_eq!(bus.shared.registry.lock().groups.len(), 1);
         drop(a);
         assert_eq!(bus.subscription_count(), 1);
-        assert!(bus.shared.registry.lock().turns.is_empty());
+        assert!(bus.shared.registry.lock().groups.is_empty());
         drop(b);
         assert_eq!(bus.subscription_count(), 0);
+        assert!(bus.shared.registry.lock().index.is_empty());
+    }
+
+    /// Ten thousand requests in flight, each with its own inbox, beside a few wildcard watchers: a
+    /// reply reaches its own inbox and the watchers whose filters match it, and nobody else.
+    #[tokio::test]
+    async fn a_publish_among_ten_thousand_inboxes_reaches_exactly_its_subscribers() {
+        let bus = LocalBus::new();
+        let inboxes: Vec<String> = (0..10_000).map(|_| format!("_INBOX.{}", uuid::Uuid::new_v4().simple())).collect();
+        let mut held = Vec::new();
+        for inbox in &inboxes {
+            held.push(bus.subscribe(inbox).await.expect("subscribe"));
+        }
+        let mut watchers = Vec::new();
+        for filter in ["_INBOX.*", ">", "_INBOX.>", "shoal.evt.>", "*.x", "_INBOX.*.x"] {
+            watchers.push(bus.subscribe(filter).await.expect("subscribe"));
+        }
+        let pending = |subscription: &mut Subscription| subscription.next().now_or_never().flatten();
+
+        let target = 4321;
+        assert_eq!(bus.deliver(&inboxes[target], None, Bytes::from_static(b"reply")), Ok(4));
+        for (i, inbox) in held.iter_mut().enumerate() {
+            let got = pending(inbox);
+            assert_eq!(got.is_some(), i == target, "inbox {i} got {got:?}");
+        }
+        let reached: Vec<bool> = watchers.iter_mut().map(|w| pending(w).is_some()).collect();
+        assert_eq!(reached, [true, true, true, false, false, false]);
+
+        // One token deeper: no inbox, but the tail wildcards and `_INBOX.*.x`.
+        assert_eq!(bus.deliver(&format!("{}.x", inboxes[target]), None, Bytes::new()), Ok(3));
+        assert!(held.iter_mut().all(|inbox| pending(inbox).is_none()));
+        let reached: Vec<bool> = watchers.iter_mut().map(|w| pending(w).is_some()).collect();
+        assert_eq!(reached, [false, true, true, false, false, true]);
+
+        drop(held);
+        assert_eq!(bus.subscription_count(), watchers.len());
+        drop(watchers);
+        assert_eq!(bus.subscription_count(), 0);
+        assert!(bus.shared.registry.lock().index.is_empty(), "every inbox's branch is gone");
     }
 
     #[tokio::test]
