@@ -11,7 +11,8 @@
 //! - watches: `?index=N&wait=S` on a key or a listing is a blocking query (Consul's): it answers
 //!   once the key's version (0 = absent), or the listing's `X-Shoal-Index`, differs from `N`, or
 //!   after `S` seconds (default 30, at most 300) with what is there then; `?watch=true` is a
-//!   Server-Sent Events stream with one event per write (`put` with the entry, `delete`);
+//!   Server-Sent Events stream with one event per write (`put` with the entry as it is when read —
+//!   `"superseded": true` and no value when the key was deleted before — and `delete`);
 //! - `GET /v1/store`, `POST /v1/store/scale-out` (`{"node"?}`), `POST /v1/store/scale-in`: the
 //!   shard map, its nodes and moves (admin).
 //!
@@ -321,7 +322,11 @@ async fn watch_stream(
                     match store.get(&ns, &change.key).await {
                         // Newer writes come with their own events; this one is what was read.
                         Ok(Some(entry)) => serde_json::to_value(KvEntryDto::from(entry)).unwrap_or_default(),
-                        Ok(None) => return None,
+                        // Deleted before it was read: the write is still announced (one event per
+                        // write), without a value; the delete's own event follows.
+                        Ok(None) => {
+                            serde_json::json!({"key": change.key, "version": change.version, "superseded": true})
+                        }
                         Err(e) => {
                             serde_json::json!({"key": change.key, "version": change.version, "error": e.to_string()})
                         }

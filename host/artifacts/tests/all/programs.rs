@@ -83,7 +83,10 @@ fn hostile_router() {
     assert!(matches!(&err, CallError::InvalidOutput(m) if m.contains("9999")), "{err:?}");
 
     // Giant output through the log import and stdout is cut or discarded, and the call succeeds.
-    assert_eq!(call(&p, "/log-flood").expect("log flood"), Some(0));
+    // Building and handing over a 16 MiB line takes the guest and a debug build's lifting tens of
+    // milliseconds; on a loaded machine more than the router's 50 ms (seen in full runs: a
+    // timeout, which would be right too): what is tested is the cut, so it runs on `roomy`.
+    assert_eq!(call(&roomy, "/log-flood").expect("log flood"), Some(0));
     assert_eq!(call(&p, "/print").expect("print flood"), Some(0));
 
     // No ambient capability: no filesystem, no environment, no sockets, and no store when the
