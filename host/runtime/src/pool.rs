@@ -137,7 +137,8 @@ impl<W: World> Plugin<W> {
         if self.live.fetch_add(1, Ordering::AcqRel) >= self.limits.max_live.max(1) {
             return Err(CallError::Busy(self.limits.max_live));
         }
-        let state = HostState::new(self.scope.clone(), self.limits.memory);
+        let mut state = HostState::new(self.scope.clone(), self.limits.memory, self.limits.deadline);
+        state.call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         // Start functions run under the same deadline as calls.
@@ -185,7 +186,8 @@ impl<W: World> Plugin<W> {
     /// This is safe because no import a plugin can reach blocks on Tokio: the WASI functions
     /// answer at once and refuse to wait ([`crate::wasi`]: a plugin that sleeps or waits on a
     /// pollable fails with [`CallError::Trap`]), and the store backend of the plugin leaves the
-    /// worker itself if it has to wait on the network. What the caller accepts is that the
+    /// worker itself if it has to wait on the network, and waits no later than the call's
+    /// deadline ([`crate::KvBackend`]). What the caller accepts is that the
     /// worker is busy for as long as the call runs, up to the plugin's deadline: use it for
     /// plugins whose calls are short and whose world has no long imports (routers: deadline
     /// 50 ms, no `probe`).
@@ -226,11 +228,11 @@ impl<W: World> Plugin<W> {
             },
         };
         instance.store.set_epoch_deadline(self.ticks);
-        // Only probes wait inside a call on I/O the deadline must bound; other worlds skip the
-        // clock read (routers are called on every proxied request).
-        if W::IMPORTS.probe {
-            instance.store.data_mut().call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
-        }
+        // Every world imports `keyvalue`, whose store may wait on the network, and the epoch
+        // interruption cannot stop a call while it waits in the host: the imports bound their
+        // waiting by this. One clock read per call, routers' included (measured in
+        // BENCHMARKS.md: within the noise of a router call).
+        instance.store.data_mut().call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
         match f(instance) {
             Ok(value) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
