@@ -418,6 +418,13 @@ impl Cluster {
         self.store_nodes.remove(index).1.kill_9();
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to store node `id`.
+    pub fn signal_store_node(&self, id: &str, signal: &str) {
+        let (_, process) =
+            self.store_nodes.iter().find(|(running, _)| running == id).expect("a running store node of this cluster");
+        process.signal(signal);
+    }
+
     /// SIGKILLs the master.
     pub fn kill_master(&mut self) {
         self.master.take().expect("the master is running").process.kill_9();
