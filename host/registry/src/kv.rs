@@ -43,6 +43,10 @@ impl RocksKv {
 /// Reads are local RocksDB reads and writes are submitted without waiting: nothing here waits on
 /// anything a call's deadline could bound, so `until` is ignored.
 impl KvBackend for RocksKv {
+    fn waits(&self) -> bool {
+        false
+    }
+
     fn get_until(&self, key: &str, _: Option<Instant>) -> Result<Option<Vec<u8>>, KvError> {
         self.state.get(CF_KV, self.key(key).as_bytes()).map_err(KvError::backend)
     }

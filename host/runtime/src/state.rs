@@ -41,6 +41,14 @@ pub trait KvBackend: Send + Sync + 'static {
         until: Option<Instant>,
     ) -> Result<Vec<String>, KvError>;
 
+    /// Whether an operation may wait on anything `until` must bound (true unless the backend
+    /// says otherwise). Calls of a plugin whose store never waits and whose world has no
+    /// `probe` skip reading the clock for their deadline: routers are called on every proxied
+    /// request.
+    fn waits(&self) -> bool {
+        true
+    }
+
     /// [`KvBackend::get_until`] without a deadline.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.get_until(key, None)
@@ -67,6 +75,10 @@ pub struct MemoryKv {
 
 /// Never waits on anything a deadline could bound, so it ignores `until`.
 impl KvBackend for MemoryKv {
+    fn waits(&self) -> bool {
+        false
+    }
+
     fn get_until(&self, key: &str, _: Option<Instant>) -> Result<Option<Vec<u8>>, KvError> {
         Ok(self.map.read().get(key).cloned())
     }
@@ -163,9 +175,10 @@ pub struct HostState {
     pub routing: bool,
     /// What the router said through `route-request.completions` (true until it says no).
     pub completions: bool,
-    /// When the current call must be over (its deadline), stamped at the start of every call:
-    /// host imports that wait bound their waiting by it, since the epoch interruption cannot
-    /// stop a call while it is in the host.
+    /// When the current call must be over (its deadline), stamped at the start of every call
+    /// whose imports may wait (a `probe`, a store that [`KvBackend::waits`]): they bound their
+    /// waiting by it, since the epoch interruption cannot stop a call while it is in the host.
+    /// `None` for the others, whose imports never wait.
     pub call_deadline: Option<Instant>,
     /// How long each call of this plugin may run ([`crate::CallLimits::deadline`]).
     call_budget: Duration,

@@ -140,11 +140,15 @@ impl KvBackend for ThreadKv {
     }
 }
 
-/// A store that remembers the deadline (`until`) each call was given.
+/// A store that remembers the deadline (`until`) each call was given, and says whether it
+/// waits.
 #[derive(Default)]
-struct DeadlineKv(std::sync::Mutex<Vec<Option<Instant>>>);
+struct DeadlineKv(std::sync::Mutex<Vec<Option<Instant>>>, bool);
 
 impl KvBackend for DeadlineKv {
+    fn waits(&self) -> bool {
+        self.1
+    }
     fn get_until(&self, _: &str, until: Option<Instant>) -> Result<Option<Vec<u8>>, shoal_runtime::KvError> {
         self.0.lock().expect("lock").push(until);
         Ok(None)
@@ -170,10 +174,16 @@ impl KvBackend for DeadlineKv {
 }
 
 /// The `keyvalue` import hands its store the call's deadline less a tenth of the budget (the
-/// plugin's time to act on a store's error), stamped afresh at every call of a kept instance.
+/// plugin's time to act on a store's error), stamped afresh at every call of a kept instance; a
+/// store that never waits gets none (the call skips the clock).
 #[test]
 fn kv_calls_wait_by_the_call_deadline() {
-    let kv = Arc::new(DeadlineKv::default());
+    let local = Arc::new(DeadlineKv::default());
+    let p = hostile(PluginScope { kv: Some(local.clone()), ..PluginScope::detached("router", "hostile", "1") });
+    assert_eq!(call(&p, "/kv").expect("kv"), Some(1));
+    assert_eq!(*local.0.lock().expect("lock"), [None]);
+
+    let kv = Arc::new(DeadlineKv(Default::default(), true));
     let p = hostile(PluginScope { kv: Some(kv.clone()), ..PluginScope::detached("router", "hostile", "1") });
     // The router's budget is 50 ms: its store may wait until 45 ms after the call began.
     let kv_share = PluginKind::Router.default_limits().deadline * 9 / 10;
