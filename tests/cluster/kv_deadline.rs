@@ -44,7 +44,8 @@ fn a_frozen_store_costs_a_plugin_call_no_more_than_its_deadline() {
         }),
     );
 
-    cluster.signal_store_node("s1", "STOP");
+    cluster.store_node("s1").signal("STOP");
+    eventually_sync("s1 to be stopped", Duration::from_secs(10), || cluster.store_node("s1").stopped().then_some(()));
     let started = Instant::now();
     let (status, body) = http(&api, &token, "POST", "/v1/frameworks/counter/reads", "5");
     let took = started.elapsed();
@@ -60,7 +61,7 @@ fn a_frozen_store_costs_a_plugin_call_no_more_than_its_deadline() {
     assert!(reads[4].contains("no time to ask the key-value store"), "{body}");
 
     // Thawed, the store serves the plugin again: nothing was left waiting or poisoned.
-    cluster.signal_store_node("s1", "CONT");
+    cluster.store_node("s1").signal("CONT");
     eventually_sync(
         "the counter to count again once the store is thawed",
         Duration::from_secs(30),
