@@ -35,6 +35,17 @@ impl Process {
         assert!(status.success(), "kill -s {signal} {}: {status}", self.0.id());
     }
 
+    /// Whether every thread of the process is stopped (SIGSTOP taken effect: state `T` in
+    /// `/proc/<pid>/task/*/stat`).
+    pub fn stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.0.id())) else { return false };
+        tasks.flatten().all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state …`: the state follows the last `)`.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+        })
+    }
+
     /// Waits (`patience` at most) for the process to exit by itself: its status.
     pub fn wait_exit(&mut self, what: &str, patience: Duration) -> std::process::ExitStatus {
         eventually_sync(what, patience, || self.0.try_wait().expect("try_wait"))
@@ -416,6 +427,13 @@ impl Cluster {
             .position(|(running, _)| running == id)
             .expect("a running store node of this cluster");
         self.store_nodes.remove(index).1.kill_9();
+    }
+
+    /// Store node `id`'s process.
+    pub fn store_node(&self, id: &str) -> &Process {
+        let (_, process) =
+            self.store_nodes.iter().find(|(running, _)| running == id).expect("a running store node of this cluster");
+        process
     }
 
     /// SIGKILLs the master.

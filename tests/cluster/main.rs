@@ -19,6 +19,7 @@ mod fuzz;
 mod ha;
 mod ha_faults;
 mod isolation;
+mod kv_deadline;
 mod master;
 mod partition;
 mod security;

@@ -243,14 +243,8 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     let scope = state.auth.operator(&headers)?;
     let body = crate::body::read(body, crate::body::JSON, "a registration").await?;
-    let raw: serde_json::Value = json_body(&body)?;
-    // serde takes a variant's index for an internally tagged enum's tag (`"type": 0` would be
-    // an http check): a check's type is its name.
-    if raw.pointer("/check/type").is_some_and(|t| !t.is_string()) {
-        return Err(ApiError::bad_request("check.type must be `http`, `tcp`, `command` or `wasm`"));
-    }
-    let registration: Registration =
-        serde_json::from_value(raw).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // A check's `type` that is not a name is refused by `CheckKind` itself.
+    let registration: Registration = json_body(&body)?;
     let command_check = registration.check.as_ref().is_some_and(|c| matches!(c.kind, CheckKind::Command { .. }));
     if command_check && scope != Scope::Admin {
         return Err(ApiError::new(

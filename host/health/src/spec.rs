@@ -54,8 +54,14 @@ pub struct CheckSpec {
 
 /// The kinds of check. Unknown fields are refused here (serde cannot refuse them on the
 /// flattening [`CheckSpec`]), so a misspelt timing field is an error too.
+///
+/// A check's `type` is its name, and only its name: serde's derived code for an internally
+/// tagged enum also takes a variant's index (`"type": 0` would be an `http` check), so the
+/// derived impls are generated as inherent functions (`remote = "Self"`) and the traits wrap
+/// them, [`Deserialize`] refusing a `type` that is not a string first. The JSON form is the
+/// derived one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields, remote = "Self")]
 pub enum CheckKind {
     /// `GET path` on the target; a 2xx or 3xx status passes.
     Http {
@@ -87,6 +93,27 @@ pub enum CheckKind {
         #[serde(default)]
         config: String,
     },
+}
+
+impl Serialize for CheckKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        CheckKind::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Checks are small JSON objects (an app's label, a registration, a stored definition):
+        // reading one into a value first costs nothing that matters.
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if let Some(kind) = value.get("type").filter(|kind| !kind.is_string()) {
+            return Err(D::Error::custom(format_args!(
+                "a check's `type` must be `http`, `tcp`, `command` or `wasm`, not {kind}"
+            )));
+        }
+        CheckKind::deserialize(value).map_err(D::Error::custom)
+    }
 }
 
 fn grace() -> u64 {
@@ -227,6 +254,50 @@ mod tests {
         }
         for json in [r#"{"type":"udp"}"#, r#"{"type":"tcp","intervall_ms":5}"#, r#"{"path":"/"}"#] {
             assert!(serde_json::from_str::<CheckSpec>(json).is_err(), "{json} parsed");
+        }
+    }
+
+    #[test]
+    fn a_check_type_is_a_name_never_an_index() {
+        // serde's derived code would take these as the first, second… variant.
+        for json in [
+            r#"{"type":0}"#,
+            r#"{"type":1,"port":5432}"#,
+            r#"{"type":0,"path":"/","interval_ms":1000,"timeout_ms":500}"#,
+            r#"{"type":null}"#,
+            r#"{"type":true}"#,
+        ] {
+            let err = serde_json::from_str::<CheckSpec>(json).unwrap_err().to_string();
+            assert!(err.contains("a check's `type` must be `http`, `tcp`, `command` or `wasm`, not"), "{json}: {err}");
+            assert!(serde_json::from_str::<CheckKind>(json).is_err(), "{json} parsed as a kind");
+        }
+        // Inside what carries a check (a registration, an app), the same.
+        let err =
+            serde_json::from_str::<Vec<CheckSpec>>(r#"[{"type":"tcp"},{"type":2,"command":"true"}]"#).unwrap_err();
+        assert!(err.to_string().contains("not 2"), "{err}");
+    }
+
+    #[test]
+    fn the_json_form_is_the_derived_one() {
+        let specs = [
+            CheckSpec::new(CheckKind::Http { port: Some(8080), path: "/health".into() }),
+            CheckSpec::new(CheckKind::Tcp { port: None }),
+            CheckSpec::new(CheckKind::Command { command: "test -f /tmp/ready".into() }),
+            CheckSpec::new(CheckKind::Wasm { plugin: "json-status".into(), config: "{}".into() }),
+        ];
+        let json: Vec<String> = specs.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
+        let timing = r#""grace_ms":10000,"interval_ms":10000,"timeout_ms":2000,"max_failures":3"#;
+        assert_eq!(
+            json,
+            [
+                format!(r#"{{"type":"http","port":8080,"path":"/health",{timing}}}"#),
+                format!(r#"{{"type":"tcp","port":null,{timing}}}"#),
+                format!(r#"{{"type":"command","command":"test -f /tmp/ready",{timing}}}"#),
+                format!(r#"{{"type":"wasm","plugin":"json-status","config":"{{}}",{timing}}}"#),
+            ]
+        );
+        for (spec, json) in specs.iter().zip(&json) {
+            assert_eq!(&serde_json::from_str::<CheckSpec>(json).unwrap(), spec, "{json} round trip");
         }
     }
 }

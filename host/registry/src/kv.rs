@@ -9,6 +9,7 @@
 //! leader writes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rocksdb::{Direction, IteratorMode};
 use shoal_abi::PluginKind;
@@ -39,22 +40,34 @@ impl RocksKv {
     }
 }
 
+/// Reads are local RocksDB reads and writes are submitted without waiting: nothing here waits on
+/// anything a call's deadline could bound, so `until` is ignored.
 impl KvBackend for RocksKv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    fn waits(&self) -> bool {
+        false
+    }
+
+    fn get_until(&self, key: &str, _: Option<Instant>) -> Result<Option<Vec<u8>>, KvError> {
         self.state.get(CF_KV, self.key(key).as_bytes()).map_err(KvError::backend)
     }
 
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+    fn set_until(&self, key: &str, value: &[u8], _: Option<Instant>) -> Result<(), KvError> {
         self.state.submit(Batch::new().put(CF_KV, self.key(key), value).clone());
         Ok(())
     }
 
-    fn delete(&self, key: &str) -> Result<(), KvError> {
+    fn delete_until(&self, key: &str, _: Option<Instant>) -> Result<(), KvError> {
         self.state.submit(Batch::new().delete(CF_KV, self.key(key)).clone());
         Ok(())
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError> {
+    fn list_until(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        _: Option<Instant>,
+    ) -> Result<Vec<String>, KvError> {
         let full_prefix = self.key(prefix);
         // Seek to just after `start_after` (appending a 0 byte gives the next key in order).
         let start = match start_after {

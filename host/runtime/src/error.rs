@@ -96,9 +96,13 @@ impl CallError {
 /// `keyvalue` error (a value it can handle, never a trap).
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
-    /// The store did not answer in time.
+    /// The store did not answer in time: within the backend's own bound, or before the plugin
+    /// call's deadline (less the time the plugin is left to act on this error).
     #[error("the key-value store did not answer within {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// The plugin call's time for the store was already used up: the store was not asked.
+    #[error("the plugin call's deadline leaves no time to ask the key-value store")]
+    DeadlinePassed,
     /// The store cannot be reached from where the plugin runs.
     #[error("the key-value store is unavailable: {0}")]
     Unavailable(&'static str),

@@ -1,6 +1,14 @@
 //! The host side of the imports a plugin may use: `log`, `clock`, `keyvalue`, `probe` (health
 //! checks) and `route-request` (routers).
 //!
+//! The epoch interruption that bounds a call cannot stop it while it is in the host, so every
+//! import must end within the call's deadline by itself. `keyvalue` hands its backend the
+//! deadline to wait by ([`HostState::kv_deadline`]); `probe` bounds its connection and reads by
+//! it (`probe.rs`). The others never wait: `clock` reads a clock, `route-request` reads the
+//! request in memory, `log` hands a line of at most [`MAX_LOG_LINE`] bytes to the host's
+//! `tracing` subscriber, which writes it like any host log line (it waits only when the
+//! process's own log output is stuck, which stops the host's logging everywhere).
+//!
 //! This module owns the host bindings of those interfaces (generated from the `host` world of
 //! `wit/`); `shoal-abi` reuses them for the four plugin worlds. Each world links only the
 //! interfaces it names (see [`Imports`]), so a router that imports `probe` does not load.
@@ -158,7 +166,7 @@ impl keyvalue::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, keyvalue::Error> {
         let kv = self.scope.kv.as_ref().ok_or(keyvalue::Error::AccessDenied)?;
         check_key(&key)?;
-        kv.get(&key).map_err(kv_err)
+        kv.get_until(&key, self.kv_deadline()).map_err(kv_err)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), keyvalue::Error> {
@@ -167,19 +175,19 @@ impl keyvalue::Host for HostState {
         if value.len() > MAX_VALUE_BYTES {
             return Err(keyvalue::Error::TooLarge);
         }
-        kv.set(&key, &value).map_err(kv_err)
+        kv.set_until(&key, &value, self.kv_deadline()).map_err(kv_err)
     }
 
     fn delete(&mut self, key: String) -> Result<(), keyvalue::Error> {
         let kv = self.scope.kv.as_ref().ok_or(keyvalue::Error::AccessDenied)?;
         check_key(&key)?;
-        kv.delete(&key).map_err(kv_err)
+        kv.delete_until(&key, self.kv_deadline()).map_err(kv_err)
     }
 
     fn exists(&mut self, key: String) -> Result<bool, keyvalue::Error> {
         let kv = self.scope.kv.as_ref().ok_or(keyvalue::Error::AccessDenied)?;
         check_key(&key)?;
-        kv.get(&key).map(|v| v.is_some()).map_err(kv_err)
+        kv.get_until(&key, self.kv_deadline()).map(|v| v.is_some()).map_err(kv_err)
     }
 
     fn list_keys(&mut self, prefix: String, cursor: Option<String>) -> Result<keyvalue::KeyResponse, keyvalue::Error> {
@@ -188,7 +196,7 @@ impl keyvalue::Host for HostState {
             return Err(keyvalue::Error::TooLarge);
         }
         // Ask for one more than a page to know whether another page follows.
-        let mut keys = kv.list(&prefix, cursor.as_deref(), LIST_PAGE + 1).map_err(kv_err)?;
+        let mut keys = kv.list_until(&prefix, cursor.as_deref(), LIST_PAGE + 1, self.kv_deadline()).map_err(kv_err)?;
         let cursor = if keys.len() > LIST_PAGE {
             keys.truncate(LIST_PAGE);
             keys.last().cloned()

@@ -11,15 +11,20 @@
 //! Tokio worker with `block_in_place` and waits on the runtime the client lives on. That needs a
 //! multi-thread runtime for the client (the `shoal` binary's); on a current-thread one the calls
 //! fail with an error instead of deadlocking. A caller on a current-thread runtime of its own
-//! (the gateway's workers run their routers there) waits on a helper thread instead. Each call
-//! is bounded by [`CALL_TIMEOUT`], under the default plugin deadline.
+//! (the gateway's workers run their routers there) waits on a helper thread instead.
+//!
+//! Each call waits at most [`CALL_TIMEOUT`], and no later than the plugin call's deadline the
+//! `keyvalue` import passes in (`until`, see [`shoal_runtime::KvBackend`]): the epoch
+//! interruption that bounds a plugin call cannot fire while the call waits here, so without it a
+//! few store calls of a frozen store would hold a router (deadline 50 ms) or a framework for
+//! 800 ms each. A call whose deadline has passed fails at once, without asking the store.
 //!
 //! Before this store existed, plugins' data lived in the registry's own RocksDB;
 //! [`migrate_registry_kv`] moves it over once at start.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_abi::PluginKind;
 use shoal_registry::{KvProvider, Registry};
@@ -28,7 +33,8 @@ use shoal_store::client::StoreClient;
 use shoal_store::{PutOptions, StoreError};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-/// Longest a single store call of a plugin may take.
+/// Longest a single store call of a plugin may take, whatever its deadline leaves (host code
+/// without a deadline, such as the migration, gets this bound too).
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// Keys per listing request (values come along, so pages stay small).
 const LIST_BATCH: usize = 200;
@@ -76,13 +82,20 @@ impl StoreKv {
         &self.namespace
     }
 
-    fn run<T: Send>(&self, call: impl Future<Output = Result<T, StoreError>> + Send) -> Result<T, KvError> {
+    /// Run `call` on the client's runtime, waiting at most [`CALL_TIMEOUT`] and no later than
+    /// `until`.
+    fn run<T: Send>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+        until: Option<Instant>,
+    ) -> Result<T, KvError> {
+        let wait = wait_for(until)?;
         if self.handle.runtime_flavor() != RuntimeFlavor::MultiThread {
             return Err(KvError::Unavailable(
                 "the state store is reachable from plugins only on a multi-thread runtime",
             ));
         }
-        let bounded = async { tokio::time::timeout(CALL_TIMEOUT, call).await };
+        let bounded = async { tokio::time::timeout(wait, call).await };
         let answer = match Handle::try_current().ok().map(|h| h.runtime_flavor()) {
             // On a worker (or a blocking thread) of a multi-thread runtime: leave it first.
             Some(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.handle.block_on(bounded)),
@@ -96,32 +109,49 @@ impl StoreKv {
         };
         match answer {
             Ok(result) => result.map_err(KvError::backend),
-            Err(_) => Err(KvError::Timeout(CALL_TIMEOUT)),
+            Err(_) => Err(KvError::Timeout(wait)),
         }
     }
 }
 
+/// How long a store call may wait: [`CALL_TIMEOUT`], or less when `until` comes sooner; an error
+/// when `until` has passed.
+fn wait_for(until: Option<Instant>) -> Result<Duration, KvError> {
+    let Some(until) = until else { return Ok(CALL_TIMEOUT) };
+    match until.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(left.min(CALL_TIMEOUT)),
+        _ => Err(KvError::DeadlinePassed),
+    }
+}
+
 impl KvBackend for StoreKv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.run(self.client.get(&self.namespace, key)).map(|e| e.map(|e| e.value))
+    fn get_until(&self, key: &str, until: Option<Instant>) -> Result<Option<Vec<u8>>, KvError> {
+        self.run(self.client.get(&self.namespace, key), until).map(|e| e.map(|e| e.value))
     }
 
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+    fn set_until(&self, key: &str, value: &[u8], until: Option<Instant>) -> Result<(), KvError> {
         self.may_write()?;
-        self.run(self.client.put(&self.namespace, key, value, PutOptions::default())).map(drop)
+        self.run(self.client.put(&self.namespace, key, value, PutOptions::default()), until).map(drop)
     }
 
-    fn delete(&self, key: &str) -> Result<(), KvError> {
+    fn delete_until(&self, key: &str, until: Option<Instant>) -> Result<(), KvError> {
         self.may_write()?;
-        self.run(self.client.delete(&self.namespace, key, None)).map(drop)
+        self.run(self.client.delete(&self.namespace, key, None), until).map(drop)
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, KvError> {
+    /// Every page under the same `until`: a listing of many pages ends by the deadline too.
+    fn list_until(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        until: Option<Instant>,
+    ) -> Result<Vec<String>, KvError> {
         let mut keys = Vec::new();
         let mut cursor = start_after.map(shoal_store::cursor_after);
         while keys.len() < limit {
             let want = (limit - keys.len()).min(LIST_BATCH);
-            let page = self.run(self.client.list(&self.namespace, prefix, cursor.as_deref(), want))?;
+            let page = self.run(self.client.list(&self.namespace, prefix, cursor.as_deref(), want), until)?;
             keys.extend(page.entries.into_iter().map(|e| e.key));
             match page.cursor {
                 Some(next) => cursor = Some(next),
@@ -244,6 +274,35 @@ mod tests {
         let other = StoreKv::new(store.client.clone(), PluginKind::Framework, "batch");
         assert_eq!(other.get("gen").expect("get"), None);
         assert!(other.list("", None, 10).expect("list").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waits_no_later_than_its_deadline() {
+        // The wait is the shorter of the call's bound and what its deadline leaves.
+        assert_eq!(wait_for(None).expect("no deadline"), CALL_TIMEOUT);
+        assert_eq!(wait_for(Some(Instant::now() + Duration::from_secs(60))).expect("far"), CALL_TIMEOUT);
+        let soon = wait_for(Some(Instant::now() + Duration::from_millis(100))).expect("soon");
+        assert!(soon > Duration::ZERO && soon <= Duration::from_millis(100), "{soon:?}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path()).await;
+        let kv = StoreKv::new(store.client.clone(), PluginKind::Router, "r");
+        kv.set("k", b"v").expect("set");
+        let later = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(kv.get_until("k", later).expect("get").as_deref(), Some(&b"v"[..]));
+        // A deadline already past fails every operation at once, with the store never asked:
+        // the write below is not made.
+        let past = Some(Instant::now());
+        let refused = [
+            kv.get_until("k", past).map(drop),
+            kv.set_until("k", b"w", past),
+            kv.delete_until("k", past),
+            kv.list_until("", None, 10, past).map(drop),
+        ];
+        for err in refused {
+            assert!(matches!(err, Err(KvError::DeadlinePassed)), "{err:?}");
+        }
+        assert_eq!(kv.get("k").expect("get").as_deref(), Some(&b"v"[..]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -545,6 +545,11 @@ async fn services_register_watch_block_and_refuse_bad_input() {
         assert_eq!(status, code, "{path} {body}: {v}");
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
+    // A check's type is its name, never the index serde would take for one (0: `http`).
+    let (status, v) = put(&s, "/v1/services/web/instances/x", r#"{"address": "h:1", "check": {"type": 0}}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("a check's `type` must be `http`, `tcp`, `command` or `wasm`, not 0"), "{v}");
     assert_eq!(s.get("/v1/services/web").await.1["index"], before);
     let (status, _) = s.req(reqwest::Method::DELETE, "/v1/services/web/instances/nope", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

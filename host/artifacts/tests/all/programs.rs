@@ -31,8 +31,9 @@ fn hostile_with(scope: PluginScope, limits: shoal_runtime::CallLimits) -> Arc<Pl
     }
 }
 
-fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
-    let table = RouteTable {
+/// Two healthy endpoints.
+fn table() -> RouteTable {
+    RouteTable {
         generation: 1,
         endpoints: (0..2)
             .map(|i| Endpoint {
@@ -43,7 +44,11 @@ fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
                 healthy: true,
             })
             .collect(),
-    };
+    }
+}
+
+fn call(p: &Plugin<RouterWorld>, path: &str) -> Result<Option<u32>, CallError> {
+    let table = table();
     let mut req = RouteRequest {
         host: "127.0.0.1:9".into(),
         path: path.into(),
@@ -117,19 +122,88 @@ fn hostile_router() {
 struct ThreadKv(std::sync::Mutex<Option<std::thread::ThreadId>>);
 
 impl KvBackend for ThreadKv {
-    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, shoal_runtime::KvError> {
+    fn get_until(&self, _: &str, _: Option<Instant>) -> Result<Option<Vec<u8>>, shoal_runtime::KvError> {
         Ok(None)
     }
-    fn set(&self, _: &str, _: &[u8]) -> Result<(), shoal_runtime::KvError> {
+    fn set_until(&self, _: &str, _: &[u8], _: Option<Instant>) -> Result<(), shoal_runtime::KvError> {
         *self.0.lock().expect("lock") = Some(std::thread::current().id());
         Ok(())
     }
-    fn delete(&self, _: &str) -> Result<(), shoal_runtime::KvError> {
+    fn delete_until(&self, _: &str, _: Option<Instant>) -> Result<(), shoal_runtime::KvError> {
         Ok(())
     }
-    fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<String>, shoal_runtime::KvError> {
+    fn list_until(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: usize,
+        _: Option<Instant>,
+    ) -> Result<Vec<String>, shoal_runtime::KvError> {
         Ok(vec![])
     }
+}
+
+/// A store that remembers the deadline (`until`) each call was given, and says whether it
+/// waits.
+#[derive(Default)]
+struct DeadlineKv(std::sync::Mutex<Vec<Option<Instant>>>, bool);
+
+impl KvBackend for DeadlineKv {
+    fn waits(&self) -> bool {
+        self.1
+    }
+    fn get_until(&self, _: &str, until: Option<Instant>) -> Result<Option<Vec<u8>>, shoal_runtime::KvError> {
+        self.0.lock().expect("lock").push(until);
+        Ok(None)
+    }
+    fn set_until(&self, _: &str, _: &[u8], until: Option<Instant>) -> Result<(), shoal_runtime::KvError> {
+        self.0.lock().expect("lock").push(until);
+        Ok(())
+    }
+    fn delete_until(&self, _: &str, until: Option<Instant>) -> Result<(), shoal_runtime::KvError> {
+        self.0.lock().expect("lock").push(until);
+        Ok(())
+    }
+    fn list_until(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: usize,
+        until: Option<Instant>,
+    ) -> Result<Vec<String>, shoal_runtime::KvError> {
+        self.0.lock().expect("lock").push(until);
+        Ok(vec![])
+    }
+}
+
+/// The `keyvalue` import hands its store the call's deadline less a tenth of the budget (the
+/// plugin's time to act on a store's error), stamped afresh at every call of a kept instance; a
+/// store that never waits gets none (the call skips the clock).
+#[test]
+fn kv_calls_wait_by_the_call_deadline() {
+    let local = Arc::new(DeadlineKv::default());
+    let p = hostile(PluginScope { kv: Some(local.clone()), ..PluginScope::detached("router", "hostile", "1") });
+    assert_eq!(call(&p, "/kv").expect("kv"), Some(1));
+    assert_eq!(*local.0.lock().expect("lock"), [None]);
+
+    let kv = Arc::new(DeadlineKv(Default::default(), true));
+    let p = hostile(PluginScope { kv: Some(kv.clone()), ..PluginScope::detached("router", "hostile", "1") });
+    // The router's budget is 50 ms: its store may wait until 45 ms after the call began.
+    let kv_share = PluginKind::Router.default_limits().deadline * 9 / 10;
+    let mut kept = None;
+    for _ in 0..2 {
+        let before = Instant::now();
+        let mut req = RouteRequest { path: "/kv".into(), ..RouteRequest::default() };
+        shoal_abi::route_kept(&p, &mut kept, &table(), &mut req).expect("route");
+        let after = Instant::now();
+        let until = kv.0.lock().expect("lock").pop().flatten().expect("the store was given a deadline");
+        assert!(
+            until >= before + kv_share && until <= after + kv_share,
+            "until is {:?} after the call began, not {kv_share:?}",
+            until.saturating_duration_since(before)
+        );
+    }
+    assert!(kept.is_some(), "both calls ran on the one kept instance");
 }
 
 /// What a router may do with WASI when its call runs on the calling thread, and what it may not.

@@ -1,5 +1,6 @@
 //! A framework that keeps a counter in its key-value store: proves that state outlives instances
-//! (the host may discard an instance at any time) and that each plugin sees only its own keys.
+//! (the host may discard an instance at any time) and that each plugin sees only its own keys;
+//! `POST /reads` reads it many times in one call, for the store's deadline.
 
 use shoal_sdk::scheduling::{Decline, OfferInfo, Operation};
 use shoal_sdk::{Framework, HttpRequest, HttpResponse, TaskStatus, kv};
@@ -35,6 +36,19 @@ impl Framework for Counter {
                     Ok(()) => respond(200, (n + 1).to_string()),
                     Err(e) => respond(500, format!("{e:?}")),
                 }
+            }
+            ("POST", "/reads") => {
+                // As many reads of the counter as the body says, each whatever the one before it
+                // answered: one line per read, `ok` or the store's error (what a plugin sees of
+                // a store that does not answer, and of a deadline used up).
+                let n = String::from_utf8_lossy(&request.body).trim().parse::<u32>().unwrap_or(1);
+                let lines: Vec<String> = (0..n)
+                    .map(|_| match kv::get("count") {
+                        Ok(_) => "ok".to_owned(),
+                        Err(e) => format!("{e:?}"),
+                    })
+                    .collect();
+                respond(200, lines.join("\n"))
             }
             ("GET", "/keys") => match kv::list_keys("", None) {
                 Ok(page) => respond(200, page.keys.join(",")),
