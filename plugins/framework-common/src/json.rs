@@ -77,7 +77,7 @@ fn whole_numbers_as_integers(value: Value) -> Value {
             // `u64::MAX as f64` rounds up to 2^64, so the bounds are strict.
             if whole && (0.0..18_446_744_073_709_551_616.0).contains(&x) {
                 Value::from(x as u64)
-            } else if whole && x < 0.0 && x >= -9_223_372_036_854_775_808.0 {
+            } else if whole && (-9_223_372_036_854_775_808.0..0.0).contains(&x) {
                 Value::from(x as i64)
             } else {
                 Value::Number(n)
