@@ -20,6 +20,7 @@
 //! request timeout (5 s), which also bounds how long the run takes.
 
 use std::process::Command;
+use std::time::Duration;
 
 use super::Dev;
 
@@ -70,21 +71,18 @@ fn every_api_operation_answers_as_its_openapi_document_says() {
 /// The documented routes that a framework answers, once both default frameworks run (they
 /// start with `shoal dev`, a moment after its API answers).
 fn framework_routes(dev: &Dev) -> Vec<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    shoal_testkit::eventually_sync("both default frameworks in the document", Duration::from_secs(60), || {
         let (status, body) = super::tasks::http(&dev.api, &dev.token, "GET", "/v1/openapi.json", "");
         assert_eq!(status, 200, "{body}");
         let doc: serde_json::Value = serde_json::from_str(&body).expect("the OpenAPI document");
-        let paths = doc["paths"].as_object().expect("paths");
-        let routes: Vec<String> = paths
+        let routes: Vec<String> = doc["paths"]
+            .as_object()
+            .expect("paths")
             .keys()
             .filter(|p| p.starts_with("/v1/apps") || p.starts_with("/v1/jobs") || p.starts_with("/v1/frameworks/"))
             .cloned()
             .collect();
         let both = routes.iter().any(|r| r.starts_with("/v1/apps")) && routes.iter().any(|r| r.starts_with("/v1/jobs"));
-        if both || std::time::Instant::now() > deadline {
-            return routes;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        both.then_some(routes)
+    })
 }

@@ -16,16 +16,17 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Parses `body` as a JSON object.
+    /// Parses `body` as a JSON object (whole floats read as integers, at every depth).
     pub fn parse(body: &[u8]) -> Result<Self, String> {
         let value: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
-        Self::from_value(value, "")
+        Self::from_value(whole_numbers_as_integers(value), "")
     }
 
     /// Wraps an already parsed value, which must be an object; `prefix` names it in errors
-    /// (`health_checks[0].`).
+    /// (`health_checks[0].`). A member of what [`Fields::parse`] read has its whole floats as
+    /// integers already.
     pub fn from_value(value: Value, prefix: &str) -> Result<Self, String> {
-        match whole_numbers_as_integers(value) {
+        match value {
             Value::Object(map) => Ok(Fields { map, prefix: prefix.to_string() }),
             other => {
                 let what =

@@ -84,10 +84,26 @@ pub fn template_properties() -> Map<String, Value> {
         "constraints": {"type": ["array", "null"], "maxItems": MAX_CONSTRAINTS, "items": constraint(),
             "description": "Marathon's constraints: `[field, operator]` or `[field, operator, value]`"},
     });
-    match properties {
+    members(properties)
+}
+
+/// The members of a JSON object written with `json!` (none for anything else).
+pub fn members(value: Value) -> Map<String, Value> {
+    match value {
         Value::Object(map) => map,
         _ => Map::new(),
     }
+}
+
+/// The schemas `doc` refers to (`#/components/schemas/<name>`) but does not define.
+pub fn undefined_references(doc: &Value) -> Vec<String> {
+    let text = doc.to_string();
+    text.split("\"#/components/schemas/")
+        .skip(1)
+        .filter_map(|reference| reference.split('"').next())
+        .filter(|name| doc["components"]["schemas"].get(*name).is_none())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One constraint, `[field, OPERATOR, value?]` ([`crate::constraint::Constraint::parse`]); which
@@ -161,6 +177,24 @@ mod tests {
             json!({"type": ["string", "null"], "minLength": 1})
         );
         assert_eq!(nullable(reference("X")), json!({"anyOf": [{"$ref": "#/components/schemas/X"}, {"type": "null"}]}));
+    }
+
+    #[test]
+    fn undefined_references_are_found() {
+        let doc = document(
+            "t",
+            json!({"/a": {"get": {"responses": {"200": {"description": "x",
+            "content": {"application/json": {"schema": reference("Missing")}}}}}}}),
+            Map::new(),
+        );
+        assert_eq!(undefined_references(&doc), ["Missing"]);
+        let doc = document(
+            "t",
+            json!({"/a": {"get": {"responses": {"400": {"description": "x",
+            "content": {"application/json": {"schema": reference("Error")}}}}}}}),
+            Map::new(),
+        );
+        assert!(undefined_references(&doc).is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 use shoal_framework_common::openapi::{
-    ID, WHITESPACE, cmd_or_wasm, command, document as doc, fails, nullable, object, operation, path_parameter,
+    ID, WHITESPACE, cmd_or_wasm, command, document as doc, fails, members, nullable, object, operation, path_parameter,
     reference, template_properties,
 };
 
@@ -185,10 +185,7 @@ fn schemas() -> Map<String, Value> {
         "AppList": object(&["apps"], json!({"apps": {"type": "array", "items": object(&summary_required, summary, false)}}), false),
         "Task": task,
     });
-    match schemas {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
+    members(schemas)
 }
 
 /// One health check ([`crate::app::HealthCheck::read`]): a field of another kind is refused.
