@@ -22,6 +22,7 @@ mod isolation;
 mod kv_deadline;
 mod master;
 mod partition;
+mod readme;
 mod security;
 mod services;
 mod store;
