@@ -411,6 +411,14 @@ impl Cluster {
         self.agents.remove(index).1.kill_9();
     }
 
+    /// SIGTERMs agent `id` and waits (`patience` at most) for it to exit: its exit status.
+    pub fn terminate_agent(&mut self, id: &str, patience: Duration) -> std::process::ExitStatus {
+        let index = self.agents.iter().position(|(running, _)| running == id).expect("a running agent of this cluster");
+        let (_, mut process) = self.agents.remove(index);
+        process.signal("TERM");
+        process.wait_exit(&format!("agent {id} to exit after SIGTERM"), patience)
+    }
+
     /// Starts store node `id` on `<dir>/<id>`: the data of a previous run, if any.
     pub fn start_store_node(&mut self, id: &str) {
         self.store_nodes.retain(|(running, _)| running != id);

@@ -20,6 +20,7 @@ mod ha;
 mod ha_faults;
 mod isolation;
 mod kv_deadline;
+mod lifecycle;
 mod master;
 mod partition;
 mod readme;

@@ -11,6 +11,7 @@ mod plugin;
 mod plugin_sdk;
 mod roles;
 mod services;
+mod settings;
 mod store;
 mod tokens;
 
@@ -21,6 +22,7 @@ pub use nats::NatsTarget;
 pub(crate) use nats::{NatsArgs, NatsCommand};
 use plugin::{PluginCommand, plugin};
 use roles::{AgentCli, DevArgs, GatewayArgs, MasterCli, agent, dev, gateway, master};
+pub use settings::{parse, parse_from};
 
 /// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
 #[derive(Parser, Debug)]

@@ -1,7 +1,5 @@
 //! The `shoal` binary: set up tracing, parse flags, run the command.
 
-use clap::Parser;
-
 // mimalloc rather than glibc's malloc: the gateway's and the API's hot paths allocate and free
 // small objects on one Tokio worker and drop them on another, which glibc serialises on its
 // arena locks (seen in profiles of the gateway under load; BENCHMARKS.md).
@@ -12,7 +10,7 @@ fn main() {
     // Tracing first, outside any async runtime: the OTLP exporter's HTTP client must not be
     // created on an async thread.
     let telemetry = shoal_node::init_tracing();
-    let cli = shoal_node::cli::Cli::parse();
+    let cli = shoal_node::cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

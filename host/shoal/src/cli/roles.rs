@@ -91,9 +91,10 @@ pub(super) struct MasterArgs {
     /// The NATS server agents and the master talk through (required).
     #[command(flatten)]
     nats: super::NatsArgs,
-    /// Where data lives.
-    #[arg(long, default_value = ".shoal-master")]
-    data_dir: PathBuf,
+    /// Where data lives (default `/var/lib/shoal/master` as root, else
+    /// `$XDG_STATE_HOME/shoal/master`, i.e. `~/.local/state/shoal/master`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -188,8 +189,9 @@ pub(super) struct AgentRunArgs {
     /// Address tasks on this agent are reachable at (default the host name).
     #[arg(long)]
     address: Option<String>,
-    /// The agent's own state: records of running tasks, caches (default `.shoal-agent-<id>`;
-    /// private to the agent's user).
+    /// The agent's own state: records of running tasks, caches (default
+    /// `/var/lib/shoal/agent-<id>` as root, else `$XDG_STATE_HOME/shoal/agent-<id>`; private to
+    /// the agent's user).
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Where task sandboxes live, one directory per task; never inside a data directory
@@ -269,9 +271,10 @@ pub(super) struct GatewayArgs {
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
-    /// Where the mirrored table and plugins live.
-    #[arg(long, default_value = ".shoal-gateway")]
-    data_dir: PathBuf,
+    /// Where the mirrored table and plugins live (default `/var/lib/shoal/gateway` as root, else
+    /// `$XDG_STATE_HOME/shoal/gateway`, i.e. `~/.local/state/shoal/gateway`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Worker threads, each with its own event loop and upstream connections (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -312,10 +315,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         ha: None,
         store_replication: None,
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
-    };
+    let shutdown = stop_signal()?;
     let data_dir = config.data_dir.clone();
     crate::node::run(config, shutdown, |info: &NodeInfo| {
         println!("Shoal dev is running (bus: {}, data: {})", info.bus, data_dir.display());
@@ -329,6 +329,53 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("Try: shoal plugin list   ·   shoal kv put demo hello world   ·   Ctrl-C to stop");
     })
     .await
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (a service manager's stop, `kill`, a container runtime): either
+/// stops a role gracefully. Listening starts here, before the role starts, so a SIGTERM that
+/// comes early is not the default one that ends the process at once.
+pub(super) fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        eprintln!("{name}: shutting down");
+    })
+}
+
+/// Run an agent until `stop`; then stop its tasks (SIGTERM, SIGKILL after `--grace-ms`: a
+/// restarted agent could not watch them and would kill them anyway) while it still talks to the
+/// master, so their ends are reported as kills rather than found lost later, and wait (at most
+/// two seconds) for the master to acknowledge those reports.
+async fn run_agent_until(
+    agent: std::sync::Arc<shoal_agent::Agent>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut running = tokio::spawn(agent.clone().run());
+    tokio::select! {
+        result = &mut running => {
+            return match result {
+                Ok(result) => result.map_err(|e| anyhow::anyhow!("the master refused this agent: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the agent stopped: {e}")),
+            };
+        }
+        () = stop => {}
+    }
+    agent.stop_all().await;
+    let acknowledged = async {
+        while agent.unacknowledged() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), acknowledged).await.is_err() {
+        eprintln!("{} task updates not acknowledged by the master", agent.unacknowledged());
+    }
+    running.abort();
+    Ok(())
 }
 
 /// A master's id: the one given, or the host name cleaned; a DNS label either way.
@@ -367,7 +414,10 @@ async fn master_status(remote: Remote) -> anyhow::Result<()> {
 
 async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
-        data_dir: args.data_dir,
+        data_dir: match args.data_dir {
+            Some(dir) => dir,
+            None => super::settings::default_data_dir("master")?,
+        },
         listen: args.listen,
         nats: Some(args.nats.target("master", false)?.context("`shoal master` needs --nats URL")?),
         default_plugins: true,
@@ -401,18 +451,9 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             log_replicas: args.store_log_replicas,
         }),
     };
-    // SIGTERM (a service manager's stop, `kill`) as well as Ctrl-C: either hands the leadership
-    // over before the process exits (`node::run`), where the default SIGTERM would end it at
-    // once and leave the others to wait out the lease.
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        eprintln!("shutting down");
-    };
+    // Either signal hands the leadership over before the process exits (`node::run`), where the
+    // default SIGTERM would end it at once and leave the others to wait out the lease.
+    let shutdown = stop_signal()?;
     crate::node::run(config, shutdown, |info: &NodeInfo| {
         println!("Shoal master is running (bus: {})", info.bus);
         println!("  API:      http://{}/v1", info.api);
@@ -464,7 +505,10 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
                 &args.attributes,
             )?;
             let bus = nats.connect().await?;
-            let work_dir = args.work_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-agent-{}", registration.id)));
+            let work_dir = match args.work_dir {
+                Some(dir) => dir,
+                None => super::settings::default_data_dir(&format!("agent-{}", registration.id))?,
+            };
             println!(
                 "Shoal agent {} is running (host {}, resources {}, bus {}, work dir {})",
                 registration.id,
@@ -478,15 +522,8 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
             config.sandbox_root = args.sandbox_dir;
             config.task_user = args.task_user;
             let agent = shoal_agent::Agent::new(bus, config).context("preparing the agent's work dir")?;
-            tokio::select! {
-                result = agent.run() => {
-                    result.map_err(|e| anyhow::anyhow!("the master refused this agent: {e}"))
-                }
-                _ = tokio::signal::ctrl_c() => {
-                    eprintln!("shutting down");
-                    Ok(())
-                }
-            }
+            let stop = stop_signal()?;
+            run_agent_until(agent, stop).await
         }
     }
 }
@@ -497,14 +534,14 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         api: client.apis.join(","),
         token: client.token.clone(),
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: match args.data_dir {
+            Some(dir) => dir,
+            None => super::settings::default_data_dir("gateway")?,
+        },
         workers: args.workers,
         limits: args.edge.limits(),
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
-    };
+    let shutdown = stop_signal()?;
     crate::edge::run(config, shutdown, |info| {
         println!("Shoal gateway is running (control plane: {})", client.api);
         println!("  gateway:  http://{}/", info.listen);

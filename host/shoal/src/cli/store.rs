@@ -27,7 +27,8 @@ struct StoreRunArgs {
     /// This node's id in the shard map, `[a-z0-9-]{1,63}` (default: the host name, cleaned).
     #[arg(long)]
     id: Option<String>,
-    /// Where its shards live (default `.shoal-store-<id>`).
+    /// Where its shards live (default `/var/lib/shoal/store-<id>` as root, else
+    /// `$XDG_STATE_HOME/shoal/store-<id>`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// fsync the write-ahead log on every write (survives power loss); without it acknowledged
@@ -106,6 +107,7 @@ pub async fn store(cli: StoreCli) -> anyhow::Result<()> {
 }
 
 async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
+    let stop = super::roles::stop_signal()?;
     let Some(nats) = args.nats.target("store", false)? else {
         bail!("`shoal store` runs a store node: pass --nats URL (or use `shoal store status|scale-out|scale-in`)");
     };
@@ -114,7 +116,10 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
         None => crate::node::clean_id(&crate::node::host_name()),
     };
     shoal_store::node::validate_node_id(&id)?;
-    let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!(".shoal-store-{id}")));
+    let dir = match args.data_dir {
+        Some(dir) => dir,
+        None => super::settings::default_data_dir(&format!("store-{id}"))?,
+    };
     let nats_bus = shoal_bus::NatsBus::connect_with(&nats.url, &nats.options)
         .await
         .with_context(|| format!("connecting to NATS at {}", nats.url))?;
@@ -147,8 +152,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
     .context("starting the store node")?;
     let held = service.node.as_ref().map(|n| n.store().held()).unwrap_or_default();
     println!("Shoal store node `{id}` is running (bus: nats, data: {}, shards on disk: {held:?})", dir.display());
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("shutting down");
+    stop.await;
     Ok(())
 }
 
