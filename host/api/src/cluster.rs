@@ -335,17 +335,73 @@ async fn forward(
         e => ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", format!("framework `{framework}`: {e}")),
     })?;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let error = (status.is_client_error() || status.is_server_error()).then(|| framework_error(status, &response.body));
     let mut out = Response::builder().status(status);
     for (k, v) in &response.headers {
         if let (Ok(name), Ok(value)) =
             (axum::http::HeaderName::try_from(k.as_str()), axum::http::HeaderValue::try_from(v.as_str()))
             && !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection")
+            && !(error.is_some() && name == axum::http::header::CONTENT_TYPE)
         {
             out = out.header(name, value);
         }
     }
-    out.body(axum::body::Body::from(response.body))
+    let body = match error {
+        Some(error) => {
+            out = out.header(axum::http::header::CONTENT_TYPE, "application/json");
+            serde_json::to_vec(&error).unwrap_or_default()
+        }
+        None => response.body,
+    };
+    out.body(axum::body::Body::from(body))
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "framework_failed", e.to_string()))
+}
+
+/// A framework's error answer in the API's one error shape, `{"error": {"code", "message"}}`:
+/// its own `{"error": "…"}` (or any other body: JSON with a `message`, or text) becomes the
+/// message, and the code follows the status. An answer already in the shape is kept.
+fn framework_error(status: StatusCode, body: &[u8]) -> crate::dto::ErrorBody {
+    use crate::dto::{ErrorBody, ErrorDetail};
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if let Some(ok) = parsed.as_ref().and_then(|v| serde_json::from_value::<ErrorBody>(v.clone()).ok()) {
+        return ok;
+    }
+    let message = match &parsed {
+        Some(serde_json::Value::Object(o)) => match (o.get("error"), o.get("message")) {
+            (Some(serde_json::Value::String(m)), _) | (_, Some(serde_json::Value::String(m))) => m.clone(),
+            _ => serde_json::Value::Object(o.clone()).to_string(),
+        },
+        Some(serde_json::Value::String(m)) => m.clone(),
+        _ => String::from_utf8_lossy(body).trim().to_owned(),
+    };
+    let message =
+        if message.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { message };
+    let mut message = message;
+    if message.len() > 4096 {
+        let mut end = 4096;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        410 => "gone",
+        412 => "precondition_failed",
+        413 => "too_large",
+        422 => "unprocessable",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        s if s >= 500 => "framework_error",
+        _ => "framework_refused",
+    };
+    ErrorBody { error: ErrorDetail { code: code.to_owned(), message } }
 }
 
 /// Refuse a definition that no active agent could ever hold (`cpus`, `mem`, `disk` and the

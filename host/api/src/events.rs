@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::auth::Scope;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
+use crate::journal::{Item, Journal};
 
 /// Query of the event stream.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -26,7 +27,9 @@ pub struct EventsQuery {
     subject: Option<String>,
 }
 
-/// Stream events as SSE; each `data:` line is one CloudEvents 1.0 JSON event. An `app:<ns>`
+/// Stream events as SSE; each `data:` line is one CloudEvents 1.0 JSON event, each `id:` its
+/// place in the node's journal: reconnect with `Last-Event-ID` to get the ones missed (an
+/// `event: gap` says when some are no longer kept). An `app:<ns>`
 /// token gets only `shoal.evt.kv.<ns>.*`, `shoal.evt.app.<ns>.*`, `shoal.evt.job.<ns>.*`,
 /// `shoal.evt.service.<ns>.*` and the events of tasks of its namespace (check output redacted).
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery),
@@ -48,19 +51,32 @@ pub async fn stream(
     // Wider filters are narrowed to the event tree: control traffic is not for API clients.
     let filter = if subject::covers_events(&filter) { subject::EVENTS_ALL.to_owned() } else { filter };
     let slot = state.streams.open(&headers)?;
-    let subscription =
-        state.bus.subscribe(&filter).await.map_err(|e| {
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())
-        })?;
     let master = state.master.clone();
-    let events = subscription.filter_map(move |message| {
-        let data = match &scope {
-            Scope::Admin | Scope::Operator => Some(String::from_utf8_lossy(&message.payload).into_owned()),
-            Scope::App(ns) => {
-                crate::scoped::event_for_app(ns, &message.subject, &message.payload, master.load_full().as_deref())
+    let journal = state.journal.clone();
+    let items = journal.stream(filter, crate::journal::last_event_id(&headers));
+    let events = items.filter_map(move |item| {
+        let event = match item {
+            Item::Event(entry) => {
+                let data = match &scope {
+                    Scope::Admin | Scope::Operator => Some(String::from_utf8_lossy(&entry.payload).into_owned()),
+                    Scope::App(ns) => {
+                        crate::scoped::event_for_app(ns, &entry.subject, &entry.payload, master.load_full().as_deref())
+                    }
+                };
+                data.map(|data| Event::default().event(&entry.subject).id(journal.id(entry.seq)).data(data))
             }
+            gap @ Item::Gap { .. } => Some(gap_event(&journal, &gap)),
         };
-        std::future::ready(data.map(|data| Ok(Event::default().event(message.subject).data(data))))
+        std::future::ready(event.map(Ok))
     });
     Ok(Sse::new(crate::streams::holding(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `event: gap`: the events after `after` are no longer kept (or the id was another node's);
+/// the next event sent is `resumed_at`. A client re-reads the state it follows.
+pub(crate) fn gap_event(journal: &Journal, gap: &Item) -> Event {
+    let Item::Gap { after, resumed_at } = gap else { unreachable!("a gap") };
+    Event::default()
+        .event("gap")
+        .data(serde_json::json!({"after": after, "resumed_at": journal.id(*resumed_at)}).to_string())
 }

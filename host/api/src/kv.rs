@@ -189,7 +189,7 @@ pub async fn get(
             return Err(ApiError::bad_request("`watch` streams every write; it takes no `index`"));
         }
         let slot = state.streams.open(&headers)?;
-        return Ok(watch_stream(state, store, ns, KeyFilter::Exact(key), slot).await?.into_response());
+        return Ok(watch_stream(state, store, ns, KeyFilter::Exact(key), slot, &headers).into_response());
     }
     let mut staleness = None;
     let entry = match q.index {
@@ -304,19 +304,31 @@ async fn next_change(
 
 /// The SSE stream of a watch: `put` events carry the entry as it is when read, `delete` events
 /// the key and the delete's version (an expired entry's: the sweeper's deletes say
-/// `"expired": true`).
-async fn watch_stream(
+/// `"expired": true`). Read from the node's journal (`crate::journal`): each event's `id` is its
+/// place there, and a client that reconnects with `Last-Event-ID` gets the writes it missed
+/// (or an `event: gap` when they are no longer kept).
+fn watch_stream(
     state: AppState,
     store: Arc<StoreClient>,
     ns: String,
     filter: KeyFilter,
     slot: crate::streams::StreamSlot,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let changes = subscribe(&state, &ns).await?;
-    let events = changes
-        .filter_map(move |message| {
-            let (store, ns, filter) = (store.clone(), ns.clone(), filter.clone());
+    headers: &HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
+    let journal = state.journal.clone();
+    let items = journal.stream(subject::kv_events(&ns), crate::journal::last_event_id(headers));
+    let events = items
+        .filter_map(move |item| {
+            let (store, ns, filter, journal) = (store.clone(), ns.clone(), filter.clone(), journal.clone());
             async move {
+                let entry = match item {
+                    crate::journal::Item::Event(entry) => entry,
+                    gap @ crate::journal::Item::Gap { .. } => {
+                        return Some(Ok(crate::events::gap_event(&journal, &gap)));
+                    }
+                };
+                let message =
+                    shoal_bus::Message { subject: entry.subject.clone(), reply: None, payload: entry.payload.clone() };
                 let change = change_of(&message).filter(|c| filter.matches(&c.key))?;
                 let data = if change.op == "put" {
                     match store.get(&ns, &change.key).await {
@@ -336,11 +348,11 @@ async fn watch_stream(
                 } else {
                     serde_json::json!({"key": change.key, "version": change.version})
                 };
-                Some(Ok(Event::default().event(change.op).id(change.version.to_string()).data(data.to_string())))
+                Some(Ok(Event::default().event(change.op).id(journal.id(entry.seq)).data(data.to_string())))
             }
         })
         .boxed();
-    Ok(Sse::new(crate::streams::holding(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Sse::new(crate::streams::holding(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 /// Write a value: the body is the value.
@@ -408,7 +420,7 @@ pub async fn list(
         }
         shoal_store::validate_namespace(&ns)?;
         let slot = state.streams.open(&headers)?;
-        return Ok(watch_stream(state, store, ns, KeyFilter::Prefix(prefix), slot).await?.into_response());
+        return Ok(watch_stream(state, store, ns, KeyFilter::Prefix(prefix), slot, &headers).into_response());
     }
     let page = match q.index {
         None => store.list(&ns, &prefix, cursor.as_deref(), limit).await?,

@@ -24,6 +24,7 @@ mod cluster;
 pub mod dto;
 pub mod error;
 mod events;
+pub mod journal;
 pub mod kv;
 pub mod leader;
 pub mod openapi;
@@ -74,6 +75,8 @@ pub struct AppState {
     pub artifacts: Option<Arc<shoal_task_io::ArtifactStore>>,
     /// The leadership among several masters (`None`: this node is the only one, and leads).
     pub leadership: Option<Arc<leader::Leadership>>,
+    /// The node's recent events, which `/v1/events` and KV watches stream and replay from.
+    pub journal: Arc<journal::Journal>,
     /// Event streams and watches open per token, and their cap.
     pub streams: Arc<streams::Streams>,
     /// Longest wait of a blocking query (`?index=`): a longer `wait`, or the default one, is cut

@@ -229,9 +229,9 @@ fn rename_references(value: &mut Value, name: &str) {
     }
 }
 
-/// A framework's operation as the host serves it: behind a token, with the host's own answers
-/// (its errors are [`crate::dto::ErrorBody`], the framework's its own form: an error answer may
-/// be either).
+/// A framework's operation as the host serves it: behind a token, with the host's own answers;
+/// every error answer is [`crate::dto::ErrorBody`] (the host puts the framework's errors in that
+/// shape, `cluster::framework_error`).
 fn complete_framework_operation(name: &str, method: &str, op: &mut Value, has_params: bool, alias: bool) {
     let Some(object) = op.as_object_mut() else { return };
     object.remove("operationId");
@@ -245,7 +245,7 @@ fn complete_framework_operation(name: &str, method: &str, op: &mut Value, has_pa
         }
         for media in answer.get_mut("content").and_then(Value::as_object_mut).into_iter().flatten() {
             if let Some(schema) = media.1.get_mut("schema") {
-                *schema = json!({"anyOf": [schema.take(), reference("ErrorBody")]});
+                *schema = reference("ErrorBody");
             }
         }
     }
@@ -566,7 +566,7 @@ mod tests {
         );
         assert_eq!(
             put["responses"]["400"]["content"]["application/json"]["schema"],
-            json!({"anyOf": [{"$ref": "#/components/schemas/service.Error"}, {"$ref": "#/components/schemas/ErrorBody"}]})
+            json!({"$ref": "#/components/schemas/ErrorBody"})
         );
         for status in ["401", "403", "404", "413", "422", "429", "503"] {
             assert!(put["responses"].get(status).is_some(), "{status} missing");

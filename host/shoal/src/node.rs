@@ -387,9 +387,11 @@ pub async fn run(
     };
     let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
     admin.follow(&state, &auth);
+    let journal = shoal_api::journal::Journal::start(bus.clone()).await.context("subscribing to the events")?;
     let state = AppState {
         registry,
         bus,
+        journal,
         auth,
         max_upload,
         store: Some(store.client.clone()),

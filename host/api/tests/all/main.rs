@@ -115,9 +115,11 @@ impl Server {
         )
         .await
         .expect("store");
+        let journal = shoal_api::journal::Journal::start(bus.clone()).await.expect("the event journal");
         let state = AppState {
             registry: registry.clone(),
             bus,
+            journal,
             auth: auth.clone(),
             max_upload: 4 << 20,
             store: with_store.then(|| store.client.clone()),
