@@ -12,6 +12,7 @@ use std::time::Duration;
 use shoal_testkit::eventually_sync;
 
 mod api_security;
+mod api_shape;
 mod apps;
 mod edges;
 mod fixture;

@@ -258,7 +258,7 @@ async fn announce(state: &AppState, kind: &str, method: &Method, rest: Option<&s
     };
     let subject = if kind == "app" { subject::app_event(id, action) } else { subject::job_event(id, action) };
     let event = shoal_bus::event::CloudEvent::new(
-        "/shoal/api",
+        shoal_bus::event::source("api"),
         format!("io.shoal.{kind}.{action}"),
         format!("{kind}s/{id}"),
         json!({ "id": id, "action": action }),
@@ -540,7 +540,7 @@ pub async fn put_allocator(
     let choice: AllocatorChoice = crate::error::json_body(&body)?;
     let previous = master(&state)?.set_allocator(&choice.plugin).map_err(|e| ApiError::not_found(e.to_string()))?;
     let event = shoal_bus::event::CloudEvent::new(
-        "/shoal/api",
+        shoal_bus::event::source("api"),
         "io.shoal.allocator.switched",
         format!("allocators/{}", choice.plugin),
         json!({ "plugin": choice.plugin, "previous": previous }),

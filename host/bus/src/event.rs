@@ -38,6 +38,21 @@ pub struct CloudEvent {
     pub data: serde_json::Value,
 }
 
+/// The process every event of it names in its `source`: `/shoal/<role>/<node>`.
+static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process in the `source` of every event it emits from now on: `/shoal/<role>/<node>`
+/// (e.g. `/shoal/master/m1`, `/shoal/dev/laptop`). The first call wins.
+pub fn set_origin(role: &str, node: &str) {
+    let _ = ORIGIN.set(format!("/shoal/{role}/{node}"));
+}
+
+/// The `source` of an event of `component` of this process: `/shoal/<role>/<node>/<component>`
+/// (`/shoal/<component>` before [`set_origin`]).
+pub fn source(component: &str) -> String {
+    format!("{}/{component}", ORIGIN.get().map_or("/shoal", String::as_str))
+}
+
 impl CloudEvent {
     /// A new event with a fresh id, stamped now.
     pub fn new(

@@ -245,7 +245,7 @@ fn start_master(
         shoal_master::MasterConfig {
             agent_timeout: config.agent_timeout,
             forget_lost_after: config.forget_lost_agents_after,
-            source: "/shoal/master".into(),
+            source: shoal_bus::event::source("master"),
             allocation_interval: Some(config.allocation_interval),
             term,
             ..shoal_master::MasterConfig::default()

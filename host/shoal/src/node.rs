@@ -305,6 +305,10 @@ pub async fn run(
     ready: impl FnOnce(&NodeInfo),
 ) -> anyhow::Result<()> {
     private_dir(&config.data_dir)?;
+    match &config.ha {
+        Some(ha) => shoal_bus::event::set_origin("master", &ha.id),
+        None => shoal_bus::event::set_origin("dev", &clean_id(&host_name())),
+    }
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
@@ -330,7 +334,7 @@ pub async fn run(
     )
     .context("opening the plugin registry")?;
     tokio::spawn(registry.clone().follow());
-    tokio::spawn(forward_events(events, bus.clone(), "/shoal/dev".to_owned()));
+    tokio::spawn(forward_events(events, bus.clone(), shoal_bus::event::source("registry")));
     if config.ha.is_none() {
         if config.default_plugins {
             register_defaults(&registry).await?;
@@ -475,12 +479,12 @@ fn start_services(
 ) -> anyhow::Result<(Arc<Discovery>, Arc<Routes>)> {
     let discovery = Arc::new(Discovery::default());
     tokio::spawn(discovery.clone().run_sweeper(std::time::Duration::from_secs(1)));
-    tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), "/shoal/dev".to_owned()));
+    tokio::spawn(forward_service_changes(discovery.clone(), bus.clone(), shoal_bus::event::source("services")));
     tokio::spawn(crate::health::check_registered_instances(
         discovery.clone(),
         registry.clone(),
         bus.clone(),
-        "/shoal/dev/health".to_owned(),
+        shoal_bus::event::source("health"),
     ));
     let routes = Routes::on_state(state.clone()).context("reading the gateway's routes")?;
     tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
@@ -595,7 +599,7 @@ pub(crate) fn coordinator_config(
         state: state.clone(),
         initial_shards: config.store.shards,
         auto_scale_out: true,
-        source: "/shoal/master/store".into(),
+        source: shoal_bus::event::source("store"),
     })
 }
 
@@ -613,7 +617,7 @@ async fn start_gateway(
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the gateway to {addr}"))?;
     let local = listener.local_addr()?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    tokio::spawn(forward_gateway_events(events_rx, bus.clone(), "/shoal/dev/gateway".to_owned()));
+    tokio::spawn(forward_gateway_events(events_rx, bus.clone(), shoal_bus::event::source("gateway")));
     let gateway = Gateway::new(
         routes.clone(),
         discovery.clone(),
