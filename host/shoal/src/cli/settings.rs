@@ -204,8 +204,8 @@ mod tests {
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
         f
     }
 
@@ -214,40 +214,41 @@ mod tests {
         let f = file(
             "grace-ms = 111\n[agent]\nhostname = \"from-file\"\nattribute = [\"rack=r1\", \"zone=a\"]\n[gateway]\nworkers = 9\n",
         );
-        let path = f.path().to_str().unwrap();
-        let out = parse(&["shoal", "agent", "--config", path]).unwrap();
+        let path = f.path().to_str().expect("utf-8");
+        let out = parse(&["shoal", "agent", "--config", path]).expect("parses");
         assert!(
             out.contains("grace_ms: 111") && out.contains("\"from-file\"") && out.contains("\"rack=r1\", \"zone=a\""),
             "{out}"
         );
-        let out = parse(&["shoal", "agent", "--config", path, "--hostname", "from-flag", "--grace-ms", "7"]).unwrap();
+        let out =
+            parse(&["shoal", "agent", "--config", path, "--hostname", "from-flag", "--grace-ms", "7"]).expect("parses");
         assert!(out.contains("\"from-flag\"") && out.contains("grace_ms: 7") && out.contains("\"rack=r1\""), "{out}");
-        let out = parse(&["shoal", "agent"]).unwrap();
+        let out = parse(&["shoal", "agent"]).expect("parses");
         assert!(out.contains("grace_ms: 5000") && out.contains("hostname: None"), "{out}");
     }
 
     #[test]
     fn switches_take_booleans_and_a_role_table_beats_the_top_level() {
         let f = file("shards = 2\n[dev]\nsync = true\nno_gateway = false\nshards = 8\n");
-        let out = parse(&["shoal", "dev", "--config", f.path().to_str().unwrap()]).unwrap();
+        let out = parse(&["shoal", "dev", "--config", f.path().to_str().expect("utf-8")]).expect("parses");
         assert!(out.contains("sync: true") && out.contains("no_gateway: false") && out.contains("shards: 8"), "{out}");
     }
 
     #[test]
     fn a_bad_file_is_refused_with_the_file_and_the_name() {
         let unknown = file("[dev]\nlisten-on = \"x\"\n");
-        let err = parse(&["shoal", "dev", "--config", unknown.path().to_str().unwrap()]).unwrap_err();
+        let err = parse(&["shoal", "dev", "--config", unknown.path().to_str().expect("utf-8")]).expect_err("refused");
         assert!(err.contains("`listen-on` is not a setting of `shoal dev`"), "{err}");
         let table = file("[masters]\nlisten = \"x\"\n");
-        let err = parse(&["shoal", "dev", "--config", table.path().to_str().unwrap()]).unwrap_err();
+        let err = parse(&["shoal", "dev", "--config", table.path().to_str().expect("utf-8")]).expect_err("refused");
         assert!(err.contains("[masters] names no role"), "{err}");
         let bad_value = file("[dev]\nshards = \"many\"\n");
-        let err = parse(&["shoal", "dev", "--config", bad_value.path().to_str().unwrap()]).unwrap_err();
+        let err = parse(&["shoal", "dev", "--config", bad_value.path().to_str().expect("utf-8")]).expect_err("refused");
         assert!(err.contains("many"), "{err}");
         let switch = file("[dev]\nsync = \"yes\"\n");
-        let err = parse(&["shoal", "dev", "--config", switch.path().to_str().unwrap()]).unwrap_err();
+        let err = parse(&["shoal", "dev", "--config", switch.path().to_str().expect("utf-8")]).expect_err("refused");
         assert!(err.contains("is a switch"), "{err}");
-        let err = parse(&["shoal", "dev", "--config", "/nonexistent/shoal.toml"]).unwrap_err();
+        let err = parse(&["shoal", "dev", "--config", "/nonexistent/shoal.toml"]).expect_err("refused");
         assert!(err.contains("reading the config file /nonexistent/shoal.toml"), "{err}");
     }
 
@@ -256,13 +257,17 @@ mod tests {
         use clap::CommandFactory;
         let cmd = with_settings(crate::cli::Cli::command());
         for role in ROLES {
-            let sub = cmd.find_subcommand(role).unwrap();
+            let sub = cmd.find_subcommand(role).expect("a role");
             for arg in sub.get_arguments().filter(|a| a.get_long().is_some() && !a.is_global_set()) {
-                assert!(arg.get_env().is_some(), "shoal {role} --{} has no variable", arg.get_long().unwrap());
+                assert!(
+                    arg.get_env().is_some(),
+                    "shoal {role} --{} has no variable",
+                    arg.get_long().unwrap_or_default()
+                );
             }
         }
-        let dev = cmd.find_subcommand("dev").unwrap();
-        let data_dir = dev.get_arguments().find(|a| a.get_long() == Some("data-dir")).unwrap();
-        assert_eq!(data_dir.get_env().unwrap(), "SHOAL_DATA_DIR");
+        let dev = cmd.find_subcommand("dev").expect("dev");
+        let data_dir = dev.get_arguments().find(|a| a.get_long() == Some("data-dir")).expect("--data-dir");
+        assert_eq!(data_dir.get_env().expect("a variable"), "SHOAL_DATA_DIR");
     }
 }
