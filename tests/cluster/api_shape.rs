@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use super::Dev;
+use super::ha::Masters;
 use super::tasks::{http, http_with_head};
 
 /// The error of an answer: (code, message); fails unless the body has exactly the one shape.
@@ -63,11 +64,15 @@ struct Sse(BufReader<TcpStream>);
 
 impl Sse {
     fn open(dev: &Dev, path: &str, last_event_id: Option<&str>) -> Sse {
-        let addr = dev.api.trim_start_matches("http://");
+        Self::open_at(&dev.api, &dev.token, path, last_event_id)
+    }
+
+    fn open_at(api: &str, token: &str, path: &str, last_event_id: Option<&str>) -> Sse {
+        let addr = api.trim_start_matches("http://");
         let mut conn = TcpStream::connect(addr).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-        write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n{resume}\r\n", dev.token)
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{resume}\r\n")
             .expect("send");
         let mut reader = BufReader::new(conn);
         let mut line = String::new();
@@ -164,4 +169,45 @@ fn a_client_that_reconnects_with_last_event_id_misses_nothing() {
     let v: serde_json::Value = serde_json::from_str(&data).expect("JSON");
     let source = v["source"].as_str().unwrap_or_default();
     assert!(source.starts_with("/shoal/dev/") && source.ends_with("/api"), "{v}");
+}
+
+/// Deploys app `id` (one sleeping task) through master `i`.
+fn deploy(c: &Masters, i: usize, id: &str) {
+    let app = format!(r#"{{"id": "{id}", "cmd": "exec sleep 600", "cpus": 0.1, "mem": 16, "instances": 1}}"#);
+    let (status, body) = http(c.api(i), &c.token, "PUT", &format!("/v1/apps/{id}"), &app);
+    assert!(status < 300, "deploy {id} through m{}: {status} {body}", i + 1);
+}
+
+/// The next app event's (app id, SSE id).
+fn next_app(stream: &mut Sse) -> (String, String) {
+    loop {
+        let (name, id, data) = stream.next();
+        assert_ne!(name, "gap", "no gap: {data}");
+        let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+        if let Some(app) = v["data"]["id"].as_str() {
+            return (app.to_owned(), id);
+        }
+    }
+}
+
+#[test]
+fn an_event_stream_resumes_on_another_master_after_a_failover() {
+    let mut c = Masters::start();
+    let (leader, _) = c.leader("a first leader");
+    let path = "/v1/events?subject=shoal.evt.app.%3E";
+    let mut first = Sse::open_at(c.api(leader), &c.token, path, None);
+    deploy(&c, leader, "before");
+    let (app, seen) = next_app(&mut first);
+    assert_eq!(app, "before");
+    drop(first);
+
+    // The leader dies; the next one takes writes; the client comes back to another master.
+    c.masters[leader].take().expect("leader").process.kill_9();
+    let (next, _) = c.leader("a new leader");
+    deploy(&c, next, "during");
+    let other = c.live().into_iter().find(|i| *i != next).expect("a standby");
+    let mut again = Sse::open_at(c.api(other), &c.token, path, Some(&seen));
+    assert_eq!(next_app(&mut again).0, "during", "the event missed while away, from another master");
+    deploy(&c, next, "after");
+    assert_eq!(next_app(&mut again).0, "after", "then the live ones");
 }

@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::auth::Scope;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
-use crate::journal::{Item, Journal};
+use crate::journal::{Item, Sent, Source};
 
 /// Query of the event stream.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -52,10 +52,9 @@ pub async fn stream(
     let filter = if subject::covers_events(&filter) { subject::EVENTS_ALL.to_owned() } else { filter };
     let slot = state.streams.open(&headers)?;
     let master = state.master.clone();
-    let journal = state.journal.clone();
-    let items = journal.stream(filter, crate::journal::last_event_id(&headers));
-    let events = items.filter_map(move |item| {
-        let event = match item {
+    let items = state.journal.stream(filter, crate::journal::last_event_id(&headers));
+    let events = items.filter_map(move |sent| {
+        let event = match &sent.item {
             Item::Event(entry) => {
                 let data = match &scope {
                     Scope::Admin | Scope::Operator => Some(String::from_utf8_lossy(&entry.payload).into_owned()),
@@ -63,20 +62,22 @@ pub async fn stream(
                         crate::scoped::event_for_app(ns, &entry.subject, &entry.payload, master.load_full().as_deref())
                     }
                 };
-                data.map(|data| Event::default().event(&entry.subject).id(journal.id(entry.seq)).data(data))
+                data.map(|data| Event::default().event(&entry.subject).id(&sent.id).data(data))
             }
-            gap @ Item::Gap { .. } => Some(gap_event(&journal, &gap)),
+            Item::Gap { .. } => Some(gap_event(&sent)),
         };
         std::future::ready(event.map(Ok))
     });
     Ok(Sse::new(crate::streams::holding(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// `event: gap`: the events after `after` are no longer kept (or the id was another node's);
-/// the next event sent is `resumed_at`. A client re-reads the state it follows.
-pub(crate) fn gap_event(journal: &Journal, gap: &Item) -> Event {
-    let Item::Gap { after, resumed_at } = gap else { unreachable!("a gap") };
-    Event::default()
-        .event("gap")
-        .data(serde_json::json!({"after": after, "resumed_at": journal.id(*resumed_at)}).to_string())
+/// `event: gap`: events after the id the client gave (`after`) are no longer kept, or the id
+/// was not this node's; `missed` says which (`cluster` events or `kv` events). The client re-reads
+/// the state it follows; the events after this one come without a gap.
+pub(crate) fn gap_event(sent: &Sent) -> Event {
+    let missed = match sent.source {
+        Source::Cluster => "cluster",
+        Source::Kv => "kv",
+    };
+    Event::default().event("gap").data(serde_json::json!({"after": sent.id, "missed": missed}).to_string())
 }

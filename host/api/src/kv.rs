@@ -315,17 +315,14 @@ fn watch_stream(
     slot: crate::streams::StreamSlot,
     headers: &HeaderMap,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
-    let journal = state.journal.clone();
-    let items = journal.stream(subject::kv_events(&ns), crate::journal::last_event_id(headers));
+    let items = state.journal.stream(subject::kv_events(&ns), crate::journal::last_event_id(headers));
     let events = items
-        .filter_map(move |item| {
-            let (store, ns, filter, journal) = (store.clone(), ns.clone(), filter.clone(), journal.clone());
+        .filter_map(move |sent| {
+            let (store, ns, filter) = (store.clone(), ns.clone(), filter.clone());
             async move {
-                let entry = match item {
-                    crate::journal::Item::Event(entry) => entry,
-                    gap @ crate::journal::Item::Gap { .. } => {
-                        return Some(Ok(crate::events::gap_event(&journal, &gap)));
-                    }
+                let entry = match &sent.item {
+                    crate::journal::Item::Event(entry) => entry.clone(),
+                    crate::journal::Item::Gap { .. } => return Some(Ok(crate::events::gap_event(&sent))),
                 };
                 let message =
                     shoal_bus::Message { subject: entry.subject.clone(), reply: None, payload: entry.payload.clone() };
@@ -348,7 +345,7 @@ fn watch_stream(
                 } else {
                     serde_json::json!({"key": change.key, "version": change.version})
                 };
-                Some(Ok(Event::default().event(change.op).id(journal.id(entry.seq)).data(data.to_string())))
+                Some(Ok(Event::default().event(change.op).id(&sent.id).data(data.to_string())))
             }
         })
         .boxed();

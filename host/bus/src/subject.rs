@@ -84,6 +84,30 @@ pub const TASK_EVENTS_ALL: &str = "shoal.evt.task.>";
 pub const SERVICE_EVENTS_ALL: &str = "shoal.evt.service.>";
 /// Published when the state store's shard map changes.
 pub const STORE_SHARDMAP: &str = "shoal.evt.store.shardmap";
+
+/// Every event family but the key-value store's, one filter each: what a master journals in
+/// JetStream so that an event stream resumes on any master (`shoal_api::journal`). KV events are
+/// left out: one comes with every write, and keeping them would add a replicated append to each.
+/// A new family of events must be listed here (a test checks every builder).
+pub const JOURNALED_EVENTS: [&str; 12] = [
+    "shoal.evt.plugin.>",
+    "shoal.evt.agent.>",
+    "shoal.evt.task.>",
+    "shoal.evt.service.>",
+    "shoal.evt.gateway.>",
+    "shoal.evt.offer.>",
+    "shoal.evt.health.>",
+    "shoal.evt.store.>",
+    "shoal.evt.framework.>",
+    "shoal.evt.allocator.>",
+    "shoal.evt.app.>",
+    "shoal.evt.job.>",
+];
+
+/// Whether `subject` is a key-value store event (`shoal.evt.kv.…`).
+pub fn is_kv_event(subject: &str) -> bool {
+    subject.starts_with("shoal.evt.kv.")
+}
 /// Filter matching every store node's registration ([`store_register`]).
 pub const STORE_REGISTER_ALL: &str = "shoal.ctl.store.register.*";
 /// Request subject on which the master answers with the current shard map.
@@ -625,6 +649,30 @@ mod tests {
     fn plugin_actions_have_matching_event_types() {
         for action in PluginAction::ALL {
             assert_eq!(action.event_type(), format!("io.shoal.plugin.{}", action.as_str()));
+        }
+    }
+
+    #[test]
+    fn every_event_is_journaled_or_a_kv_event() {
+        let events = [
+            plugin_event("router", "r", PluginAction::Activated),
+            agent_event("a1", "lost"),
+            task_event("web", "running"),
+            service_changed("web"),
+            gateway_event("shop", "ejected"),
+            health_event("web", "passing"),
+            offer_event("service", "made"),
+            framework_event("batch", "attached"),
+            allocator_switched(),
+            app_event("web", "deployed"),
+            job_event("report", "run"),
+            STORE_SHARDMAP.to_owned(),
+            store_move_event("started"),
+            kv_event("shop", "put"),
+        ];
+        for event in events {
+            let journaled = JOURNALED_EVENTS.iter().filter(|f| matches(f, &event)).count();
+            assert_eq!(journaled + usize::from(is_kv_event(&event)), 1, "{event}: journaled or KV, once");
         }
     }
 }

@@ -58,7 +58,7 @@ pub struct HaConfig {
 }
 
 /// How many replicas a NATS cluster can hold: its servers, at most 3.
-fn replicas_of(client: &async_nats::Client, wanted: Option<usize>) -> usize {
+pub(crate) fn replicas_of(client: &async_nats::Client, wanted: Option<usize>) -> usize {
     wanted.unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3))
 }
 

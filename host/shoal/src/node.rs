@@ -391,7 +391,13 @@ pub async fn run(
     };
     let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
     admin.follow(&state, &auth);
-    let journal = shoal_api::journal::Journal::start(bus.clone()).await.context("subscribing to the events")?;
+    // A master journals the cluster's events in JetStream, so an event stream resumes on any
+    // master; `shoal dev` keeps them in memory.
+    let jetstream = match (&config.ha, &client) {
+        (Some(ha), Some(client)) => Some((client.clone(), crate::leadership::replicas_of(client, ha.replicas))),
+        _ => None,
+    };
+    let journal = shoal_api::journal::Journal::start(bus.clone(), jetstream).await?;
     let state = AppState {
         registry,
         bus,

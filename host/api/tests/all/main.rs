@@ -115,7 +115,7 @@ impl Server {
         )
         .await
         .expect("store");
-        let journal = shoal_api::journal::Journal::start(bus.clone()).await.expect("the event journal");
+        let journal = shoal_api::journal::Journal::start(bus.clone(), None).await.expect("the event journal");
         let state = AppState {
             registry: registry.clone(),
             bus,
