@@ -32,7 +32,7 @@ pub struct EventsQuery {
 /// `event: gap` says when some are no longer kept). An `app:<ns>`
 /// token gets only `shoal.evt.kv.<ns>.*`, `shoal.evt.app.<ns>.*`, `shoal.evt.job.<ns>.*`,
 /// `shoal.evt.service.<ns>.*` and the events of tasks of its namespace (check output redacted).
-#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "the `id` of the last event received: the stream starts after it (an `event: gap` first if that is no longer possible)")),
     responses((status = 200, content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn stream(
     State(state): State<AppState>,

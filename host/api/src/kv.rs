@@ -162,7 +162,7 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 }
 
 /// Read a value; a blocking query with `index`, a stream of its writes with `watch=true`.
-#[utoipa::path(get, path = "/v1/kv/{ns}/{key}", params(("ns" = String, Path), ("key" = String, Path, description = "the key; may contain `/`"), GetQuery),
+#[utoipa::path(get, path = "/v1/kv/{ns}/{key}", params(("ns" = String, Path), ("key" = String, Path, description = "the key; may contain `/`"), GetQuery, ("Last-Event-ID" = Option<String>, Header, description = "with `watch=true`: the `id` of the last event received; the watch starts after it")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, headers(("x-shoal-version" = u64), ("x-shoal-index" = u64))),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -394,7 +394,7 @@ pub async fn delete(
 
 /// List entries by prefix, in key order across shards, a page at a time; a blocking query with
 /// `index`, a stream of the writes under the prefix with `watch=true`.
-#[utoipa::path(get, path = "/v1/kv/{ns}", params(("ns" = String, Path), ListQuery),
+#[utoipa::path(get, path = "/v1/kv/{ns}", params(("ns" = String, Path), ListQuery, ("Last-Event-ID" = Option<String>, Header, description = "with `watch=true`: the `id` of the last event received; the watch starts after it")),
     responses((status = 200, body = KvList, headers(("x-shoal-index" = u64))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(

@@ -391,13 +391,7 @@ pub async fn run(
     };
     let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
     admin.follow(&state, &auth);
-    // A master journals the cluster's events in JetStream, so an event stream resumes on any
-    // master; `shoal dev` keeps them in memory.
-    let jetstream = match (&config.ha, &client) {
-        (Some(ha), Some(client)) => Some((client.clone(), crate::leadership::replicas_of(client, ha.replicas))),
-        _ => None,
-    };
-    let journal = shoal_api::journal::Journal::start(bus.clone(), jetstream).await?;
+    let journal = start_journal(&config, &bus, client.as_ref()).await?;
     let state = AppState {
         registry,
         bus,
@@ -428,6 +422,20 @@ pub async fn run(
         agent.stop_all().await;
     }
     Ok(())
+}
+
+/// The node's journal of recent events (SSE resume): a master journals the cluster's events in
+/// JetStream, so an event stream resumes on any master; `shoal dev` keeps them in memory.
+async fn start_journal(
+    config: &NodeConfig,
+    bus: &SharedBus,
+    client: Option<&async_nats::Client>,
+) -> anyhow::Result<Arc<shoal_api::journal::Journal>> {
+    let jetstream = match (&config.ha, client) {
+        (Some(ha), Some(client)) => Some((client.clone(), crate::leadership::replicas_of(client, ha.replicas))),
+        _ => None,
+    };
+    Ok(shoal_api::journal::Journal::start(bus.clone(), jetstream).await?)
 }
 
 /// `shutdown`, then the leadership handed over (on one of several masters): a clean stop hands

@@ -82,8 +82,12 @@ async fn feed(js: jetstream::Context, ring: Weak<Ring>, mut next: u64) {
                     ring.append_at(seq, message.subject.to_string(), message.payload.clone());
                     next = seq + 1;
                 }
-                // The ordered consumer makes itself again after a hiccup.
-                Ok(Some(Err(e))) => tracing::debug!(stream = STREAM, cause = %e, "events' reader interrupted"),
+                // The ordered consumer makes itself again after a hiccup; a product retry, paced so
+                // that an error that repeats cannot spin.
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(stream = STREAM, cause = %e, "events' reader interrupted");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Ok(None) => break,
                 Err(_) => {
                     if ring.strong_count() == 0 {
