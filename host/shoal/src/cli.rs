@@ -4,6 +4,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod client;
 mod cluster;
+#[cfg(test)]
+mod docs_check;
 mod events;
 mod kv;
 mod nats;
