@@ -153,7 +153,7 @@ fn every_noun_lists_and_shows_as_json_ids_and_tables_with_distinct_exit_codes() 
     assert!(ids_of(&dev, &["service", "list"]).contains(&"ext".to_owned()));
     let ext = json_of(&dev, &["service", "show", "ext"]);
     has_fields("service show", &ext, &["service", "index", "instances"]);
-    assert_eq!(ids_of(&dev, &["service", "show", "ext"]), [long.clone()], "service show -q: instance ids");
+    assert_eq!(ids_of(&dev, &["service", "show", "ext"]), std::slice::from_ref(&long), "service show -q: instance ids");
     check_list(&dev, &["route", "list"], "routes", "name", &["name", "service", "path_prefix", "router"]);
     check_show(&dev, &["route", "show", &route], &route, &["name", "service", "path_prefix", "router"]);
     check_list(&dev, &["kv", "list", "app"], "entries", "key", &["key", "version"]);

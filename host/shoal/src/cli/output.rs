@@ -162,7 +162,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].contains(&long) && lines[1].contains("running") && lines[1].ends_with("h1"), "{text}");
-        let column = |line: &str, word: &str| line.find(word).unwrap();
+        let column = |line: &str, word: &str| line.find(word).expect("the word is in the line");
         assert_eq!(column(lines[0], "STATE"), column(lines[2], "failed"), "{text}");
         assert_eq!(table.ids(), [long, "short".to_owned()]);
     }
