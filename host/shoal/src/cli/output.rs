@@ -64,8 +64,9 @@ impl Table {
         let mut grid = Grid::new();
         grid.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
         grid.set_header(self.header.iter().copied());
+        // An empty cell shows as `-`: every row has a word in every column.
         for row in &self.rows {
-            grid.add_row(row.iter().map(String::as_str));
+            grid.add_row(row.iter().map(|c| if c.is_empty() { "-" } else { c.as_str() }));
         }
         // Every cell has one space of padding each side: drop the first column's left one.
         let text = grid.to_string();
@@ -157,13 +158,14 @@ mod tests {
         let long = "x".repeat(300);
         let mut table = Table::new(&["ID", "STATE", "HOST"]);
         table.row(vec![long.clone(), "running".into(), "h1".into()]);
-        table.row(vec!["short".into(), "failed".into(), "h2".into()]);
+        table.row(vec!["short".into(), "failed".into(), String::new()]);
         let text = table.render();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].contains(&long) && lines[1].contains("running") && lines[1].ends_with("h1"), "{text}");
         let column = |line: &str, word: &str| line.find(word).expect("the word is in the line");
         assert_eq!(column(lines[0], "STATE"), column(lines[2], "failed"), "{text}");
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["short", "failed", "-"], "{text}");
         assert_eq!(table.ids(), [long, "short".to_owned()]);
     }
 
