@@ -91,7 +91,7 @@ fn an_app_of_five_instances_across_three_agents() {
     // is not among them, so the app spreads over two or three agents. That every agent reaches
     // the service framework is shown by `wide` below (UNIQUE over all three).
     assert!(per_agent(&placed).len() >= 2, "DRF offers the service more than one agent: {placed:?}");
-    let shown = cluster.cli(&["app", "show", "web"]);
+    let shown = cluster.cli(&["app", "show", "web", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
     assert_eq!(v["tasks"].as_array().map(Vec::len), Some(5), "{shown}");
     assert!(cluster.cli(&["app", "list"]).contains("web"));
@@ -129,7 +129,8 @@ fn an_app_of_five_instances_across_three_agents() {
         "`wide` to say why it waits",
         Duration::from_secs(10),
         showing_last(|| {
-            let v: serde_json::Value = serde_json::from_str(&cluster.cli(&["app", "show", "wide"])).expect("JSON");
+            let v: serde_json::Value =
+                serde_json::from_str(&cluster.cli(&["app", "show", "wide", "-o", "json"])).expect("JSON");
             if v["waiting"].as_str().is_some_and(|w| w.contains("UNIQUE")) {
                 return Ok(());
             }
@@ -228,7 +229,7 @@ fn an_app_of_five_instances_across_three_agents() {
     // The master restarts (SIGKILL, same data): the framework reads its app back from the store
     // and keeps it at 3 instances, no new deploy needed.
     cluster.restart_master();
-    let shown = cluster.cli(&["app", "show", "web"]);
+    let shown = cluster.cli(&["app", "show", "web", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
     assert_eq!(v["instances"], 3, "{shown}");
     wait_instances(&cluster, "web", "after the master's restart", |t| t.len() == 3 && t.iter().all(|(_, _, h)| *h));
@@ -310,7 +311,7 @@ fn a_job_is_retried_until_it_succeeds() {
         "the job to finish",
         Duration::from_secs(30),
         showing_last(|| {
-            let (ok, out, err) = dev.cli(&["job", "show", "flaky"]);
+            let (ok, out, err) = dev.cli(&["job", "show", "flaky", "-o", "json"]);
             assert!(ok, "{err}");
             let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
             let runs = v["runs"].as_array().cloned().unwrap_or_default();

@@ -300,7 +300,7 @@ fn a_plugin_keeps_at_most_its_versions() {
     assert_eq!(status, 200, "{body}");
     let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(shown["versions"].as_array().map(Vec::len), Some(2), "{body}");
-    let (ok, _, err) = dev.cli(&["plugin", "delete", "router", "capped", "--version", "2"]);
+    let (ok, _, err) = dev.cli(&["plugin", "delete", "--kind", "router", "--name", "capped", "--version", "2"]);
     assert!(ok, "{err}");
     let (ok, _, err) = dev.cli(&["plugin", "push", "--kind", "router", "--name", "capped", "--version", "3", &wasm]);
     assert!(ok, "{err}");

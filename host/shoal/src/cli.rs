@@ -1,12 +1,16 @@
 //! The `shoal` command line: roles (`dev`) and the operator CLI over the HTTP API.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod client;
 mod cluster;
+#[cfg(test)]
+mod docs_check;
 mod events;
 mod kv;
 mod nats;
+mod nodes;
+mod output;
 mod plugin;
 mod plugin_sdk;
 mod roles;
@@ -14,8 +18,10 @@ mod services;
 mod settings;
 mod store;
 mod tokens;
+mod wait;
 
-pub(crate) use client::{Client, kind_of, name_values, print};
+pub use client::exit_code;
+pub(crate) use client::{Client, Failure, Kind, name_values, print};
 use events::{EventsCommand, tail};
 use kv::{KvCommand, kv};
 pub use nats::NatsTarget;
@@ -26,7 +32,7 @@ pub use settings::{parse, parse_from};
 
 /// Shoal: a control plane for a pool of machines, where every policy is a WebAssembly component.
 #[derive(Parser, Debug)]
-#[command(name = "shoal", version, about)]
+#[command(name = "shoal", version, about, after_help = client::EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,6 +94,12 @@ enum Command {
     /// Issue, list and revoke API tokens (admin only).
     #[command(subcommand)]
     Token(tokens::TokenCommand),
+    /// Print a shell completion script: `source <(shoal completion bash)`, or save it where your
+    /// shell loads completions from.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How the CLI reaches the API.
@@ -99,6 +111,8 @@ pub(crate) struct Remote {
     /// Bearer token; defaults to the admin token `shoal dev` wrote in ./.shoal/admin.token.
     #[arg(long, env = "SHOAL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    pub(crate) out: output::Output,
 }
 
 /// Run the command line.
@@ -122,5 +136,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allocator(cmd) => cluster::allocator(cmd).await,
         Command::Nats(cmd) => nats::nats(cmd),
         Command::Token(cmd) => tokens::token(cmd).await,
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(())
+        }
     }
 }

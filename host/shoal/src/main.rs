@@ -21,6 +21,6 @@ fn main() {
     }
     if let Err(err) = result {
         eprintln!("error: {err:#}");
-        std::process::exit(1);
+        std::process::exit(shoal_node::cli::exit_code(&err));
     }
 }

@@ -1,11 +1,82 @@
 //! The CLI's client of the HTTP API, and how it prints answers.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::StreamExt;
 use serde_json::Value;
 use shoal_abi::PluginKind;
 
 use super::*;
+
+/// The exit codes of `shoal`, as `shoal --help` lists them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other error (bad input file, no token, a failed local command)
+  2  usage error (unknown command or flag, missing or invalid argument)
+  3  the server refused the request (an HTTP error answer: 4xx or 5xx; the message says which)
+  4  the server could not be reached (connection refused, DNS, timeout)
+  5  a wait ended without success (`--wait`: the deployment failed or `--timeout` passed)";
+
+/// Why a CLI command failed, for its exit code (see [`EXIT_CODES`]); carried in the
+/// `anyhow::Error` the command returns.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The server answered with an error status.
+    Refused { status: reqwest::StatusCode, message: String },
+    /// No answer: connection refused or failed, timeout.
+    Unreachable { api: String, reason: String },
+    /// A `--wait` that ended without success.
+    WaitFailed(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused { status, message } => write!(f, "{status}: {message}"),
+            Failure::Unreachable { api, reason } => write!(f, "cannot reach the Shoal API at {api}: {reason}"),
+            Failure::WaitFailed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    fn unreachable(api: &str, e: &reqwest::Error) -> anyhow::Error {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
+        Failure::Unreachable { api: api.to_owned(), reason }.into()
+    }
+
+    /// A 404-like refusal found by the CLI itself (a name missing from a list the API answered).
+    pub(crate) fn not_found(message: String) -> anyhow::Error {
+        Failure::Refused { status: reqwest::StatusCode::NOT_FOUND, message }.into()
+    }
+}
+
+/// The process exit code for an error a command returned (see [`EXIT_CODES`]).
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match err.chain().find_map(|e| e.downcast_ref::<Failure>()) {
+        Some(Failure::Refused { .. }) => 3,
+        Some(Failure::Unreachable { .. }) => 4,
+        Some(Failure::WaitFailed(_)) => 5,
+        None => 1,
+    }
+}
+
+/// An error answer's status and message as a [`Failure::Refused`].
+fn refused(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| error_message(&v))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let message = if message.is_empty() { "request failed".to_owned() } else { message };
+    Failure::Refused { status, message }.into()
+}
 
 /// A JSON object of strings as `k=v,k2=v2` (labels, attributes).
 pub(crate) fn name_values(v: &Value) -> String {
@@ -22,6 +93,8 @@ pub(crate) struct Client {
     /// of the earlier ones accepts a connection for goes to the next.
     pub(crate) apis: Vec<String>,
     pub(crate) token: String,
+    /// How answers are printed (`-o`, `-q`).
+    pub(crate) out: output::Output,
 }
 
 impl Client {
@@ -39,7 +112,7 @@ impl Client {
             .filter(|a| !a.is_empty())
             .collect();
         let api = apis.first().cloned().context("no API given (--api or SHOAL_API)")?;
-        Ok(Client { http: reqwest::Client::new(), api, apis, token })
+        Ok(Client { http: reqwest::Client::new(), api, apis, token, out: remote.out })
     }
 
     /// Follow a Server-Sent Events stream until it ends, handing `on_data` the `data:` of each
@@ -58,15 +131,11 @@ impl Client {
         request: reqwest::RequestBuilder,
         mut on_event: impl FnMut(&str, &str),
     ) -> anyhow::Result<()> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Shoal API at {}", self.api))?;
+        let response = self.execute(request).await?;
         if !response.status().is_success() {
             let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            bail!("{status}: {}", error_message(&body).unwrap_or_else(|| "request failed".into()));
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(refused(status, &body));
         }
         let mut stream = response.bytes_stream();
         let mut buffer = Vec::new();
@@ -114,13 +183,9 @@ impl Client {
         let response = self.execute(request).await?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await?.to_vec();
+        let body = response.bytes().await.map_err(|e| Failure::unreachable(&self.api, &e))?.to_vec();
         if !status.is_success() {
-            let message = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| error_message(&v))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            bail!("{status}: {message}");
+            return Err(refused(status, &body));
         }
         Ok((body, headers))
     }
@@ -130,11 +195,7 @@ impl Client {
         let request = request.bearer_auth(&self.token).build()?;
         // A streamed body cannot be sent twice: such a request goes to the first API only.
         if self.apis.len() == 1 || request.try_clone().is_none() {
-            return self
-                .http
-                .execute(request)
-                .await
-                .with_context(|| format!("cannot reach the Shoal API at {}", self.api));
+            return self.http.execute(request).await.map_err(|e| Failure::unreachable(&self.api, &e));
         }
         let mut failures = Vec::new();
         for base in &self.apis {
@@ -147,10 +208,10 @@ impl Client {
             match self.http.execute(attempt).await {
                 Ok(response) => return Ok(response),
                 Err(e) if e.is_connect() => failures.push(format!("{base}: {e}")),
-                Err(e) => return Err(e).with_context(|| format!("cannot reach the Shoal API at {base}")),
+                Err(e) => return Err(Failure::unreachable(base, &e)),
             }
         }
-        bail!("cannot reach the Shoal API at {}", failures.join("; "))
+        Err(Failure::Unreachable { api: self.apis.join(","), reason: failures.join("; ") }.into())
     }
 
     /// Send and return the JSON of a successful answer (`null` for an empty body).
@@ -170,6 +231,26 @@ pub(crate) fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
-pub(crate) fn kind_of(text: &str) -> anyhow::Result<PluginKind> {
-    Ok(text.parse::<PluginKind>()?)
+/// A plugin kind on the command line (`--kind`), listed in `--help`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Places tasks on agents' offers (world `allocator`).
+    Allocator,
+    /// Picks the instance a gateway request goes to (world `router`).
+    Router,
+    /// Judges an instance's health (world `health-check`).
+    HealthCheck,
+    /// Schedules a framework's tasks (world `framework`).
+    Framework,
+}
+
+impl From<Kind> for PluginKind {
+    fn from(kind: Kind) -> PluginKind {
+        match kind {
+            Kind::Allocator => PluginKind::Allocator,
+            Kind::Router => PluginKind::Router,
+            Kind::HealthCheck => PluginKind::HealthCheck,
+            Kind::Framework => PluginKind::Framework,
+        }
+    }
 }

@@ -7,11 +7,14 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{Client, Remote, print};
+use super::output::{Table, at};
+use super::wait::{Wait, follow_logs, wait_for_app};
+use super::{Client, Failure, Remote};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum TaskCommand {
     /// Every task the master knows (live ones, finished ones for a few minutes).
+    #[command(visible_alias = "ls")]
     List {
         /// Only tasks of this framework.
         #[arg(long)]
@@ -25,7 +28,8 @@ pub(super) enum TaskCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// One task, as JSON.
+    /// One task.
+    #[command(visible_alias = "get")]
     Show {
         /// Task id.
         id: String,
@@ -39,7 +43,7 @@ pub(super) enum TaskCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// What a task wrote (the newest bytes its agent kept).
+    /// What a task wrote (the newest bytes its agent kept); `-f` follows until it ends.
     Logs {
         /// Task id.
         id: String,
@@ -49,6 +53,9 @@ pub(super) enum TaskCommand {
         /// At most this many bytes.
         #[arg(long)]
         tail: Option<usize>,
+        /// Keep printing what the task writes until it ends (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -57,7 +64,16 @@ pub(super) enum TaskCommand {
 #[derive(Subcommand, Debug)]
 pub(super) enum FrameworkCommand {
     /// Every framework with its tasks, offers and allocation.
+    #[command(visible_alias = "ls")]
     List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One framework: role, weight, quota, plugin, offers, allocation.
+    #[command(visible_alias = "get")]
+    Show {
+        /// Framework name.
+        name: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -67,9 +83,12 @@ pub(super) enum FrameworkCommand {
 pub(super) enum AppCommand {
     /// Create or update an app from a JSON definition (a changed definition rolls out as a new
     /// version).
+    #[command(visible_aliases = ["create", "put"])]
     Deploy {
         /// The definition (`-` reads stdin); its `id` names the app.
         file: PathBuf,
+        #[command(flatten)]
+        wait: Wait,
         #[command(flatten)]
         remote: Remote,
     },
@@ -80,14 +99,18 @@ pub(super) enum AppCommand {
         /// Instances wanted.
         instances: u32,
         #[command(flatten)]
+        wait: Wait,
+        #[command(flatten)]
         remote: Remote,
     },
     /// Every app with its counts.
+    #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
         remote: Remote,
     },
     /// One app: definition, tasks, deployment, why it waits.
+    #[command(visible_alias = "get")]
     Show {
         /// App id.
         id: String,
@@ -99,9 +122,12 @@ pub(super) enum AppCommand {
         /// App id.
         id: String,
         #[command(flatten)]
+        wait: Wait,
+        #[command(flatten)]
         remote: Remote,
     },
     /// Stop every instance and forget the app.
+    #[command(visible_aliases = ["rm", "del"])]
     Delete {
         /// App id.
         id: String,
@@ -113,6 +139,7 @@ pub(super) enum AppCommand {
 #[derive(Subcommand, Debug)]
 pub(super) enum JobCommand {
     /// Create or update a job from a JSON definition.
+    #[command(visible_alias = "create")]
     Put {
         /// The definition (`-` reads stdin); its `id` names the job.
         file: PathBuf,
@@ -127,11 +154,13 @@ pub(super) enum JobCommand {
         remote: Remote,
     },
     /// Every job.
+    #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
         remote: Remote,
     },
     /// One job with its recent runs.
+    #[command(visible_alias = "get")]
     Show {
         /// Job id.
         id: String,
@@ -139,6 +168,7 @@ pub(super) enum JobCommand {
         remote: Remote,
     },
     /// Forget a job.
+    #[command(visible_aliases = ["rm", "del"])]
     Delete {
         /// Job id.
         id: String,
@@ -160,9 +190,34 @@ fn read_definition(file: &PathBuf) -> anyhow::Result<(String, Vec<u8>)> {
     Ok((id, bytes))
 }
 
+/// The ports of a task's resources, `31000,31002-31003`.
+fn ports(t: &Value) -> String {
+    let ports: Vec<String> = t["resources"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let (b, e) = (r["begin"].as_u64().unwrap_or(0), r["end"].as_u64().unwrap_or(0));
+            if b == e { b.to_string() } else { format!("{b}-{e}") }
+        })
+        .collect();
+    ports.join(",")
+}
+
+/// The cells of a task (`task list`).
+fn task_row(t: &Value) -> Vec<String> {
+    let health = match t["healthy"].as_bool() {
+        Some(true) => "healthy",
+        Some(false) => "failing",
+        None => "-",
+    };
+    vec![at(t, "id"), at(t, "framework"), at(t, "state"), health.into(), at(t, "agent_id"), ports(t), at(t, "message")]
+}
+
 pub(super) async fn task(cmd: TaskCommand) -> anyhow::Result<()> {
     match cmd {
         TaskCommand::List { framework, service, state, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let mut query = Vec::new();
             for (k, v) in [("framework", framework), ("service", service), ("state", state)] {
@@ -171,49 +226,28 @@ pub(super) async fn task(cmd: TaskCommand) -> anyhow::Result<()> {
                 }
             }
             let v = c.send(c.http.get(c.url("/v1/tasks")).query(&query)).await?;
-            println!(
-                "{:<28} {:<10} {:<9} {:<8} {:<12} {:<18} MESSAGE",
-                "ID", "FRAMEWORK", "STATE", "HEALTH", "AGENT", "PORTS"
-            );
-            for t in v["tasks"].as_array().into_iter().flatten() {
-                let health = match t["healthy"].as_bool() {
-                    Some(true) => "healthy",
-                    Some(false) => "failing",
-                    None => "-",
-                };
-                let ports: Vec<String> = t["resources"]["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        let (b, e) = (r["begin"].as_u64().unwrap_or(0), r["end"].as_u64().unwrap_or(0));
-                        if b == e { b.to_string() } else { format!("{b}-{e}") }
-                    })
-                    .collect();
-                println!(
-                    "{:<28} {:<10} {:<9} {:<8} {:<12} {:<18} {}",
-                    t["id"].as_str().unwrap_or(""),
-                    t["framework"].as_str().unwrap_or(""),
-                    t["state"].as_str().unwrap_or(""),
-                    health,
-                    t["agent_id"].as_str().unwrap_or(""),
-                    ports.join(","),
-                    t["message"].as_str().unwrap_or("")
-                );
-            }
+            let header = ["ID", "FRAMEWORK", "STATE", "HEALTH", "AGENT", "PORTS", "MESSAGE"];
+            out.emit(&v, Table::new(&header).rows(&v["tasks"], task_row));
         }
         TaskCommand::Show { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.get(c.url(&format!("/v1/tasks/{id}")))).await?);
+            let v = c.send(c.http.get(c.url(&format!("/v1/tasks/{id}")))).await?;
+            out.emit_one(&v, &id, &[]);
         }
         TaskCommand::Kill { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            c.send(c.http.post(c.url(&format!("/v1/tasks/{id}/kill")))).await?;
-            println!("kill sent to task {id}");
+            let v = c.send(c.http.post(c.url(&format!("/v1/tasks/{id}/kill")))).await?;
+            out.emit_done(&v, &id, &format!("kill sent to task {id}"));
         }
-        TaskCommand::Logs { id, stderr, tail, remote } => {
+        TaskCommand::Logs { id, stderr, tail, follow, remote } => {
             let c = Client::new(remote)?;
-            let mut query = vec![("stream", if stderr { "stderr".to_owned() } else { "stdout".to_owned() })];
+            let stream = if stderr { "stderr" } else { "stdout" };
+            if follow {
+                return follow_logs(&c, &id, stream, tail).await;
+            }
+            let mut query = vec![("stream", stream.to_owned())];
             if let Some(n) = tail {
                 query.push(("tail", n.to_string()));
             }
@@ -228,81 +262,109 @@ pub(super) async fn task(cmd: TaskCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cells of a framework (`framework list`).
+fn framework_row(f: &Value) -> Vec<String> {
+    let allocated: shoal_protocol::Resources = serde_json::from_value(f["allocated"].clone()).unwrap_or_default();
+    let state = if f["suppressed"].as_bool().unwrap_or(false) { "suppressed" } else { "active" };
+    vec![
+        at(f, "name"),
+        at(f, "role"),
+        at(f, "weight"),
+        at(f, "tasks"),
+        at(f, "offers"),
+        state.into(),
+        allocated.to_string(),
+    ]
+}
+
 pub(super) async fn framework(cmd: FrameworkCommand) -> anyhow::Result<()> {
+    let header = ["NAME", "ROLE", "WEIGHT", "TASKS", "OFFERS", "STATE", "ALLOCATED"];
     match cmd {
         FrameworkCommand::List { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/frameworks"))).await?;
-            println!(
-                "{:<16} {:<12} {:>6} {:>6} {:>7} {:<10} ALLOCATED",
-                "NAME", "ROLE", "WEIGHT", "TASKS", "OFFERS", "STATE"
-            );
-            for f in v["frameworks"].as_array().into_iter().flatten() {
-                let allocated: shoal_protocol::Resources =
-                    serde_json::from_value(f["allocated"].clone()).unwrap_or_default();
-                println!(
-                    "{:<16} {:<12} {:>6} {:>6} {:>7} {:<10} {}",
-                    f["name"].as_str().unwrap_or(""),
-                    f["role"].as_str().unwrap_or(""),
-                    f["weight"].as_f64().unwrap_or(0.0),
-                    f["tasks"].as_u64().unwrap_or(0),
-                    f["offers"].as_u64().unwrap_or(0),
-                    if f["suppressed"].as_bool().unwrap_or(false) { "suppressed" } else { "active" },
-                    allocated
-                );
-            }
+            out.emit(&v, Table::new(&header).rows(&v["frameworks"], framework_row));
+        }
+        FrameworkCommand::Show { name, remote } => {
+            let out = remote.out;
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url("/v1/frameworks"))).await?;
+            let found = v["frameworks"].as_array().into_iter().flatten().find(|f| f["name"] == name.as_str());
+            let f = found.ok_or_else(|| Failure::not_found(format!("no framework `{name}`")))?;
+            out.emit_one(f, &name, &[]);
         }
     }
     Ok(())
 }
 
+/// The cells of an app (`app list`).
+fn app_row(a: &Value) -> Vec<String> {
+    let cells = ["id", "status", "instances", "running", "healthy", "version", "waiting"];
+    cells.iter().map(|f| at(a, f)).collect()
+}
+
+/// Send an app change and, with `--wait`, follow its deployment until it is done.
+async fn change_app(
+    c: &Client,
+    id: &str,
+    request: reqwest::RequestBuilder,
+    wait: Wait,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let out = c.out;
+    let v = c.send(request).await?;
+    if wait.wait {
+        return wait_for_app(c, id, &v, wait).await;
+    }
+    let version = at(&v, "version");
+    out.emit_done(&v, id, &format!("app {id} {verb}: version {version}, status {}", at(&v, "status")));
+    Ok(())
+}
+
 pub(super) async fn app(cmd: AppCommand) -> anyhow::Result<()> {
     match cmd {
-        AppCommand::Deploy { file, remote } => {
+        AppCommand::Deploy { file, wait, remote } => {
             let (id, body) = read_definition(&file)?;
             let c = Client::new(remote)?;
-            let v = c
-                .send(
-                    c.http.put(c.url(&format!("/v1/apps/{id}"))).header("content-type", "application/json").body(body),
-                )
-                .await?;
-            print(&v);
+            let url = c.url(&format!("/v1/apps/{id}"));
+            let request = c.http.put(url).header("content-type", "application/json").body(body);
+            change_app(&c, &id, request, wait, "deployed").await?;
         }
-        AppCommand::Scale { id, instances, remote } => {
+        AppCommand::Scale { id, instances, wait, remote } => {
             let c = Client::new(remote)?;
-            print(
-                &c.send(c.http.post(c.url(&format!("/v1/apps/{id}/scale"))).json(&json!({ "instances": instances })))
-                    .await?,
-            );
+            let request = c.http.post(c.url(&format!("/v1/apps/{id}/scale"))).json(&json!({ "instances": instances }));
+            change_app(&c, &id, request, wait, &format!("scaled to {instances}")).await?;
+        }
+        AppCommand::Restart { id, wait, remote } => {
+            let c = Client::new(remote)?;
+            let request = c.http.post(c.url(&format!("/v1/apps/{id}/restart")));
+            change_app(&c, &id, request, wait, "restarting").await?;
         }
         AppCommand::List { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/apps"))).await?;
-            let apps = v["apps"].as_array().cloned().or_else(|| v.as_array().cloned()).unwrap_or_default();
-            println!("{:<24} {:>9} {:>8} {:>8} {:<24} WAITING", "ID", "INSTANCES", "RUNNING", "HEALTHY", "VERSION");
-            for a in apps {
-                println!(
-                    "{:<24} {:>9} {:>8} {:>8} {:<24} {}",
-                    a["id"].as_str().unwrap_or(""),
-                    a["instances"].as_u64().unwrap_or(0),
-                    a["running"].as_u64().unwrap_or(0),
-                    a["healthy"].as_u64().unwrap_or(0),
-                    a["version"].as_str().unwrap_or(""),
-                    a["waiting"].as_str().unwrap_or("")
-                );
-            }
+            let header = ["ID", "STATUS", "INSTANCES", "RUNNING", "HEALTHY", "VERSION", "WAITING"];
+            out.emit(&v, Table::new(&header).rows(&v["apps"], app_row));
         }
         AppCommand::Show { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.get(c.url(&format!("/v1/apps/{id}")))).await?);
-        }
-        AppCommand::Restart { id, remote } => {
-            let c = Client::new(remote)?;
-            print(&c.send(c.http.post(c.url(&format!("/v1/apps/{id}/restart")))).await?);
+            let v = c.send(c.http.get(c.url(&format!("/v1/apps/{id}")))).await?;
+            let tasks = Table::new(&["TASK", "VERSION", "STATE", "HEALTHY", "HOST", "PORTS", "MESSAGE"]).rows(
+                &v["tasks"],
+                |t| {
+                    ["id", "version", "state", "healthy", "host", "ports", "message"].iter().map(|f| at(t, f)).collect()
+                },
+            );
+            out.emit_one(&v, &id, &[("tasks", tasks)]);
         }
         AppCommand::Delete { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.delete(c.url(&format!("/v1/apps/{id}")))).await?);
+            let v = c.send(c.http.delete(c.url(&format!("/v1/apps/{id}")))).await?;
+            out.emit_done(&v, &id, &format!("app {id} is being deleted"));
         }
     }
     Ok(())
@@ -312,29 +374,47 @@ pub(super) async fn job(cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Put { file, remote } => {
             let (id, body) = read_definition(&file)?;
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(
-                &c.send(
-                    c.http.put(c.url(&format!("/v1/jobs/{id}"))).header("content-type", "application/json").body(body),
-                )
-                .await?,
-            );
+            let url = c.url(&format!("/v1/jobs/{id}"));
+            let v = c.send(c.http.put(url).header("content-type", "application/json").body(body)).await?;
+            out.emit_done(&v, &id, &format!("job {id} saved"));
         }
         JobCommand::Run { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.post(c.url(&format!("/v1/jobs/{id}/run")))).await?);
+            let v = c.send(c.http.post(c.url(&format!("/v1/jobs/{id}/run")))).await?;
+            out.emit_done(&v, &id, &format!("job {id}: run started"));
         }
         JobCommand::List { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.get(c.url("/v1/jobs"))).await?);
+            let v = c.send(c.http.get(c.url("/v1/jobs"))).await?;
+            let table = Table::new(&["ID", "SCHEDULE", "LAST RUN"]).rows(&v["jobs"], |j| {
+                let last = &j["last_run"];
+                let last = if last.is_object() {
+                    format!("#{} {}", at(last, "run"), at(last, "state"))
+                } else {
+                    at(j, "last_run")
+                };
+                vec![at(j, "id"), at(j, "schedule"), last]
+            });
+            out.emit(&v, table);
         }
         JobCommand::Show { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.get(c.url(&format!("/v1/jobs/{id}")))).await?);
+            let v = c.send(c.http.get(c.url(&format!("/v1/jobs/{id}")))).await?;
+            let runs = Table::new(&["RUN", "STATE", "ATTEMPTS", "TASK", "MESSAGE"]).rows(&v["runs"], |r| {
+                ["run", "state", "attempts", "task_id", "message"].iter().map(|f| at(r, f)).collect()
+            });
+            out.emit_one(&v, &id, &[("runs", runs)]);
         }
         JobCommand::Delete { id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.delete(c.url(&format!("/v1/jobs/{id}")))).await?);
+            let v = c.send(c.http.delete(c.url(&format!("/v1/jobs/{id}")))).await?;
+            out.emit_done(&v, &id, &format!("job {id} deleted"));
         }
     }
     Ok(())
@@ -344,6 +424,7 @@ pub(super) async fn job(cmd: JobCommand) -> anyhow::Result<()> {
 pub(super) enum ArtifactCommand {
     /// Upload a Wasm component; prints its digest (use it as `"wasm": "<digest>"` in apps and
     /// jobs).
+    #[command(visible_alias = "create")]
     Push {
         /// The component (.wasm).
         file: PathBuf,
@@ -351,7 +432,16 @@ pub(super) enum ArtifactCommand {
         remote: Remote,
     },
     /// Every artifact.
+    #[command(visible_alias = "ls")]
     List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One artifact: digest and size.
+    #[command(visible_alias = "get")]
+    Show {
+        /// Its digest.
+        digest: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -361,19 +451,31 @@ pub(super) async fn artifact(cmd: ArtifactCommand) -> anyhow::Result<()> {
     match cmd {
         ArtifactCommand::Push { file, remote } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c
                 .send(c.http.post(c.url("/v1/artifacts")).header("content-type", "application/wasm").body(bytes))
                 .await?;
-            println!("{}", v["digest"].as_str().unwrap_or_default());
+            let digest = at(&v, "digest");
+            // The digest alone is what scripts put in a definition: printed bare for people too.
+            out.emit_done(&v, &digest, &digest);
         }
         ArtifactCommand::List { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/artifacts"))).await?;
-            println!("{:<64} {:>10}", "DIGEST", "BYTES");
-            for a in v["artifacts"].as_array().into_iter().flatten() {
-                println!("{:<64} {:>10}", a["digest"].as_str().unwrap_or(""), a["size"].as_u64().unwrap_or(0));
-            }
+            out.emit(
+                &v,
+                Table::new(&["DIGEST", "BYTES"]).rows(&v["artifacts"], |a| vec![at(a, "digest"), at(a, "size")]),
+            );
+        }
+        ArtifactCommand::Show { digest, remote } => {
+            let out = remote.out;
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url("/v1/artifacts"))).await?;
+            let found = v["artifacts"].as_array().into_iter().flatten().find(|a| a["digest"] == digest.as_str());
+            let a = found.ok_or_else(|| Failure::not_found(format!("no artifact `{digest}`")))?;
+            out.emit_one(a, &digest, &[]);
         }
     }
     Ok(())
@@ -382,6 +484,7 @@ pub(super) async fn artifact(cmd: ArtifactCommand) -> anyhow::Result<()> {
 #[derive(Subcommand, Debug)]
 pub(super) enum AllocatorCommand {
     /// The allocator plugin the master uses.
+    #[command(visible_alias = "get")]
     Show {
         #[command(flatten)]
         remote: Remote,
@@ -398,13 +501,18 @@ pub(super) enum AllocatorCommand {
 pub(super) async fn allocator(cmd: AllocatorCommand) -> anyhow::Result<()> {
     match cmd {
         AllocatorCommand::Show { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            println!("{}", c.send(c.http.get(c.url("/v1/allocator"))).await?["plugin"].as_str().unwrap_or(""));
+            let v = c.send(c.http.get(c.url("/v1/allocator"))).await?;
+            let plugin = at(&v, "plugin");
+            // `allocator show` has always printed the bare name: scripts read it.
+            out.emit_done(&v, &plugin, &plugin);
         }
         AllocatorCommand::Use { plugin, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.put(c.url("/v1/allocator")).json(&json!({ "plugin": plugin }))).await?;
-            println!("allocator: {} (was {})", plugin, v["previous"].as_str().unwrap_or(""));
+            out.emit_done(&v, &plugin, &format!("allocator: {} (was {})", plugin, at(&v, "previous")));
         }
     }
     Ok(())

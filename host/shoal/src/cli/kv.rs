@@ -4,11 +4,14 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::Value;
 
+use super::output::{Format, Table, at};
 use super::*;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum KvCommand {
-    /// Print a value (raw bytes on stdout; its version on stderr).
+    /// Print a value (raw bytes on stdout, its version on stderr; `-o json`: key, version and
+    /// value as JSON).
+    #[command(visible_alias = "show")]
     Get {
         /// Namespace.
         ns: String,
@@ -22,6 +25,7 @@ pub(super) enum KvCommand {
         remote: Remote,
     },
     /// Write a value (from the argument, or stdin without one).
+    #[command(visible_alias = "create")]
     Put {
         /// Namespace.
         ns: String,
@@ -39,7 +43,8 @@ pub(super) enum KvCommand {
         remote: Remote,
     },
     /// Delete a key.
-    Del {
+    #[command(visible_aliases = ["del", "rm"])]
+    Delete {
         /// Namespace.
         ns: String,
         /// Key.
@@ -64,7 +69,8 @@ pub(super) enum KvCommand {
         remote: Remote,
     },
     /// List keys (and versions) by prefix, in key order, following every page.
-    Ls {
+    #[command(visible_alias = "ls")]
+    List {
         /// Namespace.
         ns: String,
         /// Only keys starting with this.
@@ -87,6 +93,13 @@ pub(super) async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
                 url.query_pairs_mut().append_pair("consistency", "stale");
             }
             let (body, headers) = client.send_raw(client.http.get(url)).await?;
+            if client.out.quiet || client.out.format == Format::Json {
+                let version: Option<u64> = headers.get("x-shoal-version").and_then(|v| v.to_str().ok()?.parse().ok());
+                let text = String::from_utf8_lossy(&body);
+                let answer = serde_json::json!({ "ns": ns, "key": key, "version": version, "value": text });
+                client.out.emit_done(&answer, &key, "");
+                return Ok(());
+            }
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(&body)?;
             stdout.flush()?;
@@ -118,16 +131,17 @@ pub(super) async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
             }
             let request = client.http.put(client.kv_url(&ns, Some(&key))?).query(&query).body(value);
             let v = client.send(request).await?;
-            println!("put {ns}/{key} version {}", v["version"]);
+            client.out.emit_done(&v, &key, &format!("put {ns}/{key} version {}", v["version"]));
         }
-        KvCommand::Del { ns, key, version, remote } => {
+        KvCommand::Delete { ns, key, version, remote } => {
             let client = Client::new(remote)?;
             let mut request = client.http.delete(client.kv_url(&ns, Some(&key))?);
             if let Some(v) = version {
                 request = request.query(&[("version", v)]);
             }
-            client.send_raw(request).await?;
-            println!("deleted {ns}/{key}");
+            let (body, _) = client.send_raw(request).await?;
+            let answer: Value = serde_json::from_slice(&body).unwrap_or(serde_json::json!({ "ns": ns, "key": key }));
+            client.out.emit_done(&answer, &key, &format!("deleted {ns}/{key}"));
         }
         KvCommand::Watch { ns, key, prefix, remote } => {
             let client = Client::new(remote)?;
@@ -151,10 +165,10 @@ pub(super) async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
                 })
                 .await?;
         }
-        KvCommand::Ls { ns, prefix, page, remote } => {
+        KvCommand::List { ns, prefix, page, remote } => {
             let client = Client::new(remote)?;
             let mut cursor: Option<String> = None;
-            let mut stdout = std::io::stdout().lock();
+            let mut entries = Vec::new();
             loop {
                 let mut query = vec![("limit", page.to_string())];
                 if let Some(p) = &prefix {
@@ -164,14 +178,17 @@ pub(super) async fn kv(cmd: KvCommand) -> anyhow::Result<()> {
                     query.push(("cursor", c.clone()));
                 }
                 let v = client.send(client.http.get(client.kv_url(&ns, None)?).query(&query)).await?;
-                for e in v["entries"].as_array().into_iter().flatten() {
-                    writeln!(stdout, "{}\t{}", e["key"].as_str().unwrap_or(""), e["version"])?;
-                }
+                entries.extend(v["entries"].as_array().into_iter().flatten().cloned());
                 match v["cursor"].as_str() {
                     Some(c) => cursor = Some(c.to_owned()),
                     None => break,
                 }
             }
+            // Every page's entries as one answer, `{"entries": [...]}` (no cursor: all were read).
+            let answer = serde_json::json!({ "entries": entries });
+            let table =
+                Table::new(&["KEY", "VERSION"]).rows(&answer["entries"], |e| vec![at(e, "key"), at(e, "version")]);
+            client.out.emit(&answer, table);
         }
     }
     Ok(())

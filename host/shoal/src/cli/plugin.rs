@@ -6,21 +6,30 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::Value;
-use shoal_abi::AnyPlugin;
+use shoal_abi::{AnyPlugin, PluginKind};
 use shoal_runtime::{MemoryKv, PluginScope, Runtime, RuntimeConfig};
 
+use super::output::{Table, at};
 use super::*;
+
+/// A plugin, named by its kind and name (the same flags on every command).
+#[derive(clap::Args, Debug)]
+pub(super) struct PluginRef {
+    /// Plugin kind.
+    #[arg(long, value_enum)]
+    kind: Kind,
+    /// Plugin name.
+    #[arg(long)]
+    name: String,
+}
 
 #[derive(Subcommand, Debug)]
 pub(super) enum PluginCommand {
     /// Upload a component as a new version of a plugin.
+    #[command(visible_alias = "create")]
     Push {
-        /// Plugin kind: allocator, router, health-check, framework.
-        #[arg(long)]
-        kind: String,
-        /// Plugin name.
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        plugin: PluginRef,
         /// Version label (default v<n>).
         #[arg(long)]
         version: Option<String>,
@@ -32,46 +41,44 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// List plugins.
+    /// List plugins (kind, name, active version, versions).
+    #[command(visible_alias = "ls")]
     List {
+        /// Only plugins of this kind.
+        #[arg(long, value_enum)]
+        kind: Option<Kind>,
         #[command(flatten)]
         remote: Remote,
     },
     /// Show one plugin and its versions.
+    #[command(visible_alias = "get")]
     Show {
-        /// Plugin kind.
-        kind: String,
-        /// Plugin name.
-        name: String,
+        #[command(flatten)]
+        plugin: PluginRef,
         #[command(flatten)]
         remote: Remote,
     },
     /// Make a version active.
     Activate {
-        /// Plugin kind.
-        kind: String,
-        /// Plugin name.
-        name: String,
-        /// Version.
+        #[command(flatten)]
+        plugin: PluginRef,
+        /// The version to activate (as `plugin show` lists them).
         version: String,
         #[command(flatten)]
         remote: Remote,
     },
     /// Return to the previously active version.
     Rollback {
-        /// Plugin kind.
-        kind: String,
-        /// Plugin name.
-        name: String,
+        #[command(flatten)]
+        plugin: PluginRef,
         #[command(flatten)]
         remote: Remote,
     },
     /// Delete a version, or the whole plugin.
+    #[command(visible_aliases = ["rm", "del"])]
     Delete {
-        /// Plugin kind.
-        kind: String,
-        /// Plugin name.
-        name: String,
+        #[command(flatten)]
+        plugin: PluginRef,
         /// Only this version.
         #[arg(long)]
         version: Option<String>,
@@ -87,8 +94,8 @@ pub(super) enum PluginCommand {
     /// Run a component locally against a JSON fixture and print its answer (no server needed).
     Check {
         /// Plugin kind.
-        #[arg(long)]
-        kind: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
         /// The component (.wasm).
         file: PathBuf,
         /// The fixture (JSON); see the SDK docs for its shape per kind.
@@ -99,9 +106,22 @@ pub(super) enum PluginCommand {
 
 pub(super) async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::Push { kind, name, version, activate, file, remote } => {
-            let kind = kind_of(&kind)?;
+        PluginCommand::New(args) => plugin_sdk::new(args)?,
+        PluginCommand::Test(args) => plugin_sdk::test(args).await?,
+        PluginCommand::Bench(args) => plugin_sdk::bench(args).await?,
+        PluginCommand::Check { kind, file, input } => check(kind.into(), file, input).await?,
+        remote_command => served(remote_command).await?,
+    }
+    Ok(())
+}
+
+/// The plugin commands answered by the API.
+async fn served(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Push { plugin, version, activate, file, remote } => {
+            let (kind, name) = (PluginKind::from(plugin.kind), plugin.name);
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let out = remote.out;
             let client = Client::new(remote)?;
             let mut query = vec![("activate", activate.to_string())];
             if let Some(v) = version {
@@ -114,81 +134,93 @@ pub(super) async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
                 .header("content-type", "application/wasm")
                 .body(bytes);
             let v = client.send(request).await?;
-            println!(
-                "pushed {kind} {name} version {} (sha256 {})",
-                v["version"].as_str().unwrap_or("?"),
-                v["digest"].as_str().unwrap_or("?")
-            );
+            let version = v["version"].as_str().unwrap_or("?");
+            let digest = v["digest"].as_str().unwrap_or("?");
+            out.emit_done(&v, version, &format!("pushed {kind} {name} version {version} (sha256 {digest})"));
         }
-        PluginCommand::List { remote } => {
+        PluginCommand::List { kind, remote } => {
+            let out = remote.out;
             let client = Client::new(remote)?;
-            let v = client.send(client.http.get(client.url("/v1/plugins"))).await?;
-            println!("{:<14} {:<24} {:<16} VERSIONS", "KIND", "NAME", "ACTIVE");
-            for p in v["plugins"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<14} {:<24} {:<16} {}",
-                    p["kind"].as_str().unwrap_or(""),
-                    p["name"].as_str().unwrap_or(""),
-                    p["active"].as_str().unwrap_or("-"),
-                    p["versions"].as_array().map_or(0, Vec::len)
-                );
+            let mut v = client.send(client.http.get(client.url("/v1/plugins"))).await?;
+            if let (Some(kind), Some(list)) = (kind, v["plugins"].as_array_mut()) {
+                list.retain(|p| p["kind"] == PluginKind::from(kind).as_str());
             }
+            let table = Table::new(&["KIND/NAME", "ACTIVE", "VERSIONS"]).rows(&v["plugins"], |p| {
+                vec![
+                    format!("{}/{}", at(p, "kind"), at(p, "name")),
+                    at(p, "active"),
+                    p["versions"].as_array().map_or(0, Vec::len).to_string(),
+                ]
+            });
+            out.emit(&v, table);
         }
-        PluginCommand::Show { kind, name, remote } => {
+        PluginCommand::Show { plugin, remote } => {
+            let (kind, name) = (PluginKind::from(plugin.kind), plugin.name);
+            let out = remote.out;
             let client = Client::new(remote)?;
-            let kind = kind_of(&kind)?;
-            print(&client.send(client.http.get(client.url(&format!("/v1/plugins/{kind}/{name}")))).await?);
+            let v = client.send(client.http.get(client.url(&format!("/v1/plugins/{kind}/{name}")))).await?;
+            let versions = Table::new(&["VERSION", "DIGEST", "BYTES"])
+                .rows(&v["versions"], |x| vec![at(x, "version"), at(x, "digest"), at(x, "size")]);
+            out.emit_one(&v, &format!("{kind}/{name}"), &[("versions", versions)]);
         }
-        PluginCommand::Activate { kind, name, version, remote } => {
+        PluginCommand::Activate { plugin, version, remote } => {
+            let (kind, name) = (PluginKind::from(plugin.kind), plugin.name);
+            let out = remote.out;
             let client = Client::new(remote)?;
-            let kind = kind_of(&kind)?;
             let request = client
                 .http
                 .post(client.url(&format!("/v1/plugins/{kind}/{name}/activate")))
                 .json(&serde_json::json!({ "version": version }));
             let v = client.send(request).await?;
-            println!("activated {kind} {name} version {}", v["version"].as_str().unwrap_or("?"));
+            let version = v["version"].as_str().unwrap_or("?");
+            out.emit_done(&v, version, &format!("activated {kind} {name} version {version}"));
         }
-        PluginCommand::Rollback { kind, name, remote } => {
+        PluginCommand::Rollback { plugin, remote } => {
+            let (kind, name) = (PluginKind::from(plugin.kind), plugin.name);
+            let out = remote.out;
             let client = Client::new(remote)?;
-            let kind = kind_of(&kind)?;
             let v = client.send(client.http.post(client.url(&format!("/v1/plugins/{kind}/{name}/rollback")))).await?;
-            println!("rolled back {kind} {name} to version {}", v["version"].as_str().unwrap_or("?"));
+            let version = v["version"].as_str().unwrap_or("?");
+            out.emit_done(&v, version, &format!("rolled back {kind} {name} to version {version}"));
         }
-        PluginCommand::Delete { kind, name, version, remote } => {
+        PluginCommand::Delete { plugin, version, remote } => {
+            let (kind, name) = (PluginKind::from(plugin.kind), plugin.name);
+            let out = remote.out;
             let client = Client::new(remote)?;
-            let kind = kind_of(&kind)?;
             let mut request = client.http.delete(client.url(&format!("/v1/plugins/{kind}/{name}")));
             if let Some(v) = &version {
                 request = request.query(&[("version", v)]);
             }
-            client.send(request).await?;
+            let v = client.send(request).await?;
+            let id = format!("{kind}/{name}");
             match version {
-                Some(v) => println!("deleted version {v} of {kind} {name}"),
-                None => println!("deleted {kind} {name}"),
+                Some(version) => out.emit_done(&v, &id, &format!("deleted version {version} of {kind} {name}")),
+                None => out.emit_done(&v, &id, &format!("deleted {kind} {name}")),
             }
         }
-        PluginCommand::New(args) => plugin_sdk::new(args)?,
-        PluginCommand::Test(args) => plugin_sdk::test(args).await?,
-        PluginCommand::Bench(args) => plugin_sdk::bench(args).await?,
-        PluginCommand::Check { kind, file, input } => {
-            let kind = kind_of(&kind)?;
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let fixture: Value =
-                serde_json::from_slice(&std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?)
-                    .with_context(|| format!("{} is not valid JSON", input.display()))?;
-            let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
-                let runtime = Runtime::new(RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() })?;
-                let scope = PluginScope {
-                    kv: Some(std::sync::Arc::new(MemoryKv::default())),
-                    ..PluginScope::detached(kind.as_str(), "check", "local")
-                };
-                let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())?;
-                Ok(shoal_abi::check::run(&plugin, &fixture)?)
-            })
-            .await??;
-            print(&answer);
+        PluginCommand::New(_) | PluginCommand::Test(_) | PluginCommand::Bench(_) | PluginCommand::Check { .. } => {
+            unreachable!("answered locally")
         }
     }
+    Ok(())
+}
+
+/// `shoal plugin check`: run a component on a fixture, locally.
+async fn check(kind: PluginKind, file: PathBuf, input: PathBuf) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?)
+            .with_context(|| format!("{} is not valid JSON", input.display()))?;
+    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+        let runtime = Runtime::new(RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() })?;
+        let scope = PluginScope {
+            kv: Some(std::sync::Arc::new(MemoryKv::default())),
+            ..PluginScope::detached(kind.as_str(), "check", "local")
+        };
+        let plugin = AnyPlugin::load(&runtime, kind, &bytes, scope, kind.default_limits())?;
+        Ok(shoal_abi::check::run(&plugin, &fixture)?)
+    })
+    .await??;
+    print(&answer);
     Ok(())
 }

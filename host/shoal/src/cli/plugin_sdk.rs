@@ -28,9 +28,9 @@ pub enum Lang {
 /// Arguments of `shoal plugin new`.
 #[derive(Args, Debug)]
 pub struct NewArgs {
-    /// Plugin kind: allocator, router, health-check, framework.
-    #[arg(long)]
-    kind: String,
+    /// Plugin kind.
+    #[arg(long, value_enum)]
+    kind: super::Kind,
     /// Language of the plugin.
     #[arg(long, value_enum)]
     lang: Lang,
@@ -48,8 +48,8 @@ pub struct NewArgs {
 #[derive(Args, Debug)]
 pub struct TestArgs {
     /// Plugin kind.
-    #[arg(long)]
-    kind: String,
+    #[arg(long, value_enum)]
+    kind: super::Kind,
     /// The component (.wasm).
     file: PathBuf,
     /// Case files (`{"input": fixture, "expect": answer}`) or directories of `*.json` cases.
@@ -66,8 +66,8 @@ pub struct TestArgs {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Plugin kind.
-    #[arg(long)]
-    kind: String,
+    #[arg(long, value_enum)]
+    kind: super::Kind,
     /// The component (.wasm).
     file: PathBuf,
     /// A fixture or a case: its first input is the one timed.
@@ -177,7 +177,7 @@ fn valid_name(name: &str) -> bool {
 
 /// `shoal plugin new`.
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
-    let kind: PluginKind = args.kind.parse()?;
+    let kind = PluginKind::from(args.kind);
     let name = match args.name {
         Some(name) => name,
         None => args
@@ -270,7 +270,7 @@ fn case_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// `shoal plugin test`: prints one line per case and `N passed, N failed`; fails if any failed.
 pub async fn test(args: TestArgs) -> anyhow::Result<()> {
-    let kind: PluginKind = args.kind.parse()?;
+    let kind = PluginKind::from(args.kind);
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let mut cases = Vec::new();
     for file in case_files(&args.cases)? {
@@ -338,7 +338,7 @@ fn time_instantiation(plugin: &AnyPlugin, n: usize) -> anyhow::Result<std::time:
 /// `shoal plugin bench`: size, compile time, instantiation time and per-call time of a component.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use std::time::Instant;
-    let kind: PluginKind = args.kind.parse()?;
+    let kind = PluginKind::from(args.kind);
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let mut input: serde_json::Value =

@@ -211,11 +211,13 @@ pub(super) struct AgentRunArgs {
 #[derive(Subcommand, Debug)]
 pub(super) enum AgentCommand {
     /// Every agent the master knows.
+    #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
         remote: Remote,
     },
-    /// One agent, as JSON.
+    /// One agent.
+    #[command(visible_alias = "get")]
     Show {
         /// Agent id.
         id: String,
@@ -387,29 +389,9 @@ fn master_id(id: Option<String>) -> anyhow::Result<String> {
 
 pub(super) async fn master(cli: MasterCli) -> anyhow::Result<()> {
     match cli.command {
-        Some(MasterCommand::Status { remote }) => master_status(remote).await,
+        Some(MasterCommand::Status { remote }) => super::nodes::master_status(remote).await,
         None => run_master(cli.run).await,
     }
-}
-
-/// `shoal master status`.
-async fn master_status(remote: Remote) -> anyhow::Result<()> {
-    let c = Client::new(remote)?;
-    let v = c.send(c.http.get(c.url("/v1/leader"))).await?;
-    let leader = v["leader"]["id"].as_str().unwrap_or("none (an election is under way)");
-    println!("leader: {leader}  term: {}", v["term"]);
-    println!(
-        "this master: {} ({})",
-        v["self"]["id"].as_str().unwrap_or("?"),
-        v["self"]["role"].as_str().unwrap_or("?")
-    );
-    println!("{:<20} API", "MEMBER");
-    for m in v["members"].as_array().into_iter().flatten() {
-        let id = m["id"].as_str().unwrap_or("");
-        let mark = if id == leader { " (leader)" } else { "" };
-        println!("{:<20} {}{mark}", id, m["api"].as_str().unwrap_or(""));
-    }
-    Ok(())
 }
 
 async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
@@ -467,30 +449,8 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
 
 pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
     match cli.command {
-        Some(AgentCommand::List { remote }) => {
-            let c = Client::new(remote)?;
-            let v = c.send(c.http.get(c.url("/v1/agents"))).await?;
-            println!("{:<20} {:<20} {:<7} {:>5} {:<44} ATTRIBUTES", "ID", "HOSTNAME", "STATE", "TASKS", "RESOURCES");
-            for a in v["agents"].as_array().into_iter().flatten() {
-                let total: shoal_protocol::Resources = serde_json::from_value(a["total"].clone()).unwrap_or_default();
-                println!(
-                    "{:<20} {:<20} {:<7} {:>5} {:<44} {}",
-                    a["id"].as_str().unwrap_or(""),
-                    a["hostname"].as_str().unwrap_or(""),
-                    a["state"].as_str().unwrap_or(""),
-                    a["tasks"].as_array().map_or(0, Vec::len),
-                    total.to_string(),
-                    name_values(&a["attributes"])
-                );
-            }
-            Ok(())
-        }
-        Some(AgentCommand::Show { id, remote }) => {
-            let c = Client::new(remote)?;
-            let v = c.send(c.http.get(c.url(&format!("/v1/agents/{id}")))).await?;
-            print(&v);
-            Ok(())
-        }
+        Some(AgentCommand::List { remote }) => super::nodes::agent_list(remote).await,
+        Some(AgentCommand::Show { id, remote }) => super::nodes::agent_show(id, remote).await,
         None => {
             let args = cli.run;
             let nats = args

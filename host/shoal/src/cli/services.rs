@@ -4,16 +4,19 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{Client, Remote, name_values, print};
+use super::output::{Format, Table, at};
+use super::{Client, Remote, name_values};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ServiceCommand {
     /// Every service with its instance counts.
+    #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
         remote: Remote,
     },
     /// The instances of a service.
+    #[command(visible_alias = "get")]
     Show {
         /// Service name.
         service: String,
@@ -31,6 +34,7 @@ pub(super) enum ServiceCommand {
         remote: Remote,
     },
     /// Register an external instance (renew it with `heartbeat` before its TTL lapses).
+    #[command(visible_aliases = ["create", "put"])]
     Register {
         /// Service name.
         service: String,
@@ -65,6 +69,7 @@ pub(super) enum ServiceCommand {
         remote: Remote,
     },
     /// Remove an instance.
+    #[command(visible_aliases = ["delete", "rm", "del"])]
     Deregister {
         /// Service name.
         service: String,
@@ -78,11 +83,21 @@ pub(super) enum ServiceCommand {
 #[derive(Subcommand, Debug)]
 pub(super) enum RouteCommand {
     /// Every route.
+    #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
         remote: Remote,
     },
+    /// One route.
+    #[command(visible_alias = "get")]
+    Show {
+        /// Route name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Add or replace a route.
+    #[command(visible_alias = "create")]
     Put {
         /// Route name.
         name: String,
@@ -108,6 +123,7 @@ pub(super) enum RouteCommand {
         remote: Remote,
     },
     /// Remove a route.
+    #[command(visible_aliases = ["rm", "del"])]
     Delete {
         /// Route name.
         name: String,
@@ -119,25 +135,28 @@ pub(super) enum RouteCommand {
 pub(super) async fn service(cmd: ServiceCommand) -> anyhow::Result<()> {
     match cmd {
         ServiceCommand::List { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/services"))).await?;
             if v["self_preservation"].as_bool() == Some(true) {
                 eprintln!("warning: self-preservation holds (too many registrations lapsed at once; none expire)");
             }
-            println!("{:<32} {:>9} {:>8}", "SERVICE", "INSTANCES", "PASSING");
-            for s in v["services"].as_array().into_iter().flatten() {
-                println!("{:<32} {:>9} {:>8}", s["name"].as_str().unwrap_or(""), s["instances"], s["passing"]);
-            }
-            Ok(())
+            let table = Table::new(&["SERVICE", "INSTANCES", "PASSING"])
+                .rows(&v["services"], |s| vec![at(s, "name"), at(s, "instances"), at(s, "passing")]);
+            out.emit(&v, table);
         }
         ServiceCommand::Show { service, healthy, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v =
                 c.send(c.http.get(c.url(&format!("/v1/services/{service}"))).query(&[("healthy", healthy)])).await?;
-            print_instances(&v);
-            Ok(())
+            if out.quiet {
+                instances(&v).ids().iter().for_each(|id| println!("{id}"));
+            } else {
+                out.emit_one(&v, &service, &[("instances", instances(&v))]);
+            }
         }
-        ServiceCommand::Watch { service, remote } => watch(service, remote).await,
+        ServiceCommand::Watch { service, remote } => watch(service, remote).await?,
         ServiceCommand::Register { service, id, address, weight, ttl, labels, check, remote } => {
             let mut map = serde_json::Map::new();
             for label in labels {
@@ -150,47 +169,60 @@ pub(super) async fn service(cmd: ServiceCommand) -> anyhow::Result<()> {
             };
             let body =
                 json!({ "address": address, "weight": weight, "ttl_seconds": ttl, "labels": map, "check": check });
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.put(c.url(&format!("/v1/services/{service}/instances/{id}"))).json(&body)).await?;
-            print(&v);
-            Ok(())
+            out.emit_done(&v, &id, &format!("registered {service}/{id} at {address}"));
         }
         ServiceCommand::Heartbeat { service, id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.put(c.url(&format!("/v1/services/{service}/instances/{id}/heartbeat")))).await?);
-            Ok(())
+            let v = c.send(c.http.put(c.url(&format!("/v1/services/{service}/instances/{id}/heartbeat")))).await?;
+            out.emit_done(&v, &id, &format!("renewed {service}/{id}"));
         }
         ServiceCommand::Deregister { service, id, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.delete(c.url(&format!("/v1/services/{service}/instances/{id}")))).await?);
-            Ok(())
+            let v = c.send(c.http.delete(c.url(&format!("/v1/services/{service}/instances/{id}")))).await?;
+            out.emit_done(&v, &id, &format!("deregistered {service}/{id}"));
         }
     }
+    Ok(())
 }
 
-fn print_instances(v: &Value) {
-    println!("{} (index {})", v["service"].as_str().unwrap_or(""), v["index"]);
-    println!("{:<24} {:<24} {:<9} {:>6}  {:<24} CHECK", "ID", "ADDRESS", "HEALTH", "WEIGHT", "LABELS");
-    for i in v["instances"].as_array().into_iter().flatten() {
-        println!(
-            "{:<24} {:<24} {:<9} {:>6}  {:<24} {}",
-            i["id"].as_str().unwrap_or(""),
-            i["address"].as_str().unwrap_or(""),
-            i["health"].as_str().unwrap_or(""),
-            i["weight"],
+/// A service's instances as a table.
+fn instances(v: &Value) -> Table {
+    Table::new(&["ID", "ADDRESS", "HEALTH", "WEIGHT", "LABELS", "CHECK"]).rows(&v["instances"], |i| {
+        vec![
+            at(i, "id"),
+            at(i, "address"),
+            at(i, "health"),
+            at(i, "weight"),
             name_values(&i["labels"]),
-            i["health_output"].as_str().unwrap_or("")
-        );
-    }
+            at(i, "health_output"),
+        ]
+    })
 }
 
 async fn watch(service: String, remote: Remote) -> anyhow::Result<()> {
+    let out = remote.out;
     let c = Client::new(remote)?;
     let request = c.http.get(c.url(&format!("/v1/services/{service}/watch")));
     c.each_event(request, |data| {
         if let Ok(v) = serde_json::from_str::<Value>(data) {
-            print_instances(&v);
-            println!();
+            match out.format {
+                // One JSON document per line: a stream a script reads line by line.
+                Format::Json if !out.quiet => println!("{v}"),
+                _ => {
+                    if out.for_people() {
+                        println!("{} (index {})", at(&v, "service"), v["index"]);
+                    }
+                    out.emit(&v, instances(&v));
+                    if out.for_people() {
+                        println!();
+                    }
+                }
+            }
         }
     })
     .await
@@ -199,33 +231,35 @@ async fn watch(service: String, remote: Remote) -> anyhow::Result<()> {
 pub(super) async fn route(cmd: RouteCommand) -> anyhow::Result<()> {
     match cmd {
         RouteCommand::List { remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/routes"))).await?;
-            println!("{:<20} {:<24} {:<20} {:<16} {:<22}", "ROUTE", "HOST", "PREFIX", "SERVICE", "ROUTER");
-            for r in v["routes"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<20} {:<24} {:<20} {:<16} {:<22}",
-                    r["name"].as_str().unwrap_or(""),
-                    r["host"].as_str().unwrap_or("*"),
-                    r["path_prefix"].as_str().unwrap_or(""),
-                    r["service"].as_str().unwrap_or(""),
-                    r["router"].as_str().unwrap_or("")
-                );
-            }
-            Ok(())
+            let table = Table::new(&["ROUTE", "HOST", "PREFIX", "SERVICE", "ROUTER"]).rows(&v["routes"], |r| {
+                let host = r["host"].as_str().unwrap_or("*").to_owned();
+                vec![at(r, "name"), host, at(r, "path_prefix"), at(r, "service"), at(r, "router")]
+            });
+            out.emit(&v, table);
+        }
+        RouteCommand::Show { name, remote } => {
+            let out = remote.out;
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url(&format!("/v1/routes/{name}")))).await?;
+            out.emit_one(&v, &name, &[]);
         }
         RouteCommand::Put { name, service, prefix, host, router, strip_prefix, timeout_ms, remote } => {
             let body = json!({ "service": service, "path_prefix": prefix, "host": host, "router": router,
                 "strip_prefix": strip_prefix, "timeout_ms": timeout_ms });
+            let out = remote.out;
             let c = Client::new(remote)?;
-            print(&c.send(c.http.put(c.url(&format!("/v1/routes/{name}"))).json(&body)).await?);
-            Ok(())
+            let v = c.send(c.http.put(c.url(&format!("/v1/routes/{name}"))).json(&body)).await?;
+            out.emit_done(&v, &name, &format!("route {name}: {prefix} → {service} ({router})"));
         }
         RouteCommand::Delete { name, remote } => {
+            let out = remote.out;
             let c = Client::new(remote)?;
-            c.send(c.http.delete(c.url(&format!("/v1/routes/{name}")))).await?;
-            println!("route {name} deleted");
-            Ok(())
+            let v = c.send(c.http.delete(c.url(&format!("/v1/routes/{name}")))).await?;
+            out.emit_done(&v, &name, &format!("route {name} deleted"));
         }
     }
+    Ok(())
 }

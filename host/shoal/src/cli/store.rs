@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{Client, Remote, print};
+use super::output::{Table, at};
+use super::{Client, Failure, Remote, print};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -49,9 +50,10 @@ struct StoreRunArgs {
 #[derive(Subcommand, Debug)]
 enum StoreCommand {
     /// The shard map, the store nodes and the moves.
+    #[command(visible_aliases = ["show", "get"])]
     Status {
-        /// Print the JSON the API answers.
-        #[arg(long)]
+        /// The same as `-o json` (kept for scripts written before it).
+        #[arg(long, hide = true)]
         json: bool,
         #[command(flatten)]
         remote: Remote,
@@ -84,10 +86,11 @@ pub async fn store(cli: StoreCli) -> anyhow::Result<()> {
         Some(StoreCommand::Status { json, remote }) => {
             let client = Client::new(remote)?;
             let v = client.send(client.http.get(client.url("/v1/store"))).await?;
-            if json {
-                print(&v);
-            } else {
-                print_status(&v);
+            let table = nodes(&v);
+            match (json, client.out.for_people()) {
+                (true, _) => print(&v),
+                (false, true) => print_status(&v, &table),
+                (false, false) => client.out.emit(&v, table),
             }
             Ok(())
         }
@@ -156,27 +159,22 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_status(v: &Value) {
+/// The store nodes as a table.
+fn nodes(v: &Value) -> Table {
+    let header = ["NODE", "ALIVE", "LAST SEEN", "SHARDS", "LEADS", "HELD"];
+    Table::new(&header).rows(&v["nodes"], |n| {
+        let last_seen = n["last_seen_ms"].as_u64().map_or("-".into(), |ms| format!("{ms}ms"));
+        vec![at(n, "node"), at(n, "alive"), last_seen, at(n, "shards"), at(n, "leads"), at(n, "held")]
+    })
+}
+
+fn print_status(v: &Value, nodes: &Table) {
     let map = &v["map"];
     let shards = map["shards"].as_array().map_or(0, Vec::len);
     let copies = map["followers"].as_array().and_then(|f| f.first()).and_then(|f| f.as_array()).map_or(0, Vec::len) + 1;
     let replicated = if copies > 1 { format!(", {copies} copies each") } else { String::new() };
     println!("shard map epoch {} (leader term {}), {shards} shards{replicated}", map["epoch"], map["term"]);
-    println!("{:<24} {:<6} {:>10} {:<20} {:<12} HELD", "NODE", "ALIVE", "LAST SEEN", "SHARDS", "LEADS");
-    for n in v["nodes"].as_array().into_iter().flatten() {
-        let list = |field: &str| {
-            n[field].as_array().into_iter().flatten().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
-        };
-        println!(
-            "{:<24} {:<6} {:>8}ms {:<20} {:<12} {}",
-            n["node"].as_str().unwrap_or(""),
-            n["alive"].as_bool().unwrap_or(false),
-            n["last_seen_ms"],
-            list("shards"),
-            list("leads"),
-            list("held")
-        );
-    }
+    println!("{}", nodes.render());
     for (label, m) in [("moving", &v["moving"]), ("last move", &v["last_move"])] {
         if m.is_object() {
             println!("{label}: {}", describe(m));
@@ -224,7 +222,8 @@ async fn follow(client: &Client, started: &Value, no_wait: bool) -> anyhow::Resu
             let m = &v["last_move"];
             println!("{}", describe(m));
             if m["phase"] == "failed" {
-                bail!("the move failed: {}", m["error"].as_str().unwrap_or("unknown"));
+                let error = m["error"].as_str().unwrap_or("unknown");
+                return Err(Failure::WaitFailed(format!("the move failed: {error}")).into());
             }
             return Ok(());
         }

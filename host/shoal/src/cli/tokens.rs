@@ -1,14 +1,17 @@
-//! `shoal token create|list|revoke`: API tokens (admin only). `create` prints the new token,
+//! `shoal token create|list|show|delete`: API tokens (admin only). `create` prints the new token,
 //! once: that is its purpose; nothing else ever prints a token.
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{Client, Remote};
+use super::output::{Table, at};
+use super::{Client, Failure, Remote};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum TokenCommand {
-    /// Issue a token and print it (the only time it is shown).
+    /// Issue a token and print it (the only time it is shown; `-o json` adds its id, scope and
+    /// expiry).
+    #[command(visible_alias = "put")]
     Create {
         /// `admin`, `operator` or `app:<namespace>`.
         #[arg(long)]
@@ -20,12 +23,22 @@ pub(super) enum TokenCommand {
         remote: Remote,
     },
     /// Every token: id, scope, age and expiry (never the token itself).
+    #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
         remote: Remote,
     },
+    /// One token by its id: scope, age and expiry.
+    #[command(visible_alias = "get")]
+    Show {
+        /// The token's id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Revoke a token by its id (as listed); it stops working at once.
-    Revoke {
+    #[command(visible_aliases = ["revoke", "rm", "del"])]
+    Delete {
         /// The token's id.
         id: String,
         #[command(flatten)]
@@ -56,40 +69,49 @@ fn expiry(token: &Value, now: u64) -> String {
     }
 }
 
+/// The cells of a token (`token list`).
+fn row(t: &Value, now: u64) -> Vec<String> {
+    let age = t["created_ms"].as_u64().map_or("-".into(), |at| span(now.saturating_sub(at)));
+    let note = if t["node"] == true { "the node's admin token" } else { "" };
+    vec![at(t, "id"), at(t, "scope"), age, expiry(t, now), note.to_owned()]
+}
+
+const HEADER: [&str; 5] = ["ID", "SCOPE", "AGE", "EXPIRES", "NOTE"];
+
 pub(super) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create { scope, ttl, remote } => {
             let c = Client::new(remote)?;
             let v = c.send(c.http.post(c.url("/v1/tokens")).json(&json!({ "scope": scope, "ttl": ttl }))).await?;
-            println!("{}", v["token"].as_str().unwrap_or_default());
-            eprintln!(
-                "id {}, scope {}, expires {}: store the token now, it is not shown again",
-                v["id"].as_str().unwrap_or_default(),
-                v["scope"].as_str().unwrap_or_default(),
-                expiry(&v, now_ms())
-            );
+            let token = at(&v, "token");
+            // The token is what a script wants from `create`, `-q` or not.
+            c.out.emit_done(&v, &token, &token);
+            if c.out.for_people() {
+                eprintln!(
+                    "id {}, scope {}, expires {}: store the token now, it is not shown again",
+                    at(&v, "id"),
+                    at(&v, "scope"),
+                    expiry(&v, now_ms())
+                );
+            }
         }
         TokenCommand::List { remote } => {
             let c = Client::new(remote)?;
             let v = c.send(c.http.get(c.url("/v1/tokens"))).await?;
             let now = now_ms();
-            println!("{:<14} {:<24} {:<10} EXPIRES", "ID", "SCOPE", "AGE");
-            for t in v["tokens"].as_array().into_iter().flatten() {
-                let age = t["created_ms"].as_u64().map_or("-".into(), |at| span(now.saturating_sub(at)));
-                let note = if t["node"] == true { "  (the node's admin token)" } else { "" };
-                println!(
-                    "{:<14} {:<24} {:<10} {}{note}",
-                    t["id"].as_str().unwrap_or_default(),
-                    t["scope"].as_str().unwrap_or_default(),
-                    age,
-                    expiry(t, now)
-                );
-            }
+            c.out.emit(&v, Table::new(&HEADER).rows(&v["tokens"], |t| row(t, now)));
         }
-        TokenCommand::Revoke { id, remote } => {
+        TokenCommand::Show { id, remote } => {
+            let c = Client::new(remote)?;
+            let v = c.send(c.http.get(c.url("/v1/tokens"))).await?;
+            let found = v["tokens"].as_array().into_iter().flatten().find(|t| t["id"] == id.as_str());
+            let t = found.ok_or_else(|| Failure::not_found(format!("no token `{id}`")))?;
+            c.out.emit_one(t, &id, &[]);
+        }
+        TokenCommand::Delete { id, remote } => {
             let c = Client::new(remote)?;
             let v = c.send(c.http.delete(c.url(&format!("/v1/tokens/{id}")))).await?;
-            println!("revoked {} ({})", v["id"].as_str().unwrap_or(&id), v["scope"].as_str().unwrap_or_default());
+            c.out.emit_done(&v, &id, &format!("revoked {} ({})", v["id"].as_str().unwrap_or(&id), at(&v, "scope")));
         }
     }
     Ok(())
