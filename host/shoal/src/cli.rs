@@ -26,6 +26,9 @@ use roles::{AgentCli, DevArgs, GatewayArgs, MasterCli, agent, dev, gateway, mast
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about)]
 pub struct Cli {
+    /// How log lines on stderr are written: `text`, or `json` (one JSON object per line).
+    #[arg(long, value_enum, env = "SHOAL_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: crate::LogFormat,
     #[command(subcommand)]
     command: Command,
 }

@@ -314,7 +314,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
+        tracing::info!("shutting down");
     };
     let data_dir = config.data_dir.clone();
     crate::node::run(config, shutdown, |info: &NodeInfo| {
@@ -411,7 +411,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!("shutting down");
+        tracing::info!("shutting down");
     };
     crate::node::run(config, shutdown, |info: &NodeInfo| {
         println!("Shoal master is running (bus: {})", info.bus);
@@ -483,7 +483,7 @@ pub(super) async fn agent(cli: AgentCli) -> anyhow::Result<()> {
                     result.map_err(|e| anyhow::anyhow!("the master refused this agent: {e}"))
                 }
                 _ = tokio::signal::ctrl_c() => {
-                    eprintln!("shutting down");
+                    tracing::info!("shutting down");
                     Ok(())
                 }
             }
@@ -503,7 +503,7 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
+        tracing::info!("shutting down");
     };
     crate::edge::run(config, shutdown, |info| {
         println!("Shoal gateway is running (control plane: {})", client.api);

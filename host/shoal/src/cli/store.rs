@@ -148,7 +148,7 @@ async fn run_node(args: StoreRunArgs) -> anyhow::Result<()> {
     let held = service.node.as_ref().map(|n| n.store().held()).unwrap_or_default();
     println!("Shoal store node `{id}` is running (bus: nats, data: {}, shards on disk: {held:?})", dir.display());
     let _ = tokio::signal::ctrl_c().await;
-    eprintln!("shutting down");
+    tracing::info!("shutting down");
     Ok(())
 }
 
