@@ -6,7 +6,9 @@
 # per request (user + system, all its threads).
 #
 #   A=/tmp/shoal-before B=/tmp/shoal-after ROUNDS=6 DURATION=8s bench/gateway-ab.sh
+#   A=$S B=$S B_ENV="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318" bench/gateway-ab.sh
 #
+# A_ENV and B_ENV (space-separated VAR=value) set variables for one side only.
 # Needs nginx and wrk (apt-get install -y nginx wrk). When both builds come from one target dir,
 # check each binary for a string only one of them has (BENCHMARKS.md, issue 20's A/B).
 set -euo pipefail
@@ -28,15 +30,15 @@ CONF
 nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 cpu() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-start() { # name bin api gw
-  RUST_LOG=warn "$2" dev --listen 127.0.0.1:$3 --gateway 127.0.0.1:$4 --data-dir "$work/$1" --sandbox-dir "$work/$1-sb" > "$work/$1.out" 2> "$work/$1.err" & pids+=($!); eval "PID_$1=$!"
+start() { # name bin api gw env
+  env RUST_LOG=warn $5 "$2" dev --listen 127.0.0.1:$3 --gateway 127.0.0.1:$4 --data-dir "$work/$1" --sandbox-dir "$work/$1-sb" > "$work/$1.out" 2> "$work/$1.err" & pids+=($!); eval "PID_$1=$!"
   for _ in $(seq 1 300); do grep -q "admin token" "$work/$1.out" 2>/dev/null && break; sleep 0.1; done
   SHOAL_API=http://127.0.0.1:$3 SHOAL_TOKEN=$(cat "$work/$1/admin.token") "$2" service register app u1 --address 127.0.0.1:18181 > /dev/null
   SHOAL_API=http://127.0.0.1:$3 SHOAL_TOKEN=$(cat "$work/$1/admin.token") "$2" route put app --prefix / --service app --router round-robin > /dev/null
   for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$4/" > /dev/null 2>&1 && break; sleep 0.1; done
 }
-start a "$A" 18170 18190
-start b "$B" 18171 18191
+start a "$A" 18170 18190 "${A_ENV:-}"
+start b "$B" 18171 18191 "${B_ENV:-}"
 run() { wrk -t2 -c64 -d3s "http://127.0.0.1:$2/" > /dev/null
   pid=$(eval echo "\$PID_$1"); before=$(cpu "$pid")
   out=$(wrk -t2 -c64 -d"$DURATION" --latency "http://127.0.0.1:$2/")

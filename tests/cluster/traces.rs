@@ -32,11 +32,13 @@ impl Spans {
     }
 }
 
-/// An OTLP/HTTP receiver on loopback: the endpoint to give the node, and what it received.
-fn receiver() -> (String, Spans, tokio::runtime::Runtime) {
+/// An OTLP/HTTP receiver on loopback, on a thread of its own for the rest of the test binary's
+/// life (so no runtime is torn down under a connection the node keeps alive): the endpoint to
+/// give the node, and what it received.
+fn receiver() -> (String, Spans) {
     let spans = Spans::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let collected = spans.clone();
     let app = axum::Router::new().route(
@@ -53,8 +55,14 @@ fn receiver() -> (String, Spans, tokio::runtime::Runtime) {
             ([(axum::http::header::CONTENT_TYPE, "application/x-protobuf")], Vec::<u8>::new())
         }),
     );
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    (endpoint, spans, runtime)
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            axum::serve(listener, app).await
+        })
+    });
+    (endpoint, spans)
 }
 
 /// `shoal dev` (on `nats`, or its in-process bus) exporting to `endpoint` every 100 ms.
@@ -121,7 +129,7 @@ fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, seen)
 }
 
-/// One request with a `traceparent` header: its status line.
+/// One HTTP/1.1 request (`head`: its request line and headers, each ending in CRLF): the status line.
 fn send(addr: &str, head: &str, body: &str) -> String {
     let mut stream = TcpStream::connect(addr.trim_start_matches("http://")).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
@@ -140,7 +148,7 @@ fn caller() -> (String, String) {
 
 #[test]
 fn a_request_through_the_gateway_is_one_trace_that_the_upstream_joins() {
-    let (endpoint, spans, _runtime) = receiver();
+    let (endpoint, spans) = receiver();
     let dev = traced_dev(&endpoint, None);
     let (port, upstream_saw) = upstream();
     let address = format!("127.0.0.1:{port}");
@@ -193,7 +201,7 @@ fn an_app_deployed_over_nats_is_one_trace_too() {
 }
 
 fn deploy_is_one_trace(nats: Option<&str>) {
-    let (endpoint, spans, _runtime) = receiver();
+    let (endpoint, spans) = receiver();
     let dev = traced_dev(&endpoint, nats);
     let (trace_id, caller_span) = caller();
     let def = r#"{"id": "traced", "instances": 1, "cmd": "sleep 600", "cpus": 0.1, "mem": 16}"#;
@@ -262,8 +270,17 @@ fn json_logs_are_one_object_per_line() {
             let _ = tx.send(line);
         }
     });
-    // Once it printed where its admin token is, every role has started (and logged it).
-    while !rx.recv_timeout(Duration::from_secs(120)).expect("shoal dev starts").trim().starts_with("admin token:") {}
+    // Once it printed its API's address every role has started (and logged it); once the API
+    // answers, its serving loop (which listens for Ctrl-C) runs.
+    let api = loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("shoal dev starts");
+        if let Some(rest) = line.trim().strip_prefix("API:") {
+            break rest.trim().trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+        }
+    };
+    eventually_sync("the API to answer", Duration::from_secs(20), || {
+        send(&api, &format!("GET /healthz HTTP/1.1\r\nHost: {api}\r\n"), "").contains(" 200 ").then_some(())
+    });
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
     let status = child.wait().expect("wait");

@@ -84,7 +84,13 @@ pub fn init_tracing(format: LogFormat) -> Option<SdkTracerProvider> {
     let exported = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
         .add_directive(format!("{}=info", shoal_trace::TARGET).parse().expect("a valid directive"));
-    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("shoal")).with_filter(exported);
+    // Lean spans: no busy/idle timings (two clock reads per enter and exit) and no thread
+    // attributes (a request hops between Tokio's threads); the source location stays.
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("shoal"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_filter(exported);
     if registry.with(layer).try_init().is_ok() {
         shoal_trace::set_exporting(true);
     }
