@@ -33,6 +33,7 @@ mod store_faults;
 mod store_ha;
 mod tasks;
 mod tidy;
+mod traces;
 mod trickle;
 mod upgrade;
 

@@ -227,10 +227,20 @@ impl Agent {
                 }
                 msg = launches.next() => {
                     let Some(msg) = msg else { return Ok(()) };
-                    let reply = match serde_json::from_slice::<LaunchRequest>(&msg.payload) {
+                    // The launch's span, a child of the master's (its context came with the message).
+                    let span = match &msg.trace {
+                        Some(trace) => {
+                            let span = tracing::info_span!(target: shoal_trace::TARGET, "agent.launch", agent = %id, accepted = tracing::field::Empty);
+                            trace.adopt(&span);
+                            span
+                        }
+                        None => tracing::Span::none(),
+                    };
+                    let reply = span.in_scope(|| match serde_json::from_slice::<LaunchRequest>(&msg.payload) {
                         Ok(req) => self.launch(req),
                         Err(e) => LaunchReply { accepted: Vec::new(), refused: vec![(String::new(), format!("malformed launch: {e}"))] },
-                    };
+                    });
+                    span.record("accepted", reply.accepted.len());
                     let _ = msg.respond(self.bus.as_ref(), json(&reply)).await;
                 }
                 msg = kills.next() => {

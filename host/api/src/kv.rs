@@ -280,7 +280,12 @@ async fn subscribe(state: &AppState, ns: &str) -> Result<shoal_bus::Subscription
 }
 
 fn change_of(message: &shoal_bus::Message) -> Option<KvChange> {
-    let event: shoal_bus::CloudEvent = serde_json::from_slice(&message.payload).ok()?;
+    change_in(&message.payload)
+}
+
+/// The change a KV event's CloudEvent JSON announces.
+fn change_in(payload: &[u8]) -> Option<KvChange> {
+    let event: shoal_bus::CloudEvent = serde_json::from_slice(payload).ok()?;
     serde_json::from_value(event.data).ok()
 }
 
@@ -324,9 +329,7 @@ fn watch_stream(
                     crate::journal::Item::Event(entry) => entry.clone(),
                     crate::journal::Item::Gap { .. } => return Some(Ok(crate::events::gap_event(&sent))),
                 };
-                let message =
-                    shoal_bus::Message { subject: entry.subject.clone(), reply: None, payload: entry.payload.clone() };
-                let change = change_of(&message).filter(|c| filter.matches(&c.key))?;
+                let change = change_in(&entry.payload).filter(|c| filter.matches(&c.key))?;
                 let data = if change.op == "put" {
                     match store.get(&ns, &change.key).await {
                         // Newer writes come with their own events; this one is what was read.

@@ -208,6 +208,8 @@ async fn send(l: &Leadership, leader: &Member, request: Request) -> Result<Respo
     parts.headers.remove(header::HOST);
     let by = HeaderValue::from_str(&l.id).map_err(|e| e.to_string())?;
     parts.headers.insert(FORWARDED_BY, by);
+    // The leader's span for the request is a child of this one's.
+    shoal_trace::inject_headers(&mut parts.headers);
     let response = l.client.request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
     Ok(response.map(Body::new))
 }

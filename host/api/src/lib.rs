@@ -9,6 +9,7 @@
 //! - [`services`] serves the service registry (`/v1/services`) and the gateway's routes
 //!   (`/v1/routes`);
 //! - [`scoped`] narrows what `app:<namespace>` tokens read to what belongs to their namespace;
+//! - [`traced`] gives every request its span for the trace exporter;
 //! - handlers validate every input at the edge and change nothing when they answer 4xx.
 //!
 //! What this crate must never do: hold state of its own beyond tokens. Plugins live in the
@@ -32,6 +33,7 @@ mod plugins;
 pub mod scoped;
 pub mod services;
 pub mod streams;
+mod traced;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -170,10 +172,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{svc}/instances/{id}/heartbeat", put(services::heartbeat))
         .route("/v1/routes", get(services::list_routes))
         .route("/v1/routes/{name}", get(services::show_route).put(services::put_route).delete(services::delete_route))
+        .route_layer(axum::middleware::from_fn(traced::route))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), leader::forward))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(traced::server_span))
         .with_state(state)
 }
 

@@ -36,6 +36,14 @@ pub struct CloudEvent {
     pub datacontenttype: String,
     /// The event-specific body.
     pub data: serde_json::Value,
+    /// The CloudEvents distributed-tracing extension: the W3C `traceparent` of the span the event
+    /// was emitted in (absent when spans are not exported). A consumer makes it the parent of
+    /// its span for the event ([`CloudEvent::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with [`CloudEvent::traceparent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// The process every event of it names in its `source`: `/shoal/<role>/<node>`.
@@ -61,7 +69,11 @@ impl CloudEvent {
         subject: impl Into<String>,
         data: serde_json::Value,
     ) -> Self {
+        let trace = shoal_trace::TraceContext::current();
+        let tracestate = trace.as_ref().map(|t| t.tracestate.clone()).filter(|s| !s.is_empty());
         CloudEvent {
+            traceparent: trace.map(|t| t.traceparent),
+            tracestate,
             specversion: SPEC_VERSION.to_owned(),
             id: uuid::Uuid::new_v4().to_string(),
             source: source.into(),
@@ -71,6 +83,12 @@ impl CloudEvent {
             datacontenttype: JSON_CONTENT_TYPE.to_owned(),
             data,
         }
+    }
+
+    /// The trace context the event carries (distributed-tracing extension), to parent the span
+    /// that handles it.
+    pub fn trace(&self) -> Option<shoal_trace::TraceContext> {
+        shoal_trace::TraceContext::from_parts(self.traceparent.as_deref(), self.tracestate.as_deref())
     }
 
     /// The event as JSON bytes, the payload that goes on the bus.

@@ -7,6 +7,8 @@
 //!
 //! This crate must never learn what the messages *mean*: payloads are opaque bytes, and the roles own
 //! their control protocols. Publishing never blocks on a slow subscriber (see [`LocalBus`]).
+//! Every message carries the trace context of the span that published it ([`Message::trace`]),
+//! and every event the CloudEvents distributed-tracing extension ([`CloudEvent::traceparent`]).
 
 pub mod auth;
 pub mod event;
@@ -36,6 +38,10 @@ pub struct Message {
     pub reply: Option<String>,
     /// The opaque body.
     pub payload: Bytes,
+    /// The W3C trace context of the span that sent it, when spans are exported: a NATS message
+    /// carries it as `traceparent`/`tracestate` headers, a local one as this field. A handler
+    /// makes it the parent of its span with [`shoal_trace::TraceContext::adopt`].
+    pub trace: Option<shoal_trace::TraceContext>,
 }
 
 impl Message {

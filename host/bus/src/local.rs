@@ -175,7 +175,8 @@ impl LocalBus {
         if let Some(reply) = reply {
             validate_subject(reply)?;
         }
-        let message = Message { subject: subject.to_owned(), reply: reply.map(str::to_owned), payload };
+        let trace = shoal_trace::TraceContext::current();
+        let message = Message { subject: subject.to_owned(), reply: reply.map(str::to_owned), payload, trace };
 
         let mut registry = self.shared.registry.lock();
         if registry.closed {
@@ -433,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn responding_to_a_plain_message_is_an_error() {
         let bus = LocalBus::new();
-        let message = Message { subject: "a".into(), reply: None, payload: Bytes::new() };
+        let message = Message { subject: "a".into(), reply: None, payload: Bytes::new(), trace: None };
         assert_eq!(message.respond(&bus, Bytes::new()).await, Err(BusError::NoReplySubject { subject: "a".into() }));
     }
 }

@@ -108,13 +108,30 @@ impl NatsBus {
     }
 }
 
-/// Converts an async-nats message; headers and status are not part of Shoal's bus model.
+/// Converts an async-nats message; of its headers only the trace context is part of Shoal's bus
+/// model, and its status is not.
 pub(crate) fn convert_message(message: async_nats::Message) -> Message {
+    let trace = message.headers.as_ref().and_then(|headers| {
+        let get = |name| headers.get(name).map(async_nats::HeaderValue::as_str);
+        shoal_trace::TraceContext::from_parts(get(shoal_trace::TRACEPARENT), get(shoal_trace::TRACESTATE))
+    });
     Message {
         subject: message.subject.to_string(),
         reply: message.reply.map(|reply| reply.to_string()),
         payload: message.payload,
+        trace,
     }
+}
+
+/// The headers that carry the current span's trace context, when spans are exported.
+fn trace_headers() -> Option<async_nats::HeaderMap> {
+    let trace = shoal_trace::TraceContext::current()?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(shoal_trace::TRACEPARENT, trace.traceparent);
+    if !trace.tracestate.is_empty() {
+        headers.insert(shoal_trace::TRACESTATE, trace.tracestate);
+    }
+    Some(headers)
 }
 
 fn publish_error(subject: &str, err: async_nats::PublishError) -> BusError {
@@ -143,16 +160,23 @@ fn subscribe_error(filter: &str, err: async_nats::SubscribeError) -> BusError {
 impl Bus for NatsBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         validate_subject(subject)?;
-        self.client.publish(subject.to_owned(), payload).await.map_err(|err| publish_error(subject, err))
+        let sent = match trace_headers() {
+            Some(headers) => self.client.publish_with_headers(subject.to_owned(), headers, payload).await,
+            None => self.client.publish(subject.to_owned(), payload).await,
+        };
+        sent.map_err(|err| publish_error(subject, err))
     }
 
     async fn publish_with_reply(&self, subject: &str, reply: &str, payload: Bytes) -> Result<(), BusError> {
         validate_subject(subject)?;
         validate_subject(reply)?;
-        self.client
-            .publish_with_reply(subject.to_owned(), reply.to_owned(), payload)
-            .await
-            .map_err(|err| publish_error(subject, err))
+        let sent = match trace_headers() {
+            Some(headers) => {
+                self.client.publish_with_reply_and_headers(subject.to_owned(), reply.to_owned(), headers, payload).await
+            }
+            None => self.client.publish_with_reply(subject.to_owned(), reply.to_owned(), payload).await,
+        };
+        sent.map_err(|err| publish_error(subject, err))
     }
 
     async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError> {
@@ -175,7 +199,10 @@ impl Bus for NatsBus {
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Message, BusError> {
         use async_nats::RequestErrorKind;
         validate_subject(subject)?;
-        let request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+        let mut request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+        if let Some(headers) = trace_headers() {
+            request = request.headers(headers);
+        }
         match self.client.send_request(subject.to_owned(), request).await {
             Ok(reply) => Ok(convert_message(reply)),
             Err(err) => Err(match err.kind() {

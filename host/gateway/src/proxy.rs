@@ -28,10 +28,26 @@ impl Gateway {
             .to_ascii_lowercase();
         let mut path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let (route, upstream, mut response) =
-            self.forward(req, client, local, &mut host, &mut path, &request_id, started).await;
+        // The request's span for the trace exporter; disabled at its callsite (and nothing below
+        // is done) unless spans are exported.
+        let span = tracing::info_span!(
+            target: shoal_trace::TARGET, "gateway.request",
+            otel.kind = "server", http.request.method = %method, server.address = %host, url.path = %path,
+            shoal.route = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
+        );
+        let (route, upstream, mut response) = if span.is_disabled() {
+            self.forward(req, client, local, &mut host, &mut path, &request_id, started).await
+        } else {
+            shoal_trace::adopt_headers(req.headers(), &span);
+            let forwarding = self.forward(req, client, local, &mut host, &mut path, &request_id, started);
+            tracing::Instrument::instrument(forwarding, span.clone()).await
+        };
         response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let status = response.status();
+        if !span.is_disabled() {
+            span.record("shoal.route", route.as_ref().map_or("-", |r| r.name.as_str()));
+            span.record("http.response.status_code", status.as_u16());
+        }
         tracing::info!(
             target: "shoal::access",
             route = route.as_ref().map_or("-", |r| r.name.as_str()), %method, %host, %path, status = status.as_u16(),
@@ -107,6 +123,8 @@ impl Gateway {
         let mut upstream = Request::new(body.map_err(BoxError::from).boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = Uri::from(upstream_path);
+        // The upstream joins the trace as a child of this request's span.
+        shoal_trace::inject_headers(&mut parts.headers);
         *upstream.headers_mut() = parts.headers;
         let attempt = Attempt { local, route, state, table, wants_complete, replayable, started };
         attempt.send(self, index, upstream, &forwarded).await

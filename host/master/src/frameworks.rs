@@ -34,7 +34,12 @@ pub(crate) enum FwInput {
     Offers(OfferBatch),
     Status(shoal_abi::TaskStatus),
     Tick(u64),
-    Request(shoal_abi::HttpRequest, oneshot::Sender<Result<shoal_abi::HttpResponse, MasterError>>),
+    /// An API request, with the trace context of the API's span for it.
+    Request(
+        shoal_abi::HttpRequest,
+        oneshot::Sender<Result<shoal_abi::HttpResponse, MasterError>>,
+        Option<shoal_trace::TraceContext>,
+    ),
 }
 
 /// Offers of one cycle for one framework.
@@ -44,6 +49,21 @@ pub(crate) struct OfferBatch {
     pub revived: u64,
     /// It includes offers held back once already (see [`Master::offers_to_use`]).
     pub held_before: bool,
+}
+
+/// The span of an API request handled by a framework's worker, parented on the API's span.
+fn request_span(
+    framework: &str,
+    request: &shoal_abi::HttpRequest,
+    trace: Option<shoal_trace::TraceContext>,
+) -> tracing::Span {
+    let Some(trace) = trace else { return tracing::Span::none() };
+    let span = tracing::info_span!(
+        target: shoal_trace::TARGET, "framework.request",
+        framework, http.request.method = %request.method, url.path = %request.path,
+    );
+    trace.adopt(&span);
+    span
 }
 
 /// Most API requests one framework may have waiting at once (beyond it: `FrameworkBusy`, 429).
@@ -79,6 +99,9 @@ pub(crate) struct FwState {
     pub revived: u64,
     /// Offers of such a cycle, still outstanding, handed over with the next cycle's.
     pub held: Vec<OfferView>,
+    /// The trace of the last request that revived the framework: the next offers call (and the
+    /// launches it makes) continue it.
+    pub cause: Option<shoal_trace::TraceContext>,
 }
 
 impl FwState {
@@ -92,7 +115,8 @@ impl FwState {
 
 /// Something to send once the master's locks are released.
 pub(crate) enum Outgoing {
-    Launch(String, Vec<TaskInfo>),
+    /// Tasks for an agent, with the trace context of the framework call that launched them.
+    Launch(String, Vec<TaskInfo>, Option<shoal_trace::TraceContext>),
     Kill(String, String),
     /// A status the master made up itself (failed launch, unknown task): goes to the framework.
     Status(String, shoal_abi::TaskStatus),
@@ -198,7 +222,10 @@ impl Master {
             return Err(MasterError::FrameworkBusy { name: name.to_owned(), limit: MAX_QUEUED_REQUESTS });
         }
         let (tx, rx) = oneshot::channel();
-        worker.send(FwInput::Request(request, tx)).map_err(|_| MasterError::FrameworkStopped(name.to_owned()))?;
+        let trace = shoal_trace::TraceContext::current();
+        worker
+            .send(FwInput::Request(request, tx, trace))
+            .map_err(|_| MasterError::FrameworkStopped(name.to_owned()))?;
         rx.await.map_err(|_| MasterError::FrameworkStopped(name.to_owned()))?
     }
 
@@ -325,23 +352,27 @@ impl Master {
         };
         let mut out = Vec::new();
         for input in batch {
-            let (wit_input_offers, offers, status, tick, request) = match input {
+            let (span, wit_input_offers, offers, status, tick, request) = match input {
                 FwInput::Offers(batch) => {
                     let offers = self.offers_to_use(name, batch);
                     if offers.is_empty() {
                         continue;
                     }
-                    (Some(offer_infos(self, &offers)), offers, None, None, None)
+                    (self.offers_span(name), Some(offer_infos(self, &offers)), offers, None, None, None)
                 }
-                FwInput::Status(s) => (None, Vec::new(), Some(s), None, None),
+                FwInput::Status(s) => (tracing::Span::none(), None, Vec::new(), Some(s), None, None),
                 FwInput::Tick(now) => {
                     if let Some(f) = &tick_flag {
                         f.store(false, Ordering::Relaxed);
                     }
-                    (None, Vec::new(), None, Some(now), None)
+                    (tracing::Span::none(), None, Vec::new(), None, Some(now), None)
                 }
-                FwInput::Request(r, tx) => (None, Vec::new(), None, None, Some((r, tx))),
+                FwInput::Request(r, tx, trace) => {
+                    (request_span(name, &r, trace), None, Vec::new(), None, None, Some((r, tx)))
+                }
             };
+            // The framework call and the launches it makes happen in the input's span.
+            let _entered = span.enter();
             let input = match (&wit_input_offers, &status, tick, &request) {
                 (Some(o), _, _, _) => FrameworkInput::Offers(o),
                 (_, Some(s), _, _) => FrameworkInput::Status(s),
@@ -364,6 +395,9 @@ impl Master {
             // that offers queued behind the request and computed before it are held back.
             if request.as_ref().is_some_and(|(r, _)| r.method != "GET" && r.method != "HEAD") {
                 self.revive(name);
+                if let Some(cause) = shoal_trace::TraceContext::of(&span) {
+                    self.fw_state.lock().entry(name.to_owned()).or_default().cause = Some(cause);
+                }
             }
             match (answer, request) {
                 (Ok(FrameworkOutput::Response(r)), Some((_, tx))) => {
@@ -396,6 +430,17 @@ impl Master {
             }
         }
         out
+    }
+
+    /// The span of an offers call that answers a request's revive (the request's trace goes on
+    /// through it to the launches it makes), or none: offers no request asked for start no trace.
+    fn offers_span(&self, framework: &str) -> tracing::Span {
+        let Some(cause) = self.fw_state.lock().get_mut(framework).and_then(|st| st.cause.take()) else {
+            return tracing::Span::none();
+        };
+        let span = tracing::info_span!(target: shoal_trace::TARGET, "framework.offers", framework);
+        cause.adopt(&span);
+        span
     }
 
     pub(crate) fn decline_remaining(&self, framework: &str, offered: &HashSet<u64>, refuse: Duration) {
@@ -570,7 +615,7 @@ impl Master {
             tasks.insert(info.id.clone(), entry);
         }
         drop(tasks);
-        out.push(Outgoing::Launch(offer.agent_id.clone(), infos));
+        out.push(Outgoing::Launch(offer.agent_id.clone(), infos, shoal_trace::TraceContext::current()));
     }
 
     pub(crate) fn apply_kill(&self, framework: &str, task_id: &str, out: &mut Vec<Outgoing>) {
@@ -644,7 +689,7 @@ impl Master {
         }
         let revived = report.revived.get(framework).copied().unwrap_or_default();
         let out = self.run_batch(framework, vec![FwInput::Offers(OfferBatch { offers, revived, held_before: false })]);
-        Ok(out.iter().map(|o| if let Outgoing::Launch(_, tasks) = o { tasks.len() } else { 0 }).sum())
+        Ok(out.iter().map(|o| if let Outgoing::Launch(_, tasks, _) = o { tasks.len() } else { 0 }).sum())
     }
 }
 

@@ -112,9 +112,20 @@ impl Master {
         }
         for o in outgoing {
             match o {
-                Outgoing::Launch(agent, tasks) => {
+                Outgoing::Launch(agent, tasks, trace) => {
                     let me = self.clone();
-                    tokio::spawn(async move { me.send_launch(agent, tasks).await });
+                    let span = match trace {
+                        Some(trace) => {
+                            let span = tracing::info_span!(
+                                target: shoal_trace::TARGET, "master.launch",
+                                agent = %agent, tasks = tasks.len(),
+                            );
+                            trace.adopt(&span);
+                            span
+                        }
+                        None => tracing::Span::none(),
+                    };
+                    tokio::spawn(tracing::Instrument::instrument(me.send_launch(agent, tasks), span));
                 }
                 Outgoing::Kill(agent, task) => {
                     let me = self.clone();

@@ -241,7 +241,12 @@ impl<W: World> Plugin<W> {
         if self.deadlined {
             instance.store.data_mut().call_deadline = Some(std::time::Instant::now() + self.limits.deadline);
         }
-        match f(instance) {
+        let span = self.call_span();
+        let entered = span.enter();
+        let result = f(instance);
+        drop(entered);
+        span.record("outcome", if result.is_ok() { "ok" } else { "failed" });
+        match result {
             Ok(value) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
                 // Retire an instance whose memory has used up half of its headroom: a garbage
@@ -266,6 +271,23 @@ impl<W: World> Plugin<W> {
                 Err(err)
             }
         }
+    }
+
+    /// The span of one call, for the trace exporter: `plugin.call` with the plugin's kind, name
+    /// and version (and the call's `outcome`, recorded after it), a child of the current span.
+    /// Made only inside a span (a traced request, a launch): the master's periodic calls
+    /// (allocation cycles, ticks) start no trace of their own. When nothing is exported the
+    /// target (`shoal_trace::TARGET`) is disabled at the callsite and this costs a cached check.
+    fn call_span(&self) -> tracing::Span {
+        if !tracing::enabled!(target: "shoal::trace", tracing::Level::INFO) || tracing::Span::current().is_none() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            target: "shoal::trace", "plugin.call",
+            otel.kind = "internal",
+            plugin.kind = %self.scope.kind, plugin.name = %self.scope.name, plugin.version = %self.scope.version,
+            outcome = tracing::field::Empty,
+        )
     }
 
     /// Drop every idle instance (e.g. after the plugin's store changed under it).

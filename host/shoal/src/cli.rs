@@ -34,6 +34,9 @@ pub use settings::{parse, parse_from};
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about, after_help = client::EXIT_CODES)]
 pub struct Cli {
+    /// How log lines on stderr are written: `text`, or `json` (one JSON object per line).
+    #[arg(long, value_enum, env = "SHOAL_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: crate::LogFormat,
     #[command(subcommand)]
     command: Command,
 }

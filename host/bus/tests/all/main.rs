@@ -7,6 +7,7 @@
 
 mod nats_only;
 mod suite;
+mod traced;
 
 use std::sync::Arc;
 
@@ -90,4 +91,5 @@ both_buses!(
     order_per_publisher_is_preserved,
     responding_to_a_plain_message_fails,
     events_are_published_as_cloud_events,
+    trace_context_rides_with_requests_and_events,
 );

@@ -15,6 +15,7 @@ use shoal_bus::subject::{self, PluginAction};
 use shoal_bus::{Bus, BusError, Message, Subscription};
 
 use crate::Fixture;
+pub use crate::traced::trace_context_rides_with_requests_and_events;
 
 /// Generous, because two cores may be running many NATS tests at once; a passing test never waits
 /// this long.

@@ -345,7 +345,7 @@ pub(super) fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = 
             _ = interrupt.recv() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",
         };
-        eprintln!("{name}: shutting down");
+        tracing::info!(signal = name, "shutting down");
     })
 }
 
@@ -374,7 +374,7 @@ async fn run_agent_until(
         }
     };
     if tokio::time::timeout(std::time::Duration::from_secs(2), acknowledged).await.is_err() {
-        eprintln!("{} task updates not acknowledged by the master", agent.unacknowledged());
+        tracing::warn!(unacknowledged = agent.unacknowledged(), "task updates not acknowledged by the master");
     }
     running.abort();
     Ok(())
