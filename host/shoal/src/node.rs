@@ -305,10 +305,7 @@ pub async fn run(
     ready: impl FnOnce(&NodeInfo),
 ) -> anyhow::Result<()> {
     private_dir(&config.data_dir)?;
-    match &config.ha {
-        Some(ha) => shoal_bus::event::set_origin("master", &ha.id),
-        None => shoal_bus::event::set_origin("dev", &clean_id(&host_name())),
-    }
+    name_the_origin(&config);
     // Install the metrics recorder before anything records: handles taken earlier would be
     // no-ops and the default plugins' call counters would never show on /metrics.
     shoal_api::prometheus();
@@ -336,13 +333,7 @@ pub async fn run(
     tokio::spawn(registry.clone().follow());
     tokio::spawn(forward_events(events, bus.clone(), shoal_bus::event::source("registry")));
     if config.ha.is_none() {
-        if config.default_plugins {
-            register_defaults(&registry).await?;
-        }
-        let moved = crate::plugin_kv::migrate_registry_kv(registry.clone()).await?;
-        if moved > 0 {
-            tracing::info!(keys = moved, "plugins' data moved from the registry into the state store");
-        }
+        single_node_plugins(&config, &registry).await?;
     }
 
     let (discovery, routes) = start_services(&bus, &registry, &state)?;
@@ -420,6 +411,27 @@ pub async fn run(
     // the agent's restarts instead).
     if let Some(agent) = local_agent {
         agent.stop_all().await;
+    }
+    Ok(())
+}
+
+/// Name this process in its events' `source`: `/shoal/master/<id>` or `/shoal/dev/<host>`.
+fn name_the_origin(config: &NodeConfig) {
+    match &config.ha {
+        Some(ha) => shoal_bus::event::set_origin("master", &ha.id),
+        None => shoal_bus::event::set_origin("dev", &clean_id(&host_name())),
+    }
+}
+
+/// A single node's plugins: the default ones registered, and plugins' data of an earlier version
+/// moved from the registry into the state store.
+async fn single_node_plugins(config: &NodeConfig, registry: &Arc<Registry>) -> anyhow::Result<()> {
+    if config.default_plugins {
+        register_defaults(registry).await?;
+    }
+    let moved = crate::plugin_kv::migrate_registry_kv(registry.clone()).await?;
+    if moved > 0 {
+        tracing::info!(keys = moved, "plugins' data moved from the registry into the state store");
     }
     Ok(())
 }
