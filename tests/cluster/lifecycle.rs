@@ -162,6 +162,11 @@ fn sigterm_stops_an_agents_tasks_and_reports_them_to_the_master() {
     let mut cluster = Cluster::builder().agents(&[("t1", "r1")]).start();
     cluster.wait_for_agents("registration", &[("t1", "active")]);
     deploy_sleeper(cluster.api(), cluster.token(), "napper", "3518");
+    // The agent lists the task the master placed there (not only what it reported at registration).
+    let (status, body) = http(cluster.api(), cluster.token(), "GET", "/v1/agents/t1", "");
+    assert_eq!(status, 200, "{body}");
+    let agent: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(agent["tasks"].as_array().map(Vec::len), Some(1), "{body}");
 
     let status = cluster.terminate_agent("t1", Duration::from_secs(15));
     assert!(status.success(), "the agent exited with {status}");

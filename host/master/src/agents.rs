@@ -71,12 +71,28 @@ impl Master {
 
     /// Every agent the master knows, active or lost.
     pub fn agents(&self) -> Vec<AgentView> {
-        self.agents.lock().values().map(view).collect()
+        let live = self.live_tasks_per_agent();
+        self.agents.lock().values().map(|e| view(e, &live)).collect()
     }
 
     /// One agent.
     pub fn agent(&self, id: &str) -> Option<AgentView> {
-        self.agents.lock().get(id).map(view)
+        let live = self.live_tasks_per_agent();
+        self.agents.lock().get(id).map(|e| view(e, &live))
+    }
+
+    /// The tasks on each agent that have not ended, as the master tracks them, and the ids of
+    /// those it knows ended. Taken before the agents' lock, never under it.
+    fn live_tasks_per_agent(&self) -> LiveTasks {
+        let mut live = LiveTasks::default();
+        for t in self.tasks.lock().values() {
+            if t.state.is_terminal() {
+                live.ended.insert(t.info.id.clone());
+            } else {
+                live.on.entry(t.info.agent_id.clone()).or_default().push(t.info.id.clone());
+            }
+        }
+        live
     }
 
     /// Agent `sender` (the id its subject names) registers with `payload`.
@@ -227,14 +243,28 @@ impl Master {
     }
 }
 
-fn view(e: &AgentEntry) -> AgentView {
+/// Tasks by agent (see [`Master::live_tasks_per_agent`]).
+#[derive(Default)]
+struct LiveTasks {
+    on: std::collections::BTreeMap<String, Vec<String>>,
+    ended: std::collections::BTreeSet<String>,
+}
+
+/// An agent's view: its tasks are those the master placed there and has not seen end, and those
+/// it reported when it last registered (unless the master saw them end since).
+fn view(e: &AgentEntry, live: &LiveTasks) -> AgentView {
+    let mut tasks: Vec<String> = live.on.get(&e.reg.id).cloned().unwrap_or_default();
+    let reported = e.reg.tasks.iter().filter(|t| !t.state.is_terminal()).map(|t| t.info.id.clone());
+    tasks.extend(reported.filter(|id| !live.ended.contains(id)));
+    tasks.sort();
+    tasks.dedup();
     AgentView {
         id: e.reg.id.clone(),
         hostname: e.reg.hostname.clone(),
         attributes: e.reg.attributes.clone(),
         total: e.reg.resources.clone(),
         state: e.state,
-        tasks: e.reg.tasks.iter().map(|t| t.info.id.clone()).collect(),
+        tasks,
         registrations: e.registrations,
         last_seen_ms_ago: e.last_seen.elapsed().as_millis() as u64,
         registered_at_ms: e.registered_at_ms,
