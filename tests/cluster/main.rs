@@ -13,6 +13,7 @@ use shoal_testkit::eventually_sync;
 
 mod api_security;
 mod apps;
+mod dns;
 mod edges;
 mod fixture;
 mod fuzz;

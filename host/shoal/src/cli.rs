@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod cluster;
+mod dns;
 mod events;
 mod kv;
 mod nats;

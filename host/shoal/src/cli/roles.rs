@@ -42,6 +42,8 @@ pub(super) struct DevArgs {
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
+    dns: super::dns::DnsArgs,
+    #[command(flatten)]
     bounds: BoundsArgs,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
@@ -112,6 +114,8 @@ pub(super) struct MasterArgs {
     gateway_workers: usize,
     #[command(flatten)]
     edge: EdgeArgs,
+    #[command(flatten)]
+    dns: super::dns::DnsArgs,
     #[command(flatten)]
     bounds: BoundsArgs,
     /// Milliseconds between allocation cycles (changes also start one).
@@ -293,6 +297,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         gateway: (!args.no_gateway).then_some(args.gateway),
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
+        dns: args.dns.config(),
         max_streams_per_token: args.bounds.max_streams_per_token,
         plugin_max_versions: args.bounds.plugin_max_versions.max(1),
         plugin_max_history: args.bounds.plugin_max_history,
@@ -379,6 +384,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
+        dns: args.dns.config(),
         max_streams_per_token: args.bounds.max_streams_per_token,
         plugin_max_versions: args.bounds.plugin_max_versions.max(1),
         plugin_max_history: args.bounds.plugin_max_history,
