@@ -50,18 +50,23 @@ fn free_udp_port() -> u16 {
 /// `dig` against the node: the answer section's lines and the status (`NOERROR`, `NXDOMAIN`, …).
 fn dig(port: u16, name: &str, kind: &str, extra: &[&str]) -> (Vec<String>, String, String) {
     let out = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2", "+noall", "+answer", "+authority", "+comments"])
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+tries=1",
+            "+time=2",
+            "+noall",
+            "+answer",
+            "+authority",
+            "+comments",
+        ])
         .args(extra)
         .args([name, kind])
         .output()
         .expect("dig runs (CI installs dnsutils)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("no answer")
-        .to_owned();
+    let status = text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("no answer").to_owned();
     let section = |title: &str| -> Vec<String> {
         let Some(rest) = text.split(&format!(";; {title} SECTION:\n")).nth(1) else { return Vec::new() };
         rest.lines().take_while(|l| !l.trim().is_empty()).map(str::to_owned).collect()
@@ -123,11 +128,11 @@ fn dig_sees_exactly_the_passing_instances_as_their_health_changes() {
     let srv_a = format!("{} 7f000002.addr.shoal.", a.port);
     let srv_b = format!("{} 7f000003.addr.shoal.", b.port);
     let srv_ext = "5432 db.example.org.".to_owned();
-    let both = wait_for("both checked instances in A and SRV", &["127.0.0.2", "127.0.0.3"], &[
-        srv_a.clone(),
-        srv_b.clone(),
-        srv_ext.clone(),
-    ]);
+    let both = wait_for(
+        "both checked instances in A and SRV",
+        &["127.0.0.2", "127.0.0.3"],
+        &[srv_a.clone(), srv_b.clone(), srv_ext.clone()],
+    );
     // The configured TTL on every record.
     assert!(both.iter().all(|l| l.split_whitespace().nth(1) == Some("7")), "{both:?}");
 

@@ -154,3 +154,82 @@ async fn tcp_connection(mut stream: TcpStream, responder: &Responder) -> std::io
         stream.write_all(&framed).await?;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+    use shoal_discovery::{Discovery, Registration};
+
+    use super::*;
+
+    fn responder(leads: bool, instances: usize) -> Responder {
+        let d = Discovery::default();
+        for i in 0..instances {
+            let registration: Registration =
+                serde_json::from_value(serde_json::json!({"address": format!("10.1.{}.{}:80", i / 250, i % 250 + 1)}))
+                    .unwrap();
+            d.register("web", &format!("i{i}"), registration).unwrap();
+        }
+        Responder { zone: Arc::new(ArcSwap::from_pointee(Snapshot::of(&d))), ttl: 3, leads: Arc::new(move || leads) }
+    }
+
+    fn query(name: &str, kind: RecordType, edns: bool) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 4242;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        if edns {
+            m.set_edns(Edns::new());
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn ask(r: &Responder, bytes: &[u8], tcp: bool) -> Message {
+        Message::from_vec(&r.respond(bytes, tcp).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn answers_refuses_and_a_standby_fails_over() {
+        let r = responder(true, 2);
+        let m = ask(&r, &query("web.service.shoal.", RecordType::A, false), false);
+        assert_eq!((m.metadata.id, m.metadata.response_code, m.answers.len()), (4242, ResponseCode::NoError, 2));
+        assert!(m.metadata.authoritative);
+        let m = ask(&r, &query("example.com.", RecordType::A, false), false);
+        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::Refused, 0));
+        let standby = responder(false, 2);
+        let m = ask(&standby, &query("web.service.shoal.", RecordType::A, false), false);
+        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::ServFail, 0));
+    }
+
+    #[test]
+    fn bad_input_is_formerr_or_dropped() {
+        let r = responder(true, 1);
+        assert!(r.respond(&[1, 2, 3], false).is_none(), "shorter than a header");
+        let mut garbage = query("web.service.shoal.", RecordType::A, false);
+        garbage.truncate(garbage.len() - 3);
+        let answer = r.respond(&garbage, false).unwrap();
+        assert_eq!((answer.len(), answer[3] & 0x0f), (12, 1), "FORMERR");
+        garbage[2] |= 0x80;
+        assert!(r.respond(&garbage, false).is_none(), "a response is never answered");
+        let mut two = Message::query();
+        for _ in 0..2 {
+            two.add_query(Query::query(Name::from_ascii("web.service.shoal.").unwrap(), RecordType::A));
+        }
+        let m = ask(&r, &two.to_vec().unwrap(), false);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
+
+    #[test]
+    fn long_answers_are_truncated_over_udp_and_whole_over_tcp() {
+        let r = responder(true, 300);
+        let udp = ask(&r, &query("web.service.shoal.", RecordType::A, false), false);
+        assert!(udp.metadata.truncation && udp.answers.is_empty());
+        let edns = ask(&r, &query("web.service.shoal.", RecordType::SRV, true), false);
+        assert!(edns.metadata.truncation);
+        let tcp = ask(&r, &query("web.service.shoal.", RecordType::SRV, false), true);
+        assert!(!tcp.metadata.truncation);
+        assert_eq!((tcp.answers.len(), tcp.additionals.len()), (crate::zone::MAX_ANSWERS, crate::zone::MAX_ANSWERS));
+    }
+}

@@ -71,7 +71,10 @@ enum Lookup {
     Apex,
     /// `service.shoal.` or `addr.shoal.`: names that exist but hold no records.
     Empty,
-    Service { service: String, tag: Option<String> },
+    Service {
+        service: String,
+        tag: Option<String>,
+    },
     Addr(IpAddr),
     Unknown,
 }
@@ -126,10 +129,8 @@ fn addr_name(ip: IpAddr) -> Name {
 }
 
 fn parse_hex_addr(label: &str) -> Option<IpAddr> {
-    let bytes: Option<Vec<u8>> = (0..label.len())
-        .step_by(2)
-        .map(|i| label.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect();
+    let bytes: Option<Vec<u8>> =
+        (0..label.len()).step_by(2).map(|i| label.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
     match bytes?.as_slice() {
         b if b.len() == 4 && label.len() == 8 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
         b if b.len() == 16 && label.len() == 32 => {
@@ -197,7 +198,8 @@ impl Snapshot {
         let labels: Option<Vec<String>> = name.iter().map(ascii_label).collect();
         let Some(mut labels) = labels else { return Lookup::Unknown };
         labels.pop(); // "shoal", checked by `in_zone`
-        let service = |s: &str, tag: Option<&str>| Lookup::Service { service: s.to_owned(), tag: tag.map(str::to_owned) };
+        let service =
+            |s: &str, tag: Option<&str>| Lookup::Service { service: s.to_owned(), tag: tag.map(str::to_owned) };
         match labels.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             [] => Lookup::Apex,
             ["service"] | ["addr"] => Lookup::Empty,
@@ -211,15 +213,7 @@ impl Snapshot {
     }
 
     fn soa(&self, ttl: u32) -> Record {
-        let soa = SOA::new(
-            self.soa_mname.clone(),
-            self.soa_rname.clone(),
-            self.index as u32,
-            3600,
-            600,
-            86400,
-            ttl,
-        );
+        let soa = SOA::new(self.soa_mname.clone(), self.soa_rname.clone(), self.index as u32, 3600, 600, 86400, ttl);
         Record::from_rdata(self.apex.clone(), ttl, RData::SOA(soa))
     }
 
@@ -259,12 +253,17 @@ impl Snapshot {
         let start = if chosen.is_empty() { 0 } else { rotate % chosen.len() };
         let window = chosen.iter().cycle().skip(start).take(chosen.len().min(MAX_ANSWERS));
         let mut answer = Answer::default();
+        // Instances sharing an address share a target: its record once in the additional section.
+        let mut targets: Vec<IpAddr> = Vec::new();
         for e in window {
             match qtype {
                 RecordType::SRV => {
                     let srv = SRV::new(1, e.weight, e.port, e.target.clone());
                     answer.answers.push(Record::from_rdata(name.clone(), ttl, RData::SRV(srv)));
-                    if let Host::Ip(ip) = e.host {
+                    if let Host::Ip(ip) = e.host
+                        && !targets.contains(&ip)
+                    {
+                        targets.push(ip);
                         let kind = if ip.is_ipv4() { RecordType::A } else { RecordType::AAAA };
                         answer.additionals.extend(address_record(&e.target, ip, kind, ttl));
                     }
@@ -322,6 +321,8 @@ mod tests {
         d.register("web", "c", registration("10.0.0.3:8082", &[], Health::Critical)).unwrap();
         d.register("web", "d", registration("db.internal:5432", &[], Health::Passing)).unwrap();
         d.register("idle", "x", registration("10.0.0.9:1", &[], Health::Critical)).unwrap();
+        d.register("pair", "p1", registration("10.0.0.7:1", &[], Health::Passing)).unwrap();
+        d.register("pair", "p2", registration("10.0.0.7:2", &[], Health::Passing)).unwrap();
         d
     }
 
@@ -354,6 +355,9 @@ mod tests {
         );
         // The addresses of the SRV targets that are IPs come along; a host name is the client's.
         assert_eq!(srv.additionals.len(), 2);
+        // Two instances on one address: two SRV records, one address record.
+        let pair = zone.answer(&name("pair.service.shoal."), RecordType::SRV, 7, 0);
+        assert_eq!((pair.answers.len(), pair.additionals.len()), (2, 1));
     }
 
     #[test]
