@@ -5,7 +5,9 @@
 //!   registry of INSTANCES passing instances of `web` (pin it with `taskset -c 0`);
 //! - `dns_load query ADDR NAME TYPE SECONDS INFLIGHT`: one thread keeping INFLIGHT queries
 //!   outstanding over UDP for SECONDS, then queries/s and latency percentiles. A query lost for
-//!   200 ms is sent again (and counted as lost).
+//!   200 ms is sent again (and counted as lost);
+//! - `dns_load respond NAME TYPE COUNT`: no sockets, COUNT calls of `Responder::respond` over a
+//!   registry of 3 instances: the CPU time of one answer.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -22,11 +24,14 @@ fn main() -> anyhow::Result<()> {
         ["query", addr, name, kind, seconds, inflight] => {
             query(addr.parse()?, name, kind.parse()?, Duration::from_secs(seconds.parse()?), inflight.parse()?)
         }
-        _ => anyhow::bail!("usage: dns_load serve ADDR INSTANCES | query ADDR NAME TYPE SECONDS INFLIGHT"),
+        ["respond", name, kind, count] => respond(name, kind.parse()?, count.parse()?),
+        _ => anyhow::bail!(
+            "usage: dns_load serve ADDR INSTANCES | query ADDR NAME TYPE SECONDS INFLIGHT | respond NAME TYPE COUNT"
+        ),
     }
 }
 
-fn serve(addr: SocketAddr, instances: usize) -> anyhow::Result<()> {
+fn registry(instances: usize) -> anyhow::Result<Arc<Discovery>> {
     let discovery = Arc::new(Discovery::default());
     for i in 0..instances {
         let registration: Registration = serde_json::from_value(
@@ -34,6 +39,28 @@ fn serve(addr: SocketAddr, instances: usize) -> anyhow::Result<()> {
         )?;
         discovery.register("web", &format!("web-{i}"), registration)?;
     }
+    Ok(discovery)
+}
+
+fn respond(name: &str, kind: RecordType, count: u32) -> anyhow::Result<()> {
+    let zone = Arc::new(arc_swap::ArcSwap::from_pointee(shoal_dns::Snapshot::of(&*registry(3)?)));
+    let responder = shoal_dns::Responder { zone, ttl: shoal_dns::DEFAULT_TTL, leads: Arc::new(|| true) };
+    let mut message = Message::query();
+    message.add_query(Query::query(Name::from_ascii(name)?, kind));
+    let mut packet = message.to_vec()?;
+    let start = Instant::now();
+    let mut bytes = 0;
+    for i in 0..count {
+        packet[..2].copy_from_slice(&(i as u16).to_be_bytes());
+        bytes += responder.respond(&packet, false).map_or(0, |r| r.len());
+    }
+    let per = start.elapsed() / count;
+    println!("{count} answers ({bytes} bytes): {per:?} each, {:.0}/s", 1.0 / per.as_secs_f64());
+    Ok(())
+}
+
+fn serve(addr: SocketAddr, instances: usize) -> anyhow::Result<()> {
+    let discovery = registry(instances)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let config = shoal_dns::DnsConfig { addr, ttl: shoal_dns::DEFAULT_TTL };
