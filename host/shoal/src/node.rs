@@ -129,6 +129,8 @@ pub struct NodeInfo {
     pub bus: &'static str,
     /// The gateway's address, when the node runs one.
     pub gateway: Option<SocketAddr>,
+    /// The DNS interface's address (UDP and TCP), when the node runs one (`--dns`).
+    pub dns: Option<SocketAddr>,
 }
 
 /// Every table of the master's state: one [`StateDb`] for every component of the node.
@@ -375,7 +377,7 @@ pub async fn run(
         }
         _ => (None, None, Some(leader.start(1).await?)),
     };
-    let _dns = start_dns(&config, &discovery, &leader.started).await?;
+    let dns = start_dns(&config, &discovery, &leader.started).await?;
     let local_agent = match config.local_agent.clone() {
         Some(registration) => Some(start_local_agent(registration, &config, &bus, &registry)?),
         None => None,
@@ -387,6 +389,7 @@ pub async fn run(
         token_file: admin.file.clone(),
         bus: bus.kind(),
         gateway: gateway_addr,
+        dns: dns.as_ref().map(|server| server.addr),
     };
     let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
     admin.follow(&state, &auth);
