@@ -15,6 +15,7 @@ mod api_security;
 mod api_shape;
 mod apps;
 mod cli;
+mod dns;
 mod edges;
 mod fixture;
 mod fuzz;

@@ -4,6 +4,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod client;
 mod cluster;
+mod dns;
 #[cfg(test)]
 mod docs_check;
 mod events;

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub gateway_workers: usize,
     /// Header timeout and connection cap of the API and the gateway.
     pub edge: shoal_gateway::edge::EdgeLimits,
+    /// The DNS interface on the service registry (`--dns`); `None` runs none.
+    pub dns: Option<shoal_dns::DnsConfig>,
     /// Event streams and watches one token may hold open at once.
     pub max_streams_per_token: usize,
     /// Longest wait of a blocking query.
@@ -127,6 +129,8 @@ pub struct NodeInfo {
     pub bus: &'static str,
     /// The gateway's address, when the node runs one.
     pub gateway: Option<SocketAddr>,
+    /// The DNS interface's address (UDP and TCP), when the node runs one (`--dns`).
+    pub dns: Option<SocketAddr>,
 }
 
 /// Every table of the master's state: one [`StateDb`] for every component of the node.
@@ -368,6 +372,7 @@ pub async fn run(
         }
         _ => (None, None, Some(leader.start(1).await?)),
     };
+    let dns = start_dns(&config, &discovery, &leader.started).await?;
     let local_agent = match config.local_agent.clone() {
         Some(registration) => Some(start_local_agent(registration, &config, &bus, &registry)?),
         None => None,
@@ -379,6 +384,7 @@ pub async fn run(
         token_file: admin.file.clone(),
         bus: bus.kind(),
         gateway: gateway_addr,
+        dns: dns.as_ref().map(|server| server.addr),
     };
     let auth = Auth::new(&admin.token).backed_by(state.clone()).context("reading issued tokens")?;
     admin.follow(&state, &auth);
@@ -515,6 +521,22 @@ fn start_services(
     let routes = Routes::on_state(state.clone()).context("reading the gateway's routes")?;
     tokio::spawn(routes_from_labels(discovery.clone(), routes.clone()));
     Ok((discovery, routes))
+}
+
+/// The DNS interface (`--dns`) on this node's service registry. It answers while this node
+/// leads (`started` names a term): a standby master's registry is not the cluster's (the
+/// leader's master keeps the task instances, and registrations are forwarded to it), so a
+/// standby answers SERVFAIL and resolvers ask the next server.
+async fn start_dns(
+    config: &NodeConfig,
+    discovery: &Arc<Discovery>,
+    started: &Arc<tokio::sync::watch::Sender<u64>>,
+) -> anyhow::Result<Option<shoal_dns::DnsServer>> {
+    let Some(dns) = &config.dns else { return Ok(None) };
+    let started = started.clone();
+    let server = shoal_dns::serve(dns, discovery.clone(), Arc::new(move || *started.borrow() > 0)).await?;
+    tracing::info!(addr = %server.addr, ttl = dns.ttl, "DNS interface answering for the zone shoal.");
+    Ok(Some(server))
 }
 
 /// Join the masters: announce this one, take part in the lease, and lead when it says so. The

@@ -42,6 +42,8 @@ pub(super) struct DevArgs {
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
+    dns: super::dns::DnsArgs,
+    #[command(flatten)]
     bounds: BoundsArgs,
     /// Milliseconds without a heartbeat after which an agent is lost.
     #[arg(long, default_value_t = 5000)]
@@ -113,6 +115,8 @@ pub(super) struct MasterArgs {
     gateway_workers: usize,
     #[command(flatten)]
     edge: EdgeArgs,
+    #[command(flatten)]
+    dns: super::dns::DnsArgs,
     #[command(flatten)]
     bounds: BoundsArgs,
     /// Milliseconds between allocation cycles (changes also start one).
@@ -298,6 +302,7 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         gateway: (!args.no_gateway).then_some(args.gateway),
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
+        dns: args.dns.config(),
         max_streams_per_token: args.bounds.max_streams_per_token,
         plugin_max_versions: args.bounds.plugin_max_versions.max(1),
         plugin_max_history: args.bounds.plugin_max_history,
@@ -324,6 +329,9 @@ pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("  API:      http://{}/v1", info.api);
         println!("  OpenAPI:  http://{}/v1/openapi.json", info.api);
         println!("  metrics:  http://{}/metrics", info.api);
+        if let Some(dns) = info.dns {
+            println!("  DNS:      {dns}  (dig @{} -p {} web.service.shoal SRV)", dns.ip(), dns.port());
+        }
         if let Some(gateway) = info.gateway {
             println!("  gateway:  http://{gateway}/  (routes: shoal route put …)");
         }
@@ -411,6 +419,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         gateway_workers: args.gateway_workers,
         edge: args.edge.limits(),
+        dns: args.dns.config(),
         max_streams_per_token: args.bounds.max_streams_per_token,
         plugin_max_versions: args.bounds.plugin_max_versions.max(1),
         plugin_max_history: args.bounds.plugin_max_history,
@@ -441,6 +450,9 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         println!("  API:      http://{}/v1", info.api);
         if let Some(gateway) = info.gateway {
             println!("  gateway:  http://{gateway}/");
+        }
+        if let Some(dns) = info.dns {
+            println!("  DNS:      {dns}");
         }
         println!("  admin token: in {}", info.token_file.display());
     })
