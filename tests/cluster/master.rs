@@ -14,7 +14,8 @@ fn master_and_three_agents_over_nats() {
     cluster.wait_for_agents("registration", &[("a1", "active"), ("a2", "active"), ("a3", "active")]);
     let listed = cluster.cli(&["agent", "list"]);
     assert!(listed.contains("cpus:2;mem:2048;disk:4096;ports:[31100-31199]") && listed.contains("rack=r2"), "{listed}");
-    let shown: serde_json::Value = serde_json::from_str(&cluster.cli(&["agent", "show", "a3"])).expect("JSON");
+    let shown: serde_json::Value =
+        serde_json::from_str(&cluster.cli(&["agent", "show", "a3", "-o", "json"])).expect("JSON");
     assert_eq!(shown["attributes"]["rack"], "r2");
     assert_eq!(shown["total"]["ports"][0]["end"], 31399);
 

@@ -351,7 +351,7 @@ fn wasm_tasks_use_the_store_through_wasi_keyvalue() {
             &format!("job {id} to finish"),
             Duration::from_secs(30),
             showing_last(|| {
-                let (ok, out, err) = dev.cli(&["job", "show", id]);
+                let (ok, out, err) = dev.cli(&["job", "show", id, "-o", "json"]);
                 assert!(ok, "{err}");
                 let v: Value = serde_json::from_str(&out).expect("JSON");
                 if let Some(run) = v["runs"].as_array().into_iter().flatten().find(|r| {

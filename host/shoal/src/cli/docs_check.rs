@@ -7,13 +7,14 @@ use clap::Parser;
 use super::Cli;
 
 /// The words of a shell command line: quotes group, `#` starts a comment, and the command ends
-/// at `&`, `|`, `;` or `&&`. `$(…)` and `"$X"` are one word each.
+/// at `&`, `|`, `;`, `&&` or a redirection. `$(…)` and `"$X"` are one word each.
 fn words(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut word = String::new();
     let mut quote: Option<char> = None;
     let mut depth = 0;
     let mut started = false;
+    let mut placeholder = false;
     for c in line.chars() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
@@ -33,6 +34,24 @@ fn words(line: &str) -> Vec<String> {
             (None, c) if depth > 0 => word.push(c),
             (None, '#') if word.is_empty() && !started => break,
             (None, '&' | '|' | ';') => break,
+            // A placeholder, `<task-id>`, is one word.
+            (None, '<') if word.is_empty() => {
+                placeholder = true;
+                word.push(c);
+                started = true;
+            }
+            (None, '>') if placeholder => {
+                placeholder = false;
+                word.push(c);
+            }
+            // A redirection ends the command's words (`2> log`: the `2` is the descriptor).
+            (None, '>' | '<') => {
+                if word.chars().all(|d| d.is_ascii_digit()) {
+                    word.clear();
+                    started = false;
+                }
+                break;
+            }
             (None, c) if c.is_whitespace() => {
                 if started || !word.is_empty() {
                     out.push(std::mem::take(&mut word));
@@ -122,4 +141,7 @@ fn shell_words() {
     assert_eq!(words("shoal app list -o json | jq ."), ["shoal", "app", "list", "-o", "json"]);
     assert_eq!(words("shoal x $(cat a | b) y"), ["shoal", "x", "$(cat a | b)", "y"]);
     assert_eq!(words("shoal kv put ns k ''"), ["shoal", "kv", "put", "ns", "k", ""]);
+    assert_eq!(words("shoal --log-format json dev 2> log.jsonl"), ["shoal", "--log-format", "json", "dev"]);
+    assert_eq!(words("shoal dev >out"), ["shoal", "dev"]);
+    assert_eq!(words("shoal task logs -f <task-id> # follows"), ["shoal", "task", "logs", "-f", "<task-id>"]);
 }
