@@ -112,6 +112,8 @@ pub struct Agent {
     tasks: Mutex<BTreeMap<String, Task>>,
     outbox: Mutex<VecDeque<StatusUpdate>>,
     outbox_ready: Notify,
+    /// Signalled whenever the outbox becomes empty (its last update acknowledged).
+    outbox_empty: Notify,
     checker: HealthChecker,
     health_rx: Mutex<Option<mpsc::UnboundedReceiver<HealthUpdate>>>,
     wasm: shoal_wasm_executor::WasmExecutor,
@@ -165,6 +167,7 @@ impl Agent {
             tasks: Mutex::new(BTreeMap::new()),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
+            outbox_empty: Notify::new(),
             checker,
             health_rx: Mutex::new(Some(rx)),
             seq: AtomicU64::new(0),
@@ -198,6 +201,20 @@ impl Agent {
     /// Status updates not yet acknowledged.
     pub fn unacknowledged(&self) -> usize {
         self.outbox.lock().len()
+    }
+
+    /// Returns once the master has acknowledged every status update queued so far.
+    pub async fn all_acknowledged(&self) {
+        loop {
+            let emptied = self.outbox_empty.notified();
+            tokio::pin!(emptied);
+            // Registered before the check, so an acknowledgement in between is not missed.
+            emptied.as_mut().enable();
+            if self.outbox.lock().is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Serve the master until the bus closes, or return the master's refusal.
@@ -563,7 +580,11 @@ impl Agent {
                         if outbox.front().is_some_and(|u| u.uuid == ack.uuid) {
                             outbox.pop_front();
                         }
+                        let emptied = outbox.is_empty();
                         drop(outbox);
+                        if emptied {
+                            self.outbox_empty.notify_waiters();
+                        }
                         self.forget_if_done(&update);
                     }
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -374,15 +374,10 @@ fn framework_error(status: StatusCode, body: &[u8]) -> crate::dto::ErrorBody {
         Some(serde_json::Value::String(m)) => m.clone(),
         _ => String::from_utf8_lossy(body).trim().to_owned(),
     };
-    let message =
+    let mut message =
         if message.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { message };
-    let mut message = message;
     if message.len() > 4096 {
-        let mut end = 4096;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
+        message.truncate(message.floor_char_boundary(4096));
         message.push('…');
     }
     let code = match status.as_u16() {

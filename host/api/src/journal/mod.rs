@@ -106,8 +106,14 @@ impl Journal {
         let (wants_cluster, wants_kv) = rings_of(&filter);
         let (c_start, cluster) = self.cluster.stream(filter.clone(), cluster_after);
         let (k_start, kv) = self.kv.stream(filter, kv_after);
-        let cluster = cluster.map(|item| (Source::Cluster, item)).filter(move |_| std::future::ready(wants_cluster));
-        let kv = kv.map(|item| (Source::Kv, item)).filter(move |_| std::future::ready(wants_kv));
+        // A ring the filter cannot match is not followed at all (its stream, and its wake-ups,
+        // dropped here); its position still goes into the ids.
+        let cluster = if wants_cluster {
+            cluster.map(|item| (Source::Cluster, item)).boxed()
+        } else {
+            futures::stream::empty().boxed()
+        };
+        let kv = if wants_kv { kv.map(|item| (Source::Kv, item)).boxed() } else { futures::stream::empty().boxed() };
         let (c_epoch, k_epoch) = (self.cluster.epoch().to_owned(), self.kv.epoch().to_owned());
         let given = last_event_id.unwrap_or_default().to_owned();
         let mut positions = (c_start, k_start);

@@ -214,6 +214,21 @@ impl Client {
         Err(Failure::Unreachable { api: self.apis.join(","), reason: failures.join("; ") }.into())
     }
 
+    /// The item of the list at `path` (`{<list>: [...]}`) whose `key` is `value`, for the nouns
+    /// the API has no single-item endpoint for; a 404 refusal (exit code 3) when none is.
+    pub(crate) async fn find_in_list(
+        &self,
+        path: &str,
+        list: &str,
+        key: &str,
+        value: &str,
+        what: &str,
+    ) -> anyhow::Result<Value> {
+        let v = self.send(self.http.get(self.url(path))).await?;
+        let found = v[list].as_array().into_iter().flatten().find(|item| item[key] == value).cloned();
+        found.ok_or_else(|| Failure::not_found(format!("no {what} `{value}`")))
+    }
+
     /// Send and return the JSON of a successful answer (`null` for an empty body).
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let (body, _) = self.send_raw(request).await?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::output::{Table, at};
 use super::wait::{Wait, follow_logs, wait_for_app};
-use super::{Client, Failure, Remote};
+use super::{Client, Remote};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum TaskCommand {
@@ -289,10 +289,8 @@ pub(super) async fn framework(cmd: FrameworkCommand) -> anyhow::Result<()> {
         FrameworkCommand::Show { name, remote } => {
             let out = remote.out;
             let c = Client::new(remote)?;
-            let v = c.send(c.http.get(c.url("/v1/frameworks"))).await?;
-            let found = v["frameworks"].as_array().into_iter().flatten().find(|f| f["name"] == name.as_str());
-            let f = found.ok_or_else(|| Failure::not_found(format!("no framework `{name}`")))?;
-            out.emit_one(f, &name, &[]);
+            let f = c.find_in_list("/v1/frameworks", "frameworks", "name", &name, "framework").await?;
+            out.emit_one(&f, &name, &[]);
         }
     }
     Ok(())
@@ -472,10 +470,8 @@ pub(super) async fn artifact(cmd: ArtifactCommand) -> anyhow::Result<()> {
         ArtifactCommand::Show { digest, remote } => {
             let out = remote.out;
             let c = Client::new(remote)?;
-            let v = c.send(c.http.get(c.url("/v1/artifacts"))).await?;
-            let found = v["artifacts"].as_array().into_iter().flatten().find(|a| a["digest"] == digest.as_str());
-            let a = found.ok_or_else(|| Failure::not_found(format!("no artifact `{digest}`")))?;
-            out.emit_one(a, &digest, &[]);
+            let a = c.find_in_list("/v1/artifacts", "artifacts", "digest", &digest, "artifact").await?;
+            out.emit_one(&a, &digest, &[]);
         }
     }
     Ok(())

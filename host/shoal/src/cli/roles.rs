@@ -376,12 +376,7 @@ async fn run_agent_until(
         () = stop => {}
     }
     agent.stop_all().await;
-    let acknowledged = async {
-        while agent.unacknowledged() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(std::time::Duration::from_secs(2), acknowledged).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(2), agent.all_acknowledged()).await.is_err() {
         tracing::warn!(unacknowledged = agent.unacknowledged(), "task updates not acknowledged by the master");
     }
     running.abort();

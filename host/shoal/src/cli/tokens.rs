@@ -5,7 +5,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::output::{Table, at};
-use super::{Client, Failure, Remote};
+use super::{Client, Remote};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum TokenCommand {
@@ -103,10 +103,8 @@ pub(super) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Show { id, remote } => {
             let c = Client::new(remote)?;
-            let v = c.send(c.http.get(c.url("/v1/tokens"))).await?;
-            let found = v["tokens"].as_array().into_iter().flatten().find(|t| t["id"] == id.as_str());
-            let t = found.ok_or_else(|| Failure::not_found(format!("no token `{id}`")))?;
-            c.out.emit_one(t, &id, &[]);
+            let t = c.find_in_list("/v1/tokens", "tokens", "id", &id, "token").await?;
+            c.out.emit_one(&t, &id, &[]);
         }
         TokenCommand::Delete { id, remote } => {
             let c = Client::new(remote)?;
